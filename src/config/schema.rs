@@ -1,0 +1,385 @@
+//! The configuration schema: every section and key of `gateway.toml`, with its default.
+//!
+//! Defaults live here and only here (each `Default` impl), so the contract's table, the
+//! repository's `gateway.toml` and the code cannot drift apart silently: a unit test parses the
+//! shipped file and compares it with these defaults where they overlap.
+//!
+//! `kind` and `strategy` deserialize into enums with an `Unknown` arm instead of failing, so that
+//! `validate()` can report them together with every other error rather than stopping at the first.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub pool: PoolConfig,
+    pub models_cache: ModelsCacheConfig,
+    pub routing: RoutingConfig,
+    pub circuit_breaker: CircuitBreakerConfig,
+    pub health: HealthConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelAlias>,
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[server]`: the front listener, in the supervisor.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the API token; "" = no token.
+    pub auth_token_env: String,
+    pub max_body_bytes: u64,
+    pub allowed_hosts: Vec<String>,
+    pub cors_allow_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub stream_ping_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth_token_env: "GATEWAY_TOKEN".into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            cors_allow_origins: Vec::new(),
+            stream_ping_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[pool]`: the supervised workers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub workers: u32,
+    /// Worker `i` listens on `base_port + i`; 0 = any free ports.
+    pub base_port: u16,
+    /// Empty = this executable's hidden `worker` subcommand.
+    pub worker_command: Vec<String>,
+    pub worker_max_inflight: u32,
+    pub worker_threads: u32,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    pub max_queue: u32,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub blocked_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// 0 = off.
+    pub max_rss_mb: u64,
+    /// 0 = off.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// "" = `$XDG_RUNTIME_DIR/gateway`, else a private temporary directory.
+    pub runtime_dir: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            workers: 3,
+            base_port: 8765,
+            worker_command: Vec::new(),
+            worker_max_inflight: 256,
+            worker_threads: 1,
+            queue_timeout: Duration::from_secs(30),
+            max_queue: 1024,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            blocked_after: Duration::from_secs(60),
+            restart_backoff_initial: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(30),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            max_rss_mb: 0,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            runtime_dir: String::new(),
+        }
+    }
+}
+
+/// `[models_cache]`: the supervisor's `/v1/models` cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsCacheConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+}
+
+impl Default for ModelsCacheConfig {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(300), min_refresh_interval: Duration::from_secs(30) }
+    }
+}
+
+/// `[routing]`: how a worker picks among a model's providers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub strategy: Strategy,
+    pub max_attempts: u32,
+    /// "" = sticky sessions off.
+    pub sticky_header: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self { strategy: Strategy::Latency, max_attempts: 3, sticky_header: "x-session-id".into() }
+    }
+}
+
+/// `[circuit_breaker]`: per-provider breaker thresholds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    pub failure_rate_threshold: f64,
+    pub consecutive_failures: u32,
+    pub half_open_successes: u32,
+    #[serde(with = "humantime_serde")]
+    pub open_timeout: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate_threshold: 0.5,
+            consecutive_failures: 5,
+            half_open_successes: 3,
+            open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[health]`: background provider probes and the `/v1/health*` cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// 0s = no background probes.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    pub max_concurrent_probes: u32,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(8),
+            max_concurrent_probes: 10,
+            cache_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One `[[providers]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: String,
+    /// Name of the environment variable holding the key; keys never live in this file.
+    #[serde(default)]
+    pub api_key_env: String,
+    /// Model names served; `"*"` = any model (discovered from the provider).
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// 0 = unlimited; a limit for the whole pool, not per worker.
+    #[serde(default)]
+    pub max_concurrency: u32,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `mock` only: delay before the first byte.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Option<Duration>,
+    /// `mock` only: streaming pace; absent or 0 = as fast as possible.
+    #[serde(default)]
+    pub tokens_per_second: Option<f64>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl ProviderConfig {
+    /// A provider with every optional key at its default; for tests and programmatic configs.
+    pub fn new(name: &str, kind: ProviderKind, base_url: &str, models: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            base_url: base_url.into(),
+            api_key_env: String::new(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            weight: default_weight(),
+            max_concurrency: 0,
+            connect_timeout: default_connect_timeout(),
+            first_byte_timeout: default_first_byte_timeout(),
+            idle_timeout: default_idle_timeout(),
+            latency: None,
+            tokens_per_second: None,
+        }
+    }
+
+    /// True when `models` contains `"*"`: the provider serves whatever it lists.
+    pub fn serves_any_model(&self) -> bool {
+        self.models.iter().any(|m| m == "*")
+    }
+
+    /// The key from the environment, if the variable is named, set and non-empty.
+    /// Never log the returned value.
+    pub fn api_key(&self) -> Option<String> {
+        if self.api_key_env.is_empty() {
+            return None;
+        }
+        std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty())
+    }
+}
+
+/// One `[[models]]` alias: a public name resolving to several `provider/model` targets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelAlias {
+    pub name: String,
+    pub targets: Vec<String>,
+}
+
+/// One `[[clients]]` entry: a named client key with its own pool-wide limit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    pub token_env: String,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_concurrency: u32,
+}
+
+/// Provider kinds. `Unknown` only exists between parsing and `validate()`, which rejects it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Mock,
+    Unknown(String),
+}
+
+impl ProviderKind {
+    pub const NAMES: &'static [&'static str] = &["openai", "anthropic", "mock"];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Mock => "mock",
+            Self::Unknown(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "openai" => Self::OpenAi,
+            "anthropic" => Self::Anthropic,
+            "mock" => Self::Mock,
+            other => Self::Unknown(other.to_string()),
+        })
+    }
+}
+
+/// Provider selection strategies. `Unknown` only exists until `validate()` rejects it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    Latency,
+    RoundRobin,
+    Weighted,
+    Availability,
+    LeastInflight,
+    Unknown(String),
+}
+
+impl Strategy {
+    pub const NAMES: &'static [&'static str] =
+        &["latency", "round_robin", "weighted", "availability", "least_inflight"];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Latency => "latency",
+            Self::RoundRobin => "round_robin",
+            Self::Weighted => "weighted",
+            Self::Availability => "availability",
+            Self::LeastInflight => "least_inflight",
+            Self::Unknown(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Strategy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "latency" => Self::Latency,
+            "round_robin" => Self::RoundRobin,
+            "weighted" => Self::Weighted,
+            "availability" => Self::Availability,
+            "least_inflight" => Self::LeastInflight,
+            other => Self::Unknown(other.to_string()),
+        })
+    }
+}

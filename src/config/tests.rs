@@ -1,0 +1,204 @@
+//! Config unit tests: the shipped file, every validation rule with its located error, unknown keys
+//! and durations.
+
+use super::*;
+use std::time::Duration;
+
+const MIN: &str = r#"
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+"#;
+
+/// Parses `text` and returns its errors, which must exist.
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse_str(text, "t.toml").expect_err("config should be rejected").0
+}
+
+/// The single error about `key`, asserting it is located at `line`.
+fn assert_error_at(text: &str, key: &str, line: usize) -> ConfigError {
+    let errs = errors(text);
+    let e = errs
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("no error for {key}; got {errs:#?}"))
+        .clone();
+    assert_eq!(e.line, Some(line), "wrong line for {key}: {e}");
+    assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+    e
+}
+
+#[test]
+fn shipped_gateway_toml_is_valid_and_matches_defaults() {
+    let cfg = parse_str(BUILTIN_CONFIG, "gateway.toml").unwrap();
+    let d = Config::default();
+    assert_eq!(cfg.server, d.server);
+    assert_eq!(cfg.pool, d.pool);
+    assert_eq!(cfg.models_cache, d.models_cache);
+    assert_eq!(cfg.routing, d.routing);
+    assert_eq!(cfg.circuit_breaker, d.circuit_breaker);
+    assert_eq!(cfg.health, d.health);
+    let demo = cfg.providers.iter().find(|p| p.name == "demo").unwrap();
+    assert_eq!(demo.kind, ProviderKind::Mock);
+    assert_eq!(demo.models, vec!["demo"]);
+    let local = cfg.providers.iter().find(|p| p.name == "local").unwrap();
+    assert_eq!(local.base_url, "http://127.0.0.1:11434/v1");
+    assert!(cfg.providers.iter().any(|p| p.kind == ProviderKind::Anthropic));
+    assert_eq!(cfg.models[0].name, "fast");
+}
+
+#[test]
+fn durations_parse() {
+    let cfg = parse_str(
+        &format!("[pool]\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1m 30s\"\n{MIN}"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(cfg.pool.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(cfg.pool.heartbeat_timeout, Duration::from_secs(90));
+    let e = &errors("[pool]\nqueue_timeout = \"soon\"\n")[0];
+    assert_eq!(e.line, Some(2));
+    assert!(e.message.contains("soon") || e.message.contains("duration"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_line() {
+    let e = &errors("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n")[0];
+    assert_eq!((e.line, e.column), (Some(3), Some(1)), "{e}");
+    assert_eq!(e.key, "listne");
+    assert!(e.message.contains("unknown field"), "{e}");
+    let e = &errors("[poool]\nworkers = 1\n")[0];
+    assert_eq!(e.line, Some(1), "{e}");
+}
+
+#[test]
+fn workers_at_least_one() {
+    assert_error_at(&format!("[pool]\nworkers = 0\n{MIN}"), "pool.workers", 2);
+}
+
+#[test]
+fn port_range_must_fit() {
+    let e = assert_error_at(&format!("[pool]\nworkers = 10\nbase_port = 65530\n{MIN}"), "pool.base_port", 3);
+    assert!(e.message.contains("65539"), "{e}");
+    // base_port 0 means any free ports: always fits.
+    parse_str(&format!("[pool]\nworkers = 10\nbase_port = 0\n{MIN}"), "t").unwrap();
+}
+
+#[test]
+fn provider_names_unique_and_kind_known() {
+    let text = r#"
+[[providers]]
+name = "a"
+kind = "mock"
+models = ["m"]
+
+[[providers]]
+name = "a"
+kind = "grok"
+base_url = "http://x"
+models = ["m"]
+"#;
+    assert_error_at(text, "providers[1].name", 8);
+    let e = assert_error_at(text, "providers[1].kind", 9);
+    assert!(e.message.contains("grok") && e.message.contains("openai"), "{e}");
+}
+
+#[test]
+fn base_url_must_parse_for_real_providers() {
+    let text = "[[providers]]\nname = \"o\"\nkind = \"openai\"\nbase_url = \"not a url\"\nmodels = [\"m\"]\n";
+    assert_error_at(text, "providers[0].base_url", 4);
+    let missing = "[[providers]]\nname = \"o\"\nkind = \"openai\"\nmodels = [\"m\"]\n";
+    // No base_url at all: located at the provider's table.
+    let e = &errors(missing)[0];
+    assert_eq!(e.key, "providers[0].base_url");
+    assert_eq!(e.line, Some(1), "{e}");
+}
+
+#[test]
+fn alias_targets_must_name_known_provider_models() {
+    let text = format!(
+        "{MIN}\n[[models]]\nname = \"fast\"\ntargets = [\"demo/demo\", \"nope/x\", \"demo/other\", \"bare\"]\n"
+    );
+    let errs = errors(&text);
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["models[0].targets[1]", "models[0].targets[2]", "models[0].targets[3]"]);
+    assert!(errs.iter().all(|e| e.line == Some(9)), "{errs:#?}");
+    assert!(errs[0].message.contains("unknown provider `nope`"));
+    // A "*" provider serves any model.
+    let star = "[[providers]]\nname = \"p\"\nkind = \"mock\"\nmodels = [\"*\"]\n[[models]]\nname = \"a\"\ntargets = [\"p/anything\"]\n";
+    parse_str(star, "t").unwrap();
+}
+
+#[test]
+fn strategy_must_be_known() {
+    let e = assert_error_at(&format!("[routing]\nstrategy = \"fastest\"\n{MIN}"), "routing.strategy", 2);
+    assert!(e.message.contains("round_robin"), "{e}");
+}
+
+#[test]
+fn breaker_rate_in_range() {
+    for bad in ["0.0", "1.5", "-0.2"] {
+        assert_error_at(
+            &format!("[circuit_breaker]\nfailure_rate_threshold = {bad}\n{MIN}"),
+            "circuit_breaker.failure_rate_threshold",
+            2,
+        );
+    }
+    parse_str(&format!("[circuit_breaker]\nfailure_rate_threshold = 1.0\n{MIN}"), "t").unwrap();
+}
+
+#[test]
+fn heartbeat_timeout_longer_than_interval() {
+    let text = format!("[pool]\nheartbeat_interval = \"5s\"\nheartbeat_timeout = \"5s\"\n{MIN}");
+    assert_error_at(&text, "pool.heartbeat_timeout", 3);
+    // Only the interval written: the error points at the [pool] table the user would edit.
+    let text = format!("[pool]\nheartbeat_interval = \"10s\"\n{MIN}");
+    assert_error_at(&text, "pool.heartbeat_timeout", 1);
+}
+
+#[test]
+fn non_loopback_listen_needs_a_token() {
+    let text = format!("[server]\nlisten = \"0.0.0.0:8080\"\nauth_token_env = \"\"\n{MIN}");
+    let e = assert_error_at(&text, "server.listen", 2);
+    assert!(e.message.contains("loopback"), "{e}");
+    parse_str(&format!("[server]\nlisten = \"0.0.0.0:8080\"\n{MIN}"), "t").unwrap();
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = r#"
+[pool]
+workers = 0
+heartbeat_timeout = "1s"
+heartbeat_interval = "2s"
+
+[routing]
+strategy = "nope"
+
+[[providers]]
+name = "x"
+kind = "nope"
+models = ["m"]
+"#;
+    let keys: Vec<_> = errors(text).into_iter().map(|e| e.key).collect();
+    for k in ["pool.workers", "pool.heartbeat_timeout", "routing.strategy", "providers[0].kind"] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let src = ConfigSource::File("/nonexistent/gw.toml".into());
+    let e = load(&src).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/gw.toml"), "{e}");
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
+#[test]
+fn lookup_order() {
+    assert_eq!(
+        resolve_source(Some(std::path::Path::new("x.toml"))),
+        ConfigSource::File("x.toml".into())
+    );
+}

@@ -1,0 +1,11 @@
+//! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
+//! loading, the heartbeat file protocol, API error bodies in both client dialects, and SSE frames.
+//! Nothing here starts tasks or touches sockets.
+
+pub mod api_error;
+pub mod config;
+pub mod heartbeat;
+pub mod sse;
+
+pub use api_error::{ApiError, Dialect, ErrorKind, Side};
+pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};

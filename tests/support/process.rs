@@ -1,0 +1,290 @@
+//! Real processes for tests: locate the built binaries, run them under a guard that kills the
+//! child and all its descendants on drop (even when the test panics), read the `ready` line with a
+//! deadline, and write temporary configurations.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`supervisor`, `gateway-worker`). `cargo test --workspace` builds
+/// them next to the test executable's parent directory; when a test is run alone with
+/// `cargo test -p gateway`, they are built once on demand.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+    let path = dir.join(name);
+    static BUILD: Once = Once::new();
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "-p", "supervisor", "-p", "gateway-worker", "--bins"])
+                .status()
+                .expect("run cargo build");
+            assert!(st.success(), "building the binaries failed");
+        });
+    }
+    assert!(path.exists(), "binary {} not found", path.display());
+    path
+}
+
+/// Every descendant pid of `pid`, found through /proc (children before grandchildren).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(pp) = ppid_of(p) {
+                parents.entry(pp).or_default().push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        for &c in parents.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            out.push(c);
+            stack.push(c);
+        }
+    }
+    out
+}
+
+/// Parent pid from /proc/PID/stat (the field after the parenthesised command name).
+pub fn ppid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running child whose stdout lines and stderr text are collected by reader threads. Dropping
+/// it SIGKILLs the child and every descendant, so a failed test leaves nothing running.
+pub struct ChildGuard {
+    pub child: Child,
+    stdout_rx: mpsc::Receiver<String>,
+    /// Every stdout line seen so far, in order.
+    pub stdout_lines: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with piped stdout/stderr (stdin is piped too, and kept open).
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if cmd.get_program().is_empty() {
+            panic!("empty command");
+        }
+        let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn child");
+        let (tx, stdout_rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, stdout_rx, stdout_lines: Vec::new(), stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next stdout line, waiting at most `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.stdout_rx.recv_timeout(timeout).ok()?;
+        self.stdout_lines.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits for the first stdout line that is a JSON object with `"event": event`.
+    pub fn wait_event(&mut self, event: &str, timeout: Duration) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.next_line(left)?;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == event {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Closes the child's stdin.
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        signal(self.pid(), sig);
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        for d in descendants(pid).into_iter().rev() {
+            signal(d, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- stderr of child {pid} ---\n{}", self.stderr());
+        }
+    }
+}
+
+/// A temporary directory holding a config file and the runtime directory for one test.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl TestEnv {
+    /// Writes `config` (TOML) to `DIR/gateway.toml`. Use `{RUNTIME_DIR}` in the text for the
+    /// test's private runtime directory.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gateway.toml");
+        let env = Self { dir, config_path };
+        env.write_config(config);
+        env
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Replaces the config file's content.
+    pub fn write_config(&self, config: &str) {
+        let text = config.replace("{RUNTIME_DIR}", &self.runtime_dir().display().to_string());
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// A `supervisor` command with `-c` set and the environment cleaned of variables that
+    /// would change its behaviour.
+    pub fn supervisor(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin_path("supervisor"));
+        cmd.args(args).arg("-c").arg(&self.config_path);
+        for v in ["GATEWAY_CONFIG", "GATEWAY_TOKEN", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"] {
+            cmd.env_remove(v);
+        }
+        cmd.env("RUST_LOG", "info");
+        cmd
+    }
+
+    /// Starts `supervisor start` with `extra` flags and waits for its ready line.
+    pub fn start(&self, extra: &[&str]) -> Running {
+        let mut args = vec!["start"];
+        args.extend_from_slice(extra);
+        let mut guard = ChildGuard::spawn(self.supervisor(&args));
+        let ready = guard.wait_event("ready", Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!("no ready line within 20s; stderr:\n{}", guard.stderr())
+        });
+        let listen = ready["listen"].as_str().expect("listen in ready line").parse().unwrap();
+        Running { guard, ready, listen }
+    }
+}
+
+/// A started supervisor.
+pub struct Running {
+    pub guard: ChildGuard,
+    pub ready: serde_json::Value,
+    pub listen: std::net::SocketAddr,
+}
+
+/// A minimal config for tests: `workers` workers on any free ports, the front on a free port, a
+/// mock provider `demo` serving model `demo`, and the test's private runtime directory.
+pub fn mock_config(workers: u32, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+auth_token_env = ""
+
+[pool]
+workers = {workers}
+base_port = 0
+runtime_dir = "{{RUNTIME_DIR}}"
+heartbeat_interval = "200ms"
+heartbeat_timeout = "1s"
+startup_timeout = "10s"
+shutdown_timeout = "5s"
+restart_backoff_initial = "50ms"
+restart_backoff_max = "1s"
+
+[health]
+probe_interval = "0s"
+
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+{extra}
+"#
+    )
+}
