@@ -41,6 +41,8 @@ impl ConfigSource {
 pub struct LoadedConfig {
     pub config: Config,
     pub source: ConfigSource,
+    /// The text that was parsed; the supervisor hands workers a snapshot of exactly this.
+    pub text: String,
 }
 
 /// Applies the lookup order. `cli` is the `-c` flag.
@@ -68,7 +70,7 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
         })?,
     };
     let config = parse_str(&text, &name)?;
-    Ok(LoadedConfig { config, source: source.clone() })
+    Ok(LoadedConfig { config, source: source.clone(), text })
 }
 
 /// Parses and validates configuration text; `name` is how errors refer to it.

@@ -3,12 +3,16 @@
 //! `main` parses the command line and calls into `cli`; everything else is a library so tests can
 //! drive it in-process as well as through the real binary.
 
+pub mod admin;
 pub mod cli;
 pub mod control;
 pub mod front;
+pub mod instance;
+pub mod integrate;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod runtime_dir;
 pub mod shutdown;
 
 /// Exit codes (contract).

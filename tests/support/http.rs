@@ -31,7 +31,10 @@ impl Response {
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// How the body is delimited.
@@ -66,7 +69,10 @@ pub fn send(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
             req.push_str("Content-Type: application/json\r\n");
         }
         req.push_str(&format!("Content-Length: {}\r\n", b.len()));
@@ -101,7 +107,12 @@ impl Stream {
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {line:?}"),
+                )
+            })?;
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -120,13 +131,21 @@ impl Stream {
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
         {
             Framing::Chunked
-        } else if let Some(n) = find_header(&headers, "content-length").and_then(|v| v.parse().ok()) {
+        } else if let Some(n) = find_header(&headers, "content-length").and_then(|v| v.parse().ok())
+        {
             Framing::Length(n)
         } else {
             Framing::Close
         };
-        let done = head_only || status == 204 || status == 304 || matches!(framing, Framing::Length(0));
-        Ok(Self { reader, status, headers, framing, done })
+        let done =
+            head_only || status == 204 || status == 304 || matches!(framing, Framing::Length(0));
+        Ok(Self {
+            reader,
+            status,
+            headers,
+            framing,
+            done,
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -148,10 +167,18 @@ impl Stream {
             Framing::Chunked => {
                 let mut line = String::new();
                 if self.reader.read_line(&mut line)? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut before its last chunk"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body cut before its last chunk",
+                    ));
                 }
                 let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}")))?;
+                    .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {line:?}"),
+                    )
+                })?;
                 let mut buf = vec![0; size + 2];
                 self.reader.read_exact(&mut buf)?;
                 buf.truncate(size);
@@ -165,7 +192,10 @@ impl Stream {
                 let mut buf = vec![0; (*left).min(16384) as usize];
                 let n = self.reader.read(&mut buf)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than Content-Length"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body shorter than Content-Length",
+                    ));
                 }
                 *left -= n as u64;
                 self.done = *left == 0;
@@ -206,7 +236,10 @@ impl Stream {
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("body ended without {needle:?}: {}", String::from_utf8_lossy(&all)),
+                        format!(
+                            "body ended without {needle:?}: {}",
+                            String::from_utf8_lossy(&all)
+                        ),
                     ))
                 }
             }
@@ -225,7 +258,11 @@ pub fn request(
 ) -> io::Result<Response> {
     let mut s = Stream::open(addr, method, path, headers, body)?;
     let body = s.read_to_end().map_err(|(_, e)| e)?;
-    Ok(Response { status: s.status, headers: s.headers, body })
+    Ok(Response {
+        status: s.status,
+        headers: s.headers,
+        body,
+    })
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {

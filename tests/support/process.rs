@@ -14,13 +14,24 @@ use std::time::{Duration, Instant};
 /// `cargo test -p gateway`, they are built once on demand.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf();
     let path = dir.join(name);
     static BUILD: Once = Once::new();
     if !path.exists() {
         BUILD.call_once(|| {
             let st = Command::new(env!("CARGO"))
-                .args(["build", "-p", "supervisor", "-p", "gateway-worker", "--bins"])
+                .args([
+                    "build",
+                    "-p",
+                    "supervisor",
+                    "-p",
+                    "gateway-worker",
+                    "--bins",
+                ])
                 .status()
                 .expect("run cargo build");
             assert!(st.success(), "building the binaries failed");
@@ -124,10 +135,17 @@ impl ChildGuard {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Self { child, stdout_rx, stdout_lines: Vec::new(), stderr }
+        Self {
+            child,
+            stdout_rx,
+            stdout_lines: Vec::new(),
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -230,7 +248,13 @@ impl TestEnv {
     pub fn supervisor(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_path("supervisor"));
         cmd.args(args).arg("-c").arg(&self.config_path);
-        for v in ["GATEWAY_CONFIG", "GATEWAY_TOKEN", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"] {
+        for v in [
+            "GATEWAY_CONFIG",
+            "GATEWAY_TOKEN",
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+        ] {
             cmd.env_remove(v);
         }
         cmd.env("RUST_LOG", "info");
@@ -242,11 +266,19 @@ impl TestEnv {
         let mut args = vec!["start"];
         args.extend_from_slice(extra);
         let mut guard = ChildGuard::spawn(self.supervisor(&args));
-        let ready = guard.wait_event("ready", Duration::from_secs(20)).unwrap_or_else(|| {
-            panic!("no ready line within 20s; stderr:\n{}", guard.stderr())
-        });
-        let listen = ready["listen"].as_str().expect("listen in ready line").parse().unwrap();
-        Running { guard, ready, listen }
+        let ready = guard
+            .wait_event("ready", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));
+        let listen = ready["listen"]
+            .as_str()
+            .expect("listen in ready line")
+            .parse()
+            .unwrap();
+        Running {
+            guard,
+            ready,
+            listen,
+        }
     }
 }
 

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One run, one machine, one table: the same fast upstream measured direct, through one worker,
+# through the front listener with 3 workers, and through nginx (one-hop reference) if installable.
+# Usage: bench/run.sh [SECS]   (default 10 s per measurement). Release build. Writes bench/out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+RATE=${RATE:-500}            # fixed request rate for the latency figures
+STREAMS=${STREAMS:-"2000 10000"}
+OUT=bench/out; mkdir -p "$OUT"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q -p supervisor -p gateway-worker --examples
+BIN=target/release; EX=target/release/examples
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; pkill -f "$OUT/nginx.conf" 2>/dev/null || true; }
+trap cleanup EXIT
+
+rss_kb() { # total RSS of the given pids and their descendants
+  local total=0 p
+  for p in "$@"; do
+    for q in $p $(pgrep -P "$p" 2>/dev/null); do
+      total=$((total + $(awk '/VmRSS/{print $2}' /proc/$q/status 2>/dev/null || echo 0)))
+    done
+  done
+  echo $total
+}
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+# --- upstream (2 threads so it is not the bottleneck) ---
+BENCH_THREADS=2 $EX/bench_upstream 127.0.0.1:0 >"$OUT/upstream.addr" & pids+=($!)
+until [ -s "$OUT/upstream.addr" ]; do sleep 0.05; done
+UP=$(head -1 "$OUT/upstream.addr")
+
+cat >"$OUT/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+auth_token_env = ""
+[pool]
+workers = 3
+base_port = 0
+worker_max_inflight = 20000
+max_queue = 20000
+runtime_dir = "$PWD/$OUT/run"
+[health]
+probe_interval = "0s"
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://$UP/v1"
+models = ["bench", "bench-slow"]
+TOML
+
+# --- one worker ---
+$BIN/gateway-worker --config "$OUT/gateway.toml" --listen 127.0.0.1:0 2>"$OUT/worker.log" & WPID=$!; pids+=($WPID)
+for _ in $(seq 100); do WADDR=$(grep -oE 'listening on [0-9.:]+' "$OUT/worker.log" | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
+[ -n "${WADDR:-}" ] || { echo "worker did not report its address"; cat "$OUT/worker.log"; exit 1; }
+
+# --- front listener with 3 workers, timing start -> ready line ---
+t0=$(date +%s%N)
+$BIN/supervisor start -c "$OUT/gateway.toml" >"$OUT/sup.out" 2>"$OUT/sup.log" & SPID=$!; pids+=($SPID)
+until grep -q '"ready"' "$OUT/sup.out" 2>/dev/null; do sleep 0.002; done
+READY_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
+FRONT=$(python3 -c "import json;print(json.loads(open('$OUT/sup.out').readline())['listen'])")
+sleep 1
+IDLE_RSS=$(rss_kb $SPID)
+
+# --- nginx reference, if installable ---
+NGINX=""
+if ! command -v nginx >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null 2>&1) || true
+fi
+if command -v nginx >/dev/null 2>&1; then
+  cat >"$OUT/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log $PWD/$OUT/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; upstream up { server $UP; keepalive 64; }
+  server { listen 127.0.0.1:18099; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } } }
+NGX
+  nginx -c "$PWD/$OUT/nginx.conf" & pids+=($!); sleep 0.5; NGINX=127.0.0.1:18099
+fi
+
+measure() { # name addr
+  local url="http://$2/v1/chat/completions" t l
+  t=$($EX/bench_load throughput "$url" 64 "$SECS")
+  l=$($EX/bench_load latency "$url" "$RATE" "$SECS")
+  echo "$1 $(field "$t" rps) $(field "$t" errors) $(field "$l" p50_us) $(field "$l" p99_us) $(field "$l" errors)" >>"$OUT/rows"
+}
+: >"$OUT/rows"
+measure direct "$UP"
+measure worker "$WADDR"
+LOAD_RSS_BEFORE=$(rss_kb $SPID)
+( $EX/bench_load throughput "http://$FRONT/v1/chat/completions" 64 "$SECS" >/dev/null ) & LP=$!
+sleep $((SECS / 2)); LOAD_RSS=$(rss_kb $SPID); wait $LP
+measure front3 "$FRONT"
+[ -n "$NGINX" ] && measure nginx "$NGINX"
+
+# --- held SSE streams through the front: memory per stream and time to first byte ---
+kill -9 $WPID 2>/dev/null || true
+STREAM_ROWS=""
+for n in $STREAMS; do
+  base=$(rss_kb $SPID)
+  $EX/bench_load streams "http://$FRONT/v1/chat/completions" "$n" 5 >"$OUT/streams.$n" & BP=$!
+  until grep -q streams_open "$OUT/streams.$n" 2>/dev/null || ! kill -0 $BP 2>/dev/null; do sleep 0.1; done
+  held=$(rss_kb $SPID); wait $BP || true
+  res=$(tail -1 "$OUT/streams.$n")
+  STREAM_ROWS+="| $n streams | $(( (held - base) * 1024 / n )) B/stream | TTFB p50 $(field "$res" ttfb_p50_us) µs, p99 $(field "$res" ttfb_p99_us) µs | errors $(field "$res" errors) |"$'\n'
+done
+
+# --- worker kill recovery: detection and replacement, from the admin status ---
+RECOVERY=$(python3 bench/kill_recovery.py "$BIN/supervisor" "$OUT/gateway.toml")
+
+python3 - "$OUT/rows" <<PY
+import sys
+rows=[l.split() for l in open(sys.argv[1])]
+d=next(r for r in rows if r[0]=="direct"); drps=float(d[1]); dp50=int(d[3])
+print("| path | req/s @64 | ratio | errors | p50 µs @${RATE}/s | +p50 µs | p99 µs | errors |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r[0]} | {float(r[1]):.0f} | {float(r[1])/drps:.2f}x | {r[2]} | {r[3]} | {int(r[3])-dp50:+d} | {r[4]} | {r[5]} |")
+PY
+echo
+echo "| figure | value |"
+echo "|---|---|"
+echo "| start -> ready line (3 workers) | ${READY_MS} ms |"
+echo "| RSS supervisor + 3 workers, idle | $((IDLE_RSS / 1024)) MB |"
+echo "| RSS supervisor + 3 workers, under load (c=64) | $((LOAD_RSS / 1024)) MB |"
+echo "$RECOVERY"
+echo
+printf '%s' "$STREAM_ROWS"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Soak: MINUTES (default 10) of mixed stream and non-stream load through the front listener with a
+# worker SIGKILLed every 30 s, printing the RSS of the supervisor and of each worker slot at the
+# start (after a 30 s warm-up) and at the end. Goal: flat within 5 % after warm-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIN=${1:-10}
+OUT=bench/out; mkdir -p "$OUT"
+ulimit -n 65536 2>/dev/null || true
+cargo build --release -q -p supervisor --examples
+EX=target/release/examples
+pids=(); trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done' EXIT
+BENCH_CHUNKS=20 BENCH_CHUNK_MS=50 BENCH_THREADS=2 $EX/bench_upstream >"$OUT/soak-up.addr" & pids+=($!)
+until [ -s "$OUT/soak-up.addr" ]; do sleep 0.05; done
+UP=$(head -1 "$OUT/soak-up.addr")
+cat >"$OUT/soak.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+auth_token_env = ""
+[pool]
+workers = 3
+base_port = 0
+runtime_dir = "$PWD/$OUT/soak-run"
+[health]
+probe_interval = "0s"
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "http://$UP/v1"
+models = ["bench", "bench-slow"]
+TOML
+target/release/supervisor start -c "$OUT/soak.toml" >"$OUT/soak.out" 2>"$OUT/soak.log" & SPID=$!; pids+=($SPID)
+until grep -q '"ready"' "$OUT/soak.out"; do sleep 0.05; done
+FRONT=$(python3 -c "import json;print(json.loads(open('$OUT/soak.out').readline())['listen'])")
+URL="http://$FRONT/v1/chat/completions"
+snapshot() { # supervisor RSS, then each worker's (children of the supervisor)
+  printf 'supervisor %s kB' "$(awk '/VmRSS/{print $2}' /proc/$SPID/status)"
+  for c in $(pgrep -P $SPID); do printf ', worker %s %s kB' "$c" "$(awk '/VmRSS/{print $2}' /proc/$c/status 2>/dev/null)"; done
+  echo
+}
+end=$(( $(date +%s) + MIN * 60 ))
+( while [ "$(date +%s)" -lt $end ]; do $EX/bench_load throughput "$URL" 32 20 >>"$OUT/soak.load"; done ) & pids+=($!)
+( while [ "$(date +%s)" -lt $end ]; do $EX/bench_load streams "$URL" 200 10 >>"$OUT/soak.streams"; done ) & pids+=($!)
+( while [ "$(date +%s)" -lt $end ]; do sleep 30; v=$(pgrep -P $SPID | shuf -n1); [ -n "$v" ] && kill -9 "$v"; done ) & pids+=($!)
+sleep 30
+echo "start: $(snapshot)"
+while [ "$(date +%s)" -lt $end ]; do sleep 5; done
+echo "end:   $(snapshot)"
+echo "load errors:    $(python3 -c "import json,sys; print(sum(json.loads(l).get('errors',0) for l in open('$OUT/soak.load')))")"
+echo "stream errors:  $(python3 -c "import json,sys; print(sum(json.loads(l).get('errors',0) for l in open('$OUT/soak.streams') if 'held' in l))")"

@@ -1,0 +1,89 @@
+//! A fast upstream for `bench/run.sh`: an OpenAI-compatible server answering every POST with a
+//! small fixed chat completion, or, when the body asks for `"stream": true`, with an SSE stream of
+//! `BENCH_CHUNKS` chunks (default 5) spaced `BENCH_CHUNK_MS` apart (default 0); model `bench-slow`
+//! streams one chunk a second. GET /models lists one model. Usage: `bench_upstream [ADDR]` (default 127.0.0.1:0); prints the bound address.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use std::convert::Infallible;
+use std::time::Duration;
+
+const REPLY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.method() == hyper::Method::GET {
+        let body = r#"{"object":"list","data":[{"id":"bench","object":"model","created":0,"owned_by":"bench"}]}"#;
+        return Ok(json(body));
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let wants_stream = memchr_stream(&body);
+    if !wants_stream {
+        return Ok(json(REPLY));
+    }
+    // Model "bench-slow" holds the stream open: one chunk a second for ~17 minutes.
+    let slow = body.windows(10).any(|w| w == b"bench-slow");
+    let (chunks, gap) = if slow {
+        (1000, Duration::from_secs(1))
+    } else {
+        (env_u64("BENCH_CHUNKS", 5), Duration::from_millis(env_u64("BENCH_CHUNK_MS", 0)))
+    };
+    let stream = futures_util::stream::unfold(0u64, move |i| async move {
+        if i > chunks {
+            return None;
+        }
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        let data = if i == chunks {
+            "data: [DONE]\n\n".to_string()
+        } else {
+            format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            )
+        };
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(data))), i + 1))
+    });
+    Ok(Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap())
+}
+
+fn memchr_stream(body: &[u8]) -> bool {
+    body.windows(13).any(|w| w == b"\"stream\":true") || body.windows(14).any(|w| w == b"\"stream\": true")
+}
+
+fn json(s: &'static str) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from_static(s.as_bytes()))))
+        .unwrap()
+}
+
+fn main() {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let threads = env_u64("BENCH_THREADS", 1) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+        println!("{}", listener.local_addr().unwrap());
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, hyper::service::service_fn(handle))
+                    .await;
+            });
+        }
+    });
+}

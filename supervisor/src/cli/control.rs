@@ -1,0 +1,206 @@
+//! `supervisor stop`, `reload` and `restart-worker`: requests to a running supervisor's admin
+//! socket. Also the small blocking HTTP/1.1 client that `status` shares: one request per
+//! connection (`Connection: close`), so reading to EOF is the whole response.
+
+use super::ConfigArg;
+use crate::exit;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A response from the admin socket.
+#[derive(Debug)]
+pub struct AdminResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Why the admin socket could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no supervisor is running for this configuration (cannot connect to {}: {source})", path.display())]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin socket {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin socket {}: malformed response", path.display())]
+    Malformed { path: PathBuf },
+}
+
+/// Sends one request and reads the whole response.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<AdminResponse, ClientError> {
+    let io = |source| ClientError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::NotRunning {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    parse(&raw).ok_or_else(|| ClientError::Malformed {
+        path: socket.to_path_buf(),
+    })
+}
+
+fn parse(raw: &[u8]) -> Option<AdminResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Ok::<_, ()>(AdminResponse {
+        status,
+        body: body.to_string(),
+    })
+    .ok()
+}
+
+/// Loads the config and finds the admin socket; `Err(exit code)` after printing why.
+///
+/// A config file that became invalid while the supervisor runs must not lock the operator out
+/// of `status` and `stop`: then only `pool.runtime_dir` is read, leniently, with a warning.
+pub fn admin_socket(arg: &ConfigArg) -> Result<PathBuf, u8> {
+    let source = gateway::config::resolve_source(arg.config.as_deref());
+    let dir = match gateway::config::load(&source) {
+        Ok(loaded) => crate::runtime_dir::resolve_runtime_dir(&loaded.config),
+        Err(errors) => {
+            let text = source.path().and_then(|p| std::fs::read_to_string(p).ok());
+            let Some(text) = text else {
+                eprintln!(
+                    "error: invalid configuration ({} problem(s)):",
+                    errors.0.len()
+                );
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                return Err(exit::CONFIG);
+            };
+            eprintln!(
+                "warning: {} is invalid ({} problem(s), see check-config); using its pool.runtime_dir only",
+                source.display_name(),
+                errors.0.len()
+            );
+            let mut cfg = gateway::Config::default();
+            cfg.pool.runtime_dir = lenient_runtime_dir(&text).unwrap_or_default();
+            crate::runtime_dir::resolve_runtime_dir(&cfg)
+        }
+    };
+    Ok(crate::runtime_dir::admin_socket(&dir))
+}
+
+/// `runtime_dir = "..."` inside the `[pool]` table of a file that does not parse as a whole.
+fn lenient_runtime_dir(text: &str) -> Option<String> {
+    let mut in_pool = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_pool = line
+                .trim_end_matches(|c: char| c == ']' || c.is_whitespace())
+                .trim_start_matches('[')
+                .trim()
+                == "pool";
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if in_pool && key.trim() == "runtime_dir" {
+            let v = value.split('#').next()?.trim();
+            return Some(v.trim_matches(|c| c == '"' || c == '\'').to_string());
+        }
+    }
+    None
+}
+
+/// Sends `method path` and reports the outcome; the exit code.
+fn simple(arg: &ConfigArg, method: &str, path: &str, done: &str, timeout: Duration) -> u8 {
+    let socket = match admin_socket(arg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match request(&socket, method, path, timeout) {
+        Ok(r) if (200..300).contains(&r.status) => {
+            eprintln!("{done}");
+            exit::OK
+        }
+        Ok(r) => {
+            let msg = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(r.body);
+            eprintln!("error: {msg}");
+            exit::RUNTIME
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::RUNTIME
+        }
+    }
+}
+
+/// `supervisor stop`: graceful, like SIGTERM.
+pub fn stop(arg: &ConfigArg) -> u8 {
+    simple(arg, "POST", "/stop", "stopping", Duration::from_secs(10))
+}
+
+/// `supervisor reload`: like SIGHUP; waits for the roll to finish.
+pub fn reload(arg: &ConfigArg) -> u8 {
+    simple(arg, "POST", "/reload", "reloaded", Duration::from_secs(120))
+}
+
+/// `supervisor restart-worker ID`.
+pub fn restart_worker(arg: &ConfigArg, id: usize) -> u8 {
+    simple(
+        arg,
+        "POST",
+        &format!("/workers/{id}/restart"),
+        &format!("worker {id} restarting"),
+        Duration::from_secs(10),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_dir_from_a_broken_file() {
+        let text = "[server]\nruntime_dir = \"/nope\"\n[pool]\nworkers = \"many\"\nruntime_dir = \"/run/gw\" # here\n";
+        assert_eq!(lenient_runtime_dir(text).as_deref(), Some("/run/gw"));
+        assert_eq!(lenient_runtime_dir("[pool]\nworkers = 1\n"), None);
+    }
+
+    #[test]
+    fn parses_response_and_reports_missing_server() {
+        let r = parse(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (404, "{}"));
+        assert!(parse(b"garbage").is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("admin.sock");
+        let err = request(&sock, "GET", "/workers", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }));
+        assert!(
+            err.to_string().contains(&sock.display().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! `supervisor start`: the product. Loads the configuration, takes the runtime-directory lock,
+//! binds the front port and the worker ports, starts the pool once, serves, prints the ready
+//! line, and then runs the main loop: signals, admin commands, systemd watchdog, parent watch.
+//!
+//! Order matters for "nothing is lost": signal handlers are installed before anything starts, so
+//! an early SIGTERM still stops cleanly; the front stops accepting first, drains, and only then
+//! are the workers stopped; the `stopped` line is the last thing on stdout.
+
+use super::StartArgs;
+use crate::control::{self, ControlCommand};
+use crate::front::{self, FrontContext};
+use crate::instance::{Instance, InstanceError};
+use crate::integrate::{sidecar, systemd::Systemd, watch};
+use crate::metrics::SupervisorMetrics;
+use crate::pool::{Pool, PoolOptions};
+use crate::shutdown::{self, Shutdown};
+use crate::{admin, exit, runtime_dir};
+use arc_swap::ArcSwap;
+use gateway::config::{self, Config, ConfigSource};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// A failure that ends `start` with a specific exit code.
+#[derive(Debug)]
+struct Fatal {
+    code: u8,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+pub fn run(args: StartArgs) -> u8 {
+    crate::logging::init(args.log_format);
+    // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, which is
+    // only sound while the process is single-threaded.
+    let activated = take_activated_listener();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("supervisor").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    match rt.block_on(serve(args, activated)) {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            error!("{}", f.message);
+            f.code
+        }
+    }
+}
+
+fn take_activated_listener() -> Option<std::io::Result<std::net::TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return None;
+    }
+    fds.take_tcp_listener(0).transpose()
+}
+
+/// Loads the file and applies the command-line overrides (flags override the file).
+fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, String), Fatal> {
+    let loaded = config::load(source).map_err(|errs| {
+        for e in &errs.0 {
+            error!("{e}");
+        }
+        Fatal::new(exit::CONFIG, format!("invalid configuration ({} problem(s))", errs.0.len()))
+    })?;
+    let mut cfg = loaded.config;
+    apply_overrides(&mut cfg, args);
+    let violations = config::validate(&cfg);
+    if !violations.is_empty() {
+        for v in &violations {
+            error!("{}: {} (after command-line overrides)", v.key, v.message);
+        }
+        return Err(Fatal::new(exit::CONFIG, "invalid configuration after command-line overrides"));
+    }
+    Ok((cfg, loaded.text))
+}
+
+fn apply_overrides(cfg: &mut Config, args: &StartArgs) {
+    if let Some(l) = args.listen {
+        cfg.server.listen = l;
+    }
+    if let Some(w) = args.workers {
+        cfg.pool.workers = w;
+    }
+    if let Some(p) = args.base_port {
+        cfg.pool.base_port = p;
+    }
+}
+
+/// The token must be present, not just configured, before we listen beyond loopback.
+fn check_exposure(cfg: &Config) -> Result<(), Fatal> {
+    if cfg.server.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let var = &cfg.server.auth_token_env;
+    if std::env::var(var).is_ok_and(|t| !t.is_empty()) {
+        return Ok(());
+    }
+    Err(Fatal::new(
+        exit::CONFIG,
+        format!(
+            "refusing to listen on non-loopback {} without an auth token: set ${var}",
+            cfg.server.listen
+        ),
+    ))
+}
+
+/// Writes the validated text workers will read, atomically.
+fn write_snapshot(dir: &Path, text: &str) -> Result<PathBuf, Fatal> {
+    let path = dir.join("gateway.toml");
+    let tmp = dir.join("gateway.toml.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Fatal::new(exit::RUNTIME, format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+fn bind_front(
+    addr: SocketAddr,
+    activated: Option<std::io::Result<std::net::TcpListener>>,
+) -> Result<tokio::net::TcpListener, Fatal> {
+    let std_listener = match activated {
+        Some(Ok(l)) => {
+            info!("using the socket-activated front listener");
+            l
+        }
+        Some(Err(e)) => return Err(Fatal::new(exit::RUNTIME, format!("LISTEN_FDS socket unusable: {e}"))),
+        None => std::net::TcpListener::bind(addr).map_err(|e| {
+            let holder = crate::pool::port_holder(addr.port())
+                .map(|h| format!(", held by {h}"))
+                .unwrap_or_default();
+            // Exit 4 covers "in use" and "cannot be bound" alike (contract).
+            Fatal::new(exit::ADDR_IN_USE, format!("cannot bind the front listener on {addr}: {e}{holder}"))
+        })?,
+    };
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
+        .map_err(|e| Fatal::new(exit::RUNTIME, format!("front listener: {e}")))
+}
+
+/// Everything the main loop needs.
+struct Running {
+    source: ConfigSource,
+    args: StartArgs,
+    pool: Arc<Pool>,
+    config: Arc<ArcSwap<Config>>,
+    instance: Instance,
+    systemd: Systemd,
+}
+
+async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpListener>>) -> Result<(), Fatal> {
+    let mut signals = Signals::install()?;
+    let source = config::resolve_source(args.config.config.as_deref());
+    let (cfg, text) = load_config(&source, &args)?;
+    check_exposure(&cfg)?;
+    let dir = runtime_dir::resolve_runtime_dir(&cfg);
+    let instance = Instance::acquire(&dir).map_err(|e| match e {
+        InstanceError::Locked { .. } => Fatal::new(exit::LOCKED, e.to_string()),
+        InstanceError::Io { .. } => Fatal::new(exit::RUNTIME, e.to_string()),
+    })?;
+    let listener = bind_front(cfg.server.listen, activated)?;
+    let listen = listener.local_addr().map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
+    let snapshot = write_snapshot(&dir, &text)?;
+    let (trigger, shutdown) = shutdown::channel();
+    let (metrics, registry) = SupervisorMetrics::new();
+    let cfg = Arc::new(cfg);
+    let pool = Pool::start(PoolOptions {
+        config: cfg.clone(),
+        config_path: snapshot,
+        runtime_dir: dir.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    })
+    .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
+    let config = Arc::new(ArcSwap::new(cfg.clone()));
+    let ctx = FrontContext { pool: pool.clone(), config: config.clone(), metrics, registry: Arc::new(registry) };
+    let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
+    let (control_tx, control_rx) = control::channel();
+    let admin_path = dir.join("admin.sock");
+    // Bound here, not inside the task, so a failure is reported instead of lost.
+    let admin_listener = admin::bind(&admin_path)
+        .map_err(|e| Fatal::new(exit::RUNTIME, format!("admin socket {}: {e}", admin_path.display())))?;
+    let admin = tokio::spawn(admin::serve_on(admin_listener, pool.clone(), listen, control_tx.clone(), shutdown.clone()));
+    let parent = if args.exit_with_parent {
+        Some(sidecar::arm(control_tx.clone()).map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?)
+    } else {
+        None
+    };
+    // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
+    let _watch = match source.path() {
+        Some(path) => watch::spawn(path, control_tx.clone(), shutdown.clone())
+            .map_err(|e| warn!("not watching {} for changes: {e}", path.display()))
+            .ok(),
+        None => None,
+    };
+    let systemd = Systemd::from_env();
+    let mut run = Running { source, args, pool: pool.clone(), config, instance, systemd };
+    let ready = run.wait_first_ready(&mut signals).await;
+    if ready.is_some() {
+        let line = serde_json::json!({
+            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
+            "workers": ready.unwrap_or(0), "admin_socket": admin_path.display().to_string(),
+        });
+        println!("{line}");
+        let total = pool.status().len();
+        systemd.ready(&format!("{}/{total} workers ready", ready.unwrap_or(0)));
+        info!(%listen, "ready");
+        run.main_loop(&mut signals, control_rx, parent, shutdown.clone()).await;
+    }
+    // Stop: the front first (it stops accepting and drains up to shutdown_timeout), then the
+    // workers, so an in-flight request is never cut by its worker going away.
+    systemd.stopping();
+    let grace = run.pool.config().pool.shutdown_timeout;
+    trigger.trigger();
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), front).await;
+    run.pool.stop(Duration::from_secs(2)).await;
+    admin.abort();
+    drop(run.instance);
+    println!("{}", serde_json::json!({"event": "stopped", "code": 0}));
+    Ok(())
+}
+
+/// The signals `start` reacts to; installed first thing so none is missed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    ttin: tokio::signal::unix::Signal,
+    ttou: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Fatal> {
+        let s = |k: SignalKind| signal(k).map_err(|e| Fatal::new(exit::RUNTIME, format!("signal handler: {e}")));
+        Ok(Self {
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+            hup: s(SignalKind::hangup())?,
+            ttin: s(SignalKind::from_raw(nix::libc::SIGTTIN))?,
+            ttou: s(SignalKind::from_raw(nix::libc::SIGTTOU))?,
+        })
+    }
+}
+
+impl Running {
+    /// Waits until every worker is IDLE, or `startup_timeout` passed with at least one IDLE.
+    /// Returns `None` when a stop signal arrived first.
+    async fn wait_first_ready(&self, signals: &mut Signals) -> Option<usize> {
+        let startup = self.pool.config().pool.startup_timeout;
+        let mut waited = Duration::ZERO;
+        loop {
+            tokio::select! {
+                n = self.pool.wait_ready(startup) => {
+                    if n > 0 {
+                        return Some(n);
+                    }
+                    waited += startup;
+                    warn!(waited = ?waited, "no worker is serving yet; still waiting");
+                }
+                _ = signals.term.recv() => return None,
+                _ = signals.int.recv() => return None,
+            }
+        }
+    }
+
+    async fn main_loop(
+        &mut self,
+        signals: &mut Signals,
+        mut control: mpsc::Receiver<ControlCommand>,
+        parent: Option<u32>,
+        _shutdown: Shutdown,
+    ) {
+        let mut ready_rx = self.pool.ready_counts();
+        let watchdog = self.systemd.watchdog_interval();
+        // The tick drives the systemd watchdog and the parent check; with neither it is idle.
+        let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_millis(500)));
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => { info!("SIGTERM: stopping"); return; }
+                _ = signals.int.recv() => { info!("SIGINT: stopping"); return; }
+                _ = signals.hup.recv() => { info!("SIGHUP: reloading"); let _ = self.reload().await; }
+                _ = signals.ttin.recv() => { info!("SIGTTIN: one worker more"); self.pool.scale_by(1); }
+                _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
+                cmd = control.recv() => match cmd {
+                    Some(ControlCommand::Stop) | None => { info!("stop requested"); return; }
+                    Some(ControlCommand::Reload(reply)) => { let r = self.reload().await; let _ = reply.send(r); }
+                },
+                changed = ready_rx.changed() => {
+                    if changed.is_ok() {
+                        let (k, n) = *ready_rx.borrow_and_update();
+                        self.systemd.status(&format!("{k}/{n} workers ready"));
+                    }
+                }
+                _ = tick.tick() => {
+                    if watchdog.is_some() {
+                        self.systemd.watchdog();
+                    }
+                    if parent.is_some_and(sidecar::parent_gone) {
+                        info!("parent process went away; stopping (--exit-with-parent)");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-reads the configuration; applies it when valid, else keeps the old one and logs every
+    /// error. Keys that cannot change while running are reported as needing a restart.
+    async fn reload(&mut self) -> Result<(), String> {
+        self.systemd.reloading();
+        let result = match load_config(&self.source, &self.args) {
+            Err(f) => {
+                error!("reload rejected, keeping the running configuration: {}", f.message);
+                Err(f.message)
+            }
+            Ok((new, text)) => {
+                let old = self.config.load_full();
+                for key in needs_restart(&old, &new) {
+                    warn!(key, "changed in the file but needs a restart to apply");
+                }
+                match write_snapshot(self.instance.dir(), &text) {
+                    Err(f) => Err(f.message),
+                    Ok(_) => {
+                        let new = Arc::new(new);
+                        self.config.store(new.clone());
+                        self.pool.reload(new).await;
+                        info!("configuration reloaded");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let st = self.pool.status();
+        let ready = st.iter().filter(|w| w.serving()).count();
+        self.systemd.ready(&format!("{ready}/{} workers ready", st.len()));
+        result
+    }
+}
+
+/// Keys whose new value only takes effect after a restart.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.server.listen != new.server.listen {
+        keys.push("server.listen");
+    }
+    if old.pool.runtime_dir != new.pool.runtime_dir {
+        keys.push("pool.runtime_dir");
+    }
+    if old.pool.base_port != new.pool.base_port {
+        keys.push("pool.base_port");
+    }
+    if old.server.auth_token_env != new.server.auth_token_env {
+        keys.push("server.auth_token_env");
+    }
+    keys
+}

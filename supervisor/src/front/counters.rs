@@ -1,0 +1,127 @@
+//! Per-request bookkeeping that must stay cheap: the `gateway_requests_total{path,code}` counter
+//! handles, and request ids.
+//!
+//! `Family::get_or_create` takes a read lock and needs owned label strings; doing that per request
+//! would put a lock and two allocations on the hot path. The route labels form a fixed set and
+//! almost every status is one of a dozen, so each (route, status) counter handle is looked up once
+//! and kept in a `OnceLock` table; rare statuses fall back to the family.
+
+use crate::metrics::{RequestLabels, SupervisorMetrics};
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+/// Every `path` label the front uses: the routes, and `other` for everything unknown (so a
+/// scanner cannot grow the series without bound).
+pub const ROUTE_LABELS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/health",
+    "/v1/health/models",
+    "/v1/health/models/{model}",
+    "/v1/health/performance",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+
+/// The statuses with a cached handle; 499 = the client went away before any response.
+const CODES: [u16; 14] = [
+    200, 204, 400, 401, 403, 404, 413, 421, 429, 499, 500, 502, 503, 504,
+];
+
+/// Cached counter handles, `[route][code]`.
+pub struct RequestCounters {
+    table: Vec<[OnceLock<Counter>; CODES.len()]>,
+}
+
+impl Default for RequestCounters {
+    fn default() -> Self {
+        Self {
+            table: ROUTE_LABELS.iter().map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl RequestCounters {
+    /// Counts one request of `route` (one of [`ROUTE_LABELS`]) answered with `code`.
+    pub fn inc(&self, m: &SupervisorMetrics, route: &'static str, code: u16) {
+        let labels = || RequestLabels {
+            path: route.to_string(),
+            code: code.to_string(),
+        };
+        let r = ROUTE_LABELS.iter().position(|l| *l == route);
+        let c = CODES.iter().position(|c| *c == code);
+        match (r, c) {
+            (Some(r), Some(c)) => {
+                self.table[r][c]
+                    .get_or_init(|| m.requests.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            _ => {
+                m.requests.get_or_create(&labels()).inc();
+            }
+        }
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter; unique enough to join log lines, and
+/// much cheaper than a UUID.
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: fastrand::u32(..),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Relaxed);
+        let s = format!("{:08x}-{n:x}", self.prefix);
+        HeaderValue::from_str(&s).expect("hex digits and '-' are valid header bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_through_the_cache_and_the_family() {
+        let (m, _r) = SupervisorMetrics::new();
+        let c = RequestCounters::default();
+        c.inc(&m, "/v1/models", 200);
+        c.inc(&m, "/v1/models", 200);
+        c.inc(&m, "other", 418);
+        let get = |p: &str, code: &str| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    path: p.into(),
+                    code: code.into(),
+                })
+                .get()
+        };
+        assert_eq!(get("/v1/models", "200"), 2);
+        assert_eq!(get("other", "418"), 1);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = RequestIds::default();
+        assert_ne!(ids.next(), ids.next());
+    }
+}

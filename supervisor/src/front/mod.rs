@@ -1,0 +1,140 @@
+//! The front listener: the one port clients talk to.
+//!
+//! `serve` accepts connections (HTTP/1.1 keep-alive and HTTP/2), checks Host, CORS and tokens,
+//! answers `/healthz`, `/readyz`, `/metrics` and `/v1/models` itself, and hands every API request
+//! to a worker with room, waiting in a bounded queue when none has any. Modules:
+//!
+//! - `server`: accept loop, graceful stop, routing of one request;
+//! - `dispatch`: which worker (IDLE first, then power of two choices; sticky sessions);
+//! - `queue`: waiting for room, bounded in count and time;
+//! - `forward`: the pooled loopback client, retries before headers, response wrapping;
+//! - `waiting`: keep-alive pings for streams that wait, then the worker's stream spliced in;
+//! - `body`: response bodies and the in-flight guard riding on them;
+//! - `auth`, `access`: tokens and client limits; Host check and CORS;
+//! - `models_cache`, `metrics_page`: the two endpoints with state of their own;
+//! - `counters`: cached metric handles and request ids.
+//!
+//! Nothing on the request path takes a lock: the pool is an `ArcSwap` snapshot with per-slot
+//! atomics, configuration is an `ArcSwap`, and everything derived from a configuration
+//! (`Settings`) is rebuilt once per reload and swapped in.
+
+pub mod access;
+pub mod auth;
+pub mod body;
+pub mod counters;
+pub mod dispatch;
+pub mod forward;
+pub mod metrics_page;
+pub mod models_cache;
+pub mod queue;
+pub mod server;
+pub mod waiting;
+
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_endpoints;
+
+use crate::metrics::SupervisorMetrics;
+use crate::pool::Pool;
+use crate::shutdown::Shutdown;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gateway::Config;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the front listener needs from the rest of the supervisor.
+pub struct FrontContext {
+    pub pool: Arc<Pool>,
+    /// The live configuration; read per request, so a reload applies to the next request.
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: SupervisorMetrics,
+    pub registry: Arc<Registry>,
+}
+
+/// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
+/// for up to `pool.shutdown_timeout` before returning.
+pub async fn serve(listener: tokio::net::TcpListener, ctx: FrontContext, shutdown: Shutdown) {
+    server::run(listener, ctx, shutdown).await
+}
+
+/// Everything derived from one configuration; rebuilt when the configuration changes (that is
+/// also when token variables are re-read), never per request.
+pub struct Settings {
+    /// The configuration this was built from; compared by pointer to notice a reload.
+    pub source: Arc<Config>,
+    pub auth: auth::AuthTable,
+    pub access: access::AccessPolicy,
+    /// The `/v1/models` answer when no list was ever fetched: configured models and aliases.
+    pub floor_models: Bytes,
+}
+
+impl Settings {
+    fn new(cfg: Arc<Config>, bound: SocketAddr) -> Self {
+        Self {
+            auth: auth::AuthTable::from_config(&cfg),
+            access: access::AccessPolicy::new(&cfg, bound),
+            floor_models: models_cache::floor_list(&cfg),
+            source: cfg,
+        }
+    }
+}
+
+/// State shared by every connection of the front listener.
+pub struct Shared {
+    pub pool: Arc<Pool>,
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: SupervisorMetrics,
+    pub registry: Arc<Registry>,
+    pub client: forward::UpstreamClient,
+    pub authorities: forward::Authorities,
+    pub dispatch: dispatch::Dispatcher,
+    pub queue: queue::WaitQueue,
+    pub models: models_cache::ModelsCache,
+    pub counters: counters::RequestCounters,
+    pub ids: counters::RequestIds,
+    /// The address actually bound (accepted as a Host besides the configured one).
+    pub bound: SocketAddr,
+    settings: ArcSwap<Settings>,
+}
+
+impl Shared {
+    pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
+        let cfg = ctx.config.load_full();
+        Self {
+            settings: ArcSwap::from_pointee(Settings::new(cfg, bound)),
+            pool: ctx.pool,
+            config: ctx.config,
+            metrics: ctx.metrics,
+            registry: ctx.registry,
+            client: forward::upstream_client(),
+            authorities: Default::default(),
+            dispatch: Default::default(),
+            queue: Default::default(),
+            models: Default::default(),
+            counters: Default::default(),
+            ids: Default::default(),
+            bound,
+        }
+    }
+
+    /// The settings of `cfg`, rebuilding them once after a reload. The compare-and-swap makes
+    /// racing rebuilds agree on one result, so client counters are not split between copies.
+    pub fn settings(&self, cfg: &Arc<Config>) -> Arc<Settings> {
+        let cur = self.settings.load_full();
+        if Arc::ptr_eq(&cur.source, cfg) {
+            return cur;
+        }
+        let fresh = Arc::new(Settings::new(cfg.clone(), self.bound));
+        let prev = self.settings.compare_and_swap(&cur, fresh.clone());
+        if Arc::ptr_eq(&prev, &cur) {
+            fresh
+        } else {
+            arc_swap::Guard::into_inner(prev)
+        }
+    }
+}

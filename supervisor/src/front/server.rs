@@ -1,0 +1,458 @@
+//! Accepting connections and routing each request.
+//!
+//! Each connection is served by its own task (HTTP/1.1 keep-alive, or HTTP/2 when the client
+//! speaks it), all owned by a `JoinSet` in `run`. On shutdown, `run` stops accepting, asks every
+//! connection to finish gracefully (in-flight requests complete, idle keep-alives close), waits
+//! up to `pool.shutdown_timeout`, then aborts what is left.
+//!
+//! Per request the order is: Host (421), CORS preflight, token on `/v1/*` (401), then the route:
+//! a supervisor endpoint, or a forwarded one (body ≤ `max_body_bytes` else 413, JSON with a
+//! `model` else 400, then a worker).
+
+use super::auth::Caller;
+use super::body::{FrontBody, RequestRecord};
+use super::forward::{forward_request, Prepared, REQUEST_ID};
+use super::{waiting, FrontContext, Settings, Shared};
+use crate::shutdown::Shutdown;
+use bytes::Bytes;
+use gateway::{ApiError, Config, Dialect, ErrorKind};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// To a worker; the label is also the metrics `path`. `body` for POST routes.
+    Forward {
+        label: &'static str,
+        body: bool,
+    },
+    Models,
+    Healthz,
+    Readyz,
+    Metrics,
+    Unknown,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    let post = |label| {
+        if method == Method::POST {
+            Route::Forward { label, body: true }
+        } else {
+            Route::Unknown
+        }
+    };
+    let get = |r| {
+        if method == Method::GET || method == Method::HEAD {
+            r
+        } else {
+            Route::Unknown
+        }
+    };
+    let fwd_get = |label| get(Route::Forward { label, body: false });
+    match path {
+        "/v1/chat/completions" => post("/v1/chat/completions"),
+        "/v1/completions" => post("/v1/completions"),
+        "/v1/embeddings" => post("/v1/embeddings"),
+        "/v1/responses" => post("/v1/responses"),
+        "/v1/messages" => post("/v1/messages"),
+        "/v1/messages/count_tokens" => post("/v1/messages/count_tokens"),
+        "/v1/health" => fwd_get("/v1/health"),
+        "/v1/health/models" => fwd_get("/v1/health/models"),
+        "/v1/health/performance" => fwd_get("/v1/health/performance"),
+        "/v1/models" => get(Route::Models),
+        "/healthz" => get(Route::Healthz),
+        "/readyz" => get(Route::Readyz),
+        "/metrics" => get(Route::Metrics),
+        p if p.starts_with("/v1/health/models/") && p.len() > "/v1/health/models/".len() => {
+            fwd_get("/v1/health/models/{model}")
+        }
+        _ => Route::Unknown,
+    }
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Forward { label, .. } => label,
+            Route::Models => "/v1/models",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Unknown => "other",
+        }
+    }
+}
+
+/// The accept loop; see the module docs for the shutdown sequence.
+pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutdown: Shutdown) {
+    let bound = listener
+        .local_addr()
+        .unwrap_or_else(|_| ctx.config.load().server.listen);
+    let shared = Arc::new(Shared::new(ctx, bound));
+    let refresher = tokio::spawn(super::models_cache::ModelsCache::run_refresher(
+        shared.clone(),
+    ));
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(connection(stream, shared.clone(), builder.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning on the error.
+                    tracing::warn!(error = %e, "front listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let grace = shared.config.load().pool.shutdown_timeout;
+    let drained =
+        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = conns.len(),
+            "front listener: connections still open after the grace period"
+        );
+        conns.shutdown().await;
+    }
+    refresher.abort();
+    let _ = refresher.await;
+}
+
+/// Serves one connection until it closes; on shutdown, finishes in-flight requests first.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: Shutdown,
+) {
+    let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "front connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.wait() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// One request, start to response headers.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<FrontBody>, Infallible> {
+    let start = Instant::now();
+    let cfg = shared.config.load_full();
+    let settings = shared.settings(&cfg);
+    let request_id = match req.headers().get(REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => shared.ids.next(),
+    };
+    let route = route(req.method(), req.uri().path());
+    let origin = settings.access.allowed_origin(req.headers()).cloned();
+    let record = RequestRecord {
+        shared: shared.clone(),
+        start,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        route: route.label(),
+        // Until a response exists: the client went away first (nginx's 499).
+        status: 499,
+        worker: None,
+        request_id: request_id.clone(),
+    };
+    let mut resp = respond(
+        &shared,
+        cfg,
+        &settings,
+        req,
+        route,
+        request_id.clone(),
+        record,
+    )
+    .await;
+    settings.access.decorate(origin, resp.headers_mut());
+    resp.headers_mut().entry(REQUEST_ID).or_insert(request_id);
+    Ok(resp)
+}
+
+/// Answers locally and counts the request with its status.
+fn local(mut record: RequestRecord, resp: Response<FrontBody>) -> Response<FrontBody> {
+    record.status = resp.status().as_u16();
+    resp
+}
+
+async fn respond(
+    shared: &Arc<Shared>,
+    cfg: Arc<Config>,
+    settings: &Settings,
+    req: Request<Incoming>,
+    route: Route,
+    request_id: HeaderValue,
+    record: RequestRecord,
+) -> Response<FrontBody> {
+    let dialect = Dialect::for_path(req.uri().path());
+    let caller = match admit(settings, &req, dialect) {
+        Ok(c) => c,
+        Err(resp) => return local(record, *resp),
+    };
+    let Route::Forward { body, .. } = route else {
+        let resp = answer_locally(shared, &cfg, settings, &req, route, dialect).await;
+        return local(record, resp);
+    };
+    let mut ctx = ForwardCtx {
+        shared,
+        cfg,
+        dialect,
+        caller,
+        request_id,
+        record,
+    };
+    match ctx.prepare(req, body).await {
+        Ok((p, stream)) => ctx.run(p, stream).await,
+        Err(e) => local(ctx.record, e.to_response(dialect)),
+    }
+}
+
+/// The checks before any route: Host (421), CORS preflight (answered here), token on `/v1/*`
+/// (401). Returns who is calling, or the response that ends the request.
+fn admit(
+    settings: &Settings,
+    req: &Request<Incoming>,
+    dialect: Dialect,
+) -> Result<Caller, Box<Response<FrontBody>>> {
+    if !settings.access.host_allowed(req) {
+        let e = ApiError::new(
+            ErrorKind::MisdirectedRequest,
+            "this Host is not served here",
+        );
+        return Err(Box::new(e.to_response(dialect)));
+    }
+    if let Some(pre) = settings.access.preflight(req) {
+        return Err(Box::new(pre));
+    }
+    if !req.uri().path().starts_with("/v1/") {
+        return Ok(Caller::Open);
+    }
+    settings.auth.check(req.headers()).ok_or_else(|| {
+        let e = ApiError::new(ErrorKind::Unauthorized, "missing or invalid API token");
+        Box::new(e.to_response(dialect))
+    })
+}
+
+/// The endpoints the supervisor serves itself, and 404 for unknown routes.
+async fn answer_locally(
+    shared: &Shared,
+    cfg: &Config,
+    settings: &Settings,
+    req: &Request<Incoming>,
+    route: Route,
+    dialect: Dialect,
+) -> Response<FrontBody> {
+    match route {
+        Route::Healthz => text(StatusCode::OK, "ok\n"),
+        Route::Readyz => readyz(shared, cfg),
+        Route::Metrics => {
+            let mut r = Response::new(FrontBody::from(super::metrics_page::render(shared).await));
+            let ct = HeaderValue::from_static(super::metrics_page::CONTENT_TYPE);
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            r
+        }
+        Route::Models => json(
+            StatusCode::OK,
+            shared.models.get(cfg, &settings.floor_models),
+        ),
+        Route::Unknown | Route::Forward { .. } => {
+            let msg = format!("no route for {} {}", req.method(), req.uri().path());
+            ApiError::new(ErrorKind::NotFound, msg).to_response(dialect)
+        }
+    }
+}
+
+fn text(status: StatusCode, s: &'static str) -> Response<FrontBody> {
+    let mut r = Response::new(FrontBody::from(Bytes::from_static(s.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<FrontBody> {
+    let mut r = Response::new(FrontBody::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn readyz(shared: &Shared, cfg: &Config) -> Response<FrontBody> {
+    let max = cfg.pool.worker_max_inflight;
+    if shared.pool.slots().iter().any(|s| s.has_room(max)) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "no worker has room\n")
+    }
+}
+
+/// The parts of a request bound for a worker.
+struct ForwardCtx<'a> {
+    shared: &'a Arc<Shared>,
+    cfg: Arc<Config>,
+    dialect: Dialect,
+    caller: Caller,
+    request_id: HeaderValue,
+    record: RequestRecord,
+}
+
+/// The two request fields the front needs, borrowed from the body (no re-serialisation).
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+impl ForwardCtx<'_> {
+    /// Buffers and checks the body; returns the prepared request and whether it streams.
+    async fn prepare(
+        &mut self,
+        req: Request<Incoming>,
+        has_body: bool,
+    ) -> Result<(Prepared, bool), ApiError> {
+        let (parts, body) = req.into_parts();
+        let (body, stream) = if has_body {
+            let bytes = read_body(body, &parts.headers, self.cfg.server.max_body_bytes).await?;
+            let peek: Peek = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!("the body is not valid JSON: {e}"),
+                )
+            })?;
+            if !matches!(peek.model.as_deref(), Some(m) if !m.is_empty()) {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "the request has no `model`",
+                ));
+            }
+            let stream = peek.stream.unwrap_or(false);
+            (bytes, stream)
+        } else {
+            (Bytes::new(), false)
+        };
+        let sticky_name = &self.cfg.routing.sticky_header;
+        let sticky = (!sticky_name.is_empty())
+            .then(|| parts.headers.get(sticky_name.as_str()))
+            .flatten()
+            .map(|v| self.shared.dispatch.sticky.key(v.as_bytes()));
+        let mut headers = parts.headers;
+        Prepared::clean_headers(&mut headers);
+        headers.insert(REQUEST_ID, self.request_id.clone());
+        let p = Prepared {
+            method: parts.method,
+            uri: parts.uri,
+            headers,
+            body,
+            dialect: self.dialect,
+            caller: self.caller.clone(),
+            sticky,
+        };
+        Ok((p, stream))
+    }
+
+    /// Forwards; a stream that waits past `stream_ping_interval` switches to the ping response.
+    async fn run(self, p: Prepared, stream: bool) -> Response<FrontBody> {
+        let deadline = self.record.start + self.cfg.pool.queue_timeout;
+        let every = self.cfg.server.stream_ping_interval;
+        let fut = forward_request(self.shared.clone(), p, self.cfg, deadline, self.record);
+        if !stream || every.is_zero() {
+            return fut.await;
+        }
+        let mut fut: waiting::ResponseFuture = Box::pin(fut);
+        tokio::select! {
+            r = &mut fut => r,
+            _ = tokio::time::sleep(every) => waiting::ping_response(fut, self.dialect, every),
+        }
+    }
+}
+
+/// Buffers a request body of at most `max` bytes (413 beyond), judged by Content-Length first
+/// and then while reading, since a chunked body announces no length.
+async fn read_body(body: Incoming, headers: &http::HeaderMap, max: u64) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("reading the body failed: {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |m: Method, p| route(&m, p);
+        assert_eq!(
+            r(Method::POST, "/v1/chat/completions"),
+            Route::Forward {
+                label: "/v1/chat/completions",
+                body: true
+            }
+        );
+        assert_eq!(r(Method::GET, "/v1/chat/completions"), Route::Unknown);
+        assert_eq!(
+            r(Method::GET, "/v1/health/models/gpt-4o"),
+            Route::Forward {
+                label: "/v1/health/models/{model}",
+                body: false
+            }
+        );
+        assert_eq!(r(Method::GET, "/v1/health/models/"), Route::Unknown);
+        assert_eq!(r(Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(r(Method::GET, "/nope"), Route::Unknown);
+        assert_eq!(
+            r(Method::POST, "/v1/messages/count_tokens").label(),
+            "/v1/messages/count_tokens"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! One instance per runtime directory: `start` creates the directory (mode 0700), holds an
+//! advisory `flock` on `supervisor.lock` for its lifetime, and removes the runtime files when it
+//! stops. A second `start` on the same directory fails with the holder's pid (exit 3).
+//!
+//! The lock is `flock`, not the file's existence, so a supervisor killed with SIGKILL leaves a
+//! stale file that the next start simply locks again.
+
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("another supervisor (pid {pid}) already holds {path}")]
+    Locked { pid: String, path: PathBuf },
+    #[error("runtime directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The held lock; dropping it cleans the runtime directory and releases the lock.
+#[derive(Debug)]
+pub struct Instance {
+    dir: PathBuf,
+    lock: Option<Flock<File>>,
+    /// Whether this process created the directory (then it removes it on exit).
+    created: bool,
+}
+
+impl Instance {
+    pub fn acquire(dir: &Path) -> Result<Self, InstanceError> {
+        let io = |source| InstanceError::Io { path: dir.to_path_buf(), source };
+        let created = !dir.exists();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        // An existing directory may have looser permissions; the admin socket lives here.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let path = dir.join("supervisor.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut file, _)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim().to_string();
+                let pid = if pid.is_empty() { "unknown".into() } else { pid };
+                return Err(InstanceError::Locked { pid, path });
+            }
+        };
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        write!(lock, "{}", std::process::id()).map_err(io)?;
+        lock.flush().map_err(io)?;
+        Ok(Self { dir: dir.to_path_buf(), lock: Some(lock), created })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Remove what we put here (sockets, heartbeats, the config snapshot), the lock file last
+        // while still holding the lock, so no second instance can be racing on it.
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name != "supervisor.lock" && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.join("supervisor.lock"));
+        drop(self.lock.take());
+        if self.created {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_acquire_names_the_holder_and_drop_cleans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rt");
+        let first = Instance::acquire(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::write(dir.join("worker-0.hb"), "{}").unwrap();
+        match Instance::acquire(&dir) {
+            Err(InstanceError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        assert!(!dir.exists(), "runtime dir left behind");
+        let again = Instance::acquire(&dir).unwrap();
+        drop(again);
+    }
+}

@@ -1,0 +1,596 @@
+//! The worker pool: slots, their processes and their lifecycle.
+//!
+//! `Pool` is what everyone else holds. The front listener reads `slots()` (an `ArcSwap`
+//! snapshot, lock-free) and the slots' atomics; `cli::start` creates the pool once
+//! (`Pool::start`, a `OnceLock`), waits for it to be ready, reloads, scales and stops it; the admin
+//! socket reads `status()` and restarts workers.
+//!
+//! Who owns what:
+//! - `Pool` owns the `Registry` (slot handles: slot, command sender, socket, task) and the
+//!   monitor task. Dropping the pool closes every command channel, which ends every slot task,
+//!   which terminates its processes (tests rely on it; the real pool lives forever).
+//! - Each slot task (`task`) owns its processes and is the only writer of its slot's lifecycle.
+//! - The spawner thread (`spawn`) forks every worker; it ends with the last slot task.
+//! - The monitor (`monitor`) sweeps and publishes gauges and ready counts.
+//!
+//! Sub-modules: `lifecycle` (the pure state machine and its diagram), `restart` (backoff and
+//! budget), `sockets` (binding and port holders), `spawn` (the spawner thread, fork/exec, the
+//! `Proc` guard), `task` (the slot task; `task::actions` runs the lifecycle's actions,
+//! `task::health` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
+//!
+//! Heartbeat files: `RUNTIME_DIR/worker-<id>-<generation>.hb`, one per process.
+
+pub mod lifecycle;
+pub mod monitor;
+pub mod restart;
+pub mod slot;
+pub mod sockets;
+pub mod spawn;
+pub mod task;
+
+pub use slot::{WorkerSlot, WorkerState};
+pub use sockets::port_holder;
+
+use crate::metrics::SupervisorMetrics;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use arc_swap::ArcSwap;
+use gateway::Config;
+use restart::Reason;
+use serde::{Deserialize, Serialize};
+use sockets::BindFailure;
+use std::io;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use task::{SlotCmd, SlotTask};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Capacity of a slot's command channel: ticks are dropped when it is full (see `monitor`),
+/// commands from operators are rare.
+const SLOT_QUEUE: usize = 32;
+
+/// Lifecycle changes kept for slow `transitions()` receivers.
+const TRANSITION_BACKLOG: usize = 256;
+
+/// Everything `Pool::start` needs.
+pub struct PoolOptions {
+    pub config: Arc<Config>,
+    /// The file passed to workers with `--config`.
+    pub config_path: PathBuf,
+    /// Where heartbeat files go (`worker-<id>-<generation>.hb`).
+    pub runtime_dir: PathBuf,
+    pub metrics: SupervisorMetrics,
+    /// Once triggered, no new worker is started (the caller then calls `stop`).
+    pub shutdown: Shutdown,
+}
+
+/// Why the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("port {port} is already in use{}", holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    PortInUse { port: u16, holder: Option<String> },
+    #[error("cannot bind 127.0.0.1:{port}: {source}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the spawner thread: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("runtime directory {}: {source}", path.display())]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the pool must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+impl PoolError {
+    /// The process exit code (contract): 4 for an address problem, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::PortInUse { .. } | Self::Bind { .. } => crate::exit::ADDR_IN_USE,
+            _ => crate::exit::RUNTIME,
+        }
+    }
+}
+
+impl From<BindFailure> for PoolError {
+    fn from(f: BindFailure) -> Self {
+        match f {
+            BindFailure::InUse { port, holder } => Self::PortInUse { port, holder },
+            BindFailure::Other { port, source } => Self::Bind { port, source },
+        }
+    }
+}
+
+/// One worker as `status` / `GET /workers` shows it (contract field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: usize,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub state: String,
+    pub inflight: u32,
+    pub served: u64,
+    pub restarts: u32,
+    pub rss_bytes: u64,
+    pub uptime_ms: Option<u64>,
+    pub heartbeat_age_ms: Option<u64>,
+}
+
+impl WorkerStatus {
+    /// Serving requests: IDLE or one of the BUSY states (what systemd's STATUS counts).
+    pub fn serving(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "IDLE" | "BUSY" | "BUSY_STREAMING" | "BUSY_BLOCKED"
+        )
+    }
+
+    pub fn of(s: &WorkerSlot) -> Self {
+        let pid = s.pid.load(Relaxed);
+        let started = s.started_at_ms.load(Relaxed);
+        let hb = s.heartbeat_age_ms.load(Relaxed);
+        Self {
+            id: s.id,
+            pid: (pid != 0).then_some(pid),
+            port: s.port,
+            state: s.state().as_str().into(),
+            inflight: s.inflight.load(Relaxed),
+            served: s.served.load(Relaxed),
+            restarts: s.restarts.load(Relaxed),
+            rss_bytes: s.rss_bytes.load(Relaxed),
+            uptime_ms: (started != 0).then(|| spawn::unix_ms().saturating_sub(started)),
+            heartbeat_age_ms: (hb != u64::MAX).then_some(hb),
+        }
+    }
+}
+
+/// State shared by the pool, its slot tasks and its monitor.
+pub struct Shared {
+    /// The current configuration; replaced on reload and scale.
+    pub config: ArcSwap<Config>,
+    pub config_path: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub metrics: SupervisorMetrics,
+    pub spawner: spawn::Spawner,
+    /// The pool's capacity notifier (`Pool::notify_capacity`): a worker became IDLE.
+    pub capacity: Arc<Notify>,
+    /// A slot's lifecycle or pid changed; the monitor republishes. `notify_one` keeps a permit,
+    /// so a change while the monitor is busy is not lost.
+    pub changed: Notify,
+    pub shutdown: Shutdown,
+    /// Every lifecycle change, for observers (tests, logs); lagging receivers lose the oldest.
+    pub transitions: broadcast::Sender<Transition>,
+}
+
+/// One lifecycle change of one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub worker: usize,
+    pub from: WorkerState,
+    pub to: WorkerState,
+    /// The slot's pid after the change (0 when none).
+    pub pid: u32,
+    pub at: std::time::Instant,
+}
+
+/// One slot and the handles that drive it.
+struct SlotHandle {
+    slot: Arc<WorkerSlot>,
+    tx: mpsc::Sender<SlotCmd>,
+    /// The slot's socket (the task holds another reference while it runs).
+    listener: Arc<TcpListener>,
+    /// Taken by `stop` to await the task.
+    task: Option<JoinHandle<()>>,
+}
+
+/// The slot handles, in id order. A std mutex: held to copy senders or to add and remove slots,
+/// never across an await.
+#[derive(Default)]
+pub struct Registry {
+    handles: Mutex<Vec<SlotHandle>>,
+    /// Tasks of removed slots, still draining; awaited by `stop`.
+    retired: Mutex<Vec<JoinHandle<()>>>,
+    /// Sockets of removed slots, by slot id. Kept bound so that scaling back up gets the same
+    /// port even while the removed worker still drains on it, and no other program takes it.
+    parked: Mutex<std::collections::HashMap<usize, Arc<TcpListener>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SlotHandle>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn senders(&self) -> Vec<(Arc<WorkerSlot>, mpsc::Sender<SlotCmd>)> {
+        self.lock()
+            .iter()
+            .map(|h| (h.slot.clone(), h.tx.clone()))
+            .collect()
+    }
+
+    pub fn slots(&self) -> Vec<Arc<WorkerSlot>> {
+        self.lock().iter().map(|h| h.slot.clone()).collect()
+    }
+}
+
+/// The supervision side of a pool (absent in `from_slots` pools used by front tests).
+struct Supervision {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+    ready: watch::Receiver<(usize, usize)>,
+    epoch: watch::Receiver<u64>,
+    /// Ends the monitor; dropped with the pool.
+    halt: ShutdownTrigger,
+    /// Serialises reloads: two concurrent rolls would replace a worker twice. A tokio mutex held
+    /// across the awaits of one roll on purpose; nothing on the request path takes it.
+    rolling: tokio::sync::Mutex<()>,
+    stopped: AtomicBool,
+}
+
+/// The pool as the dispatcher sees it.
+pub struct Pool {
+    /// The slot list; replaced (never mutated) when the pool is resized.
+    slots: ArcSwap<Vec<Arc<WorkerSlot>>>,
+    /// Woken whenever a slot may have gained room (request finished, worker became IDLE).
+    capacity: Arc<Notify>,
+    sup: Option<Supervision>,
+}
+
+/// The process-wide pool (`start`).
+static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+/// Serialises the first `start` calls; `OnceLock::get_or_try_init` is not stable yet.
+static STARTING: Mutex<()> = Mutex::new(());
+
+impl Pool {
+    /// A pool over existing slots with no processes; used by tests of the dispatcher.
+    pub fn from_slots(slots: Vec<Arc<WorkerSlot>>) -> Self {
+        Self {
+            slots: ArcSwap::from_pointee(slots),
+            capacity: Arc::new(Notify::new()),
+            sup: None,
+        }
+    }
+
+    /// Binds every worker port, then spawns the workers; the process-wide pool. Any number of
+    /// concurrent or later calls return the same pool and spawn nothing. Must run inside a tokio
+    /// runtime (the slot tasks live there).
+    pub fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        if let Some(p) = POOL.get() {
+            return Ok(p.clone());
+        }
+        // Held while binding and creating tasks, all of which is quick and never awaits.
+        let _g = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = POOL.get() {
+            return Ok(p.clone());
+        }
+        let pool = Self::spawn_new(opts)?;
+        let _ = POOL.set(pool.clone());
+        Ok(pool)
+    }
+
+    /// A new, independent pool (what `start` creates once). For in-process tests: each call binds
+    /// its own ports and spawns its own workers; dropping the pool ends them.
+    pub fn spawn_new(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
+        let n = opts.config.pool.workers as usize;
+        // Every port first: a port in use must stop us before any process exists.
+        let listeners = sockets::bind_all(opts.config.pool.base_port, 0..n)?;
+        std::fs::create_dir_all(&opts.runtime_dir).map_err(|source| PoolError::RuntimeDir {
+            path: opts.runtime_dir.clone(),
+            source,
+        })?;
+        let spawner = spawn::Spawner::start(rt).map_err(PoolError::Spawn)?;
+        let capacity = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            config: ArcSwap::new(opts.config),
+            config_path: opts.config_path,
+            runtime_dir: opts.runtime_dir,
+            metrics: opts.metrics,
+            spawner,
+            capacity: capacity.clone(),
+            changed: Notify::new(),
+            shutdown: opts.shutdown,
+            transitions: broadcast::channel(TRANSITION_BACKLOG).0,
+        });
+        let registry = Arc::new(Registry::default());
+        {
+            let mut handles = registry.lock();
+            for (id, l) in listeners.into_iter().enumerate() {
+                handles.push(add_slot(&shared, id, l));
+            }
+        }
+        let (ready_tx, ready) = watch::channel((0, n));
+        let (epoch_tx, epoch) = watch::channel(0u64);
+        let (halt, halt_rx) = shutdown::channel();
+        let out = monitor::Outputs {
+            ready: ready_tx,
+            epoch: epoch_tx,
+        };
+        let monitor = tokio::spawn(monitor::run(shared.clone(), registry.clone(), out, halt_rx));
+        let pool = Pool {
+            slots: ArcSwap::from_pointee(registry.slots()),
+            capacity,
+            sup: Some(Supervision {
+                shared,
+                registry,
+                monitor: Mutex::new(Some(monitor)),
+                ready,
+                epoch,
+                halt,
+                rolling: tokio::sync::Mutex::new(()),
+                stopped: AtomicBool::new(false),
+            }),
+        };
+        Ok(Arc::new(pool))
+    }
+
+    /// Lock-free snapshot of the slot list.
+    pub fn slots(&self) -> arc_swap::Guard<Arc<Vec<Arc<WorkerSlot>>>> {
+        self.slots.load()
+    }
+
+    /// Replaces the slot list (resize).
+    pub fn store_slots(&self, slots: Vec<Arc<WorkerSlot>>) {
+        self.slots.store(Arc::new(slots));
+        self.notify_capacity();
+    }
+
+    /// Wakes every waiter: a slot may have gained room. Waiters re-check and go back to sleep
+    /// when someone else took the room; `notify_waiters` (not `notify_one`) because a freed slot
+    /// may admit several requests when its limit is above one.
+    pub fn notify_capacity(&self) {
+        self.capacity.notify_waiters();
+    }
+
+    /// A future that completes at the next `notify_capacity`. Create it *before* checking for
+    /// room, so a wake-up between the check and the await is not lost.
+    pub fn capacity_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.capacity.notified()
+    }
+
+    /// Waits until every slot that is not DEAD is serving (IDLE or busy), or `timeout`; returns
+    /// how many are serving.
+    pub async fn wait_ready(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some(sup) = &self.sup else {
+            return self.serving().0;
+        };
+        let mut epoch = sup.epoch.clone();
+        loop {
+            epoch.borrow_and_update();
+            let (serving, live) = self.serving();
+            if serving == live {
+                return serving;
+            }
+            match tokio::time::timeout_at(deadline, epoch.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.serving().0,
+            }
+        }
+    }
+
+    /// (serving, not DEAD).
+    fn serving(&self) -> (usize, usize) {
+        let slots = self.slots();
+        let serving = slots
+            .iter()
+            .filter(|s| s.lifecycle() == WorkerState::Idle)
+            .count();
+        let live = slots
+            .iter()
+            .filter(|s| s.lifecycle() != WorkerState::Dead)
+            .count();
+        (serving, live)
+    }
+
+    /// (serving, total slots), updated whenever it changes; for systemd `STATUS=`.
+    pub fn ready_counts(&self) -> watch::Receiver<(usize, usize)> {
+        match &self.sup {
+            Some(sup) => sup.ready.clone(),
+            None => watch::channel((self.serving().0, self.slots().len())).1,
+        }
+    }
+
+    /// The configuration the pool currently runs with.
+    pub fn config(&self) -> Arc<Config> {
+        match &self.sup {
+            Some(sup) => sup.shared.config.load_full(),
+            None => Arc::new(Config::default()),
+        }
+    }
+
+    /// Adopts a validated configuration: scales to its `pool.workers`, then replaces the serving
+    /// workers one at a time (replacement READY on the same socket, then the old one drains).
+    /// A replacement that fails stops the roll; the remaining workers keep their processes.
+    /// DEAD slots get a new process with a fresh budget.
+    pub async fn reload(&self, config: Arc<Config>) {
+        let Some(sup) = &self.sup else { return };
+        if sup.stopped.load(Relaxed) {
+            return;
+        }
+        let _roll = sup.rolling.lock().await;
+        let before = sup.registry.senders();
+        sup.shared.config.store(config.clone());
+        self.resize(config.pool.workers as usize);
+        let keep = config.pool.workers as usize;
+        tracing::info!(workers = keep, "reload: rolling workers one at a time");
+        for (slot, tx) in before.into_iter().filter(|(s, _)| s.id < keep) {
+            let (done, rx) = oneshot::channel();
+            if tx
+                .send(SlotCmd::Replace {
+                    reason: Reason::Reload,
+                    done: Some(done),
+                })
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(())) => tracing::info!(worker = slot.id, "reload: worker replaced"),
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        "reload stopped: {e}; the remaining workers keep their current processes"
+                    );
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::info!("reload: done");
+    }
+
+    /// Manual restart of worker `id` (a rolling replacement when it serves); revives a DEAD
+    /// slot with a fresh restart budget.
+    pub fn restart_worker(&self, id: usize) -> Result<(), String> {
+        let sup = self.sup.as_ref().ok_or("this pool has no processes")?;
+        if sup.stopped.load(Relaxed) {
+            return Err("the pool is stopping".into());
+        }
+        let handles = sup.registry.senders();
+        let (_, tx) = handles
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .ok_or_else(|| format!("no worker {id}"))?;
+        tx.try_send(SlotCmd::Restart)
+            .map_err(|e| format!("worker {id} is busy, try again ({e})"))
+    }
+
+    /// One worker more or fewer per unit of `delta` (SIGTTIN / SIGTTOU); never below one.
+    pub fn scale_by(&self, delta: i32) {
+        let Some(sup) = &self.sup else { return };
+        if sup.stopped.load(Relaxed) {
+            return;
+        }
+        let n = sup.registry.lock().len() as i64 + i64::from(delta);
+        let n = n.clamp(1, i64::from(u16::MAX)) as usize;
+        let mut cfg = (*sup.shared.config.load_full()).clone();
+        cfg.pool.workers = n as u32;
+        sup.shared.config.store(Arc::new(cfg));
+        self.resize(n);
+    }
+
+    /// Adds or removes slots at the end until there are `n`. New slots bind their port first
+    /// (an error is logged and scaling stops there); removed slots leave the dispatch list at
+    /// once and their workers drain within `shutdown_timeout`.
+    fn resize(&self, n: usize) {
+        let Some(sup) = &self.sup else { return };
+        let base = sup.shared.config.load().pool.base_port;
+        let mut handles = sup.registry.lock();
+        let mut parked = sup
+            .registry
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while handles.len() < n {
+            let id = handles.len();
+            let listener = match parked.remove(&id) {
+                Some(l) => Ok(l),
+                None => sockets::port_for(base, id).and_then(sockets::bind_one),
+            };
+            match listener {
+                Ok(l) => handles.push(add_slot(&sup.shared, id, l)),
+                Err(e) => {
+                    tracing::error!("cannot add worker {id}: {}", PoolError::from(e));
+                    break;
+                }
+            }
+        }
+        let mut retired = sup
+            .registry
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while handles.len() > n {
+            let h = handles.pop().expect("len > n >= 0");
+            tracing::info!(worker = h.slot.id, "removing worker");
+            h.slot.draining.store(true, Relaxed);
+            // Dropping the sender ends the slot task, which drains its worker gracefully.
+            retired.extend(h.task);
+            parked.insert(h.slot.id, h.listener);
+        }
+        drop((retired, parked));
+        let slots: Vec<_> = handles.iter().map(|h| h.slot.clone()).collect();
+        drop(handles);
+        self.store_slots(slots);
+        sup.shared.changed.notify_one();
+    }
+
+    /// Stops every worker: no new work, SIGTERM (they finish in-flight requests), SIGKILL what
+    /// remains after `grace`, everything reaped, every slot DEAD, heartbeat files removed.
+    pub async fn stop(&self, grace: Duration) {
+        let Some(sup) = &self.sup else { return };
+        sup.stopped.store(true, Relaxed);
+        let senders = sup.registry.senders();
+        for (s, _) in &senders {
+            s.draining.store(true, Relaxed);
+        }
+        let mut waits = Vec::new();
+        for (_, tx) in &senders {
+            let (done, rx) = oneshot::channel();
+            if tx.send(SlotCmd::Stop { grace, done }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+        let tasks: Vec<_> = sup
+            .registry
+            .lock()
+            .iter_mut()
+            .filter_map(|h| h.task.take())
+            .collect();
+        let retired: Vec<_> = std::mem::take(
+            &mut *sup
+                .registry
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in tasks.into_iter().chain(retired) {
+            let _ = t.await;
+        }
+        sup.halt.trigger();
+        let monitor = sup.monitor.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = monitor {
+            let _ = m.await;
+        }
+    }
+
+    /// Subscribes to every lifecycle change from now on (None for a pool without processes).
+    pub fn transitions(&self) -> Option<broadcast::Receiver<Transition>> {
+        self.sup.as_ref().map(|s| s.shared.transitions.subscribe())
+    }
+
+    /// Every slot as `status` shows it.
+    pub fn status(&self) -> Vec<WorkerStatus> {
+        self.slots().iter().map(|s| WorkerStatus::of(s)).collect()
+    }
+}
+
+/// Creates slot `id` on `listener` and starts its task.
+fn add_slot(shared: &Arc<Shared>, id: usize, listener: Arc<TcpListener>) -> SlotHandle {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let slot = Arc::new(WorkerSlot::new(id, port));
+    let (tx, rx) = mpsc::channel(SLOT_QUEUE);
+    let task =
+        tokio::spawn(SlotTask::new(slot.clone(), shared.clone(), listener.clone(), rx).run());
+    SlotHandle {
+        slot,
+        tx,
+        listener,
+        task: Some(task),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

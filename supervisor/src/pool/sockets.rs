@@ -1,0 +1,141 @@
+//! The worker listening sockets: bound by the supervisor, never by a worker, so a restarting
+//! worker's port keeps its accept queue and no other program can take it in between.
+//!
+//! Every port is bound before any worker is spawned; a port in use names its holder when /proc
+//! tells (the listening socket's inode from /proc/net/tcp{,6}, then the process holding that
+//! inode among /proc/*/fd).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// Why a port could not be bound.
+#[derive(Debug)]
+pub enum BindFailure {
+    /// EADDRINUSE; `holder` is "pid 123 (comm)" when it could be found.
+    InUse {
+        port: u16,
+        holder: Option<String>,
+    },
+    Other {
+        port: u16,
+        source: io::Error,
+    },
+}
+
+/// Binds `127.0.0.1:port`. `0` asks the kernel for a free port.
+pub fn bind_one(port: u16) -> Result<Arc<TcpListener>, BindFailure> {
+    match TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
+        Ok(l) => Ok(Arc::new(l)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindFailure::InUse {
+            port,
+            holder: port_holder(port),
+        }),
+        Err(source) => Err(BindFailure::Other { port, source }),
+    }
+}
+
+/// The port for slot `id`: `base_port + id`, or 0 (any free port) when `base_port` is 0.
+pub fn port_for(base_port: u16, id: usize) -> Result<u16, BindFailure> {
+    if base_port == 0 {
+        return Ok(0);
+    }
+    u16::try_from(usize::from(base_port) + id).map_err(|_| BindFailure::Other {
+        port: base_port,
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("base_port {base_port} + {id} overflows"),
+        ),
+    })
+}
+
+/// Binds the ports of slots `ids`, all or nothing: the listeners bound so far are dropped
+/// (closed) when one fails.
+pub fn bind_all(
+    base_port: u16,
+    ids: std::ops::Range<usize>,
+) -> Result<Vec<Arc<TcpListener>>, BindFailure> {
+    ids.map(|id| bind_one(port_for(base_port, id)?)).collect()
+}
+
+/// "pid 1234 (python3)" for the process listening on `port`, when /proc tells. Processes of
+/// other users hide their fds, so `None` is a normal answer.
+pub fn port_holder(port: u16) -> Option<String> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|text| listening_inode(&text, port))?;
+    let target = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .map(|l| l.as_os_str() == target.as_str())
+                .unwrap_or(false)
+        });
+        if holds {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            return Some(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    Some(format!("socket inode {inode}, owner not visible"))
+}
+
+/// Finds the inode of the socket in LISTEN state (`0A`) on `port` in a /proc/net/tcp table.
+fn listening_inode(table: &str, port: u16) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local = cols.get(1)?;
+        let state = cols.get(3)?;
+        let inode = cols.get(9)?;
+        let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        (p == port && *state == "0A")
+            .then(|| inode.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tcp() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 424242 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F91 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 99 1 0000000000000000 100 0 0 10 0\n";
+        assert_eq!(listening_inode(table, 8080), Some(424242));
+        assert_eq!(listening_inode(table, 8081), None);
+    }
+
+    #[test]
+    fn port_in_use_names_port_and_holder() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        match bind_one(port) {
+            Err(BindFailure::InUse { port: p, holder }) => {
+                assert_eq!(p, port);
+                let holder = holder.expect("our own socket is visible in /proc");
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                );
+            }
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        // base_port 0: every slot gets its own free port.
+        let ls = bind_all(0, 0..3).unwrap();
+        let ports: std::collections::HashSet<u16> =
+            ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 3);
+    }
+}

@@ -1,0 +1,433 @@
+//! Starting worker processes, and the `Proc` guard that owns one.
+//!
+//! Every fork happens on one dedicated, long-lived std thread (the *spawner*). The reason is
+//! `PR_SET_PDEATHSIG`: Linux sends the death signal when the *thread* that forked the child
+//! exits, not the process. A spawn from a tokio blocking-pool thread would kill the worker the
+//! moment that idle pool thread is retired (10 s later by default). The spawner thread lives as
+//! long as anyone can send it a request, i.e. as long as the pool's tasks run.
+//!
+//! The child side (`pre_exec`, between fork and exec) only makes async-signal-safe system calls
+//! through nix: prctl, getppid, dup2, fcntl. It allocates nothing.
+//!
+//! `LISTEN_PID` choice: the environment is fixed before the fork, and the child's pid is only
+//! known after it, so setting `LISTEN_PID` would need `setenv` in `pre_exec`, which allocates and
+//! may deadlock on an allocator lock held by another thread at fork time. We pass `LISTEN_FDS=1`
+//! and leave `LISTEN_PID` unset; sd_listen_fds-style readers (the `listenfd` crate the worker
+//! uses) skip the pid check when it is absent. The supervisor's own `LISTEN_*` variables are
+//! removed, so a socket-activated supervisor's fds never leak into a worker's reading.
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Environment variables that belong to the supervisor's own service manager and must not
+/// reach a worker (a worker answering systemd's watchdog would mask a hung supervisor).
+pub const STRIPPED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// How many stderr lines a slot keeps for its DEAD report.
+pub const STDERR_TAIL: usize = 20;
+
+/// Longest line relayed in one piece; a worker printing megabytes with no newline must not make
+/// the supervisor buffer them.
+const MAX_LINE: u64 = 16 * 1024;
+
+struct SpawnRequest {
+    cmd: Command,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+/// Handle to the spawner thread. Cloning shares the one thread.
+#[derive(Clone)]
+pub struct Spawner {
+    tx: mpsc::Sender<SpawnRequest>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. It enters `runtime` so that tokio registers each child with
+    /// that runtime's process driver, and it ends when the last `Spawner` clone is dropped.
+    pub fn start(runtime: tokio::runtime::Handle) -> io::Result<Self> {
+        // A handful of queued spawns is plenty: they come from slot tasks, one at a time each.
+        let (tx, mut rx) = mpsc::channel::<SpawnRequest>(16);
+        std::thread::Builder::new()
+            .name("gw-spawner".into())
+            .spawn(move || {
+                let _rt = runtime.enter();
+                while let Some(req) = rx.blocking_recv() {
+                    let mut cmd = req.cmd;
+                    let _ = req.reply.send(cmd.spawn());
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Spawns `cmd` on the spawner thread.
+    pub async fn spawn(&self, cmd: Command) -> io::Result<Child> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || io::Error::other("spawner thread is gone");
+        self.tx
+            .send(SpawnRequest { cmd, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// What a worker process needs to be started.
+pub struct WorkerSpec<'a> {
+    /// `[program, args...]`; the supervisor appends `--config`, `--heartbeat-file`, `--heartbeat-interval`.
+    pub argv: &'a [String],
+    pub config_path: &'a std::path::Path,
+    pub heartbeat_file: &'a std::path::Path,
+    pub heartbeat_interval: Duration,
+    /// The slot's listening socket, passed as fd 3.
+    pub listener: RawFd,
+}
+
+/// `[program, args...]` from `pool.worker_command`, or this executable's hidden `worker`
+/// subcommand when it is empty.
+pub fn worker_argv(worker_command: &[String]) -> io::Result<Vec<String>> {
+    if !worker_command.is_empty() {
+        return Ok(worker_command.to_vec());
+    }
+    let exe = std::env::current_exe()?;
+    Ok(vec![exe.to_string_lossy().into_owned(), "worker".into()])
+}
+
+/// Builds the command: spawned directly (no shell), its own process group, stdin closed,
+/// stdout/stderr piped to the relays, killed if the `Child` is dropped unreaped.
+pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg("--config")
+        .arg(spec.config_path)
+        .arg("--heartbeat-file")
+        .arg(spec.heartbeat_file)
+        .arg("--heartbeat-interval")
+        .arg(humantime::format_duration(spec.heartbeat_interval).to_string());
+    for var in STRIPPED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("LISTEN_FDS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    // Captured before the fork: the child compares it with getppid() after arming pdeathsig.
+    let parent = nix::unistd::getpid();
+    let fd = spec.listener;
+    // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
+    // system calls (prctl, getppid, dup2, fcntl), allocates nothing (errors are raw errnos) and
+    // touches no lock, so it is sound even though the parent is multi-threaded.
+    unsafe {
+        cmd.pre_exec(move || child_setup(fd, parent));
+    }
+    Ok(cmd)
+}
+
+/// Runs in the child between fork and exec; see `command`.
+fn child_setup(listener: RawFd, parent: Pid) -> io::Result<()> {
+    let errno = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno)?;
+    // The parent may have died between fork and prctl; then the signal was never armed for it and
+    // we are already an orphan. Bail out instead of running unsupervised.
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::from_raw_os_error(
+            nix::errno::Errno::ESRCH as i32,
+        ));
+    }
+    if listener != 3 {
+        nix::unistd::dup2(listener, 3).map_err(errno)?;
+    }
+    // dup2 clears close-on-exec on the new fd, but not when the listener already was fd 3.
+    nix::fcntl::fcntl(
+        3,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(errno)?;
+    Ok(())
+}
+
+/// One running (or just exited) worker process and everything tied to it. Dropping it before the
+/// exit was observed SIGKILLs its whole process group: cleanup is a drop guard.
+pub struct Proc {
+    pub child: Child,
+    pub pid: u32,
+    pub heartbeat_file: PathBuf,
+    pub spawned: Instant,
+    /// Unix ms at spawn, for `uptime_ms`.
+    pub spawned_wall_ms: u64,
+    /// INIT deadline; pushed back when the supervisor itself was suspended.
+    pub ready_by: Instant,
+    /// The first heartbeat was seen.
+    pub ready: bool,
+    /// Consecutive sweeps that found the heartbeat stale.
+    pub stale_sweeps: u8,
+    /// `slot.served` when this process became current: requests since = served - base.
+    pub served_base: u64,
+    /// Recycle after this many requests (max_requests + this process's jitter); None = off.
+    pub request_limit: Option<u64>,
+    /// Set once reaped; never wait on a reaped child again (tokio returns the cached status).
+    pub exit: Option<ExitStatus>,
+    relays: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Wraps a spawned child and starts relaying its output, tagged with `worker`.
+    pub fn new(
+        mut child: Child,
+        worker: usize,
+        heartbeat_file: PathBuf,
+        ready_by: Instant,
+        tail: StderrTail,
+    ) -> Self {
+        let pid = child.id().unwrap_or(0);
+        let mut relays = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            relays.push(tokio::spawn(relay(out, worker, pid, "stdout", None)));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(tokio::spawn(relay(err, worker, pid, "stderr", Some(tail))));
+        }
+        Self {
+            child,
+            pid,
+            heartbeat_file,
+            spawned: Instant::now(),
+            spawned_wall_ms: unix_ms(),
+            ready_by,
+            ready: false,
+            stale_sweeps: 0,
+            served_base: 0,
+            request_limit: None,
+            exit: None,
+            relays,
+        }
+    }
+
+    /// Completes when the process exits; never again after that (pending forever).
+    pub async fn exited(p: &mut Option<Proc>) -> io::Result<ExitStatus> {
+        match p {
+            Some(p) if p.exit.is_none() => p.child.wait().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Sends `sig` to the process group, unless the leader was already reaped (then its pgid may
+    /// be recycled by an unrelated process; a worker's group holds only the worker itself).
+    pub fn signal(&self, sig: Signal) {
+        if self.exit.is_none() && self.pid != 0 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+        }
+    }
+
+    /// The kill ladder: SIGTERM to the group, `grace` to exit, then SIGKILL; reaps the process.
+    pub async fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.signal(Signal::SIGTERM);
+            match tokio::time::timeout(grace, self.child.wait()).await {
+                Ok(Ok(st)) => self.exit = Some(st),
+                _ => {
+                    self.signal(Signal::SIGKILL);
+                    self.exit = self.child.wait().await.ok();
+                }
+            }
+        }
+        self.finish().await;
+        self.exit
+    }
+
+    /// After the exit: lets the relays flush the last lines (bounded), then stops them, and
+    /// removes the heartbeat file.
+    pub async fn finish(&mut self) {
+        for h in &mut self.relays {
+            let _ = tokio::time::timeout(Duration::from_millis(200), &mut *h).await;
+            h.abort();
+        }
+        gateway::heartbeat::remove(&self.heartbeat_file);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Unreaped means the pid (and so the pgid) is still ours: safe to signal.
+        self.signal(Signal::SIGKILL);
+        for h in &self.relays {
+            h.abort();
+        }
+        gateway::heartbeat::remove(&self.heartbeat_file);
+    }
+}
+
+/// The last stderr lines of a slot, shared between its stderr relay and its task. A std mutex:
+/// held for one push or one copy, never across an await.
+pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
+
+/// Copies one output stream of a worker into the supervisor's log, line by line.
+async fn relay(
+    stream: impl AsyncRead + Unpin,
+    worker: usize,
+    pid: u32,
+    name: &'static str,
+    tail: Option<StderrTail>,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end();
+        // Keep the worker's own severity, so filtering the supervisor's log on WARN still shows
+        // a worker's errors.
+        match line_level(line) {
+            tracing::Level::ERROR => {
+                tracing::error!(target: "worker", worker, pid, stream = name, "{line}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "worker", worker, pid, stream = name, "{line}")
+            }
+            _ => tracing::info!(target: "worker", worker, pid, stream = name, "{line}"),
+        }
+        if let Some(tail) = &tail {
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
+        }
+    }
+}
+
+/// The level of a worker's log line, text (`... ERROR target: ...`) or JSON
+/// (`"level":"ERROR"`), from its first 80 bytes; INFO when it names none.
+fn line_level(line: &str) -> tracing::Level {
+    use tracing::Level;
+    const LEVELS: [(&str, &str, Level); 5] = [
+        (" ERROR ", r#""level":"ERROR""#, Level::ERROR),
+        (" WARN ", r#""level":"WARN""#, Level::WARN),
+        (" INFO ", r#""level":"INFO""#, Level::INFO),
+        (" DEBUG ", r#""level":"DEBUG""#, Level::DEBUG),
+        (" TRACE ", r#""level":"TRACE""#, Level::TRACE),
+    ];
+    let head = line.get(..80.min(line.len())).unwrap_or(line);
+    // The first level word wins: the message itself may say "ERROR" later on.
+    LEVELS
+        .iter()
+        .filter_map(|(text, json, level)| {
+            let at = head.find(text).into_iter().chain(head.find(json)).min()?;
+            Some((at, *level))
+        })
+        .min_by_key(|(at, _)| *at)
+        .map_or(Level::INFO, |(_, level)| level)
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The raw fd of a listener, for `WorkerSpec`.
+pub fn raw(l: &std::net::TcpListener) -> RawFd {
+    l.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_lines_keep_their_level() {
+        use tracing::Level;
+        assert_eq!(
+            line_level("2026-11-22T04:23:12.709717Z ERROR gateway_worker: boom"),
+            Level::ERROR
+        );
+        assert_eq!(
+            line_level(r#"{"timestamp":"x","level":"WARN","fields":{}}"#),
+            Level::WARN
+        );
+        assert_eq!(
+            line_level("2026-11-22T04:23:12.709717Z  INFO gateway_worker::server: ERROR in body"),
+            Level::INFO
+        );
+        assert_eq!(line_level("plain text"), Level::INFO);
+        // A multi-byte character at the cut does not panic.
+        assert_eq!(line_level(&"é".repeat(100)), Level::INFO);
+    }
+
+    #[test]
+    fn command_strips_service_manager_variables_and_appends_worker_flags() {
+        let argv = vec!["/bin/true".to_string(), "x".to_string()];
+        let hb = std::path::Path::new("/run/w-0-1.hb");
+        let cmd = command(&WorkerSpec {
+            argv: &argv,
+            config_path: std::path::Path::new("/etc/gw.toml"),
+            heartbeat_file: hb,
+            heartbeat_interval: Duration::from_millis(1500),
+            listener: 7,
+        })
+        .unwrap();
+        let std = cmd.as_std();
+        let args: Vec<_> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "x",
+                "--config",
+                "/etc/gw.toml",
+                "--heartbeat-file",
+                "/run/w-0-1.hb",
+                "--heartbeat-interval",
+                "1s 500ms"
+            ]
+        );
+        let envs: std::collections::HashMap<_, _> = std.get_envs().collect();
+        for var in STRIPPED_ENV.iter().filter(|v| **v != "LISTEN_FDS") {
+            assert_eq!(
+                envs.get(std::ffi::OsStr::new(var)),
+                Some(&None),
+                "{var} not removed"
+            );
+        }
+        assert_eq!(
+            envs.get(std::ffi::OsStr::new("LISTEN_FDS")),
+            Some(&Some(std::ffi::OsStr::new("1")))
+        );
+        assert!(worker_argv(&[]).unwrap()[1] == "worker");
+    }
+}

@@ -1,0 +1,273 @@
+//! The pool end to end, through the real `supervisor start` binary: the workers' lifecycle as
+//! `supervisor status` shows it, crash loops ending in DEAD while the rest serves, restarts on
+//! the same port, a port already in use, the CLI against the admin socket, and no orphan after
+//! the supervisor is SIGKILLed.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use std::process::Output;
+use std::time::Duration;
+use support::process::{pid_alive, wait_until, TestEnv};
+
+/// The python stand-in worker of the supervisor crate's own tests (see its header for modes).
+const TEST_WORKER: &str = include_str!("../supervisor/tests/fixtures/test_worker.py");
+
+/// `workers` workers on free ports, the front on a free port, a mock provider, and `pool` extra
+/// `[pool]` keys.
+fn config(workers: u32, pool: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+auth_token_env = ""
+
+[pool]
+workers = {workers}
+base_port = 0
+runtime_dir = "{{RUNTIME_DIR}}"
+heartbeat_interval = "200ms"
+heartbeat_timeout = "1s"
+startup_timeout = "10s"
+shutdown_timeout = "3s"
+restart_backoff_initial = "50ms"
+restart_backoff_max = "1s"
+{pool}
+
+[health]
+probe_interval = "0s"
+
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+"#
+    )
+}
+
+/// `worker_command = [python3, -c, TEST_WORKER, mode]` as a TOML line.
+fn python_worker(mode: &str) -> String {
+    let cmd = serde_json::json!(["python3", "-c", TEST_WORKER, mode]);
+    format!("worker_command = {cmd}")
+}
+
+fn cli(env: &TestEnv, args: &[&str]) -> Output {
+    env.supervisor(args).output().expect("run supervisor CLI")
+}
+
+/// `supervisor status --json`, parsed.
+fn status(env: &TestEnv) -> serde_json::Value {
+    let out = cli(env, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn worker(st: &serde_json::Value, id: usize) -> &serde_json::Value {
+    &st["workers"][id]
+}
+
+#[test]
+fn status_shows_every_worker_and_restart_worker_replaces_one() {
+    let env = TestEnv::new(&config(2, ""));
+    let run = env.start(&[]);
+    let st = status(&env);
+    assert_eq!(st["listen"], run.listen.to_string());
+    let workers = st["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for (i, w) in workers.iter().enumerate() {
+        assert_eq!(w["id"], i);
+        assert_eq!(w["state"], "IDLE", "{st}");
+        assert!(
+            w["pid"].as_u64().is_some() && w["port"].as_u64().unwrap() > 0,
+            "{st}"
+        );
+        for key in [
+            "inflight",
+            "served",
+            "restarts",
+            "rss_bytes",
+            "uptime_ms",
+            "heartbeat_age_ms",
+        ] {
+            assert!(w.get(key).is_some(), "missing {key}: {st}");
+        }
+    }
+    let table = String::from_utf8(cli(&env, &["status"]).stdout).unwrap();
+    assert!(
+        table.contains("STATE") && table.matches("IDLE").count() == 2,
+        "{table}"
+    );
+
+    let old = worker(&st, 1)["pid"].as_u64().unwrap();
+    let port = worker(&st, 1)["port"].clone();
+    let out = cli(&env, &["restart-worker", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let st = status(&env);
+            let w = worker(&st, 1);
+            w["state"] == "IDLE" && w["pid"].as_u64().is_some_and(|p| p != old) && w["port"] == port
+        }),
+        "worker 1 not replaced: {}",
+        status(&env)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(old as u32)),
+        "old worker still alive"
+    );
+    let out = cli(&env, &["restart-worker", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no worker 9"));
+}
+
+#[test]
+fn kill_9_worker_comes_back_with_a_new_pid_on_the_same_port() {
+    let env = TestEnv::new(&config(2, ""));
+    let _run = env.start(&[]);
+    let st = status(&env);
+    let (old, port) = (
+        worker(&st, 0)["pid"].as_u64().unwrap(),
+        worker(&st, 0)["port"].clone(),
+    );
+    support::process::signal(old as u32, Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let st = status(&env);
+            let w = worker(&st, 0);
+            w["state"] == "IDLE"
+                && w["pid"].as_u64().is_some_and(|p| p != old)
+                && w["port"] == port
+                && w["restarts"] == 1
+        }),
+        "{}",
+        status(&env)
+    );
+}
+
+#[test]
+fn crash_looping_worker_goes_dead_and_the_supervisor_keeps_serving() {
+    let pool = format!("{}\nmax_restarts = 2\n", python_worker("exit0"));
+    let env = TestEnv::new(&config(2, &pool));
+    let run = env.start(&[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || worker(&status(&env), 0)
+            ["state"]
+            == "DEAD"),
+        "{}",
+        status(&env)
+    );
+    let st = status(&env);
+    assert_eq!(worker(&st, 0)["restarts"], 2);
+    assert!(worker(&st, 0)["pid"].is_null());
+    assert_eq!(worker(&st, 1)["state"], "IDLE");
+    assert!(pid_alive(run.guard.pid()));
+    // The DEAD report names the last exit and the worker's last stderr line.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let e = run.guard.stderr();
+            e.contains("DEAD") && e.contains("exit status 3") && e.contains("boom")
+        }),
+        "{}",
+        run.guard.stderr()
+    );
+    assert_eq!(
+        support::http::get(run.listen, "/readyz").unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn port_in_use_exits_4_naming_the_port() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let env = TestEnv::new(&config(1, "").replace("base_port = 0", &format!("base_port = {port}")));
+    let mut guard = support::process::ChildGuard::spawn(env.supervisor(&["start"]));
+    let st = guard
+        .wait_exit(Duration::from_secs(20))
+        .expect("start exits");
+    assert_eq!(st.code(), Some(4), "{}", guard.stderr());
+    let err = guard.stderr();
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "holder not named: {err}"
+    );
+}
+
+#[test]
+fn no_worker_survives_a_sigkilled_supervisor() {
+    let env = TestEnv::new(&config(3, ""));
+    let run = env.start(&[]);
+    let pids: Vec<u32> = status(&env)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    run.guard.signal(Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(2), || pids
+            .iter()
+            .all(|&p| !pid_alive(p))),
+        "orphans: {:?}",
+        pids.iter().filter(|&&p| pid_alive(p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn stop_cli_stops_gracefully_and_status_then_names_the_socket() {
+    let env = TestEnv::new(&config(2, ""));
+    let mut run = env.start(&[]);
+    let pids: Vec<u32> = status(&env)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+    let out = cli(&env, &["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        run.guard
+            .wait_event("stopped", Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        run.guard.stderr()
+    );
+    assert_eq!(
+        run.guard
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(pids.iter().all(|&p| !pid_alive(p)));
+    let heartbeats: Vec<_> = std::fs::read_dir(env.runtime_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "hb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(heartbeats.is_empty(), "{heartbeats:?}");
+    // Nothing is running any more: a clear error naming the socket, exit 1.
+    let out = cli(&env, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&env.runtime_dir().join("admin.sock").display().to_string()),
+        "{err}"
+    );
+}

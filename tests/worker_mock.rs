@@ -1,0 +1,280 @@
+//! The `mock` provider through the real worker binary: replies parse with the shapes the
+//! official OpenAI and Anthropic SDKs read, streams follow each API's event sequence, and the
+//! text is deterministic.
+
+mod support;
+mod worker_util;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::http::{self, Stream};
+use worker_util::{config, Worker};
+
+fn demo_worker(extra: &str) -> Worker {
+    Worker::start(
+        &config(&format!(
+            "[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n{extra}\n"
+        )),
+        &[],
+    )
+}
+
+fn post(w: &Worker, path: &str, body: Value) -> Value {
+    let r = http::post_json(w.addr, path, &body).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    r.json()
+}
+
+/// The `data:` payloads of an SSE body, with their `event:` names.
+fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in f.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = Some(e.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            (event, data)
+        })
+        .collect()
+}
+
+fn stream(w: &Worker, path: &str, body: Value) -> String {
+    let b = body.to_string();
+    let mut s = Stream::open(w.addr, "POST", path, &[], Some(b.as_bytes())).unwrap();
+    assert_eq!(s.status, 200);
+    assert!(s
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    String::from_utf8(s.read_to_end().expect("clean end")).unwrap()
+}
+
+const EXPECTED: &str = "This is a mock reply from demo to: hello there gateway";
+
+#[test]
+fn openai_chat_shapes() {
+    let w = demo_worker("");
+    let v = post(&w, "/v1/chat/completions", http::chat_body("demo", false));
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["created"].is_u64());
+    assert_eq!(v["model"], "demo");
+    assert_eq!(v["choices"][0]["index"], 0);
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], EXPECTED);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+
+    let mut body = http::chat_body("demo", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = stream(&w, "/v1/chat/completions", body);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let events = sse_events(&text);
+    let mut content = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    for (_, data) in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], v["id"]);
+        if let Some(ch) = c["choices"].as_array().unwrap().first() {
+            content.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            if !ch["finish_reason"].is_null() {
+                finish = Some(ch["finish_reason"].clone());
+            }
+        } else {
+            usage = Some(c["usage"].clone());
+        }
+    }
+    assert_eq!(content, EXPECTED, "the stream carries the same text");
+    assert_eq!(finish, Some(json!("stop")));
+    assert_eq!(
+        usage.unwrap()["completion_tokens"],
+        v["usage"]["completion_tokens"]
+    );
+    assert!(events.len() > 5, "word by word");
+}
+
+#[test]
+fn openai_completions_embeddings_responses_shapes() {
+    let w = demo_worker("");
+    let v = post(
+        &w,
+        "/v1/completions",
+        json!({"model": "demo", "prompt": "hello there gateway"}),
+    );
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], EXPECTED);
+    assert!(v["usage"]["prompt_tokens"].is_u64());
+    let text = stream(
+        &w,
+        "/v1/completions",
+        json!({"model": "demo", "prompt": "hello there gateway", "stream": true}),
+    );
+    let joined: String = sse_events(&text)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(joined, EXPECTED);
+
+    let v = post(
+        &w,
+        "/v1/embeddings",
+        json!({"model": "demo", "input": ["a", "b"]}),
+    );
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][1]["object"], "embedding");
+    assert_eq!(v["data"][1]["index"], 1);
+    assert!(v["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(Value::is_f64));
+    assert!(v["usage"]["prompt_tokens"].is_u64());
+
+    let v = post(
+        &w,
+        "/v1/responses",
+        json!({"model": "demo", "input": "hello there gateway"}),
+    );
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(v["output"][0]["content"][0]["text"], EXPECTED);
+    assert!(v["usage"]["input_tokens"].is_u64());
+    let text = stream(
+        &w,
+        "/v1/responses",
+        json!({"model": "demo", "input": [{"role": "user", "content": "hello there gateway"}], "stream": true}),
+    );
+    let events = sse_events(&text);
+    assert_eq!(events[0].0.as_deref(), Some("response.created"));
+    assert_eq!(
+        events.last().unwrap().0.as_deref(),
+        Some("response.completed")
+    );
+    let delta: String = events
+        .iter()
+        .filter(|(e, _)| e.as_deref() == Some("response.output_text.delta"))
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(delta, EXPECTED);
+    for (e, d) in &events {
+        assert_eq!(
+            serde_json::from_str::<Value>(d).unwrap()["type"].as_str(),
+            e.as_deref(),
+            "type matches the event"
+        );
+    }
+}
+
+#[test]
+fn anthropic_shapes() {
+    let w = demo_worker("");
+    let body = json!({"model": "demo", "max_tokens": 100, "messages": [{"role": "user", "content": "hello there gateway"}]});
+    let v = post(&w, "/v1/messages", body.clone());
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["content"][0]["text"], EXPECTED);
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["usage"]["input_tokens"].is_u64() && v["usage"]["output_tokens"].is_u64());
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let events = sse_events(&stream(&w, "/v1/messages", sbody));
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_deref().unwrap()).collect();
+    assert_eq!(names[..2], ["message_start", "content_block_start"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    assert!(names[2..names.len() - 3]
+        .iter()
+        .all(|n| *n == "content_block_delta"));
+    let mut text = String::new();
+    for (e, d) in &events {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["type"].as_str(), e.as_deref());
+        if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+    }
+    assert_eq!(text, EXPECTED);
+    let start: Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(start["message"]["type"], "message");
+    let delta: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+
+    let v = post(
+        &w,
+        "/v1/messages/count_tokens",
+        json!({"model": "demo", "messages": [{"role": "user", "content": "one two three"}]}),
+    );
+    assert_eq!(v, json!({"input_tokens": 3}));
+}
+
+#[test]
+fn latency_and_pace_are_honoured() {
+    let w = demo_worker("latency = \"300ms\"\ntokens_per_second = 50.0");
+    let t = Instant::now();
+    let body = http::chat_body("demo", true).to_string();
+    let mut s = Stream::open(
+        w.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "headers came before the configured latency"
+    );
+    let first = s.next_chunk().unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    let all = s.read_to_end().unwrap();
+    // 13 frames after the first at 50/s: at least 200ms of pacing.
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "stream was not paced: {:?}",
+        t.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&all).ends_with("data: [DONE]\n\n"));
+}
+
+#[test]
+fn models_lists_the_mock() {
+    let w = demo_worker("");
+    let v = http::get(w.addr, "/v1/models").unwrap().json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "demo");
+    assert_eq!(v["data"][0]["object"], "model");
+}

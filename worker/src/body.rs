@@ -1,0 +1,375 @@
+//! Response bodies: one enum instead of a boxed trait object, so the request path allocates no
+//! box per response.
+//!
+//! `ProxyBody` passes the provider's frames through as they arrive (never collecting them),
+//! enforces the idle timeout between chunks, and makes sure a stream that breaks never ends
+//! cleanly: an SSE stream gets the dialect's error event and then an `Err` frame, which makes
+//! hyper abort the connection instead of writing the final chunk; other bodies just get the
+//! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
+//! connection at once. `MockBody` paces a mock provider's frames.
+
+use crate::metrics::Outcome;
+use crate::providers::mock::MockReply;
+use crate::providers::Provider;
+use bytes::Bytes;
+use gateway::{ApiError, Dialect, ErrorKind};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a stream was cut short; the error the body reports to hyper.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("upstream stream broke: {0}")]
+    Upstream(String),
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+}
+
+/// The worker-wide counters the heartbeat reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub inflight: AtomicU64,
+    pub served: AtomicU64,
+}
+
+/// Counts one request in flight until dropped, which is when its response body has ended or
+/// the client went away.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Counters>);
+
+impl RequestGuard {
+    pub fn new(c: &Arc<Counters>) -> Self {
+        c.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(c.clone())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One attempt at a provider: counted in the provider's `inflight` until dropped; records its
+/// outcome exactly once (`Cancelled` if nobody did before the drop).
+pub struct Attempt {
+    pub provider: Arc<Provider>,
+    started: Instant,
+    done: bool,
+}
+
+impl Attempt {
+    pub fn start(provider: Arc<Provider>) -> Self {
+        provider.state.inflight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            provider,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Response headers arrived: feeds the latency statistics.
+    pub fn headers_received(&self) {
+        let d = self.started.elapsed();
+        self.provider.state.record_latency(d);
+        self.provider.metrics.latency.observe(d.as_secs_f64());
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        if !self.done {
+            self.done = true;
+            self.provider.metrics.count(outcome);
+            self.provider.state.record_outcome(outcome.is_failure());
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+        self.provider.state.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum ProxyState {
+    Streaming,
+    /// The error event has been sent; after one `Pending` (so that hyper flushes the event),
+    /// the next poll reports the error.
+    Aborting {
+        yielded: bool,
+        err: Option<StreamError>,
+    },
+    Done,
+}
+
+/// A provider's response body on its way to the client.
+pub struct ProxyBody {
+    inner: Incoming,
+    idle: Duration,
+    /// Armed for `idle` after every frame. Boxed because `Sleep` is `!Unpin`.
+    timer: Pin<Box<Sleep>>,
+    /// `Some` for `text/event-stream` responses: the dialect of the error event.
+    sse: Option<Dialect>,
+    state: ProxyState,
+    attempt: Attempt,
+    _request: RequestGuard,
+}
+
+impl ProxyBody {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        sse: Option<Dialect>,
+        attempt: Attempt,
+        request: RequestGuard,
+    ) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            sse,
+            state: ProxyState::Streaming,
+            attempt,
+            _request: request,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        err: StreamError,
+        outcome: Outcome,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.attempt.finish(outcome);
+        tracing::warn!(provider = %self.attempt.provider.name(), error = %err, "stream cut short");
+        match self.sse {
+            Some(dialect) => {
+                let kind = match err {
+                    StreamError::Idle(_) => ErrorKind::GatewayTimeout,
+                    StreamError::Upstream(_) => ErrorKind::BadGateway,
+                };
+                let event =
+                    gateway::sse::error_event(dialect, &ApiError::new(kind, err.to_string()));
+                self.state = ProxyState::Aborting {
+                    yielded: false,
+                    err: Some(err),
+                };
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+            }
+            None => {
+                self.state = ProxyState::Done;
+                Poll::Ready(Some(Err(err.into())))
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            ProxyState::Done => return Poll::Ready(None),
+            ProxyState::Aborting { yielded, err } => {
+                if !*yielded {
+                    // hyper drops its unflushed write buffer when a body fails, so first let it
+                    // flush the error event: it does so right after this `Pending` in the same
+                    // turn of its connection loop, and the wake brings it back for the error.
+                    *yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let e = err
+                    .take()
+                    .unwrap_or(StreamError::Upstream("aborted".into()));
+                this.state = ProxyState::Done;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            ProxyState::Streaming => {}
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    // hyper stops polling a body that says it has ended, so this is the end.
+                    this.attempt.finish(Outcome::Success);
+                    this.state = ProxyState::Done;
+                } else {
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = crate::proxy::error_chain(&e);
+                this.fail(StreamError::Upstream(msg), Outcome::StreamError)
+            }
+            Poll::Ready(None) => {
+                this.attempt.finish(Outcome::Success);
+                this.state = ProxyState::Done;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => this.fail(StreamError::Idle(this.idle), Outcome::Timeout),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.state {
+            ProxyState::Streaming => self.inner.is_end_stream(),
+            ProxyState::Aborting { .. } => false,
+            ProxyState::Done => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            ProxyState::Streaming => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A paced stream of mock frames.
+pub struct MockBody {
+    frames: VecDeque<Bytes>,
+    /// Pause between frames; `None` = as fast as possible.
+    interval: Option<Duration>,
+    timer: Option<Pin<Box<Sleep>>>,
+    attempt: Attempt,
+    _request: RequestGuard,
+}
+
+impl MockBody {
+    pub fn new(
+        reply: MockReply,
+        tokens_per_second: Option<f64>,
+        attempt: Attempt,
+        request: RequestGuard,
+    ) -> Self {
+        let interval = tokens_per_second
+            .filter(|t| *t > 0.0 && reply.stream)
+            .map(|t| Duration::from_secs_f64(1.0 / t));
+        Self {
+            frames: reply.frames,
+            interval,
+            timer: None,
+            attempt,
+            _request: request,
+        }
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(t) = this.timer.as_mut() {
+            if t.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        match this.frames.pop_front() {
+            Some(f) => {
+                if this.frames.is_empty() {
+                    // hyper may never poll again once `is_end_stream` says so.
+                    this.attempt.finish(Outcome::Success);
+                } else if let Some(iv) = this.interval {
+                    let at = tokio::time::Instant::now() + iv;
+                    match this.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(at),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                Poll::Ready(Some(Ok(Frame::data(f))))
+            }
+            None => {
+                this.attempt.finish(Outcome::Success);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.interval.is_none() && self.frames.len() == 1 {
+            SizeHint::with_exact(self.frames[0].len() as u64)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// Every response body the worker sends.
+pub enum ResBody {
+    Full(Option<Bytes>),
+    Proxy(Box<ProxyBody>),
+    Mock(MockBody),
+}
+
+impl ResBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+}
+
+impl From<String> for ResBody {
+    fn from(s: String) -> Self {
+        Self::full(s)
+    }
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
+            Self::Mock(m) => Pin::new(m).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Proxy(p) => p.is_end_stream(),
+            Self::Mock(m) => m.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Proxy(p) => p.size_hint(),
+            Self::Mock(m) => m.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The HTTP surface of a worker: which handler serves which path, with 404 and 405 in the
+//! caller's dialect. `App` is the state every handler shares.
+
+mod inference;
+mod models;
+
+use crate::body::{Counters, ResBody};
+use crate::endpoint::Endpoint;
+use crate::metrics::Metrics;
+use crate::routing::RouteTable;
+use arc_swap::ArcSwap;
+use gateway::config::Config;
+use gateway::{ApiError, Dialect, ErrorKind};
+use http::{header, Method, Request, Response};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub use models::ModelsCache;
+
+/// Shared state of one worker.
+pub struct App {
+    /// The routing snapshot; replaced whole, read without a lock.
+    pub routes: ArcSwap<RouteTable>,
+    pub metrics: Metrics,
+    /// In-flight and served counts for the heartbeat.
+    pub counters: Arc<Counters>,
+    pub models: ModelsCache,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: u64,
+}
+
+impl App {
+    pub fn new(config: &Config, routes: RouteTable, metrics: Metrics) -> Self {
+        let models = ModelsCache::new(config, routes.providers.len());
+        Self {
+            routes: ArcSwap::from_pointee(routes),
+            metrics,
+            counters: Arc::new(Counters::default()),
+            models,
+            max_body_bytes: config.server.max_body_bytes,
+        }
+    }
+}
+
+/// Serves one request.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let path = req.uri().path();
+    if let Some(endpoint) = Endpoint::from_path(path) {
+        if req.method() != Method::POST {
+            return Ok(not_allowed(endpoint.dialect(), "POST"));
+        }
+        return Ok(inference::handle(&app, endpoint, req).await);
+    }
+    Ok(match path {
+        "/v1/models" if req.method() == Method::GET => models::list(&app).await,
+        "/metrics" if req.method() == Method::GET => {
+            let mut r = Response::new(ResBody::from(app.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/v1/models" | "/metrics" => not_allowed(Dialect::OpenAi, "GET"),
+        _ => {
+            let dialect = Dialect::for_path(path);
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("no such endpoint: {} {path}", req.method()),
+            )
+            .to_response(dialect)
+        }
+    })
+}
+
+fn not_allowed(dialect: Dialect, allow: &'static str) -> Response<ResBody> {
+    let mut r: Response<ResBody> = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("method not allowed; use {allow}"),
+    )
+    .to_response(dialect);
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}

@@ -1,0 +1,146 @@
+//! `GET /v1/models`: the configured models and aliases, plus what providers with `models = "*"`
+//! list themselves, cached for `models_cache.ttl`. One request at a time refreshes a provider's
+//! list (an atomic flag); the others serve the stale list meanwhile, or none if there is none.
+
+use super::App;
+use crate::body::ResBody;
+use crate::providers::Provider;
+use arc_swap::ArcSwapOption;
+use gateway::config::Config;
+use http::{header, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest model list accepted from a provider.
+const MAX_LIST_BYTES: usize = 8 << 20;
+
+struct Cached {
+    at: Instant,
+    ids: Vec<String>,
+}
+
+/// Discovered model lists, one slot per provider (indexed like the route table).
+pub struct ModelsCache {
+    ttl: Duration,
+    timeout: Duration,
+    slots: Vec<ArcSwapOption<Cached>>,
+    refreshing: Vec<AtomicBool>,
+}
+
+impl ModelsCache {
+    pub fn new(config: &Config, providers: usize) -> Self {
+        Self {
+            ttl: config.models_cache.ttl,
+            timeout: config.health.probe_timeout,
+            slots: (0..providers).map(|_| ArcSwapOption::empty()).collect(),
+            refreshing: (0..providers).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// The provider's list: fresh from the cache, refreshed by this caller, or stale.
+    async fn get(&self, i: usize, p: &Provider) -> Option<Arc<Cached>> {
+        let cur = self.slots[i].load_full();
+        if cur.as_ref().is_some_and(|c| c.at.elapsed() < self.ttl) {
+            return cur;
+        }
+        if self.refreshing[i].swap(true, Ordering::AcqRel) {
+            return cur;
+        }
+        // Clears the flag even if this future is dropped mid-fetch.
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&self.refreshing[i]);
+        match tokio::time::timeout(self.timeout, fetch(p)).await {
+            Ok(Ok(ids)) => {
+                let fresh = Arc::new(Cached {
+                    at: Instant::now(),
+                    ids,
+                });
+                self.slots[i].store(Some(fresh.clone()));
+                Some(fresh)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(provider = %p.name(), error = %e, "listing models failed");
+                cur
+            }
+            Err(_) => {
+                tracing::warn!(provider = %p.name(), "listing models timed out");
+                cur
+            }
+        }
+    }
+}
+
+/// Asks a provider for its model ids.
+async fn fetch(p: &Provider) -> Result<Vec<String>, String> {
+    let (Some(client), Some(uri)) = (p.client.as_ref(), p.models_uri()) else {
+        return Ok(Vec::new());
+    };
+    let mut req = Request::get(uri)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    p.apply_headers(req.headers_mut());
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| crate::proxy::error_chain(&e))?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_LIST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+    Ok(v.get("data")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("id")?.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The OpenAI list format.
+pub async fn list(app: &App) -> Response<ResBody> {
+    let table = app.routes.load();
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    let mut push = |id: &str, owner: &str| {
+        if seen.insert(id.to_string()) {
+            data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": owner}));
+        }
+    };
+    for p in &table.providers {
+        for m in p.config.models.iter().filter(|m| *m != "*") {
+            push(m, p.name());
+        }
+    }
+    for a in &table.alias_names {
+        push(a, "gateway");
+    }
+    for (i, p) in table.providers.iter().enumerate() {
+        if p.config.serves_any_model() {
+            if let Some(c) = app.models.get(i, p).await {
+                for id in &c.ids {
+                    push(id, p.name());
+                }
+            }
+        }
+    }
+    let body = json!({"object": "list", "data": data}).to_string();
+    let mut r = Response::new(ResBody::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,128 @@
+//! `gateway-worker`: one AI gateway process serving one port, usable with unmodified OpenAI and
+//! Anthropic SDKs.
+//!
+//! `run(config, listener, heartbeat, shutdown)` is the whole daemon, so tests can start it
+//! in-process; `cli::run` adds the command line, logging, the runtime, the inherited socket and
+//! signals. A request goes `server` -> `handlers` -> `routing` (candidates and strategy) ->
+//! `proxy` (attempts, timeouts, failover) -> `body` (streaming back) or `providers::mock`.
+
+mod body;
+pub mod cli;
+mod connect;
+mod endpoint;
+mod error;
+mod handlers;
+mod heartbeat;
+mod listen;
+mod metrics;
+mod providers;
+mod proxy;
+mod routing;
+mod server;
+
+pub use error::WorkerError;
+pub use heartbeat::HeartbeatConfig;
+
+use gateway::config::Config;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Serves `listener` with `config` until `shutdown` completes, then lets in-flight requests
+/// finish for up to `pool.shutdown_timeout`. Must run inside a Tokio runtime (with time and IO).
+/// Writes the heartbeat file when `heartbeat` is given.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    heartbeat: Option<HeartbeatConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let metrics = metrics::Metrics::new();
+    let factory = connect::ClientFactory::from_env();
+    let providers = config
+        .providers
+        .iter()
+        .map(|p| Arc::new(providers::Provider::new(p.clone(), &factory, &metrics)))
+        .collect();
+    for p in &config.providers {
+        if !p.api_key_env.is_empty() && p.api_key().is_none() {
+            // Names the variable, never a value. Info, not warn: the default config lists
+            // providers whose keys most installs do not have.
+            tracing::info!(provider = %p.name, "${} is not set; requests go without a key", p.api_key_env);
+        }
+    }
+    let table = routing::RouteTable::new(&config, providers);
+    let app = Arc::new(handlers::App::new(&config, table, metrics));
+    server::serve(
+        app,
+        listener,
+        heartbeat,
+        config.pool.shutdown_timeout,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    const CONFIG: &str = r#"
+[pool]
+shutdown_timeout = "5s"
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+"#;
+
+    /// The library entry serves in-process and returns once `shutdown` completes.
+    #[test]
+    fn run_serves_in_process_until_shutdown() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = gateway::config::parse_str(CONFIG, "test").unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let client = async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+                let conn = tokio::spawn(conn);
+                let body =
+                    r#"{"model":"demo","messages":[{"role":"user","content":"in process"}]}"#;
+                let req = http::Request::post("/v1/chat/completions")
+                    .header("host", "localhost")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(
+                    v["choices"][0]["message"]["content"],
+                    "This is a mock reply from demo to: in process"
+                );
+                drop(send);
+                let _ = conn.await;
+                stop.send(()).unwrap();
+            };
+            let server = crate::run(config, listener, None, async move {
+                let _ = stopped.await;
+            });
+            let (res, ()) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                tokio::join!(server, client)
+            })
+            .await
+            .expect("served and stopped in time");
+            res.unwrap();
+        });
+    }
+}

@@ -1,0 +1,195 @@
+//! The worker's Prometheus series (contract names) and the `/metrics` text.
+//!
+//! Every per-provider handle is created once at start-up and stored in the provider, so the
+//! request path only touches atomics and never the `Family` map's lock.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: String,
+    outcome: &'static str,
+}
+
+/// How one attempt at a provider ended; the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers 2xx/3xx and, for bodies, a clean end.
+    Success,
+    /// The provider answered 4xx: the request's fault, not the provider's.
+    ClientError,
+    /// The provider answered 5xx.
+    ServerError,
+    /// No connection could be made.
+    ConnectError,
+    /// Connect, first-byte or idle timeout.
+    Timeout,
+    /// The body broke after the headers.
+    StreamError,
+    /// The client went away first.
+    Cancelled,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 7] = [
+        Self::Success,
+        Self::ClientError,
+        Self::ServerError,
+        Self::ConnectError,
+        Self::Timeout,
+        Self::StreamError,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::ClientError => "client_error",
+            Self::ServerError => "server_error",
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::StreamError => "stream_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this outcome counts against the provider's availability.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Self::ServerError | Self::ConnectError | Self::Timeout | Self::StreamError
+        )
+    }
+}
+
+/// One provider's pre-created handles.
+#[derive(Debug, Clone)]
+pub struct ProviderMetrics {
+    outcomes: [Counter; 7],
+    pub latency: Histogram,
+    /// Registered at 0 (closed); the circuit breaker (a later issue) writes it.
+    #[allow(dead_code)]
+    pub circuit_state: Gauge,
+}
+
+impl ProviderMetrics {
+    pub fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}
+
+/// The registry and its families.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OutcomeLabels, Counter>,
+    latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    circuit: Family<ProviderLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let circuit = Family::<ProviderLabel, Gauge>::default();
+        registry.register(
+            "gateway_provider_requests",
+            "Attempts at each provider by outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "gateway_provider_latency_seconds",
+            "Time from sending a request to a provider until its response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "gateway_circuit_state",
+            "Circuit breaker state per provider (0 closed, 1 open, 2 half-open)",
+            circuit.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            circuit,
+        }
+    }
+
+    /// Creates (once, at start-up) the series of `provider`.
+    pub fn provider(&self, provider: &str) -> ProviderMetrics {
+        let outcomes = Outcome::ALL.map(|o| {
+            self.requests
+                .get_or_create(&OutcomeLabels {
+                    provider: provider.to_string(),
+                    outcome: o.as_str(),
+                })
+                .clone()
+        });
+        let label = ProviderLabel {
+            provider: provider.to_string(),
+        };
+        ProviderMetrics {
+            outcomes,
+            latency: self.latency.get_or_create(&label).clone(),
+            circuit_state: self.circuit.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Buckets from 5ms to ~41s: provider latencies span local mocks to slow reasoning models.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_are_exposed() {
+        let m = Metrics::new();
+        let p = m.provider("demo");
+        p.count(Outcome::Success);
+        p.latency.observe(0.01);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "gateway_provider_requests_total{provider=\"demo\",outcome=\"success\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_provider_latency_seconds_bucket{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_circuit_state{provider=\"demo\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The provider table: one `Provider` per `[[providers]]` entry with its pooled upstream client,
+//! its credentials (as sensitive header values, never logged), live statistics and metrics.
+//!
+//! Kinds: `openai` (any OpenAI-compatible API), `anthropic` (the Messages API) and `mock`
+//! (answers in-process). A provider only receives requests in a dialect it speaks.
+
+pub mod anthropic;
+pub mod mock;
+pub mod openai;
+pub mod state;
+
+use crate::connect::{ClientFactory, UpstreamClient};
+use crate::endpoint::Endpoint;
+use crate::metrics::{Metrics, ProviderMetrics};
+use gateway::config::{ProviderConfig, ProviderKind};
+use gateway::Dialect;
+use http::{HeaderName, HeaderValue};
+use state::ProviderState;
+
+/// One configured provider.
+pub struct Provider {
+    pub config: ProviderConfig,
+    /// `base_url` without a trailing slash.
+    pub base: String,
+    /// The credential header sent upstream (`authorization` or `x-api-key`), marked sensitive so
+    /// that no `Debug` output shows it.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    /// `Proxy-Authorization` for a forward proxy with credentials (sensitive too).
+    pub proxy_auth: Option<HeaderValue>,
+    /// `None` for `mock`, which never opens a connection.
+    pub client: Option<UpstreamClient>,
+    pub state: ProviderState,
+    pub metrics: ProviderMetrics,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Deliberately leaves out `auth`.
+        f.debug_struct("Provider")
+            .field("name", &self.config.name)
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig, factory: &ClientFactory, metrics: &Metrics) -> Self {
+        let key = config.api_key();
+        let auth = match config.kind {
+            ProviderKind::OpenAi => key.and_then(|k| openai::auth_header(&k)),
+            ProviderKind::Anthropic => key.and_then(|k| anthropic::auth_header(&k)),
+            _ => None,
+        };
+        let client = match config.kind {
+            ProviderKind::Mock => None,
+            _ => Some(factory.client(config.connect_timeout)),
+        };
+        let proxy_auth = match config.kind {
+            ProviderKind::Mock => None,
+            _ => factory.forward_proxy_auth(&config.base_url),
+        };
+        Self {
+            base: config.base_url.trim_end_matches('/').to_string(),
+            auth,
+            proxy_auth,
+            client,
+            state: ProviderState::default(),
+            metrics: metrics.provider(&config.name),
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether this provider can serve `endpoint` (mock speaks both dialects).
+    pub fn speaks(&self, endpoint: Endpoint) -> bool {
+        match self.config.kind {
+            ProviderKind::Mock => true,
+            ProviderKind::OpenAi => endpoint.dialect() == Dialect::OpenAi,
+            ProviderKind::Anthropic => endpoint.dialect() == Dialect::Anthropic,
+            ProviderKind::Unknown(_) => false,
+        }
+    }
+
+    /// Adds the provider's credentials and dialect headers to an upstream request.
+    pub fn apply_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some((name, value)) = &self.auth {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(v) = &self.proxy_auth {
+            headers.insert(http::header::PROXY_AUTHORIZATION, v.clone());
+        }
+        if self.config.kind == ProviderKind::Anthropic {
+            anthropic::default_headers(headers);
+        }
+    }
+
+    /// The upstream URI for `endpoint`, keeping the client's query string.
+    pub fn uri(&self, endpoint: Endpoint, query: Option<&str>) -> Result<http::Uri, http::Error> {
+        let suffix = endpoint.upstream_suffix();
+        let mut s =
+            String::with_capacity(self.base.len() + suffix.len() + 1 + query.map_or(0, str::len));
+        s.push_str(&self.base);
+        s.push_str(suffix);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        Ok(http::Uri::try_from(s)?)
+    }
+
+    /// The models listing URI (`GET`), for providers whose `models` is `"*"`.
+    pub fn models_uri(&self) -> Option<http::Uri> {
+        let path = match self.config.kind {
+            ProviderKind::OpenAi => "/models",
+            ProviderKind::Anthropic => "/v1/models",
+            _ => return None,
+        };
+        http::Uri::try_from(format!("{}{path}", self.base)).ok()
+    }
+}
