@@ -10,7 +10,8 @@ STREAMS=${STREAMS:-"2000 10000"}
 OUT=bench/out; mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q -p supervisor -p gateway-worker --examples
+cargo build --release -q -p supervisor -p gateway-worker
+cargo build --release -q -p gateway --examples
 BIN=target/release; EX=target/release/examples
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; pkill -f "$OUT/nginx.conf" 2>/dev/null || true; }

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 MIN=${1:-10}
 OUT=bench/out; mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
-cargo build --release -q -p supervisor --examples
+cargo build --release -q -p supervisor
+cargo build --release -q -p gateway --examples
 EX=target/release/examples
 pids=(); trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done' EXIT
 BENCH_CHUNKS=20 BENCH_CHUNK_MS=50 BENCH_THREADS=2 $EX/bench_upstream >"$OUT/soak-up.addr" & pids+=($!)

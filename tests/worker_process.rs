@@ -194,7 +194,9 @@ fn provider_keys_never_leak() {
         r#"["m2"]"#,
         "OA_KEY",
         "",
-    ) + &anthropic_provider("an", &up.url(""), r#"["c1"]"#, "AN_KEY", "");
+    ) + &anthropic_provider("an", &up.url(""), r#"["c1"]"#, "AN_KEY", "")
+        // Keep `up`'s breaker closed so that every kind of failure below reaches it.
+        + "\n[circuit_breaker]\nconsecutive_failures = 100\nfailure_rate_threshold = 0.99\n";
     let w = Worker::start(
         &config(&providers),
         &[
@@ -234,7 +236,19 @@ fn provider_keys_never_leak() {
     send("/v1/messages", json!({"model": "c1", "messages": []}));
     send("/v1/messages", json!({"model": "m1", "messages": []}));
     let metrics = http::get(w.addr, "/metrics").unwrap().text();
-    assert_eq!(up.request_count(), 4, "the errors really happened upstream");
+    // Failed attempts at the only provider are retried (routing.max_attempts), so count the
+    // paths rather than the requests: each error really happened upstream.
+    for path in [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    ] {
+        assert!(
+            up.requests().iter().any(|r| r.path == path),
+            "the errors really happened upstream: {path}"
+        );
+    }
     let reqs = up.requests();
     let bearer = format!("Bearer {OPENAI_KEY}");
     assert!(

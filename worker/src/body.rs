@@ -8,10 +8,12 @@
 //! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
 //! connection at once. `MockBody` paces a mock provider's frames.
 
+use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;
 use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
+use gateway::provider_slots::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::VecDeque;
@@ -61,20 +63,24 @@ impl Drop for RequestGuard {
 }
 
 /// One attempt at a provider: counted in the provider's `inflight` until dropped; records its
-/// outcome exactly once (`Cancelled` if nobody did before the drop).
+/// outcome exactly once (`Cancelled` if nobody did before the drop), in the metrics, the
+/// routing statistics and the provider's circuit breaker. It also owns the pool-wide provider
+/// slot, if one was taken, so the slot is held exactly as long as the response body.
 pub struct Attempt {
     pub provider: Arc<Provider>,
     started: Instant,
     done: bool,
+    _slot: Option<SlotGuard>,
 }
 
 impl Attempt {
-    pub fn start(provider: Arc<Provider>) -> Self {
+    pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
         provider.state.inflight.fetch_add(1, Ordering::Relaxed);
         Self {
             provider,
             started: Instant::now(),
             done: false,
+            _slot: slot,
         }
     }
 
@@ -85,11 +91,37 @@ impl Attempt {
         self.provider.metrics.latency.observe(d.as_secs_f64());
     }
 
+    /// Records `outcome`, with its default meaning for the breaker.
     pub fn finish(&mut self, outcome: Outcome) {
-        if !self.done {
-            self.done = true;
-            self.provider.metrics.count(outcome);
-            self.provider.state.record_outcome(outcome.is_failure());
+        let b = match outcome {
+            Outcome::Success => Some(breaker::Outcome::Success),
+            Outcome::ClientError => Some(breaker::Outcome::ClientError),
+            Outcome::RateLimited => Some(breaker::Outcome::RateLimited(breaker::DEFAULT_COOLDOWN)),
+            Outcome::ServerError
+            | Outcome::ConnectError
+            | Outcome::Timeout
+            | Outcome::StreamError => Some(breaker::Outcome::Failure),
+            Outcome::Cancelled => None,
+        };
+        self.finish_as(outcome, b);
+    }
+
+    /// Records `outcome` in the metrics and `b` in the breaker; `None` = no verdict (the client
+    /// left), which only gives back a half-open trial slot.
+    pub fn finish_as(&mut self, outcome: Outcome, b: Option<breaker::Outcome>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.provider.metrics.count(outcome);
+        self.provider.state.record_outcome(outcome.is_failure());
+        match b {
+            Some(o) => self.provider.breaker.record(o),
+            None => {
+                if self.provider.breaker.state() == CircuitState::HalfOpen {
+                    self.provider.breaker.release_trial();
+                }
+            }
         }
     }
 }
@@ -323,11 +355,169 @@ impl Body for MockBody {
     }
 }
 
+type BoxResponse = Pin<Box<dyn Future<Output = http::Response<ResBody>> + Send>>;
+
+enum WaitState {
+    /// Pinging while the attempts run.
+    Waiting(BoxResponse),
+    /// The provider's stream.
+    Inner(ResBody),
+    /// As in `ProxyBody`: the error event went out; one `Pending` to flush it, then the error.
+    Aborting {
+        yielded: bool,
+    },
+    Done,
+}
+
+/// A streaming response whose 200 was sent while it still waited for a provider slot:
+/// keep-alive pings in the caller's dialect every `interval` (the first at once, so the client
+/// has its headers) while `fut` (the rest of the attempts) runs inside this body; then the
+/// provider's stream, or, if the attempts ended in anything but a 200 event stream, the
+/// dialect's error event and an aborted body, so the stream never ends as if complete.
+/// Dropping it (the client left) drops `fut`, and with it any slot or upstream request.
+pub struct WaitingBody {
+    state: WaitState,
+    dialect: Dialect,
+    interval: Duration,
+    /// `None` until the first ping went out.
+    ping: Option<Pin<Box<Sleep>>>,
+}
+
+impl WaitingBody {
+    /// The 200 event-stream response that waits in its body.
+    pub fn response(
+        dialect: Dialect,
+        interval: Duration,
+        fut: BoxResponse,
+    ) -> http::Response<ResBody> {
+        let body = Self {
+            state: WaitState::Waiting(fut),
+            dialect,
+            interval: interval.max(Duration::from_millis(10)),
+            ping: None,
+        };
+        let mut r = http::Response::new(ResBody::Waiting(Box::new(body)));
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        r
+    }
+
+    fn ping_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let at = tokio::time::Instant::now() + self.interval;
+        match self.ping.as_mut() {
+            Some(t) => t.as_mut().reset(at),
+            None => self.ping = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            gateway::sse::ping(self.dialect),
+        )))))
+    }
+
+    /// The attempts produced `resp`: stream it if it is an event stream, else report it.
+    fn settle(&mut self, resp: http::Response<ResBody>) -> Option<Bytes> {
+        let sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if resp.status() == http::StatusCode::OK && sse {
+            self.state = WaitState::Inner(resp.into_body());
+            return None;
+        }
+        let status = resp.status();
+        // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
+        let json = match resp.into_body() {
+            ResBody::Full(Some(b)) if serde_json::from_slice::<serde_json::Value>(&b).is_ok() => {
+                Some(String::from_utf8_lossy(&b).into_owned())
+            }
+            _ => None,
+        };
+        let event = match json {
+            Some(j) => match self.dialect {
+                Dialect::OpenAi => format!("data: {j}\n\n"),
+                Dialect::Anthropic => format!("event: error\ndata: {j}\n\n"),
+            },
+            None => {
+                let kind = match status.as_u16() {
+                    504 => ErrorKind::GatewayTimeout,
+                    503 | 529 => ErrorKind::Unavailable,
+                    _ => ErrorKind::BadGateway,
+                };
+                let msg = format!("the provider answered {status} instead of an event stream");
+                gateway::sse::error_event(self.dialect, &ApiError::new(kind, msg))
+            }
+        };
+        self.state = WaitState::Aborting { yielded: false };
+        Some(Bytes::from(event))
+    }
+}
+
+impl Body for WaitingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                WaitState::Done => return Poll::Ready(None),
+                WaitState::Inner(b) => return Pin::new(b).poll_frame(cx),
+                WaitState::Aborting { yielded } => {
+                    if !*yielded {
+                        *yielded = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    this.state = WaitState::Done;
+                    return Poll::Ready(Some(Err(StreamError::Upstream(
+                        "no stream after waiting for the provider".into(),
+                    )
+                    .into())));
+                }
+                WaitState::Waiting(fut) => {
+                    if this.ping.is_none() {
+                        return this.ping_frame();
+                    }
+                    if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
+                        match this.settle(resp) {
+                            Some(event) => return Poll::Ready(Some(Ok(Frame::data(event)))),
+                            None => continue,
+                        }
+                    }
+                    let timer = this.ping.as_mut().expect("armed above");
+                    return match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => this.ping_frame(),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            WaitState::Inner(b) => b.is_end_stream(),
+            WaitState::Done => true,
+            _ => false,
+        }
+    }
+}
+
 /// Every response body the worker sends.
 pub enum ResBody {
     Full(Option<Bytes>),
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
+    Waiting(Box<WaitingBody>),
 }
 
 impl ResBody {
@@ -354,6 +544,7 @@ impl Body for ResBody {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
             Self::Mock(m) => Pin::new(m).poll_frame(cx),
+            Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
         }
     }
 
@@ -362,6 +553,7 @@ impl Body for ResBody {
             Self::Full(b) => b.is_none(),
             Self::Proxy(p) => p.is_end_stream(),
             Self::Mock(m) => m.is_end_stream(),
+            Self::Waiting(w) => w.is_end_stream(),
         }
     }
 
@@ -370,6 +562,7 @@ impl Body for ResBody {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Proxy(p) => p.size_hint(),
             Self::Mock(m) => m.size_hint(),
+            Self::Waiting(_) => SizeHint::default(),
         }
     }
 }

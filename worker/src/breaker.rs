@@ -116,6 +116,8 @@ pub struct Breaker {
     open_generation: AtomicU64,
     /// Cool-down end, as ms since `epoch`; 0 = none.
     cooldown_until_ms: AtomicU64,
+    /// When the breaker last opened, as ms since `epoch`: for the `Retry-After` of a fast 503.
+    opened_at_ms: AtomicU64,
     epoch: Instant,
     hook: TransitionHook,
 }
@@ -131,6 +133,7 @@ impl Breaker {
             trials_inflight: AtomicU32::new(0),
             open_generation: AtomicU64::new(0),
             cooldown_until_ms: AtomicU64::new(0),
+            opened_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             hook,
         })
@@ -151,6 +154,20 @@ impl Breaker {
     /// True while a 429/Retry-After cool-down is running.
     pub fn cooling(&self) -> bool {
         self.now_ms() < self.cooldown_until_ms.load(Relaxed)
+    }
+
+    /// How long until this provider may be selected again: the rest of the open period or of
+    /// the cool-down, whichever is longer; zero when it is usable (or half-open).
+    pub fn blocked_for(&self) -> Duration {
+        let now = self.now_ms();
+        let cool = self.cooldown_until_ms.load(Relaxed).saturating_sub(now);
+        let open = if self.state() == CircuitState::Open {
+            let opened = self.opened_at_ms.load(Acquire);
+            (opened + self.cfg.open_timeout.as_millis() as u64).saturating_sub(now)
+        } else {
+            0
+        };
+        Duration::from_millis(cool.max(open))
     }
 
     /// Whether selection may use this provider now. Half-open admits up to
@@ -190,6 +207,7 @@ impl Breaker {
         self.trials_inflight.store(0, Release);
         self.trial_successes.store(0, Release);
         if to == CircuitState::Open {
+            self.opened_at_ms.store(self.now_ms(), Release);
             let generation = self.open_generation.fetch_add(1, AcqRel) + 1;
             self.arm_timer(generation);
         }
@@ -298,7 +316,9 @@ mod tests {
         }
     }
 
-    fn breaker(c: BreakerConfig) -> (Arc<Breaker>, Arc<Mutex<Vec<(CircuitState, CircuitState)>>>) {
+    type Log = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
+
+    fn breaker(c: BreakerConfig) -> (Arc<Breaker>, Log) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         (
@@ -481,6 +501,24 @@ mod tests {
         assert!(!b.allows());
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(b.allows(), "back after ~2 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocked_for_reports_the_rest_of_the_open_period() {
+        let (b, _) = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            ..cfg()
+        });
+        assert_eq!(b.blocked_for(), Duration::ZERO);
+        b.record(Outcome::Failure);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(b.blocked_for(), Duration::from_secs(20));
+        b.record(classify(429, Some(60)));
+        assert_eq!(
+            b.blocked_for(),
+            Duration::from_secs(60),
+            "the longer of the two"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,8 @@ pub enum WorkerError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot map the provider slot table (GATEWAY_PROVIDER_TABLE): {0}")]
+    ProviderTable(std::io::Error),
 }
 
 impl WorkerError {
@@ -23,7 +25,7 @@ impl WorkerError {
         match self {
             Self::Config(_) => 2,
             Self::Bind { .. } => 4,
-            Self::Inherited(_) | Self::Runtime(_) | Self::Signals(_) => 1,
+            Self::Inherited(_) | Self::Runtime(_) | Self::Signals(_) | Self::ProviderTable(_) => 1,
         }
     }
 }

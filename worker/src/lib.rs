@@ -7,11 +7,13 @@
 //! `proxy` (attempts, timeouts, failover) -> `body` (streaming back) or `providers::mock`.
 
 mod body;
+pub mod breaker;
 pub mod cli;
 mod connect;
 mod endpoint;
 mod error;
 mod handlers;
+mod health;
 mod heartbeat;
 mod listen;
 mod metrics;
@@ -41,7 +43,14 @@ pub async fn run(
     let providers = config
         .providers
         .iter()
-        .map(|p| Arc::new(providers::Provider::new(p.clone(), &factory, &metrics)))
+        .map(|p| {
+            Arc::new(providers::Provider::new(
+                p.clone(),
+                &factory,
+                &metrics,
+                (&config.circuit_breaker).into(),
+            ))
+        })
         .collect();
     for p in &config.providers {
         if !p.api_key_env.is_empty() && p.api_key().is_none() {
@@ -50,8 +59,11 @@ pub async fn run(
             tracing::info!(provider = %p.name, "${} is not set; requests go without a key", p.api_key_env);
         }
     }
-    let table = routing::RouteTable::new(&config, providers);
+    let mut table = routing::RouteTable::new(&config, providers);
+    table.limits.limiter = Some(provider_limiter()?);
     let app = Arc::new(handlers::App::new(&config, table, metrics));
+    // Owned here: dropped (and the task aborted) when the server has stopped.
+    let _probes = app.health.spawn();
     server::serve(
         app,
         listener,
@@ -61,6 +73,26 @@ pub async fn run(
     )
     .await;
     Ok(())
+}
+
+/// The pool-wide provider slot table the supervisor passes through the environment, else a
+/// private one (a standalone worker limits providers for itself).
+fn provider_limiter() -> Result<gateway::provider_slots::ProviderLimiter, WorkerError> {
+    use gateway::provider_slots::{ProviderLimiter, ENV_ROW, ENV_TABLE};
+    match ProviderLimiter::from_env() {
+        Some(Ok(l)) => Ok(l),
+        Some(Err(e)) => Err(WorkerError::ProviderTable(e)),
+        None => {
+            if std::env::var_os(ENV_TABLE).is_some() {
+                // The table without a usable row: a supervisor bug, not something to paper over.
+                return Err(WorkerError::ProviderTable(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("${ENV_TABLE} is set but ${ENV_ROW} is missing or out of range"),
+                )));
+            }
+            ProviderLimiter::local().map_err(WorkerError::ProviderTable)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Every per-provider handle is created once at start-up and stored in the provider, so the
 //! request path only touches atomics and never the `Family` map's lock.
 
+use crate::breaker::CircuitState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +14,13 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabel {
     provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    provider: String,
+    from: &'static str,
+    to: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +38,8 @@ pub enum Outcome {
     ClientError,
     /// The provider answered 5xx.
     ServerError,
+    /// The provider answered 429 (or 503 with `Retry-After`): it asked us to back off.
+    RateLimited,
     /// No connection could be made.
     ConnectError,
     /// Connect, first-byte or idle timeout.
@@ -41,10 +51,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 8] = [
         Self::Success,
         Self::ClientError,
         Self::ServerError,
+        Self::RateLimited,
         Self::ConnectError,
         Self::Timeout,
         Self::StreamError,
@@ -56,6 +67,7 @@ impl Outcome {
             Self::Success => "success",
             Self::ClientError => "client_error",
             Self::ServerError => "server_error",
+            Self::RateLimited => "rate_limited",
             Self::ConnectError => "connect_error",
             Self::Timeout => "timeout",
             Self::StreamError => "stream_error",
@@ -67,7 +79,11 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::ServerError | Self::ConnectError | Self::Timeout | Self::StreamError
+            Self::ServerError
+                | Self::RateLimited
+                | Self::ConnectError
+                | Self::Timeout
+                | Self::StreamError
         )
     }
 }
@@ -75,16 +91,34 @@ impl Outcome {
 /// One provider's pre-created handles.
 #[derive(Debug, Clone)]
 pub struct ProviderMetrics {
-    outcomes: [Counter; 7],
+    outcomes: [Counter; 8],
     pub latency: Histogram,
-    /// Registered at 0 (closed); the circuit breaker (a later issue) writes it.
-    #[allow(dead_code)]
+    /// 0 closed, 1 open, 2 half-open; written by the breaker's transition hook.
     pub circuit_state: Gauge,
+    /// `gateway_circuit_state_changes_total` for each legal edge, in `EDGES` order, created at
+    /// start-up so that a transition touches atomics only, never the family's map lock.
+    transitions: [Counter; 4],
 }
+
+/// The breaker's legal edges.
+const EDGES: [(CircuitState, CircuitState); 4] = [
+    (CircuitState::Closed, CircuitState::Open),
+    (CircuitState::Open, CircuitState::HalfOpen),
+    (CircuitState::HalfOpen, CircuitState::Closed),
+    (CircuitState::HalfOpen, CircuitState::Open),
+];
 
 impl ProviderMetrics {
     pub fn count(&self, outcome: Outcome) {
         self.outcomes[outcome as usize].inc();
+    }
+
+    /// Records one breaker transition (the breaker's `TransitionHook`).
+    pub fn transition(&self, from: CircuitState, to: CircuitState) {
+        self.circuit_state.set(to as i64);
+        if let Some(i) = EDGES.iter().position(|e| *e == (from, to)) {
+            self.transitions[i].inc();
+        }
     }
 }
 
@@ -95,6 +129,7 @@ pub struct Metrics {
     requests: Family<OutcomeLabels, Counter>,
     latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     circuit: Family<ProviderLabel, Gauge>,
+    changes: Family<TransitionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -124,11 +159,18 @@ impl Metrics {
             "Circuit breaker state per provider (0 closed, 1 open, 2 half-open)",
             circuit.clone(),
         );
+        let changes = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "gateway_circuit_state_changes",
+            "Circuit breaker transitions per provider",
+            changes.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             circuit,
+            changes,
         }
     }
 
@@ -149,6 +191,15 @@ impl Metrics {
             outcomes,
             latency: self.latency.get_or_create(&label).clone(),
             circuit_state: self.circuit.get_or_create(&label).clone(),
+            transitions: EDGES.map(|(from, to)| {
+                self.changes
+                    .get_or_create(&TransitionLabels {
+                        provider: provider.to_string(),
+                        from: from.as_str(),
+                        to: to.as_str(),
+                    })
+                    .clone()
+            }),
         }
     }
 
@@ -189,6 +240,18 @@ mod tests {
         );
         assert!(
             text.contains("gateway_circuit_state{provider=\"demo\"} 0"),
+            "{text}"
+        );
+        p.transition(CircuitState::Closed, CircuitState::Open);
+        let text = m.encode();
+        assert!(
+            text.contains("gateway_circuit_state{provider=\"demo\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gateway_circuit_state_changes_total{provider=\"demo\",from=\"closed\",to=\"open\"} 1"
+            ),
             "{text}"
         );
     }

@@ -1,30 +1,58 @@
-//! Forwarding one inference request: try the candidates in order (up to `routing.max_attempts`)
-//! until one answers; a connect error, a timeout or a 5xx before any byte reached the client
-//! moves on to the next. The first answer that is kept streams back through `ProxyBody`.
+//! Forwarding one inference request: pick a candidate, take its pool-wide slot, send, and on
+//! a retryable failure before any byte reached the client, try again (up to
+//! `routing.max_attempts` attempts in all). The first answer that is kept streams back through
+//! `ProxyBody`.
+//!
+//! Selection skips providers whose breaker is open or whose half-open trials are all taken, and
+//! providers cooling down after a 429. Untried candidates come first and are tried at once;
+//! a provider already tried is tried again only when no other is usable, after an exponential
+//! backoff with jitter (`backoff`). When *every* candidate is blocked before the first attempt:
+//! if some are merely cooling (breaker closed), the one whose cool-down ends first still gets
+//! the request, because a cool-down is the provider's own advice and it may answer again with
+//! its authoritative `Retry-After`; if all are open (or half-open and full), the client gets a
+//! 503 at once with `Retry-After` = the shortest remaining open time, so a failing provider is
+//! not hammered through the breaker meant to protect it.
+//!
+//! Retried: connect errors, timeouts, 429, 500, 502, 503, 504, 529. Returned as they are: every
+//! other status (400/401/403/404/422 are the client's business; a 401/403 is also logged as a
+//! bad key). When all attempts fail the client gets the last error with its status and, on
+//! 429/503, its `Retry-After`.
 //!
 //! Timeouts: `connect_timeout` lives in the connector, `first_byte_timeout` bounds the wait for
-//! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`.
+//! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`. A provider
+//! with `max_concurrency` makes requests wait for a slot for up to `pool.queue_timeout`; a
+//! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
+//! with keep-alive pings (`WaitingBody`) while the rest of this loop runs inside its body.
 //! Header hygiene: hop-by-hop headers are dropped both ways, and the client's credentials are
 //! never forwarded; the provider's own key replaces them.
 
-use crate::body::{Attempt, ProxyBody, RequestGuard, ResBody};
+use crate::body::{Attempt, ProxyBody, RequestGuard, ResBody, WaitingBody};
+use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
 use crate::providers::{mock, Provider};
 use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
+use gateway::provider_slots::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
-/// The request being forwarded: what every attempt needs.
-pub struct Forward<'a> {
+/// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
+/// on inside a streaming response's body after the pings started.
+pub struct Forward {
     pub endpoint: Endpoint,
-    pub parts: &'a http::request::Parts,
+    /// The client's headers, already filtered by `request_headers`.
+    pub headers: HeaderMap,
+    pub query: Option<String>,
     pub body: Bytes,
     pub stream: bool,
 }
@@ -35,64 +63,348 @@ struct AttemptError {
     error: ApiError,
 }
 
+/// Largest upstream error body kept to pass on after a retryable failure.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The first wait before retrying the same provider, its growth and its cap.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_FACTOR: f64 = 1.5;
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The wait before the `n`th retry (from 0) of the same provider: 100 ms x 1.5^n, ±20 %
+/// jitter so that many requests failing together do not come back together, capped at 2 s.
+pub fn backoff(n: u32) -> Duration {
+    let base = BACKOFF_START.as_secs_f64() * BACKOFF_FACTOR.powi(n.min(32) as i32);
+    let jitter = 0.8 + 0.4 * fastrand::f64();
+    Duration::from_secs_f64(base * jitter).min(BACKOFF_CAP)
+}
+
+/// Statuses worth another attempt (elsewhere, or later at the same provider).
+fn retryable(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+/// Where a request is in its attempts; moves into a `WaitingBody` when pings start.
+struct Run {
+    table: Arc<RouteTable>,
+    req: Forward,
+    candidates: Vec<Target>,
+    /// Per candidate: attempted already.
+    tried: Vec<bool>,
+    attempts: usize,
+    /// Candidate index of the previous attempt.
+    prev: Option<usize>,
+    /// Retries of the same provider so far (the backoff exponent).
+    same_retries: u32,
+    /// The error the client gets if no attempt succeeds.
+    last: Option<Response<ResBody>>,
+    /// When waiting for a provider slot gives up (`pool.queue_timeout` after arrival).
+    slot_deadline: Instant,
+    /// When a waiting streaming request switches to pings.
+    ping_at: Instant,
+    /// True once the response head (200 + pings) has been sent.
+    in_body: bool,
+}
+
+type BoxResponse = Pin<Box<dyn Future<Output = Response<ResBody>> + Send>>;
+
 /// Forwards `req` to the first candidate that answers.
 pub async fn forward(
-    table: &RouteTable,
-    req: Forward<'_>,
-    candidates: &[Target],
+    table: Arc<RouteTable>,
+    req: Forward,
+    candidates: Vec<Target>,
     guard: RequestGuard,
 ) -> Response<ResBody> {
-    let dialect = req.endpoint.dialect();
-    let n = candidates.len().min(table.max_attempts);
-    let mut last_error = None;
-    for (i, target) in candidates.iter().take(n).enumerate() {
-        let provider = &table.providers[target.provider];
-        let body = match &target.rewrite {
-            Some(model) => match rewrite_model(&req.body, model) {
-                Ok(b) => b,
-                Err(e) => return e.to_response(dialect),
-            },
-            None => req.body.clone(),
-        };
-        if provider.config.kind == ProviderKind::Mock {
-            return mock_response(provider, req.endpoint, &body, req.stream, guard).await;
-        }
-        // The resilience issue hooks in here: a candidate whose breaker is open, that is
-        // cooling down after a 429, or that has no pool-wide slot free is skipped before
-        // `Attempt::start`, using the atomics in `providers::state`.
-        let mut attempt = Attempt::start(provider.clone());
-        match send(provider, &req, body).await {
-            Ok(resp) => {
-                attempt.headers_received();
-                let status = resp.status();
-                if status.is_server_error() && i + 1 < n {
-                    attempt.finish(Outcome::ServerError);
-                    tracing::warn!(provider = %provider.name(), %status, "provider failed, trying the next one");
-                    continue;
-                }
-                if status.is_server_error() {
-                    attempt.finish(Outcome::ServerError);
-                } else if status.is_client_error() {
-                    attempt.finish(Outcome::ClientError);
-                }
-                return stream_back(resp, provider, dialect, attempt, guard);
-            }
-            Err(e) => {
-                attempt.finish(e.outcome);
-                tracing::warn!(provider = %provider.name(), error = %e.error.message, "attempt failed");
-                last_error = Some(e.error);
+    let now = Instant::now();
+    let run = Run {
+        tried: vec![false; candidates.len()],
+        slot_deadline: now + table.limits.queue_timeout,
+        ping_at: now + table.limits.ping_interval,
+        table,
+        req,
+        candidates,
+        attempts: 0,
+        prev: None,
+        same_retries: 0,
+        last: None,
+        in_body: false,
+    };
+    attempts(run, guard).await
+}
+
+/// A candidate chosen for the next attempt.
+struct Pick {
+    index: usize,
+    /// Taken without the breaker's consent (every candidate was cooling).
+    forced: bool,
+}
+
+/// The next candidate: an untried one the breaker allows, else a tried one it allows (a
+/// retry). `Err` = nothing usable before the first attempt: the 503 to send.
+fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
+    let p = |i: usize| &r.table.providers[r.candidates[i].provider];
+    let n = r.candidates.len();
+    for pass_tried in [false, true] {
+        for i in (0..n).filter(|i| r.tried[*i] == pass_tried) {
+            if p(i).breaker.allows() {
+                return Ok(Some(Pick {
+                    index: i,
+                    forced: false,
+                }));
             }
         }
     }
-    last_error
-        .unwrap_or_else(|| ApiError::new(ErrorKind::BadGateway, "no provider could be tried"))
-        .to_response(dialect)
+    if r.attempts > 0 {
+        return Ok(None);
+    }
+    // Everything is blocked before the first attempt: see the module docs.
+    let least_cooling = (0..n)
+        .filter(|i| p(*i).breaker.state() == CircuitState::Closed)
+        .min_by_key(|i| p(*i).breaker.blocked_for());
+    if let Some(index) = least_cooling {
+        return Ok(Some(Pick {
+            index,
+            forced: true,
+        }));
+    }
+    let wait = (0..n)
+        .map(|i| p(i).breaker.blocked_for())
+        .min()
+        .unwrap_or_default();
+    let names: Vec<&str> = (0..n).map(|i| p(i).name()).collect();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Err(ApiError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "every provider for this model is failing and temporarily out of rotation ({})",
+            names.join(", ")
+        ),
+    )
+    .with_retry_after(secs.max(1)))
+}
+
+/// Gives back what `pick` took from a half-open breaker when the attempt never happened.
+fn unpick(p: &Provider, pick: &Pick) {
+    if !pick.forced && p.breaker.state() == CircuitState::HalfOpen {
+        p.breaker.release_trial();
+    }
+}
+
+/// The attempt loop. A plain function returning a boxed future (not an `async fn`) because it
+/// recurses: when a streaming request starts its pings, the rest of the loop becomes the
+/// `WaitingBody`'s future.
+fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
+    Box::pin(async move {
+        let dialect = r.req.endpoint.dialect();
+        let max = r.table.max_attempts;
+        while r.attempts < max {
+            let pick = match pick(&r) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return e.to_response(dialect),
+            };
+            let ci = pick.index;
+            let target = r.candidates[ci].clone();
+            let provider = r.table.providers[target.provider].clone();
+            if r.prev == Some(ci) {
+                // The same provider again: give it a moment. Another provider is tried at once.
+                tokio::time::sleep(backoff(r.same_retries)).await;
+                r.same_retries += 1;
+            }
+            let body = match &target.rewrite {
+                Some(model) => match rewrite_model(&r.req.body, model) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        unpick(&provider, &pick);
+                        return e.to_response(dialect);
+                    }
+                },
+                None => r.req.body.clone(),
+            };
+            let slot = match take_slot(&mut r, &provider).await {
+                SlotWait::Got(s) => s,
+                SlotWait::TimedOut(e) => {
+                    unpick(&provider, &pick);
+                    return e.to_response(dialect);
+                }
+                SlotWait::StartPings => {
+                    unpick(&provider, &pick);
+                    r.in_body = true;
+                    let interval = r.table.limits.ping_interval;
+                    let rest = attempts(r, guard);
+                    return WaitingBody::response(dialect, interval, rest);
+                }
+            };
+            r.tried[ci] = true;
+            r.prev = Some(ci);
+            r.attempts += 1;
+            if provider.config.kind == ProviderKind::Mock {
+                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard)
+                    .await;
+            }
+            let mut attempt = Attempt::start(provider.clone(), slot);
+            let resp = match send(&provider, &r.req, body).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    attempt.finish(e.outcome);
+                    tracing::warn!(provider = %provider.name(), error = %e.error.message, "attempt failed");
+                    r.last = Some(e.error.to_response(dialect));
+                    continue;
+                }
+            };
+            attempt.headers_received();
+            let status = resp.status().as_u16();
+            if status < 400 {
+                return stream_back(resp, &provider, dialect, attempt, guard);
+            }
+            let retry_after = retry_after_secs(resp.headers());
+            match breaker::classify(status, retry_after) {
+                o @ breaker::Outcome::RateLimited(_) => {
+                    attempt.finish_as(Outcome::RateLimited, Some(o))
+                }
+                _ if status >= 500 => attempt.finish(Outcome::ServerError),
+                _ => attempt.finish(Outcome::ClientError),
+            }
+            if status == 401 || status == 403 {
+                log_bad_key(&provider, status);
+            }
+            if !retryable(status) {
+                return stream_back(resp, &provider, dialect, attempt, guard);
+            }
+            tracing::warn!(provider = %provider.name(), status, "provider failed; trying again if an attempt is left");
+            r.last = Some(buffered_error(resp, &provider, dialect).await);
+        }
+        r.last.unwrap_or_else(|| {
+            ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
+        })
+    })
+}
+
+/// The outcome of waiting for a pool-wide provider slot.
+enum SlotWait {
+    /// A slot (or `None`: the provider has no limit).
+    Got(Option<SlotGuard>),
+    /// `queue_timeout` passed: the 503 to send.
+    TimedOut(ApiError),
+    /// A streaming request has waited `stream_ping_interval`: answer now, wait in the body.
+    StartPings,
+}
+
+async fn take_slot(r: &mut Run, p: &Provider) -> SlotWait {
+    let limit = p.config.max_concurrency;
+    let Some(limiter) = r.table.limits.limiter.as_ref().filter(|_| limit > 0) else {
+        return SlotWait::Got(None);
+    };
+    if let Some(g) = limiter.try_acquire(p.name(), limit) {
+        return SlotWait::Got(Some(g));
+    }
+    let pings = r.req.stream && !r.in_body;
+    let until = if pings {
+        r.slot_deadline.min(r.ping_at)
+    } else {
+        r.slot_deadline
+    };
+    if let Some(g) = limiter.acquire(p.name(), limit, until).await {
+        return SlotWait::Got(Some(g));
+    }
+    if pings && Instant::now() < r.slot_deadline {
+        return SlotWait::StartPings;
+    }
+    let wait = r.table.limits.queue_timeout;
+    SlotWait::TimedOut(
+        ApiError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "provider `{}` is at its max_concurrency ({limit}) and no slot freed within {}",
+                p.name(),
+                humantime::format_duration(wait)
+            ),
+        )
+        .with_retry_after(1),
+    )
+}
+
+/// A 401/403 means the key is wrong, revoked or lacks access: loud, naming the variable to
+/// fix, never the key.
+fn log_bad_key(p: &Provider, status: u16) {
+    if p.config.api_key_env.is_empty() {
+        tracing::error!(provider = %p.name(), status, "provider rejected the request as unauthorized and no api_key_env is configured");
+    } else {
+        tracing::error!(
+            provider = %p.name(),
+            key_env = %p.config.api_key_env,
+            status,
+            "provider rejected its API key: check the variable ${}",
+            p.config.api_key_env
+        );
+    }
+}
+
+/// `Retry-After` in seconds (the delta form; an HTTP date is ignored).
+fn retry_after_secs(h: &HeaderMap) -> Option<u64> {
+    h.get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// An upstream error response read into memory (bounded in size and time) so that another
+/// attempt can be made; sent as the final answer if none succeeds. Its status and
+/// `Retry-After` are kept; a JSON body (the provider speaks the caller's dialect) passes
+/// through, anything else becomes a gateway error body in the caller's dialect.
+async fn buffered_error(
+    resp: Response<Incoming>,
+    p: &Provider,
+    dialect: Dialect,
+) -> Response<ResBody> {
+    let (parts, body) = resp.into_parts();
+    let wait = p.config.idle_timeout.min(Duration::from_secs(10));
+    let bytes = match tokio::time::timeout(wait, Limited::new(body, MAX_ERROR_BODY).collect()).await
+    {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+    let body = if is_json {
+        bytes
+    } else {
+        let kind = match parts.status.as_u16() {
+            429 => ErrorKind::RateLimited,
+            503 | 529 => ErrorKind::Unavailable,
+            504 => ErrorKind::GatewayTimeout,
+            _ => ErrorKind::BadGateway,
+        };
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+        let msg = format!(
+            "provider `{}` answered {}: {}",
+            p.name(),
+            parts.status,
+            text.trim()
+        );
+        Bytes::from(ApiError::new(kind, msg).body(dialect))
+    };
+    let mut out = Response::new(ResBody::full(body));
+    *out.status_mut() = parts.status;
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+        out.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    out
 }
 
 /// Sends one attempt and waits for the response headers.
 async fn send(
     p: &Provider,
-    req: &Forward<'_>,
+    req: &Forward,
     body: Bytes,
 ) -> Result<Response<Incoming>, AttemptError> {
     let internal = |m: String| AttemptError {
@@ -103,7 +415,7 @@ async fn send(
         .client
         .as_ref()
         .ok_or_else(|| internal(format!("provider `{}` has no client", p.name())))?;
-    let uri = p.uri(req.endpoint, req.parts.uri.query()).map_err(|e| {
+    let uri = p.uri(req.endpoint, req.query.as_deref()).map_err(|e| {
         internal(format!(
             "provider `{}` has an unusable base_url: {e}",
             p.name()
@@ -112,7 +424,7 @@ async fn send(
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = http::Method::POST;
     *out.uri_mut() = uri;
-    *out.headers_mut() = request_headers(&req.parts.headers);
+    *out.headers_mut() = req.headers.clone();
     p.apply_headers(out.headers_mut());
     let limit = p.config.first_byte_timeout;
     match tokio::time::timeout(limit, client.request(out)).await {
@@ -189,9 +501,10 @@ async fn mock_response(
     endpoint: Endpoint,
     body: &[u8],
     stream: bool,
+    slot: Option<SlotGuard>,
     guard: RequestGuard,
 ) -> Response<ResBody> {
-    let attempt = Attempt::start(provider.clone());
+    let attempt = Attempt::start(provider.clone(), slot);
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }
@@ -329,6 +642,30 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_by_half_with_jitter_and_caps() {
+        for _ in 0..200 {
+            let d0 = backoff(0).as_secs_f64();
+            assert!((0.08..=0.12).contains(&d0), "{d0}");
+            let d1 = backoff(1).as_secs_f64();
+            assert!((0.12..=0.18).contains(&d1), "{d1}");
+            let d3 = backoff(3).as_secs_f64();
+            assert!((0.27..=0.405).contains(&d3), "{d3}");
+            assert!(backoff(20) <= BACKOFF_CAP);
+            assert!(backoff(20) >= Duration::from_millis(1600));
+        }
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [429, 500, 502, 503, 504, 529] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [400, 401, 403, 404, 422, 501] {
+            assert!(!retryable(s), "{s}");
+        }
+    }
 
     #[test]
     fn credentials_and_hop_by_hop_headers_are_not_forwarded() {

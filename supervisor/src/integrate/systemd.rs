@@ -53,10 +53,15 @@ impl Systemd {
         self.send(&[NotifyState::Watchdog]);
     }
 
-    /// Half of `WATCHDOG_USEC` when the watchdog is enabled for this process.
+    /// Half of `WATCHDOG_USEC` when the watchdog is enabled for this process. As in
+    /// `sd_watchdog_enabled(3)`, `WATCHDOG_PID` is optional but must name us when present
+    /// (`sd_notify::watchdog_enabled` insists on it, so it is not used).
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        let mut usec = 0;
-        (self.enabled && sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
-            .then(|| Duration::from_micros(usec / 2))
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|u| *u > 0)?;
+        let for_us = match std::env::var("WATCHDOG_PID") {
+            Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
+            Err(_) => true,
+        };
+        (self.enabled && for_us).then(|| Duration::from_micros(usec / 2))
     }
 }

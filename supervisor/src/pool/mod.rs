@@ -22,6 +22,7 @@
 
 pub mod lifecycle;
 pub mod monitor;
+pub mod provider_rows;
 pub mod restart;
 pub mod slot;
 pub mod sockets;
@@ -168,6 +169,8 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// Every lifecycle change, for observers (tests, logs); lagging receivers lose the oldest.
     pub transitions: broadcast::Sender<Transition>,
+    /// Rows of the pool-wide provider table; `None` if it could not be created.
+    pub provider_rows: Option<provider_rows::ProviderRows>,
 }
 
 /// One lifecycle change of one slot.
@@ -288,6 +291,9 @@ impl Pool {
             source,
         })?;
         let spawner = spawn::Spawner::start(rt).map_err(PoolError::Spawn)?;
+        let provider_rows = provider_rows::ProviderRows::create(&opts.runtime_dir)
+            .map_err(|e| tracing::warn!("provider limits will be per worker, not pool-wide: {e}"))
+            .ok();
         let capacity = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             config: ArcSwap::new(opts.config),
@@ -299,6 +305,7 @@ impl Pool {
             changed: Notify::new(),
             shutdown: opts.shutdown,
             transitions: broadcast::channel(TRANSITION_BACKLOG).0,
+            provider_rows,
         });
         let registry = Arc::new(Registry::default());
         {

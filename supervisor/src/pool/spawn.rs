@@ -98,6 +98,8 @@ pub struct WorkerSpec<'a> {
     pub heartbeat_interval: Duration,
     /// The slot's listening socket, passed as fd 3.
     pub listener: RawFd,
+    /// Where the worker's row of the pool-wide provider table is, when there is one.
+    pub provider_row: Option<&'a super::provider_rows::RowLease>,
 }
 
 /// `[program, args...]` from `pool.worker_command`, or this executable's hidden `worker`
@@ -127,6 +129,11 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         .arg(humantime::format_duration(spec.heartbeat_interval).to_string());
     for var in STRIPPED_ENV {
         cmd.env_remove(var);
+    }
+    if let Some(lease) = spec.provider_row {
+        for (k, v) in lease.env() {
+            cmd.env(k, v);
+        }
     }
     cmd.env("LISTEN_FDS", "1")
         .stdin(Stdio::null())
@@ -190,6 +197,8 @@ pub struct Proc {
     pub request_limit: Option<u64>,
     /// Set once reaped; never wait on a reaped child again (tokio returns the cached status).
     pub exit: Option<ExitStatus>,
+    /// This process's row of the provider table; given back only once the process is dead.
+    pub provider_row: Option<super::provider_rows::RowLease>,
     relays: Vec<JoinHandle<()>>,
 }
 
@@ -222,6 +231,7 @@ impl Proc {
             served_base: 0,
             request_limit: None,
             exit: None,
+            provider_row: None,
             relays,
         }
     }
@@ -266,6 +276,10 @@ impl Proc {
             h.abort();
         }
         gateway::heartbeat::remove(&self.heartbeat_file);
+        // Reaped: it can no longer touch the table.
+        if self.exit.is_some() {
+            drop(self.provider_row.take());
+        }
     }
 }
 
@@ -273,6 +287,13 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // Unreaped means the pid (and so the pgid) is still ours: safe to signal.
         self.signal(Signal::SIGKILL);
+        if let Some(lease) = self.provider_row.take() {
+            if self.exit.is_some() {
+                drop(lease);
+            } else {
+                lease.free_when_dead(self.pid);
+            }
+        }
         for h in &self.relays {
             h.abort();
         }
@@ -397,6 +418,7 @@ mod tests {
             heartbeat_file: hb,
             heartbeat_interval: Duration::from_millis(1500),
             listener: 7,
+            provider_row: None,
         })
         .unwrap();
         let std = cmd.as_std();

@@ -64,7 +64,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         return ApiError::new(ErrorKind::BadRequest, "the request body has no `model`")
             .to_response(dialect);
     };
-    let table = app.routes.load();
+    let table = app.routes.load_full();
     let candidates = match table.candidates(&model, endpoint) {
         Ok(c) => c,
         Err(e) => return e.to_response(dialect),
@@ -73,9 +73,10 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     drop(model);
     let fwd = Forward {
         endpoint,
-        parts: &parts,
+        headers: proxy::request_headers(&parts.headers),
+        query: parts.uri.query().map(str::to_string),
         body: bytes,
         stream,
     };
-    proxy::forward(&table, fwd, &candidates, guard).await
+    proxy::forward(table, fwd, candidates, guard).await
 }

@@ -6,6 +6,7 @@ mod models;
 
 use crate::body::{Counters, ResBody};
 use crate::endpoint::Endpoint;
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
 use arc_swap::ArcSwap;
@@ -26,6 +27,8 @@ pub struct App {
     /// In-flight and served counts for the heartbeat.
     pub counters: Arc<Counters>,
     pub models: ModelsCache,
+    /// Provider probes and the `/v1/health*` answers.
+    pub health: Arc<Health>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: u64,
 }
@@ -33,7 +36,9 @@ pub struct App {
 impl App {
     pub fn new(config: &Config, routes: RouteTable, metrics: Metrics) -> Self {
         let models = ModelsCache::new(config, routes.providers.len());
+        let health = Arc::new(Health::new(config, routes.providers.clone()));
         Self {
+            health,
             routes: ArcSwap::from_pointee(routes),
             metrics,
             counters: Arc::new(Counters::default()),
@@ -68,6 +73,21 @@ pub async fn handle(
             r
         }
         "/v1/models" | "/metrics" => not_allowed(Dialect::OpenAi, "GET"),
+        p if p.starts_with("/v1/health") => {
+            let resp = if req.method() == Method::GET {
+                health::handle(&app.health, p, req.uri().query()).await
+            } else {
+                health::handle_path(p).then(|| not_allowed(Dialect::OpenAi, "GET"))
+            };
+            match resp {
+                Some(r) => r,
+                None => ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no such endpoint: {} {path}", req.method()),
+                )
+                .to_response(Dialect::OpenAi),
+            }
+        }
         _ => {
             let dialect = Dialect::for_path(path);
             ApiError::new(

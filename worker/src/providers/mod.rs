@@ -9,6 +9,7 @@ pub mod mock;
 pub mod openai;
 pub mod state;
 
+use crate::breaker::{Breaker, BreakerConfig, CircuitState};
 use crate::connect::{ClientFactory, UpstreamClient};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Metrics, ProviderMetrics};
@@ -16,6 +17,7 @@ use gateway::config::{ProviderConfig, ProviderKind};
 use gateway::Dialect;
 use http::{HeaderName, HeaderValue};
 use state::ProviderState;
+use std::sync::Arc;
 
 /// One configured provider.
 pub struct Provider {
@@ -31,6 +33,8 @@ pub struct Provider {
     pub client: Option<UpstreamClient>,
     pub state: ProviderState,
     pub metrics: ProviderMetrics,
+    /// This provider's circuit breaker (lock-free; its hook writes `metrics`).
+    pub breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -44,7 +48,12 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    pub fn new(config: ProviderConfig, factory: &ClientFactory, metrics: &Metrics) -> Self {
+    pub fn new(
+        config: ProviderConfig,
+        factory: &ClientFactory,
+        metrics: &Metrics,
+        breaker: BreakerConfig,
+    ) -> Self {
         let key = config.api_key();
         let auth = match config.kind {
             ProviderKind::OpenAi => key.and_then(|k| openai::auth_header(&k)),
@@ -59,13 +68,26 @@ impl Provider {
             ProviderKind::Mock => None,
             _ => factory.forward_proxy_auth(&config.base_url),
         };
+        let pm = metrics.provider(&config.name);
+        let hook_metrics = pm.clone();
+        let name = config.name.clone();
+        let hook = Arc::new(move |from: CircuitState, to: CircuitState| {
+            hook_metrics.transition(from, to);
+            // Transitions are rare and operators want to see them; warn when a provider is cut.
+            if to == CircuitState::Open {
+                tracing::warn!(provider = %name, from = from.as_str(), "circuit opened");
+            } else {
+                tracing::info!(provider = %name, from = from.as_str(), to = to.as_str(), "circuit state changed");
+            }
+        });
         Self {
             base: config.base_url.trim_end_matches('/').to_string(),
             auth,
             proxy_auth,
             client,
             state: ProviderState::default(),
-            metrics: metrics.provider(&config.name),
+            metrics: pm,
+            breaker: Breaker::new(breaker, hook),
             config,
         }
     }

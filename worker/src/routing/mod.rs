@@ -9,10 +9,12 @@ pub mod strategy;
 use crate::endpoint::Endpoint;
 use crate::providers::Provider;
 use gateway::config::{Config, Strategy};
+use gateway::provider_slots::ProviderLimiter;
 use gateway::{ApiError, ErrorKind};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One place a request may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,18 @@ pub struct RouteTable {
     pub max_attempts: usize,
     /// The round-robin position.
     pub rr: AtomicUsize,
+    /// Pool-wide provider slots and how long to wait for them.
+    pub limits: Limits,
+}
+
+/// Waiting for a provider's `max_concurrency` slot.
+pub struct Limits {
+    /// The pool-wide slot table; `None` = no limits enforced (unit tests).
+    pub limiter: Option<ProviderLimiter>,
+    /// `pool.queue_timeout`: the longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// `server.stream_ping_interval`: a streaming request waiting longer gets pings.
+    pub ping_interval: Duration,
 }
 
 impl RouteTable {
@@ -88,6 +102,11 @@ impl RouteTable {
             strategy: config.routing.strategy.clone(),
             max_attempts: config.routing.max_attempts.max(1) as usize,
             rr: AtomicUsize::new(0),
+            limits: Limits {
+                limiter: None,
+                queue_timeout: config.pool.queue_timeout,
+                ping_interval: config.server.stream_ping_interval,
+            },
         }
     }
 
@@ -163,7 +182,14 @@ mod tests {
         config.models = aliases;
         let ps = providers
             .into_iter()
-            .map(|p| Arc::new(Provider::new(p, &factory, &metrics)))
+            .map(|p| {
+                Arc::new(Provider::new(
+                    p,
+                    &factory,
+                    &metrics,
+                    (&config.circuit_breaker).into(),
+                ))
+            })
             .collect();
         RouteTable::new(&config, ps)
     }

@@ -201,18 +201,22 @@ impl SlotTask {
             .join(format!("worker-{}-{}.hb", self.slot.id, self.generation));
         gateway::heartbeat::remove(&hb);
         let argv = spawn::worker_argv(&p.worker_command)?;
+        let lease = self.shared.provider_rows.as_ref().and_then(|r| r.lease());
         let cmd = spawn::command(&spawn::WorkerSpec {
             argv: &argv,
             config_path: &self.shared.config_path,
             heartbeat_file: &hb,
             heartbeat_interval: p.heartbeat_interval,
             listener: spawn::raw(&self.listener),
+            provider_row: lease.as_ref(),
         })?;
+        // A failed spawn drops the lease here: no process ever had the row.
         let child = self.shared.spawner.spawn(cmd).await?;
         // The startup deadline counts from the fork; time queued at the spawner is not the
         // worker's fault.
         let ready_by = std::time::Instant::now() + p.startup_timeout;
-        let proc = Proc::new(child, self.slot.id, hb, ready_by, self.tail.clone());
+        let mut proc = Proc::new(child, self.slot.id, hb, ready_by, self.tail.clone());
+        proc.provider_row = lease;
         tracing::info!(
             worker = self.slot.id,
             pid = proc.pid,
