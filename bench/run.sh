@@ -12,9 +12,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p supervisor -p gateway-worker
 cargo build --release -q -p gateway --examples
-BIN=target/release; EX=target/release/examples
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; pkill -f "$OUT/nginx.conf" 2>/dev/null || true; }
+. bench/lib.sh
+cleanup() { kill_pids; pkill -f "$OUT/nginx.conf" 2>/dev/null || true; }
 trap cleanup EXIT
 
 rss_kb() { # total RSS of the given pids and their descendants
@@ -29,28 +28,8 @@ rss_kb() { # total RSS of the given pids and their descendants
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 # --- upstream (2 threads so it is not the bottleneck) ---
-BENCH_THREADS=2 $EX/bench_upstream 127.0.0.1:0 >"$OUT/upstream.addr" & pids+=($!)
-until [ -s "$OUT/upstream.addr" ]; do sleep 0.05; done
-UP=$(head -1 "$OUT/upstream.addr")
-
-cat >"$OUT/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-[pool]
-workers = 3
-base_port = 0
-worker_max_inflight = 20000
-max_queue = 20000
-runtime_dir = "$PWD/$OUT/run"
-[health]
-probe_interval = "0s"
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://$UP/v1"
-models = ["bench", "bench-slow"]
-TOML
+BENCH_THREADS=2 start_upstream "$OUT/upstream.addr" 127.0.0.1:0
+write_config "$OUT/gateway.toml" "$PWD/$OUT/run" $'worker_max_inflight = 20000\nmax_queue = 20000'
 
 # --- one worker ---
 $BIN/gateway-worker --config "$OUT/gateway.toml" --listen 127.0.0.1:0 2>"$OUT/worker.log" & WPID=$!; pids+=($WPID)
@@ -59,10 +38,8 @@ for _ in $(seq 100); do WADDR=$(grep -oE 'listening on [0-9.:]+' "$OUT/worker.lo
 
 # --- front listener with 3 workers, timing start -> ready line ---
 t0=$(date +%s%N)
-$BIN/supervisor start -c "$OUT/gateway.toml" >"$OUT/sup.out" 2>"$OUT/sup.log" & SPID=$!; pids+=($SPID)
-until grep -q '"ready"' "$OUT/sup.out" 2>/dev/null; do sleep 0.002; done
-READY_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
-FRONT=$(python3 -c "import json;print(json.loads(open('$OUT/sup.out').readline())['listen'])")
+start_supervisor "$OUT/gateway.toml" "$OUT/sup.out" "$OUT/sup.log" 0.002
+READY_MS=$(( (READY_NS - t0) / 1000000 ))
 sleep 1
 IDLE_RSS=$(rss_kb $SPID)
 

@@ -9,30 +9,11 @@ OUT=bench/out; mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
 cargo build --release -q -p supervisor
 cargo build --release -q -p gateway --examples
-EX=target/release/examples
-pids=(); trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done' EXIT
-BENCH_CHUNKS=20 BENCH_CHUNK_MS=50 BENCH_THREADS=2 $EX/bench_upstream >"$OUT/soak-up.addr" & pids+=($!)
-until [ -s "$OUT/soak-up.addr" ]; do sleep 0.05; done
-UP=$(head -1 "$OUT/soak-up.addr")
-cat >"$OUT/soak.toml" <<TOML
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-[pool]
-workers = 3
-base_port = 0
-runtime_dir = "$PWD/$OUT/soak-run"
-[health]
-probe_interval = "0s"
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://$UP/v1"
-models = ["bench", "bench-slow"]
-TOML
-target/release/supervisor start -c "$OUT/soak.toml" >"$OUT/soak.out" 2>"$OUT/soak.log" & SPID=$!; pids+=($SPID)
-until grep -q '"ready"' "$OUT/soak.out"; do sleep 0.05; done
-FRONT=$(python3 -c "import json;print(json.loads(open('$OUT/soak.out').readline())['listen'])")
+. bench/lib.sh
+trap kill_pids EXIT
+BENCH_CHUNKS=20 BENCH_CHUNK_MS=50 BENCH_THREADS=2 start_upstream "$OUT/soak-up.addr"
+write_config "$OUT/soak.toml" "$PWD/$OUT/soak-run"
+start_supervisor "$OUT/soak.toml" "$OUT/soak.out" "$OUT/soak.log"
 URL="http://$FRONT/v1/chat/completions"
 snapshot() { # supervisor RSS, then each worker's (children of the supervisor)
   printf 'supervisor %s kB' "$(awk '/VmRSS/{print $2}' /proc/$SPID/status)"

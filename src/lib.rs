@@ -6,6 +6,7 @@ pub mod api_error;
 pub mod config;
 pub mod heartbeat;
 pub mod provider_slots;
+pub mod request;
 pub mod sse;
 
 pub use api_error::{ApiError, Dialect, ErrorKind, Side};

@@ -8,41 +8,17 @@ mod support;
 use nix::sys::signal::Signal;
 use std::process::Output;
 use std::time::Duration;
-use support::process::{pid_alive, wait_until, TestEnv};
+use support::process::{pid_alive, wait_until, PoolConfig, TestEnv};
 
 /// The python stand-in worker of the supervisor crate's own tests (see its header for modes).
 const TEST_WORKER: &str = include_str!("../supervisor/tests/fixtures/test_worker.py");
 
-/// `workers` workers on free ports, the front on a free port, a mock provider, and `pool` extra
-/// `[pool]` keys.
+/// `workers` workers with a 3 s drain and `pool` extra `[pool]` keys (see `PoolConfig`).
 fn config(workers: u32, pool: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-
-[pool]
-workers = {workers}
-base_port = 0
-runtime_dir = "{{RUNTIME_DIR}}"
-heartbeat_interval = "200ms"
-heartbeat_timeout = "1s"
-startup_timeout = "10s"
-shutdown_timeout = "3s"
-restart_backoff_initial = "50ms"
-restart_backoff_max = "1s"
-{pool}
-
-[health]
-probe_interval = "0s"
-
-[[providers]]
-name = "demo"
-kind = "mock"
-models = ["demo"]
-"#
-    )
+    PoolConfig::new(workers)
+        .shutdown_timeout("3s")
+        .pool(pool)
+        .build()
 }
 
 /// `worker_command = [python3, -c, TEST_WORKER, mode]` as a TOML line.
@@ -57,13 +33,17 @@ fn cli(env: &TestEnv, args: &[&str]) -> Output {
 
 /// `supervisor status --json`, parsed.
 fn status(env: &TestEnv) -> serde_json::Value {
-    let out = cli(env, &["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    env.status_json()
+}
+
+/// The pid of every worker in `supervisor status`; each must have one.
+fn worker_pids(env: &TestEnv) -> Vec<u32> {
+    status(env)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn worker(st: &serde_json::Value, id: usize) -> &serde_json::Value {
@@ -206,12 +186,7 @@ fn port_in_use_exits_4_naming_the_port() {
 fn no_worker_survives_a_sigkilled_supervisor() {
     let env = TestEnv::new(&config(3, ""));
     let run = env.start(&[]);
-    let pids: Vec<u32> = status(&env)["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let pids = worker_pids(&env);
     assert_eq!(pids.len(), 3);
     assert!(pids.iter().all(|&p| pid_alive(p)));
     run.guard.signal(Signal::SIGKILL);
@@ -228,31 +203,14 @@ fn no_worker_survives_a_sigkilled_supervisor() {
 fn stop_cli_stops_gracefully_and_status_then_names_the_socket() {
     let env = TestEnv::new(&config(2, ""));
     let mut run = env.start(&[]);
-    let pids: Vec<u32> = status(&env)["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let pids = worker_pids(&env);
     let out = cli(&env, &["stop"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        run.guard
-            .wait_event("stopped", Duration::from_secs(20))
-            .is_some(),
-        "{}",
-        run.guard.stderr()
-    );
-    assert_eq!(
-        run.guard
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    run.expect_stopped_exit_0();
     assert!(pids.iter().all(|&p| !pid_alive(p)));
     let heartbeats: Vec<_> = std::fs::read_dir(env.runtime_dir())
         .map(|d| {

@@ -9,49 +9,26 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use support::http::{chat_body, post_json};
-use support::process::{pid_alive, wait_until, TestEnv};
+use support::process::{pid_alive, wait_until, PoolConfig, TestEnv};
 
+/// `workers` workers, the built-in restart backoff, and a second mock provider `lazy` that
+/// answers after 1.5 s.
 fn config(workers: u32) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-
-[pool]
-workers = {workers}
-base_port = 0
-runtime_dir = "{{RUNTIME_DIR}}"
-heartbeat_interval = "200ms"
-heartbeat_timeout = "1s"
-startup_timeout = "10s"
-shutdown_timeout = "5s"
-
-[health]
-probe_interval = "0s"
-
-[[providers]]
-name = "demo"
-kind = "mock"
-models = ["demo"]
-
+    PoolConfig::new(workers)
+        .default_restart_backoff()
+        .extra(
+            r#"
 [[providers]]
 name = "lazy"
 kind = "mock"
 models = ["lazy"]
-latency = "1500ms"
-"#
-    )
+latency = "1500ms""#,
+        )
+        .build()
 }
 
 fn status(env: &TestEnv) -> serde_json::Value {
-    let out = env.supervisor(&["status", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    env.status_json()
 }
 
 fn pids(st: &serde_json::Value) -> Vec<u64> {
@@ -84,19 +61,7 @@ fn sigterm_lets_the_in_flight_request_finish_then_stops_everything() {
         .unwrap()
         .expect("in-flight request completes");
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(
-        run.guard
-            .wait_event("stopped", Duration::from_secs(20))
-            .is_some(),
-        "{}",
-        run.guard.stderr()
-    );
-    assert_eq!(
-        run.guard
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    run.expect_stopped_exit_0();
     assert!(workers.iter().all(|&p| !pid_alive(p as u32)));
 }
 

@@ -49,8 +49,7 @@ fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
 }
 
 fn stream(w: &Worker, path: &str, body: Value) -> String {
-    let b = body.to_string();
-    let mut s = Stream::open(w.addr, "POST", path, &[], Some(b.as_bytes())).unwrap();
+    let mut s = Stream::post_json(w.addr, path, &body).unwrap();
     assert_eq!(s.status, 200);
     assert!(s
         .header("content-type")
@@ -245,15 +244,7 @@ fn anthropic_shapes() {
 fn latency_and_pace_are_honoured() {
     let w = demo_worker("latency = \"300ms\"\ntokens_per_second = 50.0");
     let t = Instant::now();
-    let body = http::chat_body("demo", true).to_string();
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
+    let mut s = Stream::chat(w.addr, "demo", true).unwrap();
     assert!(
         t.elapsed() >= Duration::from_millis(300),
         "headers came before the configured latency"

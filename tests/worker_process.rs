@@ -4,48 +4,49 @@
 mod support;
 mod worker_util;
 
+use gateway::heartbeat::Heartbeat;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use std::time::Duration;
-use support::http::{self, Stream};
+use support::http::{self, Stream, CHAT};
 use support::process::wait_until;
-use support::upstream::{Gate, Script, Upstream};
+use support::upstream::{Script, Upstream};
 use worker_util::{anthropic_provider, config, openai_provider, Worker};
 
-fn chat(model: &str, stream: bool) -> Vec<u8> {
-    http::chat_body(model, stream).to_string().into_bytes()
+/// Config with one openai provider `up` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`, with
+/// `extra` provider keys.
+fn openai_config(up: &Upstream, extra: &str) -> String {
+    config(&openai_provider(
+        "up",
+        &up.url("/v1"),
+        r#"["m1"]"#,
+        "UP_KEY",
+        extra,
+    ))
+}
+
+/// Waits up to 5 s for `w`'s heartbeat file to satisfy `cond`.
+fn heartbeat_shows(w: &Worker, cond: impl Fn(&Heartbeat) -> bool) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        gateway::heartbeat::read(&w.heartbeat).is_ok_and(|h| cond(&h))
+    })
 }
 
 #[test]
 fn heartbeat_appears_and_advances() {
     let up = Upstream::start();
-    up.set("/v1/chat/completions", Script::json(200, json!({})));
-    let cfg = config(&openai_provider(
-        "up",
-        &up.url("/v1"),
-        r#"["m1"]"#,
-        "UP_KEY",
-        "",
-    ));
+    up.set(CHAT, Script::json(200, json!({})));
+    let cfg = openai_config(&up, "");
     // `start` waits for the file: it appears once the worker serves.
     let w = Worker::start(&cfg, &[]);
     let hb = gateway::heartbeat::read(&w.heartbeat).expect("heartbeat is JSON");
     assert_eq!(hb.pid, w.guard.pid());
     assert_eq!(hb.served, 0);
     let first_mtime = std::fs::metadata(&w.heartbeat).unwrap().modified().unwrap();
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat("m1", false)),
-    )
-    .unwrap();
+    let r = http::post_chat(w.addr, "m1", false).unwrap();
     assert_eq!(r.status, 200);
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            gateway::heartbeat::read(&w.heartbeat).is_ok_and(|h| h.served == 1 && h.inflight == 0)
-        }),
+        heartbeat_shows(&w, |h| h.served == 1 && h.inflight == 0),
         "served count never reached the heartbeat"
     );
     assert!(wait_until(Duration::from_secs(5), || {
@@ -60,70 +61,27 @@ fn heartbeat_appears_and_advances() {
 
 #[test]
 fn heartbeat_counts_inflight_requests() {
-    let up = Upstream::start();
-    let gate = Gate::new();
-    up.set(
-        "/v1/chat/completions",
-        Script::sse_head()
-            .chunk("data: {}\n\n")
-            .wait(&gate)
-            .chunk("data: [DONE]\n\n"),
-    );
-    let cfg = config(&openai_provider(
-        "up",
-        &up.url("/v1"),
-        r#"["m1"]"#,
-        "UP_KEY",
-        "",
-    ));
+    let (up, gate) = Upstream::gated_sse(CHAT, &["data: {}\n\n"], &["data: [DONE]\n\n"]);
+    let cfg = openai_config(&up, "");
     let w = Worker::start(&cfg, &[]);
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat("m1", true)),
-    )
-    .unwrap();
+    let mut s = Stream::chat(w.addr, "m1", true).unwrap();
     s.read_until("data: {}").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        gateway::heartbeat::read(&w.heartbeat).is_ok_and(|h| h.inflight == 1)
-    }));
+    assert!(heartbeat_shows(&w, |h| h.inflight == 1));
     gate.open();
     s.read_to_end().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        gateway::heartbeat::read(&w.heartbeat).is_ok_and(|h| h.inflight == 0 && h.served == 1)
-    }));
+    assert!(heartbeat_shows(&w, |h| h.inflight == 0 && h.served == 1));
 }
 
 #[test]
 fn sigterm_drains_an_inflight_stream_then_exits_0() {
-    let up = Upstream::start();
-    let gate = Gate::new();
-    up.set(
-        "/v1/chat/completions",
-        Script::sse_head()
-            .chunk("data: {\"n\":1}\n\n")
-            .wait(&gate)
-            .chunk("data: {\"n\":2}\n\n")
-            .chunk("data: [DONE]\n\n"),
+    let (up, gate) = Upstream::gated_sse(
+        CHAT,
+        &["data: {\"n\":1}\n\n"],
+        &["data: {\"n\":2}\n\n", "data: [DONE]\n\n"],
     );
-    let cfg = config(&openai_provider(
-        "up",
-        &up.url("/v1"),
-        r#"["m1"]"#,
-        "UP_KEY",
-        "",
-    ));
+    let cfg = openai_config(&up, "");
     let mut w = Worker::start(&cfg, &[]);
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat("m1", true)),
-    )
-    .unwrap();
+    let mut s = Stream::chat(w.addr, "m1", true).unwrap();
     s.read_until("{\"n\":1}").unwrap();
     w.guard.signal(Signal::SIGTERM);
     // It stops accepting: new connections are refused once the listener is closed.
@@ -164,11 +122,7 @@ fn sigterm_with_nothing_in_flight_exits_at_once() {
 fn provider_keys_never_leak() {
     const OPENAI_KEY: &str = "sk-LEAKCHECK-7f3a9c1e5b";
     const ANTHROPIC_KEY: &str = "sk-ant-LEAKCHECK-2d8e4f6a0c";
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
-        Script::json(500, json!({"error": "boom"})),
-    );
+    let up = Upstream::serving(CHAT, Script::json(500, json!({"error": "boom"})));
     up.set(
         "/v1/embeddings",
         Script::json(200, json!({})).stall_headers(),
@@ -206,9 +160,8 @@ fn provider_keys_never_leak() {
         ],
     );
     let mut bodies = String::new();
-    let mut send = |path: &str, body: serde_json::Value| {
-        let b = body.to_string();
-        match Stream::open(w.addr, "POST", path, &[], Some(b.as_bytes())) {
+    let mut send =
+        |path: &str, body: serde_json::Value| match Stream::post_json(w.addr, path, &body) {
             Ok(mut s) => {
                 let status = s.status;
                 let out = match s.read_to_end() {
@@ -218,32 +171,20 @@ fn provider_keys_never_leak() {
                 bodies.push_str(&format!("{status} {}\n", String::from_utf8_lossy(&out)));
             }
             Err(e) => bodies.push_str(&format!("error {e}\n")),
-        }
-    };
-    send(
-        "/v1/chat/completions",
-        json!({"model": "m1", "messages": []}),
-    );
+        };
+    send(CHAT, json!({"model": "m1", "messages": []}));
     send("/v1/embeddings", json!({"model": "m1", "input": "x"}));
     send(
         "/v1/responses",
         json!({"model": "m1", "input": "x", "stream": true}),
     );
-    send(
-        "/v1/chat/completions",
-        json!({"model": "m2", "messages": []}),
-    );
+    send(CHAT, json!({"model": "m2", "messages": []}));
     send("/v1/messages", json!({"model": "c1", "messages": []}));
     send("/v1/messages", json!({"model": "m1", "messages": []}));
     let metrics = http::get(w.addr, "/metrics").unwrap().text();
     // Failed attempts at the only provider are retried (routing.max_attempts), so count the
     // paths rather than the requests: each error really happened upstream.
-    for path in [
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/messages",
-    ] {
+    for path in [CHAT, "/v1/embeddings", "/v1/responses", "/v1/messages"] {
         assert!(
             up.requests().iter().any(|r| r.path == path),
             "the errors really happened upstream: {path}"

@@ -8,32 +8,61 @@ mod worker_util;
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::http::{self, Stream};
+use support::http::{self, Stream, CHAT};
 use support::upstream::{Gate, Script, Upstream};
 use worker_util::{anthropic_provider, config, openai_provider, Worker};
 
 const KEY: &str = "sk-up-test-key";
 
-fn openai_worker(up: &Upstream, extra: &str) -> Worker {
-    let cfg = config(&openai_provider(
+/// Config with one openai provider `up` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`, with
+/// `extra` provider keys.
+fn openai_config(up: &Upstream, extra: &str) -> String {
+    config(&openai_provider(
         "up",
         &up.url("/v1"),
         r#"["m1"]"#,
         "UP_KEY",
         extra,
+    ))
+}
+
+fn openai_worker(up: &Upstream, extra: &str) -> Worker {
+    Worker::start(&openai_config(up, extra), &[("UP_KEY", KEY)])
+}
+
+/// A worker with the anthropic provider `an` at `up` serving `claude-x`, key `key`.
+fn anthropic_worker(up: &Upstream, key: &str) -> Worker {
+    let provider = anthropic_provider("an", &up.url(""), r#"["claude-x"]"#, "AN_KEY", "");
+    Worker::start(&config(&provider), &[("AN_KEY", key)])
+}
+
+/// An openai provider `name` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`.
+fn m1_provider(name: &str, up: &Upstream) -> String {
+    openai_provider(name, &up.url("/v1"), r#"["m1"]"#, "UP_KEY", "")
+}
+
+/// A worker routing round robin over `providers`.
+fn round_robin_worker(providers: &str) -> Worker {
+    let cfg = config(&format!(
+        "[routing]\nstrategy = \"round_robin\"\n{providers}"
     ));
     Worker::start(&cfg, &[("UP_KEY", KEY)])
 }
 
-fn chat(stream: bool) -> Vec<u8> {
-    http::chat_body("m1", stream).to_string().into_bytes()
+/// The `m1` chat request (not streamed), whole response.
+fn chat(w: &Worker) -> http::Response {
+    http::post_chat(w.addr, "m1", false).unwrap()
+}
+
+/// The `m1` chat request, the response's status and headers.
+fn open_chat(w: &Worker, stream: bool) -> Stream {
+    Stream::chat(w.addr, "m1", stream).unwrap()
 }
 
 #[test]
 fn openai_round_trip_replaces_client_credentials() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::json(200, json!({"id": "x1", "object": "chat.completion"})),
     );
     let w = openai_worker(&up, "");
@@ -46,7 +75,7 @@ fn openai_round_trip_replaces_client_credentials() {
             ("x-api-key", "client-secret"),
             ("x-request-id", "req-42"),
         ],
-        Some(&chat(false)),
+        Some(http::chat_body("m1", false).to_string().as_bytes()),
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -73,19 +102,11 @@ fn openai_round_trip_replaces_client_credentials() {
 
 #[test]
 fn anthropic_round_trip_headers_and_version() {
-    let up = Upstream::start();
-    up.set(
+    let up = Upstream::serving(
         "/v1/messages",
         Script::json(200, json!({"type": "message", "content": []})),
     );
-    let cfg = config(&anthropic_provider(
-        "an",
-        &up.url(""),
-        r#"["claude-x"]"#,
-        "AN_KEY",
-        "",
-    ));
-    let w = Worker::start(&cfg, &[("AN_KEY", "sk-ant-test")]);
+    let w = anthropic_worker(&up, "sk-ant-test");
     let body = json!({"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let b = body.to_string();
     let r = http::request(
@@ -133,22 +154,15 @@ fn stream_is_unbuffered_openai() {
     let up = Upstream::start();
     let gate = Gate::new();
     up.enqueue(
-        "/v1/chat/completions",
-        Script::sse_head()
-            .chunk("data: {\"n\":1}\n\n")
-            .wait(&gate)
-            .chunk("data: {\"n\":2}\n\n")
-            .chunk("data: [DONE]\n\n"),
+        CHAT,
+        Script::sse_gated(
+            &["data: {\"n\":1}\n\n"],
+            &gate,
+            &["data: {\"n\":2}\n\n", "data: [DONE]\n\n"],
+        ),
     );
     let w = openai_worker(&up, "");
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(true)),
-    )
-    .unwrap();
+    let mut s = open_chat(&w, true);
     assert_eq!(s.status, 200);
     assert!(s
         .header("content-type")
@@ -177,16 +191,9 @@ fn stream_round_trip_anthropic() {
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     ];
     up.set("/v1/messages", Script::sse(&events));
-    let cfg = config(&anthropic_provider(
-        "an",
-        &up.url(""),
-        r#"["claude-x"]"#,
-        "AN_KEY",
-        "",
-    ));
-    let w = Worker::start(&cfg, &[("AN_KEY", "k")]);
-    let body = json!({"model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let mut s = Stream::open(w.addr, "POST", "/v1/messages", &[], Some(body.as_bytes())).unwrap();
+    let w = anthropic_worker(&up, "k");
+    let body = json!({"model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let mut s = Stream::post_json(w.addr, "/v1/messages", &body).unwrap();
     assert_eq!(s.status, 200);
     let all = s.read_to_end().expect("clean end");
     assert_eq!(String::from_utf8_lossy(&all), events.concat());
@@ -194,9 +201,8 @@ fn stream_round_trip_anthropic() {
 
 #[test]
 fn mid_stream_reset_is_an_error_not_a_clean_end() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::sse_head().chunk("data: {\"n\":1}\n\n").reset(),
     );
     up.set(
@@ -205,23 +211,13 @@ fn mid_stream_reset_is_an_error_not_a_clean_end() {
             .chunk("event: message_start\ndata: {}\n\n")
             .reset(),
     );
-    let providers = openai_provider("up", &up.url("/v1"), r#"["m1"]"#, "UP_KEY", "")
+    let providers = m1_provider("up", &up)
         + &anthropic_provider("an", &up.url(""), r#"["claude-x"]"#, "UP_KEY", "");
     let w = Worker::start(&config(&providers), &[("UP_KEY", KEY)]);
 
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(true)),
-    )
-    .unwrap();
+    let mut s = open_chat(&w, true);
     assert_eq!(s.status, 200);
-    let (partial, err) = s
-        .read_to_end()
-        .expect_err("a broken stream must not end cleanly");
-    let text = String::from_utf8_lossy(&partial);
+    let (text, err) = s.read_cut("a broken stream must not end cleanly");
     assert!(text.starts_with("data: {\"n\":1}\n\n"), "{text}");
     assert!(
         text.contains("data: {\"error\":"),
@@ -230,12 +226,9 @@ fn mid_stream_reset_is_an_error_not_a_clean_end() {
     assert!(!text.contains("[DONE]"));
     eprintln!("client saw: {err}");
 
-    let body = json!({"model": "claude-x", "stream": true, "messages": []}).to_string();
-    let mut s = Stream::open(w.addr, "POST", "/v1/messages", &[], Some(body.as_bytes())).unwrap();
-    let (partial, _) = s
-        .read_to_end()
-        .expect_err("a broken stream must not end cleanly");
-    let text = String::from_utf8_lossy(&partial);
+    let body = json!({"model": "claude-x", "stream": true, "messages": []});
+    let mut s = Stream::post_json(w.addr, "/v1/messages", &body).unwrap();
+    let (text, _) = s.read_cut("a broken stream must not end cleanly");
     assert!(text.starts_with("event: message_start\n"), "{text}");
     let data = text
         .split("event: error\ndata: ")
@@ -248,9 +241,8 @@ fn mid_stream_reset_is_an_error_not_a_clean_end() {
 
 #[test]
 fn non_stream_body_cut_is_an_abort() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::status(200)
             .header("content-type", "application/json")
             .header("content-length", "100")
@@ -258,69 +250,33 @@ fn non_stream_body_cut_is_an_abort() {
             .reset(),
     );
     let w = openai_worker(&up, "");
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let mut s = open_chat(&w, false);
     assert_eq!(s.status, 200);
-    s.read_to_end()
-        .expect_err("a cut body must not look complete");
+    s.read_cut("a cut body must not look complete");
 }
 
 #[test]
 fn first_byte_timeout_gives_504() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({})).stall_headers(),
-    );
+    let up = Upstream::serving(CHAT, Script::json(200, json!({})).stall_headers());
     let w = openai_worker(&up, "first_byte_timeout = \"300ms\"");
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let r = chat(&w);
     assert_eq!(r.status, 504, "{}", r.text());
     let v = r.json();
     assert_eq!(v["error"]["code"], "upstream_timeout");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no response within"),
-        "{v}"
-    );
+    assert!(r.error_message().contains("no response within"), "{v}");
 }
 
 #[test]
 fn idle_timeout_breaks_the_stream_with_an_error_event() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::sse_head().chunk("data: {\"n\":1}\n\n").stall(),
     );
     let w = openai_worker(&up, "idle_timeout = \"300ms\"");
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(true)),
-    )
-    .unwrap();
+    let mut s = open_chat(&w, true);
     assert_eq!(s.status, 200);
     s.set_read_timeout(Duration::from_secs(10));
-    let (partial, _) = s
-        .read_to_end()
-        .expect_err("an idle stream must not end cleanly");
-    let text = String::from_utf8_lossy(&partial);
+    let (text, _) = s.read_cut("an idle stream must not end cleanly");
     assert!(text.starts_with("data: {\"n\":1}\n\n"), "{text}");
     assert!(
         text.contains("upstream_timeout") && text.contains("sent nothing"),
@@ -376,16 +332,9 @@ fn connect_timeout_gives_504() {
     ));
     let w = Worker::start(&cfg, &[("UP_KEY", KEY)]);
     let t = Instant::now();
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let r = chat(&w);
     assert_eq!(r.status, 504, "{}", r.text());
-    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    let msg = r.error_message();
     assert!(
         msg.contains("connecting to provider `slow` timed out"),
         "{msg}"
@@ -398,20 +347,12 @@ fn connect_timeout_gives_504() {
 
 #[test]
 fn client_disconnect_cancels_the_upstream_request() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::sse_head().chunk("data: {\"n\":1}\n\n").stall(),
     );
     let w = openai_worker(&up, "");
-    let mut s = Stream::open(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(true)),
-    )
-    .unwrap();
+    let mut s = open_chat(&w, true);
     s.read_until("{\"n\":1}").unwrap();
     assert_eq!(up.inflight(), 1);
     assert_eq!(up.aborted(), 0);
@@ -426,18 +367,8 @@ fn client_disconnect_cancels_the_upstream_request() {
     );
     assert!(up.wait_idle(Duration::from_secs(1)));
     // The worker is still healthy afterwards.
-    up.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"ok": true})),
-    );
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    up.set(CHAT, Script::json(200, json!({"ok": true})));
+    let r = chat(&w);
     assert_eq!(r.status, 200);
 }
 
@@ -445,33 +376,15 @@ fn client_disconnect_cancels_the_upstream_request() {
 fn failover_on_5xx_and_connect_error_before_any_byte() {
     let a = Upstream::start();
     let b = Upstream::start();
-    a.set(
-        "/v1/chat/completions",
-        Script::json(503, json!({"error": "busy"})),
-    );
-    b.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"from": "b"})),
-    );
+    a.set(CHAT, Script::json(503, json!({"error": "busy"})));
+    b.set(CHAT, Script::json(200, json!({"from": "b"})));
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let providers = openai_provider("a", &a.url("/v1"), r#"["m1"]"#, "UP_KEY", "")
-        + &openai_provider("b", &b.url("/v1"), r#"["m1"]"#, "UP_KEY", "");
-    let cfg = config(&format!(
-        "[routing]\nstrategy = \"round_robin\"\n{providers}"
-    ));
-    let w = Worker::start(&cfg, &[("UP_KEY", KEY)]);
+    let w = round_robin_worker(&(m1_provider("a", &a) + &m1_provider("b", &b)));
     for _ in 0..2 {
-        let r = http::request(
-            w.addr,
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            Some(&chat(false)),
-        )
-        .unwrap();
+        let r = chat(&w);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["from"], "b");
     }
@@ -489,41 +402,21 @@ fn failover_on_5xx_and_connect_error_before_any_byte() {
         r#"["m1", "m2"]"#,
         "UP_KEY",
         "",
-    ) + &openai_provider("b", &b.url("/v1"), r#"["m1"]"#, "UP_KEY", "");
-    let cfg = config(&format!(
-        "[routing]\nstrategy = \"round_robin\"\n{providers}"
-    ));
-    let w2 = Worker::start(&cfg, &[("UP_KEY", KEY)]);
-    let r = http::request(
-        w2.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    ) + &m1_provider("b", &b);
+    let w2 = round_robin_worker(&providers);
+    let r = chat(&w2);
     assert_eq!(r.status, 200, "{}", r.text());
-    let body = json!({"model": "m2", "messages": []}).to_string();
-    let r = http::request(
-        w2.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
+    let r = http::post_json(w2.addr, CHAT, &json!({"model": "m2", "messages": []})).unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
+    assert!(r
+        .error_message()
         .contains("cannot connect to provider `dead`"));
 }
 
 #[test]
 fn last_candidate_5xx_passes_through_with_its_headers() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
+    let up = Upstream::serving(
+        CHAT,
         Script::json(429, json!({"error": {"message": "slow down"}})).header("retry-after", "7"),
     );
     up.set(
@@ -531,18 +424,11 @@ fn last_candidate_5xx_passes_through_with_its_headers() {
         Script::json(503, json!({"error": {"message": "down"}})).header("retry-after", "3"),
     );
     let w = openai_worker(&up, "");
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let r = chat(&w);
     assert_eq!(r.status, 429);
     assert_eq!(r.header("retry-after"), Some("7"));
-    let body = json!({"model": "m1", "input": "x"}).to_string();
-    let r = http::request(w.addr, "POST", "/v1/embeddings", &[], Some(body.as_bytes())).unwrap();
+    let body = json!({"model": "m1", "input": "x"});
+    let r = http::post_json(w.addr, "/v1/embeddings", &body).unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("3"));
     assert_eq!(up.request_count(), 2);
@@ -550,25 +436,22 @@ fn last_candidate_5xx_passes_through_with_its_headers() {
 
 #[test]
 fn alias_rewrites_the_model_for_the_upstream() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"ok": true})),
-    );
+    let up = Upstream::serving(CHAT, Script::json(200, json!({"ok": true})));
     let cfg = config(&format!(
         "{}\n[[models]]\nname = \"fast\"\ntargets = [\"up/real-model\"]\n",
         openai_provider("up", &up.url("/v1"), r#"["real-model"]"#, "UP_KEY", "")
     ));
     let w = Worker::start(&cfg, &[("UP_KEY", KEY)]);
     let body = json!({"model": "fast", "temperature": 0.5, "messages": [{"role": "user", "content": "hé \"quoted\""}]});
-    let r = http::post_json(w.addr, "/v1/chat/completions", &body).unwrap();
+    let r = http::post_json(w.addr, CHAT, &body).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let sent = up.requests()[0].json();
+    let reqs = up.requests();
+    let sent = reqs[0].json();
     assert_eq!(sent["model"], "real-model");
     assert_eq!(sent["temperature"], 0.5);
     assert_eq!(sent["messages"], body["messages"]);
     assert_eq!(
-        up.requests()[0].header("authorization"),
+        reqs[0].header("authorization"),
         Some("Bearer sk-up-test-key")
     );
 }
@@ -577,26 +460,16 @@ fn alias_rewrites_the_model_for_the_upstream() {
 fn client_errors_in_the_callers_dialect() {
     let up = Upstream::start();
     let w = openai_worker(&up, "");
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(b"{not json"),
-    )
-    .unwrap();
+    let r = http::request(w.addr, "POST", CHAT, &[], Some(b"{not json")).unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
-    let r = http::post_json(w.addr, "/v1/chat/completions", &json!({"messages": []})).unwrap();
+    let r = http::post_json(w.addr, CHAT, &json!({"messages": []})).unwrap();
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("model"));
+    assert!(r.error_message().contains("model"));
     let r = http::post_json(w.addr, "/v1/messages", &json!({"messages": []})).unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["type"], "error");
-    let r = http::post_json(w.addr, "/v1/chat/completions", &json!({"model": "nope"})).unwrap();
+    let r = http::post_json(w.addr, CHAT, &json!({"model": "nope"})).unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "not_found");
     let r = http::post_json(w.addr, "/v1/messages", &json!({"model": "nope"})).unwrap();
@@ -611,15 +484,8 @@ fn client_errors_in_the_callers_dialect() {
     .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["type"], "error");
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Anthropic"),
-        "{}",
-        r.text()
-    );
-    let r = http::get(w.addr, "/v1/chat/completions").unwrap();
+    assert!(r.error_message().contains("Anthropic"), "{}", r.text());
+    let r = http::get(w.addr, CHAT).unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
     let r = http::get(w.addr, "/v1/nothing").unwrap();
@@ -637,8 +503,7 @@ fn client_errors_in_the_callers_dialect() {
 
 #[test]
 fn models_lists_configured_aliases_and_discovered_with_cache() {
-    let up = Upstream::start();
-    up.set(
+    let up = Upstream::serving(
         "/v1/models",
         Script::json(
             200,
@@ -646,7 +511,7 @@ fn models_lists_configured_aliases_and_discovered_with_cache() {
         ),
     );
     let providers = openai_provider("any", &up.url("/v1"), r#"["*"]"#, "UP_KEY", "")
-        + &openai_provider("fixed", &up.url("/v1"), r#"["m1"]"#, "UP_KEY", "");
+        + &m1_provider("fixed", &up);
     let cfg = config(&format!(
         "{providers}\n[[models]]\nname = \"fast\"\ntargets = [\"fixed/m1\"]\n"
     ));
@@ -665,8 +530,9 @@ fn models_lists_configured_aliases_and_discovered_with_cache() {
         assert_eq!(ids, ["m1", "fast", "disc-1", "disc-2"]);
     }
     assert_eq!(up.request_count(), 1, "the discovered list is cached");
+    let reqs = up.requests();
     assert_eq!(
-        up.requests()[0].header("authorization"),
+        reqs[0].header("authorization"),
         Some("Bearer sk-up-test-key")
     );
 }
@@ -674,16 +540,9 @@ fn models_lists_configured_aliases_and_discovered_with_cache() {
 #[test]
 fn metrics_use_the_contract_names() {
     let up = Upstream::start();
-    up.set("/v1/chat/completions", Script::json(200, json!({})));
+    up.set(CHAT, Script::json(200, json!({})));
     let w = openai_worker(&up, "");
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let r = chat(&w);
     assert_eq!(r.status, 200);
     let m = http::get(w.addr, "/metrics").unwrap();
     assert_eq!(m.status, 200);
@@ -706,66 +565,26 @@ fn metrics_use_the_contract_names() {
 fn upstream_closing_before_headers_gives_502_or_fails_over() {
     let a = Upstream::start();
     let b = Upstream::start();
-    a.set(
-        "/v1/chat/completions",
-        Script::status(200).close_before_headers(),
-    );
-    b.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"from": "b"})),
-    );
+    a.set(CHAT, Script::status(200).close_before_headers());
+    b.set(CHAT, Script::json(200, json!({"from": "b"})));
     let w = openai_worker(&a, "");
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let r = chat(&w);
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "upstream_error");
 
-    let providers = openai_provider("a", &a.url("/v1"), r#"["m1"]"#, "UP_KEY", "")
-        + &openai_provider("b", &b.url("/v1"), r#"["m1"]"#, "UP_KEY", "");
-    let cfg = config(&format!(
-        "[routing]\nstrategy = \"round_robin\"\n{providers}"
-    ));
-    let w = Worker::start(&cfg, &[("UP_KEY", KEY)]);
-    let r = http::request(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&chat(false)),
-    )
-    .unwrap();
+    let w = round_robin_worker(&(m1_provider("a", &a) + &m1_provider("b", &b)));
+    let r = chat(&w);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["from"], "b");
 }
 
 #[test]
 fn concurrent_streams_are_all_in_flight_at_once() {
-    let up = Upstream::start();
-    let gate = Gate::new();
-    up.set(
-        "/v1/chat/completions",
-        Script::sse_head()
-            .chunk("data: {\"n\":1}\n\n")
-            .wait(&gate)
-            .chunk("data: [DONE]\n\n"),
-    );
+    let (up, gate) = Upstream::gated_sse(CHAT, &["data: {\"n\":1}\n\n"], &["data: [DONE]\n\n"]);
     let w = openai_worker(&up, "");
     let mut streams: Vec<Stream> = (0..3)
         .map(|_| {
-            let mut s = Stream::open(
-                w.addr,
-                "POST",
-                "/v1/chat/completions",
-                &[],
-                Some(&chat(true)),
-            )
-            .unwrap();
+            let mut s = open_chat(&w, true);
             s.read_until("{\"n\":1}").unwrap();
             s
         })

@@ -28,6 +28,7 @@ struct Cfg {
     queue_timeout: &'static str,
     ping: &'static str,
     cache_ttl: &'static str,
+    probe_interval: &'static str,
     providers: String,
 }
 
@@ -42,6 +43,7 @@ impl Cfg {
             queue_timeout: "30s",
             ping: "10s",
             cache_ttl: "10s",
+            probe_interval: "0s",
             providers,
         }
     }
@@ -67,7 +69,7 @@ half_open_successes = {half_open}
 open_timeout = "{open}"
 
 [health]
-probe_interval = "0s"
+probe_interval = "{probe}"
 probe_timeout = "3s"
 cache_ttl = "{ttl}"
 
@@ -81,6 +83,7 @@ cache_ttl = "{ttl}"
             half_open = self.half_open_successes,
             open = self.open_timeout,
             ttl = self.cache_ttl,
+            probe = self.probe_interval,
             providers = self.providers,
         )
     }
@@ -749,4 +752,110 @@ fn a_probe_storm_makes_one_probe_round() {
     assert_eq!(http::get(addr, "/v1/health").unwrap().status, 200);
     assert!(t.elapsed() < Duration::from_millis(900));
     assert_eq!(up.request_count(), 10);
+}
+
+#[test]
+fn waiting_anthropic_stream_reports_a_provider_failure_as_an_error_event() {
+    let up = Upstream::start();
+    let gate = Gate::new();
+    up.enqueue(
+        "/v1/messages",
+        Script::json(200, json!({"type": "message"})).wait_headers(&gate),
+    );
+    let mut cfg = Cfg::new(worker_util::anthropic_provider(
+        "an",
+        &up.url(""),
+        r#"["c1"]"#,
+        "UP_KEY",
+        "max_concurrency = 1",
+    ));
+    cfg.ping = "200ms";
+    let w = cfg.start();
+    let b = json!({"model": "c1", "max_tokens": 5, "messages": []}).to_string();
+    let first = http::send(w.addr, "POST", "/v1/messages", &[], Some(b.as_bytes())).unwrap();
+    assert!(up.wait_requests(1, Duration::from_secs(5)));
+    let sb = json!({"model": "c1", "max_tokens": 5, "stream": true, "messages": []}).to_string();
+    let mut s = Stream::open(w.addr, "POST", "/v1/messages", &[], Some(sb.as_bytes())).unwrap();
+    assert_eq!(s.status, 200);
+    s.read_until("event: ping\ndata: {\"type\": \"ping\"}\n\n")
+        .unwrap();
+    // The slot frees, but the provider then fails (on every retry): the stream that already
+    // started must end with the dialect's error event, never cleanly.
+    up.set(
+        "/v1/messages",
+        Script::json(
+            500,
+            json!({"type": "error", "error": {"type": "api_error", "message": "upstream exploded"}}),
+        ),
+    );
+    gate.open();
+    let mut first = Stream::from_stream(first, false).unwrap();
+    assert_eq!(first.status, 200);
+    let (got, _) = s
+        .read_to_end()
+        .expect_err("a failed stream must not end cleanly");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("event: error\ndata: {") && text.contains("upstream exploded"),
+        "{text}"
+    );
+    assert_eq!(
+        up.request_count(),
+        4,
+        "the held request, then three attempts"
+    );
+    drop(first.read_to_end());
+}
+
+#[test]
+fn background_probes_move_an_open_breaker_to_half_open() {
+    let (a, b) = two_upstreams();
+    a.set("/v1/chat/completions", Script::json(500, json!({})));
+    // a's model list fails at first, so the background probes cannot help it yet.
+    a.set("/v1/models", Script::json(500, json!({})));
+    b.set("/v1/models", Script::json(200, json!({"data": []})));
+    // `nokey` names a key variable that is not set: it is reported, never probed.
+    let nokey = openai_provider("nokey", &a.url("/v1"), r#"["m2"]"#, "NO_SUCH_KEY_VAR", "");
+    let mut cfg = Cfg::new(provider("a", &a, "") + &provider("b", &b, "") + &nokey);
+    cfg.probe_interval = "200ms";
+    let w = cfg.start();
+    for _ in 0..6 {
+        assert_eq!(chat(&w).status, 200);
+    }
+    assert_eq!(circuit_state(&w, "a"), Some(1));
+    // Failing probes keep it open (open_timeout is 60 s); probes keep coming, concurrently.
+    assert!(a.wait_requests(a.request_count() + 2, Duration::from_secs(5)));
+    assert_eq!(circuit_state(&w, "a"), Some(1));
+    assert_eq!(circuit_state(&w, "b"), Some(0));
+    // a recovers: the next background probe moves it to half-open, with no request at all.
+    let before = a
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .count();
+    a.set("/v1/models", Script::json(200, json!({"data": []})));
+    assert!(
+        wait_until(Duration::from_secs(5), || circuit_state(&w, "a") == Some(2)),
+        "the background probe never moved a to half-open"
+    );
+    let after = a
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .count();
+    assert_eq!(before, after, "moved by the probe, not by traffic");
+    let v = http::get(w.addr, "/v1/health").unwrap().json();
+    assert_eq!(v["providers"]["nokey"]["status"], "unhealthy");
+    assert_eq!(
+        v["providers"]["nokey"]["error"],
+        "$NO_SUCH_KEY_VAR is not set"
+    );
+    assert_eq!(v["models"]["m2"]["status"], "unhealthy");
+    assert_eq!(v["status"], "degraded");
+    assert!(
+        a.requests()
+            .iter()
+            .all(|r| r.header("authorization").is_some()),
+        "the keyless provider was probed"
+    );
 }

@@ -9,26 +9,32 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-use support::http;
+use support::http::{self, CHAT};
 use support::process::{bin_path, wait_until, ChildGuard};
 use support::upstream::{Script, Upstream};
 use worker_util::{config, openai_provider, Worker};
 
 const MOCK: &str = "[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n";
 
-fn worker_cmd(cfg: &std::path::Path) -> Command {
+/// `gateway-worker` with `unset` removed from its environment.
+fn bare_worker_cmd(unset: &[&str]) -> Command {
     let mut cmd = Command::new(bin_path("gateway-worker"));
-    cmd.arg("--config").arg(cfg);
-    for v in [
+    for v in unset {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+fn worker_cmd(cfg: &std::path::Path) -> Command {
+    let mut cmd = bare_worker_cmd(&[
         "LISTEN_FDS",
         "LISTEN_PID",
         "GATEWAY_CONFIG",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
-    ] {
-        cmd.env_remove(v);
-    }
+    ]);
+    cmd.arg("--config").arg(cfg);
     cmd
 }
 
@@ -38,6 +44,18 @@ fn serving_addr(g: &ChildGuard) -> Option<SocketAddr> {
     let line = err.lines().find(|l| l.contains("listening on "))?;
     let at = line.find("listening on ")? + "listening on ".len();
     line[at..].split_whitespace().next()?.parse().ok()
+}
+
+/// Spawns `cmd` and waits up to 20 s for its "listening on" line; the guard and the address.
+fn spawn_serving(cmd: Command) -> (ChildGuard, SocketAddr) {
+    let g = ChildGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(20), || serving_addr(&g).is_some()),
+        "stderr:\n{}",
+        g.stderr()
+    );
+    let addr = serving_addr(&g).unwrap();
+    (g, addr)
 }
 
 #[test]
@@ -50,20 +68,9 @@ fn binds_listen_without_an_inherited_socket() {
     cmd.args(["--listen", "127.0.0.1:0"])
         .env("LISTEN_FDS", "1")
         .env("LISTEN_PID", "1");
-    let g = ChildGuard::spawn(cmd);
-    assert!(
-        wait_until(Duration::from_secs(20), || serving_addr(&g).is_some()),
-        "stderr:\n{}",
-        g.stderr()
-    );
-    let addr = serving_addr(&g).unwrap();
+    let (_g, addr) = spawn_serving(cmd);
     assert_ne!(addr.port(), 0);
-    let r = http::post_json(
-        addr,
-        "/v1/chat/completions",
-        &http::chat_body("demo", false),
-    )
-    .unwrap();
+    let r = http::post_chat(addr, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -96,16 +103,8 @@ fn exit_codes_for_bad_config_and_busy_port() {
 #[test]
 fn http_proxy_from_the_environment_and_no_proxy() {
     // The mock upstream plays the forward proxy: it sees absolute-form request targets.
-    let proxy = Upstream::start();
-    proxy.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"via": "proxy"})),
-    );
-    let direct = Upstream::start();
-    direct.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"via": "direct"})),
-    );
+    let proxy = Upstream::serving(CHAT, Script::json(200, json!({"via": "proxy"})));
+    let direct = Upstream::serving(CHAT, Script::json(200, json!({"via": "direct"})));
     let providers = openai_provider("far", "http://api.example.test/v1", r#"["m1"]"#, "K", "")
         + &openai_provider("near", &direct.url("/v1"), r#"["m2"]"#, "K", "");
     let proxy_url = format!("http://user:pw@{}", proxy.addr);
@@ -117,12 +116,7 @@ fn http_proxy_from_the_environment_and_no_proxy() {
             ("K", "sk-proxied"),
         ],
     );
-    let r = http::post_json(
-        w.addr,
-        "/v1/chat/completions",
-        &http::chat_body("m1", false),
-    )
-    .unwrap();
+    let r = http::post_chat(w.addr, "m1", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["via"], "proxy");
     let got = &proxy.requests()[0];
@@ -134,34 +128,18 @@ fn http_proxy_from_the_environment_and_no_proxy() {
         Some("Basic dXNlcjpwdw==")
     );
     // NO_PROXY: loopback goes direct.
-    let r = http::post_json(
-        w.addr,
-        "/v1/chat/completions",
-        &http::chat_body("m2", false),
-    )
-    .unwrap();
+    let r = http::post_chat(w.addr, "m2", false).unwrap();
     assert_eq!(r.json()["via"], "direct");
     assert_eq!(proxy.request_count(), 1);
 }
 
 #[test]
 fn client_leaving_before_headers_cancels_the_upstream_request() {
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({})).stall_headers(),
-    );
+    let up = Upstream::serving(CHAT, Script::json(200, json!({})).stall_headers());
     let cfg = config(&openai_provider("up", &up.url("/v1"), r#"["m1"]"#, "K", ""));
     let w = Worker::start(&cfg, &[]);
     let body = http::chat_body("m1", false).to_string();
-    let conn = http::send(
-        w.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(body.as_bytes()),
-    )
-    .unwrap();
+    let conn = http::send(w.addr, "POST", CHAT, &[], Some(body.as_bytes())).unwrap();
     assert!(up.wait_requests(1, Duration::from_secs(5)));
     assert_eq!(up.inflight(), 1);
     drop(conn);
@@ -184,12 +162,7 @@ fn multi_threaded_runtime_serves_too() {
         "main thread plus two runtime workers, got {threads}"
     );
     for stream in [false, true] {
-        let r = http::post_json(
-            w.addr,
-            "/v1/chat/completions",
-            &http::chat_body("demo", stream),
-        )
-        .unwrap();
+        let r = http::post_chat(w.addr, "demo", stream).unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
     w.guard.signal(nix::sys::signal::Signal::SIGTERM);
@@ -203,11 +176,7 @@ fn multi_threaded_runtime_serves_too() {
 fn https_providers_speak_tls() {
     // A plain-HTTP server behind an https:// base_url: the worker must attempt a TLS handshake
     // (and fail it), not send cleartext.
-    let up = Upstream::start();
-    up.set(
-        "/v1/chat/completions",
-        Script::json(200, json!({"cleartext": true})),
-    );
+    let up = Upstream::serving(CHAT, Script::json(200, json!({"cleartext": true})));
     let cfg = config(&openai_provider(
         "tls",
         &format!("https://{}/v1", up.addr),
@@ -216,14 +185,9 @@ fn https_providers_speak_tls() {
         "",
     ));
     let w = Worker::start(&cfg, &[("K", "sk-tls")]);
-    let r = http::post_json(
-        w.addr,
-        "/v1/chat/completions",
-        &http::chat_body("m1", false),
-    )
-    .unwrap();
+    let r = http::post_chat(w.addr, "m1", false).unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    let msg = r.error_message();
     eprintln!("{msg}");
     assert!(msg.contains("cannot connect to provider `tls`"), "{msg}");
     assert_eq!(
@@ -236,25 +200,16 @@ fn https_providers_speak_tls() {
 #[test]
 fn builtin_config_when_none_is_given() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(bin_path("gateway-worker"));
-    cmd.args(["--listen", "127.0.0.1:0"])
-        .current_dir(cwd.path());
-    for v in [
+    let mut cmd = bare_worker_cmd(&[
         "LISTEN_FDS",
         "LISTEN_PID",
         "GATEWAY_CONFIG",
         "OPENAI_API_KEY",
         "ANTHROPIC_API_KEY",
-    ] {
-        cmd.env_remove(v);
-    }
-    let g = ChildGuard::spawn(cmd);
-    assert!(
-        wait_until(Duration::from_secs(20), || serving_addr(&g).is_some()),
-        "stderr:\n{}",
-        g.stderr()
-    );
-    let addr = serving_addr(&g).unwrap();
+    ]);
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .current_dir(cwd.path());
+    let (g, addr) = spawn_serving(cmd);
     // The built-in gateway.toml serves the `demo` mock with no key.
     let r = http::post_json(
         addr,

@@ -94,7 +94,7 @@ pub fn worker_of(headers: &[(String, String)]) -> u64 {
     v.expect("x-gateway-worker header").1.parse().unwrap()
 }
 
-/// `supervisor status --json`: worker id → (pid, in flight).
+/// `supervisor status --json`: worker id → (pid, in flight); pid 0 when the slot has none.
 pub fn worker_status(env: &TestEnv) -> HashMap<u64, (u32, u64)> {
     let out = env
         .supervisor(&["status", "--json"])
@@ -115,7 +115,8 @@ pub fn worker_status(env: &TestEnv) -> HashMap<u64, (u32, u64)> {
             (
                 id,
                 (
-                    w["pid"].as_u64().unwrap() as u32,
+                    // `null` while the slot has no process (RESTARTING, DEAD): reported as 0.
+                    w["pid"].as_u64().unwrap_or(0) as u32,
                     w["inflight"].as_u64().unwrap(),
                 ),
             )

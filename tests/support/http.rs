@@ -28,6 +28,14 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
+
+    /// `error.message` of an OpenAI-style error body; panics when there is none.
+    pub fn error_message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.message: {}", self.text()))
+            .to_string()
+    }
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -96,6 +104,16 @@ impl Stream {
     ) -> io::Result<Self> {
         let s = send(addr, method, path, headers, body)?;
         Self::from_stream(s, method == "HEAD")
+    }
+
+    /// POSTs `body` as JSON to `path` and reads the status line and headers.
+    pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> io::Result<Self> {
+        Self::open(addr, "POST", path, &[], Some(body.to_string().as_bytes()))
+    }
+
+    /// POSTs `chat_body(model, stream)` to `CHAT` and reads the status line and headers.
+    pub fn chat(addr: SocketAddr, model: &str, stream: bool) -> io::Result<Self> {
+        Self::post_json(addr, CHAT, &chat_body(model, stream))
     }
 
     /// Reads the response head from a connection on which a request was already written.
@@ -227,6 +245,13 @@ impl Stream {
         }
     }
 
+    /// Reads the rest of a body that must be cut short, panicking with `why` when it ends
+    /// cleanly. Returns what arrived, as text, and how it was cut.
+    pub fn read_cut(&mut self, why: &str) -> (String, io::Error) {
+        let (partial, err) = self.read_to_end().expect_err(why);
+        (String::from_utf8_lossy(&partial).into_owned(), err)
+    }
+
     /// Reads until the body received so far contains `needle`; returns everything read.
     pub fn read_until(&mut self, needle: &str) -> io::Result<Vec<u8>> {
         let mut all = Vec::new();
@@ -272,6 +297,14 @@ pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
 pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> io::Result<Response> {
     request(addr, "POST", path, &[], Some(body.to_string().as_bytes()))
 }
+
+/// POSTs `chat_body(model, stream)` to `CHAT` and reads the whole response.
+pub fn post_chat(addr: SocketAddr, model: &str, stream: bool) -> io::Result<Response> {
+    post_json(addr, CHAT, &chat_body(model, stream))
+}
+
+/// The OpenAI chat completions path.
+pub const CHAT: &str = "/v1/chat/completions";
 
 /// An OpenAI chat request body for `model`.
 pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {

@@ -280,6 +280,20 @@ impl TestEnv {
             listen,
         }
     }
+
+    /// `supervisor status --json`, parsed; panics with its stderr when the command fails.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self
+            .supervisor(&["status", "--json"])
+            .output()
+            .expect("run supervisor status");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
 }
 
 /// A started supervisor.
@@ -289,11 +303,86 @@ pub struct Running {
     pub listen: std::net::SocketAddr,
 }
 
-/// A minimal config for tests: `workers` workers on any free ports, the front on a free port, a
-/// mock provider `demo` serving model `demo`, and the test's private runtime directory.
-pub fn mock_config(workers: u32, extra: &str) -> String {
-    format!(
-        r#"
+impl Running {
+    /// Waits for the `stopped` line (20 s) and then asserts exit code 0 (10 s).
+    pub fn expect_stopped_exit_0(&mut self) {
+        assert!(
+            self.guard
+                .wait_event("stopped", Duration::from_secs(20))
+                .is_some(),
+            "{}",
+            self.guard.stderr()
+        );
+        assert_eq!(
+            self.guard
+                .wait_exit(Duration::from_secs(10))
+                .and_then(|s| s.code()),
+            Some(0)
+        );
+    }
+}
+
+/// A test config: `workers` workers on any free ports, the front on a free port, no auth, fast
+/// heartbeats, no health probes, a mock provider `demo` serving model `demo`, and the test's
+/// private runtime directory. Defaults: `shutdown_timeout = "5s"` and fast restart backoff.
+pub struct PoolConfig {
+    workers: u32,
+    shutdown_timeout: &'static str,
+    restart_backoff: bool,
+    pool: String,
+    extra: String,
+}
+
+impl PoolConfig {
+    pub fn new(workers: u32) -> Self {
+        Self {
+            workers,
+            shutdown_timeout: "5s",
+            restart_backoff: true,
+            pool: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// `[pool] shutdown_timeout`.
+    pub fn shutdown_timeout(mut self, t: &'static str) -> Self {
+        self.shutdown_timeout = t;
+        self
+    }
+
+    /// Leaves out the `restart_backoff_*` keys (the built-in defaults apply).
+    pub fn default_restart_backoff(mut self) -> Self {
+        self.restart_backoff = false;
+        self
+    }
+
+    /// More `[pool]` keys, one per line.
+    pub fn pool(mut self, keys: &str) -> Self {
+        self.pool = keys.to_string();
+        self
+    }
+
+    /// Text after the `demo` provider: more providers or tables.
+    pub fn extra(mut self, text: &str) -> Self {
+        self.extra = text.to_string();
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let Self {
+            workers,
+            shutdown_timeout,
+            pool,
+            extra,
+            ..
+        } = self;
+        let backoff = if self.restart_backoff {
+            "restart_backoff_initial = \"50ms\"\nrestart_backoff_max = \"1s\"\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"
 [server]
 listen = "127.0.0.1:0"
 auth_token_env = ""
@@ -305,10 +394,8 @@ runtime_dir = "{{RUNTIME_DIR}}"
 heartbeat_interval = "200ms"
 heartbeat_timeout = "1s"
 startup_timeout = "10s"
-shutdown_timeout = "5s"
-restart_backoff_initial = "50ms"
-restart_backoff_max = "1s"
-
+shutdown_timeout = "{shutdown_timeout}"
+{backoff}{pool}
 [health]
 probe_interval = "0s"
 
@@ -318,5 +405,11 @@ kind = "mock"
 models = ["demo"]
 {extra}
 "#
-    )
+        )
+    }
+}
+
+/// The default `PoolConfig` for `workers` workers, with `extra` after the `demo` provider.
+pub fn mock_config(workers: u32, extra: &str) -> String {
+    PoolConfig::new(workers).extra(extra).build()
 }

@@ -109,9 +109,19 @@ impl Script {
 
     /// An SSE response sending `frames` (whole `data: ...\n\n` frames) one chunk each.
     pub fn sse(frames: &[&str]) -> Self {
-        frames.iter().fold(Self::sse_head(), |s, f| {
-            s.chunk(Bytes::copy_from_slice(f.as_bytes()))
-        })
+        Self::sse_head().frames(frames)
+    }
+
+    /// An SSE response sending `before`, then waiting for `gate`, then sending `after`.
+    pub fn sse_gated(before: &[&str], gate: &Gate, after: &[&str]) -> Self {
+        Self::sse(before).wait(gate).frames(after)
+    }
+
+    /// Appends `frames`, one chunk each.
+    pub fn frames(self, frames: &[&str]) -> Self {
+        frames
+            .iter()
+            .fold(self, |s, f| s.chunk(Bytes::copy_from_slice(f.as_bytes())))
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -125,52 +135,53 @@ impl Script {
         self.header("content-length", &b.len().to_string()).chunk(b)
     }
 
-    pub fn chunk(mut self, b: impl Into<Bytes>) -> Self {
-        self.body.push(Step::Chunk(b.into()));
-        self
+    pub fn chunk(self, b: impl Into<Bytes>) -> Self {
+        self.body_step(Step::Chunk(b.into()))
     }
 
-    pub fn delay(mut self, d: Duration) -> Self {
-        self.body.push(Step::Delay(d));
-        self
+    pub fn delay(self, d: Duration) -> Self {
+        self.body_step(Step::Delay(d))
     }
 
-    pub fn wait(mut self, gate: &Gate) -> Self {
-        self.body.push(Step::Wait(gate.clone()));
-        self
+    pub fn wait(self, gate: &Gate) -> Self {
+        self.body_step(Step::Wait(gate.clone()))
     }
 
-    pub fn stall(mut self) -> Self {
-        self.body.push(Step::Stall);
-        self
+    pub fn stall(self) -> Self {
+        self.body_step(Step::Stall)
     }
 
-    pub fn reset(mut self) -> Self {
-        self.body.push(Step::Reset);
-        self
+    pub fn reset(self) -> Self {
+        self.body_step(Step::Reset)
     }
 
     /// Waits `d` before sending the headers.
-    pub fn delay_headers(mut self, d: Duration) -> Self {
-        self.before_headers.push(Step::Delay(d));
-        self
+    pub fn delay_headers(self, d: Duration) -> Self {
+        self.head_step(Step::Delay(d))
     }
 
     /// Waits for `gate` before sending the headers.
-    pub fn wait_headers(mut self, gate: &Gate) -> Self {
-        self.before_headers.push(Step::Wait(gate.clone()));
-        self
+    pub fn wait_headers(self, gate: &Gate) -> Self {
+        self.head_step(Step::Wait(gate.clone()))
     }
 
     /// Closes the connection without any response.
-    pub fn close_before_headers(mut self) -> Self {
-        self.before_headers.push(Step::Reset);
-        self
+    pub fn close_before_headers(self) -> Self {
+        self.head_step(Step::Reset)
     }
 
     /// Never sends the headers.
-    pub fn stall_headers(mut self) -> Self {
-        self.before_headers.push(Step::Stall);
+    pub fn stall_headers(self) -> Self {
+        self.head_step(Step::Stall)
+    }
+
+    fn body_step(mut self, step: Step) -> Self {
+        self.body.push(step);
+        self
+    }
+
+    fn head_step(mut self, step: Step) -> Self {
+        self.before_headers.push(step);
         self
     }
 }
@@ -266,6 +277,21 @@ impl Upstream {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// Starts a server that answers `path` with `s` (a standing script, as `set`).
+    pub fn serving(path: &str, s: Script) -> Self {
+        let up = Self::start();
+        up.set(path, s);
+        up
+    }
+
+    /// Starts a server that answers `path` with an SSE stream: `before`, then a wait for the
+    /// returned gate to open, then `after`.
+    pub fn gated_sse(path: &str, before: &[&str], after: &[&str]) -> (Self, Gate) {
+        let gate = Gate::new();
+        let up = Self::serving(path, Script::sse_gated(before, &gate, after));
+        (up, gate)
     }
 
     /// `http://127.0.0.1:PORT` + `path`, for `base_url`.

@@ -6,7 +6,11 @@
 //! cleanly: an SSE stream gets the dialect's error event and then an `Err` frame, which makes
 //! hyper abort the connection instead of writing the final chunk; other bodies just get the
 //! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
-//! connection at once. `MockBody` paces a mock provider's frames.
+//! connection at once. `MockBody` paces a mock provider's frames. `WaitingBody` is a streaming
+//! response answered before its provider slot was free: keep-alive pings while the rest of the
+//! attempts run inside it, then the provider's stream (or an error event and an abort).
+//! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
+//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops.
 
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;

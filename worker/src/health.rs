@@ -256,6 +256,11 @@ async fn probe(p: &Provider, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
     let res = match p.config.kind {
         ProviderKind::Mock => Ok(()),
+        // A provider whose key variable is unset cannot serve anything: say so without a
+        // network call (a fresh install lists providers it has no keys for).
+        _ if !p.config.api_key_env.is_empty() && p.auth.is_none() => {
+            Err(format!("${} is not set", p.config.api_key_env))
+        }
         _ => tokio::time::timeout(timeout, list_models(p))
             .await
             .unwrap_or_else(|_| {

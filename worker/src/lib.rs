@@ -4,7 +4,9 @@
 //! `run(config, listener, heartbeat, shutdown)` is the whole daemon, so tests can start it
 //! in-process; `cli::run` adds the command line, logging, the runtime, the inherited socket and
 //! signals. A request goes `server` -> `handlers` -> `routing` (candidates and strategy) ->
-//! `proxy` (attempts, timeouts, failover) -> `body` (streaming back) or `providers::mock`.
+//! `proxy` (breaker and cool-down checks, the pool-wide provider slot, attempts, timeouts,
+//! failover) -> `body` (streaming back) or `providers::mock`. `breaker` is the per-provider
+//! circuit breaker; `health` probes providers in the background and serves `/v1/health*`.
 
 mod body;
 pub mod breaker;

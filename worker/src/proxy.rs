@@ -135,8 +135,31 @@ pub async fn forward(
 /// A candidate chosen for the next attempt.
 struct Pick {
     index: usize,
-    /// Taken without the breaker's consent (every candidate was cooling).
-    forced: bool,
+    /// The half-open trial slot `allows` may have taken for it.
+    trial: TrialHold,
+}
+
+/// A half-open trial slot taken by `Breaker::allows` for an attempt that has not started yet.
+/// Dropped before `disarm` (the slot wait timed out, pings started, or the client went away
+/// during a backoff), it gives the slot back; otherwise a half-open breaker could run out of
+/// trials with none in flight and stay half-open for good. Once the attempt starts, `Attempt`
+/// records an outcome (or `Cancelled`), which releases the slot instead.
+struct TrialHold(Option<Arc<Provider>>);
+
+impl TrialHold {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TrialHold {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            if p.breaker.state() == CircuitState::HalfOpen {
+                p.breaker.release_trial();
+            }
+        }
+    }
 }
 
 /// The next candidate: an untried one the breaker allows, else a tried one it allows (a
@@ -147,9 +170,10 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
     for pass_tried in [false, true] {
         for i in (0..n).filter(|i| r.tried[*i] == pass_tried) {
             if p(i).breaker.allows() {
+                let half_open = p(i).breaker.state() == CircuitState::HalfOpen;
                 return Ok(Some(Pick {
                     index: i,
-                    forced: false,
+                    trial: TrialHold(half_open.then(|| p(i).clone())),
                 }));
             }
         }
@@ -162,9 +186,10 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
         .filter(|i| p(*i).breaker.state() == CircuitState::Closed)
         .min_by_key(|i| p(*i).breaker.blocked_for());
     if let Some(index) = least_cooling {
+        // Taken without the breaker's consent (every candidate was cooling): no trial slot.
         return Ok(Some(Pick {
             index,
-            forced: true,
+            trial: TrialHold(None),
         }));
     }
     let wait = (0..n)
@@ -181,13 +206,6 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
         ),
     )
     .with_retry_after(secs.max(1)))
-}
-
-/// Gives back what `pick` took from a half-open breaker when the attempt never happened.
-fn unpick(p: &Provider, pick: &Pick) {
-    if !pick.forced && p.breaker.state() == CircuitState::HalfOpen {
-        p.breaker.release_trial();
-    }
 }
 
 /// The attempt loop. A plain function returning a boxed future (not an `async fn`) because it
@@ -214,21 +232,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             let body = match &target.rewrite {
                 Some(model) => match rewrite_model(&r.req.body, model) {
                     Ok(b) => b,
-                    Err(e) => {
-                        unpick(&provider, &pick);
-                        return e.to_response(dialect);
-                    }
+                    Err(e) => return e.to_response(dialect),
                 },
                 None => r.req.body.clone(),
             };
             let slot = match take_slot(&mut r, &provider).await {
                 SlotWait::Got(s) => s,
-                SlotWait::TimedOut(e) => {
-                    unpick(&provider, &pick);
-                    return e.to_response(dialect);
-                }
+                SlotWait::TimedOut(e) => return e.to_response(dialect),
                 SlotWait::StartPings => {
-                    unpick(&provider, &pick);
+                    // The continuation picks again (the trial slot goes back with `pick`).
+                    drop(pick);
                     r.in_body = true;
                     let interval = r.table.limits.ping_interval;
                     let rest = attempts(r, guard);
@@ -238,6 +251,8 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             r.tried[ci] = true;
             r.prev = Some(ci);
             r.attempts += 1;
+            // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
+            pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
                 return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard)
                     .await;
@@ -253,31 +268,47 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 }
             };
             attempt.headers_received();
-            let status = resp.status().as_u16();
-            if status < 400 {
+            if judge(&resp, &provider, &mut attempt) == Verdict::Keep {
                 return stream_back(resp, &provider, dialect, attempt, guard);
             }
-            let retry_after = retry_after_secs(resp.headers());
-            match breaker::classify(status, retry_after) {
-                o @ breaker::Outcome::RateLimited(_) => {
-                    attempt.finish_as(Outcome::RateLimited, Some(o))
-                }
-                _ if status >= 500 => attempt.finish(Outcome::ServerError),
-                _ => attempt.finish(Outcome::ClientError),
-            }
-            if status == 401 || status == 403 {
-                log_bad_key(&provider, status);
-            }
-            if !retryable(status) {
-                return stream_back(resp, &provider, dialect, attempt, guard);
-            }
-            tracing::warn!(provider = %provider.name(), status, "provider failed; trying again if an attempt is left");
+            tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying again if an attempt is left");
             r.last = Some(buffered_error(resp, &provider, dialect).await);
         }
         r.last.unwrap_or_else(|| {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
         })
     })
+}
+
+/// What to do with a provider's response, judged on its head.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Send it to the client (a success, or an error that is the client's to see).
+    Keep,
+    /// A retryable failure: keep it as the last error and try again if an attempt is left.
+    Retry,
+}
+
+/// Records what the status means (metrics, breaker, cool-down), logs a rejected key, and
+/// decides whether the response is the answer. Successes are recorded when their body ends.
+fn judge(resp: &Response<Incoming>, provider: &Provider, attempt: &mut Attempt) -> Verdict {
+    let status = resp.status().as_u16();
+    if status < 400 {
+        return Verdict::Keep;
+    }
+    match breaker::classify(status, retry_after_secs(resp.headers())) {
+        o @ breaker::Outcome::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
+        _ if status >= 500 => attempt.finish(Outcome::ServerError),
+        _ => attempt.finish(Outcome::ClientError),
+    }
+    if status == 401 || status == 403 {
+        log_bad_key(provider, status);
+    }
+    if retryable(status) {
+        Verdict::Retry
+    } else {
+        Verdict::Keep
+    }
 }
 
 /// The outcome of waiting for a pool-wide provider slot.
@@ -655,6 +686,105 @@ mod tests {
             assert!(backoff(20) <= BACKOFF_CAP);
             assert!(backoff(20) >= Duration::from_millis(1600));
         }
+    }
+
+    fn run_for(table: Arc<RouteTable>) -> Run {
+        let candidates = table
+            .candidates("m", Endpoint::ChatCompletions)
+            .expect("m is served");
+        let now = Instant::now();
+        Run {
+            tried: vec![false; candidates.len()],
+            slot_deadline: now,
+            ping_at: now,
+            table,
+            req: Forward {
+                endpoint: Endpoint::ChatCompletions,
+                headers: HeaderMap::new(),
+                query: None,
+                body: Bytes::new(),
+                stream: false,
+            },
+            candidates,
+            attempts: 0,
+            prev: None,
+            same_retries: 0,
+            last: None,
+            in_body: false,
+        }
+    }
+
+    fn picked(r: &Run) -> Option<(String, Pick)> {
+        let p = pick(r).ok()??;
+        let name = r.table.providers[r.candidates[p.index].provider]
+            .name()
+            .to_string();
+        Some((name, p))
+    }
+
+    /// Selection skips open and cooling providers, forces the least-cooling one when all are
+    /// cooling, fails fast with the remaining open time when all are open, and a pick dropped
+    /// before its attempt gives its half-open trial back (the guard fires).
+    #[tokio::test(start_paused = true)]
+    async fn pick_skips_blocked_providers_and_trials_come_back() {
+        use gateway::config::{ProviderConfig, ProviderKind, Strategy};
+        let mk =
+            |n: &str| ProviderConfig::new(n, ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["m"]);
+        let table = Arc::new(crate::routing::tests::table(
+            Strategy::Unknown(String::new()),
+            vec![mk("a"), mk("b")],
+            vec![],
+        ));
+        let r = run_for(table.clone());
+        let (a, b) = (&table.providers[0].breaker, &table.providers[1].breaker);
+        assert_eq!(picked(&r).unwrap().0, "a");
+        for _ in 0..5 {
+            a.record(breaker::Outcome::Failure);
+        }
+        assert_eq!(a.state(), CircuitState::Open);
+        assert_eq!(picked(&r).unwrap().0, "b", "open a is skipped");
+        b.record(breaker::classify(429, Some(10)));
+        let (name, p) = picked(&r).unwrap();
+        assert_eq!(
+            name, "b",
+            "all blocked, b only cooling: it still gets the request"
+        );
+        assert!(p.trial.0.is_none());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            b.record(breaker::Outcome::Failure);
+        }
+        let e = pick(&r).err().expect("all open: fail fast");
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(
+            e.retry_after,
+            Some(29),
+            "a opened first; 29 s of its 30 are left"
+        );
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(a.state(), CircuitState::HalfOpen);
+        // Half-open admits 3 trials (half_open_successes); held picks use them up ...
+        let held: Vec<Pick> = (0..3)
+            .map(|_| {
+                let (name, p) = picked(&r).unwrap();
+                assert_eq!(name, "a");
+                p
+            })
+            .collect();
+        assert_eq!(picked(&r).unwrap().0, "b", "a's trials are all taken");
+        // ... and dropping them unused (e.g. a slot wait that timed out) gives them back.
+        drop(held);
+        assert_eq!(picked(&r).unwrap().0, "a");
+        for _ in 0..3 {
+            let (name, p) = picked(&r).unwrap();
+            assert_eq!(name, "a");
+            p.trial.disarm();
+        }
+        assert_eq!(
+            picked(&r).unwrap().0,
+            "b",
+            "disarmed trials belong to their attempts now"
+        );
     }
 
     #[test]

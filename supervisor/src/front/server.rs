@@ -327,15 +327,6 @@ struct ForwardCtx<'a> {
     record: RequestRecord,
 }
 
-/// The two request fields the front needs, borrowed from the body (no re-serialisation).
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
 impl ForwardCtx<'_> {
     /// Buffers and checks the body; returns the prepared request and whether it streams.
     async fn prepare(
@@ -346,19 +337,8 @@ impl ForwardCtx<'_> {
         let (parts, body) = req.into_parts();
         let (body, stream) = if has_body {
             let bytes = read_body(body, &parts.headers, self.cfg.server.max_body_bytes).await?;
-            let peek: Peek = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::new(
-                    ErrorKind::BadRequest,
-                    format!("the body is not valid JSON: {e}"),
-                )
-            })?;
-            if !matches!(peek.model.as_deref(), Some(m) if !m.is_empty()) {
-                return Err(ApiError::new(
-                    ErrorKind::BadRequest,
-                    "the request has no `model`",
-                ));
-            }
-            let stream = peek.stream.unwrap_or(false);
+            // 400 here, so a malformed request never occupies a worker.
+            let stream = gateway::request::peek(&bytes)?.stream;
             (bytes, stream)
         } else {
             (Bytes::new(), false)

@@ -11,7 +11,11 @@ use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::time::Instant;
 
-pub(crate) const WORKER_PY: &str = include_str!("../../tests/fixtures/test_worker.py");
+#[path = "../../tests/common/kit.rs"]
+mod kit;
+
+use kit::wait_until_async as wait_until;
+pub(crate) use kit::WORKER_PY;
 
 struct Fixture {
     pool: Arc<Pool>,
@@ -31,16 +35,11 @@ impl Drop for Fixture {
     }
 }
 
+/// `kit::config` with a 10 s startup timeout and fast restarts (50 ms backoff, at most 2 s).
 fn config(workers: u32, mode: &str) -> Config {
-    let mut c = Config::default();
+    let mut c = kit::config(workers, mode);
     let p = &mut c.pool;
-    p.workers = workers;
-    p.base_port = 0;
-    p.worker_command = vec!["python3".into(), "-c".into(), WORKER_PY.into(), mode.into()];
-    p.heartbeat_interval = Duration::from_millis(100);
-    p.heartbeat_timeout = Duration::from_millis(1000);
     p.startup_timeout = Duration::from_secs(10);
-    p.shutdown_timeout = Duration::from_secs(5);
     p.restart_backoff_initial = Duration::from_millis(50);
     p.restart_backoff_max = Duration::from_secs(2);
     c
@@ -63,20 +62,6 @@ fn fixture(cfg: Config) -> Fixture {
         metrics,
         dir,
         trigger,
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes (a deadline, not a bare sleep).
-async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -112,16 +97,7 @@ async fn expect_states(
 
 fn alive(pid: u32) -> bool {
     // A zombie still accepts signals; check /proc for the state too.
-    kill(Pid::from_raw(pid as i32), None).is_ok()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
+    kill(Pid::from_raw(pid as i32), None).is_ok() && kit::alive(pid)
 }
 
 /// One blocking HTTP GET to a worker port; the body (the serving pid).

@@ -1,25 +1,15 @@
 // Shared by the supervisor crate's integration tests (`mod common;`): a pool of python stand-in
-// workers (tests/fixtures/test_worker.py), process inspection helpers and deadline waits.
+// workers (tests/fixtures/test_worker.py), process inspection helpers and deadline waits. The
+// helpers the in-crate pool tests need too live in `kit.rs`.
 #![allow(dead_code)]
 
+mod kit;
+
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use kit::{alive, config, wait_until, WORKER_PY};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use supervisor::pool::PoolOptions;
-
-pub const WORKER_PY: &str = include_str!("../fixtures/test_worker.py");
-
-pub fn config(workers: u32, mode: &str) -> gateway::Config {
-    let mut c = gateway::Config::default();
-    let p = &mut c.pool;
-    p.workers = workers;
-    p.base_port = 0;
-    p.worker_command = vec!["python3".into(), "-c".into(), WORKER_PY.into(), mode.into()];
-    p.heartbeat_interval = Duration::from_millis(100);
-    p.heartbeat_timeout = Duration::from_secs(1);
-    p.shutdown_timeout = Duration::from_secs(5);
-    c
-}
 
 pub fn options(cfg: &gateway::Config, dir: &Path) -> PoolOptions {
     PoolOptions {
@@ -34,19 +24,6 @@ pub fn options(cfg: &gateway::Config, dir: &Path) -> PoolOptions {
             s
         },
     }
-}
-
-/// Alive and not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// Live (non-zombie) child processes of `parent`.
@@ -72,19 +49,6 @@ pub fn children(parent: u32) -> Vec<u32> {
         }
     }
     out
-}
-
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGKILLs the process groups of `pids` on drop: no worker outlives a failed test.

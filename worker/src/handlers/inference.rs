@@ -9,18 +9,6 @@ use gateway::{ApiError, ErrorKind};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use std::borrow::Cow;
-
-/// The only fields the worker needs; serde skips the rest without allocating, and `model`
-/// borrows from the body unless it contains escapes.
-#[derive(Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
 
 pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
     let dialect = endpoint.dialect();
@@ -53,23 +41,18 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             .to_response(dialect)
         }
     };
-    let peek: Peek = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            return ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}"))
-                .to_response(dialect)
-        }
+    // The same parser as the front's (`gateway::request`), so both agree on what is a 400.
+    let head = match gateway::request::peek(&bytes) {
+        Ok(h) => h,
+        Err(e) => return e.to_response(dialect),
     };
-    let Some(model) = peek.model.filter(|m| !m.is_empty()) else {
-        return ApiError::new(ErrorKind::BadRequest, "the request body has no `model`")
-            .to_response(dialect);
-    };
+    let model = head.model;
     let table = app.routes.load_full();
     let candidates = match table.candidates(&model, endpoint) {
         Ok(c) => c,
         Err(e) => return e.to_response(dialect),
     };
-    let stream = peek.stream.unwrap_or(false);
+    let stream = head.stream;
     drop(model);
     let fwd = Forward {
         endpoint,

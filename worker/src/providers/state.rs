@@ -1,8 +1,9 @@
 //! Per-provider live statistics, kept in atomics so that routing reads them without a lock.
 //!
-//! This is the one place a later issue extends with circuit-breaker state, cooldowns and the
-//! pool-wide concurrency slot: everything here is updated by the proxy when an attempt starts
-//! and when its outcome is known, and read by `routing::strategy` on every request.
+//! Everything here is updated by the proxy when an attempt starts and when its outcome is
+//! known, and read by `routing::strategy` on every request. The circuit breaker and 429
+//! cool-downs live in `crate::breaker` (one per provider, `Provider::breaker`); the pool-wide
+//! concurrency slot in `gateway::provider_slots`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

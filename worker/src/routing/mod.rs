@@ -3,6 +3,8 @@
 //! then providers serving `"*"`), keeps those that speak the endpoint's dialect, and
 //! `strategy::order` puts the strategy's pick first and the rest after it, so failover can walk
 //! the list. The table is an immutable snapshot behind an `ArcSwap`: selection takes no lock.
+//! The candidates stay in the list whatever their breaker says; `proxy` skips the ones that are
+//! open or cooling as it walks it, so that the skip and the attempt see the same moment.
 
 pub mod strategy;
 
@@ -163,7 +165,7 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::connect::ClientFactory;
     use crate::metrics::Metrics;
