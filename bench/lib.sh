@@ -11,8 +11,11 @@ kill_pids() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; 
 # the environment: `BENCH_THREADS=2 start_upstream ...`), waits for its address, sets UP.
 start_upstream() {
   local file=$1; shift
+  # A file left by an earlier run would satisfy the wait below before the new process has
+  # truncated it.
+  rm -f "$file"
   $EX/bench_upstream "$@" >"$file" & pids+=($!)
-  until [ -s "$file" ]; do sleep 0.05; done
+  until [ -s "$file" ]; do kill -0 "${pids[-1]}" 2>/dev/null || { echo "bench_upstream failed to start" >&2; exit 1; }; sleep 0.05; done
   UP=$(head -1 "$file")
 }
 
@@ -42,8 +45,12 @@ TOML
 # the ready line every POLL_SECS (default 0.05), then sets SPID, READY_NS (date +%s%N when the
 # ready line was seen) and FRONT (the front listener's address).
 start_supervisor() {
+  rm -f "$2"
   $BIN/supervisor start -c "$1" >"$2" 2>"$3" & SPID=$!; pids+=($SPID)
-  until grep -q '"ready"' "$2" 2>/dev/null; do sleep "${4:-0.05}"; done
+  until grep -q '"ready"' "$2" 2>/dev/null; do
+    kill -0 $SPID 2>/dev/null || { echo "supervisor exited before its ready line:" >&2; cat "$3" >&2; exit 1; }
+    sleep "${4:-0.05}"
+  done
   READY_NS=$(date +%s%N)
   FRONT=$(python3 -c "import json;print(json.loads(open('$2').readline())['listen'])")
 }

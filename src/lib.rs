@@ -5,6 +5,7 @@
 pub mod api_error;
 pub mod config;
 pub mod heartbeat;
+pub mod net;
 pub mod provider_slots;
 pub mod request;
 pub mod sse;

@@ -1,10 +1,9 @@
 //! Chaos through the real supervisor: workers SIGKILLed and SIGSTOPped under load, upstreams
 //! that reset or stall, and slowloris clients. Short enough for CI (about 25 s in all).
 
-mod front_common;
 mod support;
 
-use front_common::{body, chat, open_stream, worker_of, worker_status};
+use support::front::{body, chat, open_stream, worker_of, worker_status};
 use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -50,7 +49,7 @@ struct StreamRun {
 
 #[test]
 fn random_worker_killed_every_second_loses_no_request() {
-    let (env, run) = front_common::start(3, "", "", "");
+    let (env, run) = support::front::start(3, "", "", "");
     let addr = run.listen;
     let stop = Arc::new(AtomicBool::new(false));
     let load = request_loop(addr, 4, stop.clone());
@@ -130,7 +129,7 @@ fn random_worker_killed_every_second_loses_no_request() {
 
 #[test]
 fn a_stopped_worker_is_replaced_and_no_request_fails() {
-    let (env, run) = front_common::start(2, "", "", "");
+    let (env, run) = support::front::start(2, "", "", "");
     let before = worker_status(&env);
     let (pid0, _) = before[&0];
     let stop = Arc::new(AtomicBool::new(false));
@@ -159,7 +158,7 @@ fn a_stopped_worker_is_replaced_and_no_request_fails() {
 #[test]
 fn slowloris_clients_do_not_starve_others() {
     use std::io::Write;
-    let (_env, run) = front_common::start(1, "", "", "");
+    let (_env, run) = support::front::start(1, "", "", "");
     let mut slow: Vec<std::net::TcpStream> = (0..200)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(run.listen).unwrap();
@@ -179,7 +178,7 @@ fn slowloris_clients_do_not_starve_others() {
 }
 
 fn upstream_config(up: &Upstream) -> String {
-    front_common::config(
+    support::front::config(
         1,
         "",
         "",

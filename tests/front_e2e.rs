@@ -4,9 +4,8 @@
 
 mod support;
 
-mod front_common;
 
-use front_common::*;
+use support::front::*;
 use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;

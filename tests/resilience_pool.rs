@@ -1,10 +1,9 @@
 //! Pool-wide provider limits through the real supervisor: `max_concurrency` holds across all
 //! workers, and the slots a SIGKILLed worker held come back (the supervisor zeroes its row).
 
-mod front_common;
 mod support;
 
-use front_common::worker_status;
+use support::front::worker_status;
 use nix::sys::signal::Signal;
 use std::time::Duration;
 use support::process::{signal, wait_until, TestEnv};
@@ -17,7 +16,7 @@ fn completion() -> serde_json::Value {
 }
 
 fn config(up: &Upstream) -> String {
-    front_common::config(
+    support::front::config(
         3,
         "queue_timeout = \"20s\"",
         "",
@@ -33,7 +32,7 @@ fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<std::thread::JoinHandle<u1
     (0..n)
         .map(|_| {
             std::thread::spawn(move || {
-                support::http::request(addr, "POST", "/v1/chat/completions", &[], Some(&front_common::body("up", false)))
+                support::http::request(addr, "POST", "/v1/chat/completions", &[], Some(&support::front::body("up", false)))
                     .map_or(0, |r| r.status)
             })
         })

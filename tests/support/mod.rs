@@ -4,6 +4,7 @@
 //! every file.
 #![allow(dead_code)]
 
+pub mod front;
 pub mod http;
 pub mod process;
 pub mod upstream;

@@ -137,7 +137,7 @@ fn bind_front(
             l
         }
         Some(Err(e)) => return Err(Fatal::new(exit::RUNTIME, format!("LISTEN_FDS socket unusable: {e}"))),
-        None => std::net::TcpListener::bind(addr).map_err(|e| {
+        None => gateway::net::listen(addr).map_err(|e| {
             let holder = crate::pool::port_holder(addr.port())
                 .map(|h| format!(", held by {h}"))
                 .unwrap_or_default();

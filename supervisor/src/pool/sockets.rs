@@ -25,7 +25,7 @@ pub enum BindFailure {
 
 /// Binds `127.0.0.1:port`. `0` asks the kernel for a free port.
 pub fn bind_one(port: u16) -> Result<Arc<TcpListener>, BindFailure> {
-    match TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
+    match gateway::net::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
         Ok(l) => Ok(Arc::new(l)),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindFailure::InUse {
             port,

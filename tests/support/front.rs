@@ -1,7 +1,6 @@
-//! Helpers shared by the front listener's end-to-end tests (`tests/front_*.rs`): a test
+//! Helpers for tests that go through the front listener (`front_*.rs`, `chaos.rs`, …): a test
 //! configuration with three mock providers, request shortcuts over the blocking client, the
 //! admin status, and a strict parser for the Prometheus text exposition.
-#![allow(dead_code)]
 
 use crate::support::http::{self, chat_body, Stream};
 use crate::support::process::{Running, TestEnv};
