@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 fn client(max_idle: usize) -> Client {
     let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -33,7 +36,10 @@ fn body(stream: bool) -> Full<Bytes> {
 }
 
 fn request(url: &str, stream: bool) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::post(url).header("content-type", "application/json").body(body(stream)).unwrap()
+    hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(body(stream))
+        .unwrap()
 }
 
 /// One request to completion; Ok(latency) only for a 200 with a complete body.
@@ -134,8 +140,13 @@ async fn streams(url: String, count: usize, hold: u64) {
     let release = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {
-        let (url, ttfb, errors, opened, release) =
-            (url.clone(), ttfb.clone(), errors.clone(), opened.clone(), release.clone());
+        let (url, ttfb, errors, opened, release) = (
+            url.clone(),
+            ttfb.clone(),
+            errors.clone(),
+            opened.clone(),
+            release.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let c = client(1);
             let t = Instant::now();
@@ -192,7 +203,10 @@ fn main() {
     let (mode, url) = (a[1].clone(), a[2].clone());
     let n: u64 = a[3].parse().expect("N");
     let secs: u64 = a[4].parse().expect("SECS");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         match mode.as_str() {
             "throughput" => throughput(url, n as usize, secs).await,

@@ -15,7 +15,10 @@ const REPLY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","create
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
@@ -23,7 +26,12 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         let body = r#"{"object":"list","data":[{"id":"bench","object":"model","created":0,"owned_by":"bench"}]}"#;
         return Ok(json(body));
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let wants_stream = memchr_stream(&body);
     if !wants_stream {
         return Ok(json(REPLY));
@@ -33,7 +41,10 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
     let (chunks, gap) = if slow {
         (1000, Duration::from_secs(1))
     } else {
-        (env_u64("BENCH_CHUNKS", 5), Duration::from_millis(env_u64("BENCH_CHUNK_MS", 0)))
+        (
+            env_u64("BENCH_CHUNKS", 5),
+            Duration::from_millis(env_u64("BENCH_CHUNK_MS", 0)),
+        )
     };
     let stream = futures_util::stream::unfold(0u64, move |i| async move {
         if i > chunks {
@@ -58,7 +69,8 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
 }
 
 fn memchr_stream(body: &[u8]) -> bool {
-    body.windows(13).any(|w| w == b"\"stream\":true") || body.windows(14).any(|w| w == b"\"stream\": true")
+    body.windows(13).any(|w| w == b"\"stream\":true")
+        || body.windows(14).any(|w| w == b"\"stream\": true")
 }
 
 fn json(s: &'static str) -> Response<Body> {
@@ -69,14 +81,22 @@ fn json(s: &'static str) -> Response<Body> {
 }
 
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let threads = env_u64("BENCH_THREADS", 1) as usize;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         println!("{}", listener.local_addr().unwrap());
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(tcp);

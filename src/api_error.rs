@@ -120,7 +120,10 @@ impl ErrorKind {
 
     /// Whether trying again elsewhere (another worker or provider) may succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::BadGateway | Self::Unavailable | Self::GatewayTimeout)
+        matches!(
+            self,
+            Self::BadGateway | Self::Unavailable | Self::GatewayTimeout
+        )
     }
 }
 
@@ -136,7 +139,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after: None }
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
@@ -171,7 +178,8 @@ impl ApiError {
         if let Some(s) = self.retry_after {
             b = b.header(http::header::RETRY_AFTER, s.to_string());
         }
-        b.body(B::from(self.body(dialect))).expect("static response parts are valid")
+        b.body(B::from(self.body(dialect)))
+            .expect("static response parts are valid")
     }
 }
 
@@ -195,7 +203,10 @@ mod tests {
     #[test]
     fn dialect_by_path() {
         assert_eq!(Dialect::for_path("/v1/messages"), Dialect::Anthropic);
-        assert_eq!(Dialect::for_path("/v1/messages/count_tokens"), Dialect::Anthropic);
+        assert_eq!(
+            Dialect::for_path("/v1/messages/count_tokens"),
+            Dialect::Anthropic
+        );
         assert_eq!(Dialect::for_path("/v1/chat/completions"), Dialect::OpenAi);
         assert_eq!(Dialect::for_path("/v1/messagesx"), Dialect::OpenAi);
     }

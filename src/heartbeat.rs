@@ -38,7 +38,8 @@ pub fn write(path: &Path, hb: &Heartbeat) -> std::io::Result<()> {
 /// Reads the file's content.
 pub fn read(path: &Path) -> std::io::Result<Heartbeat> {
     let bytes = std::fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Age of the heartbeat: now minus the file's mtime. `None` when the file does not exist yet.
@@ -63,7 +64,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("w0.hb");
         assert_eq!(age(&p), None);
-        let hb = Heartbeat { pid: 42, inflight: 3, served: 7 };
+        let hb = Heartbeat {
+            pid: 42,
+            inflight: 3,
+            served: 7,
+        };
         write(&p, &hb).unwrap();
         assert_eq!(read(&p).unwrap(), hb);
         assert!(age(&p).unwrap() < Duration::from_secs(5));

@@ -4,8 +4,8 @@
 //! retransmit. Every listener of the product (front, worker ports, standalone worker) uses this.
 
 use nix::sys::socket::{
-    bind, listen as nix_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage,
+    bind, listen as nix_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
 };
 use std::net::SocketAddr;
 
@@ -15,10 +15,17 @@ pub const BACKLOG: i32 = 1024;
 /// Binds `addr` (with `SO_REUSEADDR`, as std does) and listens with `BACKLOG`. The socket is
 /// close-on-exec and blocking, like std's.
 pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
     nix_listen(&fd, Backlog::new(BACKLOG).map_err(std::io::Error::from)?)?;
     Ok(std::net::TcpListener::from(fd))
 }
@@ -39,7 +46,9 @@ mod tests {
         // The backlog really is above std's 128: 300 connections complete without accept().
         let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
-        let conns: Vec<_> = (0..300).map(|_| std::net::TcpStream::connect(addr)).collect();
+        let conns: Vec<_> = (0..300)
+            .map(|_| std::net::TcpStream::connect(addr))
+            .collect();
         assert!(conns.iter().all(|c| c.is_ok()));
     }
 }

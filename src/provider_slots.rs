@@ -53,7 +53,12 @@ unsafe impl Sync for ProviderTable {}
 impl ProviderTable {
     /// Creates (or resets) the table file and maps it. Supervisor side.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         f.set_len(BYTES as u64)?;
         Self::map(&f)
     }
@@ -62,7 +67,10 @@ impl ProviderTable {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let f = OpenOptions::new().read(true).write(true).open(path)?;
         if f.metadata()?.len() != BYTES as u64 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "provider table has the wrong size"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "provider table has the wrong size",
+            ));
         }
         Self::map(&f)
     }
@@ -72,7 +80,14 @@ impl ProviderTable {
         // SAFETY: a fresh shared mapping of a file we just sized to BYTES; no other Rust object
         // aliases it. Zero bytes are valid AtomicU32 values, and mmap returns page-aligned memory.
         let ptr = unsafe {
-            mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, f, 0)?
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                f,
+                0,
+            )?
         };
         Ok(Self { base: ptr.cast() })
     }
@@ -109,7 +124,9 @@ impl ProviderTable {
     }
 
     pub fn release(&self, col: usize, row: usize) {
-        let _ = self.cell(col, row).fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        let _ = self
+            .cell(col, row)
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
     }
 
     /// Zeroes a row; the supervisor calls this once the row's process has been reaped.
@@ -156,7 +173,11 @@ impl ProviderLimiter {
     /// From `GATEWAY_PROVIDER_TABLE` / `GATEWAY_PROVIDER_ROW`, when the supervisor set them.
     pub fn from_env() -> Option<std::io::Result<Self>> {
         let path = std::env::var_os(ENV_TABLE)?;
-        let row: usize = std::env::var(ENV_ROW).ok()?.parse().ok().filter(|r| *r < ROWS)?;
+        let row: usize = std::env::var(ENV_ROW)
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|r| *r < ROWS)?;
         Some(ProviderTable::open(Path::new(&path)).map(|t| Self::new(Arc::new(t), row)))
     }
 
@@ -169,11 +190,22 @@ impl ProviderLimiter {
 
     pub fn try_acquire(&self, provider: &str, limit: u32) -> Option<SlotGuard> {
         let col = ProviderTable::column(provider);
-        self.table.try_acquire(col, self.row, limit).then(|| SlotGuard { table: self.table.clone(), col, row: self.row })
+        self.table
+            .try_acquire(col, self.row, limit)
+            .then(|| SlotGuard {
+                table: self.table.clone(),
+                col,
+                row: self.row,
+            })
     }
 
     /// Waits for a slot until `deadline`; `None` when it passed.
-    pub async fn acquire(&self, provider: &str, limit: u32, deadline: tokio::time::Instant) -> Option<SlotGuard> {
+    pub async fn acquire(
+        &self,
+        provider: &str,
+        limit: u32,
+        deadline: tokio::time::Instant,
+    ) -> Option<SlotGuard> {
         loop {
             if let Some(g) = self.try_acquire(provider, limit) {
                 return Some(g);
@@ -200,7 +232,10 @@ pub struct RowAllocator {
 
 impl RowAllocator {
     pub fn new(table: Arc<ProviderTable>) -> Self {
-        Self { table, used: std::sync::Mutex::new([false; ROWS]) }
+        Self {
+            table,
+            used: std::sync::Mutex::new([false; ROWS]),
+        }
     }
 
     /// A free, zeroed row.
@@ -240,7 +275,10 @@ mod tests {
             held.push(w.try_acquire("p", 4).expect("within limit"));
         }
         assert!(w0.try_acquire("p", 4).is_none() && w1.try_acquire("p", 4).is_none());
-        assert!(w0.try_acquire("other", 1).is_some(), "providers are independent");
+        assert!(
+            w0.try_acquire("other", 1).is_some(),
+            "providers are independent"
+        );
         assert_eq!(w1.total("p"), 4);
         held.pop();
         assert!(w1.try_acquire("p", 4).is_some());
@@ -263,8 +301,12 @@ mod tests {
         let refused = Arc::new(AtomicU32::new(0));
         let threads: Vec<_> = (0..6)
             .map(|_| {
-                let l = ProviderLimiter::new(Arc::new(ProviderTable::open(&path).unwrap()), rows.alloc().unwrap());
-                let (max_seen, inflight, refused) = (max_seen.clone(), inflight.clone(), refused.clone());
+                let l = ProviderLimiter::new(
+                    Arc::new(ProviderTable::open(&path).unwrap()),
+                    rows.alloc().unwrap(),
+                );
+                let (max_seen, inflight, refused) =
+                    (max_seen.clone(), inflight.clone(), refused.clone());
                 std::thread::spawn(move || {
                     let mut got = 0;
                     while got < 100 {
@@ -289,7 +331,10 @@ mod tests {
             t.join().unwrap();
         }
         assert!(max_seen.load(SeqCst) <= 3, "saw {}", max_seen.load(SeqCst));
-        assert!(refused.load(SeqCst) > 0, "the limit was never contended, so the test proved nothing");
+        assert!(
+            refused.load(SeqCst) > 0,
+            "the limit was never contended, so the test proved nothing"
+        );
         assert_eq!(sup.total(ProviderTable::column("p")), 0);
     }
 }

@@ -28,15 +28,23 @@ struct Model<'a>(#[serde(borrow)] Cow<'a, str>);
 /// Parses `body`: 400 for malformed JSON (including invalid UTF-8 anywhere, and a `stream` that
 /// is not a boolean) or a missing or empty `model`.
 pub fn peek(body: &[u8]) -> Result<RequestHead<'_>, ApiError> {
-    let bad = |e: &dyn std::fmt::Display| ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}"));
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}"))
+    };
     // serde does not validate the UTF-8 of strings it skips, so a body with broken bytes inside
     // an ignored field would pass and be forwarded; JSON must be UTF-8 (RFC 8259), and checking
     // it up front costs a fraction of the parse (found by the mutation fuzz test below).
     let text = std::str::from_utf8(body).map_err(|e| bad(&e))?;
     let p: Peek = serde_json::from_str(text).map_err(|e| bad(&e))?;
     match p.model {
-        Some(Model(model)) if !model.is_empty() => Ok(RequestHead { model, stream: p.stream.unwrap_or(false) }),
-        _ => Err(ApiError::new(ErrorKind::BadRequest, "the request body has no `model`")),
+        Some(Model(model)) if !model.is_empty() => Ok(RequestHead {
+            model,
+            stream: p.stream.unwrap_or(false),
+        }),
+        _ => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            "the request body has no `model`",
+        )),
     }
 }
 
@@ -52,24 +60,60 @@ mod tests {
     fn ordinary_bodies() {
         let h = peek(br#"{"model":"demo","stream":true,"messages":[]}"#).unwrap();
         assert_eq!((h.model.as_ref(), h.stream), ("demo", true));
-        assert!(matches!(h.model, Cow::Borrowed(_)), "no allocation for a plain model name");
+        assert!(
+            matches!(h.model, Cow::Borrowed(_)),
+            "no allocation for a plain model name"
+        );
         let h = peek(br#"{"messages":[{"model":"inner"}],"model":"a\u00e9b"}"#).unwrap();
         assert_eq!(h.model, "aéb");
         assert!(!h.stream);
-        for bad in [&b""[..], b"{", b"[]", b"{\"model\":\"\"}", b"{\"model\":3}", b"{\"stream\":true}",
-                    b"{\"model\":\"m\",\"stream\":\"yes\"}", b"null", b"\xff\xfe"] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"model\":\"\"}",
+            b"{\"model\":3}",
+            b"{\"stream\":true}",
+            b"{\"model\":\"m\",\"stream\":\"yes\"}",
+            b"null",
+            b"\xff\xfe",
+        ] {
             let e = peek(bad).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::BadRequest, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                e.kind,
+                ErrorKind::BadRequest,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     fn cases() -> usize {
-        std::env::var("GATEWAY_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+        std::env::var("GATEWAY_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
     }
 
     fn random_string(rng: &mut fastrand::Rng) -> String {
-        let alphabet = ['a', 'Z', '0', ' ', '"', '\\', '/', '\n', 'é', '\u{0}', '\u{1F600}', '{', '}'];
-        (0..rng.usize(0..12)).map(|_| alphabet[rng.usize(..alphabet.len())]).collect()
+        let alphabet = [
+            'a',
+            'Z',
+            '0',
+            ' ',
+            '"',
+            '\\',
+            '/',
+            '\n',
+            'é',
+            '\u{0}',
+            '\u{1F600}',
+            '{',
+            '}',
+        ];
+        (0..rng.usize(0..12))
+            .map(|_| alphabet[rng.usize(..alphabet.len())])
+            .collect()
     }
 
     fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
@@ -79,9 +123,15 @@ mod tests {
             2 => json!(rng.i64(..)),
             3 => json!(rng.f64() * 1e300),
             4 => Value::String(random_string(rng)),
-            5 => Value::Array((0..rng.usize(0..4)).map(|_| random_value(rng, depth + 1)).collect()),
+            5 => Value::Array(
+                (0..rng.usize(0..4))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
             _ => Value::Object(
-                (0..rng.usize(0..4)).map(|_| (random_string(rng), random_value(rng, depth + 1))).collect(),
+                (0..rng.usize(0..4))
+                    .map(|_| (random_string(rng), random_value(rng, depth + 1)))
+                    .collect(),
             ),
         }
     }
@@ -130,7 +180,10 @@ mod tests {
             assert_eq!(got, want, "case {i}: {}", String::from_utf8_lossy(&body));
             accepted += usize::from(got.is_some());
         }
-        assert!(accepted > cases() / 10, "the generator rarely produced a valid request");
+        assert!(
+            accepted > cases() / 10,
+            "the generator rarely produced a valid request"
+        );
     }
 
     #[test]
@@ -154,7 +207,12 @@ mod tests {
                 }
             }
             let got = peek(&b).ok().map(|h| (h.model.into_owned(), h.stream));
-            assert_eq!(got, expected(&b), "case {i}: {:?}", String::from_utf8_lossy(&b));
+            assert_eq!(
+                got,
+                expected(&b),
+                "case {i}: {:?}",
+                String::from_utf8_lossy(&b)
+            );
         }
     }
 

@@ -3,24 +3,34 @@
 
 mod support;
 
-use support::front::{body, chat, open_stream, worker_of, worker_status};
 use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::front::{body, chat, open_stream, worker_of, worker_status};
 use support::http::Stream;
 use support::process::{signal, wait_until, TestEnv};
 use support::upstream::{Script, Upstream};
 
 /// Runs `n` threads sending non-stream requests until `stop`; returns (ok, failures).
-fn request_loop(addr: std::net::SocketAddr, n: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<(u64, Vec<String>)>> {
+fn request_loop(
+    addr: std::net::SocketAddr,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u64, Vec<String>)>> {
     (0..n)
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let (mut ok, mut failed) = (0, Vec::new());
                 while !stop.load(Relaxed) {
-                    match support::http::request(addr, "POST", "/v1/chat/completions", &[], Some(&body("demo", false))) {
+                    match support::http::request(
+                        addr,
+                        "POST",
+                        "/v1/chat/completions",
+                        &[],
+                        Some(&body("demo", false)),
+                    ) {
                         Ok(r) if r.status == 200 => ok += 1,
                         Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
                         Err(e) => failed.push(e.to_string()),
@@ -33,10 +43,13 @@ fn request_loop(addr: std::net::SocketAddr, n: usize, stop: Arc<AtomicBool>) -> 
 }
 
 fn join_loop(handles: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>) -> (u64, Vec<String>) {
-    handles.into_iter().map(|h| h.join().unwrap()).fold((0, Vec::new()), |(a, mut f), (ok, fl)| {
-        f.extend(fl);
-        (a + ok, f)
-    })
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, Vec::new()), |(a, mut f), (ok, fl)| {
+            f.extend(fl);
+            (a + ok, f)
+        })
 }
 
 /// One stream's life: which worker, when it opened and ended, and whether it ended cleanly.
@@ -69,7 +82,12 @@ fn random_worker_killed_every_second_loses_no_request() {
                     Ok(b) => String::from_utf8_lossy(&b).contains("[DONE]"),
                     Err(_) => false,
                 };
-                runs.lock().unwrap().push(StreamRun { worker, opened, ended: Instant::now(), clean });
+                runs.lock().unwrap().push(StreamRun {
+                    worker,
+                    opened,
+                    ended: Instant::now(),
+                    clean,
+                });
             }));
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -92,18 +110,36 @@ fn random_worker_killed_every_second_loses_no_request() {
     stop.store(true, Relaxed);
     let (ok, failed) = join_loop(load);
     opener.join().unwrap();
-    assert!(ok > 50, "too few requests ran ({ok}) for the test to mean anything");
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)]);
+    assert!(
+        ok > 50,
+        "too few requests ran ({ok}) for the test to mean anything"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
     let runs = streams.lock().unwrap();
     // A killed stream ends within milliseconds *after* its worker's kill; `margin` only absorbs
     // the moments where open/dispatch and the last bytes race with the signal.
     let margin = Duration::from_millis(50);
-    let t0 = runs.iter().map(|r| r.opened).min().unwrap_or_else(Instant::now);
+    let t0 = runs
+        .iter()
+        .map(|r| r.opened)
+        .min()
+        .unwrap_or_else(Instant::now);
     let ms = |t: Instant| t.saturating_duration_since(t0).as_millis();
-    let dump: Vec<_> = runs.iter().map(|r| (r.worker, ms(r.opened), ms(r.ended), r.clean)).collect();
+    let dump: Vec<_> = runs
+        .iter()
+        .map(|r| (r.worker, ms(r.opened), ms(r.ended), r.clean))
+        .collect();
     let kill_dump: Vec<_> = kills.iter().map(|(w, t)| (*w, ms(*t))).collect();
     let killed_between = |r: &StreamRun, from: Instant, to: Instant| {
-        kills.iter().any(|(w, t)| *w == r.worker && *t > from && *t < to)
+        kills
+            .iter()
+            .any(|(w, t)| *w == r.worker && *t > from && *t < to)
     };
     let mut hit = 0;
     for r in runs.iter() {
@@ -123,7 +159,10 @@ fn random_worker_killed_every_second_loses_no_request() {
             hit += 1;
         }
     }
-    assert!(hit > 0, "no stream was on a killed worker; the test proved nothing\nstreams: {dump:?}");
+    assert!(
+        hit > 0,
+        "no stream was on a killed worker; the test proved nothing\nstreams: {dump:?}"
+    );
     assert!(runs.iter().any(|r| r.clean), "no stream completed at all");
 }
 
@@ -138,7 +177,9 @@ fn a_stopped_worker_is_replaced_and_no_request_fails() {
     signal(pid0, Signal::SIGSTOP);
     // heartbeat_timeout is 2 s with 200 ms beats: replaced well within 6 s.
     let replaced = wait_until(Duration::from_secs(6), || {
-        worker_status(&env).get(&0).is_some_and(|(pid, _)| *pid != pid0 && *pid != 0)
+        worker_status(&env)
+            .get(&0)
+            .is_some_and(|(pid, _)| *pid != pid0 && *pid != 0)
     });
     // Traffic keeps flowing to both slots afterwards.
     let after = Instant::now();
@@ -151,8 +192,16 @@ fn a_stopped_worker_is_replaced_and_no_request_fails() {
     signal(pid0, Signal::SIGKILL);
     assert!(replaced, "the stopped worker was not replaced");
     assert!(ok > 10);
-    assert!(failed.is_empty(), "requests failed: {:?}", &failed[..failed.len().min(5)]);
-    assert_eq!(seen.len(), 2, "traffic did not reach both slots after the replacement");
+    assert!(
+        failed.is_empty(),
+        "requests failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        seen.len(),
+        2,
+        "traffic did not reach both slots after the replacement"
+    );
 }
 
 #[test]
@@ -162,7 +211,8 @@ fn slowloris_clients_do_not_starve_others() {
     let mut slow: Vec<std::net::TcpStream> = (0..200)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(run.listen).unwrap();
-            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").unwrap();
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
             s
         })
         .collect();
@@ -173,7 +223,11 @@ fn slowloris_clients_do_not_starve_others() {
         let t = Instant::now();
         let r = chat(run.listen, "demo", &[]);
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
-        assert!(t.elapsed() < Duration::from_secs(2), "request {i} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "request {i} took {:?}",
+            t.elapsed()
+        );
     }
 }
 
@@ -202,7 +256,8 @@ fn upstream_resets_and_stalls_never_look_complete() {
     assert_eq!(s.status, 200);
     let cut = s.read_to_end();
     assert!(
-        cut.as_ref().map_or(true, |b| String::from_utf8_lossy(b).contains("error")),
+        cut.as_ref()
+            .map_or(true, |b| String::from_utf8_lossy(b).contains("error")),
         "a reset stream ended cleanly: {:?}",
         cut.map(|b| String::from_utf8_lossy(&b).into_owned())
     );
@@ -214,7 +269,10 @@ fn upstream_resets_and_stalls_never_look_complete() {
     assert!(t.elapsed() < Duration::from_secs(5));
     // A cut body (Err) is right; a complete one must at least carry the error event.
     if let Ok(b) = stalled {
-        assert!(String::from_utf8_lossy(&b).contains("error"), "stalled stream ended cleanly");
+        assert!(
+            String::from_utf8_lossy(&b).contains("error"),
+            "stalled stream ended cleanly"
+        );
     }
     // No headers at all: 504 within the first-byte timeout.
     up.enqueue("/v1/chat/completions", Script::status(200).stall_headers());
@@ -223,7 +281,14 @@ fn upstream_resets_and_stalls_never_look_complete() {
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(t.elapsed() < Duration::from_secs(5));
     // And the gateway still serves afterwards.
-    let mut s = Stream::open(run.listen, "POST", "/v1/chat/completions", &[], Some(&body("demo", false))).unwrap();
+    let mut s = Stream::open(
+        run.listen,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(&body("demo", false)),
+    )
+    .unwrap();
     assert_eq!(s.status, 200);
     assert!(s.read_to_end().is_ok());
 }

@@ -2,11 +2,13 @@
 
 mod support;
 
-use support::process::{bin_path, TestEnv};
 use std::process::Command;
+use support::process::{bin_path, TestEnv};
 
 fn check(env: &TestEnv) -> std::process::Output {
-    env.supervisor(&["check-config"]).output().expect("run supervisor")
+    env.supervisor(&["check-config"])
+        .output()
+        .expect("run supervisor")
 }
 
 #[test]
@@ -14,10 +16,21 @@ fn good_file_exits_0_with_a_summary() {
     let env = TestEnv::new(&support::process::mock_config(2, ""));
     let out = check(&env);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("listen:    127.0.0.1:0"), "{stdout}");
-    assert!(stdout.contains("workers:   2 on any free ports"), "{stdout}");
-    assert!(stdout.contains("demo") && stdout.contains("no key needed"), "{stdout}");
+    assert!(
+        stdout.contains("workers:   2 on any free ports"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("demo") && stdout.contains("no key needed"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -29,7 +42,10 @@ fn missing_key_variable_is_a_warning_not_an_error() {
     let out = check(&env);
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("warning: key $GW_TEST_SURELY_UNSET_KEY is not set"), "{stdout}");
+    assert!(
+        stdout.contains("warning: key $GW_TEST_SURELY_UNSET_KEY is not set"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -39,8 +55,14 @@ fn bad_file_exits_2_naming_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = env.config_path.display().to_string();
-    assert!(stderr.contains(&format!("{file}:2:1: pool.workers")), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:5:1: routing.strategy")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:2:1: pool.workers")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:5:1: routing.strategy")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -49,7 +71,13 @@ fn unknown_key_exits_2_with_its_line() {
     let out = check(&env);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:3:1: port: unknown field", env.config_path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:1: port: unknown field",
+            env.config_path.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -60,7 +88,10 @@ fn missing_file_exits_2_with_a_clear_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/dir/gateway.toml: cannot read configuration file"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/dir/gateway.toml: cannot read configuration file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -74,7 +105,10 @@ fn builtin_default_is_used_when_nothing_else_is_found() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("<built-in gateway.toml>") && stdout.contains("127.0.0.1:8080"), "{stdout}");
+    assert!(
+        stdout.contains("<built-in gateway.toml>") && stdout.contains("127.0.0.1:8080"),
+        "{stdout}"
+    );
 }
 
 #[test]

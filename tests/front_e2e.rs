@@ -4,12 +4,11 @@
 
 mod support;
 
-
-use support::front::*;
 use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::front::*;
 use support::http;
 use support::process::{signal, wait_until};
 

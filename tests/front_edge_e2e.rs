@@ -4,13 +4,12 @@
 
 mod support;
 
-
-use support::front::*;
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::front::*;
 use support::http::{self, Stream};
 use support::process::{descendants, signal, wait_until, TestEnv};
 

@@ -8,15 +8,21 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::http;
-use support::process::{bin_path, descendants, mock_config, pid_alive, wait_until, ChildGuard, TestEnv};
+use support::process::{
+    bin_path, descendants, mock_config, pid_alive, wait_until, ChildGuard, TestEnv,
+};
 
 /// Receives notify datagrams until one contains `want`, or panics after `timeout`.
 fn expect_notify(sock: &UnixDatagram, want: &str, timeout: Duration, seen: &mut Vec<String>) {
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        sock.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
-            .unwrap();
+        sock.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             seen.push(msg.clone());
@@ -34,12 +40,18 @@ fn systemd_notify_ready_status_reload_watchdog_stopping() {
     let sock_path = env.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut cmd = env.supervisor(&["start"]);
-    cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "400000");
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000");
     let mut g = ChildGuard::spawn(cmd);
-    g.wait_event("ready", Duration::from_secs(20)).expect("ready line");
+    g.wait_event("ready", Duration::from_secs(20))
+        .expect("ready line");
     let mut seen = Vec::new();
     expect_notify(&sock, "READY=1", Duration::from_secs(5), &mut seen);
-    assert!(seen.iter().any(|m| m.contains("STATUS=") && m.contains("workers ready")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=") && m.contains("workers ready")),
+        "{seen:?}"
+    );
     expect_notify(&sock, "WATCHDOG=1", Duration::from_secs(2), &mut seen);
     g.signal(Signal::SIGHUP);
     expect_notify(&sock, "RELOADING=1", Duration::from_secs(5), &mut seen);
@@ -47,7 +59,9 @@ fn systemd_notify_ready_status_reload_watchdog_stopping() {
     expect_notify(&sock, "READY=1", Duration::from_secs(20), &mut seen);
     g.signal(Signal::SIGTERM);
     expect_notify(&sock, "STOPPING=1", Duration::from_secs(5), &mut seen);
-    let st = g.wait_exit(Duration::from_secs(15)).expect("exit after SIGTERM");
+    let st = g
+        .wait_exit(Duration::from_secs(15))
+        .expect("exit after SIGTERM");
     assert_eq!(st.code(), Some(0));
 }
 
@@ -57,16 +71,21 @@ fn no_systemd_variable_reaches_workers() {
     let sock_path = env.dir.path().join("notify.sock");
     let _sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut cmd = env.supervisor(&["start"]);
-    cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "10000000");
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "10000000");
     let mut g = ChildGuard::spawn(cmd);
-    g.wait_event("ready", Duration::from_secs(20)).expect("ready");
+    g.wait_event("ready", Duration::from_secs(20))
+        .expect("ready");
     let workers = descendants(g.pid());
     assert!(!workers.is_empty());
     for w in workers {
         let environ = std::fs::read(format!("/proc/{w}/environ")).unwrap_or_default();
         let environ = String::from_utf8_lossy(&environ);
         for var in ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="] {
-            assert!(!environ.split('\0').any(|kv| kv.starts_with(var)), "worker {w} has {var}");
+            assert!(
+                !environ.split('\0').any(|kv| kv.starts_with(var)),
+                "worker {w} has {var}"
+            );
         }
     }
 }
@@ -95,10 +114,21 @@ fn socket_activation_serves_on_the_passed_fd() {
         });
     }
     let mut g = ChildGuard::spawn(cmd);
-    let ready = g.wait_event("ready", Duration::from_secs(20)).expect("ready");
-    assert_eq!(ready["listen"], addr.to_string(), "the ready line reports the passed socket");
+    let ready = g
+        .wait_event("ready", Duration::from_secs(20))
+        .expect("ready");
+    assert_eq!(
+        ready["listen"],
+        addr.to_string(),
+        "the ready line reports the passed socket"
+    );
     drop(listener);
-    let r = http::post_json(addr, "/v1/chat/completions", &http::chat_body("demo", false)).unwrap();
+    let r = http::post_json(
+        addr,
+        "/v1/chat/completions",
+        &http::chat_body("demo", false),
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -106,21 +136,33 @@ fn socket_activation_serves_on_the_passed_fd() {
 fn exit_with_parent_stops_when_stdin_closes() {
     let env = TestEnv::new(&mock_config(2, ""));
     let mut g = ChildGuard::spawn(env.supervisor(&["start", "--exit-with-parent"]));
-    g.wait_event("ready", Duration::from_secs(20)).expect("ready");
-    let all: Vec<u32> = std::iter::once(g.pid()).chain(descendants(g.pid())).collect();
+    g.wait_event("ready", Duration::from_secs(20))
+        .expect("ready");
+    let all: Vec<u32> = std::iter::once(g.pid())
+        .chain(descendants(g.pid()))
+        .collect();
     assert!(all.len() >= 3, "supervisor and 2 workers expected: {all:?}");
     let t = Instant::now();
     g.close_stdin();
-    let st = g.wait_exit(Duration::from_secs(10)).expect("supervisor did not exit after stdin EOF");
+    let st = g
+        .wait_exit(Duration::from_secs(10))
+        .expect("supervisor did not exit after stdin EOF");
     assert_eq!(st.code(), Some(0));
     assert!(
-        wait_until(Duration::from_secs(2).saturating_sub(t.elapsed()).max(Duration::from_millis(100)), || all
-            .iter()
-            .all(|p| !pid_alive(*p))),
+        wait_until(
+            Duration::from_secs(2)
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(100)),
+            || all.iter().all(|p| !pid_alive(*p))
+        ),
         "processes still alive 2 s after stdin closed: {:?}",
         all.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -128,20 +170,27 @@ fn exit_with_parent_stops_when_the_parent_is_killed() {
     let env = TestEnv::new(&mock_config(2, ""));
     // An intermediate parent that keeps our stdin open, so only its death can stop the child.
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", "import subprocess,sys; subprocess.Popen(sys.argv[1:]).wait()"])
-        .arg(bin_path("supervisor"))
-        .args(["start", "--exit-with-parent", "-c"])
-        .arg(&env.config_path)
-        .env_remove("NOTIFY_SOCKET");
+    cmd.args([
+        "-c",
+        "import subprocess,sys; subprocess.Popen(sys.argv[1:]).wait()",
+    ])
+    .arg(bin_path("supervisor"))
+    .args(["start", "--exit-with-parent", "-c"])
+    .arg(&env.config_path)
+    .env_remove("NOTIFY_SOCKET");
     let mut g = ChildGuard::spawn(cmd);
-    let ready = g.wait_event("ready", Duration::from_secs(20)).expect("ready");
+    let ready = g
+        .wait_event("ready", Duration::from_secs(20))
+        .expect("ready");
     let sup = ready["pid"].as_u64().unwrap() as u32;
     let all: Vec<u32> = std::iter::once(sup).chain(descendants(sup)).collect();
     assert!(all.len() >= 3, "{all:?}");
     let t = Instant::now();
     g.signal(Signal::SIGKILL);
     assert!(
-        wait_until(Duration::from_secs(2), || all.iter().all(|p| !pid_alive(*p))),
+        wait_until(Duration::from_secs(2), || all
+            .iter()
+            .all(|p| !pid_alive(*p))),
         "alive 2 s after the parent died: {:?}",
         all.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
@@ -159,9 +208,16 @@ fn editing_the_config_adds_a_provider_with_no_failed_request() {
     let load = std::thread::spawn(move || {
         let mut n = 0;
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-            match http::post_json(addr, "/v1/chat/completions", &http::chat_body("demo", false)) {
+            match http::post_json(
+                addr,
+                "/v1/chat/completions",
+                &http::chat_body("demo", false),
+            ) {
                 Ok(r) if r.status == 200 => {}
-                Ok(r) => f2.lock().unwrap().push(format!("{} {}", r.status, r.text())),
+                Ok(r) => f2
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", r.status, r.text())),
                 Err(e) => f2.lock().unwrap().push(e.to_string()),
             }
             n += 1;
@@ -171,34 +227,62 @@ fn editing_the_config_adds_a_provider_with_no_failed_request() {
     let extra = "\n[[providers]]\nname = \"demo2\"\nkind = \"mock\"\nmodels = [\"demo2\"]\n";
     env.write_config(&mock_config(2, extra));
     let served = wait_until(Duration::from_secs(30), || {
-        http::post_json(addr, "/v1/chat/completions", &http::chat_body("demo2", false))
-            .is_ok_and(|r| r.status == 200)
+        http::post_json(
+            addr,
+            "/v1/chat/completions",
+            &http::chat_body("demo2", false),
+        )
+        .is_ok_and(|r| r.status == 200)
     });
     // Keep the load running until every worker has been rolled.
     let rolled = wait_until(Duration::from_secs(30), || {
         (0..6).all(|_| {
-            http::post_json(addr, "/v1/chat/completions", &http::chat_body("demo2", false))
-                .is_ok_and(|r| r.status == 200)
+            http::post_json(
+                addr,
+                "/v1/chat/completions",
+                &http::chat_body("demo2", false),
+            )
+            .is_ok_and(|r| r.status == 200)
         })
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = load.join().unwrap();
-    assert!(served && rolled, "model demo2 never became servable; stderr:\n{}", run.guard.stderr());
+    assert!(
+        served && rolled,
+        "model demo2 never became servable; stderr:\n{}",
+        run.guard.stderr()
+    );
     assert!(n > 0);
-    assert!(failures.lock().unwrap().is_empty(), "failed during reload: {:?}", failures.lock().unwrap());
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "failed during reload: {:?}",
+        failures.lock().unwrap()
+    );
 }
 
 #[test]
 fn invalid_edit_keeps_the_old_config_and_logs_the_line() {
     let env = TestEnv::new(&mock_config(1, ""));
     let run = env.start(&[]);
-    std::fs::write(&env.config_path, "[server]\nlisten = \"127.0.0.1:0\"\nthis is not toml\n").unwrap();
+    std::fs::write(
+        &env.config_path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nthis is not toml\n",
+    )
+    .unwrap();
     let want = format!("{}:3:", env.config_path.display());
     assert!(
-        wait_until(Duration::from_secs(10), || run.guard.stderr().contains(&want)),
+        wait_until(Duration::from_secs(10), || run
+            .guard
+            .stderr()
+            .contains(&want)),
         "no located error in stderr:\n{}",
         run.guard.stderr()
     );
-    let r = http::post_json(run.listen, "/v1/chat/completions", &http::chat_body("demo", false)).unwrap();
+    let r = http::post_json(
+        run.listen,
+        "/v1/chat/completions",
+        &http::chat_body("demo", false),
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "old config no longer serving: {}", r.text());
 }

@@ -3,9 +3,9 @@
 
 mod support;
 
-use support::front::worker_status;
 use nix::sys::signal::Signal;
 use std::time::Duration;
+use support::front::worker_status;
 use support::process::{signal, wait_until, TestEnv};
 use support::upstream::{Gate, Script, Upstream};
 
@@ -32,8 +32,14 @@ fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<std::thread::JoinHandle<u1
     (0..n)
         .map(|_| {
             std::thread::spawn(move || {
-                support::http::request(addr, "POST", "/v1/chat/completions", &[], Some(&support::front::body("up", false)))
-                    .map_or(0, |r| r.status)
+                support::http::request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[],
+                    Some(&support::front::body("up", false)),
+                )
+                .map_or(0, |r| r.status)
             })
         })
         .collect()
@@ -42,24 +48,44 @@ fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<std::thread::JoinHandle<u1
 #[test]
 fn limit_holds_across_three_workers() {
     let up = Upstream::start();
-    up.set("/v1/chat/completions", Script::json(200, completion()).delay_headers(Duration::from_millis(150)));
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(150)),
+    );
     let env = TestEnv::new(&config(&up));
     let run = env.start(&[]);
-    let statuses: Vec<u16> = burst(run.listen, 20).into_iter().map(|h| h.join().unwrap()).collect();
+    let statuses: Vec<u16> = burst(run.listen, 20)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(up.max_inflight() <= 4, "the provider saw {} at once", up.max_inflight());
-    assert!(up.max_inflight() >= 3, "the limit was never reached ({}); the test proved nothing", up.max_inflight());
+    assert!(
+        up.max_inflight() <= 4,
+        "the provider saw {} at once",
+        up.max_inflight()
+    );
+    assert!(
+        up.max_inflight() >= 3,
+        "the limit was never reached ({}); the test proved nothing",
+        up.max_inflight()
+    );
 }
 
 #[test]
 fn slots_of_a_sigkilled_worker_come_back() {
     let up = Upstream::start();
     let gate = Gate::new();
-    up.set("/v1/chat/completions", Script::json(200, completion()).wait_headers(&gate));
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).wait_headers(&gate),
+    );
     let env = TestEnv::new(&config(&up));
     let run = env.start(&[]);
     let held = burst(run.listen, 4);
-    assert!(up.wait_requests(4, Duration::from_secs(10)), "4 requests should reach the provider");
+    assert!(
+        up.wait_requests(4, Duration::from_secs(10)),
+        "4 requests should reach the provider"
+    );
     assert_eq!(up.inflight(), 4);
     // Kill the worker holding the most of them (it holds at least one: 4 requests, 3 workers).
     let status = worker_status(&env);
@@ -67,7 +93,9 @@ fn slots_of_a_sigkilled_worker_come_back() {
     assert!(inflight > 0, "no worker holds a request: {status:?}");
     signal(pid, Signal::SIGKILL);
     assert!(
-        wait_until(Duration::from_secs(10), || worker_status(&env).get(&victim).is_some_and(|(p, _)| *p != pid && *p != 0)),
+        wait_until(Duration::from_secs(10), || worker_status(&env)
+            .get(&victim)
+            .is_some_and(|(p, _)| *p != pid && *p != 0)),
         "the killed worker was not replaced"
     );
     // The victim's requests were retried on other workers (the front retries a worker that died
@@ -80,5 +108,9 @@ fn slots_of_a_sigkilled_worker_come_back() {
     gate.open();
     let statuses: Vec<u16> = held.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(up.max_inflight() <= 4, "the provider saw {} at once", up.max_inflight());
+    assert!(
+        up.max_inflight() <= 4,
+        "the provider saw {} at once",
+        up.max_inflight()
+    );
 }

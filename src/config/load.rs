@@ -70,7 +70,11 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
         })?,
     };
     let config = parse_str(&text, &name)?;
-    Ok(LoadedConfig { config, source: source.clone(), text })
+    Ok(LoadedConfig {
+        config,
+        source: source.clone(),
+        text,
+    })
 }
 
 /// Parses and validates configuration text; `name` is how errors refer to it.
@@ -84,7 +88,13 @@ pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigErrors> {
             .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
             .unwrap_or_default();
         let message = e.message().trim().to_string();
-        ConfigErrors(vec![ConfigError { file: name.into(), line, column, key, message }])
+        ConfigErrors(vec![ConfigError {
+            file: name.into(),
+            line,
+            column,
+            key,
+            message,
+        }])
     })?;
     let violations = validate(&config);
     if violations.is_empty() {
@@ -95,8 +105,17 @@ pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigErrors> {
         violations
             .into_iter()
             .map(|v| {
-                let (line, column) = locator.span(&v.key).map(|s| line_col(text, s.start)).unzip();
-                ConfigError { file: name.into(), line, column, key: v.key, message: v.message }
+                let (line, column) = locator
+                    .span(&v.key)
+                    .map(|s| line_col(text, s.start))
+                    .unzip();
+                ConfigError {
+                    file: name.into(),
+                    line,
+                    column,
+                    key: v.key,
+                    message: v.message,
+                }
             })
             .collect(),
     ))

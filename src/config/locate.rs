@@ -36,7 +36,9 @@ fn segments(path: &str) -> Vec<Seg<'_>> {
 
 impl Locator {
     pub fn new(text: &str) -> Self {
-        Self { doc: ImDocument::parse(text.to_string()).ok() }
+        Self {
+            doc: ImDocument::parse(text.to_string()).ok(),
+        }
     }
 
     /// Byte span of the deepest part of `path` present in the document: the key itself when it
@@ -50,7 +52,9 @@ impl Locator {
         let mut i = 0;
         while i < segs.len() {
             let Seg::Key(k) = segs[i] else { return best };
-            let Some((key, item)) = table.get_key_value(k) else { return best };
+            let Some((key, item)) = table.get_key_value(k) else {
+                return best;
+            };
             best = key.span().or(best);
             match (item, segs.get(i + 1)) {
                 (Item::ArrayOfTables(aot), Some(Seg::Index(n))) => {

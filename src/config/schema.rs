@@ -133,7 +133,10 @@ pub struct ModelsCacheConfig {
 
 impl Default for ModelsCacheConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(300), min_refresh_interval: Duration::from_secs(30) }
+        Self {
+            ttl: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -149,7 +152,11 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        Self { strategy: Strategy::Latency, max_attempts: 3, sticky_header: "x-session-id".into() }
+        Self {
+            strategy: Strategy::Latency,
+            max_attempts: 3,
+            sticky_header: "x-session-id".into(),
+        }
     }
 }
 
@@ -276,7 +283,9 @@ impl ProviderConfig {
         if self.api_key_env.is_empty() {
             return None;
         }
-        std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty())
+        std::env::var(&self.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty())
     }
 }
 
@@ -350,8 +359,13 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const NAMES: &'static [&'static str] =
-        &["latency", "round_robin", "weighted", "availability", "least_inflight"];
+    pub const NAMES: &'static [&'static str] = &[
+        "latency",
+        "round_robin",
+        "weighted",
+        "availability",
+        "least_inflight",
+    ];
 
     pub fn as_str(&self) -> &str {
         match self {

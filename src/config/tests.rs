@@ -13,7 +13,9 @@ models = ["demo"]
 
 /// Parses `text` and returns its errors, which must exist.
 fn errors(text: &str) -> Vec<ConfigError> {
-    parse_str(text, "t.toml").expect_err("config should be rejected").0
+    parse_str(text, "t.toml")
+        .expect_err("config should be rejected")
+        .0
 }
 
 /// The single error about `key`, asserting it is located at `line`.
@@ -44,7 +46,10 @@ fn shipped_gateway_toml_is_valid_and_matches_defaults() {
     assert_eq!(demo.models, vec!["demo"]);
     let local = cfg.providers.iter().find(|p| p.name == "local").unwrap();
     assert_eq!(local.base_url, "http://127.0.0.1:11434/v1");
-    assert!(cfg.providers.iter().any(|p| p.kind == ProviderKind::Anthropic));
+    assert!(cfg
+        .providers
+        .iter()
+        .any(|p| p.kind == ProviderKind::Anthropic));
     assert_eq!(cfg.models[0].name, "fast");
 }
 
@@ -59,7 +64,10 @@ fn durations_parse() {
     assert_eq!(cfg.pool.heartbeat_timeout, Duration::from_secs(90));
     let e = &errors("[pool]\nqueue_timeout = \"soon\"\n")[0];
     assert_eq!(e.line, Some(2));
-    assert!(e.message.contains("soon") || e.message.contains("duration"), "{e}");
+    assert!(
+        e.message.contains("soon") || e.message.contains("duration"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -79,7 +87,11 @@ fn workers_at_least_one() {
 
 #[test]
 fn port_range_must_fit() {
-    let e = assert_error_at(&format!("[pool]\nworkers = 10\nbase_port = 65530\n{MIN}"), "pool.base_port", 3);
+    let e = assert_error_at(
+        &format!("[pool]\nworkers = 10\nbase_port = 65530\n{MIN}"),
+        "pool.base_port",
+        3,
+    );
     assert!(e.message.contains("65539"), "{e}");
     // base_port 0 means any free ports: always fits.
     parse_str(&format!("[pool]\nworkers = 10\nbase_port = 0\n{MIN}"), "t").unwrap();
@@ -101,7 +113,10 @@ models = ["m"]
 "#;
     assert_error_at(text, "providers[1].name", 8);
     let e = assert_error_at(text, "providers[1].kind", 9);
-    assert!(e.message.contains("grok") && e.message.contains("openai"), "{e}");
+    assert!(
+        e.message.contains("grok") && e.message.contains("openai"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -122,7 +137,14 @@ fn alias_targets_must_name_known_provider_models() {
     );
     let errs = errors(&text);
     let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["models[0].targets[1]", "models[0].targets[2]", "models[0].targets[3]"]);
+    assert_eq!(
+        keys,
+        [
+            "models[0].targets[1]",
+            "models[0].targets[2]",
+            "models[0].targets[3]"
+        ]
+    );
     assert!(errs.iter().all(|e| e.line == Some(9)), "{errs:#?}");
     assert!(errs[0].message.contains("unknown provider `nope`"));
     // A "*" provider serves any model.
@@ -132,7 +154,11 @@ fn alias_targets_must_name_known_provider_models() {
 
 #[test]
 fn strategy_must_be_known() {
-    let e = assert_error_at(&format!("[routing]\nstrategy = \"fastest\"\n{MIN}"), "routing.strategy", 2);
+    let e = assert_error_at(
+        &format!("[routing]\nstrategy = \"fastest\"\n{MIN}"),
+        "routing.strategy",
+        2,
+    );
     assert!(e.message.contains("round_robin"), "{e}");
 }
 
@@ -145,7 +171,11 @@ fn breaker_rate_in_range() {
             2,
         );
     }
-    parse_str(&format!("[circuit_breaker]\nfailure_rate_threshold = 1.0\n{MIN}"), "t").unwrap();
+    parse_str(
+        &format!("[circuit_breaker]\nfailure_rate_threshold = 1.0\n{MIN}"),
+        "t",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -182,7 +212,12 @@ kind = "nope"
 models = ["m"]
 "#;
     let keys: Vec<_> = errors(text).into_iter().map(|e| e.key).collect();
-    for k in ["pool.workers", "pool.heartbeat_timeout", "routing.strategy", "providers[0].kind"] {
+    for k in [
+        "pool.workers",
+        "pool.heartbeat_timeout",
+        "routing.strategy",
+        "providers[0].kind",
+    ] {
         assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
     }
 }

@@ -15,7 +15,10 @@ struct Collector(Vec<Violation>);
 
 impl Collector {
     fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Violation { key: key.into(), message: message.into() });
+        self.0.push(Violation {
+            key: key.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -91,9 +94,15 @@ fn check_pool(cfg: &Config, c: &mut Collector) {
         c.err("pool.startup_timeout", "must be greater than 0s");
     }
     if p.restart_backoff_initial > p.restart_backoff_max {
-        c.err("pool.restart_backoff_initial", "must not exceed pool.restart_backoff_max");
+        c.err(
+            "pool.restart_backoff_initial",
+            "must not exceed pool.restart_backoff_max",
+        );
     }
-    if p.worker_command.first().is_some_and(|s| s.trim().is_empty()) {
+    if p.worker_command
+        .first()
+        .is_some_and(|s| s.trim().is_empty())
+    {
         c.err("pool.worker_command", "the program name must not be empty");
     }
 }
@@ -102,7 +111,10 @@ fn check_routing(cfg: &Config, c: &mut Collector) {
     if let Strategy::Unknown(s) = &cfg.routing.strategy {
         c.err(
             "routing.strategy",
-            format!("unknown strategy `{s}`, expected one of {}", Strategy::NAMES.join(", ")),
+            format!(
+                "unknown strategy `{s}`, expected one of {}",
+                Strategy::NAMES.join(", ")
+            ),
         );
     }
     if cfg.routing.max_attempts < 1 {
@@ -141,7 +153,10 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
         if let ProviderKind::Unknown(k) = &p.kind {
             c.err(
                 at("kind"),
-                format!("unknown kind `{k}`, expected one of {}", ProviderKind::NAMES.join(", ")),
+                format!(
+                    "unknown kind `{k}`, expected one of {}",
+                    ProviderKind::NAMES.join(", ")
+                ),
             );
         }
         if p.kind != ProviderKind::Mock {
@@ -151,13 +166,21 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
             c.err(at("models"), "must list at least one model, or \"*\"");
         }
         if !(p.weight.is_finite() && p.weight > 0.0) {
-            c.err(at("weight"), format!("must be a positive number, got {}", p.weight));
+            c.err(
+                at("weight"),
+                format!("must be a positive number, got {}", p.weight),
+            );
         }
-        if p.tokens_per_second.is_some_and(|t| !(t.is_finite() && t >= 0.0)) {
+        if p.tokens_per_second
+            .is_some_and(|t| !(t.is_finite() && t >= 0.0))
+        {
             c.err(at("tokens_per_second"), "must be a non-negative number");
         }
         if p.kind != ProviderKind::Mock && (p.latency.is_some() || p.tokens_per_second.is_some()) {
-            c.err(at("kind"), "`latency` and `tokens_per_second` apply only to kind = \"mock\"");
+            c.err(
+                at("kind"),
+                "`latency` and `tokens_per_second` apply only to kind = \"mock\"",
+            );
         }
     }
 }
@@ -165,7 +188,10 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
 fn check_base_url(url: &str, key: &str, c: &mut Collector) {
     match url.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-        Ok(_) => c.err(key, format!("`{url}` must be an absolute http:// or https:// URL")),
+        Ok(_) => c.err(
+            key,
+            format!("`{url}` must be an absolute http:// or https:// URL"),
+        ),
         Err(e) => c.err(key, format!("`{url}` is not a valid URL: {e}")),
     }
 }
@@ -176,10 +202,16 @@ fn check_aliases(cfg: &Config, c: &mut Collector) {
         if a.name.is_empty() {
             c.err(format!("models[{i}].name"), "must not be empty");
         } else if !seen.insert(a.name.as_str()) {
-            c.err(format!("models[{i}].name"), format!("duplicate alias `{}`", a.name));
+            c.err(
+                format!("models[{i}].name"),
+                format!("duplicate alias `{}`", a.name),
+            );
         }
         if a.targets.is_empty() {
-            c.err(format!("models[{i}].targets"), "must name at least one provider/model");
+            c.err(
+                format!("models[{i}].targets"),
+                "must name at least one provider/model",
+            );
         }
         for (j, t) in a.targets.iter().enumerate() {
             if let Some(problem) = target_problem(cfg, t) {
@@ -198,7 +230,9 @@ fn target_problem(cfg: &Config, target: &str) -> Option<String> {
         return Some(format!("`{target}` names unknown provider `{prov}`"));
     };
     if model.is_empty() || !(p.serves_any_model() || p.models.iter().any(|m| m == model)) {
-        return Some(format!("`{target}`: provider `{prov}` does not serve model `{model}`"));
+        return Some(format!(
+            "`{target}`: provider `{prov}` does not serve model `{model}`"
+        ));
     }
     None
 }
@@ -207,10 +241,16 @@ fn check_clients(cfg: &Config, c: &mut Collector) {
     let mut seen = HashSet::new();
     for (i, cl) in cfg.clients.iter().enumerate() {
         if !seen.insert(cl.name.as_str()) {
-            c.err(format!("clients[{i}].name"), format!("duplicate client `{}`", cl.name));
+            c.err(
+                format!("clients[{i}].name"),
+                format!("duplicate client `{}`", cl.name),
+            );
         }
         if cl.token_env.trim().is_empty() {
-            c.err(format!("clients[{i}].token_env"), "must name an environment variable");
+            c.err(
+                format!("clients[{i}].token_env"),
+                "must name an environment variable",
+            );
         }
     }
 }

@@ -16,7 +16,10 @@ pub enum InstanceError {
     #[error("another supervisor (pid {pid}) already holds {path}")]
     Locked { pid: String, path: PathBuf },
     #[error("runtime directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The held lock; dropping it cleans the runtime directory and releases the lock.
@@ -30,9 +33,16 @@ pub struct Instance {
 
 impl Instance {
     pub fn acquire(dir: &Path) -> Result<Self, InstanceError> {
-        let io = |source| InstanceError::Io { path: dir.to_path_buf(), source };
+        let io = |source| InstanceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let created = !dir.exists();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         // An existing directory may have looser permissions; the admin socket lives here.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let path = dir.join("supervisor.lock");
@@ -49,7 +59,11 @@ impl Instance {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim().to_string();
-                let pid = if pid.is_empty() { "unknown".into() } else { pid };
+                let pid = if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                };
                 return Err(InstanceError::Locked { pid, path });
             }
         };
@@ -57,7 +71,11 @@ impl Instance {
         lock.rewind().map_err(io)?;
         write!(lock, "{}", std::process::id()).map_err(io)?;
         lock.flush().map_err(io)?;
-        Ok(Self { dir: dir.to_path_buf(), lock: Some(lock), created })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            lock: Some(lock),
+            created,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,7 +116,9 @@ mod tests {
         assert_eq!(mode, 0o700);
         std::fs::write(dir.join("worker-0.hb"), "{}").unwrap();
         match Instance::acquire(&dir) {
-            Err(InstanceError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(InstanceError::Locked { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
             other => panic!("expected Locked, got {other:?}"),
         }
         drop(first);

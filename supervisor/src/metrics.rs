@@ -68,14 +68,26 @@ impl SupervisorMetrics {
             "Worker restarts by slot and reason",
             m.worker_restarts.clone(),
         );
-        r.register("gateway_requests", "Front listener requests by path and status", m.requests.clone());
+        r.register(
+            "gateway_requests",
+            "Front listener requests by path and status",
+            m.requests.clone(),
+        );
         r.register(
             "gateway_request_duration_seconds",
             "Front listener request duration until the response body ends",
             m.request_duration.clone(),
         );
-        r.register("gateway_queue_depth", "Requests waiting for a worker with room", m.queue_depth.clone());
-        r.register("gateway_worker_inflight", "Requests in flight per worker", m.worker_inflight.clone());
+        r.register(
+            "gateway_queue_depth",
+            "Requests waiting for a worker with room",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "gateway_worker_inflight",
+            "Requests in flight per worker",
+            m.worker_inflight.clone(),
+        );
         r.register(
             "gateway_models_cache_refreshes",
             "Model list refreshes by outcome",

@@ -49,8 +49,7 @@ pub fn take_inherited() -> Result<Option<std::net::TcpListener>, WorkerError> {
 
 /// Binds `addr` (used when no socket is inherited).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, WorkerError> {
-    let l =
-        gateway::net::listen(addr).map_err(|source| WorkerError::Bind { addr, source })?;
+    let l = gateway::net::listen(addr).map_err(|source| WorkerError::Bind { addr, source })?;
     l.set_nonblocking(true)
         .map_err(|source| WorkerError::Bind { addr, source })?;
     Ok(l)

@@ -14,7 +14,10 @@ pub fn run(arg: &ConfigArg) -> u8 {
             exit::OK
         }
         Err(errors) => {
-            eprintln!("error: invalid configuration ({} problem(s)):", errors.0.len());
+            eprintln!(
+                "error: invalid configuration ({} problem(s)):",
+                errors.0.len()
+            );
             for e in &errors.0 {
                 eprintln!("  {e}");
             }
@@ -32,7 +35,11 @@ pub fn summary(name: &str, cfg: &Config) -> String {
     let ports = if p.base_port == 0 {
         "any free ports".to_string()
     } else {
-        format!("ports {}-{}", p.base_port, u32::from(p.base_port) + p.workers - 1)
+        format!(
+            "ports {}-{}",
+            p.base_port,
+            u32::from(p.base_port) + p.workers - 1
+        )
     };
     let _ = writeln!(s, "workers:   {} on {ports}", p.workers);
     let _ = writeln!(s, "strategy:  {}", cfg.routing.strategy);
@@ -44,7 +51,13 @@ pub fn summary(name: &str, cfg: &Config) -> String {
             (_, var) if pr.api_key().is_some() => format!("key ${var} set"),
             (_, var) => format!("warning: key ${var} is not set"),
         };
-        let _ = writeln!(s, "  {:<12} {:<9} [{}]  ({key})", pr.name, pr.kind, pr.models.join(", "));
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<9} [{}]  ({key})",
+            pr.name,
+            pr.kind,
+            pr.models.join(", ")
+        );
     }
     if !cfg.models.is_empty() {
         let _ = writeln!(s, "aliases:");

@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "supervisor", version, about = "A local AI gateway run as a supervised pool of workers")]
+#[command(
+    name = "supervisor",
+    version,
+    about = "A local AI gateway run as a supervised pool of workers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -34,7 +34,10 @@ struct Fatal {
 
 impl Fatal {
     fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -43,7 +46,11 @@ pub fn run(args: StartArgs) -> u8 {
     // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, which is
     // only sound while the process is single-threaded.
     let activated = take_activated_listener();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("supervisor").build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("supervisor")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -73,7 +80,10 @@ fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, Strin
         for e in &errs.0 {
             error!("{e}");
         }
-        Fatal::new(exit::CONFIG, format!("invalid configuration ({} problem(s))", errs.0.len()))
+        Fatal::new(
+            exit::CONFIG,
+            format!("invalid configuration ({} problem(s))", errs.0.len()),
+        )
     })?;
     let mut cfg = loaded.config;
     apply_overrides(&mut cfg, args);
@@ -82,7 +92,10 @@ fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, Strin
         for v in &violations {
             error!("{}: {} (after command-line overrides)", v.key, v.message);
         }
-        return Err(Fatal::new(exit::CONFIG, "invalid configuration after command-line overrides"));
+        return Err(Fatal::new(
+            exit::CONFIG,
+            "invalid configuration after command-line overrides",
+        ));
     }
     Ok((cfg, loaded.text))
 }
@@ -123,7 +136,12 @@ fn write_snapshot(dir: &Path, text: &str) -> Result<PathBuf, Fatal> {
     let tmp = dir.join("gateway.toml.tmp");
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| Fatal::new(exit::RUNTIME, format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| {
+            Fatal::new(
+                exit::RUNTIME,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     Ok(path)
 }
 
@@ -136,13 +154,21 @@ fn bind_front(
             info!("using the socket-activated front listener");
             l
         }
-        Some(Err(e)) => return Err(Fatal::new(exit::RUNTIME, format!("LISTEN_FDS socket unusable: {e}"))),
+        Some(Err(e)) => {
+            return Err(Fatal::new(
+                exit::RUNTIME,
+                format!("LISTEN_FDS socket unusable: {e}"),
+            ))
+        }
         None => gateway::net::listen(addr).map_err(|e| {
             let holder = crate::pool::port_holder(addr.port())
                 .map(|h| format!(", held by {h}"))
                 .unwrap_or_default();
             // Exit 4 covers "in use" and "cannot be bound" alike (contract).
-            Fatal::new(exit::ADDR_IN_USE, format!("cannot bind the front listener on {addr}: {e}{holder}"))
+            Fatal::new(
+                exit::ADDR_IN_USE,
+                format!("cannot bind the front listener on {addr}: {e}{holder}"),
+            )
         })?,
     };
     std_listener
@@ -161,7 +187,10 @@ struct Running {
     systemd: Systemd,
 }
 
-async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpListener>>) -> Result<(), Fatal> {
+async fn serve(
+    args: StartArgs,
+    activated: Option<std::io::Result<std::net::TcpListener>>,
+) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
     let source = config::resolve_source(args.config.config.as_deref());
     let (cfg, text) = load_config(&source, &args)?;
@@ -172,7 +201,9 @@ async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpL
         InstanceError::Io { .. } => Fatal::new(exit::RUNTIME, e.to_string()),
     })?;
     let listener = bind_front(cfg.server.listen, activated)?;
-    let listen = listener.local_addr().map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
     let snapshot = write_snapshot(&dir, &text)?;
     let (trigger, shutdown) = shutdown::channel();
     let (metrics, registry) = SupervisorMetrics::new();
@@ -186,16 +217,34 @@ async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpL
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let config = Arc::new(ArcSwap::new(cfg.clone()));
-    let ctx = FrontContext { pool: pool.clone(), config: config.clone(), metrics, registry: Arc::new(registry) };
+    let ctx = FrontContext {
+        pool: pool.clone(),
+        config: config.clone(),
+        metrics,
+        registry: Arc::new(registry),
+    };
     let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
     let (control_tx, control_rx) = control::channel();
     let admin_path = dir.join("admin.sock");
     // Bound here, not inside the task, so a failure is reported instead of lost.
-    let admin_listener = admin::bind(&admin_path)
-        .map_err(|e| Fatal::new(exit::RUNTIME, format!("admin socket {}: {e}", admin_path.display())))?;
-    let admin = tokio::spawn(admin::serve_on(admin_listener, pool.clone(), listen, control_tx.clone(), shutdown.clone()));
+    let admin_listener = admin::bind(&admin_path).map_err(|e| {
+        Fatal::new(
+            exit::RUNTIME,
+            format!("admin socket {}: {e}", admin_path.display()),
+        )
+    })?;
+    let admin = tokio::spawn(admin::serve_on(
+        admin_listener,
+        pool.clone(),
+        listen,
+        control_tx.clone(),
+        shutdown.clone(),
+    ));
     let parent = if args.exit_with_parent {
-        Some(sidecar::arm(control_tx.clone()).map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?)
+        Some(
+            sidecar::arm(control_tx.clone())
+                .map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?,
+        )
     } else {
         None
     };
@@ -207,7 +256,14 @@ async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpL
         None => None,
     };
     let systemd = Systemd::from_env();
-    let mut run = Running { source, args, pool: pool.clone(), config, instance, systemd };
+    let mut run = Running {
+        source,
+        args,
+        pool: pool.clone(),
+        config,
+        instance,
+        systemd,
+    };
     let ready = run.wait_first_ready(&mut signals).await;
     if ready.is_some() {
         let line = serde_json::json!({
@@ -218,7 +274,8 @@ async fn serve(args: StartArgs, activated: Option<std::io::Result<std::net::TcpL
         let total = pool.status().len();
         systemd.ready(&format!("{}/{total} workers ready", ready.unwrap_or(0)));
         info!(%listen, "ready");
-        run.main_loop(&mut signals, control_rx, parent, shutdown.clone()).await;
+        run.main_loop(&mut signals, control_rx, parent, shutdown.clone())
+            .await;
     }
     // Stop: the front first (it stops accepting and drains up to shutdown_timeout), then the
     // workers, so an in-flight request is never cut by its worker going away.
@@ -244,7 +301,9 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Self, Fatal> {
-        let s = |k: SignalKind| signal(k).map_err(|e| Fatal::new(exit::RUNTIME, format!("signal handler: {e}")));
+        let s = |k: SignalKind| {
+            signal(k).map_err(|e| Fatal::new(exit::RUNTIME, format!("signal handler: {e}")))
+        };
         Ok(Self {
             term: s(SignalKind::terminate())?,
             int: s(SignalKind::interrupt())?,
@@ -323,7 +382,10 @@ impl Running {
         self.systemd.reloading();
         let result = match load_config(&self.source, &self.args) {
             Err(f) => {
-                error!("reload rejected, keeping the running configuration: {}", f.message);
+                error!(
+                    "reload rejected, keeping the running configuration: {}",
+                    f.message
+                );
                 Err(f.message)
             }
             Ok((new, text)) => {
@@ -345,7 +407,8 @@ impl Running {
         };
         let st = self.pool.status();
         let ready = st.iter().filter(|w| w.serving()).count();
-        self.systemd.ready(&format!("{ready}/{} workers ready", st.len()));
+        self.systemd
+            .ready(&format!("{ready}/{} workers ready", st.len()));
         result
     }
 }

@@ -16,17 +16,19 @@ pub fn arm(control: mpsc::Sender<ControlCommand>) -> std::io::Result<u32> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
     // A blocking read of stdin has no async equivalent worth the complexity; a dedicated thread
     // that ends at EOF (and lives at most as long as the process) is the simple owner.
-    std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
-        let mut buf = [0u8; 512];
-        loop {
-            match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => continue,
+    std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 512];
+            loop {
+                match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
             }
-        }
-        tracing::info!("standard input closed; stopping (--exit-with-parent)");
-        let _ = control.blocking_send(ControlCommand::Stop);
-    })?;
+            tracing::info!("standard input closed; stopping (--exit-with-parent)");
+            let _ = control.blocking_send(ControlCommand::Stop);
+        })?;
     Ok(parent)
 }
 

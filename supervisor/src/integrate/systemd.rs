@@ -14,7 +14,9 @@ pub struct Systemd {
 
 impl Systemd {
     pub fn from_env() -> Self {
-        Self { enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty()) }
+        Self {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty()),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -57,7 +59,11 @@ impl Systemd {
     /// `sd_watchdog_enabled(3)`, `WATCHDOG_PID` is optional but must name us when present
     /// (`sd_notify::watchdog_enabled` insists on it, so it is not used).
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|u| *u > 0)?;
+        let usec: u64 = std::env::var("WATCHDOG_USEC")
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|u| *u > 0)?;
         let for_us = match std::env::var("WATCHDOG_PID") {
             Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
             Err(_) => true,

@@ -34,24 +34,42 @@ pub fn spawn(
     shutdown: Shutdown,
 ) -> notify::Result<ConfigWatch> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     // Capacity 1 with try_send: the debouncer only needs to know "something changed", so
     // excess events are dropped instead of queued, and the notify thread never blocks.
     let (tx, rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) && !ev.kind.is_access() {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+                && !ev.kind.is_access()
+            {
                 let _ = tx.try_send(());
             }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let task = tokio::spawn(debounce(rx, control, shutdown));
-    Ok(ConfigWatch { _watcher: watcher, task })
+    Ok(ConfigWatch {
+        _watcher: watcher,
+        task,
+    })
 }
 
-async fn debounce(mut rx: mpsc::Receiver<()>, control: mpsc::Sender<ControlCommand>, mut shutdown: Shutdown) {
+async fn debounce(
+    mut rx: mpsc::Receiver<()>,
+    control: mpsc::Sender<ControlCommand>,
+    mut shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             ev = rx.recv() => if ev.is_none() { return },
@@ -91,8 +109,13 @@ mod tests {
         std::fs::write(&tmp, "b").unwrap();
         std::fs::rename(&tmp, &file).unwrap();
         std::fs::write(dir.path().join("other.txt"), "x").unwrap();
-        let cmd = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("no reload").unwrap();
-        let ControlCommand::Reload(reply) = cmd else { panic!("expected Reload") };
+        let cmd = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no reload")
+            .unwrap();
+        let ControlCommand::Reload(reply) = cmd else {
+            panic!("expected Reload")
+        };
         let _ = reply.send(Ok(()));
         // Debounced: no second reload for the same save.
         assert!(tokio::time::timeout(DEBOUNCE * 3, rx.recv()).await.is_err());

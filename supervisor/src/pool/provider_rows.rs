@@ -20,14 +20,21 @@ impl ProviderRows {
     pub fn create(runtime_dir: &Path) -> std::io::Result<Self> {
         let path = runtime_dir.join("providers.shm");
         let table = Arc::new(ProviderTable::create(&path)?);
-        Ok(Self { path, rows: Arc::new(RowAllocator::new(table)) })
+        Ok(Self {
+            path,
+            rows: Arc::new(RowAllocator::new(table)),
+        })
     }
 
     /// A row for a new process, or `None` when all rows are taken (then the worker limits
     /// per process, and says so in its log).
     pub fn lease(&self) -> Option<RowLease> {
         let row = self.rows.alloc()?;
-        Some(RowLease { rows: self.rows.clone(), row, table: self.path.clone() })
+        Some(RowLease {
+            rows: self.rows.clone(),
+            row,
+            table: self.path.clone(),
+        })
     }
 }
 
@@ -42,14 +49,19 @@ pub struct RowLease {
 impl RowLease {
     /// The environment that tells the worker where its row is.
     pub fn env(&self) -> [(&'static str, String); 2] {
-        [(ENV_TABLE, self.table.display().to_string()), (ENV_ROW, self.row.to_string())]
+        [
+            (ENV_TABLE, self.table.display().to_string()),
+            (ENV_ROW, self.row.to_string()),
+        ]
     }
 
     /// For a process that was SIGKILLed but not reaped: a SIGKILLed process may still run user
     /// code for a moment on another CPU, so wait (bounded) until /proc shows it dead or a zombie
     /// before giving the row back. The task owns the lease and ends by itself.
     pub fn free_when_dead(self, pid: u32) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         rt.spawn(async move {
             for _ in 0..500 {
                 if !alive(pid) {
@@ -71,7 +83,10 @@ impl Drop for RowLease {
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).is_some_and(|s| s != "Z"),
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|s| s != "Z"),
         Err(_) => false,
     }
 }
@@ -90,10 +105,17 @@ mod tests {
         let table = ProviderTable::open(&dir.path().join("providers.shm")).unwrap();
         let col = ProviderTable::column("p");
         assert!(table.try_acquire(col, a.row, 1));
-        assert!(!table.try_acquire(col, b.row, 1), "pool-wide limit of 1 is held by a");
+        assert!(
+            !table.try_acquire(col, b.row, 1),
+            "pool-wide limit of 1 is held by a"
+        );
         let freed = a.row;
         drop(a);
-        assert_eq!(table.total(col), 0, "a's slot came back when its lease was dropped");
+        assert_eq!(
+            table.total(col),
+            0,
+            "a's slot came back when its lease was dropped"
+        );
         assert_eq!(rows.lease().unwrap().row, freed, "the row is reused");
         assert_eq!(b.env()[1].1, b.row.to_string());
     }
