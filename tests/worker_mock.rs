@@ -3,20 +3,14 @@
 //! text is deterministic.
 
 mod support;
-mod worker_util;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::http::{self, Stream};
-use worker_util::{config, Worker};
+use support::worker::{config, Worker, MOCK_PROVIDER};
 
 fn demo_worker(extra: &str) -> Worker {
-    Worker::start(
-        &config(&format!(
-            "[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n{extra}\n"
-        )),
-        &[],
-    )
+    Worker::start(&config(&format!("{MOCK_PROVIDER}{extra}\n")), &[])
 }
 
 fn post(w: &Worker, path: &str, body: Value) -> Value {

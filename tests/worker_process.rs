@@ -2,7 +2,6 @@
 //! up in logs, error bodies or metrics.
 
 mod support;
-mod worker_util;
 
 use gateway::heartbeat::Heartbeat;
 use nix::sys::signal::Signal;
@@ -11,19 +10,9 @@ use std::time::Duration;
 use support::http::{self, Stream, CHAT};
 use support::process::wait_until;
 use support::upstream::{Script, Upstream};
-use worker_util::{anthropic_provider, config, openai_provider, Worker};
-
-/// Config with one openai provider `up` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`, with
-/// `extra` provider keys.
-fn openai_config(up: &Upstream, extra: &str) -> String {
-    config(&openai_provider(
-        "up",
-        &up.url("/v1"),
-        r#"["m1"]"#,
-        "UP_KEY",
-        extra,
-    ))
-}
+use support::worker::{
+    anthropic_provider, config, openai_config, openai_provider, Worker, MOCK_PROVIDER,
+};
 
 /// Waits up to 5 s for `w`'s heartbeat file to satisfy `cond`.
 fn heartbeat_shows(w: &Worker, cond: impl Fn(&Heartbeat) -> bool) -> bool {
@@ -108,7 +97,7 @@ fn sigterm_drains_an_inflight_stream_then_exits_0() {
 
 #[test]
 fn sigterm_with_nothing_in_flight_exits_at_once() {
-    let cfg = config("[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n");
+    let cfg = config(MOCK_PROVIDER);
     let mut w = Worker::start(&cfg, &[]);
     w.guard.signal(Signal::SIGINT);
     let st = w

@@ -4,27 +4,14 @@
 //! alias rewrites and provider headers.
 
 mod support;
-mod worker_util;
 
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::http::{self, Stream, CHAT};
 use support::upstream::{Gate, Script, Upstream};
-use worker_util::{anthropic_provider, config, openai_provider, Worker};
+use support::worker::{anthropic_provider, config, openai_config, openai_provider, Worker};
 
 const KEY: &str = "sk-up-test-key";
-
-/// Config with one openai provider `up` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`, with
-/// `extra` provider keys.
-fn openai_config(up: &Upstream, extra: &str) -> String {
-    config(&openai_provider(
-        "up",
-        &up.url("/v1"),
-        r#"["m1"]"#,
-        "UP_KEY",
-        extra,
-    ))
-}
 
 fn openai_worker(up: &Upstream, extra: &str) -> Worker {
     Worker::start(&openai_config(up, extra), &[("UP_KEY", KEY)])

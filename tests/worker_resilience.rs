@@ -5,7 +5,6 @@
 //! scriptable mock upstream.
 
 mod support;
-mod worker_util;
 
 use gateway::provider_slots::ProviderTable;
 use nix::sys::signal::Signal;
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use support::http::{self, Stream};
 use support::process::wait_until;
 use support::upstream::{Gate, Script, Upstream};
-use worker_util::{openai_provider, Worker};
+use support::worker::{openai_provider, Worker};
 
 const KEY: &str = "sk-resilience-test-key";
 
@@ -762,7 +761,7 @@ fn waiting_anthropic_stream_reports_a_provider_failure_as_an_error_event() {
         "/v1/messages",
         Script::json(200, json!({"type": "message"})).wait_headers(&gate),
     );
-    let mut cfg = Cfg::new(worker_util::anthropic_provider(
+    let mut cfg = Cfg::new(support::worker::anthropic_provider(
         "an",
         &up.url(""),
         r#"["c1"]"#,

@@ -3,7 +3,6 @@
 //! environment, and cancellation of an upstream request still waiting for headers.
 
 mod support;
-mod worker_util;
 
 use serde_json::json;
 use std::net::SocketAddr;
@@ -12,9 +11,7 @@ use std::time::Duration;
 use support::http::{self, CHAT};
 use support::process::{bin_path, wait_until, ChildGuard};
 use support::upstream::{Script, Upstream};
-use worker_util::{config, openai_provider, Worker};
-
-const MOCK: &str = "[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n";
+use support::worker::{config, openai_provider, Worker, MOCK_PROVIDER};
 
 /// `gateway-worker` with `unset` removed from its environment.
 fn bare_worker_cmd(unset: &[&str]) -> Command {
@@ -62,7 +59,7 @@ fn spawn_serving(cmd: Command) -> (ChildGuard, SocketAddr) {
 fn binds_listen_without_an_inherited_socket() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
-    std::fs::write(&cfg, config(MOCK)).unwrap();
+    std::fs::write(&cfg, config(MOCK_PROVIDER)).unwrap();
     // LISTEN_FDS meant for another process must be left alone.
     let mut cmd = worker_cmd(&cfg);
     cmd.args(["--listen", "127.0.0.1:0"])
@@ -90,7 +87,7 @@ fn exit_codes_for_bad_config_and_busy_port() {
     );
 
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, config(MOCK)).unwrap();
+    std::fs::write(&good, config(MOCK_PROVIDER)).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cmd = worker_cmd(&good);
     cmd.arg("--listen")
@@ -152,7 +149,7 @@ fn client_leaving_before_headers_cancels_the_upstream_request() {
 
 #[test]
 fn multi_threaded_runtime_serves_too() {
-    let cfg = format!("[pool]\nworker_threads = 2\nshutdown_timeout = \"5s\"\n{MOCK}");
+    let cfg = format!("[pool]\nworker_threads = 2\nshutdown_timeout = \"5s\"\n{MOCK_PROVIDER}");
     let mut w = Worker::start(&cfg, &[]);
     let threads = std::fs::read_dir(format!("/proc/{}/task", w.guard.pid()))
         .unwrap()

@@ -95,17 +95,7 @@ pub fn worker_of(headers: &[(String, String)]) -> u64 {
 
 /// `supervisor status --json`: worker id → (pid, in flight); pid 0 when the slot has none.
 pub fn worker_status(env: &TestEnv) -> HashMap<u64, (u32, u64)> {
-    let out = env
-        .supervisor(&["status", "--json"])
-        .output()
-        .expect("run status");
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    v["workers"]
+    env.status_json()["workers"]
         .as_array()
         .unwrap()
         .iter()

@@ -1,9 +1,9 @@
-//! Helpers shared by the `worker_*` tests: run the real `gateway-worker` binary on a socket the
-//! test binds and passes as fd 3 (`LISTEN_FDS`, exactly as the supervisor does), with a
-//! heartbeat file used as the readiness signal.
-#![allow(dead_code)]
+//! The worker under test: run the real `gateway-worker` binary on a socket the test binds and
+//! passes as fd 3 (`LISTEN_FDS`, exactly as the supervisor does), with a heartbeat file used as
+//! the readiness signal; and the config text the `worker_*` tests give it.
 
-use crate::support::process::{bin_path, wait_until, ChildGuard};
+use super::process::{bin_path, wait_until, ChildGuard};
+use super::upstream::Upstream;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -37,8 +37,14 @@ probe_timeout = "2s"
     )
 }
 
-/// An `openai`-kind provider named `name` at `base_url` serving `models`, key from `key_env`.
-pub fn openai_provider(
+/// The `mock` provider `demo` serving model `demo`, as a `[[providers]]` table.
+pub const MOCK_PROVIDER: &str =
+    "[[providers]]\nname = \"demo\"\nkind = \"mock\"\nmodels = [\"demo\"]\n";
+
+/// A `kind` provider named `name` at `base_url` serving `models` (a TOML array), key from
+/// `key_env`, with `extra` provider keys.
+fn provider(
+    kind: &str,
     name: &str,
     base_url: &str,
     models: &str,
@@ -49,7 +55,7 @@ pub fn openai_provider(
         r#"
 [[providers]]
 name = "{name}"
-kind = "openai"
+kind = "{kind}"
 base_url = "{base_url}"
 api_key_env = "{key_env}"
 models = {models}
@@ -58,25 +64,27 @@ models = {models}
     )
 }
 
-/// An `anthropic`-kind provider.
-pub fn anthropic_provider(
-    name: &str,
-    base_url: &str,
-    models: &str,
-    key_env: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-[[providers]]
-name = "{name}"
-kind = "anthropic"
-base_url = "{base_url}"
-api_key_env = "{key_env}"
-models = {models}
-{extra}
-"#
-    )
+/// An `openai`-kind provider named `name` at base URL `url` serving `models`, key from the
+/// environment variable `key`, with `extra` provider keys.
+pub fn openai_provider(name: &str, url: &str, models: &str, key: &str, extra: &str) -> String {
+    provider("openai", name, url, models, key, extra)
+}
+
+/// An `anthropic`-kind provider, with the same arguments as `openai_provider`.
+pub fn anthropic_provider(name: &str, url: &str, models: &str, key: &str, extra: &str) -> String {
+    provider("anthropic", name, url, models, key, extra)
+}
+
+/// Config with one openai provider `up` at `up`'s `/v1` serving `m1`, key from `$UP_KEY`, with
+/// `extra` provider keys.
+pub fn openai_config(up: &Upstream, extra: &str) -> String {
+    config(&openai_provider(
+        "up",
+        &up.url("/v1"),
+        r#"["m1"]"#,
+        "UP_KEY",
+        extra,
+    ))
 }
 
 impl Worker {
