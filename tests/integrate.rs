@@ -286,3 +286,62 @@ fn invalid_edit_keeps_the_old_config_and_logs_the_line() {
     .unwrap();
     assert_eq!(r.status, 200, "old config no longer serving: {}", r.text());
 }
+
+#[test]
+fn sigttin_and_sigttou_add_and_remove_a_worker() {
+    let env = TestEnv::new(&mock_config(2, ""));
+    let run = env.start(&[]);
+    let serving = |env: &TestEnv| {
+        env.status_json()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "IDLE")
+            .count()
+    };
+    assert_eq!(serving(&env), 2);
+    run.guard.signal(Signal::SIGTTIN);
+    assert!(
+        wait_until(Duration::from_secs(10), || serving(&env) == 3),
+        "SIGTTIN did not add a worker: {}",
+        env.status_json()
+    );
+    run.guard.signal(Signal::SIGTTOU);
+    assert!(
+        wait_until(Duration::from_secs(10), || env.status_json()["workers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2),
+        "SIGTTOU did not remove a worker: {}",
+        env.status_json()
+    );
+    let r = http::post_json(
+        run.listen,
+        "/v1/chat/completions",
+        &http::chat_body("demo", false),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_stderr_line() {
+    let env = TestEnv::new(&mock_config(1, ""));
+    let mut run = env.start(&["--log-format", "json"]);
+    run.guard.signal(Signal::SIGTERM);
+    assert_eq!(
+        run.guard
+            .wait_exit(Duration::from_secs(15))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let stderr = run.guard.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines: {stderr}");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+}
