@@ -345,3 +345,30 @@ fn log_format_json_writes_one_json_object_per_stderr_line() {
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
     }
 }
+
+#[test]
+fn start_exits_1_when_every_worker_is_dead_before_ready() {
+    // A sidecar host must not wait forever for a ready line that can never come.
+    let config = support::process::PoolConfig::new(2)
+        .pool("worker_command = [\"/bin/false\"]\nmax_restarts = 1")
+        .build();
+    let env = TestEnv::new(&config);
+    let mut g = ChildGuard::spawn(env.supervisor(&["start"]));
+    let st = g
+        .wait_exit(Duration::from_secs(20))
+        .expect("supervisor kept waiting");
+    assert_eq!(st.code(), Some(1), "stderr:\n{}", g.stderr());
+    while g.next_line(Duration::from_millis(200)).is_some() {}
+    assert!(
+        !g.stdout_lines.iter().any(|l| l.contains("\"ready\"")),
+        "{:?}",
+        g.stdout_lines
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(g.stdout_lines.last().expect("a stopped line")).unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["code"].as_u64()),
+        (Some("stopped"), Some(1))
+    );
+    assert!(g.stderr().contains("DEAD"), "{}", g.stderr());
+}

@@ -22,8 +22,7 @@ use crate::breaker::CircuitState;
 use crate::providers::Provider;
 use gateway::config::{Config, ProviderKind};
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::{header, Request, Response};
-use http_body_util::Full;
+use http::{header, Response};
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -284,24 +283,12 @@ async fn probe(p: &Provider, timeout: Duration) -> ProbeResult {
 
 /// The provider's model-list call; success is any 2xx.
 async fn list_models(p: &Provider) -> Result<(), String> {
-    let (Some(client), Some(uri)) = (p.client.as_ref(), p.models_uri()) else {
-        return Err(format!(
+    match p.get_models().await {
+        Some(r) => r.map(drop),
+        None => Err(format!(
             "provider kind {:?} cannot be probed",
             p.config.kind
-        ));
-    };
-    let mut req = Request::get(uri)
-        .body(Full::default())
-        .map_err(|e| e.to_string())?;
-    p.apply_headers(req.headers_mut());
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| crate::proxy::error_chain(&e))?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {}", resp.status()))
+        )),
     }
 }
 

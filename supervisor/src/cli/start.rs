@@ -264,15 +264,14 @@ async fn serve(
         instance,
         systemd,
     };
-    let ready = run.wait_first_ready(&mut signals).await;
-    if ready.is_some() {
+    let startup = run.wait_first_ready(&mut signals).await;
+    if let Startup::Ready(n) = startup {
         let line = serde_json::json!({
             "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
-            "workers": ready.unwrap_or(0), "admin_socket": admin_path.display().to_string(),
+            "workers": n, "admin_socket": admin_path.display().to_string(),
         });
         println!("{line}");
-        let total = pool.status().len();
-        systemd.ready(&format!("{}/{total} workers ready", ready.unwrap_or(0)));
+        systemd.ready(&format!("{n}/{} workers ready", pool.status().len()));
         info!(%listen, "ready");
         run.main_loop(&mut signals, control_rx, parent, shutdown.clone())
             .await;
@@ -286,8 +285,30 @@ async fn serve(
     run.pool.stop(Duration::from_secs(2)).await;
     admin.abort();
     drop(run.instance);
-    println!("{}", serde_json::json!({"event": "stopped", "code": 0}));
+    let code = if startup == Startup::AllDead {
+        exit::RUNTIME
+    } else {
+        exit::OK
+    };
+    println!("{}", serde_json::json!({"event": "stopped", "code": code}));
+    if code != exit::OK {
+        return Err(Fatal::new(
+            code,
+            "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
+        ));
+    }
     Ok(())
+}
+
+/// How waiting for the first ready worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Startup {
+    /// This many workers are IDLE.
+    Ready(usize),
+    /// SIGTERM or SIGINT arrived first.
+    Stopped,
+    /// Every slot spent its restart budget without serving: nothing will ever be ready.
+    AllDead,
 }
 
 /// The signals `start` reacts to; installed first thing so none is missed.
@@ -316,21 +337,24 @@ impl Signals {
 
 impl Running {
     /// Waits until every worker is IDLE, or `startup_timeout` passed with at least one IDLE.
-    /// Returns `None` when a stop signal arrived first.
-    async fn wait_first_ready(&self, signals: &mut Signals) -> Option<usize> {
+    /// Keeps waiting while slots are still restarting; gives up when all of them are DEAD.
+    async fn wait_first_ready(&self, signals: &mut Signals) -> Startup {
         let startup = self.pool.config().pool.startup_timeout;
         let mut waited = Duration::ZERO;
         loop {
             tokio::select! {
                 n = self.pool.wait_ready(startup) => {
                     if n > 0 {
-                        return Some(n);
+                        return Startup::Ready(n);
+                    }
+                    if self.pool.status().iter().all(|w| w.state == "DEAD") {
+                        return Startup::AllDead;
                     }
                     waited += startup;
                     warn!(waited = ?waited, "no worker is serving yet; still waiting");
                 }
-                _ = signals.term.recv() => return None,
-                _ = signals.int.recv() => return None,
+                _ = signals.term.recv() => return Startup::Stopped,
+                _ = signals.int.recv() => return Startup::Stopped,
             }
         }
     }

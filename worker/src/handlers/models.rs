@@ -7,8 +7,8 @@ use crate::body::ResBody;
 use crate::providers::Provider;
 use arc_swap::ArcSwapOption;
 use gateway::config::Config;
-use http::{header, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{header, Response};
+use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,20 +80,10 @@ impl ModelsCache {
 
 /// Asks a provider for its model ids.
 async fn fetch(p: &Provider) -> Result<Vec<String>, String> {
-    let (Some(client), Some(uri)) = (p.client.as_ref(), p.models_uri()) else {
+    let Some(resp) = p.get_models().await else {
         return Ok(Vec::new());
     };
-    let mut req = Request::get(uri)
-        .body(Full::default())
-        .map_err(|e| e.to_string())?;
-    p.apply_headers(req.headers_mut());
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| crate::proxy::error_chain(&e))?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
-    }
+    let resp = resp?;
     let body = Limited::new(resp.into_body(), MAX_LIST_BYTES)
         .collect()
         .await

@@ -142,4 +142,20 @@ impl Provider {
         };
         http::Uri::try_from(format!("{}{path}", self.base)).ok()
     }
+
+    /// The provider's free model-list call with its key headers: the health probe and model
+    /// discovery both make it. `None` for kinds with no such call (mock); `Err` for a transport
+    /// failure or a non-2xx answer.
+    pub async fn get_models(
+        &self,
+    ) -> Option<Result<http::Response<hyper::body::Incoming>, String>> {
+        let (client, uri) = (self.client.as_ref()?, self.models_uri()?);
+        let mut req = http::Request::get(uri).body(Default::default()).ok()?;
+        self.apply_headers(req.headers_mut());
+        Some(match client.request(req).await {
+            Err(e) => Err(crate::proxy::error_chain(&e)),
+            Ok(r) if r.status().is_success() => Ok(r),
+            Ok(r) => Err(format!("status {}", r.status())),
+        })
+    }
 }
