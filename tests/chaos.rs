@@ -173,7 +173,22 @@ fn a_stopped_worker_is_replaced_and_no_request_fails() {
     let (pid0, _) = before[&0];
     let stop = Arc::new(AtomicBool::new(false));
     let load = request_loop(run.listen, 3, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    // Stop the worker only once the load is really flowing through both slots.
+    let served = |env: &TestEnv| -> Vec<u64> {
+        env.status_json()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["served"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || served(&env)
+            .iter()
+            .all(|n| *n >= 5)),
+        "the load never reached both workers: {:?}",
+        served(&env)
+    );
     signal(pid0, Signal::SIGSTOP);
     // heartbeat_timeout is 2 s with 200 ms beats: replaced well within 6 s.
     let replaced = wait_until(Duration::from_secs(6), || {
