@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -46,20 +46,6 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     // directory, and nothing is accepted before this line.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// Binds, then serves until `shutdown`. Bind errors are returned before serving starts.
-pub async fn serve(
-    path: PathBuf,
-    pool: Arc<Pool>,
-    listen: SocketAddr,
-    control: mpsc::Sender<ControlCommand>,
-    shutdown: Shutdown,
-) -> io::Result<()> {
-    let listener = bind(&path)?;
-    serve_on(listener, pool, listen, control, shutdown).await;
-    let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 /// Serves an already bound socket until `shutdown`; open connections are then dropped.

@@ -85,12 +85,11 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        // Remove what we put here (sockets, heartbeats, the config snapshot), the lock file last
-        // while still holding the lock, so no second instance can be racing on it.
+        // Remove only what the supervisor and its workers put here: `runtime_dir` may name a
+        // directory that holds other files too.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
-                let name = e.file_name();
-                if name != "supervisor.lock" && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                if is_runtime_file(&e.file_name().to_string_lossy()) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -101,6 +100,14 @@ impl Drop for Instance {
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
+}
+
+/// Files `start` creates in the runtime directory (the lock is removed last, separately).
+fn is_runtime_file(name: &str) -> bool {
+    matches!(
+        name,
+        "admin.sock" | "gateway.toml" | "gateway.toml.tmp" | "providers.shm"
+    ) || (name.starts_with("worker-") && (name.ends_with(".hb") || name.ends_with(".hb.tmp")))
 }
 
 #[cfg(test)]
@@ -114,7 +121,7 @@ mod tests {
         let first = Instance::acquire(&dir).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        std::fs::write(dir.join("worker-0.hb"), "{}").unwrap();
+        std::fs::write(dir.join("worker-0-1.hb"), "{}").unwrap();
         match Instance::acquire(&dir) {
             Err(InstanceError::Locked { pid, .. }) => {
                 assert_eq!(pid, std::process::id().to_string())
@@ -125,5 +132,29 @@ mod tests {
         assert!(!dir.exists(), "runtime dir left behind");
         let again = Instance::acquire(&dir).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn drop_leaves_files_it_did_not_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shared");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let inst = Instance::acquire(&dir).unwrap();
+        for f in [
+            "admin.sock",
+            "gateway.toml",
+            "providers.shm",
+            "worker-2-7.hb",
+        ] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        drop(inst);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["notes.txt"], "only the user's file may remain");
     }
 }

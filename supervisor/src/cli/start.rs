@@ -13,7 +13,7 @@ use crate::instance::{Instance, InstanceError};
 use crate::integrate::{sidecar, systemd::Systemd, watch};
 use crate::metrics::SupervisorMetrics;
 use crate::pool::{Pool, PoolOptions};
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown;
 use crate::{admin, exit, runtime_dir};
 use arc_swap::ArcSwap;
 use gateway::config::{self, Config, ConfigSource};
@@ -225,7 +225,7 @@ async fn serve(
     };
     let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
     let (control_tx, control_rx) = control::channel();
-    let admin_path = dir.join("admin.sock");
+    let admin_path = runtime_dir::admin_socket(&dir);
     // Bound here, not inside the task, so a failure is reported instead of lost.
     let admin_listener = admin::bind(&admin_path).map_err(|e| {
         Fatal::new(
@@ -273,8 +273,7 @@ async fn serve(
         println!("{line}");
         systemd.ready(&format!("{n}/{} workers ready", pool.status().len()));
         info!(%listen, "ready");
-        run.main_loop(&mut signals, control_rx, parent, shutdown.clone())
-            .await;
+        run.main_loop(&mut signals, control_rx, parent).await;
     }
     // Stop: the front first (it stops accepting and drains up to shutdown_timeout), then the
     // workers, so an in-flight request is never cut by its worker going away.
@@ -347,7 +346,7 @@ impl Running {
                     if n > 0 {
                         return Startup::Ready(n);
                     }
-                    if self.pool.status().iter().all(|w| w.state == "DEAD") {
+                    if self.pool.all_dead() {
                         return Startup::AllDead;
                     }
                     waited += startup;
@@ -364,7 +363,6 @@ impl Running {
         signals: &mut Signals,
         mut control: mpsc::Receiver<ControlCommand>,
         parent: Option<u32>,
-        _shutdown: Shutdown,
     ) {
         let mut ready_rx = self.pool.ready_counts();
         let watchdog = self.systemd.watchdog_interval();
@@ -429,10 +427,9 @@ impl Running {
                 }
             }
         };
-        let st = self.pool.status();
-        let ready = st.iter().filter(|w| w.serving()).count();
+        let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
-            .ready(&format!("{ready}/{} workers ready", st.len()));
+            .ready(&format!("{ready}/{total} workers ready"));
         result
     }
 }

@@ -126,14 +126,6 @@ pub struct WorkerStatus {
 }
 
 impl WorkerStatus {
-    /// Serving requests: IDLE or one of the BUSY states (what systemd's STATUS counts).
-    pub fn serving(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "IDLE" | "BUSY" | "BUSY_STREAMING" | "BUSY_BLOCKED"
-        )
-    }
-
     pub fn of(s: &WorkerSlot) -> Self {
         let pid = s.pid.load(Relaxed);
         let started = s.started_at_ms.load(Relaxed);
@@ -382,6 +374,11 @@ impl Pool {
                 _ => return self.serving().0,
             }
         }
+    }
+
+    /// True when every slot is DEAD: nothing will serve until an operator restarts one.
+    pub fn all_dead(&self) -> bool {
+        self.serving().1 == 0
     }
 
     /// (serving, not DEAD).
