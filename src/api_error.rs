@@ -109,6 +109,37 @@ impl ErrorKind {
         }
     }
 
+    /// The inverse of `status` for a status this gateway itself produces (a worker's answer
+    /// relayed by the front); any other status is a bad gateway.
+    pub fn from_status(status: u16) -> Self {
+        const ALL: [ErrorKind; 11] = [
+            ErrorKind::BadRequest,
+            ErrorKind::Unauthorized,
+            ErrorKind::NotFound,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::MisdirectedRequest,
+            ErrorKind::RateLimited,
+            ErrorKind::BadGateway,
+            ErrorKind::Unavailable,
+            ErrorKind::GatewayTimeout,
+            ErrorKind::Internal,
+        ];
+        ALL.into_iter()
+            .find(|k| k.status() == status)
+            .unwrap_or(Self::BadGateway)
+    }
+
+    /// The kind to report for an upstream's error status whose body we cannot pass through.
+    pub fn from_upstream_status(status: u16) -> Self {
+        match status {
+            429 => Self::RateLimited,
+            503 | 529 => Self::Unavailable,
+            504 => Self::GatewayTimeout,
+            _ => Self::BadGateway,
+        }
+    }
+
     /// Which side is at fault for this kind.
     pub fn side(self) -> Side {
         match self {
@@ -198,6 +229,25 @@ mod tests {
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "not_found_error");
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn from_status_inverts_status() {
+        for s in [400, 401, 404, 405, 413, 421, 429, 500, 502, 503, 504] {
+            assert_eq!(ErrorKind::from_status(s).status(), s);
+        }
+        assert_eq!(ErrorKind::from_status(418), ErrorKind::BadGateway);
+    }
+
+    #[test]
+    fn upstream_statuses() {
+        assert_eq!(ErrorKind::from_upstream_status(429), ErrorKind::RateLimited);
+        assert_eq!(ErrorKind::from_upstream_status(529), ErrorKind::Unavailable);
+        assert_eq!(
+            ErrorKind::from_upstream_status(504),
+            ErrorKind::GatewayTimeout
+        );
+        assert_eq!(ErrorKind::from_upstream_status(500), ErrorKind::BadGateway);
     }
 
     #[test]

@@ -15,9 +15,15 @@ pub fn ping(dialect: Dialect) -> &'static [u8] {
 /// The frame that reports `err` inside an already-started stream. OpenAI SDKs raise on a `data:`
 /// object with an `error` member; Anthropic SDKs raise on `event: error`.
 pub fn error_event(dialect: Dialect, err: &ApiError) -> String {
+    error_frame(dialect, &err.body(dialect))
+}
+
+/// The error frame around an error body that is already JSON in `dialect` (a provider's own
+/// error, passed through).
+pub fn error_frame(dialect: Dialect, json: &str) -> String {
     match dialect {
-        Dialect::OpenAi => format!("data: {}\n\n", err.body(dialect)),
-        Dialect::Anthropic => format!("event: error\ndata: {}\n\n", err.body(dialect)),
+        Dialect::OpenAi => format!("data: {json}\n\n"),
+        Dialect::Anthropic => format!("event: error\ndata: {json}\n\n"),
     }
 }
 

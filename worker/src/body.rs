@@ -437,22 +437,17 @@ impl WaitingBody {
         let status = resp.status();
         // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
         let json = match resp.into_body() {
-            ResBody::Full(Some(b)) if serde_json::from_slice::<serde_json::Value>(&b).is_ok() => {
+            ResBody::Full(Some(b))
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() =>
+            {
                 Some(String::from_utf8_lossy(&b).into_owned())
             }
             _ => None,
         };
         let event = match json {
-            Some(j) => match self.dialect {
-                Dialect::OpenAi => format!("data: {j}\n\n"),
-                Dialect::Anthropic => format!("event: error\ndata: {j}\n\n"),
-            },
+            Some(j) => gateway::sse::error_frame(self.dialect, &j),
             None => {
-                let kind = match status.as_u16() {
-                    504 => ErrorKind::GatewayTimeout,
-                    503 | 529 => ErrorKind::Unavailable,
-                    _ => ErrorKind::BadGateway,
-                };
+                let kind = ErrorKind::from_upstream_status(status.as_u16());
                 let msg = format!("the provider answered {status} instead of an event stream");
                 gateway::sse::error_event(self.dialect, &ApiError::new(kind, msg))
             }

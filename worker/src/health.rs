@@ -297,7 +297,8 @@ fn unix_secs(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn json_response(v: &Value) -> Response<ResBody> {
+/// A 200 JSON response; shared with the model list.
+pub(crate) fn json_response(v: &Value) -> Response<ResBody> {
     let mut r = Response::new(ResBody::from(v.to_string()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -405,12 +405,7 @@ async fn buffered_error(
     let body = if is_json {
         bytes
     } else {
-        let kind = match parts.status.as_u16() {
-            429 => ErrorKind::RateLimited,
-            503 | 529 => ErrorKind::Unavailable,
-            504 => ErrorKind::GatewayTimeout,
-            _ => ErrorKind::BadGateway,
-        };
+        let kind = ErrorKind::from_upstream_status(parts.status.as_u16());
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
         let msg = format!(
             "provider `{}` answered {}: {}",

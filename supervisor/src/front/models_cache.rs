@@ -115,16 +115,13 @@ impl ModelsCache {
         while rx.recv().await.is_some() {
             let outcome = match refresh_once(&shared).await {
                 Ok(()) => "ok",
-                Err(e) => {
+                Err(RefreshError::NoIdleWorker) => "no_worker",
+                Err(RefreshError::Failed(e)) => {
                     tracing::debug!(
                         error = e,
                         "models cache refresh failed; serving the old list"
                     );
-                    if e == "no idle worker" {
-                        "no_worker"
-                    } else {
-                        "error"
-                    }
+                    "error"
                 }
             };
             shared
@@ -138,18 +135,29 @@ impl ModelsCache {
     }
 }
 
-/// Fetches the list from one IDLE worker (else any worker with room).
-async fn refresh_once(shared: &Shared) -> Result<(), &'static str> {
+/// Why a refresh did not produce a list; the first is its own metric outcome.
+enum RefreshError {
+    NoIdleWorker,
+    Failed(&'static str),
+}
+
+impl From<&'static str> for RefreshError {
+    fn from(e: &'static str) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Fetches the list from one IDLE worker (contract: never from a busy one; the stale list or
+/// the configured floor is served meanwhile).
+async fn refresh_once(shared: &Shared) -> Result<(), RefreshError> {
     let max = shared.config.load().pool.worker_max_inflight;
-    let port = {
-        let slots = shared.pool.slots();
-        let idle = slots
-            .iter()
-            .find(|s| s.state() == WorkerState::Idle && s.has_room(max));
-        idle.or_else(|| slots.iter().find(|s| s.has_room(max)))
-            .map(|s| s.port)
-    };
-    let port = port.ok_or("no idle worker")?;
+    let port = shared
+        .pool
+        .slots()
+        .iter()
+        .find(|s| s.state() == WorkerState::Idle && s.has_room(max))
+        .map(|s| s.port)
+        .ok_or(RefreshError::NoIdleWorker)?;
     let req = http::Request::get(format!("http://127.0.0.1:{port}/v1/models"))
         .body(Full::new(Bytes::new()))
         .map_err(|_| "bad request")?;
@@ -173,7 +181,7 @@ async fn refresh_once(shared: &Shared) -> Result<(), &'static str> {
         .map_err(|_| "timed out")??;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "not JSON")?;
     if !v.get("data").is_some_and(|d| d.is_array()) {
-        return Err("not a model list");
+        return Err(RefreshError::Failed("not a model list"));
     }
     shared.models.current.store(Some(Arc::new(Fetched {
         body,

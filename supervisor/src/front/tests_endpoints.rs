@@ -31,11 +31,10 @@ async fn tokens_and_client_limits() {
         "authentication_error"
     );
     let anth = h.send("POST", "/v1/messages", &[], "{}").await;
-    assert_eq!(
-        json_body(anth).await["type"],
-        "error",
-        "401 in the Anthropic dialect"
-    );
+    assert_eq!(anth.status(), 401);
+    let anth = json_body(anth).await;
+    assert_eq!(anth["type"], "error", "401 in the Anthropic dialect");
+    assert_eq!(anth["error"]["type"], "authentication_error");
     assert_eq!(
         h.chat(false, &[("authorization", "Bearer s3cret")])
             .await

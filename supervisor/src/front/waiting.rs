@@ -108,16 +108,7 @@ fn failed(dialect: Dialect, err: ApiError) -> (Item, State) {
 
 /// The error a non-2xx answer stands for: its status's kind, with the message from its body.
 async fn error_from(status: StatusCode, body: FrontBody) -> ApiError {
-    let kind = match status.as_u16() {
-        400 => ErrorKind::BadRequest,
-        401 => ErrorKind::Unauthorized,
-        404 => ErrorKind::NotFound,
-        413 => ErrorKind::PayloadTooLarge,
-        429 => ErrorKind::RateLimited,
-        503 => ErrorKind::Unavailable,
-        504 => ErrorKind::GatewayTimeout,
-        _ => ErrorKind::BadGateway,
-    };
+    let kind = ErrorKind::from_status(status.as_u16());
     let bytes = http_body_util::Limited::new(body, ERROR_BODY_LIMIT)
         .collect()
         .await

@@ -7,7 +7,7 @@ use crate::body::ResBody;
 use crate::providers::Provider;
 use arc_swap::ArcSwapOption;
 use gateway::config::Config;
-use http::{header, Response};
+use http::Response;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,11 +126,5 @@ pub async fn list(app: &App) -> Response<ResBody> {
             }
         }
     }
-    let body = json!({"object": "list", "data": data}).to_string();
-    let mut r = Response::new(ResBody::from(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
+    crate::health::json_response(&json!({"object": "list", "data": data}))
 }
