@@ -5,22 +5,36 @@
 //! reload, see `Settings`), never per request. A token arrives as `Authorization: Bearer X` or
 //! `x-api-key: X` and is compared in constant time, so response timing does not leak how much
 //! of a guess was right.
+//!
+//! A client's in-flight count and its line of waiting requests (`ClientLive`) outlive the
+//! configuration they were created with: a reload hands them to the client of the same name,
+//! so requests admitted before the reload still count against the limit after it, and their
+//! permits, when returned, wake the requests waiting under the new configuration.
 
-use crate::pool::Pool;
+use crate::fifo::Fifo;
 use gateway::Config;
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// One `[[clients]]` entry with its live in-flight count.
+/// One `[[clients]]` entry.
 #[derive(Debug)]
 pub struct Client {
     pub name: String,
     token: Vec<u8>,
     /// 0 = unlimited.
     pub max_concurrency: u32,
+    /// Shared with the same-named client of the configurations before and after this one.
+    pub live: Arc<ClientLive>,
+}
+
+/// What a client's limit needs across configurations.
+#[derive(Debug, Default)]
+pub struct ClientLive {
     /// Requests of this client in flight across the pool. Writer: `ClientPermit`.
     pub inflight: AtomicU32,
+    /// Its requests waiting for a permit, in arrival order.
+    pub line: Fifo,
 }
 
 /// Who the caller is.
@@ -43,7 +57,14 @@ pub struct AuthTable {
 
 impl AuthTable {
     /// Reads the token variables named by `cfg`. Empty or unset variables configure nothing.
-    pub fn from_config(cfg: &Config) -> Self {
+    /// Clients also named in `previous` keep its live state (in-flight count, waiting line).
+    pub fn from_config(cfg: &Config, previous: Option<&AuthTable>) -> Self {
+        let live = |name: &str| {
+            previous
+                .and_then(|p| p.clients.iter().find(|c| c.name == name))
+                .map(|c| c.live.clone())
+                .unwrap_or_default()
+        };
         let env = |name: &str| {
             (!name.is_empty())
                 .then(|| std::env::var(name).ok())
@@ -60,7 +81,7 @@ impl AuthTable {
                     name: c.name.clone(),
                     token,
                     max_concurrency: c.max_concurrency,
-                    inflight: AtomicU32::new(0),
+                    live: live(&c.name),
                 }))
             })
             .collect();
@@ -129,32 +150,30 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// A place within a client's `max_concurrency`; dropping it returns the place and wakes waiters.
+/// A place within a client's `max_concurrency`; dropping it returns the place and wakes the
+/// client's next waiting request.
 pub struct ClientPermit {
-    client: Arc<Client>,
-    pool: Arc<Pool>,
+    live: Arc<ClientLive>,
 }
 
 impl ClientPermit {
     /// Takes a place if the client is below its limit (always, when it has none).
-    pub fn try_take(client: &Arc<Client>, pool: &Arc<Pool>) -> Option<Self> {
-        let prev = client.inflight.fetch_add(1, Relaxed);
+    pub fn try_take(client: &Client) -> Option<Self> {
+        let prev = client.live.inflight.fetch_add(1, Relaxed);
         if client.max_concurrency != 0 && prev >= client.max_concurrency {
-            client.inflight.fetch_sub(1, Relaxed);
+            client.live.inflight.fetch_sub(1, Relaxed);
             return None;
         }
         Some(Self {
-            client: client.clone(),
-            pool: pool.clone(),
+            live: client.live.clone(),
         })
     }
 }
 
 impl Drop for ClientPermit {
     fn drop(&mut self) {
-        self.client.inflight.fetch_sub(1, Relaxed);
-        // Shares the pool's capacity event: client waiters re-check on any release.
-        self.pool.notify_capacity();
+        self.live.inflight.fetch_sub(1, Relaxed);
+        self.live.line.release();
     }
 }
 
@@ -179,7 +198,7 @@ mod tests {
                 name: "desk".into(),
                 token: b"cli".to_vec(),
                 max_concurrency: 1,
-                inflight: AtomicU32::new(0),
+                live: Default::default(),
             })],
         }
     }
@@ -205,12 +224,37 @@ mod tests {
     #[test]
     fn permits_bound_a_client() {
         let t = table();
-        let pool = Arc::new(Pool::from_slots(vec![]));
         let c = t.clients[0].clone();
-        let p = ClientPermit::try_take(&c, &pool).unwrap();
-        assert!(ClientPermit::try_take(&c, &pool).is_none());
+        let p = ClientPermit::try_take(&c).unwrap();
+        assert!(ClientPermit::try_take(&c).is_none());
         drop(p);
-        assert!(ClientPermit::try_take(&c, &pool).is_some());
-        assert_eq!(c.inflight.load(Relaxed), 0);
+        assert!(ClientPermit::try_take(&c).is_some());
+        assert_eq!(c.live.inflight.load(Relaxed), 0);
+    }
+
+    /// A reload keeps what a client has in flight: a permit taken under the old table still
+    /// counts against the limit in the new one, and returning it frees a place there.
+    #[test]
+    fn a_reload_keeps_in_flight_counts_by_client_name() {
+        let old = table();
+        let held = ClientPermit::try_take(&old.clients[0]).unwrap();
+        let mut cfg = Config::default();
+        cfg.clients.push(gateway::config::ClientConfig {
+            name: "desk".into(),
+            token_env: "GATEWAY_TEST_RELOAD_TOKEN".into(),
+            max_concurrency: 1,
+        });
+        std::env::set_var("GATEWAY_TEST_RELOAD_TOKEN", "cli2");
+        let new = AuthTable::from_config(&cfg, Some(&old));
+        let fresh = AuthTable::from_config(&cfg, None);
+        let n = &new.clients[0];
+        assert_eq!(n.live.inflight.load(Relaxed), 1, "the old permit counts");
+        assert!(ClientPermit::try_take(n).is_none(), "still at its limit");
+        assert!(
+            ClientPermit::try_take(&fresh.clients[0]).is_some(),
+            "without the previous table the count would start over (the bug this prevents)"
+        );
+        drop(held);
+        assert!(ClientPermit::try_take(n).is_some());
     }
 }

@@ -204,11 +204,11 @@ async fn client_permit(
     if c.max_concurrency == 0 {
         return Ok(None);
     }
-    let pool = &shared.pool;
-    let take = || ClientPermit::try_take(c, pool);
+    let take = || ClientPermit::try_take(c);
+    let line = &c.live.line;
     let waited = shared
         .queue
-        .wait_for(pool, &shared.metrics, cfg.pool.max_queue, deadline, take);
+        .wait_for(line, &shared.metrics, cfg.pool.max_queue, deadline, take);
     waited.await.map(Some).map_err(|e| match e {
         WaitError::QueueFull => queue_full(),
         WaitError::TimedOut => {
@@ -228,9 +228,10 @@ async fn worker_lease(
 ) -> Result<SlotLease, ApiError> {
     let (pool, max) = (&shared.pool, cfg.pool.worker_max_inflight);
     let pick = || shared.dispatch.pick(pool, max, p.sticky, tried);
+    let line = pool.capacity_line();
     let waited = shared
         .queue
-        .wait_for(pool, &shared.metrics, cfg.pool.max_queue, deadline, pick);
+        .wait_for(line, &shared.metrics, cfg.pool.max_queue, deadline, pick);
     waited.await.map_err(|e| match e {
         WaitError::QueueFull => queue_full(),
         WaitError::TimedOut => {

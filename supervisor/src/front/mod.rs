@@ -74,9 +74,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn new(cfg: Arc<Config>, bound: SocketAddr) -> Self {
+    /// `previous`: the settings being replaced, whose clients hand over their live state.
+    fn new(cfg: Arc<Config>, bound: SocketAddr, previous: Option<&Settings>) -> Self {
         Self {
-            auth: auth::AuthTable::from_config(&cfg),
+            auth: auth::AuthTable::from_config(&cfg, previous.map(|p| &p.auth)),
             access: access::AccessPolicy::new(&cfg, bound),
             floor_models: models_cache::floor_list(&cfg),
             source: cfg,
@@ -106,7 +107,7 @@ impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
         Self {
-            settings: ArcSwap::from_pointee(Settings::new(cfg, bound)),
+            settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
             pool: ctx.pool,
             config: ctx.config,
             metrics: ctx.metrics,
@@ -122,19 +123,63 @@ impl Shared {
         }
     }
 
-    /// The settings of `cfg`, rebuilding them once after a reload. The compare-and-swap makes
-    /// racing rebuilds agree on one result, so client counters are not split between copies.
+    /// The settings of `cfg` while they are current, rebuilt once after a reload.
+    ///
+    /// A rebuild always uses the *current* configuration, whatever `cfg` the request loaded: a
+    /// request that read the old one just before a reload must not swap old settings back in.
+    /// The compare-and-swap makes racing rebuilds agree on one result.
     pub fn settings(&self, cfg: &Arc<Config>) -> Arc<Settings> {
         let cur = self.settings.load_full();
         if Arc::ptr_eq(&cur.source, cfg) {
             return cur;
         }
-        let fresh = Arc::new(Settings::new(cfg.clone(), self.bound));
+        let current = self.config.load_full();
+        if Arc::ptr_eq(&cur.source, &current) {
+            // `cfg` is older than the settings: they already describe the newer configuration.
+            return cur;
+        }
+        let fresh = Arc::new(Settings::new(current, self.bound, Some(&cur)));
         let prev = self.settings.compare_and_swap(&cur, fresh.clone());
         if Arc::ptr_eq(&prev, &cur) {
             fresh
         } else {
             arc_swap::Guard::into_inner(prev)
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    fn shared(cfg: Arc<Config>) -> Shared {
+        let (metrics, registry) = SupervisorMetrics::new();
+        let ctx = FrontContext {
+            pool: Arc::new(Pool::from_slots(vec![])),
+            config: Arc::new(ArcSwap::new(cfg)),
+            metrics,
+            registry: Arc::new(registry),
+        };
+        Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
+    }
+
+    /// A request that loaded the configuration just before a reload must not put settings of
+    /// the old configuration back: that would reset every client's in-flight count each time
+    /// old and new requests alternate.
+    #[test]
+    fn a_stale_request_never_swaps_old_settings_back_in() {
+        let a = Arc::new(Config::default());
+        let s = shared(a.clone());
+        assert!(Arc::ptr_eq(&s.settings(&a).source, &a));
+        let b = Arc::new(Config::default());
+        s.config.store(b.clone());
+        let new = s.settings(&b);
+        assert!(Arc::ptr_eq(&new.source, &b));
+        let stale = s.settings(&a);
+        assert!(
+            Arc::ptr_eq(&stale, &new),
+            "the old configuration's request gets the new settings, not a rebuild of the old"
+        );
+        assert!(Arc::ptr_eq(&s.settings(&b), &new), "and they stay");
     }
 }

@@ -307,3 +307,35 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(r.status(), 200);
     assert_eq!(json_body(r).await["model"], "demo");
 }
+
+/// A client that uploads its whole (oversized) body before reading, as most SDKs do, still
+/// reads the 413: the front drains the upload instead of closing on it, which would reset the
+/// connection and lose the answer.
+#[tokio::test]
+async fn an_oversized_upload_written_in_full_still_reads_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = test_config();
+    cfg.server.max_body_bytes = 1000;
+    let h = Harness::start(1, cfg).await;
+    let body_len = 8 << 20;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 << 10];
+    let mut sent = 0;
+    while sent < body_len {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    assert_eq!(sent, body_len, "the upload was cut off before it ended");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(read.is_ok(), "the connection was not closed: {text}");
+    assert!(text.starts_with("HTTP/1.1 413"), "{read:?}: {text}");
+    assert!(text.contains("\"error\""), "{text}");
+}

@@ -32,6 +32,7 @@ pub mod task;
 pub use slot::{WorkerSlot, WorkerState};
 pub use sockets::port_holder;
 
+use crate::fifo::Fifo;
 use crate::metrics::SupervisorMetrics;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use arc_swap::ArcSwap;
@@ -153,8 +154,8 @@ pub struct Shared {
     pub runtime_dir: PathBuf,
     pub metrics: SupervisorMetrics,
     pub spawner: spawn::Spawner,
-    /// The pool's capacity notifier (`Pool::notify_capacity`): a worker became IDLE.
-    pub capacity: Arc<Notify>,
+    /// The line of requests waiting for room (`Pool::notify_capacity`): a worker became IDLE.
+    pub capacity: Arc<Fifo>,
     /// A slot's lifecycle or pid changed; the monitor republishes. `notify_one` keeps a permit,
     /// so a change while the monitor is busy is not lost.
     pub changed: Notify,
@@ -234,8 +235,9 @@ struct Supervision {
 pub struct Pool {
     /// The slot list; replaced (never mutated) when the pool is resized.
     slots: ArcSwap<Vec<Arc<WorkerSlot>>>,
-    /// Woken whenever a slot may have gained room (request finished, worker became IDLE).
-    capacity: Arc<Notify>,
+    /// Requests waiting for room, in arrival order; its head is woken whenever a slot may have
+    /// gained room (a request finished, a worker became IDLE).
+    capacity: Arc<Fifo>,
     sup: Option<Supervision>,
 }
 
@@ -249,7 +251,7 @@ impl Pool {
     pub fn from_slots(slots: Vec<Arc<WorkerSlot>>) -> Self {
         Self {
             slots: ArcSwap::from_pointee(slots),
-            capacity: Arc::new(Notify::new()),
+            capacity: Arc::new(Fifo::default()),
             sup: None,
         }
     }
@@ -286,7 +288,7 @@ impl Pool {
         let provider_rows = provider_rows::ProviderRows::create(&opts.runtime_dir)
             .map_err(|e| tracing::warn!("provider limits will be per worker, not pool-wide: {e}"))
             .ok();
-        let capacity = Arc::new(Notify::new());
+        let capacity = Arc::new(Fifo::default());
         let shared = Arc::new(Shared {
             config: ArcSwap::new(opts.config),
             config_path: opts.config_path,
@@ -342,17 +344,15 @@ impl Pool {
         self.notify_capacity();
     }
 
-    /// Wakes every waiter: a slot may have gained room. Waiters re-check and go back to sleep
-    /// when someone else took the room; `notify_waiters` (not `notify_one`) because a freed slot
-    /// may admit several requests when its limit is above one.
+    /// A slot may have gained room: wakes the first waiting request, which takes the room and
+    /// passes the turn on (see `crate::fifo`).
     pub fn notify_capacity(&self) {
-        self.capacity.notify_waiters();
+        self.capacity.release();
     }
 
-    /// A future that completes at the next `notify_capacity`. Create it *before* checking for
-    /// room, so a wake-up between the check and the await is not lost.
-    pub fn capacity_changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.capacity.notified()
+    /// The line of requests waiting for a place on a worker.
+    pub fn capacity_line(&self) -> &Fifo {
+        &self.capacity
     }
 
     /// Waits until every slot that is not DEAD is serving (IDLE or busy), or `timeout`; returns

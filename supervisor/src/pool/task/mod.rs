@@ -223,7 +223,7 @@ impl SlotTask {
                     at: std::time::Instant::now(),
                 });
                 if to == WorkerState::Idle {
-                    self.shared.capacity.notify_waiters();
+                    self.shared.capacity.release();
                 }
             }
             let mut follow = None;
