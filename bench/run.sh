@@ -22,7 +22,12 @@ export RUST_LOG=${RUST_LOG:-warn}
 cargo build --release -q -p supervisor -p gateway-worker
 cargo build --release -q -p gateway --examples
 . bench/lib.sh
-cleanup() { kill_pids; pkill -f "$OUT/nginx.conf" 2>/dev/null || true; }
+# nginx's master stops its workers on SIGTERM; a SIGKILL (kill_pids) would orphan them.
+cleanup() {
+  if [ -s "$OUT/nginx.pid" ]; then kill -TERM "$(cat "$OUT/nginx.pid")" 2>/dev/null || true; fi
+  kill_pids
+  pkill -f "$OUT/nginx.conf" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 rss_kb() { # total RSS of the given pids and their descendants

@@ -229,3 +229,106 @@ fn stop_cli_stops_gracefully_and_status_then_names_the_socket() {
         "{err}"
     );
 }
+
+/// Established TCP connections whose local port is one of `ports` (both directions of a
+/// loopback connection appear in the table, so this counts the worker's accepted side).
+fn established_on(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            cols.get(3) == Some(&"01") && local_port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
+fn worker_ports(env: &TestEnv) -> Vec<u16> {
+    status(env)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["port"].as_u64().unwrap() as u16)
+        .collect()
+}
+
+/// The environment a worker process was started with.
+fn start_env(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|kv| String::from_utf8_lossy(kv).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Built-in workers get a private Unix socket (fd 4, `LISTEN_FDS=2`) next to their port; the
+/// front talks to them over it, never over their ports; the socket is 0600, speaks the same
+/// HTTP, and is removed on stop.
+#[test]
+fn the_front_reaches_builtin_workers_over_their_private_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(&config(2, ""));
+    let mut run = env.start(&[]);
+    let socks: Vec<_> = (0..2)
+        .map(|id| env.runtime_dir().join(format!("worker-{id}.sock")))
+        .collect();
+    for s in &socks {
+        let mode = std::fs::metadata(s)
+            .expect("socket file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", s.display());
+    }
+    for pid in worker_pids(&env) {
+        let e = start_env(pid);
+        assert!(e.iter().any(|kv| kv == "LISTEN_FDS=2"), "{e:?}");
+    }
+    for _ in 0..20 {
+        let r = support::http::post_chat(run.listen, "demo", false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        established_on(&worker_ports(&env)),
+        0,
+        "the front used the worker ports"
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&socks[1]).unwrap();
+    s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"demo\""), "{out}");
+    let out = cli(&env, &["stop"]);
+    assert!(out.status.success());
+    run.expect_stopped_exit_0();
+    assert!(socks.iter().all(|s| !s.exists()), "sockets left behind");
+}
+
+/// Another worker program (`worker_command`) gets only its port (`LISTEN_FDS=1`), and the
+/// front then talks to it over the port.
+#[test]
+fn a_custom_worker_command_is_reached_over_its_port() {
+    let worker = support::process::bin_path("gateway-worker");
+    let cmd = serde_json::json!([worker.display().to_string()]);
+    let env = TestEnv::new(&config(1, &format!("worker_command = {cmd}")));
+    let run = env.start(&[]);
+    for pid in worker_pids(&env) {
+        let e = start_env(pid);
+        assert!(e.iter().any(|kv| kv == "LISTEN_FDS=1"), "{e:?}");
+    }
+    let r = support::http::post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        established_on(&worker_ports(&env)) > 0,
+        "the pooled connection to the worker port"
+    );
+}

@@ -107,7 +107,8 @@ fn is_runtime_file(name: &str) -> bool {
     matches!(
         name,
         "admin.sock" | "gateway.toml" | "gateway.toml.tmp" | "providers.shm"
-    ) || (name.starts_with("worker-") && (name.ends_with(".hb") || name.ends_with(".hb.tmp")))
+    ) || (name.starts_with("worker-")
+        && (name.ends_with(".hb") || name.ends_with(".hb.tmp") || name.ends_with(".sock")))
 }
 
 #[cfg(test)]
@@ -146,6 +147,7 @@ mod tests {
             "gateway.toml",
             "providers.shm",
             "worker-2-7.hb",
+            "worker-2.sock",
         ] {
             std::fs::write(dir.join(f), "").unwrap();
         }

@@ -38,11 +38,13 @@ fn run_inner(args: WorkerArgs) -> Result<(), WorkerError> {
     let source = gateway::config::resolve_source(args.config.as_deref());
     let config = gateway::config::load(&source)?.config;
     // Before the runtime starts threads: this edits the environment.
-    let inherited = crate::listen::take_inherited()?;
-    let listener = match inherited {
-        Some(l) => l,
+    let (listener, front) = match crate::listen::take_inherited()? {
+        Some(i) => (i.tcp, i.front),
         // Standalone, with no --listen, the worker is the whole gateway on the configured port.
-        None => crate::listen::bind(args.listen.unwrap_or(config.server.listen))?,
+        None => (
+            crate::listen::bind(args.listen.unwrap_or(config.server.listen))?,
+            None,
+        ),
     };
     let threads = config.pool.worker_threads.max(1) as usize;
     // One thread by default, as nginx and sozu workers are: the pool is the parallelism, and a
@@ -75,7 +77,11 @@ fn run_inner(args: WorkerArgs) -> Result<(), WorkerError> {
             }
         };
         let listener = tokio::net::TcpListener::from_std(listener).map_err(WorkerError::Runtime)?;
-        crate::run(config, listener, heartbeat, shutdown).await
+        let front = front
+            .map(tokio::net::UnixListener::from_std)
+            .transpose()
+            .map_err(WorkerError::Runtime)?;
+        crate::run_with_front(config, listener, front, heartbeat, shutdown).await
     })?;
     // Connection tasks still running past the grace period are cancelled here, not awaited.
     runtime.shutdown_timeout(Duration::from_millis(100));

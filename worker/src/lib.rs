@@ -40,6 +40,18 @@ pub async fn run(
     heartbeat: Option<HeartbeatConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    run_with_front(config, listener, None, heartbeat, shutdown).await
+}
+
+/// `run`, also serving `front` (the supervisor's private Unix socket, when it passed one) with
+/// the same handlers.
+pub async fn run_with_front(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    front: Option<tokio::net::UnixListener>,
+    heartbeat: Option<HeartbeatConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let metrics = metrics::Metrics::new();
     let factory = connect::ClientFactory::from_env();
     let providers = config
@@ -68,7 +80,10 @@ pub async fn run(
     let _probes = app.health.spawn();
     server::serve(
         app,
-        listener,
+        server::Listeners {
+            tcp: listener,
+            front,
+        },
         heartbeat,
         config.pool.shutdown_timeout,
         shutdown,

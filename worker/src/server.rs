@@ -1,6 +1,7 @@
-//! The accept loop: serves HTTP/1.1 and HTTP/2 (prior knowledge) connections on the listener,
-//! runs the heartbeat on the same runtime, and on shutdown stops accepting, lets in-flight
-//! requests finish for up to the grace period, then returns.
+//! The accept loop: serves HTTP/1.1 and HTTP/2 (prior knowledge) connections on the listeners
+//! (the TCP port, and the supervisor's Unix socket when there is one), runs the heartbeat on
+//! the same runtime, and on shutdown stops accepting, lets in-flight requests finish for up to
+//! the grace period, then returns.
 
 use crate::handlers::{self, App};
 use crate::heartbeat::{self, HeartbeatConfig};
@@ -11,16 +12,41 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// What the worker accepts connections on.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    /// The supervisor's private way in for its front listener (see `listen`).
+    pub front: Option<UnixListener>,
+}
+
+/// A connection from either listener.
+enum Accepted {
+    Tcp(std::io::Result<TcpStream>),
+    Unix(std::io::Result<UnixStream>),
+}
+
+/// The next connection from `front`, or never when there is none.
+async fn accept_front(front: &Option<UnixListener>) -> std::io::Result<UnixStream> {
+    match front {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
 
 /// Serves until `shutdown` completes, then drains for at most `grace`.
 pub async fn serve(
     app: Arc<App>,
-    listener: TcpListener,
+    listeners: Listeners,
     heartbeat: Option<HeartbeatConfig>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listeners {
+        tcp: listener,
+        front,
+    } = listeners;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     let graceful = GracefulShutdown::new();
@@ -35,36 +61,51 @@ pub async fn serve(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning on the error.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let svc = service_fn(move |req| handlers::handle(app.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                // The connection task is owned by `graceful` (which signals and counts it) and,
-                // past the grace period, by the runtime, whose shutdown cancels it.
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+            a = listener.accept() => serve_one(&builder, &graceful, &app, Accepted::Tcp(a.map(|(s, _)| s))).await,
+            a = accept_front(&front) => serve_one(&builder, &graceful, &app, Accepted::Unix(a)).await,
         }
     }
-    drop(listener);
+    drop((listener, front));
     let open = graceful.count();
     tracing::info!(connections = open, grace = %humantime::format_duration(grace), "shutting down");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; cutting the remaining connections"),
     }
+}
+
+/// Starts serving one accepted connection in its own task (owned by `graceful`, then by the
+/// runtime, whose shutdown cancels it).
+async fn serve_one(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    app: &Arc<App>,
+    accepted: Accepted,
+) {
+    let app = app.clone();
+    let svc = service_fn(move |req| handlers::handle(app.clone(), req));
+    match accepted {
+        Accepted::Tcp(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            let conn = builder.serve_connection(TokioIo::new(s), svc).into_owned();
+            spawn_conn(graceful.watch(conn));
+        }
+        Accepted::Unix(Ok(s)) => {
+            let conn = builder.serve_connection(TokioIo::new(s), svc).into_owned();
+            spawn_conn(graceful.watch(conn));
+        }
+        Accepted::Tcp(Err(e)) | Accepted::Unix(Err(e)) => {
+            // EMFILE and friends: back off instead of spinning on the error.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn_conn<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }

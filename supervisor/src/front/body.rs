@@ -11,6 +11,7 @@
 //! clock read per frame, not one timer-wheel update.
 
 use super::auth::ClientPermit;
+use super::conns::Conn;
 use super::dispatch::SlotLease;
 use super::Shared;
 use bytes::Bytes;
@@ -199,6 +200,8 @@ pub struct Forwarded {
     /// or closes), the lease (the worker's place, and the wake-up of waiters), the client permit,
     /// then the record, so the access line is written once the counters are back.
     inner: Incoming,
+    /// The worker connection `inner` arrives on; back to the pool once `inner` has ended.
+    conn: Option<Conn>,
     lease: SlotLease,
     _permit: Option<ClientPermit>,
     _record: RequestRecord,
@@ -217,6 +220,7 @@ pub struct Forwarded {
 impl Forwarded {
     pub fn new(
         inner: Incoming,
+        conn: Conn,
         mut lease: SlotLease,
         permit: Option<ClientPermit>,
         record: RequestRecord,
@@ -233,6 +237,7 @@ impl Forwarded {
             .then(|| Box::pin(tokio::time::sleep_until(now + blocked_after)));
         Self {
             inner,
+            conn: Some(conn),
             lease,
             _permit: permit,
             _record: record,
@@ -243,6 +248,16 @@ impl Forwarded {
             pending_error: None,
             yielded: false,
             done: false,
+        }
+    }
+
+    /// The worker's body ended cleanly: its connection may carry the next request.
+    fn end(&mut self) {
+        self.done = true;
+        self.timer = None;
+        self.lease.set_blocked(false);
+        if let Some(c) = self.conn.take() {
+            c.give_back();
         }
     }
 
@@ -286,6 +301,11 @@ impl Body for Forwarded {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
+                if this.inner.is_end_stream() {
+                    // hyper may not poll a body again once it says it has ended.
+                    this.end();
+                    return Poll::Ready(Some(Ok(f)));
+                }
                 this.last_byte = Instant::now();
                 if this.lease.is_blocked() {
                     this.lease.set_blocked(false);
@@ -309,9 +329,7 @@ impl Body for Forwarded {
                 }
             },
             Poll::Ready(None) => {
-                this.done = true;
-                this.timer = None;
-                this.lease.set_blocked(false);
+                this.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {

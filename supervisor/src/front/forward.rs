@@ -1,4 +1,4 @@
-//! Forwarding one request to a worker over a pooled loopback connection.
+//! Forwarding one request to a worker over a pooled connection (`conns`).
 //!
 //! The request body is already buffered (so it can be sent again); the response body is not (it
 //! streams through [`Forwarded`]). A failure before response headers, such as a refused or reset
@@ -8,18 +8,16 @@
 
 use super::auth::{Caller, ClientPermit};
 use super::body::{Forwarded, FrontBody, RequestRecord};
+use super::conns::{Conn, SendError};
 use super::dispatch::{SlotLease, StickyKey, Tried};
 use super::queue::WaitError;
 use super::Shared;
 use bytes::Bytes;
 use gateway::{ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -30,52 +28,6 @@ pub const MAX_ATTEMPTS: usize = 3;
 /// The response header naming the worker that served a request.
 pub const WORKER_HEADER: HeaderName = HeaderName::from_static("x-gateway-worker");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
-/// One client for every worker port: keep-alive connections pooled per port.
-pub fn upstream_client() -> UpstreamClient {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    // Loopback: a connect that takes longer than this is a worker that is not accepting.
-    conn.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1024)
-        .build(conn)
-}
-
-/// Distinct worker ports remembered at most; past it the list starts over (ports are fixed per
-/// slot, so this only matters if a pool is resized very many times).
-const MAX_AUTHORITIES: usize = 1024;
-
-/// `127.0.0.1:PORT` authorities, built once per port, so that addressing a worker clones a
-/// `Bytes` instead of formatting and parsing a URI on every request.
-#[derive(Default)]
-pub struct Authorities(arc_swap::ArcSwap<Vec<(u16, Authority)>>);
-
-impl Authorities {
-    pub fn get(&self, port: u16) -> Authority {
-        if let Some((_, a)) = self.0.load().iter().find(|(p, _)| *p == port) {
-            return a.clone();
-        }
-        let a = Authority::from_maybe_shared(Bytes::from(format!("127.0.0.1:{port}")))
-            .expect("an IPv4 address and a port make a valid authority");
-        self.0.rcu(|cur| {
-            let mut v = if cur.len() >= MAX_AUTHORITIES {
-                Vec::new()
-            } else {
-                (**cur).clone()
-            };
-            if !v.iter().any(|(p, _)| *p == port) {
-                v.push((port, a.clone()));
-            }
-            v
-        });
-        a
-    }
-}
 
 /// A request ready to be sent (and re-sent).
 pub struct Prepared {
@@ -113,17 +65,14 @@ impl Prepared {
         headers.remove(header::CONTENT_LENGTH);
     }
 
-    fn to_request(&self, authority: Authority) -> Request<Full<Bytes>> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
-        parts.path_and_query = Some(
-            self.uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        let uri = Uri::from_parts(parts).expect("scheme, authority and path make a valid uri");
+    /// The request for a worker: an origin-form target (the path and query; `conns` adds the
+    /// Host), the cleaned headers, the buffered body.
+    fn to_request(&self) -> Request<Full<Bytes>> {
+        let uri = match self.uri.path_and_query() {
+            Some(_) if self.uri.scheme().is_none() => self.uri.clone(),
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -135,6 +84,8 @@ impl Prepared {
 /// A worker's response with what must live as long as its body.
 struct Upstream {
     resp: Response<Incoming>,
+    /// The connection it came on, given back to the pool when the body ends.
+    conn: Conn,
     lease: SlotLease,
     permit: Option<ClientPermit>,
 }
@@ -170,12 +121,13 @@ async fn obtain(
     for _ in 0..MAX_ATTEMPTS {
         let mut lease = worker_lease(shared, p, cfg, deadline, tried).await?;
         tried.add(lease.slot.id);
-        let req = p.to_request(shared.authorities.get(lease.slot.port));
+        let req = p.to_request();
         match send(shared, &mut lease, req, cfg.pool.blocked_after).await {
-            Ok(resp) => {
+            Ok((resp, conn)) => {
                 lease.mark_served();
                 return Ok(Upstream {
                     resp,
+                    conn,
                     lease,
                     permit,
                 });
@@ -256,8 +208,9 @@ async fn send(
     lease: &mut SlotLease,
     req: Request<Full<Bytes>>,
     blocked_after: Duration,
-) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-    let fut = shared.client.request(req);
+) -> Result<(Response<Incoming>, Conn), SendError> {
+    let conns = shared.conns.for_slot(&lease.slot);
+    let fut = conns.send(req);
     tokio::pin!(fut);
     if !blocked_after.is_zero() {
         tokio::select! {
@@ -289,6 +242,7 @@ fn wrap(
     record.worker = Some(up.lease.slot.id);
     let guarded = Forwarded::new(
         body,
+        up.conn,
         up.lease,
         up.permit,
         record,
@@ -303,15 +257,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn authorities_are_built_once_per_port() {
-        let a = Authorities::default();
-        assert_eq!(a.get(8765).as_str(), "127.0.0.1:8765");
-        assert_eq!(a.get(8766).as_str(), "127.0.0.1:8766");
-        assert_eq!(a.get(8765).as_str(), "127.0.0.1:8765");
-        assert_eq!(a.0.load().len(), 2);
-    }
-
-    #[test]
     fn requests_keep_path_and_query() {
         let p = Prepared {
             method: Method::GET,
@@ -322,7 +267,16 @@ mod tests {
             caller: Caller::Open,
             sticky: None,
         };
-        let r = p.to_request(Authorities::default().get(9000));
-        assert_eq!(r.uri(), "http://127.0.0.1:9000/v1/health/models/x?fresh=1");
+        let r = p.to_request();
+        assert_eq!(r.uri(), "/v1/health/models/x?fresh=1");
+        let absolute = Prepared {
+            uri: "http://localhost:8080/v1/health?x=1".parse().unwrap(),
+            ..p
+        };
+        assert_eq!(
+            absolute.to_request().uri(),
+            "/v1/health?x=1",
+            "origin-form for the worker"
+        );
     }
 }

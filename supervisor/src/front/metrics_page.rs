@@ -8,8 +8,8 @@
 //! the `worker` label added.
 
 use super::Shared;
+use crate::pool::WorkerSlot;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use std::time::Duration;
 
 /// How long a worker's `/metrics` may take.
@@ -128,7 +128,7 @@ pub async fn render(shared: &Shared) -> Bytes {
     }
     let mut own = String::new();
     let _ = prometheus_client::encoding::text::encode_registry(&mut own, &shared.registry);
-    let scrapes = slots.iter().map(|s| scrape(shared, s.id, s.port));
+    let scrapes = slots.iter().map(|s| scrape(shared, s));
     let results = futures_util::future::join_all(scrapes).await;
     let mut page = Exposition::default();
     page.add(&own, None);
@@ -139,20 +139,13 @@ pub async fn render(shared: &Shared) -> Bytes {
 }
 
 /// One worker's metrics text, or `None` when it did not answer well within the timeout.
-async fn scrape(shared: &Shared, id: usize, port: u16) -> Option<(usize, String)> {
-    let req = http::Request::get(format!("http://127.0.0.1:{port}/metrics"))
-        .body(Full::new(Bytes::new()))
+async fn scrape(shared: &Shared, slot: &WorkerSlot) -> Option<(usize, String)> {
+    let fetch = shared.conns.get(slot, "/metrics", MAX_WORKER_METRICS);
+    let bytes = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
+        .await
+        .ok()?
         .ok()?;
-    let fetch = async {
-        let resp = shared.client.request(req).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_WORKER_METRICS);
-        body.collect().await.ok().map(|c| c.to_bytes())
-    };
-    let bytes = tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.ok()??;
-    String::from_utf8(bytes.to_vec()).ok().map(|s| (id, s))
+    String::from_utf8(bytes.to_vec()).ok().map(|s| (slot.id, s))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! - `server`: accept loop, graceful stop, routing of one request;
 //! - `dispatch`: which worker (IDLE first, then power of two choices; sticky sessions);
 //! - `queue`: waiting for room, bounded in count and time;
-//! - `forward`: the pooled loopback client, retries before headers, response wrapping;
+//! - `conns`: keep-alive connections to the workers, pooled per slot;
+//! - `forward`: sending to a worker, retries before headers, response wrapping;
 //! - `waiting`: keep-alive pings for streams that wait, then the worker's stream spliced in;
 //! - `body`: response bodies and the in-flight guard riding on them;
 //! - `auth`, `access`: tokens and client limits; Host check and CORS;
@@ -21,6 +22,7 @@
 pub mod access;
 pub mod auth;
 pub mod body;
+pub mod conns;
 pub mod counters;
 pub mod dispatch;
 pub mod forward;
@@ -91,8 +93,8 @@ pub struct Shared {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
-    pub client: forward::UpstreamClient,
-    pub authorities: forward::Authorities,
+    /// Pooled connections to the workers.
+    pub conns: conns::WorkerConns,
     pub dispatch: dispatch::Dispatcher,
     pub queue: queue::WaitQueue,
     pub models: models_cache::ModelsCache,
@@ -112,8 +114,7 @@ impl Shared {
             config: ctx.config,
             metrics: ctx.metrics,
             registry: ctx.registry,
-            client: forward::upstream_client(),
-            authorities: Default::default(),
+            conns: Default::default(),
             dispatch: Default::default(),
             queue: Default::default(),
             models: Default::default(),

@@ -14,7 +14,6 @@ use crate::pool::WorkerState;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use gateway::Config;
-use http_body_util::{BodyExt, Full};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -151,31 +150,14 @@ impl From<&'static str> for RefreshError {
 /// the configured floor is served meanwhile).
 async fn refresh_once(shared: &Shared) -> Result<(), RefreshError> {
     let max = shared.config.load().pool.worker_max_inflight;
-    let port = shared
+    let slot = shared
         .pool
         .slots()
         .iter()
         .find(|s| s.state() == WorkerState::Idle && s.has_room(max))
-        .map(|s| s.port)
+        .cloned()
         .ok_or(RefreshError::NoIdleWorker)?;
-    let req = http::Request::get(format!("http://127.0.0.1:{port}/v1/models"))
-        .body(Full::new(Bytes::new()))
-        .map_err(|_| "bad request")?;
-    let fetch = async {
-        let resp = shared
-            .client
-            .request(req)
-            .await
-            .map_err(|_| "worker unreachable")?;
-        if !resp.status().is_success() {
-            return Err("worker answered an error");
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_LIST_BYTES);
-        body.collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|_| "body failed")
-    };
+    let fetch = shared.conns.get(&slot, "/v1/models", MAX_LIST_BYTES);
     let body = tokio::time::timeout(REFRESH_TIMEOUT, fetch)
         .await
         .map_err(|_| "timed out")??;

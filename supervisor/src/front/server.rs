@@ -101,6 +101,17 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
     let refresher = tokio::spawn(super::models_cache::ModelsCache::run_refresher(
         shared.clone(),
     ));
+    // Closes worker connections left idle after a burst (see `conns`); ends with `run`.
+    let pruner = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut every = tokio::time::interval(super::conns::IDLE_TIMEOUT / 3);
+            loop {
+                every.tick().await;
+                shared.conns.prune();
+            }
+        }
+    });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let mut conns = JoinSet::new();
     loop {
@@ -132,7 +143,9 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
         conns.shutdown().await;
     }
     refresher.abort();
+    pruner.abort();
     let _ = refresher.await;
+    let _ = pruner.await;
 }
 
 /// Serves one connection until it closes; on shutdown, finishes in-flight requests first.

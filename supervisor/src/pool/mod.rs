@@ -39,9 +39,8 @@ use arc_swap::ArcSwap;
 use gateway::Config;
 use restart::Reason;
 use serde::{Deserialize, Serialize};
-use sockets::BindFailure;
+use sockets::{BindFailure, SlotSockets};
 use std::io;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -181,8 +180,8 @@ pub struct Transition {
 struct SlotHandle {
     slot: Arc<WorkerSlot>,
     tx: mpsc::Sender<SlotCmd>,
-    /// The slot's socket (the task holds another reference while it runs).
-    listener: Arc<TcpListener>,
+    /// The slot's sockets (the task holds another reference while it runs).
+    sockets: Arc<SlotSockets>,
     /// Taken by `stop` to await the task.
     task: Option<JoinHandle<()>>,
 }
@@ -196,7 +195,7 @@ pub struct Registry {
     retired: Mutex<Vec<JoinHandle<()>>>,
     /// Sockets of removed slots, by slot id. Kept bound so that scaling back up gets the same
     /// port even while the removed worker still drains on it, and no other program takes it.
-    parked: Mutex<std::collections::HashMap<usize, Arc<TcpListener>>>,
+    parked: Mutex<std::collections::HashMap<usize, Arc<SlotSockets>>>,
 }
 
 impl Registry {
@@ -305,7 +304,8 @@ impl Pool {
         {
             let mut handles = registry.lock();
             for (id, l) in listeners.into_iter().enumerate() {
-                handles.push(add_slot(&shared, id, l));
+                let sockets = Arc::new(SlotSockets::new(l, &front_path(&shared, id)));
+                handles.push(add_slot(&shared, id, sockets));
             }
         }
         let (ready_tx, ready) = watch::channel((0, n));
@@ -496,12 +496,14 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner());
         while handles.len() < n {
             let id = handles.len();
-            let listener = match parked.remove(&id) {
-                Some(l) => Ok(l),
-                None => sockets::port_for(base, id).and_then(sockets::bind_one),
+            let bound = match parked.remove(&id) {
+                Some(s) => Ok(s),
+                None => sockets::port_for(base, id)
+                    .and_then(sockets::bind_one)
+                    .map(|l| Arc::new(SlotSockets::new(l, &front_path(&sup.shared, id)))),
             };
-            match listener {
-                Ok(l) => handles.push(add_slot(&sup.shared, id, l)),
+            match bound {
+                Ok(s) => handles.push(add_slot(&sup.shared, id, s)),
                 Err(e) => {
                     tracing::error!("cannot add worker {id}: {}", PoolError::from(e));
                     break;
@@ -519,7 +521,7 @@ impl Pool {
             h.slot.draining.store(true, Relaxed);
             // Dropping the sender ends the slot task, which drains its worker gracefully.
             retired.extend(h.task);
-            parked.insert(h.slot.id, h.listener);
+            parked.insert(h.slot.id, h.sockets);
         }
         drop((retired, parked));
         let slots: Vec<_> = handles.iter().map(|h| h.slot.clone()).collect();
@@ -581,17 +583,22 @@ impl Pool {
     }
 }
 
-/// Creates slot `id` on `listener` and starts its task.
-fn add_slot(shared: &Arc<Shared>, id: usize, listener: Arc<TcpListener>) -> SlotHandle {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let slot = Arc::new(WorkerSlot::new(id, port));
+/// Where slot `id`'s front socket goes.
+fn front_path(shared: &Shared, id: usize) -> PathBuf {
+    shared.runtime_dir.join(format!("worker-{id}.sock"))
+}
+
+/// Creates slot `id` on `sockets` and starts its task.
+fn add_slot(shared: &Arc<Shared>, id: usize, sockets: Arc<SlotSockets>) -> SlotHandle {
+    let mut slot = WorkerSlot::new(id, sockets.port());
+    slot.front_socket = sockets.front.as_ref().map(|f| f.path.clone());
+    let slot = Arc::new(slot);
     let (tx, rx) = mpsc::channel(SLOT_QUEUE);
-    let task =
-        tokio::spawn(SlotTask::new(slot.clone(), shared.clone(), listener.clone(), rx).run());
+    let task = tokio::spawn(SlotTask::new(slot.clone(), shared.clone(), sockets.clone(), rx).run());
     SlotHandle {
         slot,
         tx,
-        listener,
+        sockets,
         task: Some(task),
     }
 }

@@ -97,6 +97,11 @@ pub struct WorkerSlot {
     pub rss_bytes: AtomicU64,
     /// Set while the slot is being drained (stop, reload, recycle): no new work. Writer: lifecycle.
     pub draining: AtomicBool,
+    /// The slot's Unix socket for the front listener (`pool::sockets`), if it has one; fixed.
+    pub front_socket: Option<std::path::PathBuf>,
+    /// Whether the slot's processes serve `front_socket` (the built-in worker does; a custom
+    /// `worker_command` gets only the port). Writer: the lifecycle task, at each spawn.
+    pub front_served: AtomicBool,
 }
 
 impl WorkerSlot {
@@ -115,7 +120,16 @@ impl WorkerSlot {
             heartbeat_age_ms: AtomicU64::new(u64::MAX),
             rss_bytes: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            front_socket: None,
+            front_served: AtomicBool::new(false),
         }
+    }
+
+    /// The front socket, when the slot's current processes serve it.
+    pub fn served_front_socket(&self) -> Option<&std::path::Path> {
+        self.front_socket
+            .as_deref()
+            .filter(|_| self.front_served.load(Relaxed))
     }
 
     /// The lifecycle state as last written by the lifecycle task.

@@ -1,13 +1,81 @@
 //! The worker listening sockets: bound by the supervisor, never by a worker, so a restarting
 //! worker's port keeps its accept queue and no other program can take it in between.
 //!
+//! Each slot has two ([`SlotSockets`]): its TCP port (the contract's worker port, fd 3 of every
+//! process of the slot), and, for the built-in worker, a Unix socket in the runtime directory
+//! (`worker-<id>.sock`, mode 0600, fd 4) that only the front listener uses. Why a second way
+//! in: a loopback TCP round trip costs the kernel about 5 µs more CPU than a Unix socket one
+//! (measured here: 12.8 vs 7.9 µs per request/response through hyper on both ends), and the
+//! front-to-worker hop is one every request pays. When the socket cannot be bound (a runtime
+//! directory whose path is too long for `sun_path`, say) the slot simply has none and the front
+//! uses the port.
+//!
 //! Every port is bound before any worker is spawned; a port in use names its holder when /proc
 //! tells (the listening socket's inode from /proc/net/tcp{,6}, then the process holding that
 //! inode among /proc/*/fd).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// A slot's listening sockets, held by the supervisor for the whole life of the slot.
+#[derive(Debug)]
+pub struct SlotSockets {
+    /// The worker port; fd 3 of every process of the slot.
+    pub tcp: Arc<TcpListener>,
+    /// The front listener's way in, when it could be bound; fd 4 of built-in workers.
+    pub front: Option<FrontSocket>,
+}
+
+/// A Unix listening socket and its path.
+#[derive(Debug)]
+pub struct FrontSocket {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+}
+
+impl SlotSockets {
+    /// The slot's sockets around its TCP listener, with a front socket at `front_path` when one
+    /// can be bound there (see the module docs).
+    pub fn new(tcp: Arc<TcpListener>, front_path: &Path) -> Self {
+        let front = match bind_unix(front_path) {
+            Ok(listener) => Some(FrontSocket {
+                listener,
+                path: front_path.to_path_buf(),
+            }),
+            Err(e) => {
+                tracing::info!(
+                    path = %front_path.display(),
+                    "no front socket for this worker, the front will use its port: {e}"
+                );
+                None
+            }
+        };
+        Self { tcp, front }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.tcp.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+}
+
+/// Binds a Unix listening socket at `path`, replacing a stale one (a supervisor killed with
+/// SIGKILL leaves its sockets behind; the runtime directory's lock says nobody else uses them),
+/// readable and writable by this user only.
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
 
 /// Why a port could not be bound.
 #[derive(Debug)]
@@ -107,6 +175,24 @@ fn listening_inode(table: &str, port: u16) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn front_socket_is_private_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-0.sock");
+        std::fs::write(&path, "left by a killed supervisor").unwrap();
+        let tcp = bind_one(0).unwrap();
+        let s = SlotSockets::new(tcp, &path);
+        let front = s.front.as_ref().expect("bound");
+        let mode = std::fs::metadata(&front.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::os::unix::net::UnixStream::connect(&path).expect("listening");
+        // A path longer than sun_path allows: no front socket, the port still works.
+        let long = dir.path().join("x".repeat(200));
+        assert!(SlotSockets::new(bind_one(0).unwrap(), &long)
+            .front
+            .is_none());
+    }
 
     #[test]
     fn parses_proc_net_tcp() {

@@ -20,7 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -98,6 +98,8 @@ pub struct WorkerSpec<'a> {
     pub heartbeat_interval: Duration,
     /// The slot's listening socket, passed as fd 3.
     pub listener: RawFd,
+    /// The slot's front socket, passed as fd 4 when given (`LISTEN_FDS=2`).
+    pub front: Option<RawFd>,
     /// Where the worker's row of the pool-wide provider table is, when there is one.
     pub provider_row: Option<&'a super::provider_rows::RowLease>,
 }
@@ -135,7 +137,11 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
             cmd.env(k, v);
         }
     }
-    cmd.env("LISTEN_FDS", "1")
+    if spec.front.is_some() {
+        // sd_listen_fds_with_names(3) style names, for whoever inspects the worker.
+        cmd.env("LISTEN_FDNAMES", "http:front");
+    }
+    cmd.env("LISTEN_FDS", if spec.front.is_some() { "2" } else { "1" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -143,18 +149,18 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         .process_group(0);
     // Captured before the fork: the child compares it with getppid() after arming pdeathsig.
     let parent = nix::unistd::getpid();
-    let fd = spec.listener;
+    let (fd, front) = (spec.listener, spec.front);
     // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
     // system calls (prctl, getppid, dup2, fcntl), allocates nothing (errors are raw errnos) and
     // touches no lock, so it is sound even though the parent is multi-threaded.
     unsafe {
-        cmd.pre_exec(move || child_setup(fd, parent));
+        cmd.pre_exec(move || child_setup(fd, front, parent));
     }
     Ok(cmd)
 }
 
 /// Runs in the child between fork and exec; see `command`.
-fn child_setup(listener: RawFd, parent: Pid) -> io::Result<()> {
+fn child_setup(listener: RawFd, front: Option<RawFd>, parent: Pid) -> io::Result<()> {
     let errno = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno)?;
     // The parent may have died between fork and prctl; then the signal was never armed for it and
@@ -164,15 +170,19 @@ fn child_setup(listener: RawFd, parent: Pid) -> io::Result<()> {
             nix::errno::Errno::ESRCH as i32,
         ));
     }
-    if listener != 3 {
-        nix::unistd::dup2(listener, 3).map_err(errno)?;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // Each source is first copied above the targets (close-on-exec, so the copies vanish at
+    // exec): otherwise placing one at 3 could overwrite the other if it happened to be fd 3.
+    let high = |fd: RawFd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(errno);
+    let tcp = high(listener)?;
+    let front = front.map(high).transpose()?;
+    for (src, dst) in [(Some(tcp), 3), (front, 4)] {
+        if let Some(src) = src {
+            nix::unistd::dup2(src, dst).map_err(errno)?;
+            // dup2 clears close-on-exec on the new fd; said again, so it never depends on that.
+            fcntl(dst, FcntlArg::F_SETFD(FdFlag::empty())).map_err(errno)?;
+        }
     }
-    // dup2 clears close-on-exec on the new fd, but not when the listener already was fd 3.
-    nix::fcntl::fcntl(
-        3,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(errno)?;
     Ok(())
 }
 
@@ -379,11 +389,6 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The raw fd of a listener, for `WorkerSpec`.
-pub fn raw(l: &std::net::TcpListener) -> RawFd {
-    l.as_raw_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +423,7 @@ mod tests {
             heartbeat_file: hb,
             heartbeat_interval: Duration::from_millis(1500),
             listener: 7,
+            front: None,
             provider_row: None,
         })
         .unwrap();

@@ -7,6 +7,7 @@ use crate::pool::lifecycle::Event;
 use crate::pool::restart::Reason;
 use crate::pool::spawn::{self, Proc};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -202,12 +203,19 @@ impl SlotTask {
         gateway::heartbeat::remove(&hb);
         let argv = spawn::worker_argv(&p.worker_command)?;
         let lease = self.shared.provider_rows.as_ref().and_then(|r| r.lease());
+        // Only the built-in worker is known to serve the front socket; another program gets
+        // the port alone, and the front then connects to the port.
+        let front = match &self.sockets.front {
+            Some(f) if p.worker_command.is_empty() => Some(f.listener.as_raw_fd()),
+            _ => None,
+        };
         let cmd = spawn::command(&spawn::WorkerSpec {
             argv: &argv,
             config_path: &self.shared.config_path,
             heartbeat_file: &hb,
             heartbeat_interval: p.heartbeat_interval,
-            listener: spawn::raw(&self.listener),
+            listener: self.sockets.tcp.as_raw_fd(),
+            front,
             provider_row: lease.as_ref(),
         })?;
         // A failed spawn drops the lease here: no process ever had the row.
@@ -215,6 +223,7 @@ impl SlotTask {
         // The startup deadline counts from the fork; time queued at the spawner is not the
         // worker's fault.
         let ready_by = std::time::Instant::now() + p.startup_timeout;
+        self.slot.front_served.store(front.is_some(), Relaxed);
         let mut proc = Proc::new(child, self.slot.id, hb, ready_by, self.tail.clone());
         proc.provider_row = lease;
         tracing::info!(

@@ -19,11 +19,11 @@ mod health;
 
 use super::lifecycle::{self, Action, Event};
 use super::restart::{Backoff, Budget, Reason};
+use super::sockets::SlotSockets;
 use super::spawn::{Proc, StderrTail};
 use super::{Shared, WorkerSlot, WorkerState};
 use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering::Relaxed;
@@ -78,8 +78,9 @@ pub struct Sweep {
 pub struct SlotTask {
     slot: Arc<WorkerSlot>,
     shared: Arc<Shared>,
-    /// The slot's socket; every process of the slot gets it as fd 3.
-    listener: Arc<TcpListener>,
+    /// The slot's sockets; every process of the slot gets the port as fd 3 (and the built-in
+    /// worker the front socket as fd 4).
+    sockets: Arc<SlotSockets>,
     cmds: mpsc::Receiver<SlotCmd>,
     /// The process the slot's state describes.
     cur: Option<Proc>,
@@ -115,7 +116,7 @@ impl SlotTask {
     pub fn new(
         slot: Arc<WorkerSlot>,
         shared: Arc<Shared>,
-        listener: Arc<TcpListener>,
+        sockets: Arc<SlotSockets>,
         cmds: mpsc::Receiver<SlotCmd>,
     ) -> Self {
         let cfg = shared.config.load();
@@ -126,7 +127,7 @@ impl SlotTask {
         Self {
             slot,
             shared,
-            listener,
+            sockets,
             cmds,
             cur: None,
             next: None,

@@ -1,0 +1,430 @@
+//! Keep-alive HTTP/1.1 connections from the front to the workers, pooled per worker slot.
+//!
+//! Why not hyper-util's pooled `Client`: a profile under load showed its pool (one map of idle
+//! lists keyed by scheme and authority, scanned on every checkout, behind one mutex, plus boxed
+//! futures per request) at about 5 % of the supervisor's CPU. The workers are a handful of fixed
+//! loopback addresses, so this pool is a small table of slots, each a stack of idle connections:
+//! a checkout is one pop, a return one push.
+//!
+//! HTTP/1.1 cannot start a request before the previous response has ended, so a connection
+//! goes back to its stack only when the response body it carried has ended
+//! ([`Conn::give_back`], called by the response wrapper). A response dropped half-way drops its
+//! connection, and hyper closes it. A request that fails on a reused connection before it was
+//! written (the worker closed that connection meanwhile, e.g. it restarted) is sent again on
+//! another connection of the same slot; anything else is the caller's to retry elsewhere.
+//!
+//! Idle connections are bounded per slot ([`MAX_IDLE`]) and closed after [`IDLE_TIMEOUT`]
+//! (`prune`, run periodically by the front), so a burst does not leave memory behind in the
+//! front or the workers.
+
+use crate::pool::WorkerSlot;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Idle connections kept per worker slot; more are closed when they come back.
+pub const MAX_IDLE: usize = 128;
+/// An idle connection unused for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Loopback: a connect that takes longer than this is a worker that is not accepting.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slot tables remembered at most; past it the table starts over (slots are fixed per pool, so
+/// this only matters if a pool is resized very many times).
+const MAX_SLOTS: usize = 1024;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Where a worker takes connections from the front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Why a request could not be sent to a worker (no response head came back).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect to the worker: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// One worker slot's connections.
+pub struct SlotConns {
+    id: usize,
+    addr: WorkerAddr,
+    /// `127.0.0.1:PORT`: HTTP/1.1 requests must carry a Host.
+    host: HeaderValue,
+    /// Idle connections, most recently used on top, with when they went idle. A std mutex: each
+    /// critical section is one push or pop (never across an `.await`); a lock-free stack would
+    /// need a crate for a few nanoseconds.
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+/// A connection checked out for one request; see [`Conn::give_back`].
+pub struct Conn {
+    sender: Sender,
+    home: Arc<SlotConns>,
+}
+
+impl Conn {
+    /// The response body this connection carried has ended: the connection may serve the next
+    /// request.
+    pub fn give_back(self) {
+        self.home.put(self.sender);
+    }
+}
+
+impl SlotConns {
+    fn new(id: usize, addr: WorkerAddr, port: u16) -> Self {
+        let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
+            .expect("an address and a port make a valid header value");
+        Self {
+            id,
+            addr,
+            host,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
+        // Every change is one push or pop: a poisoned stack is still consistent.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self) -> Option<Sender> {
+        let mut idle = self.lock();
+        while let Some((s, _)) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((s, Instant::now()));
+        }
+    }
+
+    /// Closes the connections idle for longer than `IDLE_TIMEOUT` (the oldest are at the
+    /// bottom of the stack) and the ones already closed by the worker.
+    fn prune(&self, now: Instant) {
+        self.lock()
+            .retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+    }
+
+    /// Idle connections right now.
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let timeout = |_| SendError::Connect(std::io::ErrorKind::TimedOut.into());
+        let (sender, conn) = match &self.addr {
+            WorkerAddr::Tcp(a) => {
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
+                    .await
+                    .map_err(timeout)?
+                    .map_err(SendError::Connect)?;
+                let _ = s.set_nodelay(true);
+                let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
+                (sender, ConnTask::Tcp(conn))
+            }
+            WorkerAddr::Unix(p) => {
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(p))
+                    .await
+                    .map_err(timeout)?
+                    .map_err(SendError::Connect)?;
+                let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
+                (sender, ConnTask::Unix(conn))
+            }
+        };
+        // The connection's task ends when the worker closes it or when its `SendRequest` is
+        // dropped while idle (pruned, pool full, response dropped half-way): it owns nothing
+        // that outlives the connection.
+        let id = self.id;
+        tokio::spawn(async move {
+            if let Err(e) = conn.run().await {
+                tracing::debug!(worker = id, error = %e, "worker connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` (origin-form URI) and waits for the response head. On success the
+    /// connection rides along with the response until its body ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Conn), SendError> {
+        req.headers_mut().insert(HOST, self.host.clone());
+        loop {
+            let (mut sender, reused) = match self.pop() {
+                Some(s) => (s, true),
+                None => (self.connect().await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let conn = Conn {
+                        sender,
+                        home: self.clone(),
+                    };
+                    return Ok((resp, conn));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written, on a connection the worker had closed meanwhile: the
+                    // request is intact, so it goes out again on another connection.
+                    Some(r) if reused => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+}
+
+impl WorkerConns {
+    /// GETs `path` from `slot` and returns its body if the status is a success and the body
+    /// at most `limit` bytes (a worker's own endpoints: `/metrics`, `/v1/models`).
+    pub async fn get(
+        &self,
+        slot: &WorkerSlot,
+        path: &'static str,
+        limit: usize,
+    ) -> Result<Bytes, &'static str> {
+        use http_body_util::BodyExt;
+        let req = Request::get(path)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| "bad request")?;
+        let (resp, conn) = self
+            .for_slot(slot)
+            .send(req)
+            .await
+            .map_err(|_| "worker unreachable")?;
+        if !resp.status().is_success() {
+            return Err("worker answered an error");
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| "body failed")?;
+        conn.give_back();
+        Ok(body.to_bytes())
+    }
+}
+
+/// The two kinds of connection future, so one spawned task type serves both.
+enum ConnTask {
+    Tcp(http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>),
+    Unix(http1::Connection<TokioIo<tokio::net::UnixStream>, Full<Bytes>>),
+}
+
+impl ConnTask {
+    async fn run(self) -> hyper::Result<()> {
+        match self {
+            Self::Tcp(c) => c.await,
+            Self::Unix(c) => c.await,
+        }
+    }
+}
+
+/// Every slot's connections, found by slot id and port.
+#[derive(Default)]
+pub struct WorkerConns {
+    slots: ArcSwap<Vec<Arc<SlotConns>>>,
+}
+
+impl WorkerConns {
+    /// The connections of `slot`, created on first use: over its front socket when its
+    /// processes serve one, else over its port.
+    pub fn for_slot(&self, slot: &WorkerSlot) -> Arc<SlotConns> {
+        let unix = slot.served_front_socket();
+        // Compared in place: this runs per request and must not allocate.
+        let found = |v: &[Arc<SlotConns>]| {
+            v.iter()
+                .find(|c| {
+                    c.id == slot.id
+                        && match (&c.addr, unix) {
+                            (WorkerAddr::Unix(p), Some(q)) => p == q,
+                            (WorkerAddr::Tcp(a), None) => a.port() == slot.port,
+                            _ => false,
+                        }
+                })
+                .cloned()
+        };
+        if let Some(c) = found(&self.slots.load()) {
+            return c;
+        }
+        let addr = match unix {
+            Some(p) => WorkerAddr::Unix(p.to_path_buf()),
+            None => WorkerAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, slot.port))),
+        };
+        let fresh = Arc::new(SlotConns::new(slot.id, addr, slot.port));
+        let mut chosen = fresh.clone();
+        self.slots.rcu(|cur| {
+            if let Some(c) = found(cur) {
+                chosen = c;
+                return (**cur).clone();
+            }
+            chosen = fresh.clone();
+            let mut v = if cur.len() >= MAX_SLOTS {
+                Vec::new()
+            } else {
+                (**cur).clone()
+            };
+            v.push(fresh.clone());
+            v
+        });
+        chosen
+    }
+
+    /// Closes idle connections past `IDLE_TIMEOUT` in every slot.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        for s in self.slots.load().iter() {
+            s.prune(now);
+        }
+    }
+
+    /// Idle connections across every slot.
+    pub fn idle(&self) -> usize {
+        self.slots.load().iter().map(|s| s.idle()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// A worker stand-in on `port` (0: any) counting the connections it accepted; aborting its
+    /// task closes every connection.
+    async fn server(port: u16) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                a.fetch_add(1, SeqCst);
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
+                        let host = r.headers().get(HOST).cloned();
+                        let mut resp = Response::new(Full::new(Bytes::from(r.uri().to_string())));
+                        if let Some(h) = host {
+                            resp.headers_mut().insert("x-host", h);
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (port, accepted, task)
+    }
+
+    fn get(path: &str) -> Request<Full<Bytes>> {
+        Request::get(path).body(Full::new(Bytes::new())).unwrap()
+    }
+
+    /// A connection is reused only after the body it carried ended; one dropped half-way is
+    /// not; requests carry the worker's Host and an origin-form target.
+    #[tokio::test]
+    async fn reuses_a_connection_only_after_its_body_ended() {
+        let (port, accepted, _t) = server(0).await;
+        let conns = WorkerConns::default();
+        let slot = WorkerSlot::new(0, port);
+        let c = conns.for_slot(&slot);
+        assert!(
+            Arc::ptr_eq(&c, &conns.for_slot(&slot)),
+            "one table per slot"
+        );
+        let (resp, conn) = c.send(get("/v1/health?x=1")).await.unwrap();
+        assert_eq!(resp.headers()["x-host"], format!("127.0.0.1:{port}"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "/v1/health?x=1");
+        conn.give_back();
+        assert_eq!(c.idle(), 1);
+        let (resp, conn) = c.send(get("/a")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(SeqCst), 1, "the idle connection was reused");
+        // Dropped without giving back (its body was abandoned): the next request connects anew.
+        drop(conn);
+        let (resp, conn) = c.send(get("/b")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        conn.give_back();
+        assert_eq!(accepted.load(SeqCst), 2);
+    }
+
+    /// Idle connections closed by the worker are skipped, and the request goes out on a new
+    /// connection to whoever serves the address now (a restarted worker).
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        let (port, _accepted, task) = server(0).await;
+        let conns = WorkerConns::default();
+        let c = conns.for_slot(&WorkerSlot::new(0, port));
+        let (resp, conn) = c.send(get("/a")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        conn.give_back();
+        assert_eq!(c.idle(), 1);
+        // The worker goes away, closing its connections.
+        task.abort();
+        let _ = task.await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.lock().iter().all(|(s, _)| s.is_closed()) {
+            assert!(
+                Instant::now() < deadline,
+                "the idle connection never noticed"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(c.send(get("/b")).await.is_err(), "nobody listens now");
+        let (_, accepted, _t) = server(port).await;
+        let (resp, conn) = c.send(get("/c")).await.expect("sent to the new worker");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "/c");
+        conn.give_back();
+        assert_eq!(accepted.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn prune_closes_connections_idle_too_long() {
+        let (port, _accepted, _t) = server(0).await;
+        let conns = WorkerConns::default();
+        let c = conns.for_slot(&WorkerSlot::new(0, port));
+        let (resp, conn) = c.send(get("/a")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        conn.give_back();
+        c.prune(Instant::now());
+        assert_eq!(c.idle(), 1, "fresh: kept");
+        c.prune(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(c.idle(), 0, "idle too long: closed");
+    }
+}
