@@ -49,6 +49,9 @@ pub async fn serve(
     } = listeners;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // The supervisor's front multiplexes every stream it sends this worker over one HTTP/2
+    // connection; it never sends more than `worker_max_inflight` requests at once.
+    builder.http2().max_concurrent_streams(app.max_inflight);
     let graceful = GracefulShutdown::new();
     // Dropped when this function returns, which stops the heartbeat with the server.
     let _heartbeat = heartbeat.map(|h| heartbeat::spawn(h, app.counters.clone()));

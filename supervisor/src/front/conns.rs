@@ -16,6 +16,19 @@
 //! Idle connections are bounded per slot ([`MAX_IDLE`]) and closed after [`IDLE_TIMEOUT`]
 //! (`prune`, run periodically by the front), so a burst does not leave memory behind in the
 //! front or the workers.
+//!
+//! Streaming requests to a built-in worker (over its Unix socket) go instead over one HTTP/2
+//! connection per slot, multiplexed ([`SlotConns::send_stream`]). Why: a held SSE stream over
+//! HTTP/1.1 keeps a connection of its own for minutes, which costs two hyper connections (the
+//! front's client side and the worker's server side, each with its 8 KB read buffer, 8 KB
+//! header buffer and a task), about 35 KB per stream; as an HTTP/2 stream it costs a few
+//! hundred bytes of stream state on each side. Short requests stay on HTTP/1.1, which is
+//! cheaper per request than HTTP/2's framing. A custom `worker_command` is reached over its
+//! port with HTTP/1.1 only, since nothing says it speaks HTTP/2.
+//!
+//! Flow control: each stream's receive window is [`H2_STREAM_WINDOW`], so a client that stops
+//! reading holds at most that much in the front; the connection window is the largest allowed,
+//! so stalled streams never stall the others sharing the connection.
 
 use crate::pool::WorkerSlot;
 use arc_swap::ArcSwap;
@@ -37,11 +50,16 @@ pub const MAX_IDLE: usize = 128;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Loopback: a connect that takes longer than this is a worker that is not accepting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Per-stream HTTP/2 receive window (the protocol's default).
+pub const H2_STREAM_WINDOW: u32 = 64 << 10;
+/// The connection window: the protocol's maximum, see the module docs.
+const H2_CONN_WINDOW: u32 = (1 << 31) - 1;
 /// Slot tables remembered at most; past it the table starts over (slots are fixed per pool, so
 /// this only matters if a pool is resized very many times).
 const MAX_SLOTS: usize = 1024;
 
 type Sender = SendRequest<Full<Bytes>>;
+type Sender2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// Where a worker takes connections from the front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,19 +87,21 @@ pub struct SlotConns {
     /// critical section is one push or pop (never across an `.await`); a lock-free stack would
     /// need a crate for a few nanoseconds.
     idle: Mutex<Vec<(Sender, Instant)>>,
+    /// The slot's HTTP/2 connection for streams, once opened (Unix sockets only). A std mutex
+    /// held to clone or replace the handle, never across an `.await`.
+    h2: Mutex<Option<Sender2>>,
 }
 
-/// A connection checked out for one request; see [`Conn::give_back`].
-pub struct Conn {
-    sender: Sender,
-    home: Arc<SlotConns>,
-}
+/// The connection a response arrived on; see [`Conn::give_back`].
+pub struct Conn(Option<(Sender, Arc<SlotConns>)>);
 
 impl Conn {
-    /// The response body this connection carried has ended: the connection may serve the next
-    /// request.
+    /// The response body this connection carried has ended: an HTTP/1.1 connection may serve
+    /// the next request (an HTTP/2 stream needs nothing).
     pub fn give_back(self) {
-        self.home.put(self.sender);
+        if let Some((sender, home)) = self.0 {
+            home.put(sender);
+        }
     }
 }
 
@@ -94,7 +114,13 @@ impl SlotConns {
             addr,
             host,
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
         }
+    }
+
+    /// Whether streams to this slot go over HTTP/2 (see the module docs).
+    pub fn multiplexes(&self) -> bool {
+        matches!(self.addr, WorkerAddr::Unix(_))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
@@ -186,13 +212,7 @@ impl SlotConns {
                 return Err(e.into());
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let conn = Conn {
-                        sender,
-                        home: self.clone(),
-                    };
-                    return Ok((resp, conn));
-                }
+                Ok(resp) => return Ok((resp, Conn(Some((sender, self.clone()))))),
                 Err(mut e) => match e.take_message() {
                     // Never written, on a connection the worker had closed meanwhile: the
                     // request is intact, so it goes out again on another connection.
@@ -232,6 +252,86 @@ impl WorkerConns {
         conn.give_back();
         Ok(body.to_bytes())
     }
+}
+
+impl SlotConns {
+    /// Sends a streaming request over the slot's HTTP/2 connection (opened on first use, and
+    /// again after the worker closed it); HTTP/1.1 when the slot does not multiplex.
+    pub async fn send_stream(
+        self: &Arc<Self>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Conn), SendError> {
+        let WorkerAddr::Unix(path) = &self.addr else {
+            return self.send(req).await;
+        };
+        let mut req = req;
+        // HTTP/2 carries the target as :scheme, :authority and :path.
+        *req.uri_mut() = absolute(req.uri(), &self.host);
+        let mut fresh = false;
+        loop {
+            let current = self.lock_h2().clone().filter(|s| !s.is_closed());
+            let mut sender = match current {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.open_h2(path).await?
+                }
+            };
+            if let Err(e) = sender.ready().await {
+                // The worker closed it (it restarted, or drains): one fresh connection.
+                self.lock_h2().take();
+                if fresh {
+                    return Err(e.into());
+                }
+                continue;
+            }
+            let resp = sender.send_request(req).await?;
+            return Ok((resp, Conn(None)));
+        }
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<Sender2>> {
+        self.h2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens the HTTP/2 connection and stores it, unless a concurrent request stored a live
+    /// one meanwhile (then that one is used, and this one closes unused).
+    async fn open_h2(&self, path: &std::path::Path) -> Result<Sender2, SendError> {
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| SendError::Connect(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(SendError::Connect)?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .handshake(TokioIo::new(s))
+                .await?;
+        let id = self.id;
+        // Ends when the worker closes the connection or every handle to it is dropped.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(worker = id, error = %e, "worker HTTP/2 connection ended with an error");
+            }
+        });
+        let mut slot = self.lock_h2();
+        match slot.as_ref().filter(|s| !s.is_closed()) {
+            Some(live) => Ok(live.clone()),
+            None => {
+                *slot = Some(sender.clone());
+                Ok(sender)
+            }
+        }
+    }
+}
+
+/// `http://HOST/path?query` from an origin-form `uri`.
+fn absolute(uri: &http::Uri, host: &HeaderValue) -> http::Uri {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = host.to_str().unwrap_or("localhost");
+    format!("http://{host}{pq}")
+        .parse()
+        .unwrap_or_else(|_| uri.clone())
 }
 
 /// The two kinds of connection future, so one spawned task type serves both.
@@ -412,6 +512,78 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "/c");
         conn.give_back();
         assert_eq!(accepted.load(SeqCst), 1);
+    }
+
+    /// An HTTP/1.1-and-2 server on a Unix socket at `path` answering "VERSION PATH"; aborting
+    /// its task closes every connection.
+    fn unix_server(
+        path: &std::path::Path,
+        accepted: Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        let l = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                accepted.fetch_add(1, SeqCst);
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
+                        let v = format!("{:?} {}", r.version(), r.uri().path());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(v))))
+                    });
+                    let b = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = b.serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        })
+    }
+
+    /// Streams to a slot with a served Unix socket share one HTTP/2 connection; plain requests
+    /// take HTTP/1.1 over the same socket; after the worker closes it, the next stream opens
+    /// a new connection.
+    #[tokio::test]
+    async fn streams_share_one_http2_connection_over_the_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-0.sock");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = unix_server(&path, accepted.clone());
+        let mut slot = WorkerSlot::new(0, 1);
+        slot.front_socket = Some(path.clone());
+        slot.front_served.store(true, SeqCst);
+        let conns = WorkerConns::default();
+        let c = conns.for_slot(&slot);
+        assert!(c.multiplexes());
+        let text = |r: Response<Incoming>| async move {
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        let (a1, _) = c.send_stream(get("/s1")).await.unwrap();
+        let (a2, _) = c.send_stream(get("/s2")).await.unwrap();
+        assert_eq!(text(a1).await, "HTTP/2.0 /s1");
+        assert_eq!(text(a2).await, "HTTP/2.0 /s2");
+        assert_eq!(accepted.load(SeqCst), 1, "both streams on one connection");
+        let (plain, conn) = c.send(get("/p")).await.unwrap();
+        assert_eq!(text(plain).await, "HTTP/1.1 /p");
+        conn.give_back();
+        assert_eq!(accepted.load(SeqCst), 2);
+        // The worker goes away; a new one serves the same socket.
+        server.abort();
+        let _ = server.await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.lock_h2().as_ref().is_some_and(|s| s.is_closed()) {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection was never noticed"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(c.send_stream(get("/gone")).await.is_err());
+        std::fs::remove_file(&path).unwrap();
+        let _server = unix_server(&path, Arc::new(AtomicUsize::new(0)));
+        let (again, _) = c.send_stream(get("/s3")).await.unwrap();
+        assert_eq!(text(again).await, "HTTP/2.0 /s3");
     }
 
     #[tokio::test]

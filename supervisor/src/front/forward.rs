@@ -38,6 +38,8 @@ pub struct Prepared {
     pub dialect: Dialect,
     pub caller: Caller,
     pub sticky: Option<StickyKey>,
+    /// The client asked for a stream (`"stream": true`): long-lived, multiplexed to the worker.
+    pub stream: bool,
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus Host,
@@ -122,7 +124,7 @@ async fn obtain(
         let mut lease = worker_lease(shared, p, cfg, deadline, tried).await?;
         tried.add(lease.slot.id);
         let req = p.to_request();
-        match send(shared, &mut lease, req, cfg.pool.blocked_after).await {
+        match send(shared, &mut lease, req, p.stream, cfg.pool.blocked_after).await {
             Ok((resp, conn)) => {
                 lease.mark_served();
                 return Ok(Upstream {
@@ -207,10 +209,17 @@ async fn send(
     shared: &Shared,
     lease: &mut SlotLease,
     req: Request<Full<Bytes>>,
+    stream: bool,
     blocked_after: Duration,
 ) -> Result<(Response<Incoming>, Conn), SendError> {
     let conns = shared.conns.for_slot(&lease.slot);
-    let fut = conns.send(req);
+    let fut = async {
+        if stream {
+            conns.send_stream(req).await
+        } else {
+            conns.send(req).await
+        }
+    };
     tokio::pin!(fut);
     if !blocked_after.is_zero() {
         tokio::select! {
@@ -266,6 +275,7 @@ mod tests {
             dialect: Dialect::OpenAi,
             caller: Caller::Open,
             sticky: None,
+            stream: false,
         };
         let r = p.to_request();
         assert_eq!(r.uri(), "/v1/health/models/x?fresh=1");

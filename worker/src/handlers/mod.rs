@@ -31,6 +31,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: u64,
+    /// `pool.worker_max_inflight`: the most requests the front sends at once.
+    pub max_inflight: u32,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
             counters: Arc::new(Counters::default()),
             models,
             max_body_bytes: config.server.max_body_bytes,
+            max_inflight: config.pool.worker_max_inflight,
         }
     }
 }
