@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One run, one machine, one table: the same fast upstream measured direct, through one worker,
-# through the front listener with 3 workers, and through nginx (one-hop reference) if installable.
+# through the front listener with 3 workers, through nginx (one-hop reference) if installable,
+# and through `bench_proxy`, the smallest hyper proxy (the floor for any hyper-based hop).
 # Usage: bench/run.sh [SECS]   (default 10 s per measurement). Release build. Writes bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,11 @@ RUST_LOG=info $BIN/gateway-worker --config "$OUT/gateway.toml" --listen 127.0.0.
 for _ in $(seq 100); do WADDR=$( (grep -oE 'listening on [0-9.:]+' "$OUT/worker.log" || true) | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
 [ -n "${WADDR:-}" ] || { echo "worker did not report its address"; cat "$OUT/worker.log"; exit 1; }
 
+# --- the hyper floor: a bare hyper proxy on one thread, no gateway logic ---
+rm -f "$OUT/proxy.addr"; $EX/bench_proxy "$UP" >"$OUT/proxy.addr" & pids+=($!)
+until [ -s "$OUT/proxy.addr" ]; do sleep 0.05; done
+FLOOR=$(head -1 "$OUT/proxy.addr")
+
 # --- front listener with 3 workers, timing start -> ready line ---
 t0=$(date +%s%N)
 start_supervisor "$OUT/gateway.toml" "$OUT/sup.out" "$OUT/sup.log" 0.002
@@ -82,6 +88,7 @@ measure() { # name addr
 }
 : >"$OUT/rows"
 measure direct "$UP"
+measure hyper-floor "$FLOOR"
 measure worker "$WADDR"
 LOAD_RSS_BEFORE=$(rss_kb $SPID)
 ( $EX/bench_load throughput "http://$FRONT/v1/chat/completions" 64 "$SECS" >/dev/null ) & LP=$!

@@ -149,11 +149,17 @@ enum ProxyState {
 }
 
 /// A provider's response body on its way to the client.
+///
+/// The idle timer is lazy: a body that is there with its headers (most non-streamed answers)
+/// never creates one, and a stream records when each frame came instead of re-arming a timer
+/// per frame; the timer, created at the first wait, is only moved when it fires early.
 pub struct ProxyBody {
     inner: Incoming,
     idle: Duration,
-    /// Armed for `idle` after every frame. Boxed because `Sleep` is `!Unpin`.
-    timer: Pin<Box<Sleep>>,
+    /// When the headers or the last frame arrived.
+    last: tokio::time::Instant,
+    /// Fires at `last + idle` or earlier (then re-armed). Boxed because `Sleep` is `!Unpin`.
+    timer: Option<Pin<Box<Sleep>>>,
     /// `Some` for `text/event-stream` responses: the dialect of the error event.
     sse: Option<Dialect>,
     state: ProxyState,
@@ -172,12 +178,29 @@ impl ProxyBody {
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            last: tokio::time::Instant::now(),
+            timer: None,
             sse,
             state: ProxyState::Streaming,
             attempt,
             _request: request,
         }
+    }
+
+    /// Polls the idle timer (creating it at the first wait); true once `idle` has really passed
+    /// since the last frame. A timer that fires early (frames came meanwhile) is moved.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self.last + self.idle;
+        let t = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while t.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= due {
+                return true;
+            }
+            t.as_mut().reset(due);
+        }
+        false
     }
 
     fn fail(
@@ -244,8 +267,7 @@ impl Body for ProxyBody {
                     this.attempt.finish(Outcome::Success);
                     this.state = ProxyState::Done;
                 } else {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    this.last = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -258,10 +280,13 @@ impl Body for ProxyBody {
                 this.state = ProxyState::Done;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => this.fail(StreamError::Idle(this.idle), Outcome::Timeout),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.idle_expired(cx) {
+                    this.fail(StreamError::Idle(this.idle), Outcome::Timeout)
+                } else {
+                    Poll::Pending
+                }
+            }
         }
     }
 

@@ -14,6 +14,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (`self as usize` indexes it).
+    pub const ALL: [Endpoint; 6] = [
+        Self::ChatCompletions,
+        Self::Completions,
+        Self::Embeddings,
+        Self::Responses,
+        Self::Messages,
+        Self::CountTokens,
+    ];
+
     /// The endpoint served at `path`, if any.
     pub fn from_path(path: &str) -> Option<Self> {
         Some(match path {

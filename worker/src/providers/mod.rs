@@ -24,6 +24,9 @@ pub struct Provider {
     pub config: ProviderConfig,
     /// `base_url` without a trailing slash.
     pub base: String,
+    /// The upstream URI of each endpoint (`Endpoint::ALL` order) when it parses, built once:
+    /// a request without a query string clones one instead of formatting and parsing a URI.
+    uris: [Option<http::Uri>; 6],
     /// The credential header sent upstream (`authorization` or `x-api-key`), marked sensitive so
     /// that no `Debug` output shows it.
     pub auth: Option<(HeaderName, HeaderValue)>,
@@ -35,6 +38,19 @@ pub struct Provider {
     pub metrics: ProviderMetrics,
     /// This provider's circuit breaker (lock-free; its hook writes `metrics`).
     pub breaker: Arc<Breaker>,
+}
+
+/// `base` + the endpoint's suffix + `?query`.
+fn join_uri(base: &str, endpoint: Endpoint, query: Option<&str>) -> Result<http::Uri, http::Error> {
+    let suffix = endpoint.upstream_suffix();
+    let mut s = String::with_capacity(base.len() + suffix.len() + 1 + query.map_or(0, str::len));
+    s.push_str(base);
+    s.push_str(suffix);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    Ok(http::Uri::try_from(s)?)
 }
 
 impl std::fmt::Debug for Provider {
@@ -80,8 +96,11 @@ impl Provider {
                 tracing::info!(provider = %name, from = from.as_str(), to = to.as_str(), "circuit state changed");
             }
         });
+        let base = config.base_url.trim_end_matches('/').to_string();
+        let uris = Endpoint::ALL.map(|e| join_uri(&base, e, None).ok());
         Self {
-            base: config.base_url.trim_end_matches('/').to_string(),
+            base,
+            uris,
             auth,
             proxy_auth,
             client,
@@ -121,16 +140,10 @@ impl Provider {
 
     /// The upstream URI for `endpoint`, keeping the client's query string.
     pub fn uri(&self, endpoint: Endpoint, query: Option<&str>) -> Result<http::Uri, http::Error> {
-        let suffix = endpoint.upstream_suffix();
-        let mut s =
-            String::with_capacity(self.base.len() + suffix.len() + 1 + query.map_or(0, str::len));
-        s.push_str(&self.base);
-        s.push_str(suffix);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
+        match (query, &self.uris[endpoint as usize]) {
+            (None, Some(u)) => Ok(u.clone()),
+            _ => join_uri(&self.base, endpoint, query),
         }
-        Ok(http::Uri::try_from(s)?)
     }
 
     /// The models listing URI (`GET`), for providers whose `models` is `"*"`.
