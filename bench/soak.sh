@@ -24,11 +24,21 @@ end=$(( $(date +%s) + MIN * 60 ))
 ( while [ "$(date +%s)" -lt $end ]; do $EX/bench_load throughput "$URL" 32 20 >>"$OUT/soak.load"; done ) & pids+=($!)
 ( while [ "$(date +%s)" -lt $end ]; do $EX/bench_load streams "$URL" 200 10 >>"$OUT/soak.streams"; done ) & pids+=($!)
 ( while [ "$(date +%s)" -lt $end ]; do sleep 30; v=$(pgrep -P $SPID | shuf -n1); [ -n "$v" ] && kill -9 "$v"; done ) & pids+=($!)
-# Warm-up: the supervisor's RSS climbs for ~75 s under this load (allocator arenas, connection
-# pools) and is flat after that (measured: 28.8 MB at 75 s, 27.9 MB at 195 s).
-sleep 90
+# Warm-up: the supervisor's RSS climbs under this load for a few minutes (allocator arenas,
+# connection pools, the workers' restarts), then stays flat: measured 2026-12-01, 25.3 MB at
+# 90 s, 27.8 MB at 6 min, 27.8-28.4 MB from there to 20 min. WARMUP (seconds) sets the wait.
+sleep "${WARMUP:-90}"
 echo "start: $(snapshot)"
-while [ "$(date +%s)" -lt $end ]; do sleep 5; done
+# One supervisor sample a minute in between, so flatness (or a trend) is visible, not inferred
+# from two points.
+next=$(( $(date +%s) + 60 ))
+while [ "$(date +%s)" -lt $end ]; do
+  sleep 5
+  if [ "$(date +%s)" -ge $next ] && [ "$(date +%s)" -lt $end ]; then
+    echo "  $(date -u +%H:%M:%S) supervisor $(awk '/VmRSS/{print $2}' /proc/$SPID/status) kB"
+    next=$(( next + 60 ))
+  fi
+done
 echo "end:   $(snapshot)"
 echo "load errors:    $(python3 -c "import json,sys; print(sum(json.loads(l).get('errors',0) for l in open('$OUT/soak.load')))")"
 echo "stream errors:  $(python3 -c "import json,sys; print(sum(json.loads(l).get('errors',0) for l in open('$OUT/soak.streams') if 'held' in l))")"

@@ -36,13 +36,21 @@ fn status(env: &TestEnv) -> serde_json::Value {
     env.status_json()
 }
 
-/// The pid of every worker in `supervisor status`; each must have one.
-fn worker_pids(env: &TestEnv) -> Vec<u32> {
+/// `key` of every worker in `supervisor status`; each must have one.
+fn worker_field(env: &TestEnv, key: &str) -> Vec<u64> {
     status(env)["workers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .map(|w| w[key].as_u64().unwrap())
+        .collect()
+}
+
+/// The pid of every worker in `supervisor status`.
+fn worker_pids(env: &TestEnv) -> Vec<u32> {
+    worker_field(env, "pid")
+        .into_iter()
+        .map(|p| p as u32)
         .collect()
 }
 
@@ -249,11 +257,9 @@ fn established_on(ports: &[u16]) -> usize {
 }
 
 fn worker_ports(env: &TestEnv) -> Vec<u16> {
-    status(env)["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["port"].as_u64().unwrap() as u16)
+    worker_field(env, "port")
+        .into_iter()
+        .map(|p| p as u16)
         .collect()
 }
 

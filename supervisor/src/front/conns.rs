@@ -455,6 +455,14 @@ mod tests {
         Request::get(path).body(Full::new(Bytes::new())).unwrap()
     }
 
+    /// GET `path` on `c`, the whole body read, the connection given back.
+    async fn round_trip(c: &Arc<SlotConns>, path: &str) -> Bytes {
+        let (resp, conn) = c.send(get(path)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        conn.give_back();
+        body
+    }
+
     /// A connection is reused only after the body it carried ended; one dropped half-way is
     /// not; requests carry the worker's Host and an origin-form target.
     #[tokio::test]
@@ -478,9 +486,7 @@ mod tests {
         assert_eq!(accepted.load(SeqCst), 1, "the idle connection was reused");
         // Dropped without giving back (its body was abandoned): the next request connects anew.
         drop(conn);
-        let (resp, conn) = c.send(get("/b")).await.unwrap();
-        resp.into_body().collect().await.unwrap();
-        conn.give_back();
+        round_trip(&c, "/b").await;
         assert_eq!(accepted.load(SeqCst), 2);
     }
 
@@ -491,9 +497,7 @@ mod tests {
         let (port, _accepted, task) = server(0).await;
         let conns = WorkerConns::default();
         let c = conns.for_slot(&WorkerSlot::new(0, port));
-        let (resp, conn) = c.send(get("/a")).await.unwrap();
-        resp.into_body().collect().await.unwrap();
-        conn.give_back();
+        round_trip(&c, "/a").await;
         assert_eq!(c.idle(), 1);
         // The worker goes away, closing its connections.
         task.abort();
@@ -508,9 +512,7 @@ mod tests {
         }
         assert!(c.send(get("/b")).await.is_err(), "nobody listens now");
         let (_, accepted, _t) = server(port).await;
-        let (resp, conn) = c.send(get("/c")).await.expect("sent to the new worker");
-        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "/c");
-        conn.give_back();
+        assert_eq!(round_trip(&c, "/c").await, "/c", "sent to the new worker");
         assert_eq!(accepted.load(SeqCst), 1);
     }
 
@@ -591,9 +593,7 @@ mod tests {
         let (port, _accepted, _t) = server(0).await;
         let conns = WorkerConns::default();
         let c = conns.for_slot(&WorkerSlot::new(0, port));
-        let (resp, conn) = c.send(get("/a")).await.unwrap();
-        resp.into_body().collect().await.unwrap();
-        conn.give_back();
+        round_trip(&c, "/a").await;
         c.prune(Instant::now());
         assert_eq!(c.idle(), 1, "fresh: kept");
         c.prune(Instant::now() + IDLE_TIMEOUT);
