@@ -1,6 +1,7 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
-//! loading, the heartbeat file protocol, API error bodies in both client dialects, and SSE frames.
-//! Nothing here starts tasks or touches sockets.
+//! loading, the heartbeat file protocol, API error bodies in both client dialects, SSE frames,
+//! and how a request body is read with a bound (`upload`). Nothing here starts tasks or touches
+//! sockets.
 
 pub mod api_error;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod net;
 pub mod provider_slots;
 pub mod request;
 pub mod sse;
+pub mod upload;
 
 pub use api_error::{ApiError, Dialect, ErrorKind, Side};
 pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};

@@ -263,3 +263,22 @@ fn models_lists_the_mock() {
     assert_eq!(v["data"][0]["id"], "demo");
     assert_eq!(v["data"][0]["object"], "model");
 }
+
+/// A standalone worker faces SDKs directly: an oversized upload written in full still reads its
+/// 413 in the caller's dialect, instead of a connection reset.
+#[test]
+fn an_oversized_upload_written_in_full_reads_its_413() {
+    let w = Worker::start(
+        &config(&format!("[server]\nmax_body_bytes = 1000\n{MOCK_PROVIDER}")),
+        &[],
+    );
+    let len = 8 << 20;
+    let (sent, answer) = http::upload_then_read(w.addr, "/v1/messages", len);
+    assert_eq!(sent, len, "the upload was cut off: {answer:?}");
+    let text = answer.expect("the answer was read, not reset");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.contains("\"request_too_large\""),
+        "Anthropic dialect: {text}"
+    );
+}

@@ -314,3 +314,35 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "hello there gateway"}]
     })
 }
+
+/// POSTs a JSON-typed body of `len` spaces to `path`, writing all of it before reading anything
+/// (as most SDKs do), then reads the whole answer. Returns how much of the body could be written
+/// and the answer's text; a reset while writing or reading shows as a short count or an `Err`.
+pub fn upload_then_read(addr: SocketAddr, path: &str, len: usize) -> (usize, io::Result<String>) {
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, Err(e)),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    if let Err(e) = s.write_all(head.as_bytes()) {
+        return (0, Err(e));
+    }
+    let chunk = vec![b' '; 64 << 10];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        if s.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    (
+        sent,
+        read.map(|_| String::from_utf8_lossy(&out).into_owned()),
+    )
+}

@@ -542,6 +542,8 @@ pub enum ResBody {
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
     Waiting(Box<WaitingBody>),
+    /// A refused upload's answer, draining the upload after it (`gateway::upload`).
+    Drain(Box<gateway::upload::Drain<Incoming>>),
 }
 
 impl ResBody {
@@ -569,6 +571,9 @@ impl Body for ResBody {
             Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
             Self::Mock(m) => Pin::new(m).poll_frame(cx),
             Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
+            Self::Drain(d) => Pin::new(d.as_mut())
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         }
     }
 
@@ -578,6 +583,7 @@ impl Body for ResBody {
             Self::Proxy(p) => p.is_end_stream(),
             Self::Mock(m) => m.is_end_stream(),
             Self::Waiting(w) => w.is_end_stream(),
+            Self::Drain(d) => d.is_end_stream(),
         }
     }
 
@@ -587,6 +593,7 @@ impl Body for ResBody {
             Self::Proxy(p) => p.size_hint(),
             Self::Mock(m) => m.size_hint(),
             Self::Waiting(_) => SizeHint::default(),
+            Self::Drain(d) => d.size_hint(),
         }
     }
 }

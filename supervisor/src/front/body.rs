@@ -37,7 +37,7 @@ pub enum FrontBody {
     /// A stream the front composes itself (keep-alive pings while waiting, then a worker's).
     Stream(UnsyncBoxBody<Bytes, BoxError>),
     /// An answer to a request whose upload was refused, draining the rest of the upload.
-    Drain(Box<Drain>),
+    Drain(Box<gateway::upload::Drain<Incoming>>),
 }
 
 impl FrontBody {
@@ -76,7 +76,9 @@ impl Body for FrontBody {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Forwarded(f) => Pin::new(f.as_mut()).poll_frame(cx),
             Self::Stream(s) => Pin::new(s).poll_frame(cx),
-            Self::Drain(d) => d.poll(cx),
+            Self::Drain(d) => Pin::new(d.as_mut())
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         }
     }
 
@@ -85,7 +87,7 @@ impl Body for FrontBody {
             Self::Full(b) => b.is_none(),
             Self::Forwarded(f) => f.is_end_stream(),
             Self::Stream(s) => s.is_end_stream(),
-            Self::Drain(d) => d.answer.is_none() && d.upload.is_none(),
+            Self::Drain(d) => d.is_end_stream(),
         }
     }
 
@@ -94,67 +96,8 @@ impl Body for FrontBody {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Forwarded(f) => f.inner.size_hint(),
             Self::Stream(s) => s.size_hint(),
-            // Not exact on purpose: hyper stops polling a body once its announced length is
-            // written, and the drain happens after the answer.
-            Self::Drain(_) => SizeHint::default(),
+            Self::Drain(d) => d.size_hint(),
         }
-    }
-}
-
-/// Most of an upload read and thrown away after refusing it, and for how long at most.
-const DRAIN_BYTES: u64 = 64 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// The answer to a request whose body was refused (413), followed by reading and discarding
-/// the rest of its upload before the response ends.
-///
-/// Why: most clients (the official SDKs among them) write the whole body before they read
-/// anything. Closing the connection on an unread upload makes the kernel reset it, and a reset
-/// throws away the answer the client has not read yet: it would see "connection reset" instead
-/// of the 413. Draining in the response body keeps the work in the connection's own task, and
-/// it is bounded ([`DRAIN_BYTES`], [`DRAIN_TIME`]); past either, the body ends and hyper closes
-/// the connection (the response says `Connection: close`) as it would have at once.
-pub struct Drain {
-    answer: Option<Bytes>,
-    upload: Option<Incoming>,
-    left: u64,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl Drain {
-    pub fn new(answer: Bytes, upload: Incoming) -> Self {
-        Self {
-            answer: Some(answer),
-            upload: Some(upload),
-            left: DRAIN_BYTES,
-            deadline: Box::pin(tokio::time::sleep(DRAIN_TIME)),
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(a) = self.answer.take() {
-            return Poll::Ready(Some(Ok(Frame::data(a))));
-        }
-        while let Some(up) = self.upload.as_mut() {
-            match Pin::new(up).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => {
-                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                    self.left = self.left.saturating_sub(n);
-                    if self.left == 0 {
-                        self.upload = None;
-                    }
-                }
-                Poll::Ready(_) => self.upload = None,
-                Poll::Pending => {
-                    if self.deadline.as_mut().poll(cx).is_ready() {
-                        self.upload = None;
-                        break;
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-        Poll::Ready(None)
     }
 }
 

@@ -15,10 +15,10 @@ use super::forward::{forward_request, Prepared, REQUEST_ID};
 use super::{waiting, FrontContext, Settings, Shared};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
+use gateway::upload::{self, Refused};
 use gateway::{ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -250,39 +250,19 @@ async fn respond(
         Err(Refused {
             error,
             upload: Some(upload),
-        }) => local(ctx.record, draining(&error, dialect, upload)),
+        }) => {
+            // Drained so the client reads its answer (see `gateway::upload`).
+            let wrap = |d| FrontBody::Drain(Box::new(d));
+            local(
+                ctx.record,
+                upload::draining_response(&error, dialect, upload, wrap),
+            )
+        }
         Err(Refused {
             error,
             upload: None,
         }) => local(ctx.record, error.to_response(dialect)),
     }
-}
-
-/// Why a request bound for a worker was answered by the front, with the part of its upload
-/// still to be drained (see `body::Drain`).
-struct Refused {
-    error: ApiError,
-    upload: Option<Incoming>,
-}
-
-impl From<ApiError> for Refused {
-    fn from(error: ApiError) -> Self {
-        Self {
-            error,
-            upload: None,
-        }
-    }
-}
-
-/// `error` in dialect over a body that drains `upload` after it; the connection closes after.
-fn draining(error: &ApiError, dialect: Dialect, upload: Incoming) -> Response<FrontBody> {
-    let mut r: Response<FrontBody> = error.to_response(dialect);
-    let answer = Bytes::from(error.body(dialect));
-    *r.body_mut() = FrontBody::Drain(Box::new(super::body::Drain::new(answer, upload)));
-    let h = r.headers_mut();
-    h.remove(header::CONTENT_LENGTH);
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
 }
 
 /// The checks before any route: Host (421), CORS preflight (answered here), token on `/v1/*`
@@ -383,10 +363,11 @@ impl ForwardCtx<'_> {
         &mut self,
         req: Request<Incoming>,
         has_body: bool,
-    ) -> Result<(Prepared, bool), Refused> {
+    ) -> Result<(Prepared, bool), Refused<Incoming>> {
         let (parts, body) = req.into_parts();
         let (body, stream) = if has_body {
-            let bytes = read_body(body, &parts.headers, self.cfg.server.max_body_bytes).await?;
+            let max = self.cfg.server.max_body_bytes;
+            let bytes = upload::read_limited(body, &parts.headers, max).await?;
             // 400 here, so a malformed request never occupies a worker.
             let stream = gateway::request::peek(&bytes)
                 .map_err(Refused::from)?
@@ -430,53 +411,6 @@ impl ForwardCtx<'_> {
             _ = tokio::time::sleep(every) => waiting::ping_response(fut, self.dialect, every),
         }
     }
-}
-
-/// Buffers a request body of at most `max` bytes (413 beyond), judged by Content-Length first
-/// and then while reading, since a chunked body announces no length. A refusal keeps the rest
-/// of the upload to drain, unless the client is waiting for `100 Continue` before sending it.
-async fn read_body(
-    mut body: Incoming,
-    headers: &http::HeaderMap,
-    max: u64,
-) -> Result<Bytes, Refused> {
-    let too_large = |upload| Refused {
-        error: ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("the body exceeds {max} bytes"),
-        ),
-        upload,
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        // Unread, a `100-continue` body is never sent: nothing to drain.
-        let expects = headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        return Err(too_large((!expects).then_some(body)));
-    }
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(
-                ErrorKind::BadRequest,
-                format!("reading the body failed: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if (buf.len() + data.len()) as u64 > max {
-                return Err(too_large(Some(body)));
-            }
-            if buf.is_empty() && hyper::body::Body::is_end_stream(&body) {
-                // One frame is the whole body (the common case): no copy.
-                return Ok(data);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]

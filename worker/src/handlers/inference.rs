@@ -5,41 +5,29 @@ use super::App;
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
-use gateway::{ApiError, ErrorKind};
+use gateway::upload::{self, Refused};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
     let dialect = endpoint.dialect();
     let guard = RequestGuard::new(&app.counters);
     let (parts, body) = req.into_parts();
-    let too_large = || {
-        ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body is larger than {} bytes", app.max_body_bytes),
-        )
-    };
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.max_body_bytes) {
-        return too_large().to_response(dialect);
-    }
-    let limit = usize::try_from(app.max_body_bytes).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return too_large().to_response(dialect)
+    // The same bounded read as the front's (`gateway::upload`): a refused upload is drained
+    // so the client reads its 413 (a standalone worker faces SDKs directly).
+    let bytes = match upload::read_limited(body, &parts.headers, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(Refused {
+            error,
+            upload: Some(upload),
+        }) => {
+            let wrap = |d| ResBody::Drain(Box::new(d));
+            return upload::draining_response(&error, dialect, upload, wrap);
         }
-        Err(e) => {
-            return ApiError::new(
-                ErrorKind::BadRequest,
-                format!("cannot read the request body: {e}"),
-            )
-            .to_response(dialect)
-        }
+        Err(Refused {
+            error,
+            upload: None,
+        }) => return error.to_response(dialect),
     };
     // The same parser as the front's (`gateway::request`), so both agree on what is a 400.
     let head = match gateway::request::peek(&bytes) {
