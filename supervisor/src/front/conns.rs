@@ -128,14 +128,25 @@ impl SlotConns {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The most recently used idle connection that is ready for a request, else the most
+    /// recent one still open (it is only waiting for hyper's connection task to finish the
+    /// previous exchange). Closed ones met on the way are dropped. Only the top few are
+    /// looked at, so a pop stays a handful of atomic loads.
     fn pop(&self) -> Option<Sender> {
+        const LOOK: usize = 8;
         let mut idle = self.lock();
-        while let Some((s, _)) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
+        while idle.last().is_some_and(|(s, _)| s.is_closed()) {
+            idle.pop();
         }
-        None
+        let n = idle.len();
+        let ready = (n.saturating_sub(LOOK)..n)
+            .rev()
+            .find(|&i| idle[i].0.is_ready());
+        match ready {
+            Some(i) => Some(idle.remove(i).0),
+            // A closed one further down is dropped by `prune`, or skipped by `send`.
+            None => idle.pop().map(|(s, _)| s),
+        }
     }
 
     fn put(&self, s: Sender) {
