@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,10 +25,37 @@ use tokio::time::Sleep;
 pub const DRAIN_BYTES: u64 = 64 << 20;
 pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 
+/// The error type of a [`Drain`] body: the one hyper bodies use on both sides, so callers pass
+/// its frames through as they are (a drain itself never fails).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a body was not accepted, with the rest of the upload when it should be drained.
 pub struct Refused<B> {
     pub error: ApiError,
     pub upload: Option<B>,
+}
+
+impl<B> Refused<B> {
+    /// The answer in `dialect`: over a [`Drain`] body (wrapped into the caller's body type by
+    /// `drain`) with `Connection: close` when there is an upload to drain, else a plain one.
+    pub fn into_response<T: From<String>>(
+        self,
+        dialect: crate::Dialect,
+        drain: impl FnOnce(Drain<B>) -> T,
+    ) -> http::Response<T> {
+        let Some(upload) = self.upload else {
+            return self.error.to_response(dialect);
+        };
+        let mut r = self
+            .error
+            .to_response::<String>(dialect)
+            .map(|answer| drain(Drain::new(Bytes::from(answer), upload)));
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    }
 }
 
 impl<B> From<ApiError> for Refused<B> {
@@ -112,12 +138,12 @@ impl<B> Drain<B> {
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Drain<B> {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(a) = this.answer.take() {
             return Poll::Ready(Some(Ok(Frame::data(a))));
@@ -156,28 +182,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Drain<B> {
     }
 }
 
-/// `error` in `dialect` as a response whose body drains `upload` after it; the connection
-/// closes after it (`Connection: close`).
-pub fn draining_response<B, T>(
-    error: &ApiError,
-    dialect: crate::Dialect,
-    upload: B,
-    wrap: impl FnOnce(Drain<B>) -> T,
-) -> http::Response<T> {
-    let mut r = error
-        .to_response::<String>(dialect)
-        .map(|answer| wrap(Drain::new(Bytes::from(answer), upload)));
-    r.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
+    use std::convert::Infallible;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -253,5 +262,28 @@ mod tests {
         d.frame().await.unwrap().unwrap();
         let end = tokio::time::timeout(DRAIN_TIME * 2, d.frame()).await;
         assert!(matches!(end, Ok(None)), "the drain stops at DRAIN_TIME");
+    }
+
+    #[test]
+    fn a_refusal_with_an_upload_closes_the_connection_after_draining() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let err = || ApiError::new(ErrorKind::PayloadTooLarge, "too big");
+        let plain: http::Response<String> = Refused::<Full<Bytes>>::from(err())
+            .into_response(crate::Dialect::OpenAi, |_| unreachable!("nothing to drain"));
+        assert_eq!(plain.status(), 413);
+        assert!(plain.headers().get(header::CONNECTION).is_none());
+        let refused = Refused {
+            error: err(),
+            upload: Some(Full::new(Bytes::new())),
+        };
+        let drained = refused.into_response(crate::Dialect::OpenAi, |_d| String::from("drained"));
+        assert_eq!(drained.status(), 413);
+        assert_eq!(drained.headers()[header::CONNECTION], "close");
+        assert_eq!(drained.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(drained.body(), "drained");
     }
 }

@@ -571,9 +571,7 @@ impl Body for ResBody {
             Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
             Self::Mock(m) => Pin::new(m).poll_frame(cx),
             Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut())
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
         }
     }
 

@@ -76,9 +76,7 @@ impl Body for FrontBody {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Forwarded(f) => Pin::new(f.as_mut()).poll_frame(cx),
             Self::Stream(s) => Pin::new(s).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut())
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
         }
     }
 

@@ -246,22 +246,12 @@ async fn respond(
         record,
     };
     match ctx.prepare(req, body).await {
-        Ok((p, stream)) => ctx.run(p, stream).await,
-        Err(Refused {
-            error,
-            upload: Some(upload),
-        }) => {
-            // Drained so the client reads its answer (see `gateway::upload`).
-            let wrap = |d| FrontBody::Drain(Box::new(d));
-            local(
-                ctx.record,
-                upload::draining_response(&error, dialect, upload, wrap),
-            )
+        Ok(p) => ctx.run(p).await,
+        // A refused upload is drained so the client reads its answer (see `gateway::upload`).
+        Err(refused) => {
+            let resp = refused.into_response(dialect, |d| FrontBody::Drain(Box::new(d)));
+            local(ctx.record, resp)
         }
-        Err(Refused {
-            error,
-            upload: None,
-        }) => local(ctx.record, error.to_response(dialect)),
     }
 }
 
@@ -358,12 +348,12 @@ struct ForwardCtx<'a> {
 }
 
 impl ForwardCtx<'_> {
-    /// Buffers and checks the body; returns the prepared request and whether it streams.
+    /// Buffers and checks the body; returns the prepared request.
     async fn prepare(
         &mut self,
         req: Request<Incoming>,
         has_body: bool,
-    ) -> Result<(Prepared, bool), Refused<Incoming>> {
+    ) -> Result<Prepared, Refused<Incoming>> {
         let (parts, body) = req.into_parts();
         let (body, stream) = if has_body {
             let max = self.cfg.server.max_body_bytes;
@@ -394,11 +384,12 @@ impl ForwardCtx<'_> {
             sticky,
             stream,
         };
-        Ok((p, stream))
+        Ok(p)
     }
 
     /// Forwards; a stream that waits past `stream_ping_interval` switches to the ping response.
-    async fn run(self, p: Prepared, stream: bool) -> Response<FrontBody> {
+    async fn run(self, p: Prepared) -> Response<FrontBody> {
+        let stream = p.stream;
         let deadline = self.record.start + self.cfg.pool.queue_timeout;
         let every = self.cfg.server.stream_ping_interval;
         let fut = forward_request(self.shared.clone(), p, self.cfg, deadline, self.record);

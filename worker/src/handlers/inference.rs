@@ -5,7 +5,7 @@ use super::App;
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
-use gateway::upload::{self, Refused};
+use gateway::upload;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -17,17 +17,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     // so the client reads its 413 (a standalone worker faces SDKs directly).
     let bytes = match upload::read_limited(body, &parts.headers, app.max_body_bytes).await {
         Ok(b) => b,
-        Err(Refused {
-            error,
-            upload: Some(upload),
-        }) => {
-            let wrap = |d| ResBody::Drain(Box::new(d));
-            return upload::draining_response(&error, dialect, upload, wrap);
-        }
-        Err(Refused {
-            error,
-            upload: None,
-        }) => return error.to_response(dialect),
+        Err(refused) => return refused.into_response(dialect, |d| ResBody::Drain(Box::new(d))),
     };
     // The same parser as the front's (`gateway::request`), so both agree on what is a 400.
     let head = match gateway::request::peek(&bytes) {
