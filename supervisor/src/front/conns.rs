@@ -34,11 +34,13 @@ use crate::pool::WorkerSlot;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -81,8 +83,10 @@ pub enum SendError {
 pub struct SlotConns {
     id: usize,
     addr: WorkerAddr,
-    /// `127.0.0.1:PORT`: HTTP/1.1 requests must carry a Host.
+    /// `127.0.0.1:PORT`: HTTP/1.1 requests must carry a Host...
     host: HeaderValue,
+    /// ... and HTTP/2 ones an `:authority`; both built once.
+    authority: Authority,
     /// Idle connections, most recently used on top, with when they went idle. A std mutex: each
     /// critical section is one push or pop (never across an `.await`); a lock-free stack would
     /// need a crate for a few nanoseconds.
@@ -107,20 +111,18 @@ impl Conn {
 
 impl SlotConns {
     fn new(id: usize, addr: WorkerAddr, port: u16) -> Self {
-        let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
-            .expect("an address and a port make a valid header value");
+        let authority = Authority::from_maybe_shared(Bytes::from(format!("127.0.0.1:{port}")))
+            .expect("an address and a port make a valid authority");
+        let host = HeaderValue::from_str(authority.as_str())
+            .expect("an authority is a valid header value");
         Self {
             id,
             addr,
             host,
+            authority,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
-    }
-
-    /// Whether streams to this slot go over HTTP/2 (see the module docs).
-    pub fn multiplexes(&self) -> bool {
-        matches!(self.addr, WorkerAddr::Unix(_))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Sender, Instant)>> {
@@ -172,22 +174,15 @@ impl SlotConns {
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
-        let timeout = |_| SendError::Connect(std::io::ErrorKind::TimedOut.into());
         let (sender, conn) = match &self.addr {
             WorkerAddr::Tcp(a) => {
-                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
-                    .await
-                    .map_err(timeout)?
-                    .map_err(SendError::Connect)?;
+                let s = dial(tokio::net::TcpStream::connect(a)).await?;
                 let _ = s.set_nodelay(true);
                 let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
                 (sender, ConnTask::Tcp(conn))
             }
             WorkerAddr::Unix(p) => {
-                let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(p))
-                    .await
-                    .map_err(timeout)?
-                    .map_err(SendError::Connect)?;
+                let s = dial(tokio::net::UnixStream::connect(p)).await?;
                 let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
                 (sender, ConnTask::Unix(conn))
             }
@@ -277,7 +272,16 @@ impl SlotConns {
         };
         let mut req = req;
         // HTTP/2 carries the target as :scheme, :authority and :path.
-        *req.uri_mut() = absolute(req.uri(), &self.host);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| {
+            SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the request has no path",
+            ))
+        })?;
         let mut fresh = false;
         loop {
             let current = self.lock_h2().clone().filter(|s| !s.is_closed());
@@ -308,10 +312,7 @@ impl SlotConns {
     /// Opens the HTTP/2 connection and stores it, unless a concurrent request stored a live
     /// one meanwhile (then that one is used, and this one closes unused).
     async fn open_h2(&self, path: &std::path::Path) -> Result<Sender2, SendError> {
-        let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-            .await
-            .map_err(|_| SendError::Connect(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(SendError::Connect)?;
+        let s = dial(tokio::net::UnixStream::connect(path)).await?;
         let (sender, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -336,13 +337,12 @@ impl SlotConns {
     }
 }
 
-/// `http://HOST/path?query` from an origin-form `uri`.
-fn absolute(uri: &http::Uri, host: &HeaderValue) -> http::Uri {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    let host = host.to_str().unwrap_or("localhost");
-    format!("http://{host}{pq}")
-        .parse()
-        .unwrap_or_else(|_| uri.clone())
+/// A connect to a worker, bounded by [`CONNECT_TIMEOUT`].
+async fn dial<S>(connect: impl Future<Output = std::io::Result<S>>) -> Result<S, SendError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| SendError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(SendError::Connect)
 }
 
 /// The two kinds of connection future, so one spawned task type serves both.
@@ -430,6 +430,25 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
+    /// Serves one test connection, HTTP/1.1 or HTTP/2: every answer is "VERSION TARGET", with
+    /// the request's Host echoed as `x-host`.
+    async fn answer_on<S>(io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
+            let target = r.uri().path_and_query().map_or("", |p| p.as_str());
+            let text = format!("{:?} {target}", r.version());
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            if let Some(h) = r.headers().get(HOST) {
+                resp.headers_mut().insert("x-host", h.clone());
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let _ = b.serve_connection(TokioIo::new(io), svc).await;
+    }
+
     /// A worker stand-in on `port` (0: any) counting the connections it accepted; aborting its
     /// task closes every connection.
     async fn server(port: u16) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
@@ -444,19 +463,7 @@ mod tests {
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
                 a.fetch_add(1, SeqCst);
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
-                        let host = r.headers().get(HOST).cloned();
-                        let mut resp = Response::new(Full::new(Bytes::from(r.uri().to_string())));
-                        if let Some(h) = host {
-                            resp.headers_mut().insert("x-host", h);
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
+                conns.spawn(answer_on(s));
             }
         });
         (port, accepted, task)
@@ -489,7 +496,7 @@ mod tests {
         let (resp, conn) = c.send(get("/v1/health?x=1")).await.unwrap();
         assert_eq!(resp.headers()["x-host"], format!("127.0.0.1:{port}"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "/v1/health?x=1");
+        assert_eq!(body, "HTTP/1.1 /v1/health?x=1");
         conn.give_back();
         assert_eq!(c.idle(), 1);
         let (resp, conn) = c.send(get("/a")).await.unwrap();
@@ -523,12 +530,15 @@ mod tests {
         }
         assert!(c.send(get("/b")).await.is_err(), "nobody listens now");
         let (_, accepted, _t) = server(port).await;
-        assert_eq!(round_trip(&c, "/c").await, "/c", "sent to the new worker");
+        assert_eq!(
+            round_trip(&c, "/c").await,
+            "HTTP/1.1 /c",
+            "sent to the new worker"
+        );
         assert_eq!(accepted.load(SeqCst), 1);
     }
 
-    /// An HTTP/1.1-and-2 server on a Unix socket at `path` answering "VERSION PATH"; aborting
-    /// its task closes every connection.
+    /// The same stand-in on a Unix socket at `path`.
     fn unix_server(
         path: &std::path::Path,
         accepted: Arc<AtomicUsize>,
@@ -539,16 +549,7 @@ mod tests {
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
                 accepted.fetch_add(1, SeqCst);
-                conns.spawn(async move {
-                    let svc = hyper::service::service_fn(|r: Request<Incoming>| async move {
-                        let v = format!("{:?} {}", r.version(), r.uri().path());
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(v))))
-                    });
-                    let b = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    );
-                    let _ = b.serve_connection(TokioIo::new(s), svc).await;
-                });
+                conns.spawn(answer_on(s));
             }
         })
     }
@@ -567,7 +568,6 @@ mod tests {
         slot.front_served.store(true, SeqCst);
         let conns = WorkerConns::default();
         let c = conns.for_slot(&slot);
-        assert!(c.multiplexes());
         let text = |r: Response<Incoming>| async move {
             let b = r.into_body().collect().await.unwrap().to_bytes();
             String::from_utf8(b.to_vec()).unwrap()
