@@ -12,19 +12,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 /// What the worker accepts connections on.
 pub struct Listeners {
     pub tcp: TcpListener,
     /// The supervisor's private way in for its front listener (see `listen`).
     pub front: Option<UnixListener>,
-}
-
-/// A connection from either listener.
-enum Accepted {
-    Tcp(std::io::Result<TcpStream>),
-    Unix(std::io::Result<UnixStream>),
 }
 
 /// The next connection from `front`, or never when there is none.
@@ -64,8 +58,17 @@ pub async fn serve(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            a = listener.accept() => serve_one(&builder, &graceful, &app, Accepted::Tcp(a.map(|(s, _)| s))).await,
-            a = accept_front(&front) => serve_one(&builder, &graceful, &app, Accepted::Unix(a)).await,
+            a = listener.accept() => match a {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    serve_conn(&builder, &graceful, &app, s);
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            a = accept_front(&front) => match a {
+                Ok(s) => serve_conn(&builder, &graceful, &app, s),
+                Err(e) => accept_failed(e).await,
+            },
         }
     }
     drop((listener, front));
@@ -77,38 +80,28 @@ pub async fn serve(
     }
 }
 
-/// Starts serving one accepted connection in its own task (owned by `graceful`, then by the
-/// runtime, whose shutdown cancels it).
-async fn serve_one(
+/// Serves one accepted connection in its own task, owned by `graceful` (which signals and
+/// counts it) and, past the grace period, by the runtime, whose shutdown cancels it.
+fn serve_conn<S>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     app: &Arc<App>,
-    accepted: Accepted,
-) {
+    io: S,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let app = app.clone();
     let svc = service_fn(move |req| handlers::handle(app.clone(), req));
-    match accepted {
-        Accepted::Tcp(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            let conn = builder.serve_connection(TokioIo::new(s), svc).into_owned();
-            spawn_conn(graceful.watch(conn));
-        }
-        Accepted::Unix(Ok(s)) => {
-            let conn = builder.serve_connection(TokioIo::new(s), svc).into_owned();
-            spawn_conn(graceful.watch(conn));
-        }
-        Accepted::Tcp(Err(e)) | Accepted::Unix(Err(e)) => {
-            // EMFILE and friends: back off instead of spinning on the error.
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn spawn_conn<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>> + Send + 'static) {
+    let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+/// EMFILE and friends: back off instead of spinning on the error.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
