@@ -70,11 +70,10 @@ impl Prepared {
     /// The request for a worker: an origin-form target (the path and query; `conns` adds the
     /// Host), the cleaned headers, the buffered body.
     fn to_request(&self) -> Request<Full<Bytes>> {
-        let uri = match self.uri.path_and_query() {
-            Some(_) if self.uri.scheme().is_none() => self.uri.clone(),
-            Some(pq) => Uri::from(pq.clone()),
-            None => Uri::from_static("/"),
-        };
+        let uri = self
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;

@@ -19,13 +19,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// A slot's listening sockets, held by the supervisor for the whole life of the slot.
 #[derive(Debug)]
 pub struct SlotSockets {
     /// The worker port; fd 3 of every process of the slot.
-    pub tcp: Arc<TcpListener>,
+    pub tcp: TcpListener,
     /// The front listener's way in, when it could be bound; fd 4 of built-in workers.
     pub front: Option<FrontSocket>,
 }
@@ -40,7 +39,7 @@ pub struct FrontSocket {
 impl SlotSockets {
     /// The slot's sockets around its TCP listener, with a front socket at `front_path` when one
     /// can be bound there (see the module docs).
-    pub fn new(tcp: Arc<TcpListener>, front_path: &Path) -> Self {
+    pub fn new(tcp: TcpListener, front_path: &Path) -> Self {
         let front = match bind_unix(front_path) {
             Ok(listener) => Some(FrontSocket {
                 listener,
@@ -92,9 +91,9 @@ pub enum BindFailure {
 }
 
 /// Binds `127.0.0.1:port`. `0` asks the kernel for a free port.
-pub fn bind_one(port: u16) -> Result<Arc<TcpListener>, BindFailure> {
+pub fn bind_one(port: u16) -> Result<TcpListener, BindFailure> {
     match gateway::net::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
-        Ok(l) => Ok(Arc::new(l)),
+        Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(BindFailure::InUse {
             port,
             holder: port_holder(port),
@@ -122,7 +121,7 @@ pub fn port_for(base_port: u16, id: usize) -> Result<u16, BindFailure> {
 pub fn bind_all(
     base_port: u16,
     ids: std::ops::Range<usize>,
-) -> Result<Vec<Arc<TcpListener>>, BindFailure> {
+) -> Result<Vec<TcpListener>, BindFailure> {
     ids.map(|id| bind_one(port_for(base_port, id)?)).collect()
 }
 

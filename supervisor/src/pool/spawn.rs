@@ -170,18 +170,16 @@ fn child_setup(listener: RawFd, front: Option<RawFd>, parent: Pid) -> io::Result
             nix::errno::Errno::ESRCH as i32,
         ));
     }
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use nix::fcntl::{fcntl, FcntlArg};
     // Each source is first copied above the targets (close-on-exec, so the copies vanish at
     // exec): otherwise placing one at 3 could overwrite the other if it happened to be fd 3.
+    // The copies are >= 10, never the target, so dup2 always clears close-on-exec on 3 and 4.
     let high = |fd: RawFd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(errno);
     let tcp = high(listener)?;
     let front = front.map(high).transpose()?;
-    for (src, dst) in [(Some(tcp), 3), (front, 4)] {
-        if let Some(src) = src {
-            nix::unistd::dup2(src, dst).map_err(errno)?;
-            // dup2 clears close-on-exec on the new fd; said again, so it never depends on that.
-            fcntl(dst, FcntlArg::F_SETFD(FdFlag::empty())).map_err(errno)?;
-        }
+    nix::unistd::dup2(tcp, 3).map_err(errno)?;
+    if let Some(f) = front {
+        nix::unistd::dup2(f, 4).map_err(errno)?;
     }
     Ok(())
 }
