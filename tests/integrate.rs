@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::http;
 use support::process::{
-    bin_path, descendants, mock_config, pid_alive, wait_until, ChildGuard, TestEnv,
+    bin_path, descendants, mock_config, pid_alive, start_env, wait_until, ChildGuard, TestEnv,
 };
 
 /// Receives notify datagrams until one contains `want`, or panics after `timeout`.
@@ -79,11 +79,10 @@ fn no_systemd_variable_reaches_workers() {
     let workers = descendants(g.pid());
     assert!(!workers.is_empty());
     for w in workers {
-        let environ = std::fs::read(format!("/proc/{w}/environ")).unwrap_or_default();
-        let environ = String::from_utf8_lossy(&environ);
+        let environ = start_env(w);
         for var in ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="] {
             assert!(
-                !environ.split('\0').any(|kv| kv.starts_with(var)),
+                !environ.iter().any(|kv| kv.starts_with(var)),
                 "worker {w} has {var}"
             );
         }

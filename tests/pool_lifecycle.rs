@@ -8,7 +8,7 @@ mod support;
 use nix::sys::signal::Signal;
 use std::process::Output;
 use std::time::Duration;
-use support::process::{pid_alive, wait_until, PoolConfig, TestEnv};
+use support::process::{pid_alive, start_env, wait_until, PoolConfig, TestEnv};
 
 /// The python stand-in worker of the supervisor crate's own tests (see its header for modes).
 const TEST_WORKER: &str = include_str!("../supervisor/tests/fixtures/test_worker.py");
@@ -263,15 +263,18 @@ fn worker_ports(env: &TestEnv) -> Vec<u16> {
         .collect()
 }
 
-/// The environment a worker process was started with.
-fn start_env(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .map(|kv| String::from_utf8_lossy(kv).into_owned())
-                .collect()
-        })
+/// Connected Unix sockets bound at `path` (an accepted connection carries its listener's path in
+/// /proc/net/unix; state 03 is connected, 01 the listener itself).
+fn connected_on(path: &std::path::Path) -> usize {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/net/unix")
         .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(5) == Some(&"03") && cols.last() == Some(&path.as_str())
+        })
+        .count()
 }
 
 /// Built-in workers get a private Unix socket (fd 4, `LISTEN_FDS=2`) next to their port; the
@@ -317,6 +320,30 @@ fn the_front_reaches_builtin_workers_over_their_private_socket() {
     assert!(out.status.success());
     run.expect_stopped_exit_0();
     assert!(socks.iter().all(|s| !s.exists()), "sockets left behind");
+}
+
+/// Streams held at once through the front share one HTTP/2 connection to their worker instead
+/// of one connection each.
+#[test]
+fn held_streams_share_one_connection_to_their_worker() {
+    let slow = PoolConfig::new(1)
+        .shutdown_timeout("3s")
+        .extra("tokens_per_second = 2")
+        .build();
+    let env = TestEnv::new(&slow);
+    let run = env.start(&[]);
+    let sock = env.runtime_dir().join("worker-0.sock");
+    let mut streams: Vec<_> = (0..5)
+        .map(|_| support::front::open_stream(run.listen, "demo", &[]))
+        .collect();
+    for s in &mut streams {
+        assert!(s.next_chunk().unwrap().is_some(), "the stream started");
+    }
+    assert_eq!(
+        connected_on(&sock),
+        1,
+        "5 open streams, one HTTP/2 connection to the worker"
+    );
 }
 
 /// Another worker program (`worker_command`) gets only its port (`LISTEN_FDS=1`), and the

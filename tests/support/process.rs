@@ -73,6 +73,18 @@ pub fn ppid_of(pid: u32) -> Option<u32> {
 }
 
 /// True while `pid` exists and is not a zombie.
+/// The environment `pid` was started with (`/proc/PID/environ`: later changes to its own
+/// environment do not show there), one `KEY=value` each.
+pub fn start_env(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|kv| String::from_utf8_lossy(kv).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) != Some("Z"),
