@@ -10,6 +10,7 @@ pub mod net;
 pub mod provider_slots;
 pub mod request;
 pub mod sse;
+pub mod sse_parser;
 pub mod upload;
 
 pub use api_error::{ApiError, Dialect, ErrorKind, Side};
