@@ -282,3 +282,166 @@ fn an_oversized_upload_written_in_full_reads_its_413() {
         "Anthropic dialect: {text}"
     );
 }
+
+/// A weather tool's parameters: two required properties and one optional.
+fn weather_schema() -> Value {
+    json!({"type": "object",
+           "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]},
+                          "days": {"type": "integer"}},
+           "required": ["city", "unit"]})
+}
+
+/// Arguments that parse as a JSON object holding the schema's required properties.
+fn assert_weather_args(args: &Value) {
+    assert_eq!(args["city"], "example", "{args}");
+    assert_eq!(args["unit"], "c", "first enum value: {args}");
+    assert!(
+        args.get("days").is_none(),
+        "optional properties are left out: {args}"
+    );
+}
+
+#[test]
+fn openai_chat_with_tools_answers_a_tool_call() {
+    let w = demo_worker("");
+    let mut body = http::chat_body("demo", false);
+    body["tools"] = json!([
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "get_weather", "parameters": weather_schema()}}]);
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    let v = post(&w, "/v1/chat/completions", body.clone());
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert!(choice["message"]["content"].is_null());
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args = call["function"]["arguments"].as_str().unwrap();
+    assert_weather_args(&serde_json::from_str(args).unwrap());
+
+    body["stream"] = json!(true);
+    let text = stream(&w, "/v1/chat/completions", body.clone());
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let events = sse_events(&text);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let head = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(head["index"], 0);
+    assert!(head["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(head["type"], "function");
+    assert_eq!(head["function"]["name"], "get_weather");
+    let pieces: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?
+                .as_str()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    assert!(pieces.len() > 1, "arguments in one delta: {pieces:?}");
+    assert_weather_args(&serde_json::from_str(&pieces.concat()).unwrap());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    body["stream"] = json!(false);
+    body["tool_choice"] = json!("none");
+    let v = post(&w, "/v1/chat/completions", body.clone());
+    assert_eq!(v["choices"][0]["message"]["content"], EXPECTED);
+
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "launch"}});
+    let r = http::post_json(w.addr, "/v1/chat/completions", &body).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error_message().contains("`launch`"), "{}", r.text());
+}
+
+#[test]
+fn anthropic_with_tools_answers_tool_use() {
+    let w = demo_worker("");
+    let mut body = json!({"model": "demo", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello there gateway"}],
+        "tools": [{"name": "get_weather", "description": "the weather", "input_schema": weather_schema()}]});
+    let v = post(&w, "/v1/messages", body.clone());
+    assert_eq!(v["stop_reason"], "tool_use");
+    let block = &v["content"][0];
+    assert_eq!(block["type"], "tool_use");
+    assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(block["name"], "get_weather");
+    assert_weather_args(&block["input"]);
+
+    body["stream"] = json!(true);
+    let events = sse_events(&stream(&w, "/v1/messages", body.clone()));
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_deref().unwrap()).collect();
+    assert_eq!(names[..2], ["message_start", "content_block_start"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let data: Vec<Value> = events
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let start = &data[1]["content_block"];
+    assert_eq!(start["type"], "tool_use");
+    assert!(start["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(start["name"], "get_weather");
+    assert_eq!(start["input"], json!({}));
+    let pieces: Vec<&str> = data[2..data.len() - 3]
+        .iter()
+        .map(|d| {
+            assert_eq!(d["type"], "content_block_delta");
+            assert_eq!(d["delta"]["type"], "input_json_delta");
+            d["delta"]["partial_json"].as_str().unwrap()
+        })
+        .collect();
+    assert!(pieces.len() > 1, "input in one delta: {pieces:?}");
+    assert_weather_args(&serde_json::from_str(&pieces.concat()).unwrap());
+    assert_eq!(data[data.len() - 2]["delta"]["stop_reason"], "tool_use");
+
+    body["stream"] = json!(false);
+    body["tool_choice"] = json!({"type": "none"});
+    let v = post(&w, "/v1/messages", body);
+    assert_eq!(v["content"][0]["text"], EXPECTED);
+    assert_eq!(v["stop_reason"], "end_turn");
+}
+
+#[test]
+fn responses_with_tools_answer_a_function_call() {
+    let w = demo_worker("");
+    let mut body = json!({"model": "demo", "input": "hello there gateway", "tool_choice": "required",
+        "tools": [{"type": "function", "name": "get_weather", "parameters": weather_schema()}]});
+    let v = post(&w, "/v1/responses", body.clone());
+    let item = &v["output"][0];
+    assert_eq!(item["type"], "function_call");
+    assert_eq!(item["name"], "get_weather");
+    assert!(item["call_id"].as_str().unwrap().starts_with("call_"));
+    assert_weather_args(&serde_json::from_str(item["arguments"].as_str().unwrap()).unwrap());
+
+    body["stream"] = json!(true);
+    let events = sse_events(&stream(&w, "/v1/responses", body));
+    let deltas: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e.as_deref() == Some("response.function_call_arguments.delta"))
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(deltas.len() > 1, "arguments in one delta: {deltas:?}");
+    assert_weather_args(&serde_json::from_str(&deltas.concat()).unwrap());
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name.as_deref(), Some("response.completed"));
+    let done: Value = serde_json::from_str(last).unwrap();
+    let streamed = &done["response"]["output"][0];
+    assert_eq!(streamed["type"], "function_call");
+    assert_eq!(
+        streamed["arguments"].as_str(),
+        Some(deltas.concat().as_str())
+    );
+}

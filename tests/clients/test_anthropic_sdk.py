@@ -35,3 +35,36 @@ def test_count_tokens(client):
 def test_unknown_model_raises_not_found(client):
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="nope", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object",
+                     "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+                     "required": ["city", "days"]},
+}
+
+
+def test_messages_tool_use(client):
+    m = client.messages.create(model="demo", max_tokens=64, tools=[WEATHER_TOOL],
+                               messages=[{"role": "user", "content": "weather in Paris?"}])
+    assert m.stop_reason == "tool_use"
+    (block,) = m.content
+    assert block.type == "tool_use" and block.id.startswith("toolu_")
+    assert block.name == "get_weather"
+    assert block.input == {"city": "example", "days": 1}
+
+
+def test_messages_stream_tool_use_accumulates(client):
+    with client.messages.stream(model="demo", max_tokens=64, tools=[WEATHER_TOOL],
+                                tool_choice={"type": "tool", "name": "get_weather"},
+                                messages=[{"role": "user", "content": "weather in Paris?"}]) as s:
+        partial = [e.partial_json for e in s if e.type == "input_json"]
+        final = s.get_final_message()
+    assert len(partial) > 1, partial
+    assert final.stop_reason == "tool_use"
+    (block,) = final.content
+    assert block.type == "tool_use" and block.id.startswith("toolu_")
+    assert block.name == "get_weather"
+    assert block.input == {"city": "example", "days": 1}

@@ -521,7 +521,8 @@ fn stream_back(
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
 }
 
-/// The mock provider's answer, after its configured latency.
+/// The mock provider's answer, after its configured latency. A request the mock refuses (as the
+/// real API would) is the client's error, answered at once and not counted as an attempt.
 async fn mock_response(
     provider: &Arc<Provider>,
     endpoint: Endpoint,
@@ -530,12 +531,15 @@ async fn mock_response(
     slot: Option<SlotGuard>,
     guard: RequestGuard,
 ) -> Response<ResBody> {
+    let reply = match mock::reply(provider.name(), endpoint, body, stream) {
+        Ok(r) => r,
+        Err(e) => return e.to_response(endpoint.dialect()),
+    };
     let attempt = Attempt::start(provider.clone(), slot);
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }
     attempt.headers_received();
-    let reply = mock::reply(provider.name(), endpoint, body, stream);
     let content_type = reply.content_type;
     let body = crate::body::MockBody::new(reply, provider.config.tokens_per_second, attempt, guard);
     let mut r = Response::new(ResBody::Mock(body));

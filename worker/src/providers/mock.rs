@@ -4,9 +4,16 @@
 //! The reply is "This is a mock reply from PROVIDER to: FIRST WORDS OF THE LAST USER MESSAGE".
 //! With `stream: true` it is sent word by word in each API's real event sequence, paced by
 //! `tokens_per_second`; `latency` delays the response headers.
+//!
+//! A request with `tools` gets a call of one of them instead (see `tools`): `tool_calls` in Chat
+//! Completions, a `function_call` item in Responses, a `tool_use` block in Messages; streamed,
+//! its arguments arrive in several deltas, as providers send them.
+
+mod tools;
 
 use crate::endpoint::Endpoint;
 use bytes::Bytes;
+use gateway::ApiError;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,9 +30,22 @@ pub struct MockReply {
     pub stream: bool,
 }
 
-/// Builds the reply of `provider` to `body` on `endpoint`.
-pub fn reply(provider: &str, endpoint: Endpoint, body: &[u8], stream: bool) -> MockReply {
+/// Builds the reply of `provider` to `body` on `endpoint`; an error for a request the real API
+/// would refuse too (a `tool_choice` naming a tool that is not in `tools`).
+pub fn reply(
+    provider: &str,
+    endpoint: Endpoint,
+    body: &[u8],
+    stream: bool,
+) -> Result<MockReply, ApiError> {
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let tool = tools::choose(endpoint, &req)?.map(|c| Tool {
+        // From the request, so that the same request gets the same ids.
+        id: format!("{:016x}", fnv1a(body)),
+        name: c.name,
+        arguments: c.arguments.to_string(),
+        input: c.arguments,
+    });
     let model = req
         .get("model")
         .and_then(Value::as_str)
@@ -43,10 +63,13 @@ pub fn reply(provider: &str, endpoint: Endpoint, body: &[u8], stream: bool) -> M
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         input_tokens: count_tokens(&req),
-        output_tokens: text.split_whitespace().count() as u64,
+        output_tokens: tool.as_ref().map_or(text.split_whitespace().count(), |t| {
+            tools::fragments(&t.arguments).len() + 1
+        }) as u64,
         words: text.split_inclusive(' ').collect(),
         model,
         text: text.clone(),
+        tool,
     };
     let include_usage = req
         .pointer("/stream_options/include_usage")
@@ -57,7 +80,7 @@ pub fn reply(provider: &str, endpoint: Endpoint, body: &[u8], stream: bool) -> M
         frames: VecDeque::from([Bytes::from(v.to_string())]),
         stream: false,
     };
-    match (endpoint, stream) {
+    Ok(match (endpoint, stream) {
         (Endpoint::ChatCompletions, false) => one(ctx.chat()),
         (Endpoint::ChatCompletions, true) => sse(ctx.chat_chunks(include_usage)),
         (Endpoint::Completions, false) => one(ctx.completion()),
@@ -68,7 +91,7 @@ pub fn reply(provider: &str, endpoint: Endpoint, body: &[u8], stream: bool) -> M
         (Endpoint::Messages, true) => sse(ctx.message_events()),
         (Endpoint::Embeddings, _) => one(embeddings(&req, &ctx)),
         (Endpoint::CountTokens, _) => one(json!({"input_tokens": ctx.input_tokens})),
-    }
+    })
 }
 
 fn sse(frames: VecDeque<Bytes>) -> MockReply {
@@ -87,6 +110,19 @@ struct Ctx<'a> {
     words: Vec<&'a str>,
     input_tokens: u64,
     output_tokens: u64,
+    /// The tool call that replaces the text, when the request has `tools`.
+    tool: Option<Tool>,
+}
+
+/// The mock's tool call as it goes on the wire.
+struct Tool {
+    /// Hex hash of the request: each API's id prefix is put in front.
+    id: String,
+    name: String,
+    /// The arguments as a JSON string, the form the OpenAI APIs send and every API streams.
+    arguments: String,
+    /// The same arguments as the object Messages sends in `input`.
+    input: Value,
 }
 
 fn data(v: Value) -> Bytes {
@@ -104,10 +140,22 @@ impl Ctx<'_> {
     }
 
     fn chat(&self) -> Value {
+        let (message, finish) = match &self.tool {
+            None => (
+                json!({"role": "assistant", "content": self.text, "refusal": null}),
+                "stop",
+            ),
+            Some(t) => (
+                json!({"role": "assistant", "content": null, "refusal": null,
+                       "tool_calls": [{"id": format!("call_{}", t.id), "type": "function",
+                                       "function": {"name": t.name, "arguments": t.arguments}}]}),
+                "tool_calls",
+            ),
+        };
         json!({"id": format!("chatcmpl-{}", self.id), "object": "chat.completion",
                "created": self.created, "model": self.model, "system_fingerprint": null,
-               "choices": [{"index": 0, "logprobs": null, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": self.text, "refusal": null}}],
+               "choices": [{"index": 0, "logprobs": null, "finish_reason": finish,
+                            "message": message}],
                "usage": self.usage()})
     }
 
@@ -121,11 +169,34 @@ impl Ctx<'_> {
 
     fn chat_chunks(&self, include_usage: bool) -> VecDeque<Bytes> {
         let mut f = VecDeque::with_capacity(self.words.len() + 4);
-        f.push_back(self.chat_chunk(json!({"role": "assistant", "content": ""}), None));
-        for w in &self.words {
-            f.push_back(self.chat_chunk(json!({"content": w}), None));
-        }
-        f.push_back(self.chat_chunk(json!({}), Some("stop")));
+        let finish = match &self.tool {
+            None => {
+                f.push_back(self.chat_chunk(json!({"role": "assistant", "content": ""}), None));
+                for w in &self.words {
+                    f.push_back(self.chat_chunk(json!({"content": w}), None));
+                }
+                "stop"
+            }
+            Some(t) => {
+                // As OpenAI streams a call: id, type and name once, in the first delta of the
+                // call's `index`; then only argument fragments, which the SDKs concatenate.
+                f.push_back(self.chat_chunk(
+                    json!({"role": "assistant", "content": null, "refusal": null,
+                           "tool_calls": [{"index": 0, "id": format!("call_{}", t.id),
+                                           "type": "function",
+                                           "function": {"name": t.name, "arguments": ""}}]}),
+                    None,
+                ));
+                for piece in tools::fragments(&t.arguments) {
+                    f.push_back(self.chat_chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                        None,
+                    ));
+                }
+                "tool_calls"
+            }
+        };
+        f.push_back(self.chat_chunk(json!({}), Some(finish)));
         if include_usage {
             f.push_back(data(json!({"id": format!("chatcmpl-{}", self.id),
                 "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -156,11 +227,31 @@ impl Ctx<'_> {
         f
     }
 
+    /// The one output item of a Responses reply: the message, or the function call.
+    fn response_item(&self, done: bool) -> Value {
+        let status = if done { "completed" } else { "in_progress" };
+        match &self.tool {
+            None => {
+                let content = if done {
+                    json!([{"type": "output_text", "text": self.text, "annotations": []}])
+                } else {
+                    json!([])
+                };
+                json!({"type": "message", "id": format!("msg_{}", self.id), "status": status,
+                       "role": "assistant", "content": content})
+            }
+            Some(t) => {
+                let arguments = if done { t.arguments.as_str() } else { "" };
+                json!({"type": "function_call", "id": format!("fc_{}", t.id),
+                       "call_id": format!("call_{}", t.id), "name": t.name,
+                       "arguments": arguments, "status": status})
+            }
+        }
+    }
+
     fn response(&self, status: &str, with_output: bool) -> Value {
         let output = if with_output {
-            json!([{"type": "message", "id": format!("msg_{}", self.id), "status": "completed",
-                    "role": "assistant",
-                    "content": [{"type": "output_text", "text": self.text, "annotations": []}]}])
+            json!([self.response_item(true)])
         } else {
             json!([])
         };
@@ -176,7 +267,8 @@ impl Ctx<'_> {
     }
 
     fn response_events(&self) -> VecDeque<Bytes> {
-        let item = format!("msg_{}", self.id);
+        let added = self.response_item(false);
+        let item = added["id"].clone();
         let mut seq = 0u64;
         let mut ev = |name: &str, mut v: Value| {
             v["type"] = json!(name);
@@ -189,27 +281,46 @@ impl Ctx<'_> {
             "response.created",
             json!({"response": self.response("in_progress", false)}),
         ));
-        f.push_back(ev("response.output_item.added", json!({"output_index": 0,
-            "item": {"type": "message", "id": item, "status": "in_progress", "role": "assistant", "content": []}})));
         f.push_back(ev(
-            "response.content_part.added",
-            json!({"item_id": item, "output_index": 0,
-            "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+            "response.output_item.added",
+            json!({"output_index": 0, "item": added}),
         ));
-        for w in &self.words {
-            f.push_back(ev(
-                "response.output_text.delta",
-                json!({"item_id": item, "output_index": 0,
-                "content_index": 0, "delta": w}),
-            ));
+        match &self.tool {
+            None => {
+                let part = json!({"type": "output_text", "text": "", "annotations": []});
+                f.push_back(ev(
+                    "response.content_part.added",
+                    json!({"item_id": item, "output_index": 0, "content_index": 0, "part": part}),
+                ));
+                for w in &self.words {
+                    f.push_back(ev(
+                        "response.output_text.delta",
+                        json!({"item_id": item, "output_index": 0,
+                        "content_index": 0, "delta": w}),
+                    ));
+                }
+                f.push_back(ev(
+                    "response.output_text.done",
+                    json!({"item_id": item, "output_index": 0,
+                    "content_index": 0, "text": self.text}),
+                ));
+                f.push_back(ev("response.content_part.done", json!({"item_id": item, "output_index": 0,
+                    "content_index": 0, "part": {"type": "output_text", "text": self.text, "annotations": []}})));
+            }
+            Some(t) => {
+                for piece in tools::fragments(&t.arguments) {
+                    f.push_back(ev(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item, "output_index": 0, "delta": piece}),
+                    ));
+                }
+                f.push_back(ev(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item, "output_index": 0, "name": t.name,
+                           "arguments": t.arguments}),
+                ));
+            }
         }
-        f.push_back(ev(
-            "response.output_text.done",
-            json!({"item_id": item, "output_index": 0,
-            "content_index": 0, "text": self.text}),
-        ));
-        f.push_back(ev("response.content_part.done", json!({"item_id": item, "output_index": 0,
-            "content_index": 0, "part": {"type": "output_text", "text": self.text, "annotations": []}})));
         let full = self.response("completed", true);
         f.push_back(ev(
             "response.output_item.done",
@@ -225,10 +336,24 @@ impl Ctx<'_> {
                "usage": {"input_tokens": self.input_tokens, "output_tokens": output_tokens}})
     }
 
+    /// The stop reason of a Messages reply.
+    fn message_stop_reason(&self) -> &'static str {
+        if self.tool.is_some() {
+            "tool_use"
+        } else {
+            "end_turn"
+        }
+    }
+
     fn message(&self) -> Value {
+        let block = match &self.tool {
+            None => json!({"type": "text", "text": self.text}),
+            Some(t) => json!({"type": "tool_use", "id": format!("toolu_{}", t.id),
+                              "name": t.name, "input": t.input}),
+        };
         self.message_head(
-            Some("end_turn"),
-            json!([{"type": "text", "text": self.text}]),
+            Some(self.message_stop_reason()),
+            json!([block]),
             self.output_tokens,
         )
     }
@@ -240,18 +365,35 @@ impl Ctx<'_> {
             json!({"type": "message_start",
             "message": self.message_head(None, json!([]), 1)}),
         ));
+        let block_delta = |delta: Value| {
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            )
+        };
+        let (block, deltas): (Value, Vec<Bytes>) = match &self.tool {
+            None => (
+                json!({"type": "text", "text": ""}),
+                self.words
+                    .iter()
+                    .map(|w| block_delta(json!({"type": "text_delta", "text": w})))
+                    .collect(),
+            ),
+            // The input starts empty and is built from `input_json_delta` fragments.
+            Some(t) => (
+                json!({"type": "tool_use", "id": format!("toolu_{}", t.id), "name": t.name,
+                       "input": {}}),
+                tools::fragments(&t.arguments)
+                    .into_iter()
+                    .map(|p| block_delta(json!({"type": "input_json_delta", "partial_json": p})))
+                    .collect(),
+            ),
+        };
         f.push_back(event(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": block}),
         ));
-        for w in &self.words {
-            f.push_back(event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": w}}),
-            ));
-        }
+        f.extend(deltas);
         f.push_back(event(
             "content_block_stop",
             json!({"type": "content_block_stop", "index": 0}),
@@ -259,7 +401,7 @@ impl Ctx<'_> {
         f.push_back(event(
             "message_delta",
             json!({"type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "delta": {"stop_reason": self.message_stop_reason(), "stop_sequence": null},
             "usage": {"output_tokens": self.output_tokens}}),
         ));
         f.push_back(event("message_stop", json!({"type": "message_stop"})));
@@ -409,7 +551,7 @@ mod tests {
     #[test]
     fn chat_reply_has_the_sdk_fields() {
         let body = br#"{"model":"demo","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello there mock"}]}"#;
-        let r = reply("demo", Endpoint::ChatCompletions, body, false);
+        let r = reply("demo", Endpoint::ChatCompletions, body, false).unwrap();
         let v: Value = serde_json::from_str(&frames_text(&r)).unwrap();
         assert_eq!(v["object"], "chat.completion");
         assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -425,8 +567,8 @@ mod tests {
     #[test]
     fn deterministic() {
         let body = br#"{"model":"demo","messages":[{"role":"user","content":"same words"}]}"#;
-        let a = reply("demo", Endpoint::Messages, body, false);
-        let b = reply("demo", Endpoint::Messages, body, false);
+        let a = reply("demo", Endpoint::Messages, body, false).unwrap();
+        let b = reply("demo", Endpoint::Messages, body, false).unwrap();
         let va: Value = serde_json::from_str(&frames_text(&a)).unwrap();
         let vb: Value = serde_json::from_str(&frames_text(&b)).unwrap();
         assert_eq!(va, vb);
@@ -441,7 +583,7 @@ mod tests {
     #[test]
     fn anthropic_stream_event_sequence() {
         let body = br#"{"model":"demo","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#;
-        let r = reply("demo", Endpoint::Messages, body, true);
+        let r = reply("demo", Endpoint::Messages, body, true).unwrap();
         assert_eq!(r.content_type, "text/event-stream");
         let names: Vec<String> = r
             .frames
@@ -483,6 +625,115 @@ mod tests {
         assert_eq!(text, "This is a mock reply from demo to: hi");
     }
 
+    /// The `data:` payloads of a streamed reply, parsed (`[DONE]` left out).
+    fn stream_data(r: &MockReply) -> Vec<Value> {
+        r.frames
+            .iter()
+            .filter_map(|f| {
+                let s = String::from_utf8_lossy(f).into_owned();
+                let d = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))?
+                    .to_string();
+                serde_json::from_str(&d).ok()
+            })
+            .collect()
+    }
+
+    const TOOL: &str = r#"{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"]}"#;
+
+    #[test]
+    fn tools_get_a_call_in_each_shape() {
+        let want = json!({"city": "example", "days": 1});
+        let chat = format!(
+            r#"{{"model":"demo","messages":[{{"role":"user","content":"weather?"}}],
+                "tools":[{{"type":"function","function":{{"name":"get_weather","parameters":{TOOL}}}}}]}}"#
+        );
+        let v: Value = serde_json::from_str(&frames_text(
+            &reply("demo", Endpoint::ChatCompletions, chat.as_bytes(), false).unwrap(),
+        ))
+        .unwrap();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, want);
+
+        let chunks =
+            stream_data(&reply("demo", Endpoint::ChatCompletions, chat.as_bytes(), true).unwrap());
+        let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(first["id"], call["id"]);
+        assert_eq!(first["function"]["name"], "get_weather");
+        let pieces: Vec<&str> = chunks[1..]
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?
+                    .as_str()
+            })
+            .collect();
+        assert!(pieces.len() > 1, "{pieces:?}");
+        assert_eq!(
+            pieces.concat(),
+            call["function"]["arguments"].as_str().unwrap()
+        );
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+
+        let msgs = format!(
+            r#"{{"model":"demo","max_tokens":9,"messages":[{{"role":"user","content":"weather?"}}],
+                "tools":[{{"name":"get_weather","description":"d","input_schema":{TOOL}}}]}}"#
+        );
+        let v: Value = serde_json::from_str(&frames_text(
+            &reply("demo", Endpoint::Messages, msgs.as_bytes(), false).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["content"][0]["type"], "tool_use");
+        assert!(v["content"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("toolu_"));
+        assert_eq!(v["content"][0]["input"], want);
+        let events =
+            stream_data(&reply("demo", Endpoint::Messages, msgs.as_bytes(), true).unwrap());
+        assert_eq!(events[1]["content_block"]["input"], json!({}));
+        let partial: String = events
+            .iter()
+            .filter_map(|e| e.pointer("/delta/partial_json")?.as_str())
+            .collect();
+        assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), want);
+        assert_eq!(events[events.len() - 2]["delta"]["stop_reason"], "tool_use");
+
+        let resp = format!(
+            r#"{{"model":"demo","input":"weather?",
+                "tools":[{{"type":"function","name":"get_weather","parameters":{TOOL}}}]}}"#
+        );
+        let v: Value = serde_json::from_str(&frames_text(
+            &reply("demo", Endpoint::Responses, resp.as_bytes(), false).unwrap(),
+        ))
+        .unwrap();
+        let item = &v["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert!(item["call_id"].as_str().unwrap().starts_with("call_"));
+        let args: Value = serde_json::from_str(item["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, want);
+        let events =
+            stream_data(&reply("demo", Endpoint::Responses, resp.as_bytes(), true).unwrap());
+        let deltas: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.function_call_arguments.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(deltas, item["arguments"].as_str().unwrap());
+        assert_eq!(events.last().unwrap()["response"]["output"][0], *item);
+    }
+
     #[test]
     fn embeddings_and_count_tokens() {
         let r = reply(
@@ -490,7 +741,8 @@ mod tests {
             Endpoint::Embeddings,
             br#"{"model":"e","input":["a b","c"],"dimensions":4}"#,
             false,
-        );
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&frames_text(&r)).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 4);
@@ -499,7 +751,8 @@ mod tests {
             Endpoint::Embeddings,
             br#"{"model":"e","input":"x","encoding_format":"base64","dimensions":3}"#,
             false,
-        );
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&frames_text(&r)).unwrap();
         assert_eq!(v["data"][0]["embedding"].as_str().unwrap().len(), 16);
         let r = reply(
@@ -507,7 +760,8 @@ mod tests {
             Endpoint::CountTokens,
             br#"{"model":"m","messages":[{"role":"user","content":"one two three"}]}"#,
             false,
-        );
+        )
+        .unwrap();
         assert_eq!(frames_text(&r), r#"{"input_tokens":3}"#);
         assert_eq!(base64_encode(b"Man"), "TWFu");
         assert_eq!(base64_encode(b"Ma"), "TWE=");
