@@ -132,6 +132,13 @@ fn failed_start_prints_one_failed_line_with_its_code() {
     let addr = taken.local_addr().unwrap().to_string();
     let err = assert_fails_with(&env, &["--listen", &addr], 4);
     assert!(err.contains(&addr), "{err}");
+    assert!(!env.runtime_dir().exists(), "runtime dir left after exit 4");
+
+    // A worker port in use fails after the runtime files exist; they go too.
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = assert_fails_with(&env, &["--base-port", &port], 4);
+    assert!(err.contains(&port), "{err}");
+    assert!(!env.runtime_dir().exists(), "runtime dir left after exit 4");
 }
 
 #[test]

@@ -249,6 +249,25 @@ async fn serve(
         .local_addr()
         .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
     let snapshot = write_snapshot(&dir, &text)?;
+    // Everything that can fail comes before the pool starts: after that, a failure would have
+    // to stop workers that may still write heartbeats into the directory being cleaned.
+    let (control_tx, control_rx) = control::channel();
+    let admin_path = runtime_dir::admin_socket(&dir);
+    // Bound here, not inside the task, so a failure is reported instead of lost.
+    let admin_listener = admin::bind(&admin_path).map_err(|e| {
+        Fatal::new(
+            exit::RUNTIME,
+            format!("admin socket {}: {e}", admin_path.display()),
+        )
+    })?;
+    let parent = if args.exit_with_parent {
+        Some(
+            sidecar::arm(control_tx.clone())
+                .map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?,
+        )
+    } else {
+        None
+    };
     let (trigger, shutdown) = shutdown::channel();
     let (metrics, registry) = SupervisorMetrics::new();
     let cfg = Arc::new(cfg);
@@ -268,15 +287,6 @@ async fn serve(
         registry: Arc::new(registry),
     };
     let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
-    let (control_tx, control_rx) = control::channel();
-    let admin_path = runtime_dir::admin_socket(&dir);
-    // Bound here, not inside the task, so a failure is reported instead of lost.
-    let admin_listener = admin::bind(&admin_path).map_err(|e| {
-        Fatal::new(
-            exit::RUNTIME,
-            format!("admin socket {}: {e}", admin_path.display()),
-        )
-    })?;
     let admin = tokio::spawn(admin::serve_on(
         admin_listener,
         pool.clone(),
@@ -284,14 +294,6 @@ async fn serve(
         control_tx.clone(),
         shutdown.clone(),
     ));
-    let parent = if args.exit_with_parent {
-        Some(
-            sidecar::arm(control_tx.clone())
-                .map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?,
-        )
-    } else {
-        None
-    };
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
     let _watch = match source.path() {
         Some(path) => watch::spawn(path, control_tx.clone(), shutdown.clone())
