@@ -514,3 +514,48 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     keys
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> StartArgs {
+        let argv = ["supervisor", "start"].iter().chain(flags);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Start(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ephemeral(source: &ConfigSource, text: &str, flags: &[&str]) -> bool {
+        let a = args(flags);
+        let mut cfg = config::parse_str(text, "t").unwrap();
+        apply_overrides(&mut cfg, &a);
+        is_ephemeral(&cfg, source, text, &a)
+    }
+
+    #[test]
+    fn port_zero_without_explicit_ports_or_dir_is_ephemeral() {
+        let file = ConfigSource::File("g.toml".into());
+        let builtin = ConfigSource::Builtin;
+        let b = config::BUILTIN_CONFIG;
+        let zero = ["--listen", "127.0.0.1:0"];
+        // The built-in default writes base_port, but it is nobody's explicit choice.
+        assert!(ephemeral(&builtin, b, &zero));
+        assert!(!ephemeral(&builtin, b, &[]), "port 8080 is not a sidecar");
+        assert!(!ephemeral(&file, b, &zero), "a file that writes base_port");
+        assert!(ephemeral(&file, "[pool]\nworkers = 1\n", &zero));
+        assert!(!ephemeral(
+            &builtin,
+            b,
+            &["--listen", "127.0.0.1:0", "--base-port", "0"]
+        ));
+        assert!(!ephemeral(
+            &builtin,
+            b,
+            &["--listen", "127.0.0.1:0", "--runtime-dir", "/x"]
+        ));
+        assert!(!ephemeral(&file, "[pool]\nruntime_dir = \"/x\"\n", &zero));
+    }
+}
