@@ -29,10 +29,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Writes `hb` atomically to `path`. Small enough (< 100 bytes) that the blocking write is cheap;
 /// workers still call it off the request path.
 pub fn write(path: &Path, hb: &Heartbeat) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
     let body = serde_json::to_vec(hb).expect("heartbeat serializes");
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    crate::runtime_file::replace(path, &tmp_path(path), &body)
 }
 
 /// Reads the file's content.

@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod net;
 pub mod provider_slots;
 pub mod request;
+pub mod runtime_file;
 pub mod sse;
 pub mod sse_parser;
 pub mod upload;

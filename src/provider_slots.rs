@@ -22,6 +22,8 @@
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use std::fs::OpenOptions;
 use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
@@ -51,21 +53,28 @@ unsafe impl Send for ProviderTable {}
 unsafe impl Sync for ProviderTable {}
 
 impl ProviderTable {
-    /// Creates (or resets) the table file and maps it. Supervisor side.
+    /// Creates the table file afresh and maps it. Supervisor side.
+    ///
+    /// The space is reserved for real (`posix_fallocate`), not just sized: a sparse file on a
+    /// full filesystem maps fine and then kills whoever first touches a page with SIGBUS.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        f.set_len(BYTES as u64)?;
+        let f = crate::runtime_file::create_fresh(path)?;
+        nix::fcntl::posix_fallocate(f.as_raw_fd(), 0, BYTES as nix::libc::off_t).map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("cannot reserve {BYTES} bytes for {}: {e}", path.display()),
+            )
+        })?;
         Self::map(&f)
     }
 
     /// Maps an existing table. Worker side.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?;
         if f.metadata()?.len() != BYTES as u64 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -363,11 +363,12 @@ fn start_exits_1_when_every_worker_is_dead_before_ready() {
         "{:?}",
         g.stdout_lines
     );
-    let last: serde_json::Value =
-        serde_json::from_str(g.stdout_lines.last().expect("a stopped line")).unwrap();
+    // A start that fails before ready prints exactly one `failed` line (contract).
+    assert_eq!(g.stdout_lines.len(), 1, "{:?}", g.stdout_lines);
+    let last: serde_json::Value = serde_json::from_str(&g.stdout_lines[0]).unwrap();
     assert_eq!(
         (last["event"].as_str(), last["code"].as_u64()),
-        (Some("stopped"), Some(1))
+        (Some("failed"), Some(1))
     );
     assert!(g.stderr().contains("DEAD"), "{}", g.stderr());
 }

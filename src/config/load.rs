@@ -60,6 +60,15 @@ pub fn resolve_source(cli: Option<&Path>) -> ConfigSource {
     ConfigSource::Builtin
 }
 
+/// Whether `[table] key` is written in `text`, as opposed to left to its default. For choices
+/// that depend on whether the user asked for a value at all (ephemeral instances).
+pub fn sets_key(text: &str, table: &str, key: &str) -> bool {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get(table)?.as_table()?.get(key).map(|_| ()))
+        .is_some()
+}
+
 /// Reads, parses and validates the configuration from `source`.
 pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
     let name = source.display_name();
@@ -119,4 +128,18 @@ pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigErrors> {
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod sets_key_tests {
+    use super::sets_key;
+
+    #[test]
+    fn only_a_written_key_counts() {
+        let text = "[pool]\nworkers = 2\nbase_port = 0\n";
+        assert!(sets_key(text, "pool", "base_port"));
+        assert!(!sets_key(text, "pool", "runtime_dir"));
+        assert!(!sets_key("[server]\nbase_port = 1\n", "pool", "base_port"));
+        assert!(!sets_key("not toml [", "pool", "base_port"));
+    }
 }

@@ -8,7 +8,9 @@ mod schema;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load, parse_str, resolve_source, ConfigSource, LoadedConfig, BUILTIN_CONFIG};
+pub use load::{
+    load, parse_str, resolve_source, sets_key, ConfigSource, LoadedConfig, BUILTIN_CONFIG,
+};
 pub use schema::*;
 pub use validate::{validate, Violation};
 

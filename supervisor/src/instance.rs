@@ -1,4 +1,5 @@
-//! One instance per runtime directory: `start` creates the directory (mode 0700), holds an
+//! One instance per runtime directory: `start` creates the directory (mode 0700) or checks that
+//! an existing one is private (`runtime_dir::ensure_private_dir`), holds an
 //! advisory `flock` on `supervisor.lock` for its lifetime, and removes the runtime files when it
 //! stops. A second `start` on the same directory fails with the holder's pid (exit 3).
 //!
@@ -6,15 +7,17 @@
 //! stale file that the next start simply locks again.
 
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("another supervisor (pid {pid}) already holds {path}")]
     Locked { pid: String, path: PathBuf },
+    /// The directory exists but is not private (exit 2).
+    #[error(transparent)]
+    Unsafe(crate::runtime_dir::RuntimeDirError),
     #[error("runtime directory {path}: {source}")]
     Io {
         path: PathBuf,
@@ -37,22 +40,38 @@ impl Instance {
             path: dir.to_path_buf(),
             source,
         };
-        let created = !dir.exists();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        // An existing directory may have looser permissions; the admin socket lives here.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let created = crate::runtime_dir::ensure_private_dir(dir).map_err(|e| match e {
+            crate::runtime_dir::RuntimeDirError::Io { source, .. } => io(source),
+            unsafe_dir => InstanceError::Unsafe(unsafe_dir),
+        })?;
+        Self::lock(dir, created)
+    }
+
+    /// For a directory this process just made private (an ephemeral instance's mkdtemp): it is
+    /// removed on drop like one `acquire` created.
+    pub fn acquire_fresh(dir: &Path) -> Result<Self, InstanceError> {
+        Self::lock(dir, true)
+    }
+
+    /// Takes the lock; a directory we created does not outlive a failure here.
+    fn lock(dir: &Path, created: bool) -> Result<Self, InstanceError> {
+        Self::try_lock(dir, created).inspect_err(|e| {
+            if created && matches!(e, InstanceError::Io { .. }) {
+                let _ = std::fs::remove_file(dir.join("supervisor.lock"));
+                let _ = std::fs::remove_dir(dir);
+            }
+        })
+    }
+
+    /// Takes the lock in a checked directory. The lock file is reused, not recreated: a new
+    /// inode would not be the one a running holder has locked.
+    fn try_lock(dir: &Path, created: bool) -> Result<Self, InstanceError> {
+        let io = |source| InstanceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         let path = dir.join("supervisor.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let file = gateway::runtime_file::open_or_create(&path).map_err(io)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((mut file, _)) => {
@@ -114,6 +133,7 @@ fn is_runtime_file(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn second_acquire_names_the_holder_and_drop_cleans() {
@@ -140,6 +160,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shared");
         std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
         let inst = Instance::acquire(&dir).unwrap();
         for f in [

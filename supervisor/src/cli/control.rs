@@ -2,7 +2,7 @@
 //! socket. Also the small blocking HTTP/1.1 client that `status` shares: one request per
 //! connection (`Connection: close`), so reading to EOF is the whole response.
 
-use super::ConfigArg;
+use super::TargetArgs;
 use crate::exit;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -75,12 +75,32 @@ fn parse(raw: &[u8]) -> Option<AdminResponse> {
     .ok()
 }
 
-/// Loads the config and finds the admin socket; `Err(exit code)` after printing why.
+/// Finds the admin socket (`--runtime-dir`, else from the config) and checks its directory is
+/// private before anything trusts the socket; `Err(exit code)` after printing why.
+pub fn admin_socket(arg: &TargetArgs) -> Result<PathBuf, u8> {
+    let dir = match &arg.runtime_dir {
+        Some(d) => PathBuf::from(d),
+        None => configured_runtime_dir(&arg.config.config)?,
+    };
+    match crate::runtime_dir::check_private_dir(&dir) {
+        Ok(()) => {}
+        // Missing: connecting then reports that no supervisor runs there.
+        Err(crate::runtime_dir::RuntimeDirError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(e.exit_code());
+        }
+    }
+    Ok(crate::runtime_dir::admin_socket(&dir))
+}
+
+/// The runtime directory the configuration names.
 ///
 /// A config file that became invalid while the supervisor runs must not lock the operator out
 /// of `status` and `stop`: then only `pool.runtime_dir` is read, leniently, with a warning.
-pub fn admin_socket(arg: &ConfigArg) -> Result<PathBuf, u8> {
-    let source = gateway::config::resolve_source(arg.config.as_deref());
+fn configured_runtime_dir(config: &Option<PathBuf>) -> Result<PathBuf, u8> {
+    let source = gateway::config::resolve_source(config.as_deref());
     let dir = match gateway::config::load(&source) {
         Ok(loaded) => crate::runtime_dir::resolve_runtime_dir(&loaded.config),
         Err(errors) => {
@@ -105,7 +125,7 @@ pub fn admin_socket(arg: &ConfigArg) -> Result<PathBuf, u8> {
             crate::runtime_dir::resolve_runtime_dir(&cfg)
         }
     };
-    Ok(crate::runtime_dir::admin_socket(&dir))
+    Ok(dir)
 }
 
 /// `runtime_dir = "..."` inside the `[pool]` table of a file that does not parse as a whole.
@@ -132,7 +152,7 @@ fn lenient_runtime_dir(text: &str) -> Option<String> {
 }
 
 /// Sends `method path` and reports the outcome; the exit code.
-fn simple(arg: &ConfigArg, method: &str, path: &str, done: &str, timeout: Duration) -> u8 {
+fn simple(arg: &TargetArgs, method: &str, path: &str, done: &str, timeout: Duration) -> u8 {
     let socket = match admin_socket(arg) {
         Ok(s) => s,
         Err(code) => return code,
@@ -158,17 +178,17 @@ fn simple(arg: &ConfigArg, method: &str, path: &str, done: &str, timeout: Durati
 }
 
 /// `supervisor stop`: graceful, like SIGTERM.
-pub fn stop(arg: &ConfigArg) -> u8 {
+pub fn stop(arg: &TargetArgs) -> u8 {
     simple(arg, "POST", "/stop", "stopping", Duration::from_secs(10))
 }
 
 /// `supervisor reload`: like SIGHUP; waits for the roll to finish.
-pub fn reload(arg: &ConfigArg) -> u8 {
+pub fn reload(arg: &TargetArgs) -> u8 {
     simple(arg, "POST", "/reload", "reloaded", Duration::from_secs(120))
 }
 
 /// `supervisor restart-worker ID`.
-pub fn restart_worker(arg: &ConfigArg, id: usize) -> u8 {
+pub fn restart_worker(arg: &TargetArgs, id: usize) -> u8 {
     simple(
         arg,
         "POST",

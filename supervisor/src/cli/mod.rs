@@ -29,7 +29,22 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
+/// `-c FILE` and `--runtime-dir DIR`: how a command finds a running supervisor.
 #[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The supervisor's runtime directory (as its ready line's admin_socket names it); else
+    /// the configuration's.
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Environment:\n  GATEWAY_TOKEN  the front's auth token (the variable server.auth_token_env names): \
+when set and non-empty, /v1/* needs it (Bearer or x-api-key); required to listen beyond loopback."
+)]
 pub struct StartArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -42,6 +57,9 @@ pub struct StartArgs {
     /// First worker port; 0 = any free ports.
     #[arg(long, value_name = "P")]
     pub base_port: Option<u16>,
+    /// Runtime directory (lock, admin socket, heartbeats); overrides pool.runtime_dir.
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<String>,
     /// Stop gracefully when stdin reaches EOF or the parent process goes away.
     #[arg(long)]
     pub exit_with_parent: bool,
@@ -50,11 +68,11 @@ pub struct StartArgs {
     pub log_format: LogFormat,
 }
 
-/// `restart-worker [-c FILE] ID`.
+/// `restart-worker [-c FILE] [--runtime-dir DIR] ID`.
 #[derive(Debug, Clone, Args)]
 pub struct RestartWorkerArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub target: TargetArgs,
     /// The worker id (as `status` shows it).
     pub id: usize,
 }
@@ -68,9 +86,9 @@ pub enum Command {
     /// Show the workers of the running supervisor.
     Status(status::StatusArgs),
     /// Stop the running supervisor gracefully (like SIGTERM).
-    Stop(ConfigArg),
+    Stop(TargetArgs),
     /// Reload the configuration and roll the workers (like SIGHUP).
-    Reload(ConfigArg),
+    Reload(TargetArgs),
     /// Restart one worker (also revives a DEAD one).
     RestartWorker(RestartWorkerArgs),
     /// Run one worker (used by the supervisor itself).
@@ -86,7 +104,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Status(a) => status::run(&a),
         Command::Stop(c) => control::stop(&c),
         Command::Reload(c) => control::reload(&c),
-        Command::RestartWorker(a) => control::restart_worker(&a.config, a.id),
+        Command::RestartWorker(a) => control::restart_worker(&a.target, a.id),
         Command::Worker(args) => gateway_worker::cli::run(args),
     }
 }

@@ -4,7 +4,12 @@
 //!
 //! Order matters for "nothing is lost": signal handlers are installed before anything starts, so
 //! an early SIGTERM still stops cleanly; the front stops accepting first, drains, and only then
-//! are the workers stopped; the `stopped` line is the last thing on stdout.
+//! are the workers stopped; the `stopped` line is the last thing on stdout. A start that fails
+//! before ready prints one `failed` line instead, whatever step failed, and exits with its code.
+//!
+//! Ephemeral instances (contract "Ephemeral instances"): a front port of 0 with neither a base
+//! port nor a runtime directory given explicitly gets free worker ports and a fresh private
+//! runtime directory, so any number of sidecars run beside each other and a default instance.
 
 use super::StartArgs;
 use crate::control::{self, ControlCommand};
@@ -53,17 +58,25 @@ pub fn run(args: StartArgs) -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            error!("cannot start the runtime: {e}");
-            return exit::RUNTIME;
+            return failed(Fatal::new(
+                exit::RUNTIME,
+                format!("cannot start the runtime: {e}"),
+            ))
         }
     };
     match rt.block_on(serve(args, activated)) {
         Ok(()) => exit::OK,
-        Err(f) => {
-            error!("{}", f.message);
-            f.code
-        }
+        Err(f) => failed(f),
     }
+}
+
+/// Logs the failure, prints the `failed` line (a host reading our stdout always gets a line),
+/// and returns the exit code.
+fn failed(f: Fatal) -> u8 {
+    error!("{}", f.message);
+    let line = serde_json::json!({"event": "failed", "code": f.code, "error": f.message});
+    println!("{line}");
+    f.code
 }
 
 fn take_activated_listener() -> Option<std::io::Result<std::net::TcpListener>> {
@@ -74,19 +87,33 @@ fn take_activated_listener() -> Option<std::io::Result<std::net::TcpListener>> {
     fds.take_tcp_listener(0).transpose()
 }
 
+/// A loaded configuration with the command line applied.
+struct Effective {
+    config: Config,
+    /// The file's text, for the workers' snapshot.
+    text: String,
+    /// Free worker ports and a fresh runtime directory (see the module docs).
+    ephemeral: bool,
+}
+
 /// Loads the file and applies the command-line overrides (flags override the file).
-fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, String), Fatal> {
+fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<Effective, Fatal> {
     let loaded = config::load(source).map_err(|errs| {
         for e in &errs.0 {
             error!("{e}");
         }
+        let first = errs.0.first().map(|e| format!(": {e}")).unwrap_or_default();
         Fatal::new(
             exit::CONFIG,
-            format!("invalid configuration ({} problem(s))", errs.0.len()),
+            format!("invalid configuration ({} problem(s)){first}", errs.0.len()),
         )
     })?;
     let mut cfg = loaded.config;
     apply_overrides(&mut cfg, args);
+    let ephemeral = is_ephemeral(&cfg, source, &loaded.text, args);
+    if ephemeral {
+        cfg.pool.base_port = 0;
+    }
     let violations = config::validate(&cfg);
     if !violations.is_empty() {
         for v in &violations {
@@ -97,7 +124,22 @@ fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, Strin
             "invalid configuration after command-line overrides",
         ));
     }
-    Ok((cfg, loaded.text))
+    Ok(Effective {
+        config: cfg,
+        text: loaded.text,
+        ephemeral,
+    })
+}
+
+/// Port 0 in front, and neither a base port nor a runtime directory asked for: by flag, or by
+/// the key written in a config file (the built-in default's values are not a choice).
+fn is_ephemeral(cfg: &Config, source: &ConfigSource, text: &str, args: &StartArgs) -> bool {
+    let in_file = |key| source.path().is_some() && config::sets_key(text, "pool", key);
+    cfg.server.listen.port() == 0
+        && args.base_port.is_none()
+        && !in_file("base_port")
+        && args.runtime_dir.is_none()
+        && cfg.pool.runtime_dir.is_empty()
 }
 
 fn apply_overrides(cfg: &mut Config, args: &StartArgs) {
@@ -109,6 +151,9 @@ fn apply_overrides(cfg: &mut Config, args: &StartArgs) {
     }
     if let Some(p) = args.base_port {
         cfg.pool.base_port = p;
+    }
+    if let Some(d) = &args.runtime_dir {
+        cfg.pool.runtime_dir = d.clone();
     }
 }
 
@@ -134,14 +179,12 @@ fn check_exposure(cfg: &Config) -> Result<(), Fatal> {
 fn write_snapshot(dir: &Path, text: &str) -> Result<PathBuf, Fatal> {
     let path = dir.join("gateway.toml");
     let tmp = dir.join("gateway.toml.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| {
-            Fatal::new(
-                exit::RUNTIME,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+    gateway::runtime_file::replace(&path, &tmp, text.as_bytes()).map_err(|e| {
+        Fatal::new(
+            exit::RUNTIME,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
     Ok(path)
 }
 
@@ -193,18 +236,38 @@ async fn serve(
 ) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
     let source = config::resolve_source(args.config.config.as_deref());
-    let (cfg, text) = load_config(&source, &args)?;
+    let Effective {
+        config: cfg,
+        text,
+        ephemeral,
+    } = load_config(&source, &args)?;
     check_exposure(&cfg)?;
-    let dir = runtime_dir::resolve_runtime_dir(&cfg);
-    let instance = Instance::acquire(&dir).map_err(|e| match e {
-        InstanceError::Locked { .. } => Fatal::new(exit::LOCKED, e.to_string()),
-        InstanceError::Io { .. } => Fatal::new(exit::RUNTIME, e.to_string()),
-    })?;
+    let instance = acquire_runtime_dir(&cfg, ephemeral)?;
+    let dir = instance.dir().to_path_buf();
     let listener = bind_front(cfg.server.listen, activated)?;
     let listen = listener
         .local_addr()
         .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
     let snapshot = write_snapshot(&dir, &text)?;
+    // Everything that can fail comes before the pool starts: after that, a failure would have
+    // to stop workers that may still write heartbeats into the directory being cleaned.
+    let (control_tx, control_rx) = control::channel();
+    let admin_path = runtime_dir::admin_socket(&dir);
+    // Bound here, not inside the task, so a failure is reported instead of lost.
+    let admin_listener = admin::bind(&admin_path).map_err(|e| {
+        Fatal::new(
+            exit::RUNTIME,
+            format!("admin socket {}: {e}", admin_path.display()),
+        )
+    })?;
+    let parent = if args.exit_with_parent {
+        Some(
+            sidecar::arm(control_tx.clone())
+                .map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?,
+        )
+    } else {
+        None
+    };
     let (trigger, shutdown) = shutdown::channel();
     let (metrics, registry) = SupervisorMetrics::new();
     let cfg = Arc::new(cfg);
@@ -224,15 +287,6 @@ async fn serve(
         registry: Arc::new(registry),
     };
     let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
-    let (control_tx, control_rx) = control::channel();
-    let admin_path = runtime_dir::admin_socket(&dir);
-    // Bound here, not inside the task, so a failure is reported instead of lost.
-    let admin_listener = admin::bind(&admin_path).map_err(|e| {
-        Fatal::new(
-            exit::RUNTIME,
-            format!("admin socket {}: {e}", admin_path.display()),
-        )
-    })?;
     let admin = tokio::spawn(admin::serve_on(
         admin_listener,
         pool.clone(),
@@ -240,14 +294,6 @@ async fn serve(
         control_tx.clone(),
         shutdown.clone(),
     ));
-    let parent = if args.exit_with_parent {
-        Some(
-            sidecar::arm(control_tx.clone())
-                .map_err(|e| Fatal::new(exit::RUNTIME, format!("--exit-with-parent: {e}")))?,
-        )
-    } else {
-        None
-    };
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
     let _watch = match source.path() {
         Some(path) => watch::spawn(path, control_tx.clone(), shutdown.clone())
@@ -284,19 +330,34 @@ async fn serve(
     run.pool.stop(Duration::from_secs(2)).await;
     admin.abort();
     drop(run.instance);
-    let code = if startup == Startup::AllDead {
-        exit::RUNTIME
-    } else {
-        exit::OK
-    };
-    println!("{}", serde_json::json!({"event": "stopped", "code": code}));
-    if code != exit::OK {
+    if startup == Startup::AllDead {
         return Err(Fatal::new(
-            code,
+            exit::RUNTIME,
             "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
         ));
     }
+    println!(
+        "{}",
+        serde_json::json!({"event": "stopped", "code": exit::OK})
+    );
     Ok(())
+}
+
+/// Takes the lock on the runtime directory: the configured one, checked private (created if
+/// missing), or for an ephemeral instance a fresh one.
+fn acquire_runtime_dir(cfg: &Config, ephemeral: bool) -> Result<Instance, Fatal> {
+    let held = if ephemeral {
+        let dir = runtime_dir::create_ephemeral()
+            .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
+        Instance::acquire_fresh(&dir)
+    } else {
+        Instance::acquire(&runtime_dir::resolve_runtime_dir(cfg))
+    };
+    held.map_err(|e| match e {
+        InstanceError::Locked { .. } => Fatal::new(exit::LOCKED, e.to_string()),
+        InstanceError::Unsafe(u) => Fatal::new(u.exit_code(), u.to_string()),
+        InstanceError::Io { .. } => Fatal::new(exit::RUNTIME, e.to_string()),
+    })
 }
 
 /// How waiting for the first ready worker ended.
@@ -410,7 +471,9 @@ impl Running {
                 );
                 Err(f.message)
             }
-            Ok((new, text)) => {
+            Ok(Effective {
+                config: new, text, ..
+            }) => {
                 let old = self.config.load_full();
                 for key in needs_restart(&old, &new) {
                     warn!(key, "changed in the file but needs a restart to apply");
@@ -450,4 +513,49 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         keys.push("server.auth_token_env");
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> StartArgs {
+        let argv = ["supervisor", "start"].iter().chain(flags);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Start(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ephemeral(source: &ConfigSource, text: &str, flags: &[&str]) -> bool {
+        let a = args(flags);
+        let mut cfg = config::parse_str(text, "t").unwrap();
+        apply_overrides(&mut cfg, &a);
+        is_ephemeral(&cfg, source, text, &a)
+    }
+
+    #[test]
+    fn port_zero_without_explicit_ports_or_dir_is_ephemeral() {
+        let file = ConfigSource::File("g.toml".into());
+        let builtin = ConfigSource::Builtin;
+        let b = config::BUILTIN_CONFIG;
+        let zero = ["--listen", "127.0.0.1:0"];
+        // The built-in default writes base_port, but it is nobody's explicit choice.
+        assert!(ephemeral(&builtin, b, &zero));
+        assert!(!ephemeral(&builtin, b, &[]), "port 8080 is not a sidecar");
+        assert!(!ephemeral(&file, b, &zero), "a file that writes base_port");
+        assert!(ephemeral(&file, "[pool]\nworkers = 1\n", &zero));
+        assert!(!ephemeral(
+            &builtin,
+            b,
+            &["--listen", "127.0.0.1:0", "--base-port", "0"]
+        ));
+        assert!(!ephemeral(
+            &builtin,
+            b,
+            &["--listen", "127.0.0.1:0", "--runtime-dir", "/x"]
+        ));
+        assert!(!ephemeral(&file, "[pool]\nruntime_dir = \"/x\"\n", &zero));
+    }
 }

@@ -2,7 +2,7 @@
 //! or (`--json`) as the contract's JSON object.
 
 use super::control::{admin_socket, request};
-use super::ConfigArg;
+use super::TargetArgs;
 use crate::admin::StatusReport;
 use crate::exit;
 use crate::pool::WorkerStatus;
@@ -12,14 +12,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub target: TargetArgs,
     /// Print `{"listen":…,"workers":[…]}` instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &StatusArgs) -> u8 {
-    let socket = match admin_socket(&args.config) {
+    let socket = match admin_socket(&args.target) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -87,6 +87,9 @@ pub enum PoolError {
         #[source]
         source: io::Error,
     },
+    /// `providers.shm` (the message names the file).
+    #[error("{0}")]
+    ProviderTable(#[source] io::Error),
     #[error("the pool must be started inside a tokio runtime")]
     NoRuntime,
 }
@@ -283,10 +286,13 @@ impl Pool {
             path: opts.runtime_dir.clone(),
             source,
         })?;
+        // Fatal, not a fallback to per-worker limits: a runtime directory that cannot hold this
+        // small file will not hold heartbeats either, and a silently looser limit is worse.
+        let provider_rows = Some(
+            provider_rows::ProviderRows::create(&opts.runtime_dir)
+                .map_err(PoolError::ProviderTable)?,
+        );
         let spawner = spawn::Spawner::start(rt).map_err(PoolError::Spawn)?;
-        let provider_rows = provider_rows::ProviderRows::create(&opts.runtime_dir)
-            .map_err(|e| tracing::warn!("provider limits will be per worker, not pool-wide: {e}"))
-            .ok();
         let capacity = Arc::new(Fifo::default());
         let shared = Arc::new(Shared {
             config: ArcSwap::new(opts.config),

@@ -15,8 +15,7 @@ pub struct ProviderRows {
 }
 
 impl ProviderRows {
-    /// Creates `RUNTIME_DIR/providers.shm`. Without it workers fall back to per-process limits,
-    /// so a failure is a warning for the caller to log, not a reason to refuse to start.
+    /// Creates `RUNTIME_DIR/providers.shm`, its space reserved (the error names the file).
     pub fn create(runtime_dir: &Path) -> std::io::Result<Self> {
         let path = runtime_dir.join("providers.shm");
         let table = Arc::new(ProviderTable::create(&path)?);
