@@ -777,6 +777,30 @@ mod tests {
         );
     }
 
+    /// Within one request, a provider the request reached is never picked again; one that
+    /// could not be reached (a connect error) is, when no other is usable.
+    #[tokio::test(start_paused = true)]
+    async fn only_unreached_providers_are_picked_again() {
+        use gateway::config::{ProviderConfig, ProviderKind, Strategy};
+        let mk =
+            |n: &str| ProviderConfig::new(n, ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["m"]);
+        let table = Arc::new(crate::routing::tests::table(
+            Strategy::Unknown(String::new()),
+            vec![mk("a"), mk("b")],
+            vec![],
+        ));
+        let mut r = run_for(table);
+        assert_eq!(picked(&r).unwrap().0, "a");
+        r.attempts = 1;
+        r.tried[0] = Tried::Spent;
+        assert_eq!(picked(&r).unwrap().0, "b", "untried first");
+        r.attempts = 2;
+        r.tried[1] = Tried::Unreached;
+        assert_eq!(picked(&r).unwrap().0, "b", "nothing reached b: again");
+        r.tried[1] = Tried::Spent;
+        assert!(pick(&r).unwrap().is_none(), "both reached: no more attempts");
+    }
+
     #[test]
     fn retryable_statuses() {
         for s in [429, 500, 502, 503, 504, 529] {
