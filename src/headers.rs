@@ -80,9 +80,14 @@ fn safe_response_header(name: &HeaderName) -> bool {
             | "x-should-retry"
             | "request-id"
             | "x-request-id"
-    ) || ["x-ratelimit-", "anthropic-ratelimit-", "openai-", "anthropic-"]
-        .iter()
-        .any(|p| n.starts_with(p))
+    ) || [
+        "x-ratelimit-",
+        "anthropic-ratelimit-",
+        "openai-",
+        "anthropic-",
+    ]
+    .iter()
+    .any(|p| n.starts_with(p))
 }
 
 /// A provider's response headers as the client may see them: only the allow-listed names
@@ -119,7 +124,11 @@ pub struct Secret(Option<Box<[u8]>>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Secret(set)" } else { "Secret(none)" })
+        f.write_str(if self.0.is_some() {
+            "Secret(set)"
+        } else {
+            "Secret(none)"
+        })
     }
 }
 
@@ -180,8 +189,9 @@ impl Secret {
         match self.redact(value.as_bytes(), false) {
             Cow::Borrowed(_) => value.clone(),
             // The replacement is printable ASCII put in place of bytes that were valid.
-            Cow::Owned(v) => HeaderValue::from_bytes(&v)
-                .unwrap_or_else(|_| HeaderValue::from_static(REDACTED)),
+            Cow::Owned(v) => {
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(REDACTED))
+            }
         }
     }
 }
@@ -315,10 +325,18 @@ mod tests {
         assert_eq!(r("no key here", false).unwrap(), "no key here");
         assert!(matches!(key.redact(b"clean", false), Cow::Borrowed(_)));
         assert_eq!(
-            r("{\"k\":\"sk-abc\",\"again\":\"Bearer sk-abcsk-abc\"}", false).unwrap(),
+            r(
+                "{\"k\":\"sk-abc\",\"again\":\"Bearer sk-abcsk-abc\"}",
+                false
+            )
+            .unwrap(),
             "{\"k\":\"[redacted]\",\"again\":\"Bearer [redacted][redacted]\"}"
         );
-        assert_eq!(r("ssk-ab", false).unwrap(), "ssk-ab", "whole bodies keep tails");
+        assert_eq!(
+            r("ssk-ab", false).unwrap(),
+            "ssk-ab",
+            "whole bodies keep tails"
+        );
         assert_eq!(r("x sk-ab", true).unwrap(), "x ", "a cut key goes entirely");
         assert_eq!(r("x sk-abc s", true).unwrap(), "x [redacted] ");
         assert_eq!(r("x sk-abc", true).unwrap(), "x [redacted]");

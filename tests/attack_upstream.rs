@@ -25,7 +25,10 @@ fn provider(name: &str, up: &Upstream, extra: &str) -> String {
 
 /// A worker over `providers`, routing round robin, with the key set.
 fn worker(providers: &str) -> Worker {
-    let cfg = format!("[routing]\nstrategy = \"round_robin\"\n{}", config(providers));
+    let cfg = format!(
+        "[routing]\nstrategy = \"round_robin\"\n{}",
+        config(providers)
+    );
     Worker::start(&cfg, &[("UP_KEY", KEY)])
 }
 
@@ -185,7 +188,11 @@ fn a_failing_provider_is_sent_the_request_once_and_the_next_provider_gets_it() {
     up.enqueue(CHAT, Script::json(503, json!({"error": {"message": "y"}})));
     let w = worker(&provider("up", &up, ""));
     assert_eq!(chat_with(w.addr, false).status, 500);
-    assert_eq!(chats(&up), 1, "a 500 is not sent again to the same provider");
+    assert_eq!(
+        chats(&up),
+        1,
+        "a 500 is not sent again to the same provider"
+    );
     assert_eq!(chat_with(w.addr, false).status, 503);
     assert_eq!(chats(&up), 2, "nor a 503");
 

@@ -174,10 +174,7 @@ fn max_cooldown_defaults_to_5m_and_must_not_be_zero() {
         2,
     );
     let c = parse_str(&format!("[routing]\nmax_cooldown = \"90s\"\n{MIN}"), "t").unwrap();
-    assert_eq!(
-        c.routing.max_cooldown,
-        Duration::from_secs(90)
-    );
+    assert_eq!(c.routing.max_cooldown, Duration::from_secs(90));
 }
 
 #[test]

@@ -798,7 +798,10 @@ mod tests {
         r.tried[1] = Tried::Unreached;
         assert_eq!(picked(&r).unwrap().0, "b", "nothing reached b: again");
         r.tried[1] = Tried::Spent;
-        assert!(pick(&r).unwrap().is_none(), "both reached: no more attempts");
+        assert!(
+            pick(&r).unwrap().is_none(),
+            "both reached: no more attempts"
+        );
     }
 
     #[test]
