@@ -151,6 +151,25 @@ fn the_providers_key_never_reaches_a_worker_client_nor_the_clients_identity_the_
     check_hostile_answers(w.addr, &up);
 }
 
+#[test]
+fn a_compressed_error_body_which_cannot_be_searched_is_withheld() {
+    // The bytes are not really gzip: what matters is that the gateway cannot read them, so it
+    // must not pass them on (a client would decompress them and could find the key).
+    let up = Upstream::serving(
+        CHAT,
+        Script::status(401)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body_bytes(format!("{{\"error\":{{\"message\":\"{KEY}\"}}}}")),
+    );
+    let w = worker(&provider("up", &up, ""));
+    let r = chat_with(w.addr, false);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_no_key(&r, "the compressed 401");
+    assert_eq!(r.header("content-encoding"), None, "{}", r.text());
+    assert!(r.error_message().contains("withheld"), "{}", r.text());
+}
+
 /// `supervisor start` over `tail` (extra config) with the key in its environment.
 fn supervisor(tail: &str) -> (TestEnv, ChildGuard, SocketAddr) {
     let env = TestEnv::new(&front::config(1, "", "", tail));

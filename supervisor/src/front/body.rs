@@ -4,7 +4,9 @@
 //! slot lease, the client permit and the request record until the body ends or hyper drops it
 //! (the client went away). Dropping them is the whole accounting: the lease gives back the
 //! worker's place and wakes waiters, the record counts `gateway_requests_total`, observes the
-//! duration and writes the access line. Frames pass through one by one, never buffered.
+//! duration and writes the access line. Frames pass through one by one, never buffered. A
+//! broken SSE stream gets the front's error event only when the worker's own did not already
+//! end it (`sse::LastEvent`), so the client sees exactly one.
 //!
 //! The wrapper also keeps the BUSY_BLOCKED mark: a timer armed for `blocked_after` past the last
 //! response byte. It is re-armed lazily (only when it fires early) so a fast stream costs one
