@@ -14,12 +14,11 @@ use std::time::{Duration, SystemTime};
 pub const REDACTED: &str = "[redacted]";
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Removes the hop-by-hop headers of RFC 9110 7.6.1 (and the legacy `Keep-Alive`,
-/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`), plus every header the
-/// `Connection` header names. `Host` is the caller's business (it stays on a request).
+/// Removes the hop-by-hop headers of RFC 9110 7.6.1 (and the legacy `Keep-Alive` and every
+/// `Proxy-*` header: they are for a proxy on this hop), plus every header the `Connection`
+/// header names. `Host` is the caller's business (it stays on a request).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -27,6 +26,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
         .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .chain(
+            h.keys()
+                .filter(|k| k.as_str().starts_with("proxy-"))
+                .cloned(),
+        )
         .collect();
     for name in listed {
         h.remove(name);
@@ -34,13 +38,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in [
         &header::CONNECTION,
         &KEEP_ALIVE,
-        &PROXY_CONNECTION,
         &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
     ] {
         h.remove(name);
     }
@@ -223,6 +224,7 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("proxy-authorization", "Basic x"),
             ("proxy-authenticate", "Basic"),
+            ("proxy-anything", "1"),
             ("transfer-encoding", "chunked"),
             ("te", "trailers"),
             ("trailer", "x-t"),

@@ -8,12 +8,14 @@
 //! A provider that failed an attempt after the request reached it (a timeout, a 5xx, a 429) is
 //! never tried again for the same request, so a slow or failing provider is not billed twice;
 //! only after a connect error (nothing was sent) is it tried again, when no other is usable,
-//! after an exponential backoff with jitter (`backoff`). When *every* candidate is blocked before the first attempt:
-//! if some are merely cooling (breaker closed), the one whose cool-down ends first still gets
-//! the request, because a cool-down is the provider's own advice and it may answer again with
-//! its authoritative `Retry-After`; if all are open (or half-open and full), the client gets a
-//! 503 at once with `Retry-After` = the shortest remaining open time, so a failing provider is
-//! not hammered through the breaker meant to protect it.
+//! after an exponential backoff with jitter (`backoff`).
+//!
+//! When *every* candidate is blocked before the first attempt: if some are merely cooling
+//! (breaker closed), the one whose cool-down ends first still gets the request, because a
+//! cool-down is the provider's own advice and it may answer again with its authoritative
+//! `Retry-After`; if all are open (or half-open and full), the client gets a 503 at once with
+//! `Retry-After` = the shortest remaining open time, so a failing provider is not hammered
+//! through the breaker meant to protect it.
 //!
 //! Retried (elsewhere): connect errors, timeouts, 429, 500, 502, 503, 504, 529. Returned at
 //! once: every other status (400/401/403/404/422 are the client's business; a 401/403 is also
