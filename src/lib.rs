@@ -1,10 +1,11 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, SSE frames,
-//! and how a request body is read with a bound (`upload`). Nothing here starts tasks or touches
-//! sockets.
+//! header hygiene towards providers (`headers`), and how a request body is read with a bound
+//! (`upload`). Nothing here starts tasks or touches sockets.
 
 pub mod api_error;
 pub mod config;
+pub mod headers;
 pub mod heartbeat;
 pub mod net;
 pub mod provider_slots;

@@ -148,6 +148,10 @@ pub struct RoutingConfig {
     pub max_attempts: u32,
     /// "" = sticky sessions off.
     pub sticky_header: String,
+    /// The longest a provider's `Retry-After` may keep it cooling (a hostile or buggy one could
+    /// otherwise park itself for days).
+    #[serde(with = "humantime_serde")]
+    pub max_cooldown: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -156,6 +160,7 @@ impl Default for RoutingConfig {
             strategy: Strategy::Latency,
             max_attempts: 3,
             sticky_header: "x-session-id".into(),
+            max_cooldown: Duration::from_secs(300),
         }
     }
 }

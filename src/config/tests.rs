@@ -163,6 +163,21 @@ fn strategy_must_be_known() {
 }
 
 #[test]
+fn max_cooldown_defaults_to_5m_and_must_not_be_zero() {
+    assert_eq!(
+        parse_str(MIN, "t").unwrap().routing.max_cooldown,
+        Duration::from_secs(300)
+    );
+    assert_error_at(
+        &format!("[routing]\nmax_cooldown = \"0s\"\n{MIN}"),
+        "routing.max_cooldown",
+        2,
+    );
+    let c = parse_str(&format!("[routing]\nmax_cooldown = \"90s\"\n{MIN}"), "t").unwrap();
+    assert_eq!(c.routing.max_cooldown, Duration::from_secs(90));
+}
+
+#[test]
 fn breaker_rate_in_range() {
     for bad in ["0.0", "1.5", "-0.2"] {
         assert_error_at(

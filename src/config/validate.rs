@@ -120,6 +120,9 @@ fn check_routing(cfg: &Config, c: &mut Collector) {
     if cfg.routing.max_attempts < 1 {
         c.err("routing.max_attempts", "must be at least 1");
     }
+    if cfg.routing.max_cooldown.is_zero() {
+        c.err("routing.max_cooldown", "must be greater than 0s");
+    }
     let b = &cfg.circuit_breaker;
     if !(b.failure_rate_threshold > 0.0 && b.failure_rate_threshold <= 1.0) {
         c.err(

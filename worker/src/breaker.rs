@@ -65,13 +65,11 @@ pub enum Outcome {
 /// Default cool-down after a 429 without `Retry-After`.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(5);
 
-/// Classifies an upstream status (and its `Retry-After` in seconds, if any).
-pub fn classify(status: u16, retry_after: Option<u64>) -> Outcome {
+/// Classifies an upstream status (and its `Retry-After`, already capped, if any).
+pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {
-        429 => Outcome::RateLimited(retry_after.map_or(DEFAULT_COOLDOWN, Duration::from_secs)),
-        503 if retry_after.is_some() => {
-            Outcome::RateLimited(Duration::from_secs(retry_after.unwrap_or(0)))
-        }
+        429 => Outcome::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN)),
+        503 if retry_after.is_some() => Outcome::RateLimited(retry_after.unwrap_or_default()),
         500..=599 => Outcome::Failure,
         200..=399 => Outcome::Success,
         _ => Outcome::ClientError,
@@ -154,6 +152,15 @@ impl Breaker {
     /// True while a 429/Retry-After cool-down is running.
     pub fn cooling(&self) -> bool {
         self.now_ms() < self.cooldown_until_ms.load(Relaxed)
+    }
+
+    /// What is left of a 429/Retry-After cool-down; zero when none runs.
+    pub fn cooldown_remaining(&self) -> Duration {
+        let left = self
+            .cooldown_until_ms
+            .load(Relaxed)
+            .saturating_sub(self.now_ms());
+        Duration::from_millis(left)
     }
 
     /// How long until this provider may be selected again: the rest of the open period or of
@@ -422,11 +429,11 @@ mod tests {
         assert_eq!(classify(529, None), Outcome::Failure);
         assert_eq!(classify(503, None), Outcome::Failure);
         assert_eq!(
-            classify(503, Some(7)),
+            classify(503, Some(Duration::from_secs(7))),
             Outcome::RateLimited(Duration::from_secs(7))
         );
         assert_eq!(
-            classify(429, Some(2)),
+            classify(429, Some(Duration::from_secs(2))),
             Outcome::RateLimited(Duration::from_secs(2))
         );
         assert_eq!(classify(429, None), Outcome::RateLimited(DEFAULT_COOLDOWN));
@@ -494,13 +501,17 @@ mod tests {
             failure_rate_threshold: 1.0,
             ..cfg()
         });
-        b.record(classify(429, Some(2)));
+        assert_eq!(b.cooldown_remaining(), Duration::ZERO);
+        b.record(classify(429, Some(Duration::from_secs(2))));
         assert_eq!(b.state(), CircuitState::Closed);
         assert!(!b.allows(), "cooling");
+        assert_eq!(b.cooldown_remaining(), Duration::from_secs(2));
         tokio::time::sleep(Duration::from_millis(1900)).await;
         assert!(!b.allows());
+        assert_eq!(b.cooldown_remaining(), Duration::from_millis(100));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(b.allows(), "back after ~2 s");
+        assert_eq!(b.cooldown_remaining(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -513,7 +524,7 @@ mod tests {
         b.record(Outcome::Failure);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(b.blocked_for(), Duration::from_secs(20));
-        b.record(classify(429, Some(60)));
+        b.record(classify(429, Some(Duration::from_secs(60))));
         assert_eq!(
             b.blocked_for(),
             Duration::from_secs(60),

@@ -232,6 +232,7 @@ impl Health {
                     "status": if r.healthy { "healthy" } else { "unhealthy" },
                     "circuit": circuit.as_str(),
                     "cooling": p.breaker.cooling(),
+                    "cooldown_remaining_s": whole_secs_up(p.breaker.cooldown_remaining()),
                     "latency_ms": r.latency.as_secs_f64() * 1000.0,
                     "error": r.error,
                 });
@@ -290,6 +291,11 @@ async fn list_models(p: &Provider) -> Result<(), String> {
             p.config.kind
         )),
     }
+}
+
+/// Whole seconds, rounded up: a cool-down with 300 ms left still shows 1, never 0.
+fn whole_secs_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 fn unix_secs(t: SystemTime) -> f64 {

@@ -1,30 +1,36 @@
 //! Forwarding one inference request: pick a candidate, take its pool-wide slot, send, and on
-//! a retryable failure before any byte reached the client, try again (up to
-//! `routing.max_attempts` attempts in all). The first answer that is kept streams back through
-//! `ProxyBody`.
+//! a retryable failure before any byte reached the client, try another provider (up to
+//! `routing.max_attempts` attempts in all). The first answer that is kept goes back to the
+//! client: a success streams through `ProxyBody`, an error is read (bounded) and redacted.
 //!
 //! Selection skips providers whose breaker is open or whose half-open trials are all taken, and
-//! providers cooling down after a 429. Untried candidates come first and are tried at once;
-//! a provider already tried is tried again only when no other is usable, after an exponential
-//! backoff with jitter (`backoff`). When *every* candidate is blocked before the first attempt:
-//! if some are merely cooling (breaker closed), the one whose cool-down ends first still gets
-//! the request, because a cool-down is the provider's own advice and it may answer again with
-//! its authoritative `Retry-After`; if all are open (or half-open and full), the client gets a
-//! 503 at once with `Retry-After` = the shortest remaining open time, so a failing provider is
-//! not hammered through the breaker meant to protect it.
+//! providers cooling down after a 429. Untried candidates come first and are tried at once.
+//! A provider that failed an attempt after the request reached it (a timeout, a 5xx, a 429) is
+//! never tried again for the same request, so a slow or failing provider is not billed twice;
+//! only after a connect error (nothing was sent) is it tried again, when no other is usable,
+//! after an exponential backoff with jitter (`backoff`).
 //!
-//! Retried: connect errors, timeouts, 429, 500, 502, 503, 504, 529. Returned as they are: every
-//! other status (400/401/403/404/422 are the client's business; a 401/403 is also logged as a
-//! bad key). When all attempts fail the client gets the last error with its status and, on
-//! 429/503, its `Retry-After`.
+//! When *every* candidate is blocked before the first attempt: if some are merely cooling
+//! (breaker closed), the one whose cool-down ends first still gets the request, because a
+//! cool-down is the provider's own advice and it may answer again with its authoritative
+//! `Retry-After`; if all are open (or half-open and full), the client gets a 503 at once with
+//! `Retry-After` = the shortest remaining open time, so a failing provider is not hammered
+//! through the breaker meant to protect it.
+//!
+//! Retried (elsewhere): connect errors, timeouts, 429, 500, 502, 503, 504, 529. Returned at
+//! once: every other status (400/401/403/404/422 are the client's business; a 401/403 is also
+//! logged as a bad key). When all attempts fail the client gets the last error with its status
+//! and its SDK headers (`Retry-After`, rate limits). A `Retry-After` (seconds or HTTP date)
+//! cools the provider for at most `routing.max_cooldown`.
 //!
 //! Timeouts: `connect_timeout` lives in the connector, `first_byte_timeout` bounds the wait for
 //! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`. A provider
 //! with `max_concurrency` makes requests wait for a slot for up to `pool.queue_timeout`; a
 //! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
 //! with keep-alive pings (`WaitingBody`) while the rest of this loop runs inside its body.
-//! Header hygiene: hop-by-hop headers are dropped both ways, and the client's credentials are
-//! never forwarded; the provider's own key replaces them.
+//! Header hygiene (`gateway::headers`): the client's credentials, cookies and origin are never
+//! forwarded (the provider's own key replaces them); only an allow-list of the provider's
+//! headers comes back, and the provider's key is redacted from those and from every error body.
 
 use crate::body::{Attempt, ProxyBody, RequestGuard, ResBody, WaitingBody};
 use crate::breaker::{self, CircuitState};
@@ -34,23 +40,24 @@ use crate::providers::{mock, Provider};
 use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
+use gateway::headers;
 use gateway::provider_slots::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
 /// on inside a streaming response's body after the pings started.
 pub struct Forward {
     pub endpoint: Endpoint,
-    /// The client's headers, already filtered by `request_headers`.
+    /// The client's headers, already filtered by `gateway::headers::upstream_request`.
     pub headers: HeaderMap,
     pub query: Option<String>,
     pub body: Bytes,
@@ -61,9 +68,12 @@ pub struct Forward {
 struct AttemptError {
     outcome: Outcome,
     error: ApiError,
+    /// Whether the request may have reached the provider; if not (a connect error), the
+    /// provider may be tried again.
+    sent: bool,
 }
 
-/// Largest upstream error body kept to pass on after a retryable failure.
+/// Largest upstream error body read, redacted and passed on; the rest is cut.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// The first wait before retrying the same provider, its growth and its cap.
@@ -84,13 +94,23 @@ fn retryable(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504 | 529)
 }
 
+/// How far a candidate got within one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    No,
+    /// Every attempt so far failed to connect: nothing was sent, it may be tried again.
+    Unreached,
+    /// The request reached it (and failed): never again for this request.
+    Spent,
+}
+
 /// Where a request is in its attempts; moves into a `WaitingBody` when pings start.
 struct Run {
     table: Arc<RouteTable>,
     req: Forward,
     candidates: Vec<Target>,
-    /// Per candidate: attempted already.
-    tried: Vec<bool>,
+    /// Per candidate: how far it got.
+    tried: Vec<Tried>,
     attempts: usize,
     /// Candidate index of the previous attempt.
     prev: Option<usize>,
@@ -117,7 +137,7 @@ pub async fn forward(
 ) -> Response<ResBody> {
     let now = Instant::now();
     let run = Run {
-        tried: vec![false; candidates.len()],
+        tried: vec![Tried::No; candidates.len()],
         slot_deadline: now + table.limits.queue_timeout,
         ping_at: now + table.limits.ping_interval,
         table,
@@ -162,13 +182,14 @@ impl Drop for TrialHold {
     }
 }
 
-/// The next candidate: an untried one the breaker allows, else a tried one it allows (a
-/// retry). `Err` = nothing usable before the first attempt: the 503 to send.
+/// The next candidate: an untried one the breaker allows, else one it allows that could not be
+/// reached so far (a retry); never one the request already reached. `Err` = nothing usable
+/// before the first attempt: the 503 to send.
 fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
     let p = |i: usize| &r.table.providers[r.candidates[i].provider];
     let n = r.candidates.len();
-    for pass_tried in [false, true] {
-        for i in (0..n).filter(|i| r.tried[*i] == pass_tried) {
+    for pass in [Tried::No, Tried::Unreached] {
+        for i in (0..n).filter(|i| r.tried[*i] == pass) {
             if p(i).breaker.allows() {
                 let half_open = p(i).breaker.state() == CircuitState::HalfOpen;
                 return Ok(Some(Pick {
@@ -248,7 +269,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     return WaitingBody::response(dialect, interval, rest);
                 }
             };
-            r.tried[ci] = true;
+            r.tried[ci] = Tried::Spent;
             r.prev = Some(ci);
             r.attempts += 1;
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
@@ -262,17 +283,26 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 Ok(resp) => resp,
                 Err(e) => {
                     attempt.finish(e.outcome);
+                    if !e.sent {
+                        r.tried[ci] = Tried::Unreached;
+                    }
                     tracing::warn!(provider = %provider.name(), error = %e.error.message, "attempt failed");
                     r.last = Some(e.error.to_response(dialect));
                     continue;
                 }
             };
             attempt.headers_received();
-            if judge(&resp, &provider, &mut attempt) == Verdict::Keep {
-                return stream_back(resp, &provider, dialect, attempt, guard);
+            let cap = r.table.max_cooldown;
+            if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
+                if resp.status().is_success() {
+                    return stream_back(resp, &provider, dialect, attempt, guard);
+                }
+                // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
+                attempt.finish(Outcome::ClientError);
+                return error_response(resp, &provider, dialect).await;
             }
-            tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying again if an attempt is left");
-            r.last = Some(buffered_error(resp, &provider, dialect).await);
+            tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
+            r.last = Some(error_response(resp, &provider, dialect).await);
         }
         r.last.unwrap_or_else(|| {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
@@ -289,14 +319,22 @@ enum Verdict {
     Retry,
 }
 
-/// Records what the status means (metrics, breaker, cool-down), logs a rejected key, and
-/// decides whether the response is the answer. Successes are recorded when their body ends.
-fn judge(resp: &Response<Incoming>, provider: &Provider, attempt: &mut Attempt) -> Verdict {
+/// Records what the status means (metrics, breaker, cool-down: `Retry-After` capped at
+/// `max_cooldown`), logs a rejected key, and decides whether the response is the answer.
+/// Successes are recorded when their body ends.
+fn judge(
+    resp: &Response<Incoming>,
+    provider: &Provider,
+    attempt: &mut Attempt,
+    max_cooldown: Duration,
+) -> Verdict {
     let status = resp.status().as_u16();
     if status < 400 {
         return Verdict::Keep;
     }
-    match breaker::classify(status, retry_after_secs(resp.headers())) {
+    let retry_after =
+        headers::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(max_cooldown));
+    match breaker::classify(status, retry_after) {
         o @ breaker::Outcome::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
         _ if status >= 500 => attempt.finish(Outcome::ServerError),
         _ => attempt.finish(Outcome::ClientError),
@@ -371,36 +409,60 @@ fn log_bad_key(p: &Provider, status: u16) {
     }
 }
 
-/// `Retry-After` in seconds (the delta form; an HTTP date is ignored).
-fn retry_after_secs(h: &HeaderMap) -> Option<u64> {
-    h.get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// Reads at most `cap` bytes of `body` within `wait`. The flag says the bytes may be only the
+/// head of the body: there was more, the body failed, or the wait ran out.
+async fn read_capped(mut body: Incoming, cap: usize, wait: Duration) -> (Bytes, bool) {
+    let mut buf = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return true };
+            if let Ok(data) = frame.into_data() {
+                let room = cap - buf.len();
+                if data.len() > room {
+                    buf.extend_from_slice(&data[..room]);
+                    return true;
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        false
+    };
+    let cut = tokio::time::timeout(wait, read).await.unwrap_or(true);
+    (Bytes::from(buf), cut)
 }
 
-/// An upstream error response read into memory (bounded in size and time) so that another
-/// attempt can be made; sent as the final answer if none succeeds. Its status and
-/// `Retry-After` are kept; a JSON body (the provider speaks the caller's dialect) passes
-/// through, anything else becomes a gateway error body in the caller's dialect.
-async fn buffered_error(
+/// A provider's error answer (any non-2xx) as the client gets it: read into memory (bounded in
+/// size and time, so it can also wait while another attempt is made), the provider's key
+/// redacted from the body and the allow-listed headers. A whole JSON body (the provider speaks
+/// the caller's dialect) passes on; anything else becomes a gateway error body in the caller's
+/// dialect quoting the start of the provider's text. A compressed body cannot be searched for
+/// the key, so it is withheld.
+async fn error_response(
     resp: Response<Incoming>,
     p: &Provider,
     dialect: Dialect,
 ) -> Response<ResBody> {
     let (parts, body) = resp.into_parts();
     let wait = p.config.idle_timeout.min(Duration::from_secs(10));
-    let bytes = match tokio::time::timeout(wait, Limited::new(body, MAX_ERROR_BODY).collect()).await
-    {
-        Ok(Ok(c)) => c.to_bytes(),
-        _ => Bytes::new(),
-    };
-    let is_json = parts
+    let (raw, cut) = read_capped(body, MAX_ERROR_BODY, wait).await;
+    let encoded = parts
         .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bytes = if encoded {
+        Bytes::from_static(b"(compressed body withheld)")
+    } else {
+        match p.secret.redact(&raw, cut) {
+            std::borrow::Cow::Borrowed(_) => raw.clone(),
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+        }
+    };
+    let is_json = !encoded
+        && !cut
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
         && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
     let body = if is_json {
         bytes
@@ -417,13 +479,11 @@ async fn buffered_error(
     };
     let mut out = Response::new(ResBody::full(body));
     *out.status_mut() = parts.status;
+    *out.headers_mut() = headers::client_response(&parts.headers, &p.secret, false);
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
-        out.headers_mut().insert(header::RETRY_AFTER, v.clone());
-    }
     out
 }
 
@@ -436,6 +496,7 @@ async fn send(
     let internal = |m: String| AttemptError {
         outcome: Outcome::ConnectError,
         error: ApiError::new(ErrorKind::Internal, m),
+        sent: false,
     };
     let client = p
         .client
@@ -457,6 +518,7 @@ async fn send(
         Ok(Ok(resp)) => Ok(resp),
         Err(_) => Err(AttemptError {
             outcome: Outcome::Timeout,
+            sent: true,
             error: ApiError::new(
                 ErrorKind::GatewayTimeout,
                 format!(
@@ -468,6 +530,7 @@ async fn send(
         }),
         Ok(Err(e)) if e.is_connect() && is_timeout(&e) => Err(AttemptError {
             outcome: Outcome::Timeout,
+            sent: false,
             error: ApiError::new(
                 ErrorKind::GatewayTimeout,
                 format!(
@@ -479,6 +542,7 @@ async fn send(
         }),
         Ok(Err(e)) if e.is_connect() => Err(AttemptError {
             outcome: Outcome::ConnectError,
+            sent: false,
             error: ApiError::new(
                 ErrorKind::BadGateway,
                 format!(
@@ -490,6 +554,7 @@ async fn send(
         }),
         Ok(Err(e)) => Err(AttemptError {
             outcome: Outcome::ServerError,
+            sent: true,
             error: ApiError::new(
                 ErrorKind::BadGateway,
                 format!("provider `{}` failed: {}", p.name(), error_chain(&e)),
@@ -498,7 +563,8 @@ async fn send(
     }
 }
 
-/// Wraps the provider's response for the client.
+/// Wraps a provider's successful response for the client: its body streams through unchanged,
+/// with the allow-listed headers.
 fn stream_back(
     resp: Response<Incoming>,
     provider: &Arc<Provider>,
@@ -507,7 +573,7 @@ fn stream_back(
     guard: RequestGuard,
 ) -> Response<ResBody> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    parts.headers = headers::client_response(&parts.headers, &provider.secret, true);
     let sse = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -567,75 +633,6 @@ fn rewrite_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
     ))
 }
 
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
-/// Hop-by-hop headers (RFC 9110 7.6.1) plus `host`, which the client sets from the URI.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::HOST
-        || name.as_str().starts_with("proxy-")
-}
-
-/// Names listed in the `Connection` header are hop-by-hop too.
-fn connection_listed(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-        })
-    })
-}
-
-/// The client's headers minus hop-by-hop ones, its credentials and its `content-length` (the
-/// body may be rewritten; hyper sets the length from the body).
-pub fn request_headers(src: &HeaderMap) -> HeaderMap {
-    let has_connection = src.contains_key(header::CONNECTION);
-    let mut out = HeaderMap::with_capacity(src.len() + 2);
-    for (name, value) in src {
-        if is_hop_by_hop(name)
-            || name == header::AUTHORIZATION
-            || name == X_API_KEY
-            || name == header::CONTENT_LENGTH
-            || (has_connection && connection_listed(src, name))
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-/// Removes hop-by-hop headers from a provider's response.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    for name in listed {
-        h.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE.clone(),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        h.remove(name);
-    }
-    h.remove(header::PROXY_AUTHENTICATE);
-}
-
 /// Whether a connect error was a timeout (the connector reports it as `TimedOut`).
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
@@ -693,7 +690,7 @@ mod tests {
             .expect("m is served");
         let now = Instant::now();
         Run {
-            tried: vec![false; candidates.len()],
+            tried: vec![Tried::No; candidates.len()],
             slot_deadline: now,
             ping_at: now,
             table,
@@ -742,7 +739,7 @@ mod tests {
         }
         assert_eq!(a.state(), CircuitState::Open);
         assert_eq!(picked(&r).unwrap().0, "b", "open a is skipped");
-        b.record(breaker::classify(429, Some(10)));
+        b.record(breaker::classify(429, Some(Duration::from_secs(10))));
         let (name, p) = picked(&r).unwrap();
         assert_eq!(
             name, "b",
@@ -786,6 +783,33 @@ mod tests {
         );
     }
 
+    /// Within one request, a provider the request reached is never picked again; one that
+    /// could not be reached (a connect error) is, when no other is usable.
+    #[tokio::test(start_paused = true)]
+    async fn only_unreached_providers_are_picked_again() {
+        use gateway::config::{ProviderConfig, ProviderKind, Strategy};
+        let mk =
+            |n: &str| ProviderConfig::new(n, ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["m"]);
+        let table = Arc::new(crate::routing::tests::table(
+            Strategy::Unknown(String::new()),
+            vec![mk("a"), mk("b")],
+            vec![],
+        ));
+        let mut r = run_for(table);
+        assert_eq!(picked(&r).unwrap().0, "a");
+        r.attempts = 1;
+        r.tried[0] = Tried::Spent;
+        assert_eq!(picked(&r).unwrap().0, "b", "untried first");
+        r.attempts = 2;
+        r.tried[1] = Tried::Unreached;
+        assert_eq!(picked(&r).unwrap().0, "b", "nothing reached b: again");
+        r.tried[1] = Tried::Spent;
+        assert!(
+            pick(&r).unwrap().is_none(),
+            "both reached: no more attempts"
+        );
+    }
+
     #[test]
     fn retryable_statuses() {
         for s in [429, 500, 502, 503, 504, 529] {
@@ -794,33 +818,6 @@ mod tests {
         for s in [400, 401, 403, 404, 422, 501] {
             assert!(!retryable(s), "{s}");
         }
-    }
-
-    #[test]
-    fn credentials_and_hop_by_hop_headers_are_not_forwarded() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("authorization", "Bearer client-secret"),
-            ("x-api-key", "client-secret"),
-            ("connection", "keep-alive, x-drop-me"),
-            ("x-drop-me", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-authorization", "Basic x"),
-            ("transfer-encoding", "chunked"),
-            ("host", "127.0.0.1:8080"),
-            ("content-length", "10"),
-            ("te", "trailers"),
-            ("upgrade", "h2c"),
-            ("x-request-id", "req-1"),
-            ("anthropic-version", "2024-01-01"),
-            ("content-type", "application/json"),
-        ] {
-            h.append(HeaderName::from_static(k), v.parse().unwrap());
-        }
-        let out = request_headers(&h);
-        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["anthropic-version", "content-type", "x-request-id"]);
     }
 
     #[test]

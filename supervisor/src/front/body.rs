@@ -4,7 +4,9 @@
 //! slot lease, the client permit and the request record until the body ends or hyper drops it
 //! (the client went away). Dropping them is the whole accounting: the lease gives back the
 //! worker's place and wakes waiters, the record counts `gateway_requests_total`, observes the
-//! duration and writes the access line. Frames pass through one by one, never buffered.
+//! duration and writes the access line. Frames pass through one by one, never buffered. A
+//! broken SSE stream gets the front's error event only when the worker's own did not already
+//! end it (`sse::LastEvent`), so the client sees exactly one.
 //!
 //! The wrapper also keeps the BUSY_BLOCKED mark: a timer armed for `blocked_after` past the last
 //! response byte. It is re-armed lazily (only when it fires early) so a fast stream costs one
@@ -149,8 +151,10 @@ pub struct Forwarded {
     blocked_after: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     last_byte: Instant,
-    /// Set for SSE responses: a broken stream then ends with an error event in this dialect.
+    /// Set for SSE responses: a broken stream then ends with an error event in this dialect,
+    /// unless the worker's stream already ended with one (`events`): the client sees one.
     sse: Option<Dialect>,
+    events: sse::LastEvent,
     /// The upstream error to raise after the error event went out.
     pending_error: Option<BoxError>,
     /// Whether the error event was given a chance to be flushed.
@@ -186,6 +190,7 @@ impl Forwarded {
             timer,
             last_byte: now,
             sse,
+            events: sse::LastEvent::new(),
             pending_error: None,
             yielded: false,
             done: false,
@@ -242,6 +247,9 @@ impl Body for Forwarded {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
+                if let (Some(_), Some(data)) = (this.sse, f.data_ref()) {
+                    this.events.observe(data);
+                }
                 if this.inner.is_end_stream() {
                     // hyper may not poll a body again once it says it has ended.
                     this.end();
@@ -256,7 +264,15 @@ impl Body for Forwarded {
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => match this.sse {
-                // A broken stream must not look complete: an error event, then the abort.
+                // A broken stream must not look complete: an error event, then the abort. A
+                // worker that saw its provider's stream break sent its own event already.
+                Some(_) if this.events.ended_with_error() => {
+                    // Still yield once, so hyper flushes that event before the abort.
+                    this.pending_error = Some(e.into());
+                    this.yielded = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
                 Some(d) => {
                     this.pending_error = Some(e.into());
                     let err = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");

@@ -13,7 +13,7 @@ use super::dispatch::{SlotLease, StickyKey, Tried};
 use super::queue::WaitError;
 use super::Shared;
 use bytes::Bytes;
-use gateway::{ApiError, Config, Dialect, ErrorKind};
+use gateway::{headers, ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -42,27 +42,10 @@ pub struct Prepared {
     pub stream: bool,
 }
 
-/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), plus Host,
-/// which the client sets for the worker's address.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(name);
-    }
-    h.remove("keep-alive");
-}
-
 impl Prepared {
     /// Removes hop-by-hop headers and Host; the body length is set from the buffered body.
     pub fn clean_headers(headers: &mut HeaderMap) {
-        strip_hop_by_hop(headers);
+        headers::strip_hop_by_hop(headers);
         headers.remove(header::HOST);
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -238,7 +221,7 @@ fn wrap(
     blocked_after: Duration,
 ) -> Response<FrontBody> {
     let (mut parts, body) = up.resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
     let sse = parts
         .headers
         .get(header::CONTENT_TYPE)

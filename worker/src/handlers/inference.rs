@@ -34,7 +34,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     drop(model);
     let fwd = Forward {
         endpoint,
-        headers: proxy::request_headers(&parts.headers),
+        headers: gateway::headers::upstream_request(&parts.headers),
         query: parts.uri.query().map(str::to_string),
         body: bytes,
         stream,

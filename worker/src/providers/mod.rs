@@ -30,6 +30,8 @@ pub struct Provider {
     /// The credential header sent upstream (`authorization` or `x-api-key`), marked sensitive so
     /// that no `Debug` output shows it.
     pub auth: Option<(HeaderName, HeaderValue)>,
+    /// The key itself, to redact wherever the provider sends it back.
+    pub secret: gateway::headers::Secret,
     /// `Proxy-Authorization` for a forward proxy with credentials (sensitive too).
     pub proxy_auth: Option<HeaderValue>,
     /// `None` for `mock`, which never opens a connection.
@@ -71,6 +73,7 @@ impl Provider {
         breaker: BreakerConfig,
     ) -> Self {
         let key = config.api_key();
+        let secret = gateway::headers::Secret::new(key.as_deref());
         let auth = match config.kind {
             ProviderKind::OpenAi => key.and_then(|k| openai::auth_header(&k)),
             ProviderKind::Anthropic => key.and_then(|k| anthropic::auth_header(&k)),
@@ -102,6 +105,7 @@ impl Provider {
             base,
             uris,
             auth,
+            secret,
             proxy_auth,
             client,
             state: ProviderState::default(),

@@ -40,6 +40,8 @@ pub struct RouteTable {
     wildcard: Vec<Target>,
     pub strategy: Strategy,
     pub max_attempts: usize,
+    /// `routing.max_cooldown`: the cap on a provider's `Retry-After`.
+    pub max_cooldown: Duration,
     /// The round-robin position.
     pub rr: AtomicUsize,
     /// Pool-wide provider slots and how long to wait for them.
@@ -103,6 +105,7 @@ impl RouteTable {
             wildcard,
             strategy: config.routing.strategy.clone(),
             max_attempts: config.routing.max_attempts.max(1) as usize,
+            max_cooldown: config.routing.max_cooldown,
             rr: AtomicUsize::new(0),
             limits: Limits {
                 limiter: None,
