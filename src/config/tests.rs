@@ -74,10 +74,67 @@ fn durations_parse() {
 fn unknown_key_is_rejected_with_its_line() {
     let e = &errors("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n")[0];
     assert_eq!((e.line, e.column), (Some(3), Some(1)), "{e}");
-    assert_eq!(e.key, "listne");
+    assert_eq!(e.key, "server.listne");
     assert!(e.message.contains("unknown field"), "{e}");
     let e = &errors("[poool]\nworkers = 1\n")[0];
     assert_eq!(e.line, Some(1), "{e}");
+    assert_eq!(e.key, "poool");
+}
+
+#[test]
+fn unknown_keys_are_named_by_their_full_path_with_every_other_error() {
+    let text = r#"[server]
+colour = "blue"
+
+[pool]
+workers = 0
+
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+
+[[providers]]
+name = "x"
+kind = "nope"
+colour = "red"
+models = ["m"]
+timeouts = { connect = "1s" }
+
+[[models]]
+name = "fast"
+targets = ["demo/demo"]
+extra = 1
+"#;
+    let errs = errors(text);
+    let found: Vec<(String, Option<usize>, Option<usize>)> = errs
+        .iter()
+        .map(|e| (e.key.clone(), e.line, e.column))
+        .collect();
+    for (key, line) in [
+        ("server.colour", 2),
+        ("pool.workers", 5),
+        ("providers[1].kind", 14),
+        ("providers[1].colour", 15),
+        ("providers[1].timeouts", 17),
+        ("models[0].extra", 22),
+    ] {
+        assert!(
+            found.contains(&(key.to_string(), Some(line), Some(1))),
+            "{key} at {line}:1 missing from {found:?}"
+        );
+    }
+    assert_eq!(errs.len(), 6, "{errs:#?}");
+    let colour = errs.iter().find(|e| e.key == "server.colour").unwrap();
+    assert_eq!(
+        colour.to_string().split(", expected").next().unwrap(),
+        "t.toml:2:1: server.colour: unknown field `colour`"
+    );
+    // Reported in file order.
+    let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
 }
 
 #[test]
