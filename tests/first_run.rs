@@ -97,7 +97,6 @@ targets = ["nokey/gpt-x", "free/m-free"]
     for _ in 0..4 {
         let r = http::post_chat(run.listen, "fast", false).unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.header("x-gateway-provider"), Some("free"));
     }
     assert_eq!(never.request_count(), 0, "{:?}", never.requests());
 
@@ -170,7 +169,6 @@ fn provider_slash_model_reaches_that_provider_with_the_bare_name() {
 
     let r = http::post_chat(w.addr, "local/llama3.2", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-gateway-provider"), Some("local"));
     let seen = local.requests();
     assert_eq!(seen.len(), 1, "the named provider got it");
     assert_eq!(seen[0].json()["model"], "llama3.2");
@@ -185,14 +183,12 @@ fn provider_slash_model_reaches_that_provider_with_the_bare_name() {
     // gets the name as it is.
     let r = http::post_chat(w.addr, "meta-llama/Llama-3.1-8B", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-gateway-provider"), Some("vllm"));
     assert_eq!(any.requests()[1].json()["model"], "meta-llama/Llama-3.1-8B");
     assert_eq!(local.request_count(), 1);
 
     // A provider prefix with a model that provider does not serve is not that provider.
     let r = http::post_chat(w.addr, "local/other", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-gateway-provider"), Some("vllm"));
     assert_eq!(any.requests()[2].json()["model"], "local/other");
 }
 

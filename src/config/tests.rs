@@ -114,6 +114,8 @@ extra = 1
     for (key, line) in [
         ("server.colour", 2),
         ("pool.workers", 5),
+        // Unset, so located at its table.
+        ("providers[1].base_url", 12),
         ("providers[1].kind", 14),
         ("providers[1].colour", 15),
         ("providers[1].timeouts", 17),
@@ -124,7 +126,7 @@ extra = 1
             "{key} at {line}:1 missing from {found:?}"
         );
     }
-    assert_eq!(errs.len(), 6, "{errs:#?}");
+    assert_eq!(errs.len(), 7, "{errs:#?}");
     let colour = errs.iter().find(|e| e.key == "server.colour").unwrap();
     assert_eq!(
         colour.to_string().split(", expected").next().unwrap(),
@@ -135,6 +137,25 @@ extra = 1
     let mut sorted = lines.clone();
     sorted.sort();
     assert_eq!(lines, sorted);
+}
+
+#[test]
+fn unknown_tables_and_dotted_keys_are_blanked_whole() {
+    let text = "[poool]\nworkers = 1\nx = 2\n\n[server]\nlisten = \"127.0.0.1:1\"\nsub.deep = 1\n\n[pool]\nworkers = 0\n";
+    let errs = errors(text);
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [("poool", Some(1)), ("server.sub", Some(7)), ("pool.workers", Some(10))],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_wrong_type_is_named_by_its_path_after_the_unknown_keys_before_it() {
+    let errs = errors("[server]\ncolour = 1\n[pool]\nworkers = \"three\"\n");
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(keys, [("server.colour", Some(2)), ("pool.workers", Some(4))], "{errs:#?}");
 }
 
 #[test]
