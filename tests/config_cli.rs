@@ -126,8 +126,8 @@ fn gateway_config_variable_is_honoured() {
 fn unknown_key_is_reported_with_its_path_together_with_every_other_error() {
     let env = TestEnv::new(
         "[server]\ncolour = \"blue\"\nlisten = \"127.0.0.1:9\"\n\n[pool]\nworkers = 0\n\n\
-         [routing]\nstrategy = \"fastest\"\n\n[[providers]]\nname = \"x\"\nkind = \"nope\"\n\
-         models = [\"m\"]\n",
+         [routing]\nstrategy = \"fastest\"\n\n[[providers]]\nname = \"x\"\nkind = \"mock\"\n\
+         models = []\n",
     );
     let out = check(&env);
     assert_eq!(out.status.code(), Some(2));
@@ -138,7 +138,7 @@ fn unknown_key_is_reported_with_its_path_together_with_every_other_error() {
         "2:1: server.colour: unknown field `colour`",
         "6:1: pool.workers: must be at least 1",
         "9:1: routing.strategy: unknown strategy",
-        "13:1: providers[0].kind: unknown kind",
+        "14:1: providers[0].models: must list at least one model",
     ] {
         assert!(stderr.contains(&format!("{file}:{want}")), "{want}:\n{stderr}");
     }
