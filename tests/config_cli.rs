@@ -140,6 +140,9 @@ fn unknown_key_is_reported_with_its_path_together_with_every_other_error() {
         "9:1: routing.strategy: unknown strategy",
         "14:1: providers[0].models: must list at least one model",
     ] {
-        assert!(stderr.contains(&format!("{file}:{want}")), "{want}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{file}:{want}")),
+            "{want}:\n{stderr}"
+        );
     }
 }

@@ -126,7 +126,11 @@ targets = ["nokey/gpt-x", "free/m-free"]
             .lines()
             .filter(|l| l.contains(&format!("${var} is not set")))
             .collect();
-        assert_eq!(lines.len(), 1, "one line for ${var} with 3 workers:\n{stderr}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line for ${var} with 3 workers:\n{stderr}"
+        );
         assert!(lines[0].contains("WARN"), "{}", lines[0]);
     }
 }

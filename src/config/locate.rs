@@ -124,7 +124,8 @@ fn find_in_table(t: &Table, offset: usize, prefix: &str) -> Option<Entry> {
     for (k, item) in t.iter() {
         let key_span = t.key(k).and_then(|k| k.span());
         let path = join(prefix, k);
-        if starts_at(key_span.clone(), offset) || (item.is_value() && starts_at(item.span(), offset))
+        if starts_at(key_span.clone(), offset)
+            || (item.is_value() && starts_at(item.span(), offset))
         {
             let mut ranges = Vec::new();
             extent(key_span.map(|s| s.start), item, &mut ranges);

@@ -146,7 +146,11 @@ fn unknown_tables_and_dotted_keys_are_blanked_whole() {
     let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
     assert_eq!(
         keys,
-        [("poool", Some(1)), ("server.sub", Some(7)), ("pool.workers", Some(10))],
+        [
+            ("poool", Some(1)),
+            ("server.sub", Some(7)),
+            ("pool.workers", Some(10))
+        ],
         "{errs:#?}"
     );
 }
@@ -155,7 +159,11 @@ fn unknown_tables_and_dotted_keys_are_blanked_whole() {
 fn a_wrong_type_is_named_by_its_path_after_the_unknown_keys_before_it() {
     let errs = errors("[server]\ncolour = 1\n[pool]\nworkers = \"three\"\n");
     let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
-    assert_eq!(keys, [("server.colour", Some(2)), ("pool.workers", Some(4))], "{errs:#?}");
+    assert_eq!(
+        keys,
+        [("server.colour", Some(2)), ("pool.workers", Some(4))],
+        "{errs:#?}"
+    );
 }
 
 #[test]

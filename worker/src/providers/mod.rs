@@ -30,6 +30,9 @@ pub struct Provider {
     /// The credential header sent upstream (`authorization` or `x-api-key`), marked sensitive so
     /// that no `Debug` output shows it.
     pub auth: Option<(HeaderName, HeaderValue)>,
+    /// Why the provider is out of rotation for good: "$VAR is not set" when its key variable
+    /// is unset or empty (`ProviderConfig::missing_key`, read once: the environment is fixed).
+    pub missing_key: Option<String>,
     /// `Proxy-Authorization` for a forward proxy with credentials (sensitive too).
     pub proxy_auth: Option<HeaderValue>,
     /// `None` for `mock`, which never opens a connection.
@@ -101,6 +104,7 @@ impl Provider {
         Self {
             base,
             uris,
+            missing_key: config.missing_key(),
             auth,
             proxy_auth,
             client,
