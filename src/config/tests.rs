@@ -46,6 +46,8 @@ fn shipped_gateway_toml_is_valid_and_matches_defaults() {
     assert_eq!(demo.models, vec!["demo"]);
     let local = cfg.providers.iter().find(|p| p.name == "local").unwrap();
     assert_eq!(local.base_url, "http://127.0.0.1:11434/v1");
+    assert_eq!(local.api_key_env, "", "a local server needs no key");
+    assert_eq!(local.missing_key(), None);
     assert!(cfg
         .providers
         .iter()
