@@ -158,9 +158,9 @@ fn blank(text: &mut String, range: std::ops::Range<usize>) {
     };
     let spaces: String = part
         .chars()
-        .flat_map(|c| {
-            let keep = if c == '\n' || c == '\r' { c } else { ' ' };
-            std::iter::repeat(keep).take(if keep == ' ' { c.len_utf8() } else { 1 })
+        .map(|c| match c {
+            '\n' | '\r' => c.to_string(),
+            _ => " ".repeat(c.len_utf8()),
         })
         .collect();
     text.replace_range(range, &spaces);

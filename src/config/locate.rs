@@ -153,7 +153,7 @@ fn find_in_inline(t: &InlineTable, offset: usize, prefix: &str) -> Option<Entry>
         let path = join(prefix, k);
         if starts_at(key_span.clone(), offset) || starts_at(v.span(), offset) {
             let ranges = match (key_span, v.span()) {
-                (Some(k), Some(v)) => vec![k.start..v.end],
+                (Some(k), Some(v)) => std::iter::once(k.start..v.end).collect(),
                 _ => Vec::new(),
             };
             return Some(Entry { path, ranges });
