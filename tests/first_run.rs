@@ -238,3 +238,44 @@ fn model_retrieve_on_a_worker() {
     let w = Worker::start(&cfg, &[]);
     assert_retrieve(w.addr);
 }
+
+/// A `[[providers]]` entry of kind openai whose key variable `var` is unset.
+fn keyless(name: &str, var: &str) -> String {
+    format!(
+        "\n[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         api_key_env = \"{var}\"\nmodels = [\"{name}-m\"]\n"
+    )
+}
+
+#[test]
+fn a_reload_reports_only_the_keys_it_newly_misses() {
+    let first = keyless("a", "GW_TEST_UNSET_A_KEY");
+    let env = TestEnv::new(&mock_config(2, &first));
+    let mut run = env.start(&[]);
+    env.write_config(&mock_config(
+        2,
+        &format!("{first}{}", keyless("b", "GW_TEST_UNSET_B_KEY")),
+    ));
+    run.guard.signal(Signal::SIGHUP);
+    assert!(
+        support::process::wait_until(Duration::from_secs(30), || run
+            .guard
+            .stderr()
+            .contains("configuration reloaded")),
+        "{}",
+        run.guard.stderr()
+    );
+    // The replaced workers (under the supervisor) stay quiet about it too.
+    let r = http::post_chat(run.listen, "b-m", false).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    run.guard.signal(Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+    let stderr = run.guard.stderr();
+    for var in ["GW_TEST_UNSET_A_KEY", "GW_TEST_UNSET_B_KEY"] {
+        let n = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("${var} is not set")))
+            .count();
+        assert_eq!(n, 1, "${var}:\n{stderr}");
+    }
+}
