@@ -1,6 +1,7 @@
 //! `GET /v1/models` and `/v1/models/{id}`: the configured models and aliases, plus what
-//! providers with `models = "*"` list themselves, cached for `models_cache.ttl`. One request at a time refreshes a provider's
-//! list (an atomic flag); the others serve the stale list meanwhile, or none if there is none.
+//! providers with `models = "*"` list themselves, cached for `models_cache.ttl`. One request at
+//! a time refreshes a provider's list (an atomic flag); the others serve the stale list
+//! meanwhile, or none if there is none.
 
 use super::App;
 use crate::body::ResBody;
