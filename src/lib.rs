@@ -1,12 +1,13 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
-//! loading, the heartbeat file protocol, API error bodies in both client dialects, SSE frames,
-//! header hygiene towards providers (`headers`), and how a request body is read with a bound
-//! (`upload`). Nothing here starts tasks or touches sockets.
+//! loading, the heartbeat file protocol, API error bodies in both client dialects, the model list,
+//! SSE frames, header hygiene towards providers (`headers`), and how a request body is read with a
+//! bound (`upload`). Nothing here starts tasks or touches sockets.
 
 pub mod api_error;
 pub mod config;
 pub mod headers;
 pub mod heartbeat;
+pub mod model_list;
 pub mod net;
 pub mod provider_slots;
 pub mod request;

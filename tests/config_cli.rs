@@ -73,7 +73,7 @@ fn unknown_key_exits_2_with_its_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:3:1: port: unknown field",
+            "{}:3:1: server.port: unknown field",
             env.config_path.display()
         )),
         "{stderr}"
@@ -120,4 +120,29 @@ fn gateway_config_variable_is_honoured() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "GATEWAY_CONFIG was not read");
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path_together_with_every_other_error() {
+    let env = TestEnv::new(
+        "[server]\ncolour = \"blue\"\nlisten = \"127.0.0.1:9\"\n\n[pool]\nworkers = 0\n\n\
+         [routing]\nstrategy = \"fastest\"\n\n[[providers]]\nname = \"x\"\nkind = \"mock\"\n\
+         models = []\n",
+    );
+    let out = check(&env);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = env.config_path.display().to_string();
+    assert!(stderr.contains("(4 problem(s))"), "{stderr}");
+    for want in [
+        "2:1: server.colour: unknown field `colour`",
+        "6:1: pool.workers: must be at least 1",
+        "9:1: routing.strategy: unknown strategy",
+        "14:1: providers[0].models: must list at least one model",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}:{want}")),
+            "{want}:\n{stderr}"
+        );
+    }
 }

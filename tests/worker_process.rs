@@ -21,13 +21,16 @@ fn heartbeat_shows(w: &Worker, cond: impl Fn(&Heartbeat) -> bool) -> bool {
     })
 }
 
+/// `openai_config` names `$UP_KEY`; unset, its provider would be out of rotation.
+const UP_KEY: &[(&str, &str)] = &[("UP_KEY", "sk-test")];
+
 #[test]
 fn heartbeat_appears_and_advances() {
     let up = Upstream::start();
     up.set(CHAT, Script::json(200, json!({})));
     let cfg = openai_config(&up, "");
     // `start` waits for the file: it appears once the worker serves.
-    let w = Worker::start(&cfg, &[]);
+    let w = Worker::start(&cfg, UP_KEY);
     let hb = gateway::heartbeat::read(&w.heartbeat).expect("heartbeat is JSON");
     assert_eq!(hb.pid, w.guard.pid());
     assert_eq!(hb.served, 0);
@@ -52,7 +55,7 @@ fn heartbeat_appears_and_advances() {
 fn heartbeat_counts_inflight_requests() {
     let (up, gate) = Upstream::gated_sse(CHAT, &["data: {}\n\n"], &["data: [DONE]\n\n"]);
     let cfg = openai_config(&up, "");
-    let w = Worker::start(&cfg, &[]);
+    let w = Worker::start(&cfg, UP_KEY);
     let mut s = Stream::chat(w.addr, "m1", true).unwrap();
     s.read_until("data: {}").unwrap();
     assert!(heartbeat_shows(&w, |h| h.inflight == 1));
@@ -69,7 +72,7 @@ fn sigterm_drains_an_inflight_stream_then_exits_0() {
         &["data: {\"n\":2}\n\n", "data: [DONE]\n\n"],
     );
     let cfg = openai_config(&up, "");
-    let mut w = Worker::start(&cfg, &[]);
+    let mut w = Worker::start(&cfg, UP_KEY);
     let mut s = Stream::chat(w.addr, "m1", true).unwrap();
     s.read_until("{\"n\":1}").unwrap();
     w.guard.signal(Signal::SIGTERM);

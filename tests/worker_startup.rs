@@ -134,7 +134,8 @@ fn http_proxy_from_the_environment_and_no_proxy() {
 fn client_leaving_before_headers_cancels_the_upstream_request() {
     let up = Upstream::serving(CHAT, Script::json(200, json!({})).stall_headers());
     let cfg = config(&openai_provider("up", &up.url("/v1"), r#"["m1"]"#, "K", ""));
-    let w = Worker::start(&cfg, &[]);
+    // With `$K` unset the provider would be out of rotation and never called.
+    let w = Worker::start(&cfg, &[("K", "sk-test")]);
     let body = http::chat_body("m1", false).to_string();
     let conn = http::send(w.addr, "POST", CHAT, &[], Some(body.as_bytes())).unwrap();
     assert!(up.wait_requests(1, Duration::from_secs(5)));

@@ -86,48 +86,93 @@ pub fn load(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
     })
 }
 
+/// Unknown keys reported before giving up (each one costs a re-parse).
+const MAX_UNKNOWN_KEYS: usize = 100;
+
 /// Parses and validates configuration text; `name` is how errors refer to it.
+///
+/// Every problem is reported at once, in file order: an unknown key (serde stops at the first
+/// one) is recorded with its full path, blanked out of a copy of the text (spaces, so no other
+/// position moves) and the copy parsed again; the semantic checks then run on what remains. A
+/// problem serde cannot get past (bad syntax, a wrong type) is reported with the unknown keys
+/// found before it.
 pub fn parse_str(text: &str, name: &str) -> Result<Config, ConfigErrors> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map(|s| line_col(text, s.start)).unzip();
-        // The span of an unknown or mistyped key points at the key itself.
-        let key = e
-            .span()
-            .map(|s| text[s].trim().trim_matches('"').to_string())
-            .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
-            .unwrap_or_default();
-        let message = e.message().trim().to_string();
-        ConfigErrors(vec![ConfigError {
+    let locator = Locator::new(text);
+    let located = |offset: Option<usize>, key: String, message: String| {
+        let (line, column) = offset.map(|o| line_col(text, o)).unzip();
+        ConfigError {
             file: name.into(),
             line,
             column,
             key,
             message,
-        }])
-    })?;
-    let violations = validate(&config);
-    if violations.is_empty() {
-        return Ok(config);
-    }
-    let locator = Locator::new(text);
-    Err(ConfigErrors(
-        violations
-            .into_iter()
-            .map(|v| {
-                let (line, column) = locator
-                    .span(&v.key)
-                    .map(|s| line_col(text, s.start))
-                    .unzip();
-                ConfigError {
-                    file: name.into(),
-                    line,
-                    column,
-                    key: v.key,
-                    message: v.message,
+        }
+    };
+    let mut errors = Vec::new();
+    let mut work = text.to_string();
+    let config = loop {
+        let e = match toml::from_str::<Config>(&work) {
+            Ok(c) => break Some(c),
+            Err(e) => e,
+        };
+        let start = e.span().map(|s| s.start);
+        let entry = start.and_then(|o| locator.entry_at(o));
+        let message = e.message().trim().to_string();
+        let unknown = message.starts_with("unknown field");
+        match entry {
+            Some(entry)
+                if unknown && !entry.ranges.is_empty() && errors.len() < MAX_UNKNOWN_KEYS =>
+            {
+                errors.push(located(start, entry.path, message));
+                for r in entry.ranges {
+                    blank(&mut work, r);
                 }
-            })
-            .collect(),
-    ))
+            }
+            Some(entry) => {
+                errors.push(located(start, entry.path, message));
+                break None;
+            }
+            None => {
+                // Not a key (a syntax error): show the text the span covers, if it is short.
+                let key = e
+                    .span()
+                    .map(|s| text[s].trim().trim_matches('"').to_string())
+                    .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 80)
+                    .unwrap_or_default();
+                errors.push(located(start, key, message));
+                break None;
+            }
+        }
+    };
+    if let Some(config) = &config {
+        for v in validate(config) {
+            let offset = locator.span(&v.key).map(|s| s.start);
+            errors.push(located(offset, v.key, v.message));
+        }
+    }
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => {
+            // File order; errors without a position (none today) last.
+            errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Replaces `range` of `text` with spaces, keeping line breaks and every byte offset.
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let Some(part) = text.get(range.clone()) else {
+        return;
+    };
+    let spaces: String = part
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' => c.to_string(),
+            _ => " ".repeat(c.len_utf8()),
+        })
+        .collect();
+    text.replace_range(range, &spaces);
 }
 
 #[cfg(test)]

@@ -282,6 +282,20 @@ impl ProviderConfig {
         self.models.iter().any(|m| m == "*")
     }
 
+    /// Whether this provider serves `model`: it lists it, or it lists `"*"`.
+    pub fn serves(&self, model: &str) -> bool {
+        !model.is_empty() && (self.serves_any_model() || self.models.iter().any(|m| m == model))
+    }
+
+    /// Why this provider cannot serve anything: its kind sends a key, `api_key_env` names a
+    /// variable, and that variable is unset or empty in this process's environment.
+    /// `api_key_env = ""` (the default) means no key is needed. Names the variable, never a value.
+    pub fn missing_key(&self) -> Option<String> {
+        let sends_key = matches!(self.kind, ProviderKind::OpenAi | ProviderKind::Anthropic);
+        (sends_key && !self.api_key_env.is_empty() && self.api_key().is_none())
+            .then(|| format!("${} is not set", self.api_key_env))
+    }
+
     /// The key from the environment, if the variable is named, set and non-empty.
     /// Never log the returned value.
     pub fn api_key(&self) -> Option<String> {
@@ -292,6 +306,27 @@ impl ProviderConfig {
             .ok()
             .filter(|k| !k.is_empty())
     }
+}
+
+/// Splits `provider/model` at the first `/`: provider names never contain one (validated),
+/// model names may (`vllm/meta-llama/Llama-3.1-8B`). The one parser of alias targets and of
+/// request models that name their provider.
+pub fn split_provider_model(s: &str) -> Option<(&str, &str)> {
+    s.split_once('/')
+}
+
+/// `provider/model` resolved against `providers`: the index of the provider named before the
+/// first `/` and the model after it, when that provider serves the model; else `None`.
+pub fn resolve_provider_model<'a, 'p>(
+    providers: impl IntoIterator<Item = &'p ProviderConfig>,
+    s: &'a str,
+) -> Option<(usize, &'a str)> {
+    let (prov, model) = split_provider_model(s)?;
+    let (i, p) = providers
+        .into_iter()
+        .enumerate()
+        .find(|(_, p)| p.name == prov)?;
+    p.serves(model).then_some((i, model))
 }
 
 /// One `[[models]]` alias: a public name resolving to several `provider/model` targets.

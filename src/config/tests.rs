@@ -46,6 +46,8 @@ fn shipped_gateway_toml_is_valid_and_matches_defaults() {
     assert_eq!(demo.models, vec!["demo"]);
     let local = cfg.providers.iter().find(|p| p.name == "local").unwrap();
     assert_eq!(local.base_url, "http://127.0.0.1:11434/v1");
+    assert_eq!(local.api_key_env, "", "a local server needs no key");
+    assert_eq!(local.missing_key(), None);
     assert!(cfg
         .providers
         .iter()
@@ -74,10 +76,96 @@ fn durations_parse() {
 fn unknown_key_is_rejected_with_its_line() {
     let e = &errors("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n")[0];
     assert_eq!((e.line, e.column), (Some(3), Some(1)), "{e}");
-    assert_eq!(e.key, "listne");
+    assert_eq!(e.key, "server.listne");
     assert!(e.message.contains("unknown field"), "{e}");
     let e = &errors("[poool]\nworkers = 1\n")[0];
     assert_eq!(e.line, Some(1), "{e}");
+    assert_eq!(e.key, "poool");
+}
+
+#[test]
+fn unknown_keys_are_named_by_their_full_path_with_every_other_error() {
+    let text = r#"[server]
+colour = "blue"
+
+[pool]
+workers = 0
+
+[[providers]]
+name = "demo"
+kind = "mock"
+models = ["demo"]
+
+[[providers]]
+name = "x"
+kind = "nope"
+colour = "red"
+models = ["m"]
+timeouts = { connect = "1s" }
+
+[[models]]
+name = "fast"
+targets = ["demo/demo"]
+extra = 1
+"#;
+    let errs = errors(text);
+    let found: Vec<(String, Option<usize>, Option<usize>)> = errs
+        .iter()
+        .map(|e| (e.key.clone(), e.line, e.column))
+        .collect();
+    for (key, line) in [
+        ("server.colour", 2),
+        ("pool.workers", 5),
+        // Unset, so located at its table.
+        ("providers[1].base_url", 12),
+        ("providers[1].kind", 14),
+        ("providers[1].colour", 15),
+        ("providers[1].timeouts", 17),
+        ("models[0].extra", 22),
+    ] {
+        assert!(
+            found.contains(&(key.to_string(), Some(line), Some(1))),
+            "{key} at {line}:1 missing from {found:?}"
+        );
+    }
+    assert_eq!(errs.len(), 7, "{errs:#?}");
+    let colour = errs.iter().find(|e| e.key == "server.colour").unwrap();
+    assert_eq!(
+        colour.to_string().split(", expected").next().unwrap(),
+        "t.toml:2:1: server.colour: unknown field `colour`"
+    );
+    // Reported in file order.
+    let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+}
+
+#[test]
+fn unknown_tables_and_dotted_keys_are_blanked_whole() {
+    let text = "[poool]\nworkers = 1\nx = 2\n\n[server]\nlisten = \"127.0.0.1:1\"\nsub.deep = 1\n\n[pool]\nworkers = 0\n";
+    let errs = errors(text);
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("poool", Some(1)),
+            ("server.sub", Some(7)),
+            ("pool.workers", Some(10))
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_wrong_type_is_named_by_its_path_after_the_unknown_keys_before_it() {
+    let errs = errors("[server]\ncolour = 1\n[pool]\nworkers = \"three\"\n");
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        keys,
+        [("server.colour", Some(2)), ("pool.workers", Some(4))],
+        "{errs:#?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Semantic checks that serde cannot express. `validate()` collects every problem before
 //! returning, so a user fixes the whole file in one pass (Horust, pingora `ServerConf::validate`).
 
-use super::schema::{Config, ProviderKind, Strategy};
+use super::schema::{split_provider_model, Config, ProviderKind, Strategy};
 use std::collections::HashSet;
 
 /// One semantic problem: the key path it concerns and what is wrong.
@@ -226,13 +226,13 @@ fn check_aliases(cfg: &Config, c: &mut Collector) {
 
 /// Why an alias target does not name a known `provider/model`, if it does not.
 fn target_problem(cfg: &Config, target: &str) -> Option<String> {
-    let Some((prov, model)) = target.split_once('/') else {
+    let Some((prov, model)) = split_provider_model(target) else {
         return Some(format!("`{target}` must be written provider/model"));
     };
     let Some(p) = cfg.providers.iter().find(|p| p.name == prov) else {
         return Some(format!("`{target}` names unknown provider `{prov}`"));
     };
-    if model.is_empty() || !(p.serves_any_model() || p.models.iter().any(|m| m == model)) {
+    if !p.serves(model) {
         return Some(format!(
             "`{target}`: provider `{prov}` does not serve model `{model}`"
         ));

@@ -20,7 +20,7 @@
 use crate::body::ResBody;
 use crate::breaker::CircuitState;
 use crate::providers::Provider;
-use gateway::config::{Config, ProviderKind};
+use gateway::config::{resolve_provider_model, Config, ProviderKind};
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::{header, Response};
 use serde_json::{json, Map, Value};
@@ -80,8 +80,7 @@ impl Health {
                 .targets
                 .iter()
                 .filter_map(|t| {
-                    let prov = t.split_once('/')?.0;
-                    providers.iter().position(|p| p.name() == prov)
+                    resolve_provider_model(providers.iter().map(|p| &p.config), t).map(|(i, _)| i)
                 })
                 .collect();
             ps.dedup();
@@ -254,13 +253,11 @@ impl Drop for ProbeTask {
 /// Probes one provider, bounded by `timeout`.
 async fn probe(p: &Provider, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
-    let res = match p.config.kind {
-        ProviderKind::Mock => Ok(()),
+    let res = match (&p.config.kind, &p.missing_key) {
+        (ProviderKind::Mock, _) => Ok(()),
         // A provider whose key variable is unset cannot serve anything: say so without a
         // network call (a fresh install lists providers it has no keys for).
-        _ if !p.config.api_key_env.is_empty() && p.auth.is_none() => {
-            Err(format!("${} is not set", p.config.api_key_env))
-        }
+        (_, Some(reason)) => Err(reason.clone()),
         _ => tokio::time::timeout(timeout, list_models(p))
             .await
             .unwrap_or_else(|_| {

@@ -66,11 +66,13 @@ pub async fn run_with_front(
             ))
         })
         .collect();
-    for p in &config.providers {
-        if !p.api_key_env.is_empty() && p.api_key().is_none() {
-            // Names the variable, never a value. Info, not warn: the default config lists
-            // providers whose keys most installs do not have.
-            tracing::info!(provider = %p.name, "${} is not set; requests go without a key", p.api_key_env);
+    // Under the supervisor (which hands out the provider table) the supervisor reports missing
+    // keys once for the pool; a standalone worker is the whole gateway and says it itself.
+    if std::env::var_os(gateway::provider_slots::ENV_TABLE).is_none() {
+        for p in &config.providers {
+            if let Some(reason) = p.missing_key() {
+                tracing::warn!(provider = %p.name, "{reason}; provider out of rotation");
+            }
         }
     }
     let mut table = routing::RouteTable::new(&config, providers);

@@ -47,9 +47,9 @@ pub fn summary(name: &str, cfg: &Config) -> String {
     for pr in &cfg.providers {
         let key = match (&pr.kind, pr.api_key_env.as_str()) {
             (ProviderKind::Mock, _) => "no key needed".to_string(),
-            (_, "") => "no key configured".to_string(),
-            (_, var) if pr.api_key().is_some() => format!("key ${var} set"),
-            (_, var) => format!("warning: key ${var} is not set"),
+            (_, "") => "no key needed".to_string(),
+            (_, var) if pr.missing_key().is_none() => format!("key ${var} set"),
+            (_, var) => format!("warning: key ${var} is not set; out of rotation"),
         };
         let _ = writeln!(
             s,

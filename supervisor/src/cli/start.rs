@@ -242,6 +242,7 @@ async fn serve(
         ephemeral,
     } = load_config(&source, &args)?;
     check_exposure(&cfg)?;
+    warn_missing_keys(&cfg, None);
     let instance = acquire_runtime_dir(&cfg, ephemeral)?;
     let dir = instance.dir().to_path_buf();
     let listener = bind_front(cfg.server.listen, activated)?;
@@ -481,6 +482,7 @@ impl Running {
                 match write_snapshot(self.instance.dir(), &text) {
                     Err(f) => Err(f.message),
                     Ok(_) => {
+                        warn_missing_keys(&new, Some(&old));
                         let new = Arc::new(new);
                         self.config.store(new.clone());
                         self.pool.reload(new).await;
@@ -494,6 +496,25 @@ impl Running {
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
         result
+    }
+}
+
+/// Reports each provider whose key variable is unset, once for the whole pool (its workers stay
+/// quiet about it): at start, and after a reload only what the reload changed, so an unchanged
+/// file does not repeat it. Workers inherit this environment, so they see the same.
+fn warn_missing_keys(cfg: &Config, old: Option<&Config>) {
+    for p in &cfg.providers {
+        let Some(reason) = p.missing_key() else {
+            continue;
+        };
+        let known = old.is_some_and(|o| {
+            o.providers
+                .iter()
+                .any(|q| q.name == p.name && q.missing_key().as_ref() == Some(&reason))
+        });
+        if !known {
+            warn!(provider = %p.name, "{reason}; provider out of rotation");
+        }
     }
 }
 

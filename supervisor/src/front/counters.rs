@@ -26,6 +26,7 @@ pub const ROUTE_LABELS: &[&str] = &[
     "/v1/health/models/{model}",
     "/v1/health/performance",
     "/v1/models",
+    "/v1/models/{id}",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -13,7 +13,9 @@ use crate::metrics::OutcomeLabel;
 use crate::pool::WorkerState;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use gateway::model_list::{self, ModelList};
 use gateway::Config;
+use gateway::{ApiError, ErrorKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,23 +59,11 @@ impl Default for ModelsCache {
     }
 }
 
-/// The floor list: configured models (without `"*"`) and alias names, OpenAI list format.
+/// The floor list: configured models (without `"*"`) and alias names, OpenAI list format (the
+/// builder the workers use too).
 pub fn floor_list(cfg: &Config) -> Bytes {
-    let mut seen = std::collections::HashSet::new();
-    let mut data = Vec::new();
-    for p in &cfg.providers {
-        for m in p.models.iter().filter(|m| *m != "*") {
-            if seen.insert(m.clone()) {
-                data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
-            }
-        }
-    }
-    for a in &cfg.models {
-        if seen.insert(a.name.clone()) {
-            data.push(serde_json::json!({"id": a.name, "object": "model", "created": 0, "owned_by": "gateway"}));
-        }
-    }
-    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+    let list = ModelList::configured(&cfg.providers, cfg.models.iter().map(|a| a.name.as_str()));
+    Bytes::from(list.to_json().to_string())
 }
 
 impl ModelsCache {
@@ -88,6 +78,15 @@ impl ModelsCache {
         self.request_refresh(cfg.models_cache.min_refresh_interval);
         cur.as_ref()
             .map_or_else(|| floor.clone(), |f| f.body.clone())
+    }
+
+    /// `GET /v1/models/{id}`: that entry of the list `get` would answer, or the 404 to send.
+    pub fn retrieve(&self, cfg: &Config, floor: &Bytes, id: &str) -> Result<Bytes, ApiError> {
+        let body = self.get(cfg, floor);
+        // Only lists that parse are stored (`refresh_once`), and the floor always does.
+        let list: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "the model list is not JSON"))?;
+        model_list::find(&list, id).map(|m| Bytes::from(m.to_string()))
     }
 
     /// Nudges the refresher, at most once per `min_interval`.

@@ -36,6 +36,8 @@ enum Route {
         body: bool,
     },
     Models,
+    /// `GET /v1/models/{id}`; the id is read from the path when answering.
+    Model,
     Healthz,
     Readyz,
     Metrics,
@@ -72,6 +74,7 @@ fn route(method: &Method, path: &str) -> Route {
         "/healthz" => get(Route::Healthz),
         "/readyz" => get(Route::Readyz),
         "/metrics" => get(Route::Metrics),
+        p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => get(Route::Model),
         p if p.starts_with("/v1/health/models/") && p.len() > "/v1/health/models/".len() => {
             fwd_get("/v1/health/models/{model}")
         }
@@ -84,6 +87,7 @@ impl Route {
         match self {
             Route::Forward { label, .. } => label,
             Route::Models => "/v1/models",
+            Route::Model => "/v1/models/{id}",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -303,6 +307,15 @@ async fn answer_locally(
             StatusCode::OK,
             shared.models.get(cfg, &settings.floor_models),
         ),
+        Route::Model => {
+            let found = gateway::model_list::retrieve_id(req.uri().path())
+                .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "malformed model id"))
+                .and_then(|id| shared.models.retrieve(cfg, &settings.floor_models, &id));
+            match found {
+                Ok(body) => json(StatusCode::OK, body),
+                Err(e) => e.to_response(Dialect::OpenAi),
+            }
+        }
         Route::Unknown | Route::Forward { .. } => {
             let msg = format!("no route for {} {}", req.method(), req.uri().path());
             ApiError::new(ErrorKind::NotFound, msg).to_response(dialect)
@@ -428,6 +441,9 @@ mod tests {
         );
         assert_eq!(r(Method::GET, "/v1/health/models/"), Route::Unknown);
         assert_eq!(r(Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(r(Method::GET, "/v1/models/org/m"), Route::Model);
+        assert_eq!(r(Method::GET, "/v1/models/"), Route::Unknown);
+        assert_eq!(r(Method::POST, "/v1/models/demo"), Route::Unknown);
         assert_eq!(r(Method::GET, "/nope"), Route::Unknown);
         assert_eq!(
             r(Method::POST, "/v1/messages/count_tokens").label(),

@@ -76,6 +76,13 @@ pub async fn handle(
             r
         }
         "/v1/models" | "/metrics" => not_allowed(Dialect::OpenAi, "GET"),
+        p if p.starts_with("/v1/models/") && req.method() == Method::GET => {
+            match gateway::model_list::retrieve_id(p) {
+                Some(id) => models::retrieve(&app, &id).await,
+                None => ApiError::new(ErrorKind::NotFound, format!("no such model path: {p}"))
+                    .to_response(Dialect::OpenAi),
+            }
+        }
         p if p.starts_with("/v1/health") => {
             let resp = if req.method() == Method::GET {
                 health::handle(&app.health, p, req.uri().query()).await

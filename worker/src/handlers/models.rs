@@ -1,15 +1,18 @@
-//! `GET /v1/models`: the configured models and aliases, plus what providers with `models = "*"`
-//! list themselves, cached for `models_cache.ttl`. One request at a time refreshes a provider's
-//! list (an atomic flag); the others serve the stale list meanwhile, or none if there is none.
+//! `GET /v1/models` and `/v1/models/{id}`: the configured models and aliases, plus what
+//! providers with `models = "*"` list themselves, cached for `models_cache.ttl`. One request at
+//! a time refreshes a provider's list (an atomic flag); the others serve the stale list
+//! meanwhile, or none if there is none.
 
 use super::App;
 use crate::body::ResBody;
 use crate::providers::Provider;
 use arc_swap::ArcSwapOption;
 use gateway::config::Config;
+use gateway::model_list::{self, ModelList};
+use gateway::Dialect;
 use http::Response;
 use http_body_util::{BodyExt, Limited};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,32 +102,34 @@ async fn fetch(p: &Provider) -> Result<Vec<String>, String> {
         .unwrap_or_default())
 }
 
-/// The OpenAI list format.
-pub async fn list(app: &App) -> Response<ResBody> {
+/// The configured models and aliases (the shared builder), then what `"*"` providers list.
+async fn build(app: &App) -> ModelList {
     let table = app.routes.load();
-    let mut seen = std::collections::HashSet::new();
-    let mut data = Vec::new();
-    let mut push = |id: &str, owner: &str| {
-        if seen.insert(id.to_string()) {
-            data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": owner}));
-        }
-    };
-    for p in &table.providers {
-        for m in p.config.models.iter().filter(|m| *m != "*") {
-            push(m, p.name());
-        }
-    }
-    for a in &table.alias_names {
-        push(a, "gateway");
-    }
+    let mut list = ModelList::configured(
+        table.providers.iter().map(|p| &p.config),
+        table.alias_names.iter().map(String::as_str),
+    );
     for (i, p) in table.providers.iter().enumerate() {
         if p.config.serves_any_model() {
             if let Some(c) = app.models.get(i, p).await {
                 for id in &c.ids {
-                    push(id, p.name());
+                    list.push(id, p.name());
                 }
             }
         }
     }
-    crate::health::json_response(&json!({"object": "list", "data": data}))
+    list
+}
+
+/// `GET /v1/models`: the OpenAI list format.
+pub async fn list(app: &App) -> Response<ResBody> {
+    crate::health::json_response(&build(app).await.to_json())
+}
+
+/// `GET /v1/models/{id}`: that entry of the list, or 404 in the OpenAI format.
+pub async fn retrieve(app: &App, id: &str) -> Response<ResBody> {
+    match model_list::find(&build(app).await.to_json(), id) {
+        Ok(m) => crate::health::json_response(&m),
+        Err(e) => e.to_response(Dialect::OpenAi),
+    }
 }

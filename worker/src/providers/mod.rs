@@ -32,6 +32,9 @@ pub struct Provider {
     pub auth: Option<(HeaderName, HeaderValue)>,
     /// The key itself, to redact wherever the provider sends it back.
     pub secret: gateway::headers::Secret,
+    /// Why the provider is out of rotation for good: "$VAR is not set" when its key variable
+    /// is unset or empty (`ProviderConfig::missing_key`, read once: the environment is fixed).
+    pub missing_key: Option<String>,
     /// `Proxy-Authorization` for a forward proxy with credentials (sensitive too).
     pub proxy_auth: Option<HeaderValue>,
     /// `None` for `mock`, which never opens a connection.
@@ -104,6 +107,7 @@ impl Provider {
         Self {
             base,
             uris,
+            missing_key: config.missing_key(),
             auth,
             secret,
             proxy_auth,

@@ -1,16 +1,19 @@
 //! Routing: from a request's model name to an ordered list of (provider, upstream model)
-//! candidates. `candidates` resolves the name (aliases first, then providers listing the model,
-//! then providers serving `"*"`), keeps those that speak the endpoint's dialect, and
+//! candidates. `candidates` resolves the name (aliases first, then `provider/model` naming a
+//! provider that serves that model, then providers listing the model, then providers serving
+//! `"*"`), keeps those that speak the endpoint's dialect and have their key, and
 //! `strategy::order` puts the strategy's pick first and the rest after it, so failover can walk
 //! the list. The table is an immutable snapshot behind an `ArcSwap`: selection takes no lock.
-//! The candidates stay in the list whatever their breaker says; `proxy` skips the ones that are
-//! open or cooling as it walks it, so that the skip and the attempt see the same moment.
+//! A provider whose key variable is unset is out of rotation for the life of the process (the
+//! environment does not change), so it is dropped here; the candidates stay in the list whatever
+//! their breaker says, and `proxy` skips the ones that are open or cooling as it walks it, so
+//! that the skip and the attempt see the same moment.
 
 pub mod strategy;
 
 use crate::endpoint::Endpoint;
 use crate::providers::Provider;
-use gateway::config::{Config, Strategy};
+use gateway::config::{resolve_provider_model, Config, Strategy};
 use gateway::provider_slots::ProviderLimiter;
 use gateway::{ApiError, ErrorKind};
 use std::collections::HashMap;
@@ -60,11 +63,6 @@ pub struct Limits {
 
 impl RouteTable {
     pub fn new(config: &Config, providers: Vec<Arc<Provider>>) -> Self {
-        let index: HashMap<&str, usize> = providers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name(), i))
-            .collect();
         let mut exact: HashMap<String, Vec<Target>> = HashMap::new();
         let mut wildcard = Vec::new();
         for (i, p) in providers.iter().enumerate() {
@@ -88,8 +86,8 @@ impl RouteTable {
                     .targets
                     .iter()
                     .filter_map(|t| {
-                        let (prov, model) = t.split_once('/')?;
-                        let provider = *index.get(prov)?;
+                        let (provider, model) =
+                            resolve_provider_model(providers.iter().map(|p| &p.config), t)?;
                         let rewrite = (model != a.name).then(|| Arc::from(model));
                         Some(Target { provider, rewrite })
                     })
@@ -120,6 +118,16 @@ impl RouteTable {
         if let Some(t) = self.aliases.get(model) {
             return t.clone();
         }
+        // `local/llama3.2`: that provider only, with the bare name upstream. A name whose
+        // prefix is no provider serving the rest (`meta-llama/Llama-3.1-8B`) is a plain name.
+        if let Some((provider, m)) =
+            resolve_provider_model(self.providers.iter().map(|p| &p.config), model)
+        {
+            return vec![Target {
+                provider,
+                rewrite: Some(Arc::from(m)),
+            }];
+        }
         let mut out = self.exact.get(model).cloned().unwrap_or_default();
         for w in &self.wildcard {
             if !out.iter().any(|t| t.provider == w.provider) {
@@ -130,7 +138,8 @@ impl RouteTable {
     }
 
     /// The ordered candidates for `model` on `endpoint`: the strategy's pick first.
-    /// Errors: 404 for an unknown model, 400 when no provider of the model speaks this API.
+    /// Errors: 404 for an unknown model, 400 when no provider of the model speaks this API, 503
+    /// naming the variables when every provider that does is missing its key.
     pub fn candidates(&self, model: &str, endpoint: Endpoint) -> Result<Vec<Target>, ApiError> {
         let all = self.resolve(model);
         if all.is_empty() {
@@ -159,6 +168,25 @@ impl RouteTable {
                     "model `{model}` is served only by provider(s) {} which do not speak {api}; \
                      use the other API for this model",
                     names.join(", ")
+                ),
+            ));
+        }
+        let missing: Vec<String> = ok
+            .iter()
+            .filter_map(|t| {
+                let p = &self.providers[t.provider];
+                Some(format!("`{}` ({})", p.name(), p.missing_key.as_deref()?))
+            })
+            .collect();
+        ok.retain(|t| self.providers[t.provider].missing_key.is_none());
+        if ok.is_empty() {
+            // 503, not 401: the caller's credentials are fine; the gateway lacks a provider key.
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "model `{model}` cannot be served: provider(s) {} out of rotation; \
+                     set the variable in the gateway's environment and restart it",
+                    missing.join(", ")
                 ),
             ));
         }
@@ -256,6 +284,86 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .kind,
             ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn provider_prefix_names_that_provider_and_sends_the_bare_model() {
+        let t = table(
+            Strategy::RoundRobin,
+            vec![
+                ProviderConfig::new(
+                    "local",
+                    ProviderKind::OpenAi,
+                    "http://127.0.0.1:1/v1",
+                    &["llama3.2"],
+                ),
+                ProviderConfig::new("any", ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["*"]),
+            ],
+            vec![],
+        );
+        let c = t
+            .candidates("local/llama3.2", Endpoint::ChatCompletions)
+            .unwrap();
+        assert_eq!(names(&t, &c), ["local"]);
+        assert_eq!(c[0].rewrite.as_deref(), Some("llama3.2"));
+        let c = t
+            .candidates("any/org/m", Endpoint::ChatCompletions)
+            .unwrap();
+        assert_eq!(names(&t, &c), ["any"]);
+        assert_eq!(c[0].rewrite.as_deref(), Some("org/m"));
+        // No provider prefix, or one that does not serve the rest: a plain model name.
+        for plain in ["meta-llama/Llama-3.1-8B", "local/other"] {
+            let c = t.candidates(plain, Endpoint::ChatCompletions).unwrap();
+            assert_eq!(names(&t, &c), ["any"], "{plain}");
+            assert_eq!(c[0].rewrite, None);
+        }
+    }
+
+    #[test]
+    fn a_provider_without_its_key_is_skipped_and_alone_is_a_503_naming_the_variable() {
+        let mut nokey = ProviderConfig::new(
+            "nokey",
+            ProviderKind::OpenAi,
+            "http://127.0.0.1:1/v1",
+            &["m"],
+        );
+        nokey.api_key_env = "GW_UNIT_SURELY_UNSET_KEY".into();
+        let free = ProviderConfig::new(
+            "free",
+            ProviderKind::OpenAi,
+            "http://127.0.0.1:1/v1",
+            &["m", "f"],
+        );
+        let t = table(
+            Strategy::RoundRobin,
+            vec![nokey.clone(), free],
+            vec![ModelAlias {
+                name: "fast".into(),
+                targets: vec!["nokey/m".into(), "free/f".into()],
+            }],
+        );
+        for _ in 0..3 {
+            let c = t.candidates("m", Endpoint::ChatCompletions).unwrap();
+            assert_eq!(names(&t, &c), ["free"]);
+            let c = t.candidates("fast", Endpoint::ChatCompletions).unwrap();
+            assert_eq!(names(&t, &c), ["free"]);
+        }
+        let e = t
+            .candidates("nokey/m", Endpoint::ChatCompletions)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(
+            e.message.contains("$GW_UNIT_SURELY_UNSET_KEY is not set"),
+            "{}",
+            e.message
+        );
+        // `api_key_env = ""`: no key needed, in rotation.
+        nokey.api_key_env.clear();
+        let t = table(Strategy::RoundRobin, vec![nokey], vec![]);
+        assert_eq!(
+            t.candidates("m", Endpoint::ChatCompletions).unwrap().len(),
+            1
         );
     }
 
