@@ -46,6 +46,10 @@ pub fn run(args: StartArgs) -> u8 {
     // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, which is
     // only sound while the process is single-threaded.
     let activated = take_activated_listener();
+    // Before anything can replace the binary on disk: workers are spawned from this image.
+    if let Err(e) = crate::pool::spawn::pin_self_exe() {
+        error!("{e}; the built-in worker cannot be spawned");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("supervisor")
