@@ -7,7 +7,7 @@
 //! are the workers stopped; the `stopped` line is the last thing on stdout.
 
 use super::StartArgs;
-use crate::control::{self, ControlCommand};
+use crate::control::{self, ControlCommand, ReloadError};
 use crate::front::{self, FrontContext};
 use crate::instance::{Instance, InstanceError};
 use crate::integrate::{sidecar, systemd::Systemd, watch};
@@ -30,6 +30,8 @@ use tracing::{error, info, warn};
 struct Fatal {
     code: u8,
     message: String,
+    /// Each configuration problem behind `message`, located; already logged one per line.
+    problems: Vec<String>,
 }
 
 impl Fatal {
@@ -37,6 +39,7 @@ impl Fatal {
         Self {
             code,
             message: message.into(),
+            problems: Vec::new(),
         }
     }
 }
@@ -80,25 +83,32 @@ fn take_activated_listener() -> Option<std::io::Result<std::net::TcpListener>> {
 
 /// Loads the file and applies the command-line overrides (flags override the file).
 fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<(Config, String), Fatal> {
-    let loaded = config::load(source).map_err(|errs| {
-        for e in &errs.0 {
-            error!("{e}");
+    let invalid = |message: String, problems: Vec<String>| {
+        for p in &problems {
+            error!("{p}");
         }
-        Fatal::new(
-            exit::CONFIG,
+        Fatal {
+            code: exit::CONFIG,
+            message,
+            problems,
+        }
+    };
+    let loaded = config::load(source).map_err(|errs| {
+        invalid(
             format!("invalid configuration ({} problem(s))", errs.0.len()),
+            errs.0.iter().map(ToString::to_string).collect(),
         )
     })?;
     let mut cfg = loaded.config;
     apply_overrides(&mut cfg, args);
     let violations = config::validate(&cfg);
     if !violations.is_empty() {
-        for v in &violations {
-            error!("{}: {} (after command-line overrides)", v.key, v.message);
-        }
-        return Err(Fatal::new(
-            exit::CONFIG,
-            "invalid configuration after command-line overrides",
+        return Err(invalid(
+            "invalid configuration after command-line overrides".into(),
+            violations
+                .iter()
+                .map(|v| format!("{}: {} (after command-line overrides)", v.key, v.message))
+                .collect(),
         ));
     }
     Ok((cfg, loaded.text))
@@ -187,6 +197,10 @@ struct Running {
     args: StartArgs,
     pool: Arc<Pool>,
     config: Arc<ArcSwap<Config>>,
+    /// The configuration every worker was last rolled to completely (with the command-line
+    /// overrides applied). A reload equal to it changes nothing; after a failed roll it differs,
+    /// so the next reload retries.
+    rolled: Arc<Config>,
     instance: Instance,
     systemd: Systemd,
 }
@@ -265,6 +279,7 @@ async fn serve(
         args,
         pool: pool.clone(),
         config,
+        rolled: cfg,
         instance,
         systemd,
     };
@@ -403,38 +418,53 @@ impl Running {
     }
 
     /// Re-reads the configuration; applies it when valid, else keeps the old one and logs every
-    /// error. Keys that cannot change while running are reported as needing a restart.
-    async fn reload(&mut self) -> Result<(), String> {
+    /// error. Keys that cannot change while running are reported as needing a restart. A roll
+    /// that fails is logged and answered as a failure, never as "reloaded".
+    async fn reload(&mut self) -> Result<(), ReloadError> {
         self.systemd.reloading();
-        let result = match load_config(&self.source, &self.args) {
-            Err(f) => {
-                error!(
-                    "reload rejected, keeping the running configuration: {}",
-                    f.message
-                );
-                Err(f.message)
-            }
-            Ok((new, text)) => {
-                let old = self.config.load_full();
-                for key in needs_restart(&old, &new) {
-                    warn!(key, "changed in the file but needs a restart to apply");
-                }
-                match write_snapshot(self.instance.dir(), &text) {
-                    Err(f) => Err(f.message),
-                    Ok(_) => {
-                        let new = Arc::new(new);
-                        self.config.store(new.clone());
-                        self.pool.reload(new).await;
-                        info!("configuration reloaded");
-                        Ok(())
-                    }
-                }
-            }
-        };
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {}
+            Err(ReloadError::Invalid(problems)) => error!(
+                "reload rejected, keeping the running configuration: {} problem(s), listed above",
+                problems.len()
+            ),
+            Err(ReloadError::Failed(why)) => error!("reload failed: {why}"),
+        }
         let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
         result
+    }
+
+    async fn try_reload(&mut self) -> Result<(), ReloadError> {
+        let (new, text) = load_config(&self.source, &self.args).map_err(|f| {
+            ReloadError::Invalid(if f.problems.is_empty() {
+                vec![f.message]
+            } else {
+                f.problems
+            })
+        })?;
+        // The validated config, overrides applied: an untouched file, a `touch` or a comment
+        // edit must not restart every worker.
+        if *self.rolled == new {
+            info!("configuration unchanged; nothing to do");
+            return Ok(());
+        }
+        let old = self.config.load_full();
+        for key in needs_restart(&old, &new) {
+            warn!(key, "changed in the file but needs a restart to apply");
+        }
+        write_snapshot(self.instance.dir(), &text).map_err(|f| ReloadError::Failed(f.message))?;
+        let new = Arc::new(new);
+        self.config.store(new.clone());
+        self.pool
+            .reload(new.clone())
+            .await
+            .map_err(ReloadError::Failed)?;
+        self.rolled = new;
+        info!("configuration reloaded");
+        Ok(())
     }
 }
 
