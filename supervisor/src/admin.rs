@@ -4,6 +4,8 @@
 //! `GET /workers` answers from the pool's atomics; `POST /workers/{id}/restart` calls the pool;
 //! `POST /reload` and `POST /stop` go to the `start` main loop as `ControlCommand`s, because
 //! reloading means re-reading and validating the config file, which the main loop owns.
+//! `POST /reload` answers 200 when applied (or unchanged), 422 with every located problem in
+//! `problems` when the file is invalid, 500 when the roll failed.
 //! Access control is the file mode: only the owner can connect.
 
 use crate::control::{ControlCommand, ReloadError};

@@ -149,6 +149,11 @@ fn simple(arg: &ConfigArg, method: &str, path: &str, done: &str, timeout: Durati
         Err(code) => return code,
     };
     match request(&socket, method, path, timeout) {
+        // The supervisor stopped waiting for a long roll: it goes on, its outcome is logged.
+        Ok(r) if r.status == 202 && r.body.contains("\"pending\":true") => {
+            eprintln!("accepted; still in progress, its outcome will be in the supervisor's log");
+            exit::OK
+        }
         Ok(r) if (200..300).contains(&r.status) => {
             eprintln!("{done}");
             exit::OK

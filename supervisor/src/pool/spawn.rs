@@ -15,6 +15,9 @@
 //! and leave `LISTEN_PID` unset; sd_listen_fds-style readers (the `listenfd` crate the worker
 //! uses) skip the pid check when it is absent. The supervisor's own `LISTEN_*` variables are
 //! removed, so a socket-activated supervisor's fds never leak into a worker's reading.
+//!
+//! The built-in worker is exec'd from the supervisor's own image, held open since start
+//! (`SelfExe`), never from the path on disk, which an upgrade or uninstall may have replaced.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
