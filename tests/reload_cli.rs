@@ -231,3 +231,49 @@ fn status_without_permission_on_the_admin_socket_says_so() {
     assert!(err.contains(&sock.display().to_string()), "{err}");
     assert!(!err.contains("no supervisor is running"), "{err}");
 }
+
+#[test]
+fn a_reload_that_revives_a_dead_worker_reports_whether_it_started() {
+    const TEST_WORKER: &str = include_str!("../supervisor/tests/fixtures/test_worker.py");
+    // Worker 0 exits at once (and goes DEAD), worker 1 serves.
+    let worker = |mode: &str| {
+        let cmd = serde_json::json!(["python3", "-c", TEST_WORKER, mode]);
+        format!("worker_command = {cmd}\nmax_restarts = 1")
+    };
+    let env = TestEnv::new(&PoolConfig::new(2).pool(&worker("exit0")).build());
+    let run = env.start(&[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || env.status_json()["workers"][0]
+            ["state"]
+            == "DEAD"),
+        "{}",
+        env.status_json()
+    );
+    // Still broken: the revived worker fails again, and the reload says so.
+    env.write_config(
+        &PoolConfig::new(2)
+            .pool(&format!("{}\nmax_requests = 1000", worker("exit0")))
+            .build(),
+    );
+    let out = cli(&env, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("worker 0: did not start"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!run.guard.stderr().contains("configuration reloaded"));
+    // Fixed: the revived worker serves, and the reload succeeds.
+    env.write_config(&PoolConfig::new(2).pool(&worker("ok")).build());
+    let out = cli(&env, &["reload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = env.status_json();
+    assert!(
+        st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "IDLE"),
+        "{st}"
+    );
+}
