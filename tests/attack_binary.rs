@@ -43,7 +43,14 @@ fn respawns_survive(attack: impl FnOnce(&Path)) {
     let env = TestEnv::new(&config(0));
     let bin_dir = tempfile::tempdir().unwrap();
     let copy = bin_dir.path().join("supervisor");
-    std::fs::copy(bin_path("supervisor"), &copy).unwrap();
+    // Copied by `cp`, not in-process: a write fd of ours would leak into children another test
+    // forks meanwhile, and exec of the copy would then fail with ETXTBSY.
+    let st = std::process::Command::new("cp")
+        .arg(bin_path("supervisor"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let run = env.start_from(&copy, &[]);
     let sup = run.guard.pid() as u64;
     let image = exe_of(sup);

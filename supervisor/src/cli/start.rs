@@ -198,9 +198,9 @@ struct Running {
     pool: Arc<Pool>,
     config: Arc<ArcSwap<Config>>,
     /// The configuration every worker was last rolled to completely (with the command-line
-    /// overrides applied). A reload equal to it changes nothing; after a failed roll it differs,
-    /// so the next reload retries.
-    rolled: Arc<Config>,
+    /// overrides applied). A reload equal to it changes nothing. None after a failed roll:
+    /// the pool then runs a mix, and the next reload rolls whatever the file says.
+    rolled: Option<Arc<Config>>,
     instance: Instance,
     systemd: Systemd,
 }
@@ -279,7 +279,7 @@ async fn serve(
         args,
         pool: pool.clone(),
         config,
-        rolled: cfg,
+        rolled: Some(cfg),
         instance,
         systemd,
     };
@@ -447,7 +447,7 @@ impl Running {
         })?;
         // The validated config, overrides applied: an untouched file, a `touch` or a comment
         // edit must not restart every worker.
-        if *self.rolled == new {
+        if self.rolled.as_deref() == Some(&new) {
             info!("configuration unchanged; nothing to do");
             return Ok(());
         }
@@ -455,6 +455,8 @@ impl Running {
         for key in needs_restart(&old, &new) {
             warn!(key, "changed in the file but needs a restart to apply");
         }
+        // From here on a failure leaves the pool on neither the old nor the new configuration.
+        self.rolled = None;
         write_snapshot(self.instance.dir(), &text).map_err(|f| ReloadError::Failed(f.message))?;
         let new = Arc::new(new);
         self.config.store(new.clone());
@@ -462,7 +464,7 @@ impl Running {
             .reload(new.clone())
             .await
             .map_err(ReloadError::Failed)?;
-        self.rolled = new;
+        self.rolled = Some(new);
         info!("configuration reloaded");
         Ok(())
     }

@@ -338,7 +338,16 @@ impl SlotTask {
                     self.replace_done = done;
                     self.fire(Event::Restart).await;
                 }
-                // Not serving: whatever process starts next reads the new configuration.
+                // Starting a process that read the configuration before this one: start over
+                // (RESTARTING right away, no backoff: planned), and answer once the new process
+                // serves or fails. Set after the kill, which is not the new process failing.
+                WorkerState::Init | WorkerState::Ready => {
+                    self.reason = reason;
+                    self.fire(Event::Restart).await;
+                    self.replace_done = done;
+                }
+                // RESTARTING: whatever process starts next reads the new configuration.
+                // DEGRADED: a recycle is under way; its replacement serves.
                 _ => {
                     if let Some(d) = done {
                         let _ = d.send(Ok(()));
