@@ -241,8 +241,8 @@ impl SlotTask {
         }
     }
 
-    /// Answers a reload waiting on a revived DEAD slot: Ok once it serves, the failure as soon
-    /// as its new process fails to start. A replacement's answer is given by `promote` and
+    /// Answers a reload waiting on a slot it started over (revived from DEAD, or restarted while
+    /// starting): Ok once the new process serves, the failure as soon as it fails to start. A replacement's answer is given by `promote` and
     /// `kill_replacement` instead, so none is pending when a replacement reaches IDLE.
     fn answer_revive(&mut self, from: WorkerState, to: WorkerState) {
         let outcome = match (from, to) {
