@@ -111,8 +111,9 @@ fn status_shows_every_worker_and_restart_worker_replaces_one() {
         wait_until(Duration::from_secs(10), || !pid_alive(old as u32)),
         "old worker still alive"
     );
+    // No such worker is a usage error.
     let out = cli(&env, &["restart-worker", "9"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no worker 9"));
 }
 

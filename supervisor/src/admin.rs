@@ -4,9 +4,11 @@
 //! `GET /workers` answers from the pool's atomics; `POST /workers/{id}/restart` calls the pool;
 //! `POST /reload` and `POST /stop` go to the `start` main loop as `ControlCommand`s, because
 //! reloading means re-reading and validating the config file, which the main loop owns.
+//! `POST /reload` answers 200 when applied (or unchanged), 422 with every located problem in
+//! `problems` when the file is invalid, 500 when the roll failed.
 //! Access control is the file mode: only the owner can connect.
 
-use crate::control::ControlCommand;
+use crate::control::{ControlCommand, ReloadError};
 use crate::pool::{Pool, WorkerStatus};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
@@ -110,7 +112,18 @@ async fn handle(
             }
             match tokio::time::timeout(RELOAD_ANSWER, rx).await {
                 Ok(Ok(Ok(()))) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
-                Ok(Ok(Err(errors))) => error(StatusCode::UNPROCESSABLE_ENTITY, &errors),
+                // Every problem, so `supervisor reload` can print them as check-config does.
+                Ok(Ok(Err(ReloadError::Invalid(problems)))) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({
+                        "ok": false,
+                        "error": format!("invalid configuration ({} problem(s))", problems.len()),
+                        "problems": problems,
+                    }),
+                ),
+                Ok(Ok(Err(ReloadError::Failed(why)))) => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, &why)
+                }
                 Ok(Err(_)) => error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the supervisor is stopping",
@@ -203,13 +216,19 @@ mod tests {
         let (control, mut commands) = crate::control::channel();
         // The main loop's side: answers reloads with an error, records stops.
         let main_loop = tokio::spawn(async move {
-            let mut stops = 0;
+            let (mut stops, mut reloads) = (0, 0);
             while let Some(cmd) = commands.recv().await {
                 match cmd {
                     ControlCommand::Reload(reply) => {
-                        let _ = reply.send(Err(
-                            "gateway.toml:3:1: pool.workers: must be at least 1".into(),
-                        ));
+                        let err = if reloads == 0 {
+                            ReloadError::Invalid(vec![
+                                "gateway.toml:3:1: pool.workers: must be at least 1".into(),
+                            ])
+                        } else {
+                            ReloadError::Failed("worker 0: replacement failed".into())
+                        };
+                        reloads += 1;
+                        let _ = reply.send(Err(err));
                     }
                     ControlCommand::Stop => stops += 1,
                 }
@@ -266,7 +285,14 @@ mod tests {
         assert_eq!(ask("GET", "/stop").await.unwrap().status, 405);
         let r = ask("POST", "/reload").await.unwrap();
         assert_eq!(r.status, 422);
-        assert!(r.body.contains("pool.workers"), "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            v["problems"][0], "gateway.toml:3:1: pool.workers: must be at least 1",
+            "{v}"
+        );
+        let r = ask("POST", "/reload").await.unwrap();
+        assert_eq!(r.status, 500);
+        assert!(r.body.contains("replacement failed"), "{}", r.body);
         assert_eq!(ask("POST", "/stop").await.unwrap().status, 202);
 
         trigger.trigger();

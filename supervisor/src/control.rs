@@ -8,10 +8,21 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub enum ControlCommand {
     /// Re-read the config file and roll the workers (like SIGHUP). Answers with every error
-    /// found when the new config is invalid.
-    Reload(oneshot::Sender<Result<(), String>>),
+    /// found when the new config is invalid, or with why the roll failed.
+    Reload(oneshot::Sender<Result<(), ReloadError>>),
     /// Stop gracefully (like SIGTERM).
     Stop,
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The file is invalid: every problem, located (`file:line:col: key: message`). Nothing
+    /// changed.
+    Invalid(Vec<String>),
+    /// The configuration was adopted, but the roll did not finish: a replacement could not
+    /// start (the remaining workers keep their processes), or the snapshot could not be written.
+    Failed(String),
 }
 
 /// Capacity of the control channel: a handful of admin requests at once is plenty; a sender

@@ -41,7 +41,10 @@ pub struct OutcomeLabel {
 #[derive(Clone)]
 pub struct SupervisorMetrics {
     pub workers: Family<StateLabel, Gauge>,
+    /// Unplanned restarts (failure reasons only).
     pub worker_restarts: Family<RestartLabels, Counter>,
+    /// Planned replacements (reload, recycling, operator restart).
+    pub worker_replacements: Family<RestartLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histogram,
     pub queue_depth: Gauge,
@@ -55,6 +58,7 @@ impl SupervisorMetrics {
         let m = Self {
             workers: Family::default(),
             worker_restarts: Family::default(),
+            worker_replacements: Family::default(),
             requests: Family::default(),
             request_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             queue_depth: Gauge::default(),
@@ -65,8 +69,13 @@ impl SupervisorMetrics {
         r.register("gateway_workers", "Workers by state", m.workers.clone());
         r.register(
             "gateway_worker_restarts",
-            "Worker restarts by slot and reason",
+            "Unplanned worker restarts (exit, heartbeat, startup) by slot and reason",
             m.worker_restarts.clone(),
+        );
+        r.register(
+            "gateway_worker_replacements",
+            "Planned worker replacements (reload, rss, requests, manual) by slot and reason",
+            m.worker_replacements.clone(),
         );
         r.register(
             "gateway_requests",

@@ -258,7 +258,12 @@ impl TestEnv {
     /// A `supervisor` command with `-c` set and the environment cleaned of variables that
     /// would change its behaviour.
     pub fn supervisor(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin_path("supervisor"));
+        self.supervisor_from(&bin_path("supervisor"), args)
+    }
+
+    /// `supervisor` as above, but run from the binary at `bin` (a copy, for upgrade tests).
+    pub fn supervisor_from(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.args(args).arg("-c").arg(&self.config_path);
         for v in [
             "GATEWAY_CONFIG",
@@ -275,9 +280,14 @@ impl TestEnv {
 
     /// Starts `supervisor start` with `extra` flags and waits for its ready line.
     pub fn start(&self, extra: &[&str]) -> Running {
+        self.start_from(&bin_path("supervisor"), extra)
+    }
+
+    /// `start` as above, from the binary at `bin`.
+    pub fn start_from(&self, bin: &Path, extra: &[&str]) -> Running {
         let mut args = vec!["start"];
         args.extend_from_slice(extra);
-        let mut guard = ChildGuard::spawn(self.supervisor(&args));
+        let mut guard = ChildGuard::spawn(self.supervisor_from(bin, &args));
         let ready = guard
             .wait_event("ready", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));

@@ -24,6 +24,9 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The socket exists but this user may not connect: it belongs to another user (mode 0600).
+    #[error("permission denied on the admin socket {} (run as the user that started the supervisor)", path.display())]
+    PermissionDenied { path: PathBuf },
     #[error("admin socket {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -44,9 +47,16 @@ pub fn request(
         path: socket.to_path_buf(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::NotRunning {
-        path: socket.to_path_buf(),
-        source,
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        let path = socket.to_path_buf();
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path },
+            // No socket file, or nobody listening on it: no supervisor.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning { path, source }
+            }
+            _ => ClientError::Io { path, source },
+        }
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -151,29 +161,58 @@ fn lenient_runtime_dir(text: &str) -> Option<String> {
     None
 }
 
-/// Sends `method path` and reports the outcome; the exit code.
+/// Sends `method path` and reports the outcome; the exit code: 0 on success, 2 for what the
+/// caller asked wrong (no such worker, an invalid configuration), 1 for a failure.
 fn simple(arg: &TargetArgs, method: &str, path: &str, done: &str, timeout: Duration) -> u8 {
     let socket = match admin_socket(arg) {
         Ok(s) => s,
         Err(code) => return code,
     };
     match request(&socket, method, path, timeout) {
+        // The supervisor stopped waiting for a long roll: it goes on, its outcome is logged.
+        Ok(r) if r.status == 202 && r.body.contains("\"pending\":true") => {
+            eprintln!("accepted; still in progress, its outcome will be in the supervisor's log");
+            exit::OK
+        }
         Ok(r) if (200..300).contains(&r.status) => {
             eprintln!("{done}");
             exit::OK
         }
         Ok(r) => {
-            let msg = serde_json::from_str::<serde_json::Value>(&r.body)
-                .ok()
+            let body = serde_json::from_str::<serde_json::Value>(&r.body).ok();
+            let msg = body
+                .as_ref()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(r.body);
-            eprintln!("error: {msg}");
-            exit::RUNTIME
+                .unwrap_or_else(|| r.body.clone());
+            let problems: Vec<&str> = body
+                .as_ref()
+                .and_then(|v| v.get("problems")?.as_array())
+                .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+                .unwrap_or_default();
+            if problems.is_empty() {
+                eprintln!("error: {msg}");
+            } else {
+                // The same shape as check-config's report.
+                eprintln!("error: {msg}:");
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+            }
+            exit_code(r.status)
         }
         Err(e) => {
             eprintln!("error: {e}");
             exit::RUNTIME
         }
+    }
+}
+
+/// The exit code for an admin answer that is not a success.
+fn exit_code(status: u16) -> u8 {
+    match status {
+        // No such worker / invalid worker id / invalid configuration.
+        400 | 404 | 422 => exit::CONFIG,
+        _ => exit::RUNTIME,
     }
 }
 
@@ -218,6 +257,10 @@ mod tests {
         let sock = dir.path().join("admin.sock");
         let err = request(&sock, "GET", "/workers", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, ClientError::NotRunning { .. }));
+        assert_eq!(exit_code(404), exit::CONFIG);
+        assert_eq!(exit_code(422), exit::CONFIG);
+        assert_eq!(exit_code(500), exit::RUNTIME);
+        assert_eq!(exit_code(409), exit::RUNTIME);
         assert!(
             err.to_string().contains(&sock.display().to_string()),
             "{err}"

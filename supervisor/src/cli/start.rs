@@ -12,7 +12,7 @@
 //! runtime directory, so any number of sidecars run beside each other and a default instance.
 
 use super::StartArgs;
-use crate::control::{self, ControlCommand};
+use crate::control::{self, ControlCommand, ReloadError};
 use crate::front::{self, FrontContext};
 use crate::instance::{Instance, InstanceError};
 use crate::integrate::{sidecar, systemd::Systemd, watch};
@@ -35,6 +35,8 @@ use tracing::{error, info, warn};
 struct Fatal {
     code: u8,
     message: String,
+    /// Each configuration problem behind `message`, located; already logged one per line.
+    problems: Vec<String>,
 }
 
 impl Fatal {
@@ -42,6 +44,7 @@ impl Fatal {
         Self {
             code,
             message: message.into(),
+            problems: Vec::new(),
         }
     }
 }
@@ -51,6 +54,10 @@ pub fn run(args: StartArgs) -> u8 {
     // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, which is
     // only sound while the process is single-threaded.
     let activated = take_activated_listener();
+    // Before anything can replace the binary on disk: workers are spawned from this image.
+    if let Err(e) = crate::pool::spawn::pin_self_exe() {
+        error!("{e}; the built-in worker cannot be spawned");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("supervisor")
@@ -98,14 +105,26 @@ struct Effective {
 
 /// Loads the file and applies the command-line overrides (flags override the file).
 fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<Effective, Fatal> {
-    let loaded = config::load(source).map_err(|errs| {
-        for e in &errs.0 {
-            error!("{e}");
+    // The message (also the `failed` line's `error`) carries the first problem, so a host app
+    // that reads only stdout learns what to fix; every problem is logged.
+    let invalid = |message: String, problems: Vec<String>| {
+        for p in &problems {
+            error!("{p}");
         }
-        let first = errs.0.first().map(|e| format!(": {e}")).unwrap_or_default();
-        Fatal::new(
-            exit::CONFIG,
-            format!("invalid configuration ({} problem(s)){first}", errs.0.len()),
+        let message = match problems.first() {
+            Some(first) => format!("{message}: {first}"),
+            None => message,
+        };
+        Fatal {
+            code: exit::CONFIG,
+            message,
+            problems,
+        }
+    };
+    let loaded = config::load(source).map_err(|errs| {
+        invalid(
+            format!("invalid configuration ({} problem(s))", errs.0.len()),
+            errs.0.iter().map(ToString::to_string).collect(),
         )
     })?;
     let mut cfg = loaded.config;
@@ -116,12 +135,12 @@ fn load_config(source: &ConfigSource, args: &StartArgs) -> Result<Effective, Fat
     }
     let violations = config::validate(&cfg);
     if !violations.is_empty() {
-        for v in &violations {
-            error!("{}: {} (after command-line overrides)", v.key, v.message);
-        }
-        return Err(Fatal::new(
-            exit::CONFIG,
-            "invalid configuration after command-line overrides",
+        return Err(invalid(
+            "invalid configuration after command-line overrides".into(),
+            violations
+                .iter()
+                .map(|v| format!("{}: {} (after command-line overrides)", v.key, v.message))
+                .collect(),
         ));
     }
     Ok(Effective {
@@ -226,6 +245,10 @@ struct Running {
     args: StartArgs,
     pool: Arc<Pool>,
     config: Arc<ArcSwap<Config>>,
+    /// The configuration every worker was last rolled to completely (with the command-line
+    /// overrides applied). A reload equal to it changes nothing. None after a failed roll:
+    /// the pool then runs a mix, and the next reload rolls whatever the file says.
+    rolled: Option<Arc<Config>>,
     instance: Instance,
     systemd: Systemd,
 }
@@ -308,6 +331,7 @@ async fn serve(
         args,
         pool: pool.clone(),
         config,
+        rolled: Some(cfg),
         instance,
         systemd,
     };
@@ -461,41 +485,58 @@ impl Running {
     }
 
     /// Re-reads the configuration; applies it when valid, else keeps the old one and logs every
-    /// error. Keys that cannot change while running are reported as needing a restart.
-    async fn reload(&mut self) -> Result<(), String> {
+    /// error. Keys that cannot change while running are reported as needing a restart. A roll
+    /// that fails is logged and answered as a failure, never as "reloaded".
+    async fn reload(&mut self) -> Result<(), ReloadError> {
         self.systemd.reloading();
-        let result = match load_config(&self.source, &self.args) {
-            Err(f) => {
-                error!(
-                    "reload rejected, keeping the running configuration: {}",
-                    f.message
-                );
-                Err(f.message)
-            }
-            Ok(Effective {
-                config: new, text, ..
-            }) => {
-                let old = self.config.load_full();
-                for key in needs_restart(&old, &new) {
-                    warn!(key, "changed in the file but needs a restart to apply");
-                }
-                match write_snapshot(self.instance.dir(), &text) {
-                    Err(f) => Err(f.message),
-                    Ok(_) => {
-                        warn_missing_keys(&new, Some(&old));
-                        let new = Arc::new(new);
-                        self.config.store(new.clone());
-                        self.pool.reload(new).await;
-                        info!("configuration reloaded");
-                        Ok(())
-                    }
-                }
-            }
-        };
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {}
+            Err(ReloadError::Invalid(problems)) => error!(
+                "reload rejected, keeping the running configuration: {} problem(s), listed above",
+                problems.len()
+            ),
+            Err(ReloadError::Failed(why)) => error!("reload failed: {why}"),
+        }
         let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
         result
+    }
+
+    async fn try_reload(&mut self) -> Result<(), ReloadError> {
+        let Effective {
+            config: new, text, ..
+        } = load_config(&self.source, &self.args).map_err(|f| {
+            ReloadError::Invalid(if f.problems.is_empty() {
+                vec![f.message]
+            } else {
+                f.problems
+            })
+        })?;
+        // The validated config, overrides applied: an untouched file, a `touch` or a comment
+        // edit must not restart every worker.
+        if self.rolled.as_deref() == Some(&new) {
+            info!("configuration unchanged; nothing to do");
+            return Ok(());
+        }
+        let old = self.config.load_full();
+        for key in needs_restart(&old, &new) {
+            warn!(key, "changed in the file but needs a restart to apply");
+        }
+        // From here on a failure leaves the pool on neither the old nor the new configuration.
+        self.rolled = None;
+        write_snapshot(self.instance.dir(), &text).map_err(|f| ReloadError::Failed(f.message))?;
+        warn_missing_keys(&new, Some(&old));
+        let new = Arc::new(new);
+        self.config.store(new.clone());
+        self.pool
+            .reload(new.clone())
+            .await
+            .map_err(ReloadError::Failed)?;
+        self.rolled = Some(new);
+        info!("configuration reloaded");
+        Ok(())
     }
 }
 

@@ -55,7 +55,7 @@ pub fn table(report: &StatusReport) -> String {
     let _ = writeln!(s, "listen: {}", report.listen);
     let _ = writeln!(
         s,
-        "{:>3} {:>8} {:>6} {:<15} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "{:>3} {:>8} {:>6} {:<15} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "ID",
         "PID",
         "PORT",
@@ -63,6 +63,7 @@ pub fn table(report: &StatusReport) -> String {
         "IN FLIGHT",
         "SERVED",
         "RESTARTS",
+        "REPLACED",
         "RSS",
         "UPTIME",
         "HEARTBEAT"
@@ -76,7 +77,7 @@ pub fn table(report: &StatusReport) -> String {
 fn row(w: &WorkerStatus) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     format!(
-        "{:>3} {:>8} {:>6} {:<15} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "{:>3} {:>8} {:>6} {:<15} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
         w.id,
         opt(w.pid.map(|p| p.to_string())),
         w.port,
@@ -84,6 +85,7 @@ fn row(w: &WorkerStatus) -> String {
         w.inflight,
         w.served,
         w.restarts,
+        w.replaced,
         if w.rss_bytes == 0 {
             "-".into()
         } else {
@@ -120,6 +122,7 @@ mod tests {
             inflight: 2,
             served: 17,
             restarts: 3,
+            replaced: 5,
             rss_bytes: 10 * 1048576,
             uptime_ms: Some(200_000),
             heartbeat_age_ms: Some(500),
@@ -139,7 +142,10 @@ mod tests {
         });
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
-        for want in ["4242", "8766", "IDLE", "17", "10.0M", "3m20s", "0.5s"] {
+        assert!(lines[1].contains("RESTARTS") && lines[1].contains("REPLACED"));
+        for want in [
+            "4242", "8766", "IDLE", "17", " 3 ", " 5 ", "10.0M", "3m20s", "0.5s",
+        ] {
             assert!(lines[2].contains(want), "{want} missing in {}", lines[2]);
         }
         assert!(

@@ -122,7 +122,12 @@ pub struct WorkerStatus {
     pub state: String,
     pub inflight: u32,
     pub served: u64,
+    /// Unplanned restarts only; planned replacements are in `replaced`.
     pub restarts: u32,
+    /// Planned replacements (reload, recycling, operator restart). Absent from older
+    /// supervisors' answers.
+    #[serde(default)]
+    pub replaced: u32,
     pub rss_bytes: u64,
     pub uptime_ms: Option<u64>,
     pub heartbeat_age_ms: Option<u64>,
@@ -141,6 +146,7 @@ impl WorkerStatus {
             inflight: s.inflight.load(Relaxed),
             served: s.served.load(Relaxed),
             restarts: s.restarts.load(Relaxed),
+            replaced: s.replaced.load(Relaxed),
             rss_bytes: s.rss_bytes.load(Relaxed),
             uptime_ms: (started != 0).then(|| spawn::unix_ms().saturating_sub(started)),
             heartbeat_age_ms: (hb != u64::MAX).then_some(hb),
@@ -419,12 +425,13 @@ impl Pool {
 
     /// Adopts a validated configuration: scales to its `pool.workers`, then replaces the serving
     /// workers one at a time (replacement READY on the same socket, then the old one drains).
-    /// A replacement that fails stops the roll; the remaining workers keep their processes.
-    /// DEAD slots get a new process with a fresh budget.
-    pub async fn reload(&self, config: Arc<Config>) {
-        let Some(sup) = &self.sup else { return };
+    /// A replacement that fails stops the roll; the remaining workers keep their processes, and
+    /// the error says which worker failed and why. DEAD slots get a new process with a fresh
+    /// budget.
+    pub async fn reload(&self, config: Arc<Config>) -> Result<(), String> {
+        let Some(sup) = &self.sup else { return Ok(()) };
         if sup.stopped.load(Relaxed) {
-            return;
+            return Err("the pool is stopping".into());
         }
         let _roll = sup.rolling.lock().await;
         let before = sup.registry.senders();
@@ -447,15 +454,15 @@ impl Pool {
             match rx.await {
                 Ok(Ok(())) => tracing::info!(worker = slot.id, "reload: worker replaced"),
                 Ok(Err(e)) => {
-                    tracing::error!(
-                        "reload stopped: {e}; the remaining workers keep their current processes"
-                    );
-                    return;
+                    return Err(format!(
+                        "{e}; the roll stopped, the remaining workers keep their current processes"
+                    ));
                 }
                 Err(_) => {}
             }
         }
         tracing::info!("reload: done");
+        Ok(())
     }
 
     /// Manual restart of worker `id` (a rolling replacement when it serves); revives a DEAD

@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Why a worker process was replaced; the `reason` label of `gateway_worker_restarts_total`.
+/// Why a worker process was replaced; the `reason` label of `gateway_worker_restarts_total`
+/// (failures) or `gateway_worker_replacements_total` (planned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The process exited on its own.

@@ -87,8 +87,12 @@ pub struct WorkerSlot {
     pub served: AtomicU64,
     /// Current process id, 0 when none. Writer: the lifecycle task.
     pub pid: AtomicU32,
-    /// Restarts of this slot so far. Writer: the lifecycle task.
+    /// Unplanned restarts of this slot so far (crash, kill, stale heartbeat, failed start).
+    /// Writer: the lifecycle task.
     pub restarts: AtomicU32,
+    /// Planned replacements so far (reload, recycling, operator restart). Writer: the
+    /// lifecycle task.
+    pub replaced: AtomicU32,
     /// Unix ms when the current process was spawned, 0 when none. Writer: the lifecycle task.
     pub started_at_ms: AtomicU64,
     /// Heartbeat age at the last sweep, ms; u64::MAX when none yet. Writer: the lifecycle task.
@@ -116,6 +120,7 @@ impl WorkerSlot {
             served: AtomicU64::new(0),
             pid: AtomicU32::new(0),
             restarts: AtomicU32::new(0),
+            replaced: AtomicU32::new(0),
             started_at_ms: AtomicU64::new(0),
             heartbeat_age_ms: AtomicU64::new(u64::MAX),
             rss_bytes: AtomicU64::new(0),

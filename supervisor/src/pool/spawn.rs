@@ -15,15 +15,18 @@
 //! and leave `LISTEN_PID` unset; sd_listen_fds-style readers (the `listenfd` crate the worker
 //! uses) skip the pid check when it is absent. The supervisor's own `LISTEN_*` variables are
 //! removed, so a socket-activated supervisor's fds never leak into a worker's reading.
+//!
+//! The built-in worker is exec'd from the supervisor's own image, held open since start
+//! (`SelfExe`), never from the path on disk, which an upgrade or uninstall may have replaced.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -104,14 +107,80 @@ pub struct WorkerSpec<'a> {
     pub provider_row: Option<&'a super::provider_rows::RowLease>,
 }
 
-/// `[program, args...]` from `pool.worker_command`, or this executable's hidden `worker`
-/// subcommand when it is empty.
+/// `[program, args...]` from `pool.worker_command` (spawned by its path), or the hidden `worker`
+/// subcommand of the image this process runs when it is empty (see [`SelfExe`]).
 pub fn worker_argv(worker_command: &[String]) -> io::Result<Vec<String>> {
     if !worker_command.is_empty() {
         return Ok(worker_command.to_vec());
     }
-    let exe = std::env::current_exe()?;
-    Ok(vec![exe.to_string_lossy().into_owned(), "worker".into()])
+    Ok(vec![self_exe()?.path(), "worker".into()])
+}
+
+/// The binary image this process runs, held open from the start. A package upgrade `mv`s a new
+/// file over the binary, an uninstall `rm`s it: `current_exe()` then names a file that is gone
+/// (`… (deleted)`) or another program, and every respawn would fail or run another version. An
+/// exec of `/proc/self/fd/N` in the forked child runs exactly the image the supervisor runs.
+struct SelfExe {
+    /// Close-on-exec on purpose: the kernel opens `/proc/self/fd/N` before the exec closes the
+    /// fd, so the exec works and the worker does not inherit it.
+    fd: OwnedFd,
+    /// The worker's argv[0]: where the binary was when we opened it, for `ps`.
+    name: String,
+}
+
+/// Lowest number for the held fd: above every fixed fd a worker is given (3, 4, ...), so the
+/// `dup2`s of `child_setup` can never replace it before the exec.
+const SELF_EXE_FD_MIN: RawFd = 64;
+
+static SELF_EXE: OnceLock<Result<SelfExe, String>> = OnceLock::new();
+
+/// Opens this process's image now (at start, before anyone can replace the file); later calls
+/// reuse it. An error is kept and reported by every spawn of the built-in worker.
+pub fn pin_self_exe() -> io::Result<()> {
+    self_exe().map(|_| ())
+}
+
+fn self_exe() -> io::Result<&'static SelfExe> {
+    SELF_EXE
+        .get_or_init(|| open_self_exe().map_err(|e| format!("cannot open /proc/self/exe: {e}")))
+        .as_ref()
+        .map_err(|e| io::Error::other(e.clone()))
+}
+
+fn open_self_exe() -> io::Result<SelfExe> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // Opening the magic link gives the running image itself, even when its file is deleted.
+    let file = std::fs::File::open("/proc/self/exe")?;
+    let raw = fcntl(file.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(SELF_EXE_FD_MIN))
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    // SAFETY: `raw` was just returned by fcntl: an open fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let name = std::env::current_exe()
+        .map(|p| {
+            let p = p.to_string_lossy().into_owned();
+            p.strip_suffix(" (deleted)")
+                .map(str::to_string)
+                .unwrap_or(p)
+        })
+        .unwrap_or_else(|_| "supervisor".into());
+    Ok(SelfExe { fd, name })
+}
+
+impl SelfExe {
+    /// `/proc/self/fd/N`: resolved in the forked child, which inherited fd N.
+    fn path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+}
+
+/// argv[0] for `program`: the binary's name when it is the held image, else `program` itself.
+fn arg0(program: &str) -> &str {
+    match SELF_EXE.get() {
+        Some(Ok(exe)) if exe.path() == program => &exe.name,
+        _ => program,
+    }
 }
 
 /// Builds the command: spawned directly (no shell), its own process group, stdin closed,
@@ -122,7 +191,8 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
     let mut cmd = Command::new(program);
-    cmd.args(args)
+    cmd.arg0(arg0(program))
+        .args(args)
         .arg("--config")
         .arg(spec.config_path)
         .arg("--heartbeat-file")
@@ -455,5 +525,26 @@ mod tests {
             Some(&Some(std::ffi::OsStr::new("1")))
         );
         assert!(worker_argv(&[]).unwrap()[1] == "worker");
+    }
+
+    #[test]
+    fn the_builtin_worker_is_spawned_from_the_held_image() {
+        let argv = worker_argv(&[]).unwrap();
+        let n: RawFd = argv[0]
+            .strip_prefix("/proc/self/fd/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a held fd: {argv:?}"));
+        assert!(n >= SELF_EXE_FD_MIN, "{n} could be replaced by a worker fd");
+        assert_eq!(
+            std::fs::read_link(&argv[0]).unwrap(),
+            std::fs::read_link("/proc/self/exe").unwrap()
+        );
+        // Close-on-exec: the worker never inherits it.
+        let flags = nix::fcntl::fcntl(n, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+        // Opened once: the same fd every time.
+        assert_eq!(worker_argv(&[]).unwrap()[0], argv[0]);
+        // A custom command is still spawned by its path.
+        assert_eq!(worker_argv(&["/bin/w".into()]).unwrap(), ["/bin/w"]);
     }
 }

@@ -113,13 +113,29 @@ fn get(port: u16, path: &str) -> std::io::Result<String> {
     }
 }
 
+/// `gateway_worker_restarts_total` (failures) for `worker` and `reason`.
 fn restarts(m: &SupervisorMetrics, worker: usize, reason: &str) -> u64 {
-    m.worker_restarts
-        .get_or_create(&RestartLabels {
-            worker: worker.to_string(),
-            reason: reason.into(),
-        })
-        .get()
+    count(&m.worker_restarts, worker, reason)
+}
+
+/// `gateway_worker_replacements_total` (planned) for `worker` and `reason`.
+fn replacements(m: &SupervisorMetrics, worker: usize, reason: &str) -> u64 {
+    count(&m.worker_replacements, worker, reason)
+}
+
+fn count(
+    f: &prometheus_client::metrics::family::Family<
+        RestartLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    worker: usize,
+    reason: &str,
+) -> u64 {
+    f.get_or_create(&RestartLabels {
+        worker: worker.to_string(),
+        reason: reason.into(),
+    })
+    .get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +333,7 @@ async fn crash_loop_backs_off_growing_then_dead_while_others_serve() {
         Duration::from_secs(10),
     )
     .await;
-    assert_eq!(restarts(&f.metrics, 0, "manual"), 1);
+    assert_eq!(replacements(&f.metrics, 0, "manual"), 1);
     assert!(f.pool.restart_worker(7).is_err());
     f.pool.stop(Duration::from_secs(5)).await;
 }
@@ -386,7 +402,7 @@ async fn rss_recycled_worker_is_replaced_with_no_failed_request() {
         pids.len() >= 3 && pids.contains(&first),
         "pids seen: {pids:?}"
     );
-    assert!(restarts(&f.metrics, 0, "rss") >= 2);
+    assert!(replacements(&f.metrics, 0, "rss") >= 2);
     assert!(
         wait_until(Duration::from_secs(10), || !alive(first)).await,
         "recycled worker {first} still alive"
@@ -413,10 +429,13 @@ async fn max_requests_recycles_after_the_limit() {
     )
     .await;
     assert_ne!(seen.last().unwrap().pid, first);
-    assert_eq!(restarts(&f.metrics, 0, "requests"), 1);
+    assert_eq!(replacements(&f.metrics, 0, "requests"), 1);
+    // Planned: shown as replaced, not as a restart.
+    let st = &f.pool.status()[0];
+    assert_eq!((st.restarts, st.replaced), (0, 1));
     // The new process starts from its own baseline: no immediate second recycle.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(restarts(&f.metrics, 0, "requests"), 1);
+    assert_eq!(replacements(&f.metrics, 0, "requests"), 1);
     f.pool.stop(Duration::from_secs(5)).await;
 }
 
@@ -428,7 +447,7 @@ async fn reload_rolls_one_at_a_time_and_scales() {
     let mut rx = f.pool.transitions().unwrap();
     let mut cfg = (*f.pool.config()).clone();
     cfg.pool.workers = 3;
-    f.pool.reload(Arc::new(cfg)).await;
+    f.pool.reload(Arc::new(cfg)).await.unwrap();
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 3);
     let st = f.pool.status();
     assert_eq!(st.len(), 3);
@@ -446,7 +465,7 @@ async fn reload_rolls_one_at_a_time_and_scales() {
         }
     }
     assert_eq!(
-        restarts(&f.metrics, 0, "reload") + restarts(&f.metrics, 1, "reload"),
+        replacements(&f.metrics, 0, "reload") + replacements(&f.metrics, 1, "reload"),
         2
     );
     // SIGTTOU: one fewer. The removed worker drains and exits; its port leaves the list.

@@ -24,6 +24,7 @@ impl SlotTask {
             Ok(proc) => {
                 self.publish(&proc);
                 self.cur = Some(proc);
+                self.count_new_current();
                 None
             }
             Err(e) => {
@@ -103,6 +104,7 @@ impl SlotTask {
         }
         if let Some(c) = &self.cur {
             self.publish(c);
+            self.count_new_current();
         }
         if let Some(mut old) = old {
             // SIGTERM: the old worker stops accepting, finishes what it has, and exits.
@@ -232,19 +234,31 @@ impl SlotTask {
             port = self.slot.port,
             "worker spawned"
         );
-        // Every process after the slot's first replaces another one: count it with its reason.
-        if self.generation > 1 {
-            self.slot.restarts.fetch_add(1, Relaxed);
-            self.shared
-                .metrics
-                .worker_restarts
-                .get_or_create(&crate::metrics::RestartLabels {
-                    worker: self.slot.id.to_string(),
-                    reason: self.reason.as_str().into(),
-                })
-                .inc();
-        }
         Ok(proc)
+    }
+
+    /// A new process became the slot's current one. After the slot's first, it took another's
+    /// place: a failure (crash, kill, stale heartbeat, failed start) counts as a restart, a
+    /// planned replacement (reload, recycle, operator) as replaced, each with its reason.
+    fn count_new_current(&self) {
+        if self.generation <= 1 {
+            return;
+        }
+        let (count, series) = if self.reason.is_failure() {
+            (&self.slot.restarts, &self.shared.metrics.worker_restarts)
+        } else {
+            (
+                &self.slot.replaced,
+                &self.shared.metrics.worker_replacements,
+            )
+        };
+        count.fetch_add(1, Relaxed);
+        series
+            .get_or_create(&crate::metrics::RestartLabels {
+                worker: self.slot.id.to_string(),
+                reason: self.reason.as_str().into(),
+            })
+            .inc();
     }
 
     /// Shows `proc` as the slot's process. Its heartbeat age is unknown until the next sweep:

@@ -226,6 +226,7 @@ impl SlotTask {
                 if to == WorkerState::Idle {
                     self.shared.capacity.release();
                 }
+                self.answer_revive(from, to);
             }
             let mut follow = None;
             for a in actions {
@@ -237,6 +238,25 @@ impl SlotTask {
                 Some(f) => event = f,
                 None => return,
             }
+        }
+    }
+
+    /// Answers a reload waiting on a slot it started over (revived from DEAD, or restarted while
+    /// starting): Ok once the new process serves, the failure as soon as it fails to start. A replacement's answer is given by `promote` and
+    /// `kill_replacement` instead, so none is pending when a replacement reaches IDLE.
+    fn answer_revive(&mut self, from: WorkerState, to: WorkerState) {
+        let outcome = match (from, to) {
+            // Not (DEGRADED, IDLE): that is a failed replacement, answered by kill_replacement.
+            (WorkerState::Ready, WorkerState::Idle) => Ok(()),
+            (WorkerState::Init, WorkerState::Unhealthy | WorkerState::Dead) => Err(format!(
+                "worker {}: did not start ({})",
+                self.slot.id,
+                self.last_exit.as_deref().unwrap_or("no status")
+            )),
+            _ => return,
+        };
+        if let Some(done) = self.replace_done.take() {
+            let _ = done.send(outcome);
         }
     }
 
@@ -311,15 +331,23 @@ impl SlotTask {
                     self.replace_done = done;
                     self.fire(Event::Recycle).await;
                 }
-                // A DEAD slot gets another chance with the new configuration.
+                // A DEAD slot gets another chance with the new configuration. The reload hears
+                // how that first start went (`answer_revive`), not a success in advance.
                 WorkerState::Dead => {
                     self.reason = reason;
+                    self.replace_done = done;
                     self.fire(Event::Restart).await;
-                    if let Some(d) = done {
-                        let _ = d.send(Ok(()));
-                    }
                 }
-                // Not serving: whatever process starts next reads the new configuration.
+                // Starting a process that read the configuration before this one: start over
+                // (RESTARTING right away, no backoff: planned), and answer once the new process
+                // serves or fails. Set after the kill, which is not the new process failing.
+                WorkerState::Init | WorkerState::Ready => {
+                    self.reason = reason;
+                    self.fire(Event::Restart).await;
+                    self.replace_done = done;
+                }
+                // RESTARTING: whatever process starts next reads the new configuration.
+                // DEGRADED: a recycle is under way; its replacement serves.
                 _ => {
                     if let Some(d) = done {
                         let _ = d.send(Ok(()));
