@@ -205,13 +205,14 @@ fn a_foreign_workers_plain_stderr_is_still_relayed() {
 
 #[test]
 fn the_access_line_names_client_provider_model_attempts_and_times() {
-    let up = Upstream::serving(
-        "/v1/chat/completions",
-        Script::json(
-            200,
-            serde_json::json!({"id": "c1", "object": "chat.completion"}),
-        ),
-    );
+    // The provider's own headers of these names are lies the gateway must not pass on.
+    let answer = Script::json(
+        200,
+        serde_json::json!({"id": "c1", "object": "chat.completion"}),
+    )
+    .header("x-gateway-provider", "forged")
+    .header("x-gateway-attempts", "99");
+    let up = Upstream::serving("/v1/chat/completions", answer);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
