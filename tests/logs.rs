@@ -341,3 +341,41 @@ fn the_installed_supervisor_starts() {
     };
     run.expect_stopped_exit_0();
 }
+
+/// A standalone worker logs text for a person, and a warning from a response body (polled
+/// after the handler returned) still names its request.
+#[test]
+fn a_standalone_worker_logs_text_with_the_request_id_on_body_warnings() {
+    use support::worker::{config as worker_config, openai_provider, Worker};
+    let up = Upstream::serving(
+        "/v1/chat/completions",
+        Script::sse_head().chunk("data: {\"n\":1}\n\n").reset(),
+    );
+    let provider = openai_provider("up", &up.url("/v1"), r#"["m1"]"#, "LOGS_UP_KEY", "");
+    let w = Worker::start(&worker_config(&provider), &[("LOGS_UP_KEY", "k")]);
+    let body = http::chat_body("m1", true).to_string();
+    let mut s = http::Stream::open(
+        w.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-request-id", "rid-7")],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(s.header("x-gateway-provider"), Some("up"));
+    assert_eq!(s.header("x-gateway-attempts"), Some("1"));
+    s.read_cut("the upstream reset the stream");
+    let mut line = None;
+    wait_until(Duration::from_secs(10), || {
+        line = w
+            .guard
+            .stderr()
+            .lines()
+            .find(|l| l.contains("stream cut short"))
+            .map(str::to_string);
+        line.is_some()
+    });
+    let line = line.unwrap_or_else(|| panic!("no warning; stderr:\n{}", w.guard.stderr()));
+    assert!(!line.starts_with('{'), "text, not JSON: {line}");
+    assert!(line.contains(" WARN request{request_id=rid-7}: "), "{line}");
+}

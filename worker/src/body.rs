@@ -187,6 +187,8 @@ pub struct ProxyBody {
     state: ProxyState,
     attempt: Attempt,
     _request: RequestGuard,
+    /// The request's span: the body is polled by hyper, outside the handler that entered it.
+    span: tracing::Span,
 }
 
 impl ProxyBody {
@@ -206,6 +208,7 @@ impl ProxyBody {
             state: ProxyState::Streaming,
             attempt,
             _request: request,
+            span: tracing::Span::current(),
         }
     }
 
@@ -231,7 +234,7 @@ impl ProxyBody {
         outcome: Outcome,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.attempt.finish(outcome);
-        tracing::warn!(provider = %self.attempt.provider.name(), error = %err, "stream cut short");
+        tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
         match self.sse {
             Some(dialect) => {
                 let kind = match err {
@@ -441,6 +444,9 @@ impl WaitingBody {
         interval: Duration,
         fut: BoxResponse,
     ) -> http::Response<ResBody> {
+        // The rest of the attempts run in this body, polled outside the request's span: they
+        // keep it, so their warnings still name the request.
+        let fut = Box::pin(tracing::Instrument::in_current_span(fut));
         let body = Self {
             state: WaitState::Waiting(fut),
             dialect,

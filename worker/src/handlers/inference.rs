@@ -20,7 +20,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         .and_then(|v| v.to_str().ok());
     // At ERROR level so that the span exists whenever any record about the request is logged:
     // a span the filter disables would take the request id off the warnings inside it.
-    let span = tracing::error_span!("request", request_id = id);
+    let span = tracing::error_span!("request", request_id = id.map(tracing::field::display));
     let (mut resp, attempts) = crate::body::count_attempts(serve(app, endpoint, req))
         .instrument(span)
         .await;
@@ -35,13 +35,15 @@ fn label(resp: &mut Response<ResBody>, attempts: u32) {
         .body()
         .provider()
         .and_then(|p| HeaderValue::from_str(p.name()).ok());
+    let waiting = matches!(resp.body(), ResBody::Waiting(_));
     let h = resp.headers_mut();
     h.remove(&PROVIDER_HEADER);
     h.remove(&ATTEMPTS_HEADER);
     if let Some(name) = provider {
         h.insert(PROVIDER_HEADER, name);
     }
-    if attempts > 0 {
+    // A stream that went on waiting in its body makes its other attempts after this head.
+    if attempts > 0 && !waiting {
         h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     }
 }
