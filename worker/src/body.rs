@@ -10,7 +10,8 @@
 //! response answered before its provider slot was free: keep-alive pings while the rest of the
 //! attempts run inside it, then the provider's stream (or an error event and an abort).
 //! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
-//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops.
+//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops;
+//! starting one counts it for the request's attempt total (`count_attempts`).
 
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;

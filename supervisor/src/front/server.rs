@@ -231,14 +231,13 @@ async fn respond(
     req: Request<Incoming>,
     route: Route,
     request_id: HeaderValue,
-    record: RequestRecord,
+    mut record: RequestRecord,
 ) -> Response<FrontBody> {
     let dialect = Dialect::for_path(req.uri().path());
     let caller = match admit(settings, &req, dialect) {
         Ok(c) => c,
         Err(resp) => return local(record, *resp),
     };
-    let mut record = record;
     record.caller = Some(caller.clone());
     let Route::Forward { body, .. } = route else {
         let resp = answer_locally(shared, &cfg, settings, &req, route, dialect).await;
