@@ -297,7 +297,28 @@ fn the_installed_supervisor_starts() {
         .to_path_buf();
     let root = tempfile::tempdir().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    let mut install = Command::new(cargo);
+    // The variables cargo sets for this test binary would reach build scripts that watch them
+    // (ring's watches CARGO_MANIFEST_DIR) and make the next ordinary build redo them.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            install.env_remove(k.as_ref());
+        }
+    }
+    let out = install
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "install",
