@@ -10,6 +10,7 @@ pub mod fifo;
 pub mod front;
 pub mod instance;
 pub mod integrate;
+pub mod log_relay;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

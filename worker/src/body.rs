@@ -10,7 +10,8 @@
 //! response answered before its provider slot was free: keep-alive pings while the rest of the
 //! attempts run inside it, then the provider's stream (or an error event and an abort).
 //! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
-//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops.
+//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops;
+//! starting one counts it for the request's attempt total (`count_attempts`).
 
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use gateway::provider_slots::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -77,9 +79,30 @@ pub struct Attempt {
     _slot: Option<SlotGuard>,
 }
 
+tokio::task_local! {
+    /// Attempts started by the request whose handler scoped this (see `count_attempts`).
+    static ATTEMPTS: Cell<u32>;
+}
+
+/// Runs `fut` (a request's attempt loop) and returns its output with the number of attempts it
+/// started. Counted where every attempt begins (`Attempt::start`), so the attempt loop needs no
+/// bookkeeping of its own for the access log. Attempts that run later inside a `WaitingBody`
+/// (after the 200 and its pings went out) are outside the scope and not counted: their
+/// response head, which would carry the count, is gone already.
+pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
+    ATTEMPTS
+        .scope(Cell::new(0), async {
+            let out = fut.await;
+            (out, ATTEMPTS.with(Cell::get))
+        })
+        .await
+}
+
 impl Attempt {
     pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
         provider.state.inflight.fetch_add(1, Ordering::Relaxed);
+        // Outside a handler's scope (unit tests, a `WaitingBody`) there is nothing to count.
+        let _ = ATTEMPTS.try_with(|n| n.set(n.get() + 1));
         Self {
             provider,
             started: Instant::now(),
@@ -165,6 +188,8 @@ pub struct ProxyBody {
     state: ProxyState,
     attempt: Attempt,
     _request: RequestGuard,
+    /// The request's span: the body is polled by hyper, outside the handler that entered it.
+    span: tracing::Span,
 }
 
 impl ProxyBody {
@@ -184,6 +209,7 @@ impl ProxyBody {
             state: ProxyState::Streaming,
             attempt,
             _request: request,
+            span: tracing::Span::current(),
         }
     }
 
@@ -209,7 +235,7 @@ impl ProxyBody {
         outcome: Outcome,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.attempt.finish(outcome);
-        tracing::warn!(provider = %self.attempt.provider.name(), error = %err, "stream cut short");
+        tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
         match self.sse {
             Some(dialect) => {
                 let kind = match err {
@@ -419,6 +445,9 @@ impl WaitingBody {
         interval: Duration,
         fut: BoxResponse,
     ) -> http::Response<ResBody> {
+        // The rest of the attempts run in this body, polled outside the request's span: they
+        // keep it, so their warnings still name the request.
+        let fut = Box::pin(tracing::Instrument::in_current_span(fut));
         let body = Self {
             state: WaitState::Waiting(fut),
             dialect,
@@ -549,6 +578,16 @@ pub enum ResBody {
 impl ResBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
         Self::Full(Some(b.into()))
+    }
+
+    /// The provider whose answer this body carries; `None` for the worker's own answers
+    /// (errors, a stream still waiting for its provider).
+    pub fn provider(&self) -> Option<&Arc<Provider>> {
+        match self {
+            Self::Proxy(p) => Some(&p.attempt.provider),
+            Self::Mock(m) => Some(&m.attempt.provider),
+            Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
+        }
     }
 }
 

@@ -88,15 +88,29 @@ fn run_inner(args: WorkerArgs) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// Set to `json` in a worker's environment by the supervisor: the worker then logs one JSON
+/// record per line, which the supervisor re-emits as its own records (`supervisor::log_relay`).
+/// Unset (a standalone worker), logs are human-readable text.
+pub const LOG_RECORDS_ENV: &str = "GATEWAY_WORKER_LOG";
+
 /// Logs to stderr with `RUST_LOG` (default `info`); ignored if a subscriber already exists.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // No colour codes when stderr is a pipe (the supervisor, journald, a test).
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var_os(LOG_RECORDS_ENV).is_some_and(|v| v == "json") {
+        // The span list carries the `request` span's `request_id` to the supervisor.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init()
+    } else {
+        // No colour codes when stderr is a pipe (journald, a test).
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        builder.with_ansi(ansi).try_init()
+    };
 }

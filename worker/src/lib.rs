@@ -25,6 +25,7 @@ mod routing;
 mod server;
 
 pub use error::WorkerError;
+pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER};
 pub use heartbeat::HeartbeatConfig;
 
 use gateway::config::Config;

@@ -127,7 +127,9 @@ impl AccessPolicy {
             out.insert(header::VARY, HeaderValue::from_static("Origin"));
             out.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("x-request-id, x-gateway-worker, retry-after"),
+                HeaderValue::from_static(
+                    "x-request-id, x-gateway-worker, x-gateway-provider, retry-after",
+                ),
             );
         }
     }

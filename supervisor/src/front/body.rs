@@ -12,7 +12,7 @@
 //! response byte. It is re-armed lazily (only when it fires early) so a fast stream costs one
 //! clock read per frame, not one timer-wheel update.
 
-use super::auth::ClientPermit;
+use super::auth::{Caller, ClientPermit};
 use super::conns::Conn;
 use super::dispatch::SlotLease;
 use super::Shared;
@@ -102,6 +102,8 @@ impl Body for FrontBody {
 }
 
 /// One request's record: counted and logged when dropped, i.e. when its response has ended.
+/// The optional parts are filled in as the request gets that far, and left out of the access
+/// line when it did not.
 pub struct RequestRecord {
     pub shared: Arc<Shared>,
     pub start: Instant,
@@ -112,6 +114,27 @@ pub struct RequestRecord {
     pub status: u16,
     pub worker: Option<usize>,
     pub request_id: HeaderValue,
+    /// Who was admitted (absent when the request was refused before that).
+    pub caller: Option<Caller>,
+    /// The body's `model`, for inference requests.
+    pub model: Option<String>,
+    /// The provider that answered, as the worker named it (`x-gateway-provider`).
+    pub provider: Option<HeaderValue>,
+    /// Provider attempts, as the worker counted them (`x-gateway-attempts`).
+    pub attempts: Option<u32>,
+    /// When the first byte of a worker's body (or its end, if empty) passed to the client.
+    pub first_byte: Option<Duration>,
+}
+
+impl RequestRecord {
+    /// The access log's `client`: a named client's name, `server` for the server token.
+    fn client(&self) -> Option<&str> {
+        match self.caller.as_ref()? {
+            Caller::Client(c) => Some(&c.name),
+            Caller::Server => Some("server"),
+            Caller::Open => None,
+        }
+    }
 }
 
 impl Drop for RequestRecord {
@@ -129,9 +152,14 @@ impl Drop for RequestRecord {
             method = %self.method,
             path = self.uri.path(),
             status = self.status,
-            worker = self.worker.map_or(-1, |w| w as i64),
-            duration_us = elapsed.as_micros() as u64,
             request_id = self.request_id.to_str().unwrap_or("-"),
+            client = self.client(),
+            worker = self.worker.map_or(-1, |w| w as i64),
+            provider = self.provider.as_ref().and_then(|p| p.to_str().ok()),
+            model = self.model.as_deref(),
+            attempts = self.attempts,
+            duration_us = elapsed.as_micros() as u64,
+            ttfb_us = self.first_byte.map(|d| d.as_micros() as u64),
             "request"
         );
     }
@@ -197,8 +225,15 @@ impl Forwarded {
         }
     }
 
+    /// A first byte (or the end) is passing to the client: the time to first byte, once.
+    fn first_byte(&mut self) {
+        let r = &mut self._record;
+        r.first_byte.get_or_insert_with(|| r.start.elapsed());
+    }
+
     /// The worker's body ended cleanly: its connection may carry the next request.
     fn end(&mut self) {
+        self.first_byte();
         self.done = true;
         self.timer = None;
         self.lease.set_blocked(false);
@@ -250,6 +285,7 @@ impl Body for Forwarded {
                 if let (Some(_), Some(data)) = (this.sse, f.data_ref()) {
                     this.events.observe(data);
                 }
+                this.first_byte();
                 if this.inner.is_end_stream() {
                     // hyper may not poll a body again once it says it has ended.
                     this.end();

@@ -14,6 +14,7 @@ use super::queue::WaitError;
 use super::Shared;
 use bytes::Bytes;
 use gateway::{headers, ApiError, Config, Dialect, ErrorKind};
+use gateway_worker::{ATTEMPTS_HEADER, PROVIDER_HEADER};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -229,6 +230,12 @@ fn wrap(
     parts
         .headers
         .insert(WORKER_HEADER, HeaderValue::from(up.lease.slot.id));
+    // The provider's name goes on to the client; the attempt count is for the access log only.
+    record.provider = parts.headers.get(PROVIDER_HEADER).cloned();
+    record.attempts = parts
+        .headers
+        .remove(ATTEMPTS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     record.status = parts.status.as_u16();
     record.worker = Some(up.lease.slot.id);
     let guarded = Forwarded::new(

@@ -198,6 +198,11 @@ async fn handle(
         status: 499,
         worker: None,
         request_id: request_id.clone(),
+        caller: None,
+        model: None,
+        provider: None,
+        attempts: None,
+        first_byte: None,
     };
     // Boxed: hyper keeps one service-future slot per connection for the connection's whole life
     // (idle keep-alives and held streams included), sized for the largest future. Unboxed,
@@ -230,13 +235,14 @@ async fn respond(
     req: Request<Incoming>,
     route: Route,
     request_id: HeaderValue,
-    record: RequestRecord,
+    mut record: RequestRecord,
 ) -> Response<FrontBody> {
     let dialect = Dialect::for_path(req.uri().path());
     let caller = match admit(settings, &req, dialect) {
         Ok(c) => c,
         Err(resp) => return local(record, *resp),
     };
+    record.caller = Some(caller.clone());
     let Route::Forward { body, .. } = route else {
         let resp = answer_locally(shared, &cfg, settings, &req, route, dialect).await;
         return local(record, resp);
@@ -372,9 +378,9 @@ impl ForwardCtx<'_> {
             let max = self.cfg.server.max_body_bytes;
             let bytes = upload::read_limited(body, &parts.headers, max).await?;
             // 400 here, so a malformed request never occupies a worker.
-            let stream = gateway::request::peek(&bytes)
-                .map_err(Refused::from)?
-                .stream;
+            let head = gateway::request::peek(&bytes).map_err(Refused::from)?;
+            let stream = head.stream;
+            self.record.model = Some(head.model.into_owned());
             (bytes, stream)
         } else {
             (Bytes::new(), false)

@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,10 +45,6 @@ pub const STRIPPED_ENV: &[&str] = &[
 
 /// How many stderr lines a slot keeps for its DEAD report.
 pub const STDERR_TAIL: usize = 20;
-
-/// Longest line relayed in one piece; a worker printing megabytes with no newline must not make
-/// the supervisor buffer them.
-const MAX_LINE: u64 = 16 * 1024;
 
 struct SpawnRequest {
     cmd: Command,
@@ -211,6 +206,8 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         // sd_listen_fds_with_names(3) style names, for whoever inspects the worker.
         cmd.env("LISTEN_FDNAMES", "http:front");
     }
+    // Built-in workers then log records the relay re-emits (`log_relay`); others ignore it.
+    cmd.env(gateway_worker::cli::LOG_RECORDS_ENV, "json");
     cmd.env("LISTEN_FDS", if spec.front.is_some() { "2" } else { "1" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -292,10 +289,18 @@ impl Proc {
         let pid = child.id().unwrap_or(0);
         let mut relays = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            relays.push(tokio::spawn(relay(out, worker, pid, "stdout", None)));
+            relays.push(tokio::spawn(crate::log_relay::relay(
+                out, worker, pid, "stdout", None,
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            relays.push(tokio::spawn(relay(err, worker, pid, "stderr", Some(tail))));
+            relays.push(tokio::spawn(crate::log_relay::relay(
+                err,
+                worker,
+                pid,
+                "stderr",
+                Some(tail),
+            )));
         }
         Self {
             child,
@@ -383,72 +388,6 @@ impl Drop for Proc {
 /// held for one push or one copy, never across an await.
 pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
-/// Copies one output stream of a worker into the supervisor's log, line by line.
-async fn relay(
-    stream: impl AsyncRead + Unpin,
-    worker: usize,
-    pid: u32,
-    name: &'static str,
-    tail: Option<StderrTail>,
-) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match (&mut reader)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&buf);
-        let line = line.trim_end();
-        // Keep the worker's own severity, so filtering the supervisor's log on WARN still shows
-        // a worker's errors.
-        match line_level(line) {
-            tracing::Level::ERROR => {
-                tracing::error!(target: "worker", worker, pid, stream = name, "{line}")
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(target: "worker", worker, pid, stream = name, "{line}")
-            }
-            _ => tracing::info!(target: "worker", worker, pid, stream = name, "{line}"),
-        }
-        if let Some(tail) = &tail {
-            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-            if t.len() == STDERR_TAIL {
-                t.pop_front();
-            }
-            t.push_back(line.to_string());
-        }
-    }
-}
-
-/// The level of a worker's log line, text (`... ERROR target: ...`) or JSON
-/// (`"level":"ERROR"`), from its first 80 bytes; INFO when it names none.
-fn line_level(line: &str) -> tracing::Level {
-    use tracing::Level;
-    const LEVELS: [(&str, &str, Level); 5] = [
-        (" ERROR ", r#""level":"ERROR""#, Level::ERROR),
-        (" WARN ", r#""level":"WARN""#, Level::WARN),
-        (" INFO ", r#""level":"INFO""#, Level::INFO),
-        (" DEBUG ", r#""level":"DEBUG""#, Level::DEBUG),
-        (" TRACE ", r#""level":"TRACE""#, Level::TRACE),
-    ];
-    let head = line.get(..80.min(line.len())).unwrap_or(line);
-    // The first level word wins: the message itself may say "ERROR" later on.
-    LEVELS
-        .iter()
-        .filter_map(|(text, json, level)| {
-            let at = head.find(text).into_iter().chain(head.find(json)).min()?;
-            Some((at, *level))
-        })
-        .min_by_key(|(at, _)| *at)
-        .map_or(Level::INFO, |(_, level)| level)
-}
-
 /// Unix time in ms.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -460,26 +399,6 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relayed_lines_keep_their_level() {
-        use tracing::Level;
-        assert_eq!(
-            line_level("2026-11-22T04:23:12.709717Z ERROR gateway_worker: boom"),
-            Level::ERROR
-        );
-        assert_eq!(
-            line_level(r#"{"timestamp":"x","level":"WARN","fields":{}}"#),
-            Level::WARN
-        );
-        assert_eq!(
-            line_level("2026-11-22T04:23:12.709717Z  INFO gateway_worker::server: ERROR in body"),
-            Level::INFO
-        );
-        assert_eq!(line_level("plain text"), Level::INFO);
-        // A multi-byte character at the cut does not panic.
-        assert_eq!(line_level(&"é".repeat(100)), Level::INFO);
-    }
 
     #[test]
     fn command_strips_service_manager_variables_and_appends_worker_flags() {

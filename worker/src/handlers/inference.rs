@@ -1,15 +1,54 @@
 //! The six inference endpoints: read the JSON body (bounded), peek at `model` and `stream`
-//! without building a JSON tree, route, and hand over to the proxy.
+//! without building a JSON tree, route, and hand over to the proxy. Each request runs in a
+//! `request` span carrying its `x-request-id`, so every record logged about it (the proxy's
+//! attempt warnings included) names the request; the answer is labelled with the provider that
+//! gave it and the attempts it took (`PROVIDER_HEADER`, `ATTEMPTS_HEADER`).
 
-use super::App;
+use super::{App, ATTEMPTS_HEADER, PROVIDER_HEADER};
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
 use gateway::upload;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    // At ERROR level so that the span exists whenever any record about the request is logged:
+    // a span the filter disables would take the request id off the warnings inside it.
+    let span = tracing::error_span!("request", request_id = id.map(tracing::field::display));
+    let (mut resp, attempts) = crate::body::count_attempts(serve(app, endpoint, req))
+        .instrument(span)
+        .await;
+    label(&mut resp, attempts);
+    resp
+}
+
+/// Sets who answered and after how many attempts; a provider's own headers of these names never
+/// pass (it could claim anything).
+fn label(resp: &mut Response<ResBody>, attempts: u32) {
+    let provider = resp
+        .body()
+        .provider()
+        .and_then(|p| HeaderValue::from_str(p.name()).ok());
+    let waiting = matches!(resp.body(), ResBody::Waiting(_));
+    let h = resp.headers_mut();
+    h.remove(&PROVIDER_HEADER);
+    h.remove(&ATTEMPTS_HEADER);
+    if let Some(name) = provider {
+        h.insert(PROVIDER_HEADER, name);
+    }
+    // A stream that went on waiting in its body makes its other attempts after this head.
+    if attempts > 0 && !waiting {
+        h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+}
+
+async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
     let dialect = endpoint.dialect();
     let guard = RequestGuard::new(&app.counters);
     let (parts, body) = req.into_parts();

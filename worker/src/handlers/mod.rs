@@ -19,6 +19,14 @@ use std::sync::Arc;
 
 pub use models::ModelsCache;
 
+/// Response header naming the provider whose answer this is (contract: every forwarded response).
+pub const PROVIDER_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-gateway-provider");
+/// Response header with the provider attempts a request took; the front reads it for its access
+/// log and does not pass it on.
+pub const ATTEMPTS_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-gateway-attempts");
+
 /// Shared state of one worker.
 pub struct App {
     /// The routing snapshot; replaced whole, read without a lock.
