@@ -1,1 +1,514 @@
+//! Stream translation tests: upstream fixtures built from each provider's documented event
+//! sequences, run through every client dialect and checked by accumulators that apply the SDKs'
+//! rules (block order and indexes, tool-call indexes, sequence numbers, a clean end); plus the
+//! split-invariance property and the broken-upstream cases.
 
+use super::pivot::{Stop, Usage};
+use super::stream::{StreamOptions, StreamTranslator, UsageReader};
+use super::{chat_response, messages_response, responses_response, Api};
+use gateway::sse_parser::{frame, Parser};
+use serde_json::{json, Value};
+
+const CLIENTS: [Api; 3] = [Api::Chat, Api::Messages, Api::Responses];
+
+/// What a client ends up with, in pivot terms.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Final {
+    text: String,
+    refusal: String,
+    calls: Vec<(String, String, Value)>,
+    stop: Option<Stop>,
+    usage: Option<Usage>,
+    error: bool,
+}
+
+fn opts() -> StreamOptions {
+    StreamOptions { include_usage: true, created: 7, ..StreamOptions::new("alias-model") }
+}
+
+fn run(from: Api, to: Api, chunks: &[&[u8]], end: bool) -> (String, Option<Usage>) {
+    let mut t = StreamTranslator::new(from, to, opts());
+    let mut out = String::new();
+    for c in chunks {
+        t.feed(c, &mut out);
+    }
+    if end {
+        t.end(&mut out);
+    }
+    (out, t.usage())
+}
+
+fn parse(out: &str) -> Vec<(String, String)> {
+    let mut p = Parser::new(1 << 20);
+    let mut evs = Vec::new();
+    p.feed(out.as_bytes(), &mut evs).unwrap();
+    assert!(p.is_between_events(), "output ends mid-event: {out}");
+    evs.into_iter().map(|e| (e.event, e.data)).collect()
+}
+
+/// The Chat SDK's accumulation: tool calls by `index`, which counts tool calls from 0.
+fn accumulate_chat(out: &str) -> Final {
+    let mut f = Final::default();
+    let mut args: Vec<String> = Vec::new();
+    let mut done = false;
+    for (ev, data) in parse(out) {
+        assert!(!done, "nothing after [DONE]");
+        assert_eq!(ev, "", "chat frames have no event type");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        if v.get("error").is_some() {
+            f.error = true;
+            continue;
+        }
+        assert_eq!(v["object"], "chat.completion.chunk");
+        assert_eq!(v["model"], "alias-model");
+        if v["choices"].as_array().unwrap().is_empty() {
+            f.usage = Some(chat_response::usage_from(&v["usage"]));
+            continue;
+        }
+        let c = &v["choices"][0];
+        let d = &c["delta"];
+        f.text += d["content"].as_str().unwrap_or("");
+        f.refusal += d["refusal"].as_str().unwrap_or("");
+        for tc in d["tool_calls"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let i = tc["index"].as_u64().unwrap() as usize;
+            if i == f.calls.len() {
+                let id = tc["id"].as_str().expect("a new tool call has an id");
+                let name = tc["function"]["name"].as_str().expect("and a name");
+                f.calls.push((id.into(), name.into(), Value::Null));
+                args.push(String::new());
+            }
+            assert!(i < f.calls.len(), "tool-call indexes count tool calls");
+            args[i] += tc["function"]["arguments"].as_str().unwrap_or("");
+        }
+        if let Some(r) = c["finish_reason"].as_str() {
+            f.stop = Some(chat_response::stop_from(r));
+        }
+    }
+    for (c, a) in f.calls.iter_mut().zip(args) {
+        c.2 = serde_json::from_str(&a).unwrap_or(Value::String(a));
+    }
+    assert_eq!(done, !f.error, "a clean end is [DONE], an error has none");
+    f
+}
+
+/// The Anthropic SDK's rules: `message_start` first, blocks one at a time with indexes 0, 1, ...,
+/// deltas to the open block, `message_stop` last.
+fn accumulate_messages(out: &str) -> Final {
+    let mut f = Final::default();
+    let (mut started, mut stopped, mut open, mut next) = (false, false, None::<u64>, 0u64);
+    let mut json_buf = String::new();
+    for (ev, data) in parse(out) {
+        assert!(!stopped, "nothing after message_stop");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(ev, v["type"].as_str().unwrap(), "event name is the type");
+        if ev != "error" {
+            assert!(started || ev == "message_start", "message_start comes first");
+        }
+        match ev.as_str() {
+            "message_start" => {
+                assert!(!started);
+                started = true;
+                assert_eq!(v["message"]["model"], "alias-model");
+            }
+            "content_block_start" => {
+                assert_eq!(open, None, "blocks do not overlap");
+                assert_eq!(v["index"], next, "block indexes count blocks");
+                open = Some(next);
+                next += 1;
+                let b = &v["content_block"];
+                if b["type"] == "tool_use" {
+                    f.calls.push((b["id"].as_str().unwrap().into(), b["name"].as_str().unwrap().into(), Value::Null));
+                    json_buf.clear();
+                }
+            }
+            "content_block_delta" => {
+                assert_eq!(Some(v["index"].as_u64().unwrap()), open, "deltas go to the open block");
+                let d = &v["delta"];
+                match d["type"].as_str().unwrap() {
+                    "text_delta" => f.text += d["text"].as_str().unwrap(),
+                    "input_json_delta" => json_buf += d["partial_json"].as_str().unwrap(),
+                    t => panic!("unexpected delta {t}"),
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(Some(v["index"].as_u64().unwrap()), open);
+                open = None;
+                if let Some(c) = f.calls.last_mut().filter(|c| c.2.is_null()) {
+                    c.2 = if json_buf.is_empty() { json!({}) } else { serde_json::from_str(&json_buf).unwrap() };
+                }
+            }
+            "message_delta" => {
+                assert_eq!(open, None);
+                f.stop = Some(messages_response::stop_from(v["delta"]["stop_reason"].as_str().unwrap(), v["delta"]["stop_sequence"].as_str()));
+                f.usage = Some(messages_response::usage_from(&v["usage"]));
+            }
+            "message_stop" => stopped = true,
+            "error" => f.error = true,
+            t => panic!("unexpected event {t}"),
+        }
+    }
+    assert_eq!(stopped, !f.error, "a clean end is message_stop, an error has none");
+    f
+}
+
+/// The Responses SDK's rules: consecutive `sequence_number`s from 0, items by `output_index`,
+/// and a `response.completed` (or `.incomplete`) whose output matches what the deltas built.
+fn accumulate_responses(out: &str) -> Final {
+    let mut f = Final::default();
+    let mut items: Vec<Value> = Vec::new();
+    let mut finished = false;
+    for (seq, (ev, data)) in parse(out).into_iter().enumerate() {
+        assert!(!finished, "nothing after the final event");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(ev, v["type"].as_str().unwrap());
+        assert_eq!(v["sequence_number"], seq as u64, "sequence numbers are consecutive");
+        if seq == 0 && ev != "error" {
+            assert_eq!(ev, "response.created");
+        }
+        let oi = v["output_index"].as_u64().unwrap_or(0) as usize;
+        match ev.as_str() {
+            "response.output_item.added" => {
+                assert_eq!(oi, items.len());
+                items.push(v["item"].clone());
+            }
+            "response.output_text.delta" => f.text += v["delta"].as_str().unwrap(),
+            "response.refusal.delta" => f.refusal += v["delta"].as_str().unwrap(),
+            "response.function_call_arguments.delta" => {
+                assert_eq!(items[oi]["type"], "function_call");
+                let a = format!("{}{}", items[oi]["arguments"].as_str().unwrap(), v["delta"].as_str().unwrap());
+                items[oi]["arguments"] = json!(a);
+            }
+            "response.output_item.done" => {
+                if v["item"]["type"] == "function_call" {
+                    assert_eq!(v["item"]["arguments"], items[oi]["arguments"]);
+                }
+                items[oi] = v["item"].clone();
+            }
+            "response.completed" | "response.incomplete" => {
+                finished = true;
+                let r = &v["response"];
+                assert_eq!(r["model"], "alias-model");
+                assert_eq!(r["output"].as_array().unwrap(), &items, "the final output repeats the items");
+                for it in &items {
+                    if it["type"] == "function_call" {
+                        let args = it["arguments"].as_str().unwrap();
+                        f.calls.push((it["call_id"].as_str().unwrap().into(), it["name"].as_str().unwrap().into(), serde_json::from_str(args).unwrap()));
+                    }
+                }
+                f.stop = Some(responses_response::stop_from(r, !f.calls.is_empty()));
+                f.usage = Some(responses_response::usage_from(&r["usage"]));
+            }
+            "error" => {
+                assert!(v["error"].is_object(), "the SDKs raise on a data object with `error`");
+                f.error = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(finished, !f.error);
+    f
+}
+
+fn accumulate(to: Api, out: &str) -> Final {
+    match to {
+        Api::Chat => accumulate_chat(out),
+        Api::Messages => accumulate_messages(out),
+        Api::Responses => accumulate_responses(out),
+    }
+}
+
+/// What `want` looks like to a client of `to`.
+fn seen_by(to: Api, want: &Final) -> Final {
+    let mut w = want.clone();
+    if to == Api::Messages {
+        w.text = format!("{}{}", w.text, w.refusal);
+        w.refusal.clear();
+    } else {
+        w.usage = w.usage.map(|u| Usage::from_openai(u.openai_prompt(), u.cache_read, u.output));
+        if let Some(Stop::StopSequence(_)) = w.stop {
+            w.stop = Some(Stop::EndTurn);
+        }
+    }
+    if w.error {
+        w.stop = None;
+        w.usage = None;
+    }
+    w
+}
+
+// ---- upstream fixtures ----
+
+fn chat(delta: Value, finish: Option<&str>) -> String {
+    frame("", &json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).to_string())
+}
+
+fn chat_usage(prompt: u64, cached: u64, completion: u64) -> String {
+    frame("", &json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}}).to_string())
+}
+
+fn ant(v: Value) -> String {
+    frame(v["type"].as_str().unwrap(), &v.to_string())
+}
+
+fn ant_start() -> String {
+    ant(json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+        "model": "claude", "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 6, "cache_creation_input_tokens": 3}}}))
+}
+
+fn ant_text_block(index: u64, parts: &[&str]) -> String {
+    let mut s = ant(json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}));
+    s += "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+    for p in parts {
+        s += &ant(json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": p}}));
+    }
+    s + &ant(json!({"type": "content_block_stop", "index": index}))
+}
+
+fn ant_tool_block(index: u64, id: &str, name: &str, parts: &[&str]) -> String {
+    let mut s = ant(json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+    for p in parts {
+        s += &ant(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": p}}));
+    }
+    s + &ant(json!({"type": "content_block_stop", "index": index}))
+}
+
+fn ant_end(reason: &str) -> String {
+    ant(json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null}, "usage": {"output_tokens": 9}}))
+        + &ant(json!({"type": "message_stop"}))
+}
+
+fn rs(v: Value) -> String {
+    frame(v["type"].as_str().unwrap(), &v.to_string())
+}
+
+fn rs_text_item(oi: u64, ty: &str, parts: &[&str]) -> String {
+    let id = format!("msg_{oi}");
+    let mut s = rs(json!({"type": "response.output_item.added", "output_index": oi, "item": {"id": id, "type": "message", "role": "assistant", "content": []}}));
+    for p in parts {
+        s += &rs(json!({"type": ty, "item_id": id, "output_index": oi, "content_index": 0, "delta": p}));
+    }
+    s + &rs(json!({"type": "response.output_item.done", "output_index": oi, "item": {"id": id, "type": "message"}}))
+}
+
+fn rs_call_item(oi: u64, call_id: &str, name: &str, parts: &[&str]) -> String {
+    let id = format!("fc_{oi}");
+    let mut s = rs(json!({"type": "response.output_item.added", "output_index": oi,
+        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": ""}}));
+    for p in parts {
+        s += &rs(json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": oi, "delta": p}));
+    }
+    s + &rs(json!({"type": "response.output_item.done", "output_index": oi,
+        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": parts.concat()}}))
+}
+
+fn rs_start() -> String {
+    rs(json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}))
+        + &rs(json!({"type": "response.in_progress", "response": {"id": "resp_1"}}))
+}
+
+fn rs_end(status: &str, reason: Option<&str>) -> String {
+    let ty = if status == "completed" { "response.completed" } else { "response.incomplete" };
+    rs(json!({"type": ty, "response": {"id": "resp_1", "status": status, "incomplete_details": reason.map(|r| json!({"reason": r})),
+        "usage": {"input_tokens": 29, "input_tokens_details": {"cached_tokens": 6}, "output_tokens": 9, "total_tokens": 38}}}))
+}
+
+const PARIS: &[&str] = &["{\"ci", "ty\": \"Par", "is\"}"];
+const CET: &[&str] = &["{\"tz\":", "\"CET\"}"];
+
+fn want(text: &str, calls: &[(&str, &str, Value)], stop: Stop, usage: Usage) -> Final {
+    Final {
+        text: text.into(),
+        calls: calls.iter().map(|(i, n, a)| (i.to_string(), n.to_string(), a.clone())).collect(),
+        stop: Some(stop),
+        usage: Some(usage),
+        ..Final::default()
+    }
+}
+
+/// Every fixture: a name, the upstream dialect, its bytes, and what any client must end up with.
+fn fixtures() -> Vec<(&'static str, Api, String, Final)> {
+    let cu = Usage { input: 23, output: 9, cache_read: 6, cache_write: 0 };
+    let au = Usage { input: 20, output: 9, cache_read: 6, cache_write: 3 };
+    let paris = || json!({"city": "Paris"});
+    let cet = || json!({"tz": "CET"});
+    let tool = |id: &'static str, name: &'static str, args: &[&str]| -> Vec<String> {
+        let mut v = vec![chat(json!({"tool_calls": [{"index": if id == "call_a" { 0 } else { 1 }, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}), None)];
+        for a in args {
+            v.push(chat(json!({"tool_calls": [{"index": if id == "call_a" { 0 } else { 1 }, "function": {"arguments": a}}]}), None));
+        }
+        v
+    };
+    let role = chat(json!({"role": "assistant", "content": "", "refusal": null}), None);
+    let done = |finish: &str| chat(json!({}), Some(finish)) + &chat_usage(29, 6, 9) + "data: [DONE]\n\n";
+    let mut a_calls = tool("call_a", "get_weather", PARIS);
+    a_calls.extend(tool("call_b", "get_time", CET));
+    let text_then_tool = want("Let me look.", &[("call_a", "get_weather", paris())], Stop::ToolUse, cu);
+    let mut refusal = want("", &[], Stop::Refusal, cu);
+    refusal.refusal = "I can't help with that.".into();
+    let mut a_refusal = refusal.clone();
+    a_refusal.usage = Some(au);
+    let mut error = Final { text: "Hel".into(), error: true, ..Final::default() };
+    let two = [("call_a", "get_weather", paris()), ("call_b", "get_time", cet())];
+    vec![
+        ("chat text", Api::Chat, [role.clone(), chat(json!({"content": "Hello"}), None), chat(json!({"content": " world"}), None), done("stop")].concat(), want("Hello world", &[], Stop::EndTurn, cu)),
+        ("chat two parallel tools", Api::Chat, [role.clone(), a_calls.concat(), done("tool_calls")].concat(), want("", &two, Stop::ToolUse, cu)),
+        ("chat text then tool", Api::Chat, [role.clone(), chat(json!({"content": "Let me look."}), None), tool("call_a", "get_weather", PARIS).concat(), done("tool_calls")].concat(), text_then_tool.clone()),
+        ("chat refusal", Api::Chat, [role.clone(), chat(json!({"refusal": "I can't help with that."}), None), done("content_filter")].concat(), refusal.clone()),
+        ("chat max tokens", Api::Chat, [role.clone(), chat(json!({"content": "Long"}), None), done("length")].concat(), want("Long", &[], Stop::MaxTokens, cu)),
+        ("chat error mid-stream", Api::Chat, [role.clone(), chat(json!({"content": "Hel"}), None), "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n".into()].concat(), error.clone()),
+        ("chat odd splits", Api::Chat, [
+            ": keep-alive\n\n".to_string(),
+            chat(json!({"role": "assistant", "content": null}), None),
+            chat(json!({}), None),
+            chat(json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": null}]}), None),
+            chat(json!({"content": null, "tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}), None),
+            chat(json!({"tool_calls": [{"index": 0, "function": {"name": "get_weather"}}]}), None),
+            chat(json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\": \"Paris\"}"}}]}), None),
+            chat(json!({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]}), None),
+            chat(json!({"content": null}), Some("tool_calls")),
+            chat_usage(29, 6, 9),
+            "data: [DONE]\n\n".into(),
+        ].concat(), want("", &two, Stop::ToolUse, cu)),
+        ("messages text", Api::Messages, [ant_start(), ant_text_block(0, &["Hello", " world"]), ant_end("end_turn")].concat(), want("Hello world", &[], Stop::EndTurn, au)),
+        ("messages two parallel tools", Api::Messages, [ant_start(), ant_tool_block(0, "call_a", "get_weather", PARIS), ant_tool_block(1, "call_b", "get_time", CET), ant_end("tool_use")].concat(), want("", &two, Stop::ToolUse, au)),
+        ("messages text then tool", Api::Messages, [ant_start(), ant_text_block(0, &["Let me look."]), ant_tool_block(1, "call_a", "get_weather", PARIS), ant_end("tool_use")].concat(), Final { usage: Some(au), ..text_then_tool.clone() }),
+        ("messages refusal", Api::Messages, [ant_start(), ant_text_block(0, &["I can't help with that."]), ant_end("refusal")].concat(), Final { text: "I can't help with that.".into(), ..want("", &[], Stop::Refusal, au) }),
+        ("messages max tokens", Api::Messages, [ant_start(), ant_text_block(0, &["Long"]), ant_end("max_tokens")].concat(), want("Long", &[], Stop::MaxTokens, au)),
+        ("messages error mid-stream", Api::Messages, [ant_start(), ant(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            ant(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}})),
+            ant(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))].concat(), error.clone()),
+        ("messages thinking is dropped", Api::Messages, [ant_start(),
+            ant(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})),
+            ant(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}})),
+            ant(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig"}})),
+            ant(json!({"type": "content_block_stop", "index": 0})),
+            ant_text_block(1, &["Hello world"]), ant_end("end_turn")].concat(), want("Hello world", &[], Stop::EndTurn, au)),
+        ("responses text", Api::Responses, [rs_start(), rs_text_item(0, "response.output_text.delta", &["Hello", " world"]), rs_end("completed", None)].concat(), want("Hello world", &[], Stop::EndTurn, cu)),
+        ("responses two parallel tools", Api::Responses, [rs_start(), rs_call_item(0, "call_a", "get_weather", PARIS), rs_call_item(1, "call_b", "get_time", CET), rs_end("completed", None)].concat(), want("", &two, Stop::ToolUse, cu)),
+        ("responses text then tool", Api::Responses, [rs_start(), rs_text_item(0, "response.output_text.delta", &["Let me look."]), rs_call_item(1, "call_a", "get_weather", PARIS), rs_end("completed", None)].concat(), text_then_tool),
+        ("responses refusal", Api::Responses, [rs_start(), rs_text_item(0, "response.refusal.delta", &["I can't help ", "with that."]), rs_end("incomplete", Some("content_filter"))].concat(), refusal),
+        ("responses max tokens", Api::Responses, [rs_start(), rs_text_item(0, "response.output_text.delta", &["Long"]), rs_end("incomplete", Some("max_output_tokens"))].concat(), want("Long", &[], Stop::MaxTokens, cu)),
+        ("responses error mid-stream", Api::Responses, [rs_start(), rs(json!({"type": "response.output_item.added", "output_index": 0, "item": {"id": "m", "type": "message"}})),
+            rs(json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 0, "content_index": 0, "delta": "Hel"})),
+            rs(json!({"type": "error", "code": "server_error", "message": "boom", "param": null}))].concat(), { error.usage = None; error }),
+    ]
+}
+
+#[test]
+fn every_fixture_reaches_every_client_dialect() {
+    for (name, from, bytes, want) in fixtures() {
+        for to in CLIENTS {
+            let (out, usage) = run(from, to, &[bytes.as_bytes()], true);
+            let got = accumulate(to, &out);
+            assert_eq!(got, seen_by(to, &want), "{name} -> {to:?}:\n{out}");
+            assert_eq!(usage, want.usage.filter(|_| !want.error), "{name}: usage for accounting");
+        }
+    }
+}
+
+/// Property: any split of an upstream stream into chunks gives the same client bytes.
+#[test]
+fn any_split_gives_the_same_client_stream() {
+    let mut rng = fastrand::Rng::with_seed(0x7e57);
+    for (name, from, bytes, _) in fixtures() {
+        let b = bytes.as_bytes();
+        for to in CLIENTS {
+            let (whole, _) = run(from, to, &[b], true);
+            for _ in 0..60 {
+                let mut chunks = Vec::new();
+                let mut rest = b;
+                while !rest.is_empty() {
+                    let n = rng.usize(1..=rest.len().min(40));
+                    chunks.push(&rest[..n]);
+                    rest = &rest[n..];
+                }
+                assert_eq!(run(from, to, &chunks, true).0, whole, "{name} -> {to:?}");
+            }
+        }
+    }
+}
+
+/// A stream cut anywhere before its last event, or failed by the caller, ends with exactly one
+/// error event in the client's dialect and never with a clean end.
+#[test]
+fn a_broken_upstream_ends_with_one_error_never_a_clean_end() {
+    for (name, from, bytes, want) in fixtures().into_iter().filter(|f| !f.3.error) {
+        for to in CLIENTS {
+            let b = bytes.as_bytes();
+            // Cut before the final event (Chat's `[DONE]` plus its finish chunk; the others' last event).
+            let tail = match from {
+                Api::Chat => b.windows(17).rposition(|w| w == b"\"finish_reason\":\"").map(|i| b[..i].iter().rposition(|&c| c == b'\n').unwrap()).unwrap(),
+                _ => b[..b.len() - 2].windows(2).rposition(|w| w == b"\n\n").unwrap() + 2,
+            };
+            for cut in [tail, tail / 2, 1] {
+                for failed in [false, true] {
+                    let mut t = StreamTranslator::new(from, to, opts());
+                    let mut out = String::new();
+                    t.feed(&b[..cut], &mut out);
+                    if failed {
+                        t.fail(gateway::ErrorKind::BadGateway, "upstream reset", &mut out);
+                    } else {
+                        t.end(&mut out);
+                    }
+                    t.end(&mut out);
+                    t.fail(gateway::ErrorKind::BadGateway, "again", &mut out);
+                    let got = accumulate(to, &out);
+                    assert!(got.error, "{name} -> {to:?} cut at {cut}: {out}");
+                    let errors = parse(&out).iter().filter(|(e, d)| e == "error" || d.contains("\"error\":{")).count();
+                    assert_eq!(errors, 1, "{name} -> {to:?}: one error event");
+                    assert_eq!(t.usage(), None);
+                    let _ = &want;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unreadable_upstream_data_is_an_error_not_silence() {
+    for from in CLIENTS {
+        let mut t = StreamTranslator::new(from, Api::Messages, opts());
+        let mut out = String::new();
+        t.feed(b"data: {not json\n\n", &mut out);
+        assert!(accumulate_messages(&out).error, "{from:?}: {out}");
+    }
+    // An event over the bound is refused by the SSE parser, and reported.
+    let mut t = StreamTranslator::new(Api::Chat, Api::Responses, StreamOptions { max_event_bytes: 64, ..opts() });
+    let mut out = String::new();
+    t.feed(&[b'x'; 100], &mut out);
+    assert!(accumulate_responses(&out).error);
+    // The held Responses output is bounded.
+    let mut t = StreamTranslator::new(Api::Chat, Api::Responses, StreamOptions { max_output_bytes: 8, ..opts() });
+    let mut out = String::new();
+    t.feed(chat(json!({"content": "more than eight bytes"}), None).as_bytes(), &mut out);
+    assert!(accumulate_responses(&out).error);
+}
+
+#[test]
+fn chat_clients_get_the_usage_chunk_only_when_they_asked() {
+    let (_, _, bytes, _) = fixtures().remove(7);
+    let mut t = StreamTranslator::new(Api::Messages, Api::Chat, StreamOptions::new("m"));
+    let mut out = String::new();
+    t.feed(bytes.as_bytes(), &mut out);
+    assert!(!out.contains("\"usage\""), "{out}");
+    assert_eq!(t.usage().unwrap().input, 20, "usage is still read for accounting");
+}
+
+#[test]
+fn usage_reader_reads_native_streams() {
+    for (name, from, bytes, want) in fixtures().into_iter().filter(|f| !f.3.error) {
+        let mut r = UsageReader::new(from, 1 << 20);
+        for c in bytes.as_bytes().chunks(5) {
+            r.feed(c);
+        }
+        assert_eq!(r.usage(), want.usage, "{name}");
+    }
+}
