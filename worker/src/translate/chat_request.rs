@@ -176,8 +176,9 @@ pub(super) fn decode_tool_choice(v: &Value) -> Result<Option<ToolChoice>, Transl
             }
         },
         Value::Object(o) => {
-            // Chat nests the name in `function`; Responses has it flat.
-            let name = o["function"]["name"]
+            // Chat nests the name in `function`; Responses has it flat. (Indexing the `Value`,
+            // not the map: a missing key is null there, where the map would panic.)
+            let name = v["function"]["name"]
                 .as_str()
                 .or(o.get("name").and_then(Value::as_str));
             match (o.get("type").and_then(Value::as_str), name) {

@@ -23,7 +23,11 @@ struct Final {
 }
 
 fn opts() -> StreamOptions {
-    StreamOptions { include_usage: true, created: 7, ..StreamOptions::new("alias-model") }
+    StreamOptions {
+        include_usage: true,
+        created: 7,
+        ..StreamOptions::new("alias-model")
+    }
 }
 
 fn run(from: Api, to: Api, chunks: &[&[u8]], end: bool) -> (String, Option<Usage>) {
@@ -106,7 +110,10 @@ fn accumulate_messages(out: &str) -> Final {
         let v: Value = serde_json::from_str(&data).unwrap();
         assert_eq!(ev, v["type"].as_str().unwrap(), "event name is the type");
         if ev != "error" {
-            assert!(started || ev == "message_start", "message_start comes first");
+            assert!(
+                started || ev == "message_start",
+                "message_start comes first"
+            );
         }
         match ev.as_str() {
             "message_start" => {
@@ -121,12 +128,20 @@ fn accumulate_messages(out: &str) -> Final {
                 next += 1;
                 let b = &v["content_block"];
                 if b["type"] == "tool_use" {
-                    f.calls.push((b["id"].as_str().unwrap().into(), b["name"].as_str().unwrap().into(), Value::Null));
+                    f.calls.push((
+                        b["id"].as_str().unwrap().into(),
+                        b["name"].as_str().unwrap().into(),
+                        Value::Null,
+                    ));
                     json_buf.clear();
                 }
             }
             "content_block_delta" => {
-                assert_eq!(Some(v["index"].as_u64().unwrap()), open, "deltas go to the open block");
+                assert_eq!(
+                    Some(v["index"].as_u64().unwrap()),
+                    open,
+                    "deltas go to the open block"
+                );
                 let d = &v["delta"];
                 match d["type"].as_str().unwrap() {
                     "text_delta" => f.text += d["text"].as_str().unwrap(),
@@ -138,12 +153,19 @@ fn accumulate_messages(out: &str) -> Final {
                 assert_eq!(Some(v["index"].as_u64().unwrap()), open);
                 open = None;
                 if let Some(c) = f.calls.last_mut().filter(|c| c.2.is_null()) {
-                    c.2 = if json_buf.is_empty() { json!({}) } else { serde_json::from_str(&json_buf).unwrap() };
+                    c.2 = if json_buf.is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(&json_buf).unwrap()
+                    };
                 }
             }
             "message_delta" => {
                 assert_eq!(open, None);
-                f.stop = Some(messages_response::stop_from(v["delta"]["stop_reason"].as_str().unwrap(), v["delta"]["stop_sequence"].as_str()));
+                f.stop = Some(messages_response::stop_from(
+                    v["delta"]["stop_reason"].as_str().unwrap(),
+                    v["delta"]["stop_sequence"].as_str(),
+                ));
                 f.usage = Some(messages_response::usage_from(&v["usage"]));
             }
             "message_stop" => stopped = true,
@@ -151,7 +173,10 @@ fn accumulate_messages(out: &str) -> Final {
             t => panic!("unexpected event {t}"),
         }
     }
-    assert_eq!(stopped, !f.error, "a clean end is message_stop, an error has none");
+    assert_eq!(
+        stopped, !f.error,
+        "a clean end is message_stop, an error has none"
+    );
     f
 }
 
@@ -165,7 +190,10 @@ fn accumulate_responses(out: &str) -> Final {
         assert!(!finished, "nothing after the final event");
         let v: Value = serde_json::from_str(&data).unwrap();
         assert_eq!(ev, v["type"].as_str().unwrap());
-        assert_eq!(v["sequence_number"], seq as u64, "sequence numbers are consecutive");
+        assert_eq!(
+            v["sequence_number"], seq as u64,
+            "sequence numbers are consecutive"
+        );
         if seq == 0 && ev != "error" {
             assert_eq!(ev, "response.created");
         }
@@ -179,7 +207,11 @@ fn accumulate_responses(out: &str) -> Final {
             "response.refusal.delta" => f.refusal += v["delta"].as_str().unwrap(),
             "response.function_call_arguments.delta" => {
                 assert_eq!(items[oi]["type"], "function_call");
-                let a = format!("{}{}", items[oi]["arguments"].as_str().unwrap(), v["delta"].as_str().unwrap());
+                let a = format!(
+                    "{}{}",
+                    items[oi]["arguments"].as_str().unwrap(),
+                    v["delta"].as_str().unwrap()
+                );
                 items[oi]["arguments"] = json!(a);
             }
             "response.output_item.done" => {
@@ -192,18 +224,29 @@ fn accumulate_responses(out: &str) -> Final {
                 finished = true;
                 let r = &v["response"];
                 assert_eq!(r["model"], "alias-model");
-                assert_eq!(r["output"].as_array().unwrap(), &items, "the final output repeats the items");
+                assert_eq!(
+                    r["output"].as_array().unwrap(),
+                    &items,
+                    "the final output repeats the items"
+                );
                 for it in &items {
                     if it["type"] == "function_call" {
                         let args = it["arguments"].as_str().unwrap();
-                        f.calls.push((it["call_id"].as_str().unwrap().into(), it["name"].as_str().unwrap().into(), serde_json::from_str(args).unwrap()));
+                        f.calls.push((
+                            it["call_id"].as_str().unwrap().into(),
+                            it["name"].as_str().unwrap().into(),
+                            serde_json::from_str(args).unwrap(),
+                        ));
                     }
                 }
                 f.stop = Some(responses_response::stop_from(r, !f.calls.is_empty()));
                 f.usage = Some(responses_response::usage_from(&r["usage"]));
             }
             "error" => {
-                assert!(v["error"].is_object(), "the SDKs raise on a data object with `error`");
+                assert!(
+                    v["error"].is_object(),
+                    "the SDKs raise on a data object with `error`"
+                );
                 f.error = true;
             }
             _ => {}
@@ -228,7 +271,9 @@ fn seen_by(to: Api, want: &Final) -> Final {
         w.text = format!("{}{}", w.text, w.refusal);
         w.refusal.clear();
     } else {
-        w.usage = w.usage.map(|u| Usage::from_openai(u.openai_prompt(), u.cache_read, u.output));
+        w.usage = w
+            .usage
+            .map(|u| Usage::from_openai(u.openai_prompt(), u.cache_read, u.output));
         if let Some(Stop::StopSequence(_)) = w.stop {
             w.stop = Some(Stop::EndTurn);
         }
@@ -258,31 +303,42 @@ fn ant(v: Value) -> String {
 }
 
 fn ant_start() -> String {
-    ant(json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+    ant(
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
         "model": "claude", "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 6, "cache_creation_input_tokens": 3}}}))
+        "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 6, "cache_creation_input_tokens": 3}}}),
+    )
 }
 
 fn ant_text_block(index: u64, parts: &[&str]) -> String {
-    let mut s = ant(json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}));
+    let mut s = ant(
+        json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+    );
     s += "event: ping\ndata: {\"type\": \"ping\"}\n\n";
     for p in parts {
-        s += &ant(json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": p}}));
+        s += &ant(
+            json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": p}}),
+        );
     }
     s + &ant(json!({"type": "content_block_stop", "index": index}))
 }
 
 fn ant_tool_block(index: u64, id: &str, name: &str, parts: &[&str]) -> String {
-    let mut s = ant(json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+    let mut s = ant(
+        json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+    );
     for p in parts {
-        s += &ant(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": p}}));
+        s += &ant(
+            json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": p}}),
+        );
     }
     s + &ant(json!({"type": "content_block_stop", "index": index}))
 }
 
 fn ant_end(reason: &str) -> String {
-    ant(json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null}, "usage": {"output_tokens": 9}}))
-        + &ant(json!({"type": "message_stop"}))
+    ant(
+        json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+    ) + &ant(json!({"type": "message_stop"}))
 }
 
 fn rs(v: Value) -> String {
@@ -291,33 +347,52 @@ fn rs(v: Value) -> String {
 
 fn rs_text_item(oi: u64, ty: &str, parts: &[&str]) -> String {
     let id = format!("msg_{oi}");
-    let mut s = rs(json!({"type": "response.output_item.added", "output_index": oi, "item": {"id": id, "type": "message", "role": "assistant", "content": []}}));
+    let mut s = rs(
+        json!({"type": "response.output_item.added", "output_index": oi, "item": {"id": id, "type": "message", "role": "assistant", "content": []}}),
+    );
     for p in parts {
-        s += &rs(json!({"type": ty, "item_id": id, "output_index": oi, "content_index": 0, "delta": p}));
+        s += &rs(
+            json!({"type": ty, "item_id": id, "output_index": oi, "content_index": 0, "delta": p}),
+        );
     }
-    s + &rs(json!({"type": "response.output_item.done", "output_index": oi, "item": {"id": id, "type": "message"}}))
+    s + &rs(
+        json!({"type": "response.output_item.done", "output_index": oi, "item": {"id": id, "type": "message"}}),
+    )
 }
 
 fn rs_call_item(oi: u64, call_id: &str, name: &str, parts: &[&str]) -> String {
     let id = format!("fc_{oi}");
-    let mut s = rs(json!({"type": "response.output_item.added", "output_index": oi,
-        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": ""}}));
+    let mut s = rs(
+        json!({"type": "response.output_item.added", "output_index": oi,
+        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": ""}}),
+    );
     for p in parts {
-        s += &rs(json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": oi, "delta": p}));
+        s += &rs(
+            json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": oi, "delta": p}),
+        );
     }
-    s + &rs(json!({"type": "response.output_item.done", "output_index": oi,
-        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": parts.concat()}}))
+    s + &rs(
+        json!({"type": "response.output_item.done", "output_index": oi,
+        "item": {"id": id, "type": "function_call", "call_id": call_id, "name": name, "arguments": parts.concat()}}),
+    )
 }
 
 fn rs_start() -> String {
-    rs(json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}))
-        + &rs(json!({"type": "response.in_progress", "response": {"id": "resp_1"}}))
+    rs(
+        json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}),
+    ) + &rs(json!({"type": "response.in_progress", "response": {"id": "resp_1"}}))
 }
 
 fn rs_end(status: &str, reason: Option<&str>) -> String {
-    let ty = if status == "completed" { "response.completed" } else { "response.incomplete" };
-    rs(json!({"type": ty, "response": {"id": "resp_1", "status": status, "incomplete_details": reason.map(|r| json!({"reason": r})),
-        "usage": {"input_tokens": 29, "input_tokens_details": {"cached_tokens": 6}, "output_tokens": 9, "total_tokens": 38}}}))
+    let ty = if status == "completed" {
+        "response.completed"
+    } else {
+        "response.incomplete"
+    };
+    rs(
+        json!({"type": ty, "response": {"id": "resp_1", "status": status, "incomplete_details": reason.map(|r| json!({"reason": r})),
+        "usage": {"input_tokens": 29, "input_tokens_details": {"cached_tokens": 6}, "output_tokens": 9, "total_tokens": 38}}}),
+    )
 }
 
 const PARIS: &[&str] = &["{\"ci", "ty\": \"Par", "is\"}"];
@@ -326,7 +401,10 @@ const CET: &[&str] = &["{\"tz\":", "\"CET\"}"];
 fn want(text: &str, calls: &[(&str, &str, Value)], stop: Stop, usage: Usage) -> Final {
     Final {
         text: text.into(),
-        calls: calls.iter().map(|(i, n, a)| (i.to_string(), n.to_string(), a.clone())).collect(),
+        calls: calls
+            .iter()
+            .map(|(i, n, a)| (i.to_string(), n.to_string(), a.clone()))
+            .collect(),
         stop: Some(stop),
         usage: Some(usage),
         ..Final::default()
@@ -335,28 +413,57 @@ fn want(text: &str, calls: &[(&str, &str, Value)], stop: Stop, usage: Usage) -> 
 
 /// Every fixture: a name, the upstream dialect, its bytes, and what any client must end up with.
 fn fixtures() -> Vec<(&'static str, Api, String, Final)> {
-    let cu = Usage { input: 23, output: 9, cache_read: 6, cache_write: 0 };
-    let au = Usage { input: 20, output: 9, cache_read: 6, cache_write: 3 };
+    let cu = Usage {
+        input: 23,
+        output: 9,
+        cache_read: 6,
+        cache_write: 0,
+    };
+    let au = Usage {
+        input: 20,
+        output: 9,
+        cache_read: 6,
+        cache_write: 3,
+    };
     let paris = || json!({"city": "Paris"});
     let cet = || json!({"tz": "CET"});
     let tool = |id: &'static str, name: &'static str, args: &[&str]| -> Vec<String> {
-        let mut v = vec![chat(json!({"tool_calls": [{"index": if id == "call_a" { 0 } else { 1 }, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}), None)];
+        let mut v = vec![chat(
+            json!({"tool_calls": [{"index": if id == "call_a" { 0 } else { 1 }, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )];
         for a in args {
             v.push(chat(json!({"tool_calls": [{"index": if id == "call_a" { 0 } else { 1 }, "function": {"arguments": a}}]}), None));
         }
         v
     };
-    let role = chat(json!({"role": "assistant", "content": "", "refusal": null}), None);
-    let done = |finish: &str| chat(json!({}), Some(finish)) + &chat_usage(29, 6, 9) + "data: [DONE]\n\n";
+    let role = chat(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        None,
+    );
+    let done =
+        |finish: &str| chat(json!({}), Some(finish)) + &chat_usage(29, 6, 9) + "data: [DONE]\n\n";
     let mut a_calls = tool("call_a", "get_weather", PARIS);
     a_calls.extend(tool("call_b", "get_time", CET));
-    let text_then_tool = want("Let me look.", &[("call_a", "get_weather", paris())], Stop::ToolUse, cu);
+    let text_then_tool = want(
+        "Let me look.",
+        &[("call_a", "get_weather", paris())],
+        Stop::ToolUse,
+        cu,
+    );
     let mut refusal = want("", &[], Stop::Refusal, cu);
     refusal.refusal = "I can't help with that.".into();
     let mut a_refusal = refusal.clone();
     a_refusal.usage = Some(au);
-    let mut error = Final { text: "Hel".into(), error: true, ..Final::default() };
-    let two = [("call_a", "get_weather", paris()), ("call_b", "get_time", cet())];
+    let mut error = Final {
+        text: "Hel".into(),
+        error: true,
+        ..Final::default()
+    };
+    let two = [
+        ("call_a", "get_weather", paris()),
+        ("call_b", "get_time", cet()),
+    ];
     vec![
         ("chat text", Api::Chat, [role.clone(), chat(json!({"content": "Hello"}), None), chat(json!({"content": " world"}), None), done("stop")].concat(), want("Hello world", &[], Stop::EndTurn, cu)),
         ("chat two parallel tools", Api::Chat, [role.clone(), a_calls.concat(), done("tool_calls")].concat(), want("", &two, Stop::ToolUse, cu)),
@@ -409,7 +516,11 @@ fn every_fixture_reaches_every_client_dialect() {
             let (out, usage) = run(from, to, &[bytes.as_bytes()], true);
             let got = accumulate(to, &out);
             assert_eq!(got, seen_by(to, &want), "{name} -> {to:?}:\n{out}");
-            assert_eq!(usage, want.usage.filter(|_| !want.error), "{name}: usage for accounting");
+            assert_eq!(
+                usage,
+                want.usage.filter(|_| !want.error),
+                "{name}: usage for accounting"
+            );
         }
     }
 }
@@ -445,8 +556,18 @@ fn a_broken_upstream_ends_with_one_error_never_a_clean_end() {
             let b = bytes.as_bytes();
             // Cut before the final event (Chat's `[DONE]` plus its finish chunk; the others' last event).
             let tail = match from {
-                Api::Chat => b.windows(17).rposition(|w| w == b"\"finish_reason\":\"").map(|i| b[..i].iter().rposition(|&c| c == b'\n').unwrap()).unwrap(),
-                _ => b[..b.len() - 2].windows(2).rposition(|w| w == b"\n\n").unwrap() + 2,
+                Api::Chat => b
+                    .windows(17)
+                    .rposition(|w| w == b"\"finish_reason\":\"")
+                    .map(|i| b[..i].iter().rposition(|&c| c == b'\n').unwrap())
+                    .unwrap(),
+                _ => {
+                    b[..b.len() - 2]
+                        .windows(2)
+                        .rposition(|w| w == b"\n\n")
+                        .unwrap()
+                        + 2
+                }
             };
             for cut in [tail, tail / 2, 1] {
                 for failed in [false, true] {
@@ -462,7 +583,10 @@ fn a_broken_upstream_ends_with_one_error_never_a_clean_end() {
                     t.fail(gateway::ErrorKind::BadGateway, "again", &mut out);
                     let got = accumulate(to, &out);
                     assert!(got.error, "{name} -> {to:?} cut at {cut}: {out}");
-                    let errors = parse(&out).iter().filter(|(e, d)| e == "error" || d.contains("\"error\":{")).count();
+                    let errors = parse(&out)
+                        .iter()
+                        .filter(|(e, d)| e == "error" || d.contains("\"error\":{"))
+                        .count();
                     assert_eq!(errors, 1, "{name} -> {to:?}: one error event");
                     assert_eq!(t.usage(), None);
                     let _ = &want;
@@ -481,14 +605,31 @@ fn unreadable_upstream_data_is_an_error_not_silence() {
         assert!(accumulate_messages(&out).error, "{from:?}: {out}");
     }
     // An event over the bound is refused by the SSE parser, and reported.
-    let mut t = StreamTranslator::new(Api::Chat, Api::Responses, StreamOptions { max_event_bytes: 64, ..opts() });
+    let mut t = StreamTranslator::new(
+        Api::Chat,
+        Api::Responses,
+        StreamOptions {
+            max_event_bytes: 64,
+            ..opts()
+        },
+    );
     let mut out = String::new();
     t.feed(&[b'x'; 100], &mut out);
     assert!(accumulate_responses(&out).error);
     // The held Responses output is bounded.
-    let mut t = StreamTranslator::new(Api::Chat, Api::Responses, StreamOptions { max_output_bytes: 8, ..opts() });
+    let mut t = StreamTranslator::new(
+        Api::Chat,
+        Api::Responses,
+        StreamOptions {
+            max_output_bytes: 8,
+            ..opts()
+        },
+    );
     let mut out = String::new();
-    t.feed(chat(json!({"content": "more than eight bytes"}), None).as_bytes(), &mut out);
+    t.feed(
+        chat(json!({"content": "more than eight bytes"}), None).as_bytes(),
+        &mut out,
+    );
     assert!(accumulate_responses(&out).error);
 }
 
@@ -499,7 +640,11 @@ fn chat_clients_get_the_usage_chunk_only_when_they_asked() {
     let mut out = String::new();
     t.feed(bytes.as_bytes(), &mut out);
     assert!(!out.contains("\"usage\""), "{out}");
-    assert_eq!(t.usage().unwrap().input, 20, "usage is still read for accounting");
+    assert_eq!(
+        t.usage().unwrap().input,
+        20,
+        "usage is still read for accounting"
+    );
 }
 
 #[test]
