@@ -625,3 +625,67 @@ fn a_to_b_to_a_keeps_the_meaning() {
         }
     }
 }
+
+/// Replaces one random node of `v` with a random value.
+fn mutate(v: &mut Value, rng: &mut fastrand::Rng) {
+    let children = match v {
+        Value::Array(a) if !a.is_empty() => a.len(),
+        Value::Object(o) if !o.is_empty() => o.len(),
+        _ => 0,
+    };
+    if children == 0 || rng.u8(..4) == 0 {
+        *v = [
+            json!(null),
+            json!(7),
+            json!(-1),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!([{}]),
+            json!({"type": "function"}),
+            json!(1e300),
+        ][rng.usize(..9)]
+        .clone();
+        return;
+    }
+    let i = rng.usize(..children);
+    match v {
+        Value::Array(a) => mutate(&mut a[i], rng),
+        Value::Object(o) => mutate(o.values_mut().nth(i).unwrap(), rng),
+        _ => {}
+    }
+}
+
+/// Hostile clients: random corruptions of the fixtures are answered with a value or an error,
+/// never a panic.
+#[test]
+fn corrupted_requests_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(0xf00d);
+    let apis = [Api::Chat, Api::Messages, Api::Responses];
+    let seeds = [
+        (Api::Chat, chat_conversation()),
+        (Api::Messages, claude_code_request()),
+    ];
+    for (from, body) in seeds {
+        for _ in 0..2000 {
+            let mut b = body.clone();
+            for _ in 0..rng.usize(1..4) {
+                mutate(&mut b, &mut rng);
+            }
+            for to in apis {
+                let _ = translate_request(from, to, &b, &OPTS);
+            }
+        }
+    }
+    for _ in 0..2000 {
+        let mut b = json!({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "t"}]},
+            {"role": "user", "content": [{"type": "input_image", "image_url": "https://x"}]}],
+            "text": {"format": {"type": "json_schema", "name": "n", "schema": {}}}, "reasoning": {"effort": "low"},
+            "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "f"}});
+        mutate(&mut b, &mut rng);
+        for to in apis {
+            let _ = translate_request(Api::Responses, to, &b, &OPTS);
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //! dialect, stop reasons both ways, usage with cache reads and writes, and the client's model.
 
 use super::pivot::{Stop, Usage};
-use super::{chat_response, messages_response, responses_response, translate_error, translate_response, Api, TranslateError};
+use super::{
+    chat_response, messages_response, responses_response, translate_error, translate_response, Api,
+    TranslateError,
+};
 use serde_json::{json, Value};
 
 fn chat_answer(finish: &str) -> Value {
@@ -59,7 +62,11 @@ fn read(api: Api, v: &Value) -> (String, Vec<(String, String, Value)>, Stop, Usa
     for o in r.content {
         match o {
             super::pivot::Output::Text(t) | super::pivot::Output::Refusal(t) => text += &t,
-            super::pivot::Output::ToolCall { id, name, arguments } => calls.push((id, name, serde_json::from_str(&arguments).unwrap())),
+            super::pivot::Output::ToolCall {
+                id,
+                name,
+                arguments,
+            } => calls.push((id, name, serde_json::from_str(&arguments).unwrap())),
         }
     }
     (text, calls, r.stop, r.usage)
@@ -68,38 +75,76 @@ fn read(api: Api, v: &Value) -> (String, Vec<(String, String, Value)>, Stop, Usa
 #[test]
 fn every_provider_answer_reaches_every_client() {
     let calls = vec![
-        ("call_a".to_string(), "get_weather".to_string(), json!({"city": "Paris"})),
+        (
+            "call_a".to_string(),
+            "get_weather".to_string(),
+            json!({"city": "Paris"}),
+        ),
         ("call_b".to_string(), "get_time".to_string(), json!({})),
     ];
-    let openai_usage = Usage { input: 70, output: 20, cache_read: 30, cache_write: 0 };
-    let anthropic_usage = Usage { input: 70, output: 20, cache_read: 30, cache_write: 5 };
+    let openai_usage = Usage {
+        input: 70,
+        output: 20,
+        cache_read: 30,
+        cache_write: 0,
+    };
+    let anthropic_usage = Usage {
+        input: 70,
+        output: 20,
+        cache_read: 30,
+        cache_write: 5,
+    };
     let answers = [
         (Api::Chat, chat_answer("tool_calls"), openai_usage),
         (Api::Messages, messages_answer("tool_use"), anthropic_usage),
-        (Api::Responses, responses_answer("completed", None), openai_usage),
+        (
+            Api::Responses,
+            responses_answer("completed", None),
+            openai_usage,
+        ),
     ];
     for (from, body, usage) in answers {
         for to in [Api::Chat, Api::Messages, Api::Responses] {
             let (out, u) = translate_response(from, to, &body, "my-alias").unwrap();
             assert_eq!(u, usage, "{from:?}: usage for accounting");
-            assert_eq!(out["model"], "my-alias", "{from:?} -> {to:?}: the client's model");
+            assert_eq!(
+                out["model"], "my-alias",
+                "{from:?} -> {to:?}: the client's model"
+            );
             let (text, got_calls, stop, got_usage) = read(to, &out);
             assert_eq!(text, "Checking.");
             assert_eq!(got_calls, calls, "{from:?} -> {to:?}");
             assert_eq!(stop, Stop::ToolUse);
             // OpenAI counts cache reads and writes inside its prompt tokens.
-            let want = if to == Api::Messages { usage } else { Usage::from_openai(usage.openai_prompt(), usage.cache_read, usage.output) };
+            let want = if to == Api::Messages {
+                usage
+            } else {
+                Usage::from_openai(usage.openai_prompt(), usage.cache_read, usage.output)
+            };
             assert_eq!(got_usage, want, "{from:?} -> {to:?}: {out}");
         }
     }
     let (m, _) = translate_response(Api::Chat, Api::Messages, &chat_answer("stop"), "a").unwrap();
-    assert_eq!(m["usage"], json!({"input_tokens": 70, "output_tokens": 20, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 0}));
+    assert_eq!(
+        m["usage"],
+        json!({"input_tokens": 70, "output_tokens": 20, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 0})
+    );
     assert_eq!(m["id"], "msg_chatcmpl-9");
-    let (c, _) = translate_response(Api::Messages, Api::Chat, &messages_answer("end_turn"), "a").unwrap();
-    assert_eq!(c["usage"], json!({"prompt_tokens": 105, "completion_tokens": 20, "total_tokens": 125, "prompt_tokens_details": {"cached_tokens": 30}}));
+    let (c, _) =
+        translate_response(Api::Messages, Api::Chat, &messages_answer("end_turn"), "a").unwrap();
+    assert_eq!(
+        c["usage"],
+        json!({"prompt_tokens": 105, "completion_tokens": 20, "total_tokens": 125, "prompt_tokens_details": {"cached_tokens": 30}})
+    );
     assert_eq!(c["id"], "chatcmpl-msg_9");
     assert_eq!(c["object"], "chat.completion");
-    let (r, _) = translate_response(Api::Messages, Api::Responses, &messages_answer("end_turn"), "a").unwrap();
+    let (r, _) = translate_response(
+        Api::Messages,
+        Api::Responses,
+        &messages_answer("end_turn"),
+        "a",
+    )
+    .unwrap();
     assert_eq!(r["usage"]["input_tokens"], 105);
     assert_eq!(r["output"][0]["type"], "message");
     assert_eq!(r["output"][1]["type"], "function_call");
@@ -107,34 +152,63 @@ fn every_provider_answer_reaches_every_client() {
 
 #[test]
 fn stop_reasons_both_ways() {
-    let chat = [("stop", Stop::EndTurn), ("length", Stop::MaxTokens), ("tool_calls", Stop::ToolUse), ("content_filter", Stop::Refusal)];
+    let chat = [
+        ("stop", Stop::EndTurn),
+        ("length", Stop::MaxTokens),
+        ("tool_calls", Stop::ToolUse),
+        ("content_filter", Stop::Refusal),
+    ];
     for (s, stop) in chat {
         assert_eq!(chat_response::stop_from(s), stop);
         assert_eq!(chat_response::stop_to(&stop), s);
     }
-    let ant = [("end_turn", Stop::EndTurn), ("max_tokens", Stop::MaxTokens), ("tool_use", Stop::ToolUse), ("refusal", Stop::Refusal)];
+    let ant = [
+        ("end_turn", Stop::EndTurn),
+        ("max_tokens", Stop::MaxTokens),
+        ("tool_use", Stop::ToolUse),
+        ("refusal", Stop::Refusal),
+    ];
     for (s, stop) in ant {
         assert_eq!(messages_response::stop_from(s, None), stop);
         assert_eq!(messages_response::stop_to(&stop).0, s);
     }
     let seq = messages_response::stop_from("stop_sequence", Some("END"));
     assert_eq!(seq, Stop::StopSequence(Some("END".into())));
-    assert_eq!(messages_response::stop_to(&seq), ("stop_sequence", json!("END")));
+    assert_eq!(
+        messages_response::stop_to(&seq),
+        ("stop_sequence", json!("END"))
+    );
     assert_eq!(chat_response::stop_to(&seq), "stop");
     // Anthropic -> Chat, and Responses statuses, through whole answers.
-    for (reason, finish) in [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("refusal", "content_filter"), ("pause_turn", "stop")] {
+    for (reason, finish) in [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+    ] {
         let mut a = messages_answer(reason);
         a["content"] = json!([{"type": "text", "text": "x"}]);
         let (c, _) = translate_response(Api::Messages, Api::Chat, &a, "m").unwrap();
         assert_eq!(c["choices"][0]["finish_reason"], finish, "{reason}");
     }
-    for (status, reason, want) in [("incomplete", Some("max_output_tokens"), "max_tokens"), ("incomplete", Some("content_filter"), "refusal")] {
+    for (status, reason, want) in [
+        ("incomplete", Some("max_output_tokens"), "max_tokens"),
+        ("incomplete", Some("content_filter"), "refusal"),
+    ] {
         let mut r = responses_answer(status, reason);
-        r["output"] = json!([{"type": "message", "content": [{"type": "output_text", "text": "x"}]}]);
+        r["output"] =
+            json!([{"type": "message", "content": [{"type": "output_text", "text": "x"}]}]);
         let (m, _) = translate_response(Api::Responses, Api::Messages, &r, "m").unwrap();
         assert_eq!(m["stop_reason"], want);
         let (back, _) = translate_response(Api::Messages, Api::Responses, &m, "m").unwrap();
-        assert_eq!((back["status"].clone(), back["incomplete_details"]["reason"].clone()), (json!(status), json!(reason)));
+        assert_eq!(
+            (
+                back["status"].clone(),
+                back["incomplete_details"]["reason"].clone()
+            ),
+            (json!(status), json!(reason))
+        );
     }
 }
 
@@ -143,7 +217,10 @@ fn refusals_and_odd_answers() {
     let refusal = json!({"id": "c", "created": 1, "choices": [{"index": 0, "finish_reason": "stop",
         "message": {"role": "assistant", "content": null, "refusal": "I can't."}}], "usage": {}});
     let (r, _) = translate_response(Api::Chat, Api::Responses, &refusal, "m").unwrap();
-    assert_eq!(r["output"][0]["content"][0], json!({"type": "refusal", "refusal": "I can't."}));
+    assert_eq!(
+        r["output"][0]["content"][0],
+        json!({"type": "refusal", "refusal": "I can't."})
+    );
     let (back, _) = translate_response(Api::Responses, Api::Chat, &r, "m").unwrap();
     assert_eq!(back["choices"][0]["message"]["refusal"], "I can't.");
     assert_eq!(back["choices"][0]["message"]["content"], Value::Null);
@@ -152,7 +229,10 @@ fn refusals_and_odd_answers() {
     let mut bad = chat_answer("tool_calls");
     bad["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!("{\"city\":");
     let e = translate_response(Api::Chat, Api::Messages, &bad, "m").unwrap_err();
-    assert!(matches!(&e, TranslateError::Upstream { field, .. } if field.contains("call_a")), "{e}");
+    assert!(
+        matches!(&e, TranslateError::Upstream { field, .. } if field.contains("call_a")),
+        "{e}"
+    );
     assert_eq!(e.to_api_error().status(), 502);
     // Not an answer at all.
     assert!(translate_response(Api::Messages, Api::Chat, &json!({"hello": 1}), "m").is_err());
@@ -162,17 +242,74 @@ fn refusals_and_odd_answers() {
 #[test]
 fn provider_errors_in_the_callers_dialect() {
     let openai = br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
-    let a: Value = serde_json::from_str(&translate_error(Api::Chat, Api::Messages, 429, openai)).unwrap();
-    assert_eq!(a, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}}));
-    let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    let a: Value =
+        serde_json::from_str(&translate_error(Api::Chat, Api::Messages, 429, openai)).unwrap();
+    assert_eq!(
+        a,
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}})
+    );
+    let anthropic =
+        br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     for to in [Api::Chat, Api::Responses] {
-        let o: Value = serde_json::from_str(&translate_error(Api::Messages, to, 529, anthropic)).unwrap();
+        let o: Value =
+            serde_json::from_str(&translate_error(Api::Messages, to, 529, anthropic)).unwrap();
         assert_eq!(o["error"]["message"], "Overloaded");
         assert_eq!(o["error"]["type"], "server_error");
     }
     let o: Value = serde_json::from_str(&translate_error(Api::Messages, Api::Chat, 400, br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"}}"#)).unwrap();
     assert_eq!(o["error"]["type"], "invalid_request_error");
     // A body that is not an error is not echoed.
-    let o = translate_error(Api::Chat, Api::Messages, 502, b"<html>secret proxy page</html>");
+    let o = translate_error(
+        Api::Chat,
+        Api::Messages,
+        502,
+        b"<html>secret proxy page</html>",
+    );
     assert!(!o.contains("secret") && o.contains("502"), "{o}");
+}
+
+/// Hostile providers: corrupted answers give a value or an error, never a panic.
+#[test]
+fn corrupted_answers_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let junk = [
+        json!(null),
+        json!(3),
+        json!("s"),
+        json!([]),
+        json!({}),
+        json!([{}]),
+        json!(-5),
+    ];
+    for (from, body) in [
+        (Api::Chat, chat_answer("stop")),
+        (Api::Messages, messages_answer("tool_use")),
+        (Api::Responses, responses_answer("completed", None)),
+    ] {
+        for _ in 0..1000 {
+            let mut b = body.clone();
+            // Corrupt one node along a random path.
+            let mut at = &mut b;
+            loop {
+                let n = match at {
+                    Value::Object(o) => o.len(),
+                    Value::Array(a) => a.len(),
+                    _ => 0,
+                };
+                if n == 0 || rng.u8(..3) == 0 {
+                    *at = junk[rng.usize(..junk.len())].clone();
+                    break;
+                }
+                let i = rng.usize(..n);
+                at = match at {
+                    Value::Object(o) => o.values_mut().nth(i).unwrap(),
+                    Value::Array(a) => &mut a[i],
+                    _ => unreachable!(),
+                };
+            }
+            for to in [Api::Chat, Api::Messages, Api::Responses] {
+                let _ = translate_response(from, to, &b, "m");
+            }
+        }
+    }
 }
