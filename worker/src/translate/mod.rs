@@ -98,7 +98,11 @@ mod tests_request;
 #[cfg(test)]
 mod tests_response;
 #[cfg(test)]
+mod tests_roundtrip;
+#[cfg(test)]
 mod tests_stream;
+#[cfg(test)]
+mod tests_stream_fixtures;
 
 pub use pivot::Usage;
 pub use stream::{StreamOptions, StreamTranslator, UsageReader};
