@@ -235,6 +235,16 @@ fn decode_message(
     turns: &mut Vec<Message>,
 ) -> Result<(), TranslateError> {
     let o = object(m, at)?;
+    // `name` is dropped (documented); `audio` or a legacy `function_call` is not harmless.
+    const MESSAGE: &[&str] = &[
+        "role",
+        "content",
+        "name",
+        "tool_calls",
+        "tool_call_id",
+        "refusal",
+    ];
+    check_fields(o, MESSAGE, at, NOTE)?;
     let role = req_str(o, "role", at)?;
     let content = o.get("content").unwrap_or(&Value::Null);
     match role.as_str() {

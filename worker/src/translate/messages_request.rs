@@ -117,6 +117,7 @@ pub(super) fn decode(body: &Value) -> Result<Request, TranslateError> {
     for (i, m) in opt_array(o, "messages", "")?.iter().enumerate() {
         let at = format!("messages[{i}]");
         let mo = object(m, &at)?;
+        check_fields(mo, &["role", "content"], &at, NOTE)?;
         let role = match req_str(mo, "role", &at)?.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,

@@ -162,7 +162,8 @@ pub enum TranslateError {
 impl TranslateError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
-            field: field.into(),
+            // The field name may be the client's own unknown key: bounded before it is echoed.
+            field: truncate(field.into(), 200),
             reason: reason.into(),
         }
     }

@@ -239,6 +239,17 @@ impl UsageReader {
         }
     }
 
+    /// The stream ended: a Chat stream that gave its finish reason but no `[DONE]` still counts.
+    pub fn end(&mut self) {
+        self.pivot.clear();
+        let _ = self.decoder.end(&mut self.pivot);
+        for p in &self.pivot {
+            if let Event::Finish { usage, .. } = p {
+                self.usage = Some(*usage);
+            }
+        }
+    }
+
     /// The stream's usage once its finish was seen. A Chat stream's finish comes at `[DONE]`
     /// (its usage-only chunk follows the finish reason).
     pub fn usage(&self) -> Option<Usage> {

@@ -362,6 +362,24 @@ fn refusals_name_the_field() {
         (
             Api::Chat,
             Api::Messages,
+            json!({"model": "m", "messages": [{"role": "assistant", "audio": {"id": "a"}}]}),
+            "messages[0].audio",
+        ),
+        (
+            Api::Messages,
+            Api::Chat,
+            json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x", "extra": 1}]}),
+            "messages[0].extra",
+        ),
+        (
+            Api::Chat,
+            Api::Messages,
+            json!({"model": "m", "messages": [], "unheard_of": true}),
+            "unheard_of",
+        ),
+        (
+            Api::Chat,
+            Api::Messages,
             json!({"model": "m", "messages": [], "tool_choice": {"type": "function"}}),
             "tool_choice",
         ),
@@ -467,6 +485,14 @@ fn refusals_name_the_field() {
         json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{bad"}}]}]}),
     );
     assert!(e.to_string().contains("call_9"), "names the call: {e}");
+    // A huge unknown key is not echoed whole.
+    let key = "k".repeat(10_000);
+    let e = err(
+        Api::Chat,
+        Api::Messages,
+        json!({"model": "m", "messages": [], key: 1}),
+    );
+    assert!(e.to_api_error().message.len() < 1000);
     // Native requests are not touched.
     let body = json!({"model": "m", "messages": [], "n": 3, "whatever": 1});
     assert_eq!(tr(Api::Chat, Api::Chat, body.clone()), body);

@@ -422,6 +422,61 @@ fn usage_reader_reads_native_streams() {
         }
         assert_eq!(r.usage(), want.usage, "{name}");
     }
+    // A Chat stream without `[DONE]`: its usage counts once the stream ends.
+    let (_, _, bytes, want) = fixtures().remove(0);
+    let mut r = UsageReader::new(Api::Chat, 1 << 20);
+    r.feed(bytes.trim_end_matches("data: [DONE]\n\n").as_bytes());
+    assert_eq!(r.usage(), None, "the finish is at [DONE]");
+    r.end();
+    assert_eq!(r.usage(), want.usage);
+}
+
+/// A Chat provider interleaving two calls' argument deltas: each delta still reaches its own
+/// call (by index, as the SDKs accumulate), in both translated dialects.
+#[test]
+fn interleaved_chat_tool_deltas_keep_their_own_call() {
+    let call = |i: u64, id: &str, name: &str| {
+        chat(
+            json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )
+    };
+    let args = |i: u64, a: &str| {
+        chat(
+            json!({"tool_calls": [{"index": i, "function": {"arguments": a}}]}),
+            None,
+        )
+    };
+    let bytes = [
+        call(0, "call_a", "f"),
+        args(0, "{\"a\":"),
+        call(1, "call_b", "g"),
+        args(1, "{\"b\":"),
+        args(0, "1}"),
+        args(1, "2}"),
+        chat(json!({}), Some("tool_calls")),
+        "data: [DONE]\n\n".into(),
+    ]
+    .concat();
+    let (out, _) = run(Api::Chat, Api::Responses, &[bytes.as_bytes()], true);
+    let f = accumulate_responses(&out);
+    assert_eq!(
+        f.calls,
+        vec![
+            ("call_a".into(), "f".into(), json!({"a": 1})),
+            ("call_b".into(), "g".into(), json!({"b": 2}))
+        ]
+    );
+    let (out, _) = run(Api::Chat, Api::Messages, &[bytes.as_bytes()], true);
+    let mut bufs = vec![String::new(); 2];
+    for (ev, data) in parse(&out) {
+        let v: Value = serde_json::from_str(&data).unwrap();
+        if ev == "content_block_delta" {
+            bufs[v["index"].as_u64().unwrap() as usize] +=
+                v["delta"]["partial_json"].as_str().unwrap();
+        }
+    }
+    assert_eq!(bufs, ["{\"a\":1}", "{\"b\":2}"]);
 }
 
 /// Hostile upstreams: random corruptions of every fixture never panic, and what the client gets
