@@ -54,7 +54,11 @@
 //!   `message_stop` ⇄ Responses `response.*` events with `sequence_number`. Each tool call is its
 //!   own block with its own index; Chat tool-call indexes count tool calls only. A Chat tool call
 //!   may bring its id and its name in different chunks: it starts once its name is known (its
-//!   arguments are held until then). `function: null`, `content: null`, empty deltas, usage-only
+//!   arguments are held until then; a call whose name comes before any id gets the id `call_N`,
+//!   N its Chat index). A Messages client's `message_start` carries zero usage: the counts
+//!   (input, output, cache read and write) come in `message_delta.usage`, which the SDKs merge.
+//!   A Responses client gets `response.incomplete` for max tokens and content filtering, as
+//!   OpenAI sends it (the SDK's `get_final_response()` then raises, as it does against OpenAI). `function: null`, `content: null`, empty deltas, usage-only
 //!   chunks, `ping` events and comments carry no content. A stream that breaks (an upstream
 //!   error event, unreadable data, or an end before the finish) ends with one error event in the
 //!   client's dialect, never with a clean end. A Chat client gets the usage-only chunk only if it
@@ -64,9 +68,13 @@
 //! - Dropped: Anthropic `thinking`/`redacted_thinking` blocks in the history and thinking deltas
 //!   in a stream (no OpenAI equivalent); Chat message `name`; Chat `reasoning_content` deltas;
 //!   `cache_control` toward OpenAI dialects; `is_error` of a tool result toward OpenAI dialects;
-//!   `seed`, `metadata`, `service_tier`, `store: false`, `prompt_cache_key`, `prediction`,
-//!   `verbosity`, `include`, `truncation`, `reasoning.summary`, `stream_options`, top-level
-//!   Responses `metadata`; zero `frequency_penalty`/`presence_penalty`; `top_k` is refused.
+//!   Chat `seed`, `metadata`, `store`, `service_tier`, `prompt_cache_key`, `prediction`,
+//!   `verbosity`, `stream_options` (beyond `include_usage`); Responses `metadata`, `include`,
+//!   `truncation`, `service_tier`, `prompt_cache_key`, `text.verbosity`, `reasoning.summary`,
+//!   `store: false`, `background: false`; Messages `service_tier`; zero
+//!   `frequency_penalty`/`presence_penalty`, `logprobs: false`, `modalities: ["text"]`. The
+//!   Responses default `strict: true` for function tools is not carried: a tool without `strict`
+//!   is non-strict elsewhere.
 //!   Toward a Responses provider `store: false` is always sent (translated requests are never
 //!   stored upstream).
 //! - Refused with a 400 naming the field: `n > 1`; `previous_response_id`, `store: true`,
@@ -74,13 +82,25 @@
 //!   stateless); JSON mode or a schema toward Messages (it has no equivalent); stop sequences
 //!   toward Responses (it has none); non-zero penalties, `logit_bias`, `logprobs`, audio, files
 //!   and documents, built-in/server tools, images inside tool results toward Chat; any field the
-//!   translator does not know.
+//!   translator does not know (top level and message level; `top_k` among them).
 //! - A Chat provider that interleaves the deltas of two tool calls gets each delta forwarded
 //!   with its own block index (the SDKs accumulate by index); OpenAI's own servers never do.
 //! - Memory: a stream keeps a fixed amount of state plus one small entry per tool call, except
 //!   toward a Responses client, whose `*.done` and `response.completed` events repeat the whole
 //!   output (the SDK's `get_final_response()` reads them): that text is held, up to
 //!   `StreamOptions::max_output_bytes`, past which the stream ends with an error.
+//!
+//! # API (for the wiring)
+//! - `translate_request(from, to, &body, &RequestOptions { default_max_tokens })` -> provider
+//!   body or `TranslateError` (`to_api_error()` is the 400, its body in `from.dialect()`).
+//! - `translate_response(from, to, &body, client_model)` -> (client body, `Usage`), or a
+//!   `TranslateError::Upstream` (a 502).
+//! - `translate_error(from, to, status, &body)` -> the client's error body (status kept).
+//! - `StreamTranslator::new(provider, client, StreamOptions)`, then `feed(chunk, &mut out)` per
+//!   upstream chunk, `end(&mut out)` at a clean upstream end, `fail(kind, message, &mut out)`
+//!   when the upstream broke; `usage()` once finished, `is_done()`.
+//! - `UsageReader::new(api, max_event_bytes)`, `feed(chunk)`, `end()`, `usage()` for native
+//!   streams.
 
 mod chat_request;
 mod chat_response;
