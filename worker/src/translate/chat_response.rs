@@ -26,6 +26,7 @@ pub(super) fn usage_from(u: &Value) -> Usage {
     Usage::from_openai(
         count(u, "prompt_tokens"),
         count(&u["prompt_tokens_details"], "cached_tokens"),
+        count(&u["prompt_tokens_details"], "cache_write_tokens"),
         count(u, "completion_tokens"),
     )
 }
@@ -35,7 +36,7 @@ pub(super) fn usage_to(u: &Usage) -> Value {
         "prompt_tokens": u.openai_prompt(),
         "completion_tokens": u.output,
         "total_tokens": u.openai_prompt() + u.output,
-        "prompt_tokens_details": {"cached_tokens": u.cache_read},
+        "prompt_tokens_details": {"cached_tokens": u.cache_read, "cache_write_tokens": u.cache_write},
     })
 }
 

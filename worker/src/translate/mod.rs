@@ -45,7 +45,8 @@
 //!   `incomplete: max_output_tokens`; `tool_calls` ⇄ `tool_use` ⇄ completed with function calls;
 //!   `content_filter` ⇄ `refusal` ⇄ `incomplete: content_filter`. Usage: input, output, cache
 //!   read and cache write; OpenAI's `prompt_tokens`/`input_tokens` include cached tokens
-//!   (`cached_tokens`), Anthropic's `input_tokens` do not, and Anthropic's cache writes are
+//!   (`cached_tokens`) and cache writes (`cache_write_tokens`), Anthropic's `input_tokens` do
+//!   not (`cache_read_input_tokens`, `cache_creation_input_tokens`), and Anthropic's cache writes are
 //!   counted into OpenAI's prompt tokens. The response carries the model the client asked for.
 //!   Ids keep the provider's id, prefixed as the client's dialect expects (`chatcmpl-`, `msg_`,
 //!   `resp_`) when it lacks that prefix.

@@ -230,13 +230,14 @@ impl Usage {
         self.input + self.cache_read + self.cache_write
     }
 
-    /// From OpenAI's total input and its cached part.
-    pub fn from_openai(prompt: u64, cached: u64, output: u64) -> Self {
+    /// From OpenAI's total input, its cached part (`cached_tokens`) and the part written to the
+    /// cache (`cache_write_tokens`, in recent OpenAI APIs and SDKs).
+    pub fn from_openai(prompt: u64, cached: u64, written: u64, output: u64) -> Self {
         Self {
-            input: prompt.saturating_sub(cached),
+            input: prompt.saturating_sub(cached).saturating_sub(written),
             output,
             cache_read: cached,
-            cache_write: 0,
+            cache_write: written,
         }
     }
 }

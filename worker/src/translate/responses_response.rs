@@ -8,6 +8,7 @@ pub(super) fn usage_from(u: &Value) -> Usage {
     Usage::from_openai(
         count(u, "input_tokens"),
         count(&u["input_tokens_details"], "cached_tokens"),
+        count(&u["input_tokens_details"], "cache_write_tokens"),
         count(u, "output_tokens"),
     )
 }
@@ -15,7 +16,7 @@ pub(super) fn usage_from(u: &Value) -> Usage {
 pub(super) fn usage_to(u: &Usage) -> Value {
     json!({
         "input_tokens": u.openai_prompt(),
-        "input_tokens_details": {"cached_tokens": u.cache_read},
+        "input_tokens_details": {"cached_tokens": u.cache_read, "cache_write_tokens": u.cache_write},
         "output_tokens": u.output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": u.openai_prompt() + u.output,

@@ -261,9 +261,6 @@ fn seen_by(to: Api, want: &Final) -> Final {
         w.text = format!("{}{}", w.text, w.refusal);
         w.refusal.clear();
     } else {
-        w.usage = w
-            .usage
-            .map(|u| Usage::from_openai(u.openai_prompt(), u.cache_read, u.output));
         if let Some(Stop::StopSequence(_)) = w.stop {
             w.stop = Some(Stop::EndTurn);
         }
