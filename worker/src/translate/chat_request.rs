@@ -420,20 +420,28 @@ pub(super) fn encode(req: &Request) -> Result<Value, TranslateError> {
             .collect();
         o.insert("tools".into(), Value::Array(tools));
     }
+    // OpenAI refuses `tool_choice` and `parallel_tool_calls` without `tools` (a client of
+    // another dialect may send them anyway): they mean nothing then, so they are not sent.
+    let has_tools = !req.tools.is_empty();
     put(
         &mut o,
         "tool_choice",
-        req.tool_choice.as_ref().map(|c| match c {
-            ToolChoice::Auto => json!("auto"),
-            ToolChoice::None => json!("none"),
-            ToolChoice::Required => json!("required"),
-            ToolChoice::Named(n) => json!({"type": "function", "function": {"name": n}}),
-        }),
+        req.tool_choice
+            .as_ref()
+            .filter(|_| has_tools)
+            .map(|c| match c {
+                ToolChoice::Auto => json!("auto"),
+                ToolChoice::None => json!("none"),
+                ToolChoice::Required => json!("required"),
+                ToolChoice::Named(n) => json!({"type": "function", "function": {"name": n}}),
+            }),
     );
     put(
         &mut o,
         "parallel_tool_calls",
-        req.parallel_tool_calls.map(Value::from),
+        req.parallel_tool_calls
+            .filter(|_| has_tools)
+            .map(Value::from),
     );
     put(
         &mut o,

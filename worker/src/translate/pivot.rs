@@ -277,10 +277,14 @@ pub struct StreamError {
     pub message: String,
 }
 
-/// Merges consecutive turns of one role (Anthropic needs them to alternate) and drops empty ones.
+/// Merges consecutive turns of one role (Anthropic needs them to alternate) and drops empty text
+/// parts and empty turns.
 pub fn merge_turns(messages: Vec<Message>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
-    for m in messages {
+    for mut m in messages {
+        // Empty text means nothing, and Anthropic refuses it (and a turn left empty).
+        m.parts
+            .retain(|p| !matches!(p, Part::Text(t) if t.text.is_empty()));
         if m.parts.is_empty() {
             continue;
         }

@@ -497,3 +497,34 @@ fn refusals_name_the_field() {
     let body = json!({"model": "m", "messages": [], "n": 3, "whatever": 1});
     assert_eq!(tr(Api::Chat, Api::Chat, body.clone()), body);
 }
+
+#[test]
+fn empty_turns_and_tool_settings_without_tools() {
+    // An empty assistant turn between two user turns: the user turns merge, as Anthropic needs.
+    let m = tr(
+        Api::Chat,
+        Api::Messages,
+        json!({"model": "m", "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": [{"type": "text", "text": ""}]},
+            {"role": "user", "content": "b"}
+        ]}),
+    );
+    assert_eq!(
+        m["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    );
+    // OpenAI refuses tool settings without tools; they mean nothing then.
+    for to in [Api::Chat, Api::Responses] {
+        let o = tr(
+            Api::Messages,
+            to,
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": true}}),
+        );
+        assert!(
+            o.get("tool_choice").is_none() && o.get("parallel_tool_calls").is_none(),
+            "{o}"
+        );
+    }
+}
