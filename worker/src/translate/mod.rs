@@ -312,13 +312,20 @@ pub fn translate_response(
 }
 
 /// A provider's error body (in `from`) as an error body in the client's dialect `to`; the status
-/// stays the provider's. A body that is not a recognisable error gets a message naming only the
-/// status (a provider's body is not trusted to be an error message).
+/// stays the provider's. A body that is not a recognisable error, and any 401 or 403, gets a
+/// message naming only the status (a provider's body is not trusted to be an error message, and
+/// a credentials error may quote the gateway's key).
 pub fn translate_error(from: Api, to: Api, status: u16, body: &[u8]) -> String {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| error_message(from, &v))
-        .unwrap_or_else(|| format!("the provider answered with status {status}"));
+    // A credentials error is about the gateway's key, not the client's, and providers quote
+    // (part of) the key they got: the message is not passed on.
+    let message = if matches!(status, 401 | 403) {
+        None
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| error_message(from, &v))
+    }
+    .unwrap_or_else(|| format!("the provider answered with status {status}"));
     error_body(to, status, &message)
 }
 

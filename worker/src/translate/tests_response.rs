@@ -254,6 +254,13 @@ fn provider_errors_in_the_callers_dialect() {
     }
     let o: Value = serde_json::from_str(&translate_error(Api::Messages, Api::Chat, 400, br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"}}"#)).unwrap();
     assert_eq!(o["error"]["type"], "invalid_request_error");
+    // A credentials error may quote the gateway's key: not passed on.
+    let k = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcd****wxyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+    let o = translate_error(Api::Chat, Api::Messages, 401, k);
+    assert!(
+        !o.contains("sk-") && o.contains("authentication_error"),
+        "{o}"
+    );
     // A body that is not an error is not echoed.
     let o = translate_error(
         Api::Chat,

@@ -497,3 +497,24 @@ fn corrupted_upstreams_still_give_well_formed_client_streams() {
         }
     }
 }
+
+/// Endings that are clean although unusual: a Chat server that omits `[DONE]` after its finish
+/// reason; and one that is not: a Responses `response.failed`.
+#[test]
+fn unusual_endings() {
+    let (_, _, bytes, want) = fixtures().remove(0);
+    let no_done = bytes.trim_end_matches("data: [DONE]\n\n");
+    for to in CLIENTS {
+        let (out, usage) = run(Api::Chat, to, &[no_done.as_bytes()], true);
+        assert_eq!(accumulate(to, &out), seen_by(to, &want), "-> {to:?}");
+        assert_eq!(usage, want.usage);
+    }
+    let failed = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\"}}\n\n\
+        event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"id\":\"r\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"model crashed\"}}}\n\n";
+    for to in CLIENTS {
+        let (out, usage) = run(Api::Responses, to, &[failed.as_bytes()], true);
+        assert!(accumulate(to, &out).error, "-> {to:?}: {out}");
+        assert!(out.contains("model crashed"));
+        assert_eq!(usage, None);
+    }
+}
