@@ -397,8 +397,13 @@ fn encode_part(p: &Part) -> Option<Value> {
             content,
             is_error,
         } => {
-            let mut v = json!({"type": "tool_result", "tool_use_id": call_id,
-                "content": content.iter().filter_map(encode_part).collect::<Vec<_>>()});
+            let mut v = json!({"type": "tool_result", "tool_use_id": call_id});
+            let blocks: Vec<Value> = content.iter().filter_map(encode_part).collect();
+            // An empty result (a tool that printed nothing) has no content: empty text blocks
+            // are refused.
+            if !blocks.is_empty() {
+                v["content"] = Value::Array(blocks);
+            }
             if *is_error {
                 v["is_error"] = json!(true);
             }

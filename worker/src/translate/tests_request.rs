@@ -514,6 +514,19 @@ fn empty_turns_and_tool_settings_without_tools() {
         m["messages"],
         json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
     );
+    // A tool that printed nothing: a result without content.
+    let m = tr(
+        Api::Chat,
+        Api::Messages,
+        json!({"model": "m", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": ""}
+        ]}),
+    );
+    assert_eq!(
+        m["messages"][1]["content"],
+        json!([{"type": "tool_result", "tool_use_id": "c"}])
+    );
     // OpenAI refuses tool settings without tools; they mean nothing then.
     for to in [Api::Chat, Api::Responses] {
         let o = tr(
