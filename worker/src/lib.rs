@@ -23,6 +23,9 @@ mod providers;
 mod proxy;
 mod routing;
 mod server;
+/// Dialect translation; not yet on the request path (the wiring is a later step).
+#[doc(hidden)]
+pub mod translate;
 
 pub use error::WorkerError;
 pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER};

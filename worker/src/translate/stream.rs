@@ -1,0 +1,258 @@
+//! The incremental stream translator: provider SSE bytes -> `gateway::sse_parser` events ->
+//! pivot `Event`s (a dialect's decoder) -> client SSE frames (a dialect's encoder), one upstream
+//! event at a time; and the usage reader, which runs a decoder alone on a native stream.
+
+use super::pivot::{Event, StreamError, Usage};
+use super::{chat_stream, messages_stream, responses_stream, Api};
+use gateway::sse_parser::{self, Parser};
+use gateway::ErrorKind;
+
+/// Decodes one provider dialect's events into pivot events.
+pub(super) trait Decode: Send {
+    /// One upstream event; pivot events are pushed to `out`.
+    fn event(&mut self, ev: &sse_parser::Event, out: &mut Vec<Event>) -> Result<(), StreamError>;
+    /// The upstream ended cleanly (no more bytes): push the finish if the dialect allows an end
+    /// here, else an error saying the stream was cut.
+    fn end(&mut self, out: &mut Vec<Event>) -> Result<(), StreamError>;
+}
+
+/// Encodes pivot events as one client dialect's SSE frames.
+pub(super) trait Encode: Send {
+    fn event(&mut self, ev: &Event, out: &mut String) -> Result<(), StreamError>;
+}
+
+pub(super) fn cut(message: impl Into<String>) -> StreamError {
+    StreamError {
+        kind: ErrorKind::BadGateway,
+        message: message.into(),
+    }
+}
+
+/// What a stream translation needs besides the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The model the client asked for (an alias stays an alias).
+    pub model: String,
+    /// A Chat Completions client asked for the usage-only chunk.
+    pub include_usage: bool,
+    /// Unix seconds for `created` / `created_at` (the caller's clock; this module has none).
+    pub created: u64,
+    /// The bound on one upstream SSE line or event (`gateway::sse_parser::Parser::new`).
+    pub max_event_bytes: usize,
+    /// Toward a Responses client only: the bound on the output text held for its `*.done` and
+    /// `response.completed` events (see the module docs).
+    pub max_output_bytes: usize,
+}
+
+impl StreamOptions {
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            include_usage: false,
+            created: 0,
+            max_event_bytes: 1 << 20,
+            max_output_bytes: 16 << 20,
+        }
+    }
+}
+
+fn decoder(api: Api) -> Box<dyn Decode> {
+    match api {
+        Api::Chat => Box::<chat_stream::Decoder>::default(),
+        Api::Messages => Box::<messages_stream::Decoder>::default(),
+        Api::Responses => Box::<responses_stream::Decoder>::default(),
+    }
+}
+
+fn encoder(api: Api, opts: &StreamOptions) -> Box<dyn Encode> {
+    match api {
+        Api::Chat => Box::new(chat_stream::Encoder::new(opts)),
+        Api::Messages => Box::new(messages_stream::Encoder::new(opts)),
+        Api::Responses => Box::new(responses_stream::Encoder::new(opts)),
+    }
+}
+
+/// Translates one provider stream into one client stream; see the module docs. Feed it every
+/// upstream chunk, then call `end` (clean upstream end) or `fail` (the upstream broke); each call
+/// appends the client's frames to `out`. After the finish or one error, everything is ignored.
+pub struct StreamTranslator {
+    parser: Parser,
+    decoder: Box<dyn Decode>,
+    encoder: Box<dyn Encode>,
+    /// Scratch buffers, reused for every chunk so a stream allocates them once.
+    sse: Vec<sse_parser::Event>,
+    pivot: Vec<Event>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl StreamTranslator {
+    /// A translator from a `provider` stream to a `client` stream.
+    pub fn new(provider: Api, client: Api, opts: StreamOptions) -> Self {
+        Self {
+            parser: Parser::new(opts.max_event_bytes),
+            decoder: decoder(provider),
+            encoder: encoder(client, &opts),
+            sse: Vec::new(),
+            pivot: Vec::new(),
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// One chunk of upstream bytes.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut String) {
+        if self.done {
+            return;
+        }
+        self.sse.clear();
+        if let Err(e) = self.parser.feed(chunk, &mut self.sse) {
+            // The events completed before the bad one still go out first.
+            let err = cut(format!("unreadable upstream stream: {e}"));
+            self.drain_sse(out);
+            return self.fail_with(err, out);
+        }
+        self.drain_sse(out);
+    }
+
+    fn drain_sse(&mut self, out: &mut String) {
+        let events = std::mem::take(&mut self.sse);
+        for ev in &events {
+            if self.done {
+                break;
+            }
+            self.pivot.clear();
+            let r = self.decoder.event(ev, &mut self.pivot);
+            self.emit(out);
+            if let Err(e) = r {
+                self.fail_with(e, out);
+            }
+        }
+        self.sse = events;
+    }
+
+    fn emit(&mut self, out: &mut String) {
+        let pivot = std::mem::take(&mut self.pivot);
+        for ev in &pivot {
+            if self.done {
+                break;
+            }
+            if let Event::Finish { usage, .. } = ev {
+                self.usage = Some(*usage);
+            }
+            match self.encoder.event(ev, out) {
+                Ok(()) => self.done = matches!(ev, Event::Finish { .. } | Event::Error(_)),
+                Err(e) => self.fail_with(e, out),
+            }
+        }
+        self.pivot = pivot;
+    }
+
+    /// The upstream ended without a transport error. A stream that had not finished (cut in the
+    /// middle of an event, or before the dialect's last event) ends with an error, never cleanly.
+    pub fn end(&mut self, out: &mut String) {
+        if self.done {
+            return;
+        }
+        if !self.parser.is_between_events() {
+            return self.fail_with(
+                cut("the upstream stream was cut in the middle of an event"),
+                out,
+            );
+        }
+        self.pivot.clear();
+        let r = self.decoder.end(&mut self.pivot);
+        self.emit(out);
+        if let Err(e) = r {
+            self.fail_with(e, out);
+        }
+        if !self.done {
+            self.fail_with(cut("the upstream stream ended before its finish"), out);
+        }
+    }
+
+    /// The upstream broke (a reset, a timeout): one error event in the client's dialect.
+    pub fn fail(&mut self, kind: ErrorKind, message: &str, out: &mut String) {
+        self.fail_with(
+            StreamError {
+                kind,
+                message: message.to_string(),
+            },
+            out,
+        );
+    }
+
+    fn fail_with(&mut self, err: StreamError, out: &mut String) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        // An encoder cannot fail on an error event; if it did there is nothing better to send.
+        let _ = self.encoder.event(&Event::Error(err), out);
+    }
+
+    /// The usage of the finished stream (None until its finish arrived).
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// True after the finish or an error: nothing more will be written.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Reads the usage out of a native (untranslated) stream with the same decoders, for accounting.
+pub struct UsageReader {
+    parser: Parser,
+    decoder: Box<dyn Decode>,
+    sse: Vec<sse_parser::Event>,
+    pivot: Vec<Event>,
+    usage: Option<Usage>,
+}
+
+impl UsageReader {
+    pub fn new(api: Api, max_event_bytes: usize) -> Self {
+        Self {
+            parser: Parser::new(max_event_bytes),
+            decoder: decoder(api),
+            sse: Vec::new(),
+            pivot: Vec::new(),
+            usage: None,
+        }
+    }
+
+    /// One chunk of the stream, as it passes through to the client.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.sse.clear();
+        if self.parser.feed(chunk, &mut self.sse).is_err() {
+            return;
+        }
+        for ev in &self.sse {
+            self.pivot.clear();
+            let _ = self.decoder.event(ev, &mut self.pivot);
+            for p in &self.pivot {
+                if let Event::Finish { usage, .. } = p {
+                    self.usage = Some(*usage);
+                }
+            }
+        }
+    }
+
+    /// The stream ended: a Chat stream that gave its finish reason but no `[DONE]` still counts.
+    pub fn end(&mut self) {
+        self.pivot.clear();
+        let _ = self.decoder.end(&mut self.pivot);
+        for p in &self.pivot {
+            if let Event::Finish { usage, .. } = p {
+                self.usage = Some(*usage);
+            }
+        }
+    }
+
+    /// The stream's usage once its finish was seen. A Chat stream's finish comes at `[DONE]`
+    /// (its usage-only chunk follows the finish reason).
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
