@@ -3,11 +3,13 @@
 //! and how a request body is read with a bound (`upload`). Nothing here starts tasks or touches
 //! sockets.
 
+pub mod admission;
 pub mod api_error;
 pub mod config;
 pub mod heartbeat;
 pub mod net;
 pub mod provider_slots;
+pub mod read_timeouts;
 pub mod request;
 pub mod sse;
 pub mod upload;
