@@ -180,6 +180,36 @@ fn a_worker_port_is_no_way_around_the_fronts_admission() {
     }
 }
 
+/// A `worker_command` worker is reached over its TCP port, which admits requests itself: the
+/// front's forwarded requests (the client's token, a loopback Host) must still get through,
+/// and the worker gets the tokens without the variables.
+#[test]
+fn the_front_reaches_a_custom_worker_command_through_its_admission() {
+    let bin = support::process::bin_path("gateway-worker");
+    let env = TestEnv::new(&config(1, r#"auth_token_env = "ADM_SERVER_TOKEN""#, ""));
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "[pool]\n",
+        &format!("[pool]\nworker_command = [\"{}\"]\n", bin.display()),
+    );
+    std::fs::write(&env.config_path, text).unwrap();
+    let run = start(
+        &env,
+        &[
+            ("ADM_SERVER_TOKEN", SERVER_TOKEN),
+            ("ADM_CLIENT_TOKEN", CLIENT_TOKEN),
+        ],
+    );
+    assert_admits_like_the_front(run.listen);
+    let (pid, port) = workers(&env)[0];
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).starts_with(&bin.display().to_string()),
+        "the worker is the configured program"
+    );
+    assert!(start_env(pid).iter().all(|kv| !kv.contains(SERVER_TOKEN)));
+    assert_admits_like_the_front(SocketAddr::from(([127, 0, 0, 1], port)));
+}
+
 #[test]
 fn a_standalone_worker_admits_like_the_front() {
     let cfg = format!(
