@@ -1,7 +1,8 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, SSE frames,
-//! and how a request body is read with a bound (`upload`). Nothing here starts tasks or touches
-//! sockets.
+//! admission (Host, Origin, CORS, tokens: `admission`), how long a client may take to send a
+//! request (`read_timeouts`), and how a request body is read with a bound (`upload`). Nothing
+//! here starts tasks or touches sockets.
 
 pub mod admission;
 pub mod api_error;
