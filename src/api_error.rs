@@ -41,8 +41,12 @@ pub enum ErrorKind {
     Unauthorized,
     /// 404: unknown model or path.
     NotFound,
+    /// 403: a cross-site `Origin` (see `admission`).
+    Forbidden,
     /// 405: known path, wrong method.
     MethodNotAllowed,
+    /// 408: the request body went silent for longer than `body_read_timeout`.
+    RequestTimeout,
     /// 413: body over `max_body_bytes`.
     PayloadTooLarge,
     /// 421: Host not allowed.
@@ -65,7 +69,9 @@ impl ErrorKind {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -82,7 +88,9 @@ impl ErrorKind {
             Self::BadRequest => ("invalid_request_error", "invalid_request"),
             Self::Unauthorized => ("authentication_error", "invalid_api_key"),
             Self::NotFound => ("invalid_request_error", "not_found"),
+            Self::Forbidden => ("permission_error", "origin_not_allowed"),
             Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            Self::RequestTimeout => ("invalid_request_error", "request_timeout"),
             Self::PayloadTooLarge => ("invalid_request_error", "request_too_large"),
             Self::MisdirectedRequest => ("invalid_request_error", "host_not_allowed"),
             Self::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
@@ -96,10 +104,12 @@ impl ErrorKind {
     /// Anthropic `error.type`.
     fn anthropic_type(self) -> &'static str {
         match self {
-            Self::BadRequest | Self::MethodNotAllowed | Self::MisdirectedRequest => {
-                "invalid_request_error"
-            }
+            Self::BadRequest
+            | Self::MethodNotAllowed
+            | Self::MisdirectedRequest
+            | Self::RequestTimeout => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
+            Self::Forbidden => "permission_error",
             Self::NotFound => "not_found_error",
             Self::PayloadTooLarge => "request_too_large",
             Self::RateLimited => "rate_limit_error",
@@ -112,11 +122,13 @@ impl ErrorKind {
     /// The inverse of `status` for a status this gateway itself produces (a worker's answer
     /// relayed by the front); any other status is a bad gateway.
     pub fn from_status(status: u16) -> Self {
-        const ALL: [ErrorKind; 11] = [
+        const ALL: [ErrorKind; 13] = [
             ErrorKind::BadRequest,
             ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,
+            ErrorKind::RequestTimeout,
             ErrorKind::PayloadTooLarge,
             ErrorKind::MisdirectedRequest,
             ErrorKind::RateLimited,

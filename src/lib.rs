@@ -1,8 +1,10 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, the model list,
-//! SSE frames, header hygiene towards providers (`headers`), and how a request body is read with a
-//! bound (`upload`). Nothing here starts tasks or touches sockets.
+//! SSE frames, admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
+//! providers (`headers`), how long a client may take to send a request (`read_timeouts`), and how
+//! a request body is read with a bound (`upload`). Nothing here starts tasks or touches sockets.
 
+pub mod admission;
 pub mod api_error;
 pub mod config;
 pub mod headers;
@@ -10,6 +12,7 @@ pub mod heartbeat;
 pub mod model_list;
 pub mod net;
 pub mod provider_slots;
+pub mod read_timeouts;
 pub mod request;
 pub mod runtime_file;
 pub mod sse;

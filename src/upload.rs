@@ -67,11 +67,14 @@ impl<B> From<ApiError> for Refused<B> {
     }
 }
 
-/// Reads `body` whole if it is at most `max` bytes; see the module docs for a refusal.
+/// Reads `body` whole if it is at most `max` bytes; see the module docs for a refusal. A body
+/// that sends nothing for `idle` (`server.body_read_timeout`) gets 408 and is not drained: the
+/// client stalled, so the connection closes with it.
 pub async fn read_limited<B>(
     mut body: B,
     headers: &HeaderMap,
     max: u64,
+    idle: Duration,
 ) -> Result<Bytes, Refused<B>>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -94,7 +97,17 @@ where
         return Err(too_large((!expects).then_some(body)));
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(Refused::from(ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body sent nothing for {}",
+                    humantime::format_duration(idle)
+                ),
+            )));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| {
             ApiError::new(
                 ErrorKind::BadRequest,
@@ -185,8 +198,27 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Drain<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use http_body_util::{Full, StreamBody};
     use std::convert::Infallible;
+
+    const IDLE: Duration = Duration::from_secs(5);
+
+    /// A body that sends a piece and then goes silent (a chunk size larger than its data) is
+    /// given up after `idle`, with 408.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_times_out() {
+        let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(
+            Bytes::from_static(b"abc"),
+        ))])
+        .chain(futures_util::stream::pending());
+        let r = read_limited(StreamBody::new(chunks), &HeaderMap::new(), 100, IDLE)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(r.error.kind, ErrorKind::RequestTimeout);
+        assert!(r.upload.is_none(), "a stalled upload is not drained");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -202,6 +234,7 @@ mod tests {
             Full::new(Bytes::from_static(b"hello")),
             &HeaderMap::new(),
             5,
+            IDLE,
         )
         .await
         .ok()
@@ -212,6 +245,7 @@ mod tests {
             Full::new(Bytes::new()),
             &headers(&[("content-length", "99")]),
             5,
+            IDLE,
         )
         .await
         .err()
@@ -223,6 +257,7 @@ mod tests {
             Full::new(Bytes::new()),
             &headers(&[("content-length", "99"), ("expect", "100-Continue")]),
             5,
+            IDLE,
         )
         .await
         .err()
@@ -232,7 +267,7 @@ mod tests {
         let chunks = futures_util::stream::iter(
             (0..4).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))),
         );
-        let r = read_limited(StreamBody::new(chunks), &HeaderMap::new(), 5)
+        let r = read_limited(StreamBody::new(chunks), &HeaderMap::new(), 5, IDLE)
             .await
             .err()
             .unwrap();

@@ -242,7 +242,9 @@ fn status_without_permission_on_the_admin_socket_says_so() {
     };
     open(env.dir.path(), 0o711);
     open(&env.config_path, 0o644);
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
     nix::unistd::chown(&env.runtime_dir(), Some(nobody.uid), None).unwrap();
     let mut cmd = env.supervisor(&["status"]);
     let program = cmd.get_program().to_owned();

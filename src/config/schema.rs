@@ -39,6 +39,12 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub stream_ping_interval: Duration,
+    /// A client that has not sent its whole request head by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest silence while a request body is being read.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +56,8 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             cors_allow_origins: Vec::new(),
             stream_ping_interval: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -52,6 +52,12 @@ fn check_server(cfg: &Config, c: &mut Collector) {
     if s.stream_ping_interval.is_zero() {
         c.err("server.stream_ping_interval", "must be greater than 0s");
     }
+    if s.header_read_timeout.is_zero() {
+        c.err("server.header_read_timeout", "must be greater than 0s");
+    }
+    if s.body_read_timeout.is_zero() {
+        c.err("server.body_read_timeout", "must be greater than 0s");
+    }
 }
 
 fn check_pool(cfg: &Config, c: &mut Collector) {

@@ -37,7 +37,12 @@ pub fn run(args: WorkerArgs) -> u8 {
 fn run_inner(args: WorkerArgs) -> Result<(), WorkerError> {
     let source = gateway::config::resolve_source(args.config.as_deref());
     let config = gateway::config::load(&source)?.config;
-    // Before the runtime starts threads: this edits the environment.
+    // Before the runtime starts threads: these edit the environment. A supervised worker gets
+    // its tokens from the supervisor (it inherits no token variable); a standalone one reads
+    // the variables the configuration names, as the front does.
+    let tokens = gateway::admission::Tokens::take_inherited()
+        .map_err(WorkerError::Admission)?
+        .unwrap_or_else(|| gateway::admission::Tokens::from_env(&config));
     let (listener, front) = match crate::listen::take_inherited()? {
         Some(i) => (i.tcp, i.front),
         // Standalone, with no --listen, the worker is the whole gateway on the configured port.
@@ -81,7 +86,7 @@ fn run_inner(args: WorkerArgs) -> Result<(), WorkerError> {
             .map(tokio::net::UnixListener::from_std)
             .transpose()
             .map_err(WorkerError::Runtime)?;
-        crate::run_with_front(config, listener, front, heartbeat, shutdown).await
+        crate::run_with_front(config, tokens, listener, front, heartbeat, shutdown).await
     })?;
     // Connection tasks still running past the grace period are cancelled here, not awaited.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -18,6 +18,8 @@ pub enum WorkerError {
     Signals(std::io::Error),
     #[error("cannot map the provider slot table (GATEWAY_PROVIDER_TABLE): {0}")]
     ProviderTable(std::io::Error),
+    #[error("cannot read the token set the supervisor passed: {0}")]
+    Admission(std::io::Error),
 }
 
 impl WorkerError {
@@ -25,7 +27,11 @@ impl WorkerError {
         match self {
             Self::Config(_) => 2,
             Self::Bind { .. } => 4,
-            Self::Inherited(_) | Self::Runtime(_) | Self::Signals(_) | Self::ProviderTable(_) => 1,
+            Self::Inherited(_)
+            | Self::Runtime(_)
+            | Self::Signals(_)
+            | Self::ProviderTable(_)
+            | Self::Admission(_) => 1,
         }
     }
 }

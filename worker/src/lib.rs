@@ -37,20 +37,25 @@ use std::sync::Arc;
 
 /// Serves `listener` with `config` until `shutdown` completes, then lets in-flight requests
 /// finish for up to `pool.shutdown_timeout`. Must run inside a Tokio runtime (with time and IO).
-/// Writes the heartbeat file when `heartbeat` is given.
+/// Writes the heartbeat file when `heartbeat` is given. Tokens come from the variables the
+/// configuration names.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     heartbeat: Option<HeartbeatConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    run_with_front(config, listener, None, heartbeat, shutdown).await
+    let tokens = gateway::admission::Tokens::from_env(&config);
+    run_with_front(config, tokens, listener, None, heartbeat, shutdown).await
 }
 
-/// `run`, also serving `front` (the supervisor's private Unix socket, when it passed one) with
-/// the same handlers.
+/// `run` with the token set given, also serving `front` (the supervisor's private Unix socket,
+/// when it passed one) with the same handlers. The TCP port admits requests as the front does
+/// (`gateway::admission`); `front` skips that, since only the front, which already admitted
+/// them, can connect to it.
 pub async fn run_with_front(
     config: Config,
+    tokens: gateway::admission::Tokens,
     listener: tokio::net::TcpListener,
     front: Option<tokio::net::UnixListener>,
     heartbeat: Option<HeartbeatConfig>,
@@ -81,7 +86,12 @@ pub async fn run_with_front(
     }
     let mut table = routing::RouteTable::new(&config, providers);
     table.limits.limiter = Some(provider_limiter()?);
-    let app = Arc::new(handlers::App::new(&config, table, metrics));
+    let bound = listener.local_addr().map_err(WorkerError::Runtime)?;
+    let admission = gateway::admission::Admission {
+        access: gateway::admission::AccessPolicy::new(&config, &[bound]),
+        tokens,
+    };
+    let app = Arc::new(handlers::App::new(&config, table, metrics, admission));
     // Owned here: dropped (and the task aborted) when the server has stopped.
     let _probes = app.health.spawn();
     server::serve(

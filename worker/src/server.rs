@@ -1,10 +1,13 @@
 //! The accept loop: serves HTTP/1.1 and HTTP/2 (prior knowledge) connections on the listeners
 //! (the TCP port, and the supervisor's Unix socket when there is one), runs the heartbeat on
 //! the same runtime, and on shutdown stops accepting, lets in-flight requests finish for up to
-//! the grace period, then returns.
+//! the grace period, then returns. A TCP connection whose first request head does not arrive
+//! within `server.header_read_timeout` is closed (`gateway::read_timeouts`); the front's
+//! private socket is exempt, its connections are the front's pooled ones.
 
-use crate::handlers::{self, App};
+use crate::handlers::{self, App, Hop};
 use crate::heartbeat::{self, HeartbeatConfig};
+use gateway::read_timeouts::{first_head_within, HeadSeen};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -46,6 +49,13 @@ pub async fn serve(
     // The supervisor's front multiplexes every stream it sends this worker over one HTTP/2
     // connection; it never sends more than `worker_max_inflight` requests at once.
     builder.http2().max_concurrent_streams(app.max_inflight);
+    // The front's hop keeps idle pooled connections (see the supervisor's `conns`): no head
+    // deadline there. The port gets the configured one.
+    let mut port_builder = builder.clone();
+    builder.http1().header_read_timeout(None);
+    port_builder
+        .http1()
+        .header_read_timeout(app.header_read_timeout);
     let graceful = GracefulShutdown::new();
     // Dropped when this function returns, which stops the heartbeat with the server.
     let _heartbeat = heartbeat.map(|h| heartbeat::spawn(h, app.counters.clone()));
@@ -61,12 +71,12 @@ pub async fn serve(
             a = listener.accept() => match a {
                 Ok((s, _)) => {
                     let _ = s.set_nodelay(true);
-                    serve_conn(&builder, &graceful, &app, s);
+                    serve_conn(&port_builder, &graceful, &app, Hop::Port, s);
                 }
                 Err(e) => accept_failed(e).await,
             },
             a = accept_front(&front) => match a {
-                Ok(s) => serve_conn(&builder, &graceful, &app, s),
+                Ok(s) => serve_conn(&builder, &graceful, &app, Hop::Front, s),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -86,16 +96,31 @@ fn serve_conn<S>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     app: &Arc<App>,
+    hop: Hop,
     io: S,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let app = app.clone();
-    let svc = service_fn(move |req| handlers::handle(app.clone(), req));
+    let seen = HeadSeen::default();
+    let limit = app.header_read_timeout;
+    let svc = {
+        let (app, seen) = (app.clone(), seen.clone());
+        service_fn(move |req| {
+            seen.mark();
+            handlers::handle(app.clone(), hop, req)
+        })
+    };
     let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        let conn = std::pin::pin!(conn);
+        let ended = match hop {
+            Hop::Port => first_head_within(conn, &seen, limit).await,
+            Hop::Front => Some(conn.await),
+        };
+        match ended {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+            None => tracing::debug!("no request head within header_read_timeout; closed"),
         }
     });
 }

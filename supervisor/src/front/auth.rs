@@ -1,10 +1,8 @@
-//! Who may call `/v1/*`: the server token and the `[[clients]]` tokens, and each client's
-//! pool-wide concurrency limit.
+//! Who is calling `/v1/*`, and each `[[clients]]` entry's pool-wide concurrency limit.
 //!
-//! Tokens come from environment variables read once per configuration (at start and at each
-//! reload, see `Settings`), never per request. A token arrives as `Authorization: Bearer X` or
-//! `x-api-key: X` and is compared in constant time, so response timing does not leak how much
-//! of a guess was right.
+//! The token check itself is `gateway::admission` (the same on the front and on every worker
+//! port); tokens are read once per configuration (at start and at each reload, see `Settings`),
+//! never per request.
 //!
 //! A client's in-flight count and its line of waiting requests (`ClientLive`) outlive the
 //! configuration they were created with: a reload hands them to the client of the same name,
@@ -12,8 +10,8 @@
 //! permits, when returned, wake the requests waiting under the new configuration.
 
 use crate::fifo::Fifo;
+use gateway::admission::{self, Tokens};
 use gateway::Config;
-use http::HeaderMap;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -21,7 +19,6 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Client {
     pub name: String,
-    token: Vec<u8>,
     /// 0 = unlimited.
     pub max_concurrency: u32,
     /// Shared with the same-named client of the configurations before and after this one.
@@ -48,106 +45,52 @@ pub enum Caller {
     Client(Arc<Client>),
 }
 
-/// The tokens of one configuration.
+/// The clients of one configuration with a token set, and their live state. Which token is
+/// whose is `gateway::admission::Tokens`; this table turns its answer into a `Caller`.
 #[derive(Debug, Default)]
 pub struct AuthTable {
-    server: Option<Vec<u8>>,
     clients: Vec<Arc<Client>>,
 }
 
 impl AuthTable {
-    /// Reads the token variables named by `cfg`. Empty or unset variables configure nothing.
-    /// Clients also named in `previous` keep its live state (in-flight count, waiting line).
-    pub fn from_config(cfg: &Config, previous: Option<&AuthTable>) -> Self {
+    /// The `[[clients]]` of `cfg` that `tokens` holds a token for. Clients also named in
+    /// `previous` keep its live state (in-flight count, waiting line).
+    pub fn new(cfg: &Config, tokens: &Tokens, previous: Option<&AuthTable>) -> Self {
         let live = |name: &str| {
             previous
                 .and_then(|p| p.clients.iter().find(|c| c.name == name))
                 .map(|c| c.live.clone())
                 .unwrap_or_default()
         };
-        let env = |name: &str| {
-            (!name.is_empty())
-                .then(|| std::env::var(name).ok())
-                .flatten()
-                .filter(|v| !v.is_empty())
-                .map(String::into_bytes)
-        };
         let clients = cfg
             .clients
             .iter()
-            .filter_map(|c| {
-                let token = env(&c.token_env)?;
-                Some(Arc::new(Client {
+            .filter(|c| tokens.has_client(&c.name))
+            .map(|c| {
+                Arc::new(Client {
                     name: c.name.clone(),
-                    token,
                     max_concurrency: c.max_concurrency,
                     live: live(&c.name),
-                }))
+                })
             })
             .collect();
-        Self {
-            server: env(&cfg.server.auth_token_env),
-            clients,
-        }
+        Self { clients }
     }
 
-    /// Identifies the caller, or `None` when a token is required and none matched.
-    pub fn check(&self, headers: &HeaderMap) -> Option<Caller> {
-        if self.server.is_none() && self.clients.is_empty() {
-            return Some(Caller::Open);
-        }
-        let presented = presented_token(headers)?;
-        // Every token is compared (no early exit on a match) so timing does not reveal which
-        // entry matched either.
-        let mut found = None;
-        if let Some(t) = &self.server {
-            if ct_eq(t, presented) {
-                found = Some(Caller::Server);
-            }
-        }
-        for c in &self.clients {
-            if ct_eq(&c.token, presented) && found.is_none() {
-                found = Some(Caller::Client(c.clone()));
-            }
-        }
-        found
-    }
-}
-
-/// The token from `Authorization: Bearer X`, else from `x-api-key: X`.
-fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let b = v.as_bytes();
-        if b.len() > 7 && b[..7].eq_ignore_ascii_case(b"bearer ") {
-            return Some(trim(&b[7..]));
+    /// The caller admission identified.
+    pub fn caller(&self, admitted: admission::Caller<'_>) -> Caller {
+        match admitted {
+            admission::Caller::Open => Caller::Open,
+            admission::Caller::Server => Caller::Server,
+            // Built from the same `Tokens`, so the client is always here; were it not, the
+            // request would still have passed the token check and only its limit is unknown.
+            admission::Caller::Client(name) => self
+                .clients
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(Caller::Server, |c| Caller::Client(c.clone())),
         }
     }
-    headers.get("x-api-key").map(|v| trim(v.as_bytes()))
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |i| i + 1);
-    &b[s..e.max(s)]
-}
-
-/// Constant-time equality: the time depends on the lengths only, never on where bytes differ.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u64;
-    let n = a.len().max(b.len());
-    for i in 0..n {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= u64::from(x ^ y);
-    }
-    // black_box keeps the optimiser from turning the loop into an early-exit comparison.
-    std::hint::black_box(diff) == 0
 }
 
 /// A place within a client's `max_concurrency`; dropping it returns the place and wakes the
@@ -180,51 +123,41 @@ impl Drop for ClientPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    #[test]
-    fn constant_time_eq() {
-        assert!(ct_eq(b"secret", b"secret"));
-        assert!(!ct_eq(b"secret", b"secreT"));
-        assert!(!ct_eq(b"secret", b"secret2"));
-        assert!(!ct_eq(b"", b"x"));
-        assert!(ct_eq(b"", b""));
+    fn tokens(cli: &str) -> Tokens {
+        let mut cfg = config();
+        cfg.server.auth_token_env = String::new();
+        std::env::set_var("GATEWAY_TEST_AUTH_CLI", cli);
+        Tokens::from_env(&cfg)
     }
 
-    fn table() -> AuthTable {
-        AuthTable {
-            server: Some(b"srv".to_vec()),
-            clients: vec![Arc::new(Client {
-                name: "desk".into(),
-                token: b"cli".to_vec(),
-                max_concurrency: 1,
-                live: Default::default(),
-            })],
-        }
+    fn config() -> Config {
+        let mut cfg = Config::default();
+        cfg.clients.push(gateway::config::ClientConfig {
+            name: "desk".into(),
+            token_env: "GATEWAY_TEST_AUTH_CLI".into(),
+            max_concurrency: 1,
+        });
+        cfg
     }
 
     #[test]
-    fn bearer_and_api_key() {
-        let t = table();
-        let mut h = HeaderMap::new();
-        assert!(t.check(&h).is_none());
-        h.insert("authorization", HeaderValue::from_static("Bearer srv"));
-        assert!(matches!(t.check(&h), Some(Caller::Server)));
-        h.insert("authorization", HeaderValue::from_static("bearer wrong"));
-        assert!(t.check(&h).is_none());
-        h.clear();
-        h.insert("x-api-key", HeaderValue::from_static("cli"));
-        assert!(matches!(t.check(&h), Some(Caller::Client(c)) if c.name == "desk"));
+    fn admitted_clients_get_their_limits() {
+        let t = tokens("cli");
+        let table = AuthTable::new(&config(), &t, None);
+        let c = table.caller(admission::Caller::Client("desk"));
+        assert!(matches!(c, Caller::Client(c) if c.name == "desk" && c.max_concurrency == 1));
         assert!(matches!(
-            AuthTable::default().check(&HeaderMap::new()),
-            Some(Caller::Open)
+            table.caller(admission::Caller::Open),
+            Caller::Open
         ));
     }
 
     #[test]
     fn permits_bound_a_client() {
-        let t = table();
-        let c = t.clients[0].clone();
+        let t = tokens("cli");
+        let table = AuthTable::new(&config(), &t, None);
+        let c = table.clients[0].clone();
         let p = ClientPermit::try_take(&c).unwrap();
         assert!(ClientPermit::try_take(&c).is_none());
         drop(p);
@@ -236,17 +169,13 @@ mod tests {
     /// counts against the limit in the new one, and returning it frees a place there.
     #[test]
     fn a_reload_keeps_in_flight_counts_by_client_name() {
-        let old = table();
+        let cfg = config();
+        let t = tokens("cli");
+        let old = AuthTable::new(&cfg, &t, None);
         let held = ClientPermit::try_take(&old.clients[0]).unwrap();
-        let mut cfg = Config::default();
-        cfg.clients.push(gateway::config::ClientConfig {
-            name: "desk".into(),
-            token_env: "GATEWAY_TEST_RELOAD_TOKEN".into(),
-            max_concurrency: 1,
-        });
-        std::env::set_var("GATEWAY_TEST_RELOAD_TOKEN", "cli2");
-        let new = AuthTable::from_config(&cfg, Some(&old));
-        let fresh = AuthTable::from_config(&cfg, None);
+        let t2 = tokens("cli2");
+        let new = AuthTable::new(&cfg, &t2, Some(&old));
+        let fresh = AuthTable::new(&cfg, &t2, None);
         let n = &new.clients[0];
         assert_eq!(n.live.inflight.load(Relaxed), 1, "the old permit counts");
         assert!(ClientPermit::try_take(n).is_none(), "still at its limit");

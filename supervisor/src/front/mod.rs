@@ -11,7 +11,8 @@
 //! - `forward`: sending to a worker, retries before headers, response wrapping;
 //! - `waiting`: keep-alive pings for streams that wait, then the worker's stream spliced in;
 //! - `body`: response bodies and the in-flight guard riding on them;
-//! - `auth`, `access`: tokens and client limits; Host check and CORS;
+//! - `auth`: who the caller is and its client limits (admission itself, the Host check, the
+//!   Origin rule, CORS and tokens, is `gateway::admission`, shared with the workers);
 //! - `models_cache`, `metrics_page`: the two endpoints with state of their own;
 //! - `counters`: cached metric handles and request ids.
 //!
@@ -19,7 +20,6 @@
 //! atomics, configuration is an `ArcSwap`, and everything derived from a configuration
 //! (`Settings`) is rebuilt once per reload and swapped in.
 
-pub mod access;
 pub mod auth;
 pub mod body;
 pub mod conns;
@@ -70,7 +70,7 @@ pub struct Settings {
     /// The configuration this was built from; compared by pointer to notice a reload.
     pub source: Arc<Config>,
     pub auth: auth::AuthTable,
-    pub access: access::AccessPolicy,
+    pub admission: gateway::admission::Admission,
     /// The `/v1/models` answer when no list was ever fetched: configured models and aliases.
     pub floor_models: Bytes,
 }
@@ -78,9 +78,13 @@ pub struct Settings {
 impl Settings {
     /// `previous`: the settings being replaced, whose clients hand over their live state.
     fn new(cfg: Arc<Config>, bound: SocketAddr, previous: Option<&Settings>) -> Self {
+        let tokens = gateway::admission::Tokens::from_env(&cfg);
         Self {
-            auth: auth::AuthTable::from_config(&cfg, previous.map(|p| &p.auth)),
-            access: access::AccessPolicy::new(&cfg, bound),
+            auth: auth::AuthTable::new(&cfg, &tokens, previous.map(|p| &p.auth)),
+            admission: gateway::admission::Admission {
+                access: gateway::admission::AccessPolicy::new(&cfg, &[cfg.server.listen, bound]),
+                tokens,
+            },
             floor_models: models_cache::floor_list(&cfg),
             source: cfg,
         }

@@ -5,9 +5,11 @@
 //! connection to finish gracefully (in-flight requests complete, idle keep-alives close), waits
 //! up to `pool.shutdown_timeout`, then aborts what is left.
 //!
-//! Per request the order is: Host (421), CORS preflight, token on `/v1/*` (401), then the route:
-//! a supervisor endpoint, or a forwarded one (body ≤ `max_body_bytes` else 413, JSON with a
-//! `model` else 400, then a worker).
+//! Per request the order is admission (`gateway::admission`: Host 421, CORS preflight, Origin
+//! 403, token on `/v1/*` 401), then the route: a supervisor endpoint, or a forwarded one (body ≤
+//! `max_body_bytes` else 413, JSON with a `model` else 400, then a worker). A connection whose
+//! first request head does not arrive within `server.header_read_timeout` is closed, and a body
+//! silent for `server.body_read_timeout` gets 408 (`gateway::read_timeouts`, `gateway::upload`).
 
 use super::auth::Caller;
 use super::body::{FrontBody, RequestRecord};
@@ -15,12 +17,13 @@ use super::forward::{forward_request, Prepared, REQUEST_ID};
 use super::{waiting, FrontContext, Settings, Shared};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
+use gateway::read_timeouts::{first_head_within, HeadSeen};
 use gateway::upload::{self, Refused};
 use gateway::{ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -116,7 +119,8 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
             }
         }
     });
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -125,7 +129,11 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, shared.clone(), builder.clone(), shutdown.clone()));
+                    // Per connection, so a reload applies to the connections after it.
+                    let limit = shared.config.load().server.header_read_timeout;
+                    let mut b = builder.clone();
+                    b.http1().header_read_timeout(limit);
+                    conns.spawn(connection(stream, shared.clone(), b, limit, shutdown.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning on the error.
@@ -156,16 +164,26 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
 async fn connection(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: auto::Builder<TokioExecutor>,
+    head_limit: std::time::Duration,
     mut shutdown: Shutdown,
 ) {
-    let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let seen = HeadSeen::default();
+    let svc = {
+        let seen = seen.clone();
+        hyper::service::service_fn(move |req| {
+            seen.mark();
+            handle(shared.clone(), req)
+        })
+    };
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "front connection ended with an error");
+        r = first_head_within(conn.as_mut(), &seen, head_limit) => {
+            match r {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "front connection ended with an error"),
+                None => tracing::debug!("no request head within header_read_timeout; closed"),
             }
             return;
         }
@@ -187,7 +205,11 @@ async fn handle(
         None => shared.ids.next(),
     };
     let route = route(req.method(), req.uri().path());
-    let origin = settings.access.allowed_origin(req.headers()).cloned();
+    let origin = settings
+        .admission
+        .access
+        .allowed_origin(req.headers())
+        .cloned();
     let record = RequestRecord {
         shared: shared.clone(),
         start,
@@ -217,7 +239,10 @@ async fn handle(
         record,
     ))
     .await;
-    settings.access.decorate(origin, resp.headers_mut());
+    settings
+        .admission
+        .access
+        .decorate(origin, resp.headers_mut());
     resp.headers_mut().entry(REQUEST_ID).or_insert(request_id);
     Ok(resp)
 }
@@ -265,30 +290,17 @@ async fn respond(
     }
 }
 
-/// The checks before any route: Host (421), CORS preflight (answered here), token on `/v1/*`
-/// (401). Returns who is calling, or the response that ends the request.
+/// Admission (`gateway::admission`, the same as on every worker port). Returns who is calling,
+/// or the response that ends the request.
 fn admit(
     settings: &Settings,
     req: &Request<Incoming>,
     dialect: Dialect,
 ) -> Result<Caller, Box<Response<FrontBody>>> {
-    if !settings.access.host_allowed(req) {
-        let e = ApiError::new(
-            ErrorKind::MisdirectedRequest,
-            "this Host is not served here",
-        );
-        return Err(Box::new(e.to_response(dialect)));
+    match settings.admission.admit(req) {
+        Ok(c) => Ok(settings.auth.caller(c)),
+        Err(refused) => Err(Box::new(refused.into_response(dialect))),
     }
-    if let Some(pre) = settings.access.preflight(req) {
-        return Err(Box::new(pre));
-    }
-    if !req.uri().path().starts_with("/v1/") {
-        return Ok(Caller::Open);
-    }
-    settings.auth.check(req.headers()).ok_or_else(|| {
-        let e = ApiError::new(ErrorKind::Unauthorized, "missing or invalid API token");
-        Box::new(e.to_response(dialect))
-    })
 }
 
 /// The endpoints the supervisor serves itself, and 404 for unknown routes.
@@ -376,7 +388,8 @@ impl ForwardCtx<'_> {
         let (parts, body) = req.into_parts();
         let (body, stream) = if has_body {
             let max = self.cfg.server.max_body_bytes;
-            let bytes = upload::read_limited(body, &parts.headers, max).await?;
+            let idle = self.cfg.server.body_read_timeout;
+            let bytes = upload::read_limited(body, &parts.headers, max, idle).await?;
             // 400 here, so a malformed request never occupies a worker.
             let head = gateway::request::peek(&bytes).map_err(Refused::from)?;
             let stream = head.stream;

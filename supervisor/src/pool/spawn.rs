@@ -18,7 +18,13 @@
 //!
 //! The built-in worker is exec'd from the supervisor's own image, held open since start
 //! (`SelfExe`), never from the path on disk, which an upgrade or uninstall may have replaced.
+//!
+//! Tokens: a worker inherits none of the configuration's token variables (`auth_token_env`,
+//! `[[clients]] token_env`); it gets the token set as a sealed memfd at fd 5, named by
+//! `GATEWAY_ADMISSION_FD` (`gateway::admission`), so no token sits in its environment, its argv
+//! or a file.
 
+use gateway::admission::{CHILD_FD, ENV_FD};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
@@ -100,6 +106,10 @@ pub struct WorkerSpec<'a> {
     pub front: Option<RawFd>,
     /// Where the worker's row of the pool-wide provider table is, when there is one.
     pub provider_row: Option<&'a super::provider_rows::RowLease>,
+    /// The token set (`Tokens::to_memfd`), passed as fd 5 (`admission::CHILD_FD`).
+    pub admission: RawFd,
+    /// The configuration's token variables, removed from the worker's environment.
+    pub token_env: Vec<&'a str>,
 }
 
 /// `[program, args...]` from `pool.worker_command` (spawned by its path), or the hidden `worker`
@@ -194,9 +204,10 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         .arg(spec.heartbeat_file)
         .arg("--heartbeat-interval")
         .arg(humantime::format_duration(spec.heartbeat_interval).to_string());
-    for var in STRIPPED_ENV {
+    for var in STRIPPED_ENV.iter().chain(&spec.token_env) {
         cmd.env_remove(var);
     }
+    cmd.env(ENV_FD, CHILD_FD.to_string());
     if let Some(lease) = spec.provider_row {
         for (k, v) in lease.env() {
             cmd.env(k, v);
@@ -216,18 +227,23 @@ pub fn command(spec: &WorkerSpec<'_>) -> io::Result<Command> {
         .process_group(0);
     // Captured before the fork: the child compares it with getppid() after arming pdeathsig.
     let parent = nix::unistd::getpid();
-    let (fd, front) = (spec.listener, spec.front);
+    let (fd, front, admission) = (spec.listener, spec.front, spec.admission);
     // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
     // system calls (prctl, getppid, dup2, fcntl), allocates nothing (errors are raw errnos) and
     // touches no lock, so it is sound even though the parent is multi-threaded.
     unsafe {
-        cmd.pre_exec(move || child_setup(fd, front, parent));
+        cmd.pre_exec(move || child_setup(fd, front, admission, parent));
     }
     Ok(cmd)
 }
 
 /// Runs in the child between fork and exec; see `command`.
-fn child_setup(listener: RawFd, front: Option<RawFd>, parent: Pid) -> io::Result<()> {
+fn child_setup(
+    listener: RawFd,
+    front: Option<RawFd>,
+    admission: RawFd,
+    parent: Pid,
+) -> io::Result<()> {
     let errno = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno)?;
     // The parent may have died between fork and prctl; then the signal was never armed for it and
@@ -239,15 +255,17 @@ fn child_setup(listener: RawFd, front: Option<RawFd>, parent: Pid) -> io::Result
     }
     use nix::fcntl::{fcntl, FcntlArg};
     // Each source is first copied above the targets (close-on-exec, so the copies vanish at
-    // exec): otherwise placing one at 3 could overwrite the other if it happened to be fd 3.
-    // The copies are >= 10, never the target, so dup2 always clears close-on-exec on 3 and 4.
+    // exec): otherwise placing one at 3 could overwrite another if it happened to be fd 3.
+    // The copies are >= 10, never a target, so dup2 always clears close-on-exec on 3, 4 and 5.
     let high = |fd: RawFd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(errno);
     let tcp = high(listener)?;
     let front = front.map(high).transpose()?;
+    let admission = high(admission)?;
     nix::unistd::dup2(tcp, 3).map_err(errno)?;
     if let Some(f) = front {
         nix::unistd::dup2(f, 4).map_err(errno)?;
     }
+    nix::unistd::dup2(admission, CHILD_FD).map_err(errno)?;
     Ok(())
 }
 
@@ -412,6 +430,8 @@ mod tests {
             listener: 7,
             front: None,
             provider_row: None,
+            admission: 8,
+            token_env: vec!["GATEWAY_TOKEN", "DESK_TOKEN"],
         })
         .unwrap();
         let std = cmd.as_std();
@@ -432,7 +452,11 @@ mod tests {
             ]
         );
         let envs: std::collections::HashMap<_, _> = std.get_envs().collect();
-        for var in STRIPPED_ENV.iter().filter(|v| **v != "LISTEN_FDS") {
+        for var in STRIPPED_ENV
+            .iter()
+            .filter(|v| **v != "LISTEN_FDS")
+            .chain(&["GATEWAY_TOKEN", "DESK_TOKEN"])
+        {
             assert_eq!(
                 envs.get(std::ffi::OsStr::new(var)),
                 Some(&None),
@@ -442,6 +466,10 @@ mod tests {
         assert_eq!(
             envs.get(std::ffi::OsStr::new("LISTEN_FDS")),
             Some(&Some(std::ffi::OsStr::new("1")))
+        );
+        assert_eq!(
+            envs.get(std::ffi::OsStr::new(ENV_FD)),
+            Some(&Some(std::ffi::OsStr::new("5")))
         );
         assert!(worker_argv(&[]).unwrap()[1] == "worker");
     }

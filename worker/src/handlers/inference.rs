@@ -54,7 +54,14 @@ async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Respons
     let (parts, body) = req.into_parts();
     // The same bounded read as the front's (`gateway::upload`): a refused upload is drained
     // so the client reads its 413 (a standalone worker faces SDKs directly).
-    let bytes = match upload::read_limited(body, &parts.headers, app.max_body_bytes).await {
+    let bytes = match upload::read_limited(
+        body,
+        &parts.headers,
+        app.max_body_bytes,
+        app.body_read_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(refused) => return refused.into_response(dialect, |d| ResBody::Drain(Box::new(d))),
     };

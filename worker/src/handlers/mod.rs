@@ -41,10 +41,20 @@ pub struct App {
     pub max_body_bytes: u64,
     /// `pool.worker_max_inflight`: the most requests the front sends at once.
     pub max_inflight: u32,
+    /// Host, Origin, CORS and tokens on the TCP port (`gateway::admission`).
+    pub admission: gateway::admission::Admission,
+    /// `server.header_read_timeout` and `server.body_read_timeout` (`gateway::read_timeouts`).
+    pub header_read_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl App {
-    pub fn new(config: &Config, routes: RouteTable, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        routes: RouteTable,
+        metrics: Metrics,
+        admission: gateway::admission::Admission,
+    ) -> Self {
         let models = ModelsCache::new(config, routes.providers.len());
         let health = Arc::new(Health::new(config, routes.providers.clone()));
         Self {
@@ -55,15 +65,43 @@ impl App {
             models,
             max_body_bytes: config.server.max_body_bytes,
             max_inflight: config.pool.worker_max_inflight,
+            admission,
+            header_read_timeout: config.server.header_read_timeout,
+            body_read_timeout: config.server.body_read_timeout,
         }
     }
 }
 
-/// Serves one request.
+/// Which listener a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// The worker's TCP port: anyone on the machine can reach it, so it admits requests exactly
+    /// as the front does.
+    Port,
+    /// The supervisor's private Unix socket: only the front connects, after its own admission.
+    Front,
+}
+
+/// Serves one request: admission on the port, then the route.
 pub async fn handle(
     app: Arc<App>,
+    hop: Hop,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    if hop == Hop::Front {
+        return route(app, req).await;
+    }
+    let dialect = Dialect::for_path(req.uri().path());
+    if let Err(refused) = app.admission.admit(&req) {
+        return Ok(refused.into_response(dialect));
+    }
+    let origin = app.admission.access.allowed_origin(req.headers()).cloned();
+    let mut resp = route(app.clone(), req).await?;
+    app.admission.access.decorate(origin, resp.headers_mut());
+    Ok(resp)
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
     let path = req.uri().path();
     if let Some(endpoint) = Endpoint::from_path(path) {
         if req.method() != Method::POST {

@@ -211,6 +211,9 @@ impl SlotTask {
             Some(f) if p.worker_command.is_empty() => Some(f.listener.as_raw_fd()),
             _ => None,
         };
+        // Read now, so a reload's new workers get the new tokens; the memfd lives until the fork
+        // below has copied it into the child.
+        let tokens = gateway::admission::Tokens::from_env(&cfg).to_memfd()?;
         let cmd = spawn::command(&spawn::WorkerSpec {
             argv: &argv,
             config_path: &self.shared.config_path,
@@ -219,9 +222,12 @@ impl SlotTask {
             listener: self.sockets.tcp.as_raw_fd(),
             front,
             provider_row: lease.as_ref(),
+            admission: tokens.as_raw_fd(),
+            token_env: gateway::admission::Tokens::env_names(&cfg).collect(),
         })?;
         // A failed spawn drops the lease here: no process ever had the row.
         let child = self.shared.spawner.spawn(cmd).await?;
+        drop(tokens);
         // The startup deadline counts from the fork; time queued at the spawner is not the
         // worker's fault.
         let ready_by = std::time::Instant::now() + p.startup_timeout;
