@@ -91,9 +91,15 @@ fn safe_response_header(name: &HeaderName) -> bool {
     .any(|p| n.starts_with(p))
 }
 
+/// Where a provider's own `x-request-id` goes: `x-request-id` is the gateway's id for the
+/// request (the one in its access log), so the provider's, which its support asks for, is kept
+/// under this name instead of competing with it.
+pub const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+
 /// A provider's response headers as the client may see them: only the allow-listed names
 /// (`safe_response_header`), every value with the provider's key redacted, and the content
-/// length and encoding only when `body_unchanged` (the body is passed on byte for byte).
+/// length and encoding only when `body_unchanged` (the body is passed on byte for byte). The
+/// provider's `x-request-id` comes back as [`UPSTREAM_REQUEST_ID`].
 pub fn client_response(src: &HeaderMap, secret: &Secret, body_unchanged: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(src.len());
     for (name, value) in src {
@@ -101,7 +107,12 @@ pub fn client_response(src: &HeaderMap, secret: &Secret, body_unchanged: bool) -
         if (content && !body_unchanged) || (!content && !safe_response_header(name)) {
             continue;
         }
-        out.append(name.clone(), secret.redact_value(value));
+        let name = if name.as_str() == "x-request-id" {
+            UPSTREAM_REQUEST_ID
+        } else {
+            name.clone()
+        };
+        out.append(name, secret.redact_value(value));
     }
     out
 }
@@ -291,9 +302,10 @@ mod tests {
                 "request-id",
                 "retry-after",
                 "x-ratelimit-remaining-requests",
-                "x-request-id",
+                "x-upstream-request-id",
             ]
         );
+        assert_eq!(passed["x-upstream-request-id"], "up-1");
         assert_eq!(passed["anthropic-echo"], "Bearer [redacted]");
         let rebuilt = client_response(&h, &key, false);
         assert!(!rebuilt.contains_key("content-length"));

@@ -106,10 +106,12 @@ fn check_hostile_answers(addr: SocketAddr, up: &Upstream) {
     for (name, want) in [
         ("x-ratelimit-remaining-requests", "7"),
         ("retry-after", "3"),
-        ("x-request-id", "up-req-1"),
+        ("x-upstream-request-id", "up-req-1"),
     ] {
         assert_eq!(r.header(name), Some(want), "SDK header {name} passes");
     }
+    // The gateway's own request id is never replaced by the provider's.
+    assert_ne!(r.header("x-request-id"), Some("up-req-1"));
     assert_eq!(r.header("x-echo-key"), None);
     assert_eq!(r.header("set-cookie"), None);
 
