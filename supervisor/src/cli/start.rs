@@ -20,7 +20,6 @@ use crate::metrics::SupervisorMetrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::shutdown;
 use crate::{admin, exit, runtime_dir};
-use arc_swap::ArcSwap;
 use gateway::config::{self, Config, ConfigSource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -243,8 +242,8 @@ fn bind_front(
 struct Running {
     source: ConfigSource,
     args: StartArgs,
+    /// Owns the running configuration (`Pool::config`); reloads go through it.
     pool: Arc<Pool>,
-    config: Arc<ArcSwap<Config>>,
     /// The configuration every worker was last rolled to completely (with the command-line
     /// overrides applied). A reload equal to it changes nothing. None after a failed roll:
     /// the pool then runs a mix, and the next reload rolls whatever the file says.
@@ -303,13 +302,7 @@ async fn serve(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let config = Arc::new(ArcSwap::new(cfg.clone()));
-    let ctx = FrontContext {
-        pool: pool.clone(),
-        config: config.clone(),
-        metrics,
-        registry: Arc::new(registry),
-    };
+    let ctx = front_context(&pool, metrics, registry);
     let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         admin_listener,
@@ -330,7 +323,6 @@ async fn serve(
         source,
         args,
         pool: pool.clone(),
-        config,
         rolled: Some(cfg),
         instance,
         systemd,
@@ -366,6 +358,21 @@ async fn serve(
         serde_json::json!({"event": "stopped", "code": exit::OK})
     );
     Ok(())
+}
+
+/// What the front listener gets from the pool: its dispatch view and its live configuration
+/// (one `ArcSwap`, written by the pool only, so a scale or reload is seen by both at once).
+fn front_context(
+    pool: &Pool,
+    metrics: SupervisorMetrics,
+    registry: prometheus_client::registry::Registry,
+) -> FrontContext {
+    FrontContext {
+        slots: pool.worker_slots(),
+        config: pool.live_config(),
+        metrics,
+        registry: Arc::new(registry),
+    }
 }
 
 /// Takes the lock on the runtime directory: the configured one, checked private (created if
@@ -520,7 +527,7 @@ impl Running {
             info!("configuration unchanged; nothing to do");
             return Ok(());
         }
-        let old = self.config.load_full();
+        let old = self.pool.config();
         for key in needs_restart(&old, &new) {
             warn!(key, "changed in the file but needs a restart to apply");
         }
@@ -529,7 +536,6 @@ impl Running {
         write_snapshot(self.instance.dir(), &text).map_err(|f| ReloadError::Failed(f.message))?;
         warn_missing_keys(&new, Some(&old));
         let new = Arc::new(new);
-        self.config.store(new.clone());
         self.pool
             .reload(new.clone())
             .await
@@ -619,5 +625,23 @@ mod tests {
             &["--listen", "127.0.0.1:0", "--runtime-dir", "/x"]
         ));
         assert!(!ephemeral(&file, "[pool]\nruntime_dir = \"/x\"\n", &zero));
+    }
+
+    /// SIGTTIN/SIGTTOU change `pool.workers`: the front must read the same configuration as the
+    /// pool afterwards, not the one it was started with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn front_and_pool_read_one_configuration_after_scaling() {
+        use crate::pool::tests::{config, fixture};
+        let f = fixture(config(1, "ok"));
+        let (metrics, registry) = SupervisorMetrics::new();
+        let ctx = front_context(&f.pool, metrics, registry);
+        f.pool.scale_by(1);
+        assert_eq!(f.pool.status().len(), 2);
+        assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");
+        assert_eq!(ctx.config.load().pool.workers, 2, "the front's view");
+        f.pool.scale_by(-1);
+        assert_eq!(f.pool.status().len(), 1);
+        assert_eq!(ctx.config.load().pool.workers, 1, "the front's view");
+        f.pool.stop(Duration::from_secs(5)).await;
     }
 }

@@ -150,8 +150,8 @@ impl From<&'static str> for RefreshError {
 async fn refresh_once(shared: &Shared) -> Result<(), RefreshError> {
     let max = shared.config.load().pool.worker_max_inflight;
     let slot = shared
-        .pool
-        .slots()
+        .slots
+        .load()
         .iter()
         .find(|s| s.state() == WorkerState::Idle && s.has_room(max))
         .cloned()

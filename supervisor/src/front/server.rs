@@ -361,7 +361,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<FrontBody> {
 
 fn readyz(shared: &Shared, cfg: &Config) -> Response<FrontBody> {
     let max = cfg.pool.worker_max_inflight;
-    if shared.pool.slots().iter().any(|s| s.has_room(max)) {
+    if shared.slots.load().iter().any(|s| s.has_room(max)) {
         text(StatusCode::OK, "ready\n")
     } else {
         text(StatusCode::SERVICE_UNAVAILABLE, "no worker has room\n")
