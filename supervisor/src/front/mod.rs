@@ -104,7 +104,8 @@ pub struct Shared {
     pub dispatch: dispatch::Dispatcher,
     pub queue: queue::WaitQueue,
     pub models: models_cache::ModelsCache,
-    pub counters: counters::RequestCounters,
+    /// Counters of finished requests; shared with every response body still streaming.
+    pub meters: Arc<counters::RequestMeters>,
     pub ids: counters::RequestIds,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
@@ -114,6 +115,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
+        let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
             slots: ctx.slots,
@@ -124,7 +126,7 @@ impl Shared {
             dispatch: Default::default(),
             queue: Default::default(),
             models: Default::default(),
-            counters: Default::default(),
+            meters,
             ids: Default::default(),
             bound,
         }

@@ -211,7 +211,7 @@ async fn handle(
         .allowed_origin(req.headers())
         .cloned();
     let record = RequestRecord {
-        shared: shared.clone(),
+        meters: shared.meters.clone(),
         start,
         method: req.method().clone(),
         uri: req.uri().clone(),

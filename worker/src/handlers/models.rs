@@ -104,7 +104,7 @@ async fn fetch(p: &Provider) -> Result<Vec<String>, String> {
 
 /// The configured models and aliases (the shared builder), then what `"*"` providers list.
 async fn build(app: &App) -> ModelList {
-    let table = app.routes.load();
+    let table = &app.routes;
     let mut list = ModelList::configured(
         table.providers.iter().map(|p| &p.config),
         table.alias_names.iter().map(String::as_str),
