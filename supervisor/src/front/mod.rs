@@ -103,7 +103,7 @@ pub struct Shared {
     pub conns: conns::WorkerConns,
     pub dispatch: dispatch::Dispatcher,
     pub queue: queue::WaitQueue,
-    pub models: models_cache::ModelsCache,
+    pub models: models_cache::ModelListCache,
     /// Counters of finished requests; shared with every response body still streaming.
     pub meters: Arc<counters::RequestMeters>,
     pub ids: counters::RequestIds,

@@ -105,7 +105,7 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
         .local_addr()
         .unwrap_or_else(|_| ctx.config.load().server.listen);
     let shared = Arc::new(Shared::new(ctx, bound));
-    let refresher = tokio::spawn(super::models_cache::ModelsCache::run_refresher(
+    let refresher = tokio::spawn(super::models_cache::ModelListCache::run_refresher(
         shared.clone(),
     ));
     // Closes worker connections left idle after a burst (see `conns`); ends with `run`.

@@ -19,7 +19,7 @@
 //! Sub-modules: `lifecycle` (the pure state machine and its diagram), `restart` (backoff and
 //! budget), `sockets` (binding and port holders), `spawn` (the spawner thread, fork/exec, the
 //! `Proc` guard), `task` (the slot task; `task::actions` runs the lifecycle's actions,
-//! `task::health` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
+//! `task::checks` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
 //!
 //! Heartbeat files: `RUNTIME_DIR/worker-<id>-<generation>.hb`, one per process.
 

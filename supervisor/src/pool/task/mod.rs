@@ -12,10 +12,10 @@
 //!
 //! Every state change goes through `lifecycle::next`; the actions it returns are run by
 //! `actions` (process work: spawn, kill ladder, promote, stop) and the periodic checks live in
-//! `health` (first heartbeat, startup deadline, sweep).
+//! `checks` (first heartbeat, startup deadline, sweep).
 
 mod actions;
-mod health;
+mod checks;
 
 use super::lifecycle::{self, Action, Event};
 use super::restart::{Backoff, Budget, Reason};
