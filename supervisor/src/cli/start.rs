@@ -257,6 +257,88 @@ async fn serve(
     activated: Option<std::io::Result<std::net::TcpListener>>,
 ) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
+    let (prep, listeners) = prepare(args, activated)?;
+    let (trigger, shutdown) = shutdown::channel();
+    let started = launch(&prep, listeners, shutdown)?;
+    let Prepared {
+        source,
+        args,
+        cfg,
+        instance,
+        listen,
+        admin_path,
+        control_rx,
+        parent,
+        ..
+    } = prep;
+    let systemd = Systemd::from_env();
+    let mut run = Running {
+        source,
+        args,
+        pool: started.pool.clone(),
+        rolled: Some(cfg),
+        instance,
+        systemd,
+    };
+    let startup = run.wait_first_ready(&mut signals).await;
+    if let Startup::Ready(n) = startup {
+        let line = serde_json::json!({
+            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
+            "workers": n, "admin_socket": admin_path.display().to_string(),
+        });
+        println!("{line}");
+        systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
+        info!(%listen, "ready");
+        run.main_loop(&mut signals, control_rx, parent).await;
+    }
+    systemd.stopping();
+    started.stop(trigger).await;
+    drop(run.instance);
+    if startup == Startup::AllDead {
+        return Err(Fatal::new(
+            exit::RUNTIME,
+            "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
+        ));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"event": "stopped", "code": exit::OK})
+    );
+    Ok(())
+}
+
+/// Everything `start` acquires before the pool starts. All of it can fail, and all of it comes
+/// first: after the pool starts, a failure would have to stop workers that may still write
+/// heartbeats into the directory being cleaned.
+struct Prepared {
+    source: ConfigSource,
+    args: StartArgs,
+    cfg: Arc<Config>,
+    /// The runtime-directory lock, held until the end.
+    instance: Instance,
+    /// The front address actually bound.
+    listen: SocketAddr,
+    /// The configuration snapshot workers read (`--config`).
+    snapshot: PathBuf,
+    admin_path: PathBuf,
+    control_tx: mpsc::Sender<ControlCommand>,
+    control_rx: mpsc::Receiver<ControlCommand>,
+    /// `--exit-with-parent`: the parent's pid.
+    parent: Option<u32>,
+}
+
+/// The bound sockets, which move into the tasks serving them.
+struct Listeners {
+    front: tokio::net::TcpListener,
+    admin: tokio::net::UnixListener,
+}
+
+/// Loads the configuration, takes the runtime directory, binds the front and admin sockets and
+/// writes the workers' snapshot.
+fn prepare(
+    args: StartArgs,
+    activated: Option<std::io::Result<std::net::TcpListener>>,
+) -> Result<(Prepared, Listeners), Fatal> {
     let source = config::resolve_source(args.config.config.as_deref());
     let Effective {
         config: cfg,
@@ -272,8 +354,6 @@ async fn serve(
         .local_addr()
         .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
     let snapshot = write_snapshot(&dir, &text)?;
-    // Everything that can fail comes before the pool starts: after that, a failure would have
-    // to stop workers that may still write heartbeats into the directory being cleaned.
     let (control_tx, control_rx) = control::channel();
     let admin_path = runtime_dir::admin_socket(&dir);
     // Bound here, not inside the task, so a failure is reported instead of lost.
@@ -291,73 +371,83 @@ async fn serve(
     } else {
         None
     };
-    let (trigger, shutdown) = shutdown::channel();
+    let prepared = Prepared {
+        source,
+        args,
+        cfg: Arc::new(cfg),
+        instance,
+        listen,
+        snapshot,
+        admin_path,
+        control_tx,
+        control_rx,
+        parent,
+    };
+    let listeners = Listeners {
+        front: listener,
+        admin: admin_listener,
+    };
+    Ok((prepared, listeners))
+}
+
+/// What runs once `launch` returned, and is stopped in order by `Started::stop`.
+struct Started {
+    pool: Arc<Pool>,
+    front: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+    /// Ends when dropped (with `Started`).
+    _watch: Option<watch::ConfigWatch>,
+}
+
+/// Starts the pool (once per process), then the front listener, the admin socket and the file
+/// watch over it; all of them stop on `shutdown`.
+fn launch(
+    prep: &Prepared,
+    listeners: Listeners,
+    shutdown: shutdown::Shutdown,
+) -> Result<Started, Fatal> {
     let (metrics, registry) = SupervisorMetrics::new();
-    let cfg = Arc::new(cfg);
     let pool = Pool::start(PoolOptions {
-        config: cfg.clone(),
-        config_path: snapshot,
-        runtime_dir: dir.clone(),
+        config: prep.cfg.clone(),
+        config_path: prep.snapshot.clone(),
+        runtime_dir: prep.instance.dir().to_path_buf(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let ctx = front_context(&pool, metrics, registry);
-    let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
+    let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
-        admin_listener,
+        listeners.admin,
         pool.clone(),
-        listen,
-        control_tx.clone(),
+        prep.listen,
+        prep.control_tx.clone(),
         shutdown.clone(),
     ));
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
-    let _watch = match source.path() {
-        Some(path) => watch::spawn(path, control_tx.clone(), shutdown.clone())
+    let watch = prep.source.path().and_then(|path| {
+        watch::spawn(path, prep.control_tx.clone(), shutdown)
             .map_err(|e| warn!("not watching {} for changes: {e}", path.display()))
-            .ok(),
-        None => None,
-    };
-    let systemd = Systemd::from_env();
-    let mut run = Running {
-        source,
-        args,
-        pool: pool.clone(),
-        rolled: Some(cfg),
-        instance,
-        systemd,
-    };
-    let startup = run.wait_first_ready(&mut signals).await;
-    if let Startup::Ready(n) = startup {
-        let line = serde_json::json!({
-            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
-            "workers": n, "admin_socket": admin_path.display().to_string(),
-        });
-        println!("{line}");
-        systemd.ready(&format!("{n}/{} workers ready", pool.status().len()));
-        info!(%listen, "ready");
-        run.main_loop(&mut signals, control_rx, parent).await;
+            .ok()
+    });
+    Ok(Started {
+        pool,
+        front,
+        admin,
+        _watch: watch,
+    })
+}
+
+impl Started {
+    /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
+    /// workers, so an in-flight request is never cut by its worker going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger) {
+        let grace = self.pool.config().pool.shutdown_timeout;
+        trigger.trigger();
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
+        self.pool.stop(Duration::from_secs(2)).await;
+        self.admin.abort();
     }
-    // Stop: the front first (it stops accepting and drains up to shutdown_timeout), then the
-    // workers, so an in-flight request is never cut by its worker going away.
-    systemd.stopping();
-    let grace = run.pool.config().pool.shutdown_timeout;
-    trigger.trigger();
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), front).await;
-    run.pool.stop(Duration::from_secs(2)).await;
-    admin.abort();
-    drop(run.instance);
-    if startup == Startup::AllDead {
-        return Err(Fatal::new(
-            exit::RUNTIME,
-            "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
-        ));
-    }
-    println!(
-        "{}",
-        serde_json::json!({"event": "stopped", "code": exit::OK})
-    );
-    Ok(())
 }
 
 /// What the front listener gets from the pool: its dispatch view and its live configuration
