@@ -571,3 +571,34 @@ async fn rearmed_deadlines_spare_a_silent_worker_until_the_rearm_ends() {
     .await;
     f.pool.stop(Duration::from_secs(5)).await;
 }
+
+/// A later `start` is refused with every differing option named (the message is what an
+/// operator reads), and an identical one is not.
+#[test]
+fn a_later_start_names_each_option_it_would_ignore() {
+    let cfg = Arc::new(config(1, "ok"));
+    let first = StartedWith {
+        config: cfg.clone(),
+        config_path: "/run/a/gateway.toml".into(),
+        runtime_dir: "/run/a".into(),
+    };
+    let opts = |config: Arc<Config>, config_path: &str| {
+        let (metrics, _registry) = SupervisorMetrics::new();
+        PoolOptions {
+            config,
+            config_path: config_path.into(),
+            runtime_dir: "/run/a".into(),
+            metrics,
+            shutdown: crate::shutdown::channel().1,
+        }
+    };
+    assert!(first
+        .ignored(&opts(cfg.clone(), "/run/a/gateway.toml"))
+        .is_empty());
+    let mut other = (*cfg).clone();
+    other.pool.workers = 2;
+    let ignored = first.ignored(&opts(Arc::new(other), "/run/b/gateway.toml"));
+    assert_eq!(ignored, ["config", "config_path"]);
+    let msg = PoolError::AlreadyStarted { ignored }.to_string();
+    assert!(msg.contains("not applied: config, config_path"), "{msg}");
+}
