@@ -1,8 +1,9 @@
 //! Gateway errors and their bodies in the caller's dialect.
 //!
-//! Errors carry a kind, the side at fault and whether a retry is allowed (pingora's `ErrorType`
-//! and `RetryType`); `ApiError::status` and `ApiError::body` are the one place that turns them
-//! into a status code and a JSON body, OpenAI-shaped or Anthropic-shaped.
+//! Errors carry a kind; `ApiError::status` and `ApiError::body` are the one place that turns them
+//! into a status code and a JSON body, OpenAI-shaped or Anthropic-shaped. Whether to retry is not
+//! decided here: the worker decides on the provider's raw status (`proxy::retryable`), the front
+//! on whether a worker sent headers at all (`forward::obtain`), before any kind exists.
 
 use http::StatusCode;
 
@@ -22,14 +23,6 @@ impl Dialect {
             Self::OpenAi
         }
     }
-}
-
-/// Who is at fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
-    Internal,
 }
 
 /// What went wrong; each kind has one status code.
@@ -150,23 +143,6 @@ impl ErrorKind {
             504 => Self::GatewayTimeout,
             _ => Self::BadGateway,
         }
-    }
-
-    /// Which side is at fault for this kind.
-    pub fn side(self) -> Side {
-        match self {
-            Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
-            Self::Internal | Self::Unavailable => Side::Internal,
-            _ => Side::Client,
-        }
-    }
-
-    /// Whether trying again elsewhere (another worker or provider) may succeed.
-    pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            Self::BadGateway | Self::Unavailable | Self::GatewayTimeout
-        )
     }
 }
 

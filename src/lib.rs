@@ -19,5 +19,5 @@ pub mod sse;
 pub mod sse_parser;
 pub mod upload;
 
-pub use api_error::{ApiError, Dialect, ErrorKind, Side};
+pub use api_error::{ApiError, Dialect, ErrorKind};
 pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};

@@ -267,7 +267,7 @@ mod tests {
             assert!(v["workers"][0].get(key).is_some(), "missing {key} in {v}");
         }
 
-        let mut rx = pool.transitions().unwrap();
+        let mut rx = pool.transitions();
         let r = ask("POST", "/workers/0/restart").await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         loop {

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
-use supervisor::pool::Pool;
+use supervisor::pool::{Pool, PoolError};
 
 #[test]
 fn fifty_concurrent_starts_spawn_exactly_n_workers() {
@@ -50,12 +50,21 @@ fn fifty_concurrent_starts_spawn_exactly_n_workers() {
     let mut want = pids.clone();
     want.sort();
     assert_eq!(kids, want, "processes spawned vs slots");
-    // A later call also returns the same pool and spawns nothing.
-    let again = {
+    // A later call with the same options also returns the same pool and spawns nothing.
+    let (again, other) = {
         let _rt = rt.handle().enter();
-        Pool::start(options(&config(5, "ok"), dir.path())).unwrap()
+        (
+            Pool::start(options(&cfg, dir.path())).unwrap(),
+            Pool::start(options(&config(5, "ok"), dir.path())),
+        )
     };
     assert!(Arc::ptr_eq(&again, first));
+    // One with other options is refused, naming what it would have ignored, and spawns nothing.
+    match other {
+        Err(PoolError::AlreadyStarted { ignored }) => assert_eq!(ignored, ["config"]),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a start with other options was silently given the running pool"),
+    }
     assert_eq!(children(std::process::id()).len(), 3);
     rt.block_on(first.stop(Duration::from_secs(5)));
     assert!(pids.iter().all(|&p| !alive(p)));

@@ -20,7 +20,6 @@ use crate::metrics::SupervisorMetrics;
 use crate::pool::{Pool, PoolOptions};
 use crate::shutdown;
 use crate::{admin, exit, runtime_dir};
-use arc_swap::ArcSwap;
 use gateway::config::{self, Config, ConfigSource};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -243,8 +242,8 @@ fn bind_front(
 struct Running {
     source: ConfigSource,
     args: StartArgs,
+    /// Owns the running configuration (`Pool::config`); reloads go through it.
     pool: Arc<Pool>,
-    config: Arc<ArcSwap<Config>>,
     /// The configuration every worker was last rolled to completely (with the command-line
     /// overrides applied). A reload equal to it changes nothing. None after a failed roll:
     /// the pool then runs a mix, and the next reload rolls whatever the file says.
@@ -258,6 +257,88 @@ async fn serve(
     activated: Option<std::io::Result<std::net::TcpListener>>,
 ) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
+    let (prep, listeners) = prepare(args, activated)?;
+    let (trigger, shutdown) = shutdown::channel();
+    let started = launch(&prep, listeners, shutdown)?;
+    let Prepared {
+        source,
+        args,
+        cfg,
+        instance,
+        listen,
+        admin_path,
+        control_rx,
+        parent,
+        ..
+    } = prep;
+    let systemd = Systemd::from_env();
+    let mut run = Running {
+        source,
+        args,
+        pool: started.pool.clone(),
+        rolled: Some(cfg),
+        instance,
+        systemd,
+    };
+    let startup = run.wait_first_ready(&mut signals).await;
+    if let Startup::Ready(n) = startup {
+        let line = serde_json::json!({
+            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
+            "workers": n, "admin_socket": admin_path.display().to_string(),
+        });
+        println!("{line}");
+        systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
+        info!(%listen, "ready");
+        run.main_loop(&mut signals, control_rx, parent).await;
+    }
+    systemd.stopping();
+    started.stop(trigger).await;
+    drop(run.instance);
+    if startup == Startup::AllDead {
+        return Err(Fatal::new(
+            exit::RUNTIME,
+            "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
+        ));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"event": "stopped", "code": exit::OK})
+    );
+    Ok(())
+}
+
+/// Everything `start` acquires before the pool starts. All of it can fail, and all of it comes
+/// first: after the pool starts, a failure would have to stop workers that may still write
+/// heartbeats into the directory being cleaned.
+struct Prepared {
+    source: ConfigSource,
+    args: StartArgs,
+    cfg: Arc<Config>,
+    /// The runtime-directory lock, held until the end.
+    instance: Instance,
+    /// The front address actually bound.
+    listen: SocketAddr,
+    /// The configuration snapshot workers read (`--config`).
+    snapshot: PathBuf,
+    admin_path: PathBuf,
+    control_tx: mpsc::Sender<ControlCommand>,
+    control_rx: mpsc::Receiver<ControlCommand>,
+    /// `--exit-with-parent`: the parent's pid.
+    parent: Option<u32>,
+}
+
+/// The bound sockets, which move into the tasks serving them.
+struct Listeners {
+    front: tokio::net::TcpListener,
+    admin: tokio::net::UnixListener,
+}
+
+/// Loads the configuration, takes the runtime directory, binds the front and admin sockets and
+/// writes the workers' snapshot.
+fn prepare(
+    args: StartArgs,
+    activated: Option<std::io::Result<std::net::TcpListener>>,
+) -> Result<(Prepared, Listeners), Fatal> {
     let source = config::resolve_source(args.config.config.as_deref());
     let Effective {
         config: cfg,
@@ -273,8 +354,6 @@ async fn serve(
         .local_addr()
         .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
     let snapshot = write_snapshot(&dir, &text)?;
-    // Everything that can fail comes before the pool starts: after that, a failure would have
-    // to stop workers that may still write heartbeats into the directory being cleaned.
     let (control_tx, control_rx) = control::channel();
     let admin_path = runtime_dir::admin_socket(&dir);
     // Bound here, not inside the task, so a failure is reported instead of lost.
@@ -292,80 +371,98 @@ async fn serve(
     } else {
         None
     };
-    let (trigger, shutdown) = shutdown::channel();
+    let prepared = Prepared {
+        source,
+        args,
+        cfg: Arc::new(cfg),
+        instance,
+        listen,
+        snapshot,
+        admin_path,
+        control_tx,
+        control_rx,
+        parent,
+    };
+    let listeners = Listeners {
+        front: listener,
+        admin: admin_listener,
+    };
+    Ok((prepared, listeners))
+}
+
+/// What runs once `launch` returned, and is stopped in order by `Started::stop`.
+struct Started {
+    pool: Arc<Pool>,
+    front: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+    /// Ends when dropped (with `Started`).
+    _watch: Option<watch::ConfigWatch>,
+}
+
+/// Starts the pool (once per process), then the front listener, the admin socket and the file
+/// watch over it; all of them stop on `shutdown`.
+fn launch(
+    prep: &Prepared,
+    listeners: Listeners,
+    shutdown: shutdown::Shutdown,
+) -> Result<Started, Fatal> {
     let (metrics, registry) = SupervisorMetrics::new();
-    let cfg = Arc::new(cfg);
     let pool = Pool::start(PoolOptions {
-        config: cfg.clone(),
-        config_path: snapshot,
-        runtime_dir: dir.clone(),
+        config: prep.cfg.clone(),
+        config_path: prep.snapshot.clone(),
+        runtime_dir: prep.instance.dir().to_path_buf(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let config = Arc::new(ArcSwap::new(cfg.clone()));
-    let ctx = FrontContext {
-        pool: pool.clone(),
-        config: config.clone(),
-        metrics,
-        registry: Arc::new(registry),
-    };
-    let front = tokio::spawn(front::serve(listener, ctx, shutdown.clone()));
+    let ctx = front_context(&pool, metrics, registry);
+    let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
-        admin_listener,
+        listeners.admin,
         pool.clone(),
-        listen,
-        control_tx.clone(),
+        prep.listen,
+        prep.control_tx.clone(),
         shutdown.clone(),
     ));
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
-    let _watch = match source.path() {
-        Some(path) => watch::spawn(path, control_tx.clone(), shutdown.clone())
+    let watch = prep.source.path().and_then(|path| {
+        watch::spawn(path, prep.control_tx.clone(), shutdown)
             .map_err(|e| warn!("not watching {} for changes: {e}", path.display()))
-            .ok(),
-        None => None,
-    };
-    let systemd = Systemd::from_env();
-    let mut run = Running {
-        source,
-        args,
-        pool: pool.clone(),
-        config,
-        rolled: Some(cfg),
-        instance,
-        systemd,
-    };
-    let startup = run.wait_first_ready(&mut signals).await;
-    if let Startup::Ready(n) = startup {
-        let line = serde_json::json!({
-            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
-            "workers": n, "admin_socket": admin_path.display().to_string(),
-        });
-        println!("{line}");
-        systemd.ready(&format!("{n}/{} workers ready", pool.status().len()));
-        info!(%listen, "ready");
-        run.main_loop(&mut signals, control_rx, parent).await;
+            .ok()
+    });
+    Ok(Started {
+        pool,
+        front,
+        admin,
+        _watch: watch,
+    })
+}
+
+impl Started {
+    /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
+    /// workers, so an in-flight request is never cut by its worker going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger) {
+        let grace = self.pool.config().pool.shutdown_timeout;
+        trigger.trigger();
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
+        self.pool.stop(Duration::from_secs(2)).await;
+        self.admin.abort();
     }
-    // Stop: the front first (it stops accepting and drains up to shutdown_timeout), then the
-    // workers, so an in-flight request is never cut by its worker going away.
-    systemd.stopping();
-    let grace = run.pool.config().pool.shutdown_timeout;
-    trigger.trigger();
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), front).await;
-    run.pool.stop(Duration::from_secs(2)).await;
-    admin.abort();
-    drop(run.instance);
-    if startup == Startup::AllDead {
-        return Err(Fatal::new(
-            exit::RUNTIME,
-            "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
-        ));
+}
+
+/// What the front listener gets from the pool: its dispatch view and its live configuration
+/// (one `ArcSwap`, written by the pool only, so a scale or reload is seen by both at once).
+fn front_context(
+    pool: &Pool,
+    metrics: SupervisorMetrics,
+    registry: prometheus_client::registry::Registry,
+) -> FrontContext {
+    FrontContext {
+        slots: pool.worker_slots(),
+        config: pool.live_config(),
+        metrics,
+        registry: Arc::new(registry),
     }
-    println!(
-        "{}",
-        serde_json::json!({"event": "stopped", "code": exit::OK})
-    );
-    Ok(())
 }
 
 /// Takes the lock on the runtime directory: the configured one, checked private (created if
@@ -520,7 +617,7 @@ impl Running {
             info!("configuration unchanged; nothing to do");
             return Ok(());
         }
-        let old = self.config.load_full();
+        let old = self.pool.config();
         for key in needs_restart(&old, &new) {
             warn!(key, "changed in the file but needs a restart to apply");
         }
@@ -529,7 +626,6 @@ impl Running {
         write_snapshot(self.instance.dir(), &text).map_err(|f| ReloadError::Failed(f.message))?;
         warn_missing_keys(&new, Some(&old));
         let new = Arc::new(new);
-        self.config.store(new.clone());
         self.pool
             .reload(new.clone())
             .await
@@ -619,5 +715,23 @@ mod tests {
             &["--listen", "127.0.0.1:0", "--runtime-dir", "/x"]
         ));
         assert!(!ephemeral(&file, "[pool]\nruntime_dir = \"/x\"\n", &zero));
+    }
+
+    /// SIGTTIN/SIGTTOU change `pool.workers`: the front must read the same configuration as the
+    /// pool afterwards, not the one it was started with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn front_and_pool_read_one_configuration_after_scaling() {
+        use crate::pool::tests::{config, fixture};
+        let f = fixture(config(1, "ok"));
+        let (metrics, registry) = SupervisorMetrics::new();
+        let ctx = front_context(&f.pool, metrics, registry);
+        f.pool.scale_by(1);
+        assert_eq!(f.pool.status().len(), 2);
+        assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");
+        assert_eq!(ctx.config.load().pool.workers, 2, "the front's view");
+        f.pool.scale_by(-1);
+        assert_eq!(f.pool.status().len(), 1);
+        assert_eq!(ctx.config.load().pool.workers, 1, "the front's view");
+        f.pool.stop(Duration::from_secs(5)).await;
     }
 }

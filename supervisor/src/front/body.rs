@@ -14,8 +14,8 @@
 
 use super::auth::{Caller, ClientPermit};
 use super::conns::Conn;
+use super::counters::RequestMeters;
 use super::dispatch::SlotLease;
-use super::Shared;
 use bytes::Bytes;
 use gateway::{sse, ApiError, Dialect, ErrorKind};
 use http::{HeaderValue, Method, Uri};
@@ -105,7 +105,7 @@ impl Body for FrontBody {
 /// The optional parts are filled in as the request gets that far, and left out of the access
 /// line when it did not.
 pub struct RequestRecord {
-    pub shared: Arc<Shared>,
+    pub meters: Arc<RequestMeters>,
     pub start: Instant,
     pub method: Method,
     pub uri: Uri,
@@ -140,13 +140,7 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        self.shared
-            .counters
-            .inc(&self.shared.metrics, self.route, self.status);
-        self.shared
-            .metrics
-            .request_duration
-            .observe(elapsed.as_secs_f64());
+        self.meters.finished(self.route, self.status, elapsed);
         tracing::info!(
             target: "access",
             method = %self.method,

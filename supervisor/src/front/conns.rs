@@ -326,11 +326,11 @@ impl SlotConns {
                 tracing::debug!(worker = id, error = %e, "worker HTTP/2 connection ended with an error");
             }
         });
-        let mut slot = self.lock_h2();
-        match slot.as_ref().filter(|s| !s.is_closed()) {
+        let mut shared_h2 = self.lock_h2();
+        match shared_h2.as_ref().filter(|s| !s.is_closed()) {
             Some(live) => Ok(live.clone()),
             None => {
-                *slot = Some(sender.clone());
+                *shared_h2 = Some(sender.clone());
                 Ok(sender)
             }
         }

@@ -1,5 +1,5 @@
 //! Per-request bookkeeping that must stay cheap: the `gateway_requests_total{path,code}` counter
-//! handles, and request ids.
+//! handles, the request meters every response body holds, and request ids.
 //!
 //! `Family::get_or_create` takes a read lock and needs owned label strings; doing that per request
 //! would put a lock and two allocations on the hot path. The route labels form a fixed set and
@@ -11,6 +11,7 @@ use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Every `path` label the front uses: the routes, and `other` for everything unknown (so a
 /// scanner cannot grow the series without bound).
@@ -70,6 +71,28 @@ impl RequestCounters {
                 m.requests.get_or_create(&labels()).inc();
             }
         }
+    }
+}
+
+/// What counting one finished request needs: the counter handles and the duration histogram.
+/// Every response body holds this (through its `RequestRecord`), not the whole front state.
+pub struct RequestMeters {
+    counters: RequestCounters,
+    metrics: SupervisorMetrics,
+}
+
+impl RequestMeters {
+    pub fn new(metrics: SupervisorMetrics) -> Self {
+        Self {
+            counters: RequestCounters::default(),
+            metrics,
+        }
+    }
+
+    /// Counts one request of `route` answered with `code` after `elapsed`.
+    pub fn finished(&self, route: &'static str, code: u16, elapsed: Duration) {
+        self.counters.inc(&self.metrics, route, code);
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
     }
 }
 

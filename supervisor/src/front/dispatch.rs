@@ -10,7 +10,7 @@
 //! The reservation is returned as a [`SlotLease`] whose drop releases it, so no error path can
 //! leak an in-flight count.
 
-use crate::pool::{Pool, WorkerSlot, WorkerState};
+use crate::pool::{WorkerSlot, WorkerSlots, WorkerState};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -75,7 +75,7 @@ impl StickyTable {
 /// along with the streaming / blocked marks taken meanwhile, and wakes the waiters.
 pub struct SlotLease {
     pub slot: Arc<WorkerSlot>,
-    pool: Arc<Pool>,
+    slots: Arc<WorkerSlots>,
     streaming: bool,
     blocked: bool,
     served: bool,
@@ -122,7 +122,7 @@ impl Drop for SlotLease {
             self.slot.served.fetch_add(1, Relaxed);
         }
         self.slot.inflight.fetch_sub(1, Relaxed);
-        self.pool.notify_capacity();
+        self.slots.notify_capacity();
     }
 }
 
@@ -152,12 +152,12 @@ impl Dispatcher {
     /// Slots in `tried` are used only when no other slot has room.
     pub fn pick(
         &self,
-        pool: &Arc<Pool>,
+        pool: &Arc<WorkerSlots>,
         max_inflight: u32,
         sticky: Option<StickyKey>,
         tried: Tried,
     ) -> Option<SlotLease> {
-        let slots = pool.slots();
+        let slots = pool.load();
         let lease = self
             .pick_from(&slots, pool, max_inflight, sticky, |s| !tried.has(s.id))
             .or_else(|| self.pick_from(&slots, pool, max_inflight, sticky, |_| true))?;
@@ -170,7 +170,7 @@ impl Dispatcher {
     fn pick_from(
         &self,
         slots: &[Arc<WorkerSlot>],
-        pool: &Arc<Pool>,
+        pool: &Arc<WorkerSlots>,
         max: u32,
         sticky: Option<StickyKey>,
         allowed: impl Fn(&WorkerSlot) -> bool,
@@ -204,7 +204,7 @@ impl Dispatcher {
     fn least_loaded(
         &self,
         slots: &[Arc<WorkerSlot>],
-        pool: &Arc<Pool>,
+        pool: &Arc<WorkerSlots>,
         max: u32,
         ok: &dyn Fn(&WorkerSlot) -> bool,
     ) -> Option<SlotLease> {
@@ -227,7 +227,7 @@ impl Dispatcher {
 }
 
 /// Takes one place on `slot` if it is still below `max`.
-fn reserve(slot: &Arc<WorkerSlot>, pool: &Arc<Pool>, max: u32) -> Option<SlotLease> {
+fn reserve(slot: &Arc<WorkerSlot>, pool: &Arc<WorkerSlots>, max: u32) -> Option<SlotLease> {
     let prev = slot.inflight.fetch_add(1, Relaxed);
     if prev >= max {
         slot.inflight.fetch_sub(1, Relaxed);
@@ -236,7 +236,7 @@ fn reserve(slot: &Arc<WorkerSlot>, pool: &Arc<Pool>, max: u32) -> Option<SlotLea
     }
     Some(SlotLease {
         slot: slot.clone(),
-        pool: pool.clone(),
+        slots: pool.clone(),
         streaming: false,
         blocked: false,
         served: false,
@@ -247,7 +247,7 @@ fn reserve(slot: &Arc<WorkerSlot>, pool: &Arc<Pool>, max: u32) -> Option<SlotLea
 mod tests {
     use super::*;
 
-    fn pool(n: usize) -> Arc<Pool> {
+    fn pool(n: usize) -> Arc<WorkerSlots> {
         let slots = (0..n)
             .map(|i| {
                 let s = Arc::new(WorkerSlot::new(i, 1000 + i as u16));
@@ -255,7 +255,7 @@ mod tests {
                 s
             })
             .collect();
-        Arc::new(Pool::from_slots(slots))
+        Arc::new(WorkerSlots::new(slots))
     }
 
     #[test]
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn least_loaded_among_busy() {
         let p = pool(3);
-        let slots = p.slots();
+        let slots = p.load();
         slots[0].inflight.store(5, Relaxed);
         slots[1].inflight.store(1, Relaxed);
         slots[2].inflight.store(7, Relaxed);
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn blocked_and_not_serving_get_no_work() {
         let p = pool(2);
-        let slots = p.slots();
+        let slots = p.load();
         slots[0].blocked.store(1, Relaxed);
         slots[0].inflight.store(1, Relaxed);
         slots[1].set_lifecycle(WorkerState::Restarting);

@@ -163,7 +163,7 @@ async fn worker_lease(
     deadline: Instant,
     tried: Tried,
 ) -> Result<SlotLease, ApiError> {
-    let (pool, max) = (&shared.pool, cfg.pool.worker_max_inflight);
+    let (pool, max) = (&shared.slots, cfg.pool.worker_max_inflight);
     let pick = || shared.dispatch.pick(pool, max, p.sticky, tried);
     let line = pool.capacity_line();
     let waited = shared

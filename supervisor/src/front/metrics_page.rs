@@ -114,7 +114,7 @@ pub fn with_worker_label(line: &str, worker: usize) -> String {
 
 /// Renders the whole page: the supervisor's registry, then the workers that answered in time.
 pub async fn render(shared: &Shared) -> Bytes {
-    let slots = shared.pool.slots();
+    let slots = shared.slots.load();
     for s in slots.iter() {
         let label = crate::metrics::WorkerLabel {
             worker: s.id.to_string(),

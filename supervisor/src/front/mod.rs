@@ -40,7 +40,7 @@ mod tests;
 mod tests_endpoints;
 
 use crate::metrics::SupervisorMetrics;
-use crate::pool::Pool;
+use crate::pool::WorkerSlots;
 use crate::shutdown::Shutdown;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -51,8 +51,10 @@ use std::sync::Arc;
 
 /// What the front listener needs from the rest of the supervisor.
 pub struct FrontContext {
-    pub pool: Arc<Pool>,
-    /// The live configuration; read per request, so a reload applies to the next request.
+    /// The pool's dispatch view (`Pool::worker_slots`).
+    pub slots: Arc<WorkerSlots>,
+    /// The live configuration, read per request, so a reload applies to the next request. The
+    /// pool's own (`Pool::live_config`): the pool writes it, the front only reads it.
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
@@ -93,7 +95,7 @@ impl Settings {
 
 /// State shared by every connection of the front listener.
 pub struct Shared {
-    pub pool: Arc<Pool>,
+    pub slots: Arc<WorkerSlots>,
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
@@ -101,8 +103,9 @@ pub struct Shared {
     pub conns: conns::WorkerConns,
     pub dispatch: dispatch::Dispatcher,
     pub queue: queue::WaitQueue,
-    pub models: models_cache::ModelsCache,
-    pub counters: counters::RequestCounters,
+    pub models: models_cache::ModelListCache,
+    /// Counters of finished requests; shared with every response body still streaming.
+    pub meters: Arc<counters::RequestMeters>,
     pub ids: counters::RequestIds,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
@@ -112,9 +115,10 @@ pub struct Shared {
 impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
+        let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
-            pool: ctx.pool,
+            slots: ctx.slots,
             config: ctx.config,
             metrics: ctx.metrics,
             registry: ctx.registry,
@@ -122,7 +126,7 @@ impl Shared {
             dispatch: Default::default(),
             queue: Default::default(),
             models: Default::default(),
-            counters: Default::default(),
+            meters,
             ids: Default::default(),
             bound,
         }
@@ -160,7 +164,7 @@ mod settings_tests {
     fn shared(cfg: Arc<Config>) -> Shared {
         let (metrics, registry) = SupervisorMetrics::new();
         let ctx = FrontContext {
-            pool: Arc::new(Pool::from_slots(vec![])),
+            slots: Arc::new(WorkerSlots::new(vec![])),
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),

@@ -35,7 +35,7 @@ struct Fetched {
 }
 
 /// The cache. Request handlers only read it and nudge the refresher.
-pub struct ModelsCache {
+pub struct ModelListCache {
     current: ArcSwapOption<Fetched>,
     /// When the last refresh was requested, in ms since `epoch`; `NEVER` before the first.
     last_request_ms: AtomicU64,
@@ -46,7 +46,7 @@ pub struct ModelsCache {
     nudged: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
-impl Default for ModelsCache {
+impl Default for ModelListCache {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel(1);
         Self {
@@ -66,7 +66,7 @@ pub fn floor_list(cfg: &Config) -> Bytes {
     Bytes::from(list.to_json().to_string())
 }
 
-impl ModelsCache {
+impl ModelListCache {
     /// The list to answer with now; asks for a refresh when it is stale or missing.
     pub fn get(&self, cfg: &Config, floor: &Bytes) -> Bytes {
         let cur = self.current.load();
@@ -150,8 +150,8 @@ impl From<&'static str> for RefreshError {
 async fn refresh_once(shared: &Shared) -> Result<(), RefreshError> {
     let max = shared.config.load().pool.worker_max_inflight;
     let slot = shared
-        .pool
-        .slots()
+        .slots
+        .load()
         .iter()
         .find(|s| s.state() == WorkerState::Idle && s.has_room(max))
         .cloned()
@@ -196,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_requests_are_rate_limited() {
-        let c = ModelsCache::default();
+        let c = ModelListCache::default();
         let mut rx = c.nudged.lock().unwrap().take().unwrap();
         let mut cfg = Config::default();
         cfg.models_cache.min_refresh_interval = Duration::from_secs(3600);

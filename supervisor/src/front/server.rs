@@ -105,7 +105,7 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
         .local_addr()
         .unwrap_or_else(|_| ctx.config.load().server.listen);
     let shared = Arc::new(Shared::new(ctx, bound));
-    let refresher = tokio::spawn(super::models_cache::ModelsCache::run_refresher(
+    let refresher = tokio::spawn(super::models_cache::ModelListCache::run_refresher(
         shared.clone(),
     ));
     // Closes worker connections left idle after a burst (see `conns`); ends with `run`.
@@ -211,7 +211,7 @@ async fn handle(
         .allowed_origin(req.headers())
         .cloned();
     let record = RequestRecord {
-        shared: shared.clone(),
+        meters: shared.meters.clone(),
         start,
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -361,7 +361,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<FrontBody> {
 
 fn readyz(shared: &Shared, cfg: &Config) -> Response<FrontBody> {
     let max = cfg.pool.worker_max_inflight;
-    if shared.pool.slots().iter().any(|s| s.has_room(max)) {
+    if shared.slots.load().iter().any(|s| s.has_room(max)) {
         text(StatusCode::OK, "ready\n")
     } else {
         text(StatusCode::SERVICE_UNAVAILABLE, "no worker has room\n")

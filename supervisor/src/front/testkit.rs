@@ -7,7 +7,7 @@
 
 use super::{serve, FrontContext};
 use crate::metrics::SupervisorMetrics;
-use crate::pool::{Pool, WorkerSlot, WorkerState};
+use crate::pool::{WorkerSlot, WorkerSlots, WorkerState};
 use crate::shutdown::{self, ShutdownTrigger};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -183,7 +183,7 @@ fn sse(chunks: u64, every: Duration, breaks: bool) -> Response<BoxBody> {
 /// A front listener over mock workers.
 pub struct Harness {
     pub addr: SocketAddr,
-    pub pool: Arc<Pool>,
+    pub slots: Arc<WorkerSlots>,
     pub metrics: SupervisorMetrics,
     pub config: Arc<ArcSwap<Config>>,
     pub workers: Vec<MockWorker>,
@@ -216,14 +216,14 @@ impl Harness {
         workers: Vec<MockWorker>,
         cfg: Config,
     ) -> Self {
-        let pool = Arc::new(Pool::from_slots(slots));
+        let slots = Arc::new(WorkerSlots::new(slots));
         let (metrics, registry) = SupervisorMetrics::new();
         let config = Arc::new(ArcSwap::from_pointee(cfg));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (trigger, sd) = shutdown::channel();
         let ctx = FrontContext {
-            pool: pool.clone(),
+            slots: slots.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
             registry: Arc::new(registry),
@@ -232,7 +232,7 @@ impl Harness {
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Self {
             addr,
-            pool,
+            slots,
             metrics,
             config,
             workers,
@@ -271,8 +271,8 @@ impl Harness {
 
     /// Sum of the slots' in-flight counters.
     pub fn inflight(&self) -> u32 {
-        self.pool
-            .slots()
+        self.slots
+            .load()
             .iter()
             .map(|s| s.inflight.load(SeqCst))
             .sum()

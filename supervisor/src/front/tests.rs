@@ -40,7 +40,7 @@ async fn forwards_plain_and_streamed_chat() {
         "{text}"
     );
     h.until("in-flight back to 0", || h.inflight() == 0).await;
-    let served: u64 = h.pool.slots().iter().map(|s| s.served.load(SeqCst)).sum();
+    let served: u64 = h.slots.load().iter().map(|s| s.served.load(SeqCst)).sum();
     assert_eq!(served, 2);
 }
 
@@ -52,7 +52,7 @@ async fn idle_worker_gets_the_next_request() {
     let b = h.chat(true, &slow).await;
     let (wa, wb) = (worker_of(&a), worker_of(&b));
     assert_ne!(wa, wb, "two idle workers share the first two streams");
-    let states: Vec<WorkerState> = h.pool.slots().iter().map(|s| s.state()).collect();
+    let states: Vec<WorkerState> = h.slots.load().iter().map(|s| s.state()).collect();
     assert_eq!(
         states
             .iter()
@@ -252,8 +252,8 @@ async fn inflight_returns_to_zero_after_client_disconnects() {
     h.until("all disconnects accounted", || h.inflight() == 0)
         .await;
     let streaming: u32 = h
-        .pool
-        .slots()
+        .slots
+        .load()
         .iter()
         .map(|s| s.streaming.load(SeqCst))
         .sum();
@@ -265,7 +265,7 @@ async fn silent_requests_mark_the_worker_blocked() {
     let mut cfg = test_config();
     cfg.pool.blocked_after = Duration::from_millis(100);
     let h = Harness::start(1, cfg).await;
-    let slot = h.pool.slots()[0].clone();
+    let slot = h.slots.load()[0].clone();
     let req = h.chat(false, &[("x-test-wait-ms", "600")]);
     let watch = async {
         h.until("BUSY_BLOCKED", || slot.state() == WorkerState::BusyBlocked)
@@ -335,7 +335,7 @@ async fn a_silent_stream_marks_the_worker_blocked_until_bytes_flow() {
     let mut cfg = test_config();
     cfg.pool.blocked_after = Duration::from_millis(100);
     let h = Harness::start(1, cfg).await;
-    let slot = h.pool.slots()[0].clone();
+    let slot = h.slots.load()[0].clone();
     let r = h
         .chat(
             true,

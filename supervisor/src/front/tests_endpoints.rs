@@ -248,9 +248,9 @@ async fn metrics_page_merges_workers_and_skips_silent_ones() {
 async fn health_ready_and_graceful_stop() {
     let mut h = Harness::start(1, test_config()).await;
     assert_eq!(h.send("GET", "/readyz", &[], "").await.status(), 200);
-    h.pool.slots()[0].set_lifecycle(WorkerState::Restarting);
+    h.slots.load()[0].set_lifecycle(WorkerState::Restarting);
     assert_eq!(h.send("GET", "/readyz", &[], "").await.status(), 503);
-    h.pool.slots()[0].set_lifecycle(WorkerState::Idle);
+    h.slots.load()[0].set_lifecycle(WorkerState::Idle);
     // A request in flight at shutdown still completes.
     let pending = h.chat(false, &[("x-test-wait-ms", "200")]);
     let stop = async {

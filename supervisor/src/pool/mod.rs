@@ -1,11 +1,14 @@
 //! The worker pool: slots, their processes and their lifecycle.
 //!
-//! `Pool` is what everyone else holds. The front listener reads `slots()` (an `ArcSwap`
-//! snapshot, lock-free) and the slots' atomics; `cli::start` creates the pool once
-//! (`Pool::start`, a `OnceLock`), waits for it to be ready, reloads, scales and stops it; the admin
-//! socket reads `status()` and restarts workers.
+//! `Pool` is what everyone else holds. The front listener holds only its dispatch view,
+//! [`WorkerSlots`] (an `ArcSwap` snapshot, lock-free, and the slots' atomics), and a read handle
+//! on the live configuration (`live_config`); `cli::start` creates the pool once (`Pool::start`,
+//! a `OnceLock`), waits for it to be ready, reloads, scales and stops it; the admin socket reads
+//! `status()` and restarts workers.
 //!
 //! Who owns what:
+//! - `Pool` owns the live configuration and is its only writer (`reload`, `scale_by`): the
+//!   front reads the same `ArcSwap`, so the two never disagree on `pool.workers`.
 //! - `Pool` owns the `Registry` (slot handles: slot, command sender, socket, task) and the
 //!   monitor task. Dropping the pool closes every command channel, which ends every slot task,
 //!   which terminates its processes (tests rely on it; the real pool lives forever).
@@ -16,7 +19,7 @@
 //! Sub-modules: `lifecycle` (the pure state machine and its diagram), `restart` (backoff and
 //! budget), `sockets` (binding and port holders), `spawn` (the spawner thread, fork/exec, the
 //! `Proc` guard), `task` (the slot task; `task::actions` runs the lifecycle's actions,
-//! `task::health` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
+//! `task::checks` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
 //!
 //! Heartbeat files: `RUNTIME_DIR/worker-<id>-<generation>.hb`, one per process.
 
@@ -28,9 +31,11 @@ pub mod slot;
 pub mod sockets;
 pub mod spawn;
 pub mod task;
+pub mod worker_slots;
 
 pub use slot::{WorkerSlot, WorkerState};
 pub use sockets::port_holder;
+pub use worker_slots::WorkerSlots;
 
 use crate::fifo::Fifo;
 use crate::metrics::SupervisorMetrics;
@@ -92,6 +97,10 @@ pub enum PoolError {
     ProviderTable(#[source] io::Error),
     #[error("the pool must be started inside a tokio runtime")]
     NoRuntime,
+    /// `Pool::start` runs once per process; a later call with other options would otherwise
+    /// silently get a pool that ignores them.
+    #[error("the pool is already running; these options of the later start were not applied: {}", ignored.join(", "))]
+    AlreadyStarted { ignored: Vec<&'static str> },
 }
 
 impl PoolError {
@@ -155,9 +164,10 @@ impl WorkerStatus {
 }
 
 /// State shared by the pool, its slot tasks and its monitor.
-pub struct Shared {
-    /// The current configuration; replaced on reload and scale.
-    pub config: ArcSwap<Config>,
+pub struct PoolShared {
+    /// The current configuration; replaced on reload and scale, by the pool only. The front
+    /// listener reads this same `ArcSwap` (`Pool::live_config`).
+    pub config: Arc<ArcSwap<Config>>,
     pub config_path: PathBuf,
     pub runtime_dir: PathBuf,
     pub metrics: SupervisorMetrics,
@@ -224,9 +234,11 @@ impl Registry {
     }
 }
 
-/// The supervision side of a pool (absent in `from_slots` pools used by front tests).
-struct Supervision {
-    shared: Arc<Shared>,
+/// The worker pool: its processes, their slots and its configuration.
+pub struct Pool {
+    /// What the dispatcher sees: the slot list and the line waiting for room.
+    slots: Arc<WorkerSlots>,
+    shared: Arc<PoolShared>,
     registry: Arc<Registry>,
     monitor: Mutex<Option<JoinHandle<()>>>,
     ready: watch::Receiver<(usize, usize)>,
@@ -237,16 +249,33 @@ struct Supervision {
     /// across the awaits of one roll on purpose; nothing on the request path takes it.
     rolling: tokio::sync::Mutex<()>,
     stopped: AtomicBool,
+    /// What it was started with, to name what a later `start` would ignore.
+    started_with: StartedWith,
 }
 
-/// The pool as the dispatcher sees it.
-pub struct Pool {
-    /// The slot list; replaced (never mutated) when the pool is resized.
-    slots: ArcSwap<Vec<Arc<WorkerSlot>>>,
-    /// Requests waiting for room, in arrival order; its head is woken whenever a slot may have
-    /// gained room (a request finished, a worker became IDLE).
-    capacity: Arc<Fifo>,
-    sup: Option<Supervision>,
+/// The comparable part of the `PoolOptions` a pool was started with.
+struct StartedWith {
+    config: Arc<Config>,
+    config_path: PathBuf,
+    runtime_dir: PathBuf,
+}
+
+impl StartedWith {
+    /// The options of `opts` that differ from these (metrics and shutdown cannot be compared:
+    /// they are handles, and a second caller's are always new ones).
+    fn ignored(&self, opts: &PoolOptions) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if *self.config != *opts.config {
+            out.push("config");
+        }
+        if self.config_path != opts.config_path {
+            out.push("config_path");
+        }
+        if self.runtime_dir != opts.runtime_dir {
+            out.push("runtime_dir");
+        }
+        out
+    }
 }
 
 /// The process-wide pool (`start`).
@@ -255,26 +284,22 @@ static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
 static STARTING: Mutex<()> = Mutex::new(());
 
 impl Pool {
-    /// A pool over existing slots with no processes; used by tests of the dispatcher.
-    pub fn from_slots(slots: Vec<Arc<WorkerSlot>>) -> Self {
-        Self {
-            slots: ArcSwap::from_pointee(slots),
-            capacity: Arc::new(Fifo::default()),
-            sup: None,
-        }
-    }
-
     /// Binds every worker port, then spawns the workers; the process-wide pool. Any number of
-    /// concurrent or later calls return the same pool and spawn nothing. Must run inside a tokio
-    /// runtime (the slot tasks live there).
+    /// concurrent or later calls with the same options return the same pool and spawn nothing;
+    /// a later call with other options gets `AlreadyStarted`, naming them, since they would not
+    /// apply. Must run inside a tokio runtime (the slot tasks live there).
     pub fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        let existing = |p: &Arc<Pool>| match p.started_with.ignored(&opts) {
+            ignored if ignored.is_empty() => Ok(p.clone()),
+            ignored => Err(PoolError::AlreadyStarted { ignored }),
+        };
         if let Some(p) = POOL.get() {
-            return Ok(p.clone());
+            return existing(p);
         }
         // Held while binding and creating tasks, all of which is quick and never awaits.
         let _g = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = POOL.get() {
-            return Ok(p.clone());
+            return existing(p);
         }
         let pool = Self::spawn_new(opts)?;
         let _ = POOL.set(pool.clone());
@@ -299,14 +324,19 @@ impl Pool {
                 .map_err(PoolError::ProviderTable)?,
         );
         let spawner = spawn::Spawner::start(rt).map_err(PoolError::Spawn)?;
-        let capacity = Arc::new(Fifo::default());
-        let shared = Arc::new(Shared {
-            config: ArcSwap::new(opts.config),
+        let slots = Arc::new(WorkerSlots::new(Vec::new()));
+        let started_with = StartedWith {
+            config: opts.config.clone(),
+            config_path: opts.config_path.clone(),
+            runtime_dir: opts.runtime_dir.clone(),
+        };
+        let shared = Arc::new(PoolShared {
+            config: Arc::new(ArcSwap::new(opts.config)),
             config_path: opts.config_path,
             runtime_dir: opts.runtime_dir,
             metrics: opts.metrics,
             spawner,
-            capacity: capacity.clone(),
+            capacity: slots.capacity(),
             changed: Notify::new(),
             shutdown: opts.shutdown,
             transitions: broadcast::channel(TRANSITION_BACKLOG).0,
@@ -328,19 +358,18 @@ impl Pool {
             epoch: epoch_tx,
         };
         let monitor = tokio::spawn(monitor::run(shared.clone(), registry.clone(), out, halt_rx));
+        slots.store(registry.slots());
         let pool = Pool {
-            slots: ArcSwap::from_pointee(registry.slots()),
-            capacity,
-            sup: Some(Supervision {
-                shared,
-                registry,
-                monitor: Mutex::new(Some(monitor)),
-                ready,
-                epoch,
-                halt,
-                rolling: tokio::sync::Mutex::new(()),
-                stopped: AtomicBool::new(false),
-            }),
+            slots,
+            shared,
+            registry,
+            monitor: Mutex::new(Some(monitor)),
+            ready,
+            epoch,
+            halt,
+            rolling: tokio::sync::Mutex::new(()),
+            stopped: AtomicBool::new(false),
+            started_with,
         };
         Ok(Arc::new(pool))
     }
@@ -350,31 +379,22 @@ impl Pool {
         self.slots.load()
     }
 
-    /// Replaces the slot list (resize).
-    pub fn store_slots(&self, slots: Vec<Arc<WorkerSlot>>) {
-        self.slots.store(Arc::new(slots));
-        self.notify_capacity();
+    /// The dispatch view, for the front listener.
+    pub fn worker_slots(&self) -> Arc<WorkerSlots> {
+        self.slots.clone()
     }
 
-    /// A slot may have gained room: wakes the first waiting request, which takes the room and
-    /// passes the turn on (see `crate::fifo`).
-    pub fn notify_capacity(&self) {
-        self.capacity.release();
-    }
-
-    /// The line of requests waiting for a place on a worker.
-    pub fn capacity_line(&self) -> &Fifo {
-        &self.capacity
+    /// The live configuration, for readers that must follow every reload and scale (the front
+    /// listener). Only the pool stores into it.
+    pub fn live_config(&self) -> Arc<ArcSwap<Config>> {
+        self.shared.config.clone()
     }
 
     /// Waits until every slot that is not DEAD is serving (IDLE or busy), or `timeout`; returns
     /// how many are serving.
     pub async fn wait_ready(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
-        let Some(sup) = &self.sup else {
-            return self.serving().0;
-        };
-        let mut epoch = sup.epoch.clone();
+        let mut epoch = self.epoch.clone();
         loop {
             epoch.borrow_and_update();
             let (serving, live) = self.serving();
@@ -409,18 +429,12 @@ impl Pool {
 
     /// (serving, total slots), updated whenever it changes; for systemd `STATUS=`.
     pub fn ready_counts(&self) -> watch::Receiver<(usize, usize)> {
-        match &self.sup {
-            Some(sup) => sup.ready.clone(),
-            None => watch::channel((self.serving().0, self.slots().len())).1,
-        }
+        self.ready.clone()
     }
 
     /// The configuration the pool currently runs with.
     pub fn config(&self) -> Arc<Config> {
-        match &self.sup {
-            Some(sup) => sup.shared.config.load_full(),
-            None => Arc::new(Config::default()),
-        }
+        self.shared.config.load_full()
     }
 
     /// Adopts a validated configuration: scales to its `pool.workers`, then replaces the serving
@@ -429,13 +443,12 @@ impl Pool {
     /// the error says which worker failed and why. DEAD slots get a new process with a fresh
     /// budget.
     pub async fn reload(&self, config: Arc<Config>) -> Result<(), String> {
-        let Some(sup) = &self.sup else { return Ok(()) };
-        if sup.stopped.load(Relaxed) {
+        if self.stopped.load(Relaxed) {
             return Err("the pool is stopping".into());
         }
-        let _roll = sup.rolling.lock().await;
-        let before = sup.registry.senders();
-        sup.shared.config.store(config.clone());
+        let _roll = self.rolling.lock().await;
+        let before = self.registry.senders();
+        self.shared.config.store(config.clone());
         self.resize(config.pool.workers as usize);
         let keep = config.pool.workers as usize;
         tracing::info!(workers = keep, "reload: rolling workers one at a time");
@@ -468,11 +481,10 @@ impl Pool {
     /// Manual restart of worker `id` (a rolling replacement when it serves); revives a DEAD
     /// slot with a fresh restart budget.
     pub fn restart_worker(&self, id: usize) -> Result<(), String> {
-        let sup = self.sup.as_ref().ok_or("this pool has no processes")?;
-        if sup.stopped.load(Relaxed) {
+        if self.stopped.load(Relaxed) {
             return Err("the pool is stopping".into());
         }
-        let handles = sup.registry.senders();
+        let handles = self.registry.senders();
         let (_, tx) = handles
             .iter()
             .find(|(s, _)| s.id == id)
@@ -483,15 +495,14 @@ impl Pool {
 
     /// One worker more or fewer per unit of `delta` (SIGTTIN / SIGTTOU); never below one.
     pub fn scale_by(&self, delta: i32) {
-        let Some(sup) = &self.sup else { return };
-        if sup.stopped.load(Relaxed) {
+        if self.stopped.load(Relaxed) {
             return;
         }
-        let n = sup.registry.lock().len() as i64 + i64::from(delta);
+        let n = self.registry.lock().len() as i64 + i64::from(delta);
         let n = n.clamp(1, i64::from(u16::MAX)) as usize;
-        let mut cfg = (*sup.shared.config.load_full()).clone();
+        let mut cfg = (*self.shared.config.load_full()).clone();
         cfg.pool.workers = n as u32;
-        sup.shared.config.store(Arc::new(cfg));
+        self.shared.config.store(Arc::new(cfg));
         self.resize(n);
     }
 
@@ -499,10 +510,9 @@ impl Pool {
     /// (an error is logged and scaling stops there); removed slots leave the dispatch list at
     /// once and their workers drain within `shutdown_timeout`.
     fn resize(&self, n: usize) {
-        let Some(sup) = &self.sup else { return };
-        let base = sup.shared.config.load().pool.base_port;
-        let mut handles = sup.registry.lock();
-        let mut parked = sup
+        let base = self.shared.config.load().pool.base_port;
+        let mut handles = self.registry.lock();
+        let mut parked = self
             .registry
             .parked
             .lock()
@@ -513,17 +523,17 @@ impl Pool {
                 Some(s) => Ok(s),
                 None => sockets::port_for(base, id)
                     .and_then(sockets::bind_one)
-                    .map(|l| Arc::new(SlotSockets::new(l, &front_path(&sup.shared, id)))),
+                    .map(|l| Arc::new(SlotSockets::new(l, &front_path(&self.shared, id)))),
             };
             match bound {
-                Ok(s) => handles.push(add_slot(&sup.shared, id, s)),
+                Ok(s) => handles.push(add_slot(&self.shared, id, s)),
                 Err(e) => {
                     tracing::error!("cannot add worker {id}: {}", PoolError::from(e));
                     break;
                 }
             }
         }
-        let mut retired = sup
+        let mut retired = self
             .registry
             .retired
             .lock()
@@ -539,16 +549,15 @@ impl Pool {
         drop((retired, parked));
         let slots: Vec<_> = handles.iter().map(|h| h.slot.clone()).collect();
         drop(handles);
-        self.store_slots(slots);
-        sup.shared.changed.notify_one();
+        self.slots.store(slots);
+        self.shared.changed.notify_one();
     }
 
     /// Stops every worker: no new work, SIGTERM (they finish in-flight requests), SIGKILL what
     /// remains after `grace`, everything reaped, every slot DEAD, heartbeat files removed.
     pub async fn stop(&self, grace: Duration) {
-        let Some(sup) = &self.sup else { return };
-        sup.stopped.store(true, Relaxed);
-        let senders = sup.registry.senders();
+        self.stopped.store(true, Relaxed);
+        let senders = self.registry.senders();
         for (s, _) in &senders {
             s.draining.store(true, Relaxed);
         }
@@ -562,14 +571,14 @@ impl Pool {
         for rx in waits {
             let _ = rx.await;
         }
-        let tasks: Vec<_> = sup
+        let tasks: Vec<_> = self
             .registry
             .lock()
             .iter_mut()
             .filter_map(|h| h.task.take())
             .collect();
         let retired: Vec<_> = std::mem::take(
-            &mut *sup
+            &mut *self
                 .registry
                 .retired
                 .lock()
@@ -578,16 +587,20 @@ impl Pool {
         for t in tasks.into_iter().chain(retired) {
             let _ = t.await;
         }
-        sup.halt.trigger();
-        let monitor = sup.monitor.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.halt.trigger();
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(m) = monitor {
             let _ = m.await;
         }
     }
 
-    /// Subscribes to every lifecycle change from now on (None for a pool without processes).
-    pub fn transitions(&self) -> Option<broadcast::Receiver<Transition>> {
-        self.sup.as_ref().map(|s| s.shared.transitions.subscribe())
+    /// Subscribes to every lifecycle change from now on.
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.shared.transitions.subscribe()
     }
 
     /// Every slot as `status` shows it.
@@ -597,12 +610,12 @@ impl Pool {
 }
 
 /// Where slot `id`'s front socket goes.
-fn front_path(shared: &Shared, id: usize) -> PathBuf {
+fn front_path(shared: &PoolShared, id: usize) -> PathBuf {
     shared.runtime_dir.join(format!("worker-{id}.sock"))
 }
 
 /// Creates slot `id` on `sockets` and starts its task.
-fn add_slot(shared: &Arc<Shared>, id: usize, sockets: Arc<SlotSockets>) -> SlotHandle {
+fn add_slot(shared: &Arc<PoolShared>, id: usize, sockets: Arc<SlotSockets>) -> SlotHandle {
     let mut slot = WorkerSlot::new(id, sockets.port());
     slot.front_socket = sockets.front.as_ref().map(|f| f.path.clone());
     let slot = Arc::new(slot);

@@ -2,7 +2,7 @@
 //!
 //! Every half heartbeat interval it samples the RSS of every worker pid, detects that the
 //! supervisor itself was suspended, and sends each slot task a `Tick`. On every tick and every
-//! lifecycle change (slot tasks poke `Shared::changed`) it republishes the state gauges, the
+//! lifecycle change (slot tasks poke `PoolShared::changed`) it republishes the state gauges, the
 //! in-flight gauges and the ready counts.
 //!
 //! Suspend guard: the monotonic clock stops while the machine sleeps but heartbeat mtimes are
@@ -11,7 +11,7 @@
 //! re-arm their deadlines instead of killing workers that were asleep with us.
 
 use super::task::{SlotCmd, Sweep};
-use super::{Registry, Shared, WorkerState};
+use super::{PoolShared, Registry, WorkerState};
 use crate::metrics::{StateLabel, WorkerLabel};
 use crate::shutdown::Shutdown;
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,7 +34,12 @@ pub fn period(heartbeat_interval: Duration) -> Duration {
     (heartbeat_interval / 2).max(Duration::from_millis(10))
 }
 
-pub async fn run(shared: Arc<Shared>, registry: Arc<Registry>, out: Outputs, mut halt: Shutdown) {
+pub async fn run(
+    shared: Arc<PoolShared>,
+    registry: Arc<Registry>,
+    out: Outputs,
+    mut halt: Shutdown,
+) {
     let mut current = period(shared.config.load().pool.heartbeat_interval);
     let mut ticker = tokio::time::interval(current);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -108,7 +113,7 @@ fn sweep(sys: &mut System, registry: &Registry, rearm: bool) {
 }
 
 /// Gauges and ready counts from the slots' atomics.
-fn publish(shared: &Shared, registry: &Registry, out: &Outputs) {
+fn publish(shared: &PoolShared, registry: &Registry, out: &Outputs) {
     let slots = registry.slots();
     let mut counts = [0i64; WorkerState::ALL.len()];
     let mut serving = 0;

@@ -17,8 +17,8 @@ mod kit;
 use kit::wait_until_async as wait_until;
 pub(crate) use kit::WORKER_PY;
 
-struct Fixture {
-    pool: Arc<Pool>,
+pub(crate) struct Fixture {
+    pub(crate) pool: Arc<Pool>,
     metrics: SupervisorMetrics,
     dir: tempfile::TempDir,
     trigger: crate::shutdown::ShutdownTrigger,
@@ -36,7 +36,7 @@ impl Drop for Fixture {
 }
 
 /// `kit::config` with a 10 s startup timeout and fast restarts (50 ms backoff, at most 2 s).
-fn config(workers: u32, mode: &str) -> Config {
+pub(crate) fn config(workers: u32, mode: &str) -> Config {
     let mut c = kit::config(workers, mode);
     let p = &mut c.pool;
     p.startup_timeout = Duration::from_secs(10);
@@ -45,7 +45,7 @@ fn config(workers: u32, mode: &str) -> Config {
     c
 }
 
-fn fixture(cfg: Config) -> Fixture {
+pub(crate) fn fixture(cfg: Config) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (metrics, _registry) = SupervisorMetrics::new();
     let (trigger, shutdown) = crate::shutdown::channel();
@@ -204,7 +204,7 @@ async fn kill_9_worker_goes_unhealthy_restarting_then_new_pid_idle_on_same_port(
     cfg.pool.restart_backoff_initial = Duration::from_millis(300);
     let f = fixture(cfg);
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 2);
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     let before = f.pool.status()[0].clone();
     let old = before.pid.unwrap();
     kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
@@ -245,7 +245,7 @@ async fn kill_9_worker_goes_unhealthy_restarting_then_new_pid_idle_on_same_port(
 async fn sigstop_worker_is_unhealthy_within_timeout_plus_interval_then_replaced() {
     let f = fixture(config(1, "ok"));
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 1);
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     let old = f.pool.status()[0].pid.unwrap();
     kill(Pid::from_raw(old as i32), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
@@ -286,7 +286,7 @@ async fn crash_loop_backs_off_growing_then_dead_while_others_serve() {
     cfg.pool.max_restarts = 3;
     cfg.pool.restart_backoff_initial = Duration::from_millis(100);
     let f = fixture(cfg);
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     let mut seen = Vec::new();
     // Three restarts are allowed; the fourth failure is one too many.
     let want = [WorkerState::Restarting, WorkerState::Init].repeat(3);
@@ -320,7 +320,7 @@ async fn crash_loop_backs_off_growing_then_dead_while_others_serve() {
     assert_eq!(restarts(&f.metrics, 0, "exit"), 3);
     assert_eq!(*f.pool.ready_counts().borrow(), (1, 2));
     // A manual restart revives it with a fresh budget: a new process, which crashes again.
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     f.pool.restart_worker(0).unwrap();
     expect_states(
         &mut rx,
@@ -344,7 +344,7 @@ async fn startup_timeout_kills_and_counts_a_failed_start() {
     cfg.pool.startup_timeout = Duration::from_millis(600);
     cfg.pool.max_restarts = 0;
     let f = fixture(cfg);
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     let first_pid = {
         assert!(wait_until(Duration::from_secs(5), || f.pool.status()[0].pid.is_some()).await);
         f.pool.status()[0].pid.unwrap()
@@ -418,7 +418,7 @@ async fn max_requests_recycles_after_the_limit() {
     let f = fixture(cfg);
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 1);
     let first = f.pool.status()[0].pid.unwrap();
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     // The front counts requests in slot.served; pretend it forwarded 5 (= max + max jitter).
     f.pool.slots()[0].served.fetch_add(5, Relaxed);
     let seen = expect_states(
@@ -444,7 +444,7 @@ async fn reload_rolls_one_at_a_time_and_scales() {
     let f = fixture(config(2, "ok"));
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 2);
     let old: Vec<u32> = f.pool.status().iter().filter_map(|w| w.pid).collect();
-    let mut rx = f.pool.transitions().unwrap();
+    let mut rx = f.pool.transitions();
     let mut cfg = (*f.pool.config()).clone();
     cfg.pool.workers = 3;
     f.pool.reload(Arc::new(cfg)).await.unwrap();
@@ -543,8 +543,8 @@ async fn rearmed_deadlines_spare_a_silent_worker_until_the_rearm_ends() {
     let f = fixture(config(1, "ok"));
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 1);
     let pid = f.pool.status()[0].pid.unwrap();
-    let mut rx = f.pool.transitions().unwrap();
-    let tx = f.pool.sup.as_ref().unwrap().registry.senders()[0].1.clone();
+    let mut rx = f.pool.transitions();
+    let tx = f.pool.registry.senders()[0].1.clone();
     // The worker goes silent as it would across a suspend; the monitor's "we were asleep"
     // ticks keep re-arming for 2.5 heartbeat timeouts: the worker must not be killed.
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
@@ -570,4 +570,35 @@ async fn rearmed_deadlines_spare_a_silent_worker_until_the_rearm_ends() {
     )
     .await;
     f.pool.stop(Duration::from_secs(5)).await;
+}
+
+/// A later `start` is refused with every differing option named (the message is what an
+/// operator reads), and an identical one is not.
+#[test]
+fn a_later_start_names_each_option_it_would_ignore() {
+    let cfg = Arc::new(config(1, "ok"));
+    let first = StartedWith {
+        config: cfg.clone(),
+        config_path: "/run/a/gateway.toml".into(),
+        runtime_dir: "/run/a".into(),
+    };
+    let opts = |config: Arc<Config>, config_path: &str| {
+        let (metrics, _registry) = SupervisorMetrics::new();
+        PoolOptions {
+            config,
+            config_path: config_path.into(),
+            runtime_dir: "/run/a".into(),
+            metrics,
+            shutdown: crate::shutdown::channel().1,
+        }
+    };
+    assert!(first
+        .ignored(&opts(cfg.clone(), "/run/a/gateway.toml"))
+        .is_empty());
+    let mut other = (*cfg).clone();
+    other.pool.workers = 2;
+    let ignored = first.ignored(&opts(Arc::new(other), "/run/b/gateway.toml"));
+    assert_eq!(ignored, ["config", "config_path"]);
+    let msg = PoolError::AlreadyStarted { ignored }.to_string();
+    assert!(msg.contains("not applied: config, config_path"), "{msg}");
 }

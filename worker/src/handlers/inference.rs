@@ -71,7 +71,7 @@ async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Respons
         Err(e) => return e.to_response(dialect),
     };
     let model = head.model;
-    let table = app.routes.load_full();
+    let table = app.routes.clone();
     let candidates = match table.candidates(&model, endpoint) {
         Ok(c) => c,
         Err(e) => return e.to_response(dialect),

@@ -9,7 +9,6 @@ use crate::endpoint::Endpoint;
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
-use arc_swap::ArcSwap;
 use gateway::config::Config;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::{header, Method, Request, Response};
@@ -29,8 +28,9 @@ pub const ATTEMPTS_HEADER: header::HeaderName =
 
 /// Shared state of one worker.
 pub struct App {
-    /// The routing snapshot; replaced whole, read without a lock.
-    pub routes: ArcSwap<RouteTable>,
+    /// The routing table, fixed for the worker's life: a reload replaces the worker (with its
+    /// new configuration) rather than swapping this.
+    pub routes: Arc<RouteTable>,
     pub metrics: Metrics,
     /// In-flight and served counts for the heartbeat.
     pub counters: Arc<Counters>,
@@ -59,7 +59,7 @@ impl App {
         let health = Arc::new(Health::new(config, routes.providers.clone()));
         Self {
             health,
-            routes: ArcSwap::from_pointee(routes),
+            routes: Arc::new(routes),
             metrics,
             counters: Arc::new(Counters::default()),
             models,

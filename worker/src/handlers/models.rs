@@ -25,11 +25,11 @@ struct Cached {
     ids: Vec<String>,
 }
 
-/// Discovered model lists, one slot per provider (indexed like the route table).
+/// Discovered model lists, one entry per provider (indexed like the route table).
 pub struct ModelsCache {
     ttl: Duration,
     timeout: Duration,
-    slots: Vec<ArcSwapOption<Cached>>,
+    lists: Vec<ArcSwapOption<Cached>>,
     refreshing: Vec<AtomicBool>,
 }
 
@@ -38,14 +38,14 @@ impl ModelsCache {
         Self {
             ttl: config.models_cache.ttl,
             timeout: config.health.probe_timeout,
-            slots: (0..providers).map(|_| ArcSwapOption::empty()).collect(),
+            lists: (0..providers).map(|_| ArcSwapOption::empty()).collect(),
             refreshing: (0..providers).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
     /// The provider's list: fresh from the cache, refreshed by this caller, or stale.
     async fn get(&self, i: usize, p: &Provider) -> Option<Arc<Cached>> {
-        let cur = self.slots[i].load_full();
+        let cur = self.lists[i].load_full();
         if cur.as_ref().is_some_and(|c| c.at.elapsed() < self.ttl) {
             return cur;
         }
@@ -66,7 +66,7 @@ impl ModelsCache {
                     at: Instant::now(),
                     ids,
                 });
-                self.slots[i].store(Some(fresh.clone()));
+                self.lists[i].store(Some(fresh.clone()));
                 Some(fresh)
             }
             Ok(Err(e)) => {
@@ -104,7 +104,7 @@ async fn fetch(p: &Provider) -> Result<Vec<String>, String> {
 
 /// The configured models and aliases (the shared builder), then what `"*"` providers list.
 async fn build(app: &App) -> ModelList {
-    let table = app.routes.load();
+    let table = &app.routes;
     let mut list = ModelList::configured(
         table.providers.iter().map(|p| &p.config),
         table.alias_names.iter().map(String::as_str),

@@ -100,7 +100,7 @@ impl SlotTask {
         if let Some(c) = &mut self.cur {
             // Count requests per process: the slot's counter spans all its processes.
             c.served_base = served;
-            c.request_limit = super::health::request_limit(&cfg);
+            c.request_limit = super::checks::request_limit(&cfg);
         }
         if let Some(c) = &self.cur {
             self.publish(c);

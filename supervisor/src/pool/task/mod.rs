@@ -12,16 +12,16 @@
 //!
 //! Every state change goes through `lifecycle::next`; the actions it returns are run by
 //! `actions` (process work: spawn, kill ladder, promote, stop) and the periodic checks live in
-//! `health` (first heartbeat, startup deadline, sweep).
+//! `checks` (first heartbeat, startup deadline, sweep).
 
 mod actions;
-mod health;
+mod checks;
 
 use super::lifecycle::{self, Action, Event};
 use super::restart::{Backoff, Budget, Reason};
 use super::sockets::SlotSockets;
 use super::spawn::{Proc, StderrTail};
-use super::{Shared, WorkerSlot, WorkerState};
+use super::{PoolShared, WorkerSlot, WorkerState};
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -77,7 +77,7 @@ pub struct Sweep {
 
 pub struct SlotTask {
     slot: Arc<WorkerSlot>,
-    shared: Arc<Shared>,
+    shared: Arc<PoolShared>,
     /// The slot's sockets; every process of the slot gets the port as fd 3 (and the built-in
     /// worker the front socket as fd 4).
     sockets: Arc<SlotSockets>,
@@ -115,7 +115,7 @@ pub struct SlotTask {
 impl SlotTask {
     pub fn new(
         slot: Arc<WorkerSlot>,
-        shared: Arc<Shared>,
+        shared: Arc<PoolShared>,
         sockets: Arc<SlotSockets>,
         cmds: mpsc::Receiver<SlotCmd>,
     ) -> Self {

@@ -1,4 +1,4 @@
-//! The slot's health checks: READY on the first heartbeat, the startup deadline, and the sweep
+//! The slot's checks: READY on the first heartbeat, the startup deadline, and the sweep
 //! (reap what `wait` missed, heartbeat staleness, RSS and request-count recycling).
 
 use super::{SlotTask, Sweep, STALE_SWEEPS};
