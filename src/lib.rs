@@ -1,6 +1,6 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, the model list,
-//! SSE frames, admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
+//! SSE parsing and frames (`sse`), the body adapters front and worker compose (`relay`), admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
 //! providers (`headers`), how long a client may take to send a request (`read_timeouts`), and how
 //! a request body is read with a bound (`upload`). Nothing here starts tasks or touches sockets.
 
@@ -13,11 +13,14 @@ pub mod model_list;
 pub mod net;
 pub mod provider_slots;
 pub mod read_timeouts;
+pub mod relay;
 pub mod request;
 pub mod runtime_file;
 pub mod sse;
-pub mod sse_parser;
 pub mod upload;
+
+/// The old path of `sse::parse`, kept while callers move to `sse`.
+pub use sse::parse as sse_parser;
 
 pub use api_error::{ApiError, Dialect, ErrorKind, Side};
 pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};
