@@ -6,9 +6,11 @@
 //! cleanly: an SSE stream gets the dialect's error event and then an `Err` frame, which makes
 //! hyper abort the connection instead of writing the final chunk; other bodies just get the
 //! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
-//! connection at once. `MockBody` paces a mock provider's frames. `WaitingBody` is a streaming
-//! response answered before its provider slot was free: keep-alive pings while the rest of the
-//! attempts run inside it, then the provider's stream (or an error event and an abort).
+//! connection at once. The idle deadline and the error ending are the relay layer's
+//! (`gateway::relay::{Deadline, Ending}`). `MockBody` paces a mock provider's frames. A streaming
+//! response answered before its provider slot was free is `gateway::relay::Pinging`
+//! (`waiting_response`): keep-alive pings while the rest of the attempts run inside it, then the
+//! provider's stream (or an error event and an abort).
 //! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
 //! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops;
 //! starting one counts it for the request's attempt total (`count_attempts`).
@@ -19,6 +21,7 @@ use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
 use gateway::provider_slots::SlotGuard;
+use gateway::relay::{self, BoxError, Deadline, Ending, Failed, Pinging};
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::cell::Cell;
@@ -30,8 +33,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a stream was cut short; the error the body reports to hyper.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ tokio::task_local! {
 
 /// Runs `fut` (a request's attempt loop) and returns its output with the number of attempts it
 /// started. Counted where every attempt begins (`Attempt::start`), so the attempt loop needs no
-/// bookkeeping of its own for the access log. Attempts that run later inside a `WaitingBody`
+/// bookkeeping of its own for the access log. Attempts that run later inside a `Pinging` body
 /// (after the 200 and its pings went out) are outside the scope and not counted: their
 /// response head, which would carry the count, is gone already.
 pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
@@ -101,7 +102,7 @@ pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
 impl Attempt {
     pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
         provider.state.inflight.fetch_add(1, Ordering::Relaxed);
-        // Outside a handler's scope (unit tests, a `WaitingBody`) there is nothing to count.
+        // Outside a handler's scope (unit tests, a `Pinging` body) there is nothing to count.
         let _ = ATTEMPTS.try_with(|n| n.set(n.get() + 1));
         Self {
             provider,
@@ -162,27 +163,19 @@ impl Drop for Attempt {
 
 enum ProxyState {
     Streaming,
-    /// The error event has been sent; after one `Pending` (so that hyper flushes the event),
-    /// the next poll reports the error.
-    Aborting {
-        yielded: bool,
-        err: Option<StreamError>,
-    },
+    /// The error event has been sent; it is flushed, then the error reported.
+    Ending(Ending),
     Done,
 }
 
 /// A provider's response body on its way to the client.
 ///
-/// The idle timer is lazy: a body that is there with its headers (most non-streamed answers)
-/// never creates one, and a stream records when each frame came instead of re-arming a timer
-/// per frame; the timer, created at the first wait, is only moved when it fires early.
+/// The idle deadline is lazy (`Deadline`): a body that is there with its headers (most
+/// non-streamed answers) never creates a timer, and a stream only records when each frame came.
 pub struct ProxyBody {
     inner: Incoming,
-    idle: Duration,
-    /// When the headers or the last frame arrived.
-    last: tokio::time::Instant,
-    /// Fires at `last + idle` or earlier (then re-armed). Boxed because `Sleep` is `!Unpin`.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Due `idle` past the headers or the last frame.
+    idle: Deadline,
     /// `Some` for `text/event-stream` responses: the dialect of the error event.
     sse: Option<Dialect>,
     state: ProxyState,
@@ -202,31 +195,13 @@ impl ProxyBody {
     ) -> Self {
         Self {
             inner,
-            idle,
-            last: tokio::time::Instant::now(),
-            timer: None,
+            idle: Deadline::new(idle),
             sse,
             state: ProxyState::Streaming,
             attempt,
             _request: request,
             span: tracing::Span::current(),
         }
-    }
-
-    /// Polls the idle timer (creating it at the first wait); true once `idle` has really passed
-    /// since the last frame. A timer that fires early (frames came meanwhile) is moved.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let due = self.last + self.idle;
-        let t = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        while t.as_mut().poll(cx).is_ready() {
-            if tokio::time::Instant::now() >= due {
-                return true;
-            }
-            t.as_mut().reset(due);
-        }
-        false
     }
 
     fn fail(
@@ -242,13 +217,10 @@ impl ProxyBody {
                     StreamError::Idle(_) => ErrorKind::GatewayTimeout,
                     StreamError::Upstream(_) => ErrorKind::BadGateway,
                 };
-                let event =
-                    gateway::sse::error_event(dialect, &ApiError::new(kind, err.to_string()));
-                self.state = ProxyState::Aborting {
-                    yielded: false,
-                    err: Some(err),
-                };
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+                let api = ApiError::new(kind, err.to_string());
+                let (event, ending) = Ending::with_event(dialect, &api, err.into());
+                self.state = ProxyState::Ending(ending);
+                Poll::Ready(Some(Ok(event)))
             }
             None => {
                 self.state = ProxyState::Done;
@@ -269,20 +241,12 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.state {
             ProxyState::Done => return Poll::Ready(None),
-            ProxyState::Aborting { yielded, err } => {
-                if !*yielded {
-                    // hyper drops its unflushed write buffer when a body fails, so first let it
-                    // flush the error event: it does so right after this `Pending` in the same
-                    // turn of its connection loop, and the wake brings it back for the error.
-                    *yielded = true;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+            ProxyState::Ending(e) => {
+                let r = e.poll_end(cx);
+                if e.is_done() {
+                    this.state = ProxyState::Done;
                 }
-                let e = err
-                    .take()
-                    .unwrap_or(StreamError::Upstream("aborted".into()));
-                this.state = ProxyState::Done;
-                return Poll::Ready(Some(Err(e.into())));
+                return r;
             }
             ProxyState::Streaming => {}
         }
@@ -293,7 +257,7 @@ impl Body for ProxyBody {
                     this.attempt.finish(Outcome::Success);
                     this.state = ProxyState::Done;
                 } else {
-                    this.last = tokio::time::Instant::now();
+                    this.idle.touch();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -307,8 +271,8 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle_expired(cx) {
-                    this.fail(StreamError::Idle(this.idle), Outcome::Timeout)
+                if this.idle.poll_expired(cx) {
+                    this.fail(StreamError::Idle(this.idle.after()), Outcome::Timeout)
                 } else {
                     Poll::Pending
                 }
@@ -319,7 +283,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self.state {
             ProxyState::Streaming => self.inner.is_end_stream(),
-            ProxyState::Aborting { .. } => false,
+            ProxyState::Ending(_) => false,
             ProxyState::Done => true,
         }
     }
@@ -412,157 +376,55 @@ impl Body for MockBody {
 
 type BoxResponse = Pin<Box<dyn Future<Output = http::Response<ResBody>> + Send>>;
 
-enum WaitState {
-    /// Pinging while the attempts run.
-    Waiting(BoxResponse),
-    /// The provider's stream.
-    Inner(ResBody),
-    /// As in `ProxyBody`: the error event went out; one `Pending` to flush it, then the error.
-    Aborting {
-        yielded: bool,
-    },
-    Done,
-}
+/// The rest of the attempts, settled into the stream to splice or the error event to send.
+pub type Waiting = Pinging<Pin<Box<dyn Future<Output = Result<ResBody, Failed>> + Send>>, ResBody>;
 
-/// A streaming response whose 200 was sent while it still waited for a provider slot:
-/// keep-alive pings in the caller's dialect every `interval` (the first at once, so the client
-/// has its headers) while `fut` (the rest of the attempts) runs inside this body; then the
-/// provider's stream, or, if the attempts ended in anything but a 200 event stream, the
-/// dialect's error event and an aborted body, so the stream never ends as if complete.
-/// Dropping it (the client left) drops `fut`, and with it any slot or upstream request.
-pub struct WaitingBody {
-    state: WaitState,
+/// A streaming response whose 200 goes out while `fut` (the rest of the attempts) still waits
+/// for a provider slot: keep-alive pings in the caller's dialect every `interval`, then the
+/// provider's stream if the attempts ended in one (`relay::is_stream_response`), else the
+/// dialect's error event and an aborted body. Dropping it (the client left) drops `fut`, and
+/// with it any slot or upstream request.
+pub fn waiting_response(
     dialect: Dialect,
     interval: Duration,
-    /// `None` until the first ping went out.
-    ping: Option<Pin<Box<Sleep>>>,
+    fut: BoxResponse,
+) -> http::Response<ResBody> {
+    // The rest of the attempts run in this body, polled outside the request's span: they keep
+    // it, so their warnings still name the request.
+    let fut = tracing::Instrument::in_current_span(fut);
+    let settled = Box::pin(async move { settle(dialect, fut.await) });
+    Waiting::response(ResBody::Waiting(Box::new(Pinging::new(
+        settled, dialect, interval,
+    ))))
 }
 
-impl WaitingBody {
-    /// The 200 event-stream response that waits in its body.
-    pub fn response(
-        dialect: Dialect,
-        interval: Duration,
-        fut: BoxResponse,
-    ) -> http::Response<ResBody> {
-        // The rest of the attempts run in this body, polled outside the request's span: they
-        // keep it, so their warnings still name the request.
-        let fut = Box::pin(tracing::Instrument::in_current_span(fut));
-        let body = Self {
-            state: WaitState::Waiting(fut),
-            dialect,
-            interval: interval.max(Duration::from_millis(10)),
-            ping: None,
-        };
-        let mut r = http::Response::new(ResBody::Waiting(Box::new(body)));
-        let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-cache"),
-        );
-        r
+/// The attempts produced `resp`: its stream, or the error event that reports it.
+fn settle(dialect: Dialect, resp: http::Response<ResBody>) -> Result<ResBody, Failed> {
+    if relay::is_stream_response(&resp) {
+        return Ok(resp.into_body());
     }
-
-    fn ping_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let at = tokio::time::Instant::now() + self.interval;
-        match self.ping.as_mut() {
-            Some(t) => t.as_mut().reset(at),
-            None => self.ping = Some(Box::pin(tokio::time::sleep_until(at))),
+    let status = resp.status();
+    // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
+    let json = match resp.into_body() {
+        ResBody::Full(Some(b)) if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => {
+            Some(String::from_utf8_lossy(&b).into_owned())
         }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-            gateway::sse::ping(self.dialect),
-        )))))
-    }
-
-    /// The attempts produced `resp`: stream it if it is an event stream, else report it.
-    fn settle(&mut self, resp: http::Response<ResBody>) -> Option<Bytes> {
-        let sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if resp.status() == http::StatusCode::OK && sse {
-            self.state = WaitState::Inner(resp.into_body());
-            return None;
+        _ => None,
+    };
+    let event = match json {
+        Some(j) => gateway::sse::error_frame(dialect, &j),
+        None => {
+            let kind = ErrorKind::from_upstream_status(status.as_u16());
+            let msg = format!("the provider answered {status} instead of an event stream");
+            gateway::sse::error_event(dialect, &ApiError::new(kind, msg))
         }
-        let status = resp.status();
-        // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
-        let json = match resp.into_body() {
-            ResBody::Full(Some(b))
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() =>
-            {
-                Some(String::from_utf8_lossy(&b).into_owned())
-            }
-            _ => None,
-        };
-        let event = match json {
-            Some(j) => gateway::sse::error_frame(self.dialect, &j),
-            None => {
-                let kind = ErrorKind::from_upstream_status(status.as_u16());
-                let msg = format!("the provider answered {status} instead of an event stream");
-                gateway::sse::error_event(self.dialect, &ApiError::new(kind, msg))
-            }
-        };
-        self.state = WaitState::Aborting { yielded: false };
-        Some(Bytes::from(event))
-    }
-}
-
-impl Body for WaitingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                WaitState::Done => return Poll::Ready(None),
-                WaitState::Inner(b) => return Pin::new(b).poll_frame(cx),
-                WaitState::Aborting { yielded } => {
-                    if !*yielded {
-                        *yielded = true;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    this.state = WaitState::Done;
-                    return Poll::Ready(Some(Err(StreamError::Upstream(
-                        "no stream after waiting for the provider".into(),
-                    )
-                    .into())));
-                }
-                WaitState::Waiting(fut) => {
-                    if this.ping.is_none() {
-                        return this.ping_frame();
-                    }
-                    if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
-                        match this.settle(resp) {
-                            Some(event) => return Poll::Ready(Some(Ok(Frame::data(event)))),
-                            None => continue,
-                        }
-                    }
-                    let timer = this.ping.as_mut().expect("armed above");
-                    return match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => this.ping_frame(),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.state {
-            WaitState::Inner(b) => b.is_end_stream(),
-            WaitState::Done => true,
-            _ => false,
-        }
-    }
+    };
+    let error: BoxError =
+        StreamError::Upstream("no stream after waiting for the provider".into()).into();
+    Err(Failed {
+        event: Bytes::from(event),
+        error,
+    })
 }
 
 /// Every response body the worker sends.
@@ -570,7 +432,7 @@ pub enum ResBody {
     Full(Option<Bytes>),
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
-    Waiting(Box<WaitingBody>),
+    Waiting(Box<Waiting>),
     /// A refused upload's answer, draining the upload after it (`gateway::upload`).
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }

@@ -8,27 +8,25 @@
 //! broken SSE stream gets the front's error event only when the worker's own did not already
 //! end it (`sse::LastEvent`), so the client sees exactly one.
 //!
-//! The wrapper also keeps the BUSY_BLOCKED mark: a timer armed for `blocked_after` past the last
-//! response byte. It is re-armed lazily (only when it fires early) so a fast stream costs one
-//! clock read per frame, not one timer-wheel update.
+//! The wrapper also keeps the BUSY_BLOCKED mark: a `relay::Deadline` due `blocked_after` past
+//! the last response byte (re-armed lazily, so a fast stream costs one clock read per frame).
+//! The error ending is the relay layer's `Ending`, as in the worker.
 
 use super::auth::{Caller, ClientPermit};
 use super::conns::Conn;
 use super::dispatch::SlotLease;
+use super::waiting::Waiting;
 use super::Shared;
 use bytes::Bytes;
+use gateway::relay::{BoxError, Deadline, Ending};
 use gateway::{sse, ApiError, Dialect, ErrorKind};
 use http::{HeaderValue, Method, Uri};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tokio::time::Instant;
 
 /// Every body the front listener sends.
 pub enum FrontBody {
@@ -36,8 +34,8 @@ pub enum FrontBody {
     Full(Option<Bytes>),
     /// A worker's response, streamed through with its in-flight accounting.
     Forwarded(Box<Forwarded>),
-    /// A stream the front composes itself (keep-alive pings while waiting, then a worker's).
-    Stream(UnsyncBoxBody<Bytes, BoxError>),
+    /// A stream answered while its request still waits: keep-alive pings, then a worker's.
+    Waiting(Box<Waiting>),
     /// An answer to a request whose upload was refused, draining the rest of the upload.
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }
@@ -77,7 +75,7 @@ impl Body for FrontBody {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Forwarded(f) => Pin::new(f.as_mut()).poll_frame(cx),
-            Self::Stream(s) => Pin::new(s).poll_frame(cx),
+            Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
             Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
         }
     }
@@ -86,7 +84,7 @@ impl Body for FrontBody {
         match self {
             Self::Full(b) => b.is_none(),
             Self::Forwarded(f) => f.is_end_stream(),
-            Self::Stream(s) => s.is_end_stream(),
+            Self::Waiting(w) => w.is_end_stream(),
             Self::Drain(d) => d.is_end_stream(),
         }
     }
@@ -95,7 +93,7 @@ impl Body for FrontBody {
         match self {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Forwarded(f) => f.inner.size_hint(),
-            Self::Stream(s) => s.size_hint(),
+            Self::Waiting(w) => w.size_hint(),
             Self::Drain(d) => d.size_hint(),
         }
     }
@@ -176,17 +174,14 @@ pub struct Forwarded {
     lease: SlotLease,
     _permit: Option<ClientPermit>,
     _record: RequestRecord,
-    blocked_after: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    last_byte: Instant,
+    /// Due `blocked_after` past the last response byte; `None` when the mark is off.
+    blocked: Option<Deadline>,
     /// Set for SSE responses: a broken stream then ends with an error event in this dialect,
     /// unless the worker's stream already ended with one (`events`): the client sees one.
     sse: Option<Dialect>,
     events: sse::LastEvent,
-    /// The upstream error to raise after the error event went out.
-    pending_error: Option<BoxError>,
-    /// Whether the error event was given a chance to be flushed.
-    yielded: bool,
+    /// The stream broke: the error event went out (ours or the worker's), the error follows.
+    ending: Option<Ending>,
     done: bool,
 }
 
@@ -205,22 +200,17 @@ impl Forwarded {
         }
         // The blocked mark taken while waiting for headers does not survive them.
         lease.set_blocked(false);
-        let now = Instant::now();
-        let timer = (!blocked_after.is_zero())
-            .then(|| Box::pin(tokio::time::sleep_until(now + blocked_after)));
+        let blocked = (!blocked_after.is_zero()).then(|| Deadline::new(blocked_after));
         Self {
             inner,
             conn: Some(conn),
             lease,
             _permit: permit,
             _record: record,
-            blocked_after,
-            timer,
-            last_byte: now,
+            blocked,
             sse,
             events: sse::LastEvent::new(),
-            pending_error: None,
-            yielded: false,
+            ending: None,
             done: false,
         }
     }
@@ -235,25 +225,37 @@ impl Forwarded {
     fn end(&mut self) {
         self.first_byte();
         self.done = true;
-        self.timer = None;
+        self.blocked = None;
         self.lease.set_blocked(false);
         if let Some(c) = self.conn.take() {
             c.give_back();
         }
     }
 
-    /// Polls the silence timer; marks the slot BUSY_BLOCKED once it really expired.
+    /// Polls the silence deadline; marks the slot BUSY_BLOCKED once it really expired.
     fn poll_blocked(&mut self, cx: &mut Context<'_>) {
-        let Some(t) = self.timer.as_mut() else { return };
-        while t.as_mut().poll(cx).is_ready() {
-            let due = self.last_byte + self.blocked_after;
-            if Instant::now() >= due {
-                self.lease.set_blocked(true);
-                self.timer = None;
-                return;
-            }
-            t.as_mut().reset(due);
+        let Some(d) = self.blocked.as_mut() else {
+            return;
+        };
+        if !self.lease.is_blocked() && d.poll_expired(cx) {
+            self.lease.set_blocked(true);
         }
+    }
+
+    /// Polls the ending of a broken stream: one yield, then the error.
+    fn poll_ending(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(e) = self.ending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = e.poll_end(cx);
+        if e.is_done() {
+            self.ending = None;
+            self.done = true;
+        }
+        r
     }
 }
 
@@ -266,16 +268,8 @@ impl Body for Forwarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.pending_error.is_some() {
-            // Yield once first: hyper flushes the error event on `Pending`, whereas an error
-            // right behind it would close the connection with the event still unsent.
-            if !this.yielded {
-                this.yielded = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            this.done = true;
-            return Poll::Ready(this.pending_error.take().map(Err));
+        if this.ending.is_some() {
+            return this.poll_ending(cx);
         }
         if this.done {
             return Poll::Ready(None);
@@ -291,12 +285,10 @@ impl Body for Forwarded {
                     this.end();
                     return Poll::Ready(Some(Ok(f)));
                 }
-                this.last_byte = Instant::now();
-                if this.lease.is_blocked() {
-                    this.lease.set_blocked(false);
-                    let due = this.last_byte + this.blocked_after;
-                    this.timer = Some(Box::pin(tokio::time::sleep_until(due)));
+                if let Some(d) = this.blocked.as_mut() {
+                    d.touch();
                 }
+                this.lease.set_blocked(false);
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => match this.sse {
@@ -304,17 +296,14 @@ impl Body for Forwarded {
                 // worker that saw its provider's stream break sent its own event already.
                 Some(_) if this.events.ended_with_error() => {
                     // Still yield once, so hyper flushes that event before the abort.
-                    this.pending_error = Some(e.into());
-                    this.yielded = true;
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
+                    this.ending = Some(Ending::new(e.into()));
+                    this.poll_ending(cx)
                 }
                 Some(d) => {
-                    this.pending_error = Some(e.into());
                     let err = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(sse::error_event(
-                        d, &err,
-                    ))))))
+                    let (event, ending) = Ending::with_event(d, &err, e.into());
+                    this.ending = Some(ending);
+                    Poll::Ready(Some(Ok(event)))
                 }
                 None => {
                     this.done = true;
@@ -333,7 +322,7 @@ impl Body for Forwarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || (self.pending_error.is_none() && self.inner.is_end_stream())
+        self.done || (self.ending.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

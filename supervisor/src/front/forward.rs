@@ -223,10 +223,7 @@ fn wrap(
 ) -> Response<FrontBody> {
     let (mut parts, body) = up.resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let sse = gateway::relay::is_event_stream(&parts.headers);
     parts
         .headers
         .insert(WORKER_HEADER, HeaderValue::from(up.lease.slot.id));
