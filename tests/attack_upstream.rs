@@ -357,7 +357,16 @@ fn headers_named_in_connection_reach_neither_the_worker_nor_the_provider_through
     // The front must drop them itself: it also drops `Connection`, so the worker could no
     // longer tell that they were meant for the first hop only.
     for h in ["x-hop-secret", "x-hop-other", "connection"] {
-        assert_eq!(got.header(h), None, "{h} reached the provider: {:?}", got.headers);
+        assert_eq!(
+            got.header(h),
+            None,
+            "{h} reached the provider: {:?}",
+            got.headers
+        );
     }
-    assert_eq!(got.header("x-end-to-end"), Some("kept"), "other headers pass");
+    assert_eq!(
+        got.header("x-end-to-end"),
+        Some("kept"),
+        "other headers pass"
+    );
 }

@@ -42,9 +42,81 @@ pub fn is_stream_response<B>(r: &Response<B>) -> bool {
     r.status().is_success() && is_event_stream(r.headers())
 }
 
+#[doc(hidden)]
+pub mod __body {
+    pub use bytes::Bytes;
+    pub use http_body::{Body, Frame, SizeHint};
+}
+
+/// Implements `Body` for a process's response-body enum, so that the dispatch exists once:
+/// `body_enum!(MyBody: full Full, A, B)` sends the `Full(Option<Bytes>)` variant as one frame
+/// (a complete body) and delegates to every other variant, each holding a
+/// `Body<Data = Bytes, Error = BoxError> + Unpin` (boxed or not).
+#[macro_export]
+macro_rules! body_enum {
+    ($name:ident: full $full:ident, $($variant:ident),+ $(,)?) => {
+        impl $crate::relay::__body::Body for $name {
+            type Data = $crate::relay::__body::Bytes;
+            type Error = $crate::relay::BoxError;
+
+            fn poll_frame(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<
+                ::std::option::Option<
+                    ::std::result::Result<$crate::relay::__body::Frame<Self::Data>, Self::Error>,
+                >,
+            > {
+                use $crate::relay::__body::{Body, Frame};
+                match self.get_mut() {
+                    Self::$full(b) => ::std::task::Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                    $(Self::$variant(b) => Body::poll_frame(::std::pin::Pin::new(b), cx),)+
+                }
+            }
+
+            fn is_end_stream(&self) -> bool {
+                use $crate::relay::__body::Body;
+                match self {
+                    Self::$full(b) => b.is_none(),
+                    $(Self::$variant(b) => Body::is_end_stream(b),)+
+                }
+            }
+
+            fn size_hint(&self) -> $crate::relay::__body::SizeHint {
+                use $crate::relay::__body::{Body, SizeHint};
+                match self {
+                    Self::$full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+                    $(Self::$variant(b) => Body::size_hint(b),)+
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    enum TestBody {
+        Full(Option<bytes::Bytes>),
+        Other(Box<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>),
+    }
+    crate::body_enum!(TestBody: full Full, Other);
+
+    #[tokio::test]
+    async fn a_body_enum_sends_full_once_and_delegates() {
+        use http_body::Body;
+        use http_body_util::BodyExt;
+        let b = TestBody::Full(Some("whole".into()));
+        assert_eq!(b.size_hint().exact(), Some(5));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "whole");
+        let b = TestBody::Full(None);
+        assert!(b.is_end_stream());
+        let inner = http_body_util::Full::new("inner".into()).map_err(|e| match e {});
+        let b = TestBody::Other(Box::new(inner.boxed_unsync()));
+        assert!(!b.is_end_stream());
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "inner");
+    }
 
     #[test]
     fn the_content_type_test() {

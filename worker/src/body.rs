@@ -459,40 +459,5 @@ impl From<String> for ResBody {
     }
 }
 
-impl Body for ResBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
-            Self::Mock(m) => Pin::new(m).poll_frame(cx),
-            Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Proxy(p) => p.is_end_stream(),
-            Self::Mock(m) => m.is_end_stream(),
-            Self::Waiting(w) => w.is_end_stream(),
-            Self::Drain(d) => d.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Proxy(p) => p.size_hint(),
-            Self::Mock(m) => m.size_hint(),
-            Self::Waiting(_) => SizeHint::default(),
-            Self::Drain(d) => d.size_hint(),
-        }
-    }
-}
+// The dispatch to the variants is the relay layer's, shared with the front.
+gateway::body_enum!(ResBody: full Full, Proxy, Mock, Waiting, Drain);

@@ -64,40 +64,8 @@ impl Default for FrontBody {
     }
 }
 
-impl Body for FrontBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Forwarded(f) => Pin::new(f.as_mut()).poll_frame(cx),
-            Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Forwarded(f) => f.is_end_stream(),
-            Self::Waiting(w) => w.is_end_stream(),
-            Self::Drain(d) => d.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Forwarded(f) => f.inner.size_hint(),
-            Self::Waiting(w) => w.size_hint(),
-            Self::Drain(d) => d.size_hint(),
-        }
-    }
-}
+// The dispatch to the variants is the relay layer's, shared with the worker.
+gateway::body_enum!(FrontBody: full Full, Forwarded, Waiting, Drain);
 
 /// One request's record: counted and logged when dropped, i.e. when its response has ended.
 /// The optional parts are filled in as the request gets that far, and left out of the access
