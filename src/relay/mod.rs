@@ -4,10 +4,12 @@
 //! 1. `is_stream_response`: is the answer an event stream (the one content-type test)?
 //! 2. `Pinging` (only for a stream answered before its upstream had): keep-alive pings while
 //!    the answer is awaited, then the answer's stream spliced in, or an error ending.
-//! 3. The body wrapper of the process (`Forwarded` on the front, `ProxyBody` in the worker),
-//!    which keeps a `Deadline` (the worker's idle timeout, the front's BUSY_BLOCKED mark) and
-//!    ends a broken stream with an `Ending` (an error event in the client's dialect, one yield so
-//!    that hyper flushes it, then the error that aborts the connection).
+//! 3. `Relay`: the one relay of a body, with the process's `Hooks` (the front's `Forwarded`
+//!    keeps its in-flight accounting there, the worker's `ProxyBody` its attempt outcome). It
+//!    keeps a `Deadline` (the worker's idle timeout, the front's BUSY_BLOCKED mark) and ends a
+//!    broken stream with an `Ending` (an error event in the client's dialect unless the stream
+//!    already ended with one, one yield so that hyper flushes it, then the error that aborts
+//!    the connection).
 //! 4. `Observed`: counts bytes, frames and the time to the first byte, and reports the end
 //!    (complete, failed, dropped) to an `Observer`: the hook for usage accounting and logs.
 //!
@@ -17,11 +19,13 @@ pub mod deadline;
 pub mod ending;
 pub mod observe;
 pub mod pings;
+pub mod stream;
 
 pub use deadline::Deadline;
 pub use ending::Ending;
 pub use observe::{End, Observed, Observer, Stats};
 pub use pings::{Failed, Pinging};
+pub use stream::{Failure, Hooks, Relay};
 
 use http::{header, HeaderMap, Response};
 
