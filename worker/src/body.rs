@@ -1,13 +1,13 @@
 //! Response bodies: one enum instead of a boxed trait object, so the request path allocates no
 //! box per response.
 //!
-//! `ProxyBody` passes the provider's frames through as they arrive (never collecting them),
-//! enforces the idle timeout between chunks, and makes sure a stream that breaks never ends
-//! cleanly: an SSE stream gets the dialect's error event and then an `Err` frame, which makes
-//! hyper abort the connection instead of writing the final chunk; other bodies just get the
-//! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
-//! connection at once. The idle deadline and the error ending are the relay layer's
-//! (`gateway::relay::{Deadline, Ending}`). `MockBody` paces a mock provider's frames. A streaming
+//! `ProxyBody` (the relay layer's `Relay` with the attempt as its hooks) passes the provider's
+//! frames through as they arrive (never collecting them), enforces the idle timeout between
+//! chunks, and makes sure a stream that breaks never ends cleanly: an SSE stream gets the
+//! dialect's error event (unless the provider's own ended it) and then an `Err` frame, which
+//! makes hyper abort the connection instead of writing the final chunk; other bodies just get
+//! the `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
+//! connection at once. `MockBody` paces a mock provider's frames. A streaming
 //! response answered before its provider slot was free is `gateway::relay::Pinging`
 //! (`waiting_response`): keep-alive pings while the rest of the attempts run inside it, then the
 //! provider's stream (or an error event and an abort).
@@ -21,7 +21,7 @@ use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
 use gateway::provider_slots::SlotGuard;
-use gateway::relay::{self, BoxError, Deadline, Ending, Failed, Pinging};
+use gateway::relay::{self, BoxError, Deadline, Failed, Failure, Hooks, Pinging, Relay};
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::cell::Cell;
@@ -161,138 +161,69 @@ impl Drop for Attempt {
     }
 }
 
-enum ProxyState {
-    Streaming,
-    /// The error event has been sent; it is flushed, then the error reported.
-    Ending(Ending),
-    Done,
-}
-
-/// A provider's response body on its way to the client.
+/// A provider's response body on its way to the client: the relay layer's `Relay` with the
+/// attempt's hooks.
 ///
 /// The idle deadline is lazy (`Deadline`): a body that is there with its headers (most
 /// non-streamed answers) never creates a timer, and a stream only records when each frame came.
-pub struct ProxyBody {
-    inner: Incoming,
-    /// Due `idle` past the headers or the last frame.
-    idle: Deadline,
-    /// `Some` for `text/event-stream` responses: the dialect of the error event.
-    sse: Option<Dialect>,
-    state: ProxyState,
+pub type ProxyBody = Relay<Incoming, AttemptHooks>;
+
+/// What a provider's body holds until it ends: the attempt (its outcome is recorded when the
+/// body ends or breaks) and the request's in-flight count.
+pub struct AttemptHooks {
     attempt: Attempt,
     _request: RequestGuard,
+    /// `idle`, for the error that reports it.
+    idle: Duration,
     /// The request's span: the body is polled by hyper, outside the handler that entered it.
     span: tracing::Span,
 }
 
-impl ProxyBody {
-    pub fn new(
-        inner: Incoming,
-        idle: Duration,
-        sse: Option<Dialect>,
-        attempt: Attempt,
-        request: RequestGuard,
-    ) -> Self {
-        Self {
-            inner,
-            idle: Deadline::new(idle),
-            sse,
-            state: ProxyState::Streaming,
-            attempt,
-            _request: request,
-            span: tracing::Span::current(),
-        }
-    }
+/// The relay of a provider's body `inner`: at most `idle` between frames; `sse` is the client's
+/// dialect for a stream, whose breaking then ends with an error event.
+pub fn proxy_body(
+    inner: Incoming,
+    idle: Duration,
+    sse: Option<Dialect>,
+    attempt: Attempt,
+    request: RequestGuard,
+) -> ProxyBody {
+    let hooks = AttemptHooks {
+        attempt,
+        _request: request,
+        idle,
+        span: tracing::Span::current(),
+    };
+    Relay::new(inner, hooks, Some(Deadline::new(idle)), sse)
+}
 
-    fn fail(
-        &mut self,
-        err: StreamError,
-        outcome: Outcome,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl AttemptHooks {
+    fn fail(&mut self, err: StreamError, outcome: Outcome) -> Failure {
         self.attempt.finish(outcome);
         tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
-        match self.sse {
-            Some(dialect) => {
-                let kind = match err {
-                    StreamError::Idle(_) => ErrorKind::GatewayTimeout,
-                    StreamError::Upstream(_) => ErrorKind::BadGateway,
-                };
-                let api = ApiError::new(kind, err.to_string());
-                let (event, ending) = Ending::with_event(dialect, &api, err.into());
-                self.state = ProxyState::Ending(ending);
-                Poll::Ready(Some(Ok(event)))
-            }
-            None => {
-                self.state = ProxyState::Done;
-                Poll::Ready(Some(Err(err.into())))
-            }
+        let kind = match err {
+            StreamError::Idle(_) => ErrorKind::GatewayTimeout,
+            StreamError::Upstream(_) => ErrorKind::BadGateway,
+        };
+        Failure {
+            event: ApiError::new(kind, err.to_string()),
+            error: err.into(),
         }
     }
 }
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match &mut this.state {
-            ProxyState::Done => return Poll::Ready(None),
-            ProxyState::Ending(e) => {
-                let r = e.poll_end(cx);
-                if e.is_done() {
-                    this.state = ProxyState::Done;
-                }
-                return r;
-            }
-            ProxyState::Streaming => {}
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    // hyper stops polling a body that says it has ended, so this is the end.
-                    this.attempt.finish(Outcome::Success);
-                    this.state = ProxyState::Done;
-                } else {
-                    this.idle.touch();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = crate::proxy::error_chain(&e);
-                this.fail(StreamError::Upstream(msg), Outcome::StreamError)
-            }
-            Poll::Ready(None) => {
-                this.attempt.finish(Outcome::Success);
-                this.state = ProxyState::Done;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle.poll_expired(cx) {
-                    this.fail(StreamError::Idle(this.idle.after()), Outcome::Timeout)
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+impl Hooks for AttemptHooks {
+    fn end(&mut self) {
+        self.attempt.finish(Outcome::Success);
     }
 
-    fn is_end_stream(&self) -> bool {
-        match self.state {
-            ProxyState::Streaming => self.inner.is_end_stream(),
-            ProxyState::Ending(_) => false,
-            ProxyState::Done => true,
-        }
+    fn failed(&mut self, err: BoxError) -> Failure {
+        let msg = crate::proxy::error_chain(err.as_ref());
+        self.fail(StreamError::Upstream(msg), Outcome::StreamError)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self.state {
-            ProxyState::Streaming => self.inner.size_hint(),
-            _ => SizeHint::default(),
-        }
+    fn deadline(&mut self) -> Option<Failure> {
+        Some(self.fail(StreamError::Idle(self.idle), Outcome::Timeout))
     }
 }
 
@@ -446,7 +377,7 @@ impl ResBody {
     /// (errors, a stream still waiting for its provider).
     pub fn provider(&self) -> Option<&Arc<Provider>> {
         match self {
-            Self::Proxy(p) => Some(&p.attempt.provider),
+            Self::Proxy(p) => Some(&p.hooks().attempt.provider),
             Self::Mock(m) => Some(&m.attempt.provider),
             Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
         }

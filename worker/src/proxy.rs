@@ -33,7 +33,7 @@
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
 
-use crate::body::{Attempt, ProxyBody, RequestGuard, ResBody};
+use crate::body::{proxy_body, Attempt, RequestGuard, ResBody};
 use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
@@ -580,7 +580,7 @@ fn stream_back(
         // An empty body (204, HEAD-like answers) is never polled: it is complete already.
         attempt.finish(Outcome::Success);
     }
-    let body = ProxyBody::new(body, provider.config.idle_timeout, sse, attempt, guard);
+    let body = proxy_body(body, provider.config.idle_timeout, sse, attempt, guard);
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
 }
 

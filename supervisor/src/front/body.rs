@@ -1,16 +1,16 @@
 //! Response bodies of the front listener, and the in-flight guard that rides on them.
 //!
-//! A forwarded response's body is the worker's body wrapped in [`Forwarded`], which holds the
-//! slot lease, the client permit and the request record until the body ends or hyper drops it
-//! (the client went away). Dropping them is the whole accounting: the lease gives back the
-//! worker's place and wakes waiters, the record counts `gateway_requests_total`, observes the
-//! duration and writes the access line. Frames pass through one by one, never buffered. A
+//! A forwarded response's body is the worker's body relayed by [`Forwarded`] (the relay layer's
+//! `Relay` with the front's `Accounting` hooks), which holds the slot lease, the client permit
+//! and the request record until the body ends or hyper drops it (the client went away).
+//! Dropping them is the whole accounting: the lease gives back the worker's place and wakes
+//! waiters, the record counts `gateway_requests_total`, observes the duration and writes the
+//! access line. Frames pass through one by one, never buffered. A
 //! broken SSE stream gets the front's error event only when the worker's own did not already
 //! end it (`sse::LastEvent`), so the client sees exactly one.
 //!
-//! The wrapper also keeps the BUSY_BLOCKED mark: a `relay::Deadline` due `blocked_after` past
+//! The hooks also keep the BUSY_BLOCKED mark: the relay's deadline, due `blocked_after` past
 //! the last response byte (re-armed lazily, so a fast stream costs one clock read per frame).
-//! The error ending is the relay layer's `Ending`, as in the worker.
 
 use super::auth::{Caller, ClientPermit};
 use super::conns::Conn;
@@ -18,13 +18,11 @@ use super::dispatch::SlotLease;
 use super::waiting::Waiting;
 use super::Shared;
 use bytes::Bytes;
-use gateway::relay::{BoxError, Deadline, Ending};
-use gateway::{sse, ApiError, Dialect, ErrorKind};
+use gateway::relay::{BoxError, Deadline, Failure, Hooks, Relay};
+use gateway::{ApiError, Dialect, ErrorKind};
 use http::{HeaderValue, Method, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::pin::Pin;
+use hyper::body::{Frame, Incoming};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -131,169 +129,82 @@ impl Drop for RequestRecord {
     }
 }
 
-/// A worker's response body with the request's accounting attached.
-pub struct Forwarded {
-    /// Fields drop in declaration order: the worker's body (its connection goes back to the pool
-    /// or closes), the lease (the worker's place, and the wake-up of waiters), the client permit,
-    /// then the record, so the access line is written once the counters are back.
-    inner: Incoming,
-    /// The worker connection `inner` arrives on; back to the pool once `inner` has ended.
+/// A worker's response body with the request's accounting attached: the relay layer's `Relay`
+/// with the front's hooks.
+pub type Forwarded = Relay<Incoming, Accounting>;
+
+/// What a forwarded body holds until it ends or hyper drops it.
+///
+/// Fields drop in declaration order, after the worker's body (the relay drops that first, so
+/// its connection goes back to the pool or closes): the lease (the worker's place, and the
+/// wake-up of waiters), the client permit, then the record, so the access line is written once
+/// the counters are back.
+pub struct Accounting {
+    /// The worker connection the body arrives on; back to the pool once the body has ended.
     conn: Option<Conn>,
     lease: SlotLease,
     _permit: Option<ClientPermit>,
-    _record: RequestRecord,
-    /// Due `blocked_after` past the last response byte; `None` when the mark is off.
-    blocked: Option<Deadline>,
-    /// Set for SSE responses: a broken stream then ends with an error event in this dialect,
-    /// unless the worker's stream already ended with one (`events`): the client sees one.
-    sse: Option<Dialect>,
-    events: sse::LastEvent,
-    /// The stream broke: the error event went out (ours or the worker's), the error follows.
-    ending: Option<Ending>,
-    done: bool,
+    record: RequestRecord,
 }
 
-impl Forwarded {
-    pub fn new(
-        inner: Incoming,
-        conn: Conn,
-        mut lease: SlotLease,
-        permit: Option<ClientPermit>,
-        record: RequestRecord,
-        blocked_after: Duration,
-        sse: Option<Dialect>,
-    ) -> Self {
-        if sse.is_some() {
-            lease.mark_streaming();
-        }
-        // The blocked mark taken while waiting for headers does not survive them.
-        lease.set_blocked(false);
-        let blocked = (!blocked_after.is_zero()).then(|| Deadline::new(blocked_after));
-        Self {
-            inner,
-            conn: Some(conn),
-            lease,
-            _permit: permit,
-            _record: record,
-            blocked,
-            sse,
-            events: sse::LastEvent::new(),
-            ending: None,
-            done: false,
-        }
+/// The relay of a worker's response `inner` to the client. `sse` is the client's dialect for a
+/// stream: a broken one then ends with an error event, unless the worker's own already did.
+pub fn forwarded(
+    inner: Incoming,
+    conn: Conn,
+    mut lease: SlotLease,
+    permit: Option<ClientPermit>,
+    record: RequestRecord,
+    blocked_after: Duration,
+    sse: Option<Dialect>,
+) -> Forwarded {
+    if sse.is_some() {
+        lease.mark_streaming();
     }
+    // The blocked mark taken while waiting for headers does not survive them.
+    lease.set_blocked(false);
+    let blocked = (!blocked_after.is_zero()).then(|| Deadline::new(blocked_after));
+    let hooks = Accounting {
+        conn: Some(conn),
+        lease,
+        _permit: permit,
+        record,
+    };
+    Relay::new(inner, hooks, blocked, sse)
+}
 
+impl Accounting {
     /// A first byte (or the end) is passing to the client: the time to first byte, once.
     fn first_byte(&mut self) {
-        let r = &mut self._record;
+        let r = &mut self.record;
         r.first_byte.get_or_insert_with(|| r.start.elapsed());
+    }
+}
+
+impl Hooks for Accounting {
+    fn frame(&mut self, _: &Frame<Bytes>) {
+        self.first_byte();
+        // Bytes flow again: the worker is not blocked (a no-op when it was not marked).
+        self.lease.set_blocked(false);
     }
 
     /// The worker's body ended cleanly: its connection may carry the next request.
     fn end(&mut self) {
         self.first_byte();
-        self.done = true;
-        self.blocked = None;
         self.lease.set_blocked(false);
         if let Some(c) = self.conn.take() {
             c.give_back();
         }
     }
 
-    /// Polls the silence deadline; marks the slot BUSY_BLOCKED once it really expired.
-    fn poll_blocked(&mut self, cx: &mut Context<'_>) {
-        let Some(d) = self.blocked.as_mut() else {
-            return;
-        };
-        if !self.lease.is_blocked() && d.poll_expired(cx) {
-            self.lease.set_blocked(true);
-        }
+    fn failed(&mut self, err: BoxError) -> Failure {
+        let event = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
+        Failure { event, error: err }
     }
 
-    /// Polls the ending of a broken stream: one yield, then the error.
-    fn poll_ending(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(e) = self.ending.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let r = e.poll_end(cx);
-        if e.is_done() {
-            self.ending = None;
-            self.done = true;
-        }
-        r
-    }
-}
-
-impl Body for Forwarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.ending.is_some() {
-            return this.poll_ending(cx);
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(_), Some(data)) = (this.sse, f.data_ref()) {
-                    this.events.observe(data);
-                }
-                this.first_byte();
-                if this.inner.is_end_stream() {
-                    // hyper may not poll a body again once it says it has ended.
-                    this.end();
-                    return Poll::Ready(Some(Ok(f)));
-                }
-                if let Some(d) = this.blocked.as_mut() {
-                    d.touch();
-                }
-                this.lease.set_blocked(false);
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Ready(Some(Err(e))) => match this.sse {
-                // A broken stream must not look complete: an error event, then the abort. A
-                // worker that saw its provider's stream break sent its own event already.
-                Some(_) if this.events.ended_with_error() => {
-                    // Still yield once, so hyper flushes that event before the abort.
-                    this.ending = Some(Ending::new(e.into()));
-                    this.poll_ending(cx)
-                }
-                Some(d) => {
-                    let err = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
-                    let (event, ending) = Ending::with_event(d, &err, e.into());
-                    this.ending = Some(ending);
-                    Poll::Ready(Some(Ok(event)))
-                }
-                None => {
-                    this.done = true;
-                    Poll::Ready(Some(Err(e.into())))
-                }
-            },
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                this.poll_blocked(cx);
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || (self.ending.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    /// Silent for `blocked_after`: the slot is BUSY_BLOCKED until bytes flow again.
+    fn deadline(&mut self) -> Option<Failure> {
+        self.lease.set_blocked(true);
+        None
     }
 }

@@ -1,13 +1,13 @@
 //! Forwarding one request to a worker over a pooled connection (`conns`).
 //!
-//! The request body is already buffered (so it can be sent again); the response body is not (it
-//! streams through [`Forwarded`]). A failure before response headers, such as a refused or reset
-//! connection from a worker that just died, is retried on another worker, up to
+//! The request body is already buffered (so it can be sent again); the response body is not
+//! (it streams through `body::Forwarded`). A failure before response headers, such as a refused
+//! or reset connection from a worker that just died, is retried on another worker, up to
 //! [`MAX_ATTEMPTS`] in all; once headers arrived nothing is retried, as bytes may have reached
 //! the client.
 
 use super::auth::{Caller, ClientPermit};
-use super::body::{Forwarded, FrontBody, RequestRecord};
+use super::body::{forwarded, FrontBody, RequestRecord};
 use super::conns::{Conn, SendError};
 use super::dispatch::{SlotLease, StickyKey, Tried};
 use super::queue::WaitError;
@@ -235,7 +235,7 @@ fn wrap(
         .and_then(|v| v.to_str().ok()?.parse().ok());
     record.status = parts.status.as_u16();
     record.worker = Some(up.lease.slot.id);
-    let guarded = Forwarded::new(
+    let guarded = forwarded(
         body,
         up.conn,
         up.lease,
