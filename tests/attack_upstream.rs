@@ -336,6 +336,31 @@ fn a_broken_stream_gets_exactly_one_error_event_through_the_front() {
     assert_eq!(n, 1, "{text}");
 }
 
+/// A provider that reports its own failure in the stream (an OpenAI error object), then resets.
+fn stream_with_its_own_error_then_a_reset() -> Upstream {
+    Upstream::serving(
+        CHAT,
+        Script::sse(&[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"overloaded mid-stream\",\"type\":\"server_error\"}}\n\n",
+        ])
+        .reset(),
+    )
+}
+
+#[test]
+fn a_stream_that_carried_its_own_error_event_gets_no_second_one() {
+    let up = stream_with_its_own_error_then_a_reset();
+    let w = worker(&provider("up", &up, ""));
+    let (n, text) = error_events(w.addr);
+    assert!(text.contains("overloaded mid-stream"), "{text}");
+    assert_eq!(n, 1, "from the worker: {text}");
+    let (_env, _sup, addr) = supervisor(&provider("up", &up, ""));
+    let (n, text) = error_events(addr);
+    assert!(text.contains("overloaded mid-stream"), "{text}");
+    assert_eq!(n, 1, "through the front: {text}");
+}
+
 #[test]
 fn headers_named_in_connection_reach_neither_the_worker_nor_the_provider_through_the_front() {
     let up = Upstream::serving(CHAT, Script::json(200, json!({"from": "up"})));
