@@ -159,6 +159,31 @@ async fn waiting_stream_gets_pings_then_the_stream() {
 }
 
 #[tokio::test]
+async fn a_waiting_stream_answered_with_json_ends_with_an_error_event() {
+    let mut cfg = test_config();
+    cfg.pool.worker_max_inflight = 1;
+    cfg.server.stream_ping_interval = Duration::from_millis(50);
+    let h = Harness::start(1, cfg).await;
+    let hold = h.chat(false, &[("x-test-wait-ms", "400")]);
+    let h_ref = &h;
+    let waiting = async move {
+        h_ref
+            .until("holder in flight", || h_ref.inflight() == 1)
+            .await;
+        h_ref.chat(true, &[("x-test-json", "1")]).await
+    };
+    let (held, r) = tokio::join!(hold, waiting);
+    assert_eq!(held.status(), 200);
+    assert_eq!(r.status(), 200);
+    let (text, clean) = read_all(r).await;
+    assert!(!clean, "JSON is no stream: {text}");
+    assert!(text.starts_with(": ping\n\n"), "{text}");
+    assert!(!text.contains("a stream\"}"), "the JSON is not spliced in: {text}");
+    assert!(text.contains("data: {\"error\""), "{text}");
+    assert!(text.contains("instead of an event stream"), "{text}");
+}
+
+#[tokio::test]
 async fn waiting_stream_timeout_is_an_error_event() {
     let mut cfg = test_config();
     cfg.pool.worker_max_inflight = 1;
