@@ -116,7 +116,11 @@ async fn mock_handle(
         ));
     }
     if req.headers().contains_key("x-test-json") {
-        return Ok(full(200, "application/json", r#"{"not":"a stream"}"#.into()));
+        return Ok(full(
+            200,
+            "application/json",
+            r#"{"not":"a stream"}"#.into(),
+        ));
     }
     let chunks = header_u64(&req, "x-test-chunks").unwrap_or(3);
     let every = Duration::from_millis(header_u64(&req, "x-test-interval-ms").unwrap_or(0));

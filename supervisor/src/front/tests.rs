@@ -178,7 +178,10 @@ async fn a_waiting_stream_answered_with_json_ends_with_an_error_event() {
     let (text, clean) = read_all(r).await;
     assert!(!clean, "JSON is no stream: {text}");
     assert!(text.starts_with(": ping\n\n"), "{text}");
-    assert!(!text.contains("a stream\"}"), "the JSON is not spliced in: {text}");
+    assert!(
+        !text.contains("a stream\"}"),
+        "the JSON is not spliced in: {text}"
+    );
     assert!(text.contains("data: {\"error\""), "{text}");
     assert!(text.contains("instead of an event stream"), "{text}");
 }
