@@ -73,7 +73,9 @@ macro_rules! body_enum {
             > {
                 use $crate::relay::__body::{Body, Frame};
                 match self.get_mut() {
-                    Self::$full(b) => ::std::task::Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                    Self::$full(b) => {
+                        ::std::task::Poll::Ready(b.take().map(|b| Ok(Frame::data(b))))
+                    }
                     $(Self::$variant(b) => Body::poll_frame(::std::pin::Pin::new(b), cx),)+
                 }
             }
@@ -89,7 +91,9 @@ macro_rules! body_enum {
             fn size_hint(&self) -> $crate::relay::__body::SizeHint {
                 use $crate::relay::__body::{Body, SizeHint};
                 match self {
-                    Self::$full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+                    Self::$full(b) => {
+                        SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+                    }
                     $(Self::$variant(b) => Body::size_hint(b),)+
                 }
             }
