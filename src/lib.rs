@@ -1,6 +1,7 @@
 //! `gateway`: the vocabulary the supervisor and its workers share. Configuration schema and
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, the model list,
-//! SSE frames, admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
+//! SSE parsing and frames (`sse`), the relay layer both compose to pass a response body on
+//! (`relay`), admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
 //! providers (`headers`), how long a client may take to send a request (`read_timeouts`), and how
 //! a request body is read with a bound (`upload`). Nothing here starts tasks or touches sockets.
 
@@ -13,10 +14,10 @@ pub mod model_list;
 pub mod net;
 pub mod provider_slots;
 pub mod read_timeouts;
+pub mod relay;
 pub mod request;
 pub mod runtime_file;
 pub mod sse;
-pub mod sse_parser;
 pub mod upload;
 
 pub use api_error::{ApiError, Dialect, ErrorKind};

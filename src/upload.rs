@@ -10,6 +10,7 @@
 //! (at most [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]) before the response ends. A client that
 //! sent `Expect: 100-continue` is never asked for its body, so there is nothing to drain.
 
+use crate::relay::BoxError;
 use crate::{ApiError, ErrorKind};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
@@ -24,10 +25,6 @@ use tokio::time::Sleep;
 /// Most of a refused upload read and thrown away, and for how long at most.
 pub const DRAIN_BYTES: u64 = 64 << 20;
 pub const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// The error type of a [`Drain`] body: the one hyper bodies use on both sides, so callers pass
-/// its frames through as they are (a drain itself never fails).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a body was not accepted, with the rest of the upload when it should be drained.
 pub struct Refused<B> {

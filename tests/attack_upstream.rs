@@ -337,3 +337,63 @@ fn a_broken_stream_gets_exactly_one_error_event_through_the_front() {
     assert!(text.contains("llo"), "{text}");
     assert_eq!(n, 1, "{text}");
 }
+
+/// A provider that reports its own failure in the stream (an OpenAI error object), then resets.
+fn stream_with_its_own_error_then_a_reset() -> Upstream {
+    Upstream::serving(
+        CHAT,
+        Script::sse(&[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"he\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"overloaded mid-stream\",\"type\":\"server_error\"}}\n\n",
+        ])
+        .reset(),
+    )
+}
+
+#[test]
+fn a_stream_that_carried_its_own_error_event_gets_no_second_one() {
+    let up = stream_with_its_own_error_then_a_reset();
+    let w = worker(&provider("up", &up, ""));
+    let (n, text) = error_events(w.addr);
+    assert!(text.contains("overloaded mid-stream"), "{text}");
+    assert_eq!(n, 1, "from the worker: {text}");
+    let (_env, _sup, addr) = supervisor(&provider("up", &up, ""));
+    let (n, text) = error_events(addr);
+    assert!(text.contains("overloaded mid-stream"), "{text}");
+    assert_eq!(n, 1, "through the front: {text}");
+}
+
+#[test]
+fn headers_named_in_connection_reach_neither_the_worker_nor_the_provider_through_the_front() {
+    let up = Upstream::serving(CHAT, Script::json(200, json!({"from": "up"})));
+    let (_env, _sup, addr) = supervisor(&provider("up", &up, ""));
+    let b = http::chat_body("m1", false).to_string();
+    // Sent next to the helper's own `Connection: close`: a list header may come on several lines.
+    let headers = [
+        ("Connection", "x-hop-secret, X-Hop-Other"),
+        ("x-hop-secret", "hop-secret-value"),
+        ("x-hop-other", "hop-other-value"),
+        ("x-end-to-end", "kept"),
+    ];
+    let r = http::request(addr, "POST", CHAT, &headers, Some(b.as_bytes())).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests();
+    let chats: Vec<_> = seen.iter().filter(|r| r.path == CHAT).collect();
+    assert_eq!(chats.len(), 1);
+    let got = chats[0];
+    // The front must drop them itself: it also drops `Connection`, so the worker could no
+    // longer tell that they were meant for the first hop only.
+    for h in ["x-hop-secret", "x-hop-other", "connection"] {
+        assert_eq!(
+            got.header(h),
+            None,
+            "{h} reached the provider: {:?}",
+            got.headers
+        );
+    }
+    assert_eq!(
+        got.header("x-end-to-end"),
+        Some("kept"),
+        "other headers pass"
+    );
+}

@@ -1,14 +1,16 @@
 //! Response bodies: one enum instead of a boxed trait object, so the request path allocates no
 //! box per response.
 //!
-//! `ProxyBody` passes the provider's frames through as they arrive (never collecting them),
-//! enforces the idle timeout between chunks, and makes sure a stream that breaks never ends
-//! cleanly: an SSE stream gets the dialect's error event and then an `Err` frame, which makes
-//! hyper abort the connection instead of writing the final chunk; other bodies just get the
-//! `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
-//! connection at once. `MockBody` paces a mock provider's frames. `WaitingBody` is a streaming
-//! response answered before its provider slot was free: keep-alive pings while the rest of the
-//! attempts run inside it, then the provider's stream (or an error event and an abort).
+//! `ProxyBody` (the relay layer's `Relay` with the attempt as its hooks) passes the provider's
+//! frames through as they arrive (never collecting them), enforces the idle timeout between
+//! chunks, and makes sure a stream that breaks never ends cleanly: an SSE stream gets the
+//! dialect's error event (unless the provider's own ended it) and then an `Err` frame, which
+//! makes hyper abort the connection instead of writing the final chunk; other bodies just get
+//! the `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
+//! connection at once. `MockBody` paces a mock provider's frames. A streaming
+//! response answered before its provider slot was free is `gateway::relay::Pinging`
+//! (`waiting_response`): keep-alive pings while the rest of the attempts run inside it, then the
+//! provider's stream (or an error event and an abort).
 //! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
 //! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops;
 //! starting one counts it for the request's attempt total (`count_attempts`).
@@ -19,6 +21,7 @@ use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
 use gateway::provider_slots::SlotGuard;
+use gateway::relay::{self, BoxError, Deadline, Failed, Failure, Hooks, Pinging, Relay};
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::cell::Cell;
@@ -30,8 +33,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a stream was cut short; the error the body reports to hyper.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ tokio::task_local! {
 
 /// Runs `fut` (a request's attempt loop) and returns its output with the number of attempts it
 /// started. Counted where every attempt begins (`Attempt::start`), so the attempt loop needs no
-/// bookkeeping of its own for the access log. Attempts that run later inside a `WaitingBody`
+/// bookkeeping of its own for the access log. Attempts that run later inside a `Pinging` body
 /// (after the 200 and its pings went out) are outside the scope and not counted: their
 /// response head, which would carry the count, is gone already.
 pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
@@ -101,7 +102,7 @@ pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
 impl Attempt {
     pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
         provider.state.inflight.fetch_add(1, Ordering::Relaxed);
-        // Outside a handler's scope (unit tests, a `WaitingBody`) there is nothing to count.
+        // Outside a handler's scope (unit tests, a `Pinging` body) there is nothing to count.
         let _ = ATTEMPTS.try_with(|n| n.set(n.get() + 1));
         Self {
             provider,
@@ -160,175 +161,69 @@ impl Drop for Attempt {
     }
 }
 
-enum ProxyState {
-    Streaming,
-    /// The error event has been sent; after one `Pending` (so that hyper flushes the event),
-    /// the next poll reports the error.
-    Aborting {
-        yielded: bool,
-        err: Option<StreamError>,
-    },
-    Done,
-}
-
-/// A provider's response body on its way to the client.
+/// A provider's response body on its way to the client: the relay layer's `Relay` with the
+/// attempt's hooks.
 ///
-/// The idle timer is lazy: a body that is there with its headers (most non-streamed answers)
-/// never creates one, and a stream records when each frame came instead of re-arming a timer
-/// per frame; the timer, created at the first wait, is only moved when it fires early.
-pub struct ProxyBody {
-    inner: Incoming,
-    idle: Duration,
-    /// When the headers or the last frame arrived.
-    last: tokio::time::Instant,
-    /// Fires at `last + idle` or earlier (then re-armed). Boxed because `Sleep` is `!Unpin`.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// `Some` for `text/event-stream` responses: the dialect of the error event.
-    sse: Option<Dialect>,
-    state: ProxyState,
+/// The idle deadline is lazy (`Deadline`): a body that is there with its headers (most
+/// non-streamed answers) never creates a timer, and a stream only records when each frame came.
+pub type ProxyBody = Relay<Incoming, AttemptHooks>;
+
+/// What a provider's body holds until it ends: the attempt (its outcome is recorded when the
+/// body ends or breaks) and the request's in-flight count.
+pub struct AttemptHooks {
     attempt: Attempt,
     _request: RequestGuard,
+    /// `idle`, for the error that reports it.
+    idle: Duration,
     /// The request's span: the body is polled by hyper, outside the handler that entered it.
     span: tracing::Span,
 }
 
-impl ProxyBody {
-    pub fn new(
-        inner: Incoming,
-        idle: Duration,
-        sse: Option<Dialect>,
-        attempt: Attempt,
-        request: RequestGuard,
-    ) -> Self {
-        Self {
-            inner,
-            idle,
-            last: tokio::time::Instant::now(),
-            timer: None,
-            sse,
-            state: ProxyState::Streaming,
-            attempt,
-            _request: request,
-            span: tracing::Span::current(),
-        }
-    }
+/// The relay of a provider's body `inner`: at most `idle` between frames; `sse` is the client's
+/// dialect for a stream, whose breaking then ends with an error event.
+pub fn proxy_body(
+    inner: Incoming,
+    idle: Duration,
+    sse: Option<Dialect>,
+    attempt: Attempt,
+    request: RequestGuard,
+) -> ProxyBody {
+    let hooks = AttemptHooks {
+        attempt,
+        _request: request,
+        idle,
+        span: tracing::Span::current(),
+    };
+    Relay::new(inner, hooks, Some(Deadline::new(idle)), sse)
+}
 
-    /// Polls the idle timer (creating it at the first wait); true once `idle` has really passed
-    /// since the last frame. A timer that fires early (frames came meanwhile) is moved.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let due = self.last + self.idle;
-        let t = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        while t.as_mut().poll(cx).is_ready() {
-            if tokio::time::Instant::now() >= due {
-                return true;
-            }
-            t.as_mut().reset(due);
-        }
-        false
-    }
-
-    fn fail(
-        &mut self,
-        err: StreamError,
-        outcome: Outcome,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl AttemptHooks {
+    fn fail(&mut self, err: StreamError, outcome: Outcome) -> Failure {
         self.attempt.finish(outcome);
         tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
-        match self.sse {
-            Some(dialect) => {
-                let kind = match err {
-                    StreamError::Idle(_) => ErrorKind::GatewayTimeout,
-                    StreamError::Upstream(_) => ErrorKind::BadGateway,
-                };
-                let event =
-                    gateway::sse::error_event(dialect, &ApiError::new(kind, err.to_string()));
-                self.state = ProxyState::Aborting {
-                    yielded: false,
-                    err: Some(err),
-                };
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
-            }
-            None => {
-                self.state = ProxyState::Done;
-                Poll::Ready(Some(Err(err.into())))
-            }
+        let kind = match err {
+            StreamError::Idle(_) => ErrorKind::GatewayTimeout,
+            StreamError::Upstream(_) => ErrorKind::BadGateway,
+        };
+        Failure {
+            event: ApiError::new(kind, err.to_string()),
+            error: err.into(),
         }
     }
 }
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match &mut this.state {
-            ProxyState::Done => return Poll::Ready(None),
-            ProxyState::Aborting { yielded, err } => {
-                if !*yielded {
-                    // hyper drops its unflushed write buffer when a body fails, so first let it
-                    // flush the error event: it does so right after this `Pending` in the same
-                    // turn of its connection loop, and the wake brings it back for the error.
-                    *yielded = true;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                let e = err
-                    .take()
-                    .unwrap_or(StreamError::Upstream("aborted".into()));
-                this.state = ProxyState::Done;
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            ProxyState::Streaming => {}
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    // hyper stops polling a body that says it has ended, so this is the end.
-                    this.attempt.finish(Outcome::Success);
-                    this.state = ProxyState::Done;
-                } else {
-                    this.last = tokio::time::Instant::now();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = crate::proxy::error_chain(&e);
-                this.fail(StreamError::Upstream(msg), Outcome::StreamError)
-            }
-            Poll::Ready(None) => {
-                this.attempt.finish(Outcome::Success);
-                this.state = ProxyState::Done;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle_expired(cx) {
-                    this.fail(StreamError::Idle(this.idle), Outcome::Timeout)
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+impl Hooks for AttemptHooks {
+    fn end(&mut self) {
+        self.attempt.finish(Outcome::Success);
     }
 
-    fn is_end_stream(&self) -> bool {
-        match self.state {
-            ProxyState::Streaming => self.inner.is_end_stream(),
-            ProxyState::Aborting { .. } => false,
-            ProxyState::Done => true,
-        }
+    fn failed(&mut self, err: BoxError) -> Failure {
+        let msg = crate::proxy::error_chain(err.as_ref());
+        self.fail(StreamError::Upstream(msg), Outcome::StreamError)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self.state {
-            ProxyState::Streaming => self.inner.size_hint(),
-            _ => SizeHint::default(),
-        }
+    fn deadline(&mut self) -> Option<Failure> {
+        Some(self.fail(StreamError::Idle(self.idle), Outcome::Timeout))
     }
 }
 
@@ -412,157 +307,55 @@ impl Body for MockBody {
 
 type BoxResponse = Pin<Box<dyn Future<Output = http::Response<ResBody>> + Send>>;
 
-enum WaitState {
-    /// Pinging while the attempts run.
-    Waiting(BoxResponse),
-    /// The provider's stream.
-    Inner(ResBody),
-    /// As in `ProxyBody`: the error event went out; one `Pending` to flush it, then the error.
-    Aborting {
-        yielded: bool,
-    },
-    Done,
-}
+/// The rest of the attempts, settled into the stream to splice or the error event to send.
+pub type Waiting = Pinging<Pin<Box<dyn Future<Output = Result<ResBody, Failed>> + Send>>, ResBody>;
 
-/// A streaming response whose 200 was sent while it still waited for a provider slot:
-/// keep-alive pings in the caller's dialect every `interval` (the first at once, so the client
-/// has its headers) while `fut` (the rest of the attempts) runs inside this body; then the
-/// provider's stream, or, if the attempts ended in anything but a 200 event stream, the
-/// dialect's error event and an aborted body, so the stream never ends as if complete.
-/// Dropping it (the client left) drops `fut`, and with it any slot or upstream request.
-pub struct WaitingBody {
-    state: WaitState,
+/// A streaming response whose 200 goes out while `fut` (the rest of the attempts) still waits
+/// for a provider slot: keep-alive pings in the caller's dialect every `interval`, then the
+/// provider's stream if the attempts ended in one (`relay::is_stream_response`), else the
+/// dialect's error event and an aborted body. Dropping it (the client left) drops `fut`, and
+/// with it any slot or upstream request.
+pub fn waiting_response(
     dialect: Dialect,
     interval: Duration,
-    /// `None` until the first ping went out.
-    ping: Option<Pin<Box<Sleep>>>,
+    fut: BoxResponse,
+) -> http::Response<ResBody> {
+    // The rest of the attempts run in this body, polled outside the request's span: they keep
+    // it, so their warnings still name the request.
+    let fut = tracing::Instrument::in_current_span(fut);
+    let settled = Box::pin(async move { settle(dialect, fut.await) });
+    Waiting::response(ResBody::Waiting(Box::new(Pinging::new(
+        settled, dialect, interval,
+    ))))
 }
 
-impl WaitingBody {
-    /// The 200 event-stream response that waits in its body.
-    pub fn response(
-        dialect: Dialect,
-        interval: Duration,
-        fut: BoxResponse,
-    ) -> http::Response<ResBody> {
-        // The rest of the attempts run in this body, polled outside the request's span: they
-        // keep it, so their warnings still name the request.
-        let fut = Box::pin(tracing::Instrument::in_current_span(fut));
-        let body = Self {
-            state: WaitState::Waiting(fut),
-            dialect,
-            interval: interval.max(Duration::from_millis(10)),
-            ping: None,
-        };
-        let mut r = http::Response::new(ResBody::Waiting(Box::new(body)));
-        let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("no-cache"),
-        );
-        r
+/// The attempts produced `resp`: its stream, or the error event that reports it.
+fn settle(dialect: Dialect, resp: http::Response<ResBody>) -> Result<ResBody, Failed> {
+    if relay::is_stream_response(&resp) {
+        return Ok(resp.into_body());
     }
-
-    fn ping_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let at = tokio::time::Instant::now() + self.interval;
-        match self.ping.as_mut() {
-            Some(t) => t.as_mut().reset(at),
-            None => self.ping = Some(Box::pin(tokio::time::sleep_until(at))),
+    let status = resp.status();
+    // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
+    let json = match resp.into_body() {
+        ResBody::Full(Some(b)) if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() => {
+            Some(String::from_utf8_lossy(&b).into_owned())
         }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-            gateway::sse::ping(self.dialect),
-        )))))
-    }
-
-    /// The attempts produced `resp`: stream it if it is an event stream, else report it.
-    fn settle(&mut self, resp: http::Response<ResBody>) -> Option<Bytes> {
-        let sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if resp.status() == http::StatusCode::OK && sse {
-            self.state = WaitState::Inner(resp.into_body());
-            return None;
+        _ => None,
+    };
+    let event = match json {
+        Some(j) => gateway::sse::error_frame(dialect, &j),
+        None => {
+            let kind = ErrorKind::from_upstream_status(status.as_u16());
+            let msg = format!("the provider answered {status} instead of an event stream");
+            gateway::sse::error_event(dialect, &ApiError::new(kind, msg))
         }
-        let status = resp.status();
-        // Our own errors and providers' buffered errors are whole JSON bodies in the dialect.
-        let json = match resp.into_body() {
-            ResBody::Full(Some(b))
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok() =>
-            {
-                Some(String::from_utf8_lossy(&b).into_owned())
-            }
-            _ => None,
-        };
-        let event = match json {
-            Some(j) => gateway::sse::error_frame(self.dialect, &j),
-            None => {
-                let kind = ErrorKind::from_upstream_status(status.as_u16());
-                let msg = format!("the provider answered {status} instead of an event stream");
-                gateway::sse::error_event(self.dialect, &ApiError::new(kind, msg))
-            }
-        };
-        self.state = WaitState::Aborting { yielded: false };
-        Some(Bytes::from(event))
-    }
-}
-
-impl Body for WaitingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                WaitState::Done => return Poll::Ready(None),
-                WaitState::Inner(b) => return Pin::new(b).poll_frame(cx),
-                WaitState::Aborting { yielded } => {
-                    if !*yielded {
-                        *yielded = true;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    this.state = WaitState::Done;
-                    return Poll::Ready(Some(Err(StreamError::Upstream(
-                        "no stream after waiting for the provider".into(),
-                    )
-                    .into())));
-                }
-                WaitState::Waiting(fut) => {
-                    if this.ping.is_none() {
-                        return this.ping_frame();
-                    }
-                    if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
-                        match this.settle(resp) {
-                            Some(event) => return Poll::Ready(Some(Ok(Frame::data(event)))),
-                            None => continue,
-                        }
-                    }
-                    let timer = this.ping.as_mut().expect("armed above");
-                    return match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => this.ping_frame(),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.state {
-            WaitState::Inner(b) => b.is_end_stream(),
-            WaitState::Done => true,
-            _ => false,
-        }
-    }
+    };
+    let error: BoxError =
+        StreamError::Upstream("no stream after waiting for the provider".into()).into();
+    Err(Failed {
+        event: Bytes::from(event),
+        error,
+    })
 }
 
 /// Every response body the worker sends.
@@ -570,7 +363,7 @@ pub enum ResBody {
     Full(Option<Bytes>),
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
-    Waiting(Box<WaitingBody>),
+    Waiting(Box<Waiting>),
     /// A refused upload's answer, draining the upload after it (`gateway::upload`).
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }
@@ -584,7 +377,7 @@ impl ResBody {
     /// (errors, a stream still waiting for its provider).
     pub fn provider(&self) -> Option<&Arc<Provider>> {
         match self {
-            Self::Proxy(p) => Some(&p.attempt.provider),
+            Self::Proxy(p) => Some(&p.hooks().attempt.provider),
             Self::Mock(m) => Some(&m.attempt.provider),
             Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
         }
@@ -597,40 +390,5 @@ impl From<String> for ResBody {
     }
 }
 
-impl Body for ResBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
-            Self::Mock(m) => Pin::new(m).poll_frame(cx),
-            Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Proxy(p) => p.is_end_stream(),
-            Self::Mock(m) => m.is_end_stream(),
-            Self::Waiting(w) => w.is_end_stream(),
-            Self::Drain(d) => d.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Proxy(p) => p.size_hint(),
-            Self::Mock(m) => m.size_hint(),
-            Self::Waiting(_) => SizeHint::default(),
-            Self::Drain(d) => d.size_hint(),
-        }
-    }
-}
+// The dispatch to the variants is the relay layer's, shared with the front.
+gateway::body_enum!(ResBody: full Full, Proxy, Mock, Waiting, Drain);

@@ -7,6 +7,7 @@
 //! connection to the proxy, marked "proxied" so hyper sends absolute-form request targets.
 
 use bytes::Bytes;
+use gateway::relay::BoxError;
 use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
@@ -21,8 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pooled client of one provider.
 pub type UpstreamClient = Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;

@@ -27,12 +27,13 @@
 //! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`. A provider
 //! with `max_concurrency` makes requests wait for a slot for up to `pool.queue_timeout`; a
 //! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
-//! with keep-alive pings (`WaitingBody`) while the rest of this loop runs inside its body.
+//! with keep-alive pings (`body::waiting_response`) while the rest of this loop runs inside its
+//! body.
 //! Header hygiene (`gateway::headers`): the client's credentials, cookies and origin are never
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
 
-use crate::body::{Attempt, ProxyBody, RequestGuard, ResBody, WaitingBody};
+use crate::body::{proxy_body, Attempt, RequestGuard, ResBody};
 use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
@@ -104,7 +105,7 @@ enum Tried {
     Spent,
 }
 
-/// Where a request is in its attempts; moves into a `WaitingBody` when pings start.
+/// Where a request is in its attempts; moves into a `body::waiting_response` when pings start.
 struct Run {
     table: Arc<RouteTable>,
     req: Forward,
@@ -231,7 +232,7 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
 
 /// The attempt loop. A plain function returning a boxed future (not an `async fn`) because it
 /// recurses: when a streaming request starts its pings, the rest of the loop becomes the
-/// `WaitingBody`'s future.
+/// `body::waiting_response`'s future.
 fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
     Box::pin(async move {
         let dialect = r.req.endpoint.dialect();
@@ -266,7 +267,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     r.in_body = true;
                     let interval = r.table.limits.ping_interval;
                     let rest = attempts(r, guard);
-                    return WaitingBody::response(dialect, interval, rest);
+                    return crate::body::waiting_response(dialect, interval, rest);
                 }
             };
             r.tried[ci] = Tried::Spent;
@@ -574,16 +575,12 @@ fn stream_back(
 ) -> Response<ResBody> {
     let (mut parts, body) = resp.into_parts();
     parts.headers = headers::client_response(&parts.headers, &provider.secret, true);
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        .then_some(dialect);
+    let sse = gateway::relay::is_event_stream(&parts.headers).then_some(dialect);
     if hyper::body::Body::is_end_stream(&body) {
         // An empty body (204, HEAD-like answers) is never polled: it is complete already.
         attempt.finish(Outcome::Success);
     }
-    let body = ProxyBody::new(body, provider.config.idle_timeout, sse, attempt, guard);
+    let body = proxy_body(body, provider.config.idle_timeout, sse, attempt, guard);
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
 }
 

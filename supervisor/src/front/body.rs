@@ -1,34 +1,30 @@
 //! Response bodies of the front listener, and the in-flight guard that rides on them.
 //!
-//! A forwarded response's body is the worker's body wrapped in [`Forwarded`], which holds the
-//! slot lease, the client permit and the request record until the body ends or hyper drops it
-//! (the client went away). Dropping them is the whole accounting: the lease gives back the
-//! worker's place and wakes waiters, the record counts `gateway_requests_total`, observes the
-//! duration and writes the access line. Frames pass through one by one, never buffered. A
+//! A forwarded response's body is the worker's body relayed by [`Forwarded`] (the relay layer's
+//! `Relay` with the front's `Accounting` hooks), which holds the slot lease, the client permit
+//! and the request record until the body ends or hyper drops it (the client went away).
+//! Dropping them is the whole accounting: the lease gives back the worker's place and wakes
+//! waiters, the record counts `gateway_requests_total`, observes the duration and writes the
+//! access line. Frames pass through one by one, never buffered. A
 //! broken SSE stream gets the front's error event only when the worker's own did not already
 //! end it (`sse::LastEvent`), so the client sees exactly one.
 //!
-//! The wrapper also keeps the BUSY_BLOCKED mark: a timer armed for `blocked_after` past the last
-//! response byte. It is re-armed lazily (only when it fires early) so a fast stream costs one
-//! clock read per frame, not one timer-wheel update.
+//! The hooks also keep the BUSY_BLOCKED mark: the relay's deadline, due `blocked_after` past
+//! the last response byte (re-armed lazily, so a fast stream costs one clock read per frame).
 
 use super::auth::{Caller, ClientPermit};
 use super::conns::Conn;
 use super::counters::RequestMeters;
 use super::dispatch::SlotLease;
+use super::waiting::Waiting;
 use bytes::Bytes;
-use gateway::{sse, ApiError, Dialect, ErrorKind};
+use gateway::relay::{BoxError, Deadline, Failure, Hooks, Relay};
+use gateway::{ApiError, Dialect, ErrorKind};
 use http::{HeaderValue, Method, Uri};
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::future::Future;
-use std::pin::Pin;
+use hyper::body::{Frame, Incoming};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tokio::time::Instant;
 
 /// Every body the front listener sends.
 pub enum FrontBody {
@@ -36,8 +32,8 @@ pub enum FrontBody {
     Full(Option<Bytes>),
     /// A worker's response, streamed through with its in-flight accounting.
     Forwarded(Box<Forwarded>),
-    /// A stream the front composes itself (keep-alive pings while waiting, then a worker's).
-    Stream(UnsyncBoxBody<Bytes, BoxError>),
+    /// A stream answered while its request still waits: keep-alive pings, then a worker's.
+    Waiting(Box<Waiting>),
     /// An answer to a request whose upload was refused, draining the rest of the upload.
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }
@@ -66,40 +62,8 @@ impl Default for FrontBody {
     }
 }
 
-impl Body for FrontBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Forwarded(f) => Pin::new(f.as_mut()).poll_frame(cx),
-            Self::Stream(s) => Pin::new(s).poll_frame(cx),
-            Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Forwarded(f) => f.is_end_stream(),
-            Self::Stream(s) => s.is_end_stream(),
-            Self::Drain(d) => d.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Forwarded(f) => f.inner.size_hint(),
-            Self::Stream(s) => s.size_hint(),
-            Self::Drain(d) => d.size_hint(),
-        }
-    }
-}
+// The dispatch to the variants is the relay layer's, shared with the worker.
+gateway::body_enum!(FrontBody: full Full, Forwarded, Waiting, Drain);
 
 /// One request's record: counted and logged when dropped, i.e. when its response has ended.
 /// The optional parts are filled in as the request gets that far, and left out of the access
@@ -159,178 +123,82 @@ impl Drop for RequestRecord {
     }
 }
 
-/// A worker's response body with the request's accounting attached.
-pub struct Forwarded {
-    /// Fields drop in declaration order: the worker's body (its connection goes back to the pool
-    /// or closes), the lease (the worker's place, and the wake-up of waiters), the client permit,
-    /// then the record, so the access line is written once the counters are back.
-    inner: Incoming,
-    /// The worker connection `inner` arrives on; back to the pool once `inner` has ended.
+/// A worker's response body with the request's accounting attached: the relay layer's `Relay`
+/// with the front's hooks.
+pub type Forwarded = Relay<Incoming, Accounting>;
+
+/// What a forwarded body holds until it ends or hyper drops it.
+///
+/// Fields drop in declaration order, after the worker's body (the relay drops that first, so
+/// its connection goes back to the pool or closes): the lease (the worker's place, and the
+/// wake-up of waiters), the client permit, then the record, so the access line is written once
+/// the counters are back.
+pub struct Accounting {
+    /// The worker connection the body arrives on; back to the pool once the body has ended.
     conn: Option<Conn>,
     lease: SlotLease,
     _permit: Option<ClientPermit>,
-    _record: RequestRecord,
-    blocked_after: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    last_byte: Instant,
-    /// Set for SSE responses: a broken stream then ends with an error event in this dialect,
-    /// unless the worker's stream already ended with one (`events`): the client sees one.
-    sse: Option<Dialect>,
-    events: sse::LastEvent,
-    /// The upstream error to raise after the error event went out.
-    pending_error: Option<BoxError>,
-    /// Whether the error event was given a chance to be flushed.
-    yielded: bool,
-    done: bool,
+    record: RequestRecord,
 }
 
-impl Forwarded {
-    pub fn new(
-        inner: Incoming,
-        conn: Conn,
-        mut lease: SlotLease,
-        permit: Option<ClientPermit>,
-        record: RequestRecord,
-        blocked_after: Duration,
-        sse: Option<Dialect>,
-    ) -> Self {
-        if sse.is_some() {
-            lease.mark_streaming();
-        }
-        // The blocked mark taken while waiting for headers does not survive them.
-        lease.set_blocked(false);
-        let now = Instant::now();
-        let timer = (!blocked_after.is_zero())
-            .then(|| Box::pin(tokio::time::sleep_until(now + blocked_after)));
-        Self {
-            inner,
-            conn: Some(conn),
-            lease,
-            _permit: permit,
-            _record: record,
-            blocked_after,
-            timer,
-            last_byte: now,
-            sse,
-            events: sse::LastEvent::new(),
-            pending_error: None,
-            yielded: false,
-            done: false,
-        }
+/// The relay of a worker's response `inner` to the client. `sse` is the client's dialect for a
+/// stream: a broken one then ends with an error event, unless the worker's own already did.
+pub fn forwarded(
+    inner: Incoming,
+    conn: Conn,
+    mut lease: SlotLease,
+    permit: Option<ClientPermit>,
+    record: RequestRecord,
+    blocked_after: Duration,
+    sse: Option<Dialect>,
+) -> Forwarded {
+    if sse.is_some() {
+        lease.mark_streaming();
     }
+    // The blocked mark taken while waiting for headers does not survive them.
+    lease.set_blocked(false);
+    let blocked = (!blocked_after.is_zero()).then(|| Deadline::new(blocked_after));
+    let hooks = Accounting {
+        conn: Some(conn),
+        lease,
+        _permit: permit,
+        record,
+    };
+    Relay::new(inner, hooks, blocked, sse)
+}
 
+impl Accounting {
     /// A first byte (or the end) is passing to the client: the time to first byte, once.
     fn first_byte(&mut self) {
-        let r = &mut self._record;
+        let r = &mut self.record;
         r.first_byte.get_or_insert_with(|| r.start.elapsed());
+    }
+}
+
+impl Hooks for Accounting {
+    fn frame(&mut self, _: &Frame<Bytes>) {
+        self.first_byte();
+        // Bytes flow again: the worker is not blocked (a no-op when it was not marked).
+        self.lease.set_blocked(false);
     }
 
     /// The worker's body ended cleanly: its connection may carry the next request.
     fn end(&mut self) {
         self.first_byte();
-        self.done = true;
-        self.timer = None;
         self.lease.set_blocked(false);
         if let Some(c) = self.conn.take() {
             c.give_back();
         }
     }
 
-    /// Polls the silence timer; marks the slot BUSY_BLOCKED once it really expired.
-    fn poll_blocked(&mut self, cx: &mut Context<'_>) {
-        let Some(t) = self.timer.as_mut() else { return };
-        while t.as_mut().poll(cx).is_ready() {
-            let due = self.last_byte + self.blocked_after;
-            if Instant::now() >= due {
-                self.lease.set_blocked(true);
-                self.timer = None;
-                return;
-            }
-            t.as_mut().reset(due);
-        }
-    }
-}
-
-impl Body for Forwarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.pending_error.is_some() {
-            // Yield once first: hyper flushes the error event on `Pending`, whereas an error
-            // right behind it would close the connection with the event still unsent.
-            if !this.yielded {
-                this.yielded = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            this.done = true;
-            return Poll::Ready(this.pending_error.take().map(Err));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(_), Some(data)) = (this.sse, f.data_ref()) {
-                    this.events.observe(data);
-                }
-                this.first_byte();
-                if this.inner.is_end_stream() {
-                    // hyper may not poll a body again once it says it has ended.
-                    this.end();
-                    return Poll::Ready(Some(Ok(f)));
-                }
-                this.last_byte = Instant::now();
-                if this.lease.is_blocked() {
-                    this.lease.set_blocked(false);
-                    let due = this.last_byte + this.blocked_after;
-                    this.timer = Some(Box::pin(tokio::time::sleep_until(due)));
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Ready(Some(Err(e))) => match this.sse {
-                // A broken stream must not look complete: an error event, then the abort. A
-                // worker that saw its provider's stream break sent its own event already.
-                Some(_) if this.events.ended_with_error() => {
-                    // Still yield once, so hyper flushes that event before the abort.
-                    this.pending_error = Some(e.into());
-                    this.yielded = true;
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-                Some(d) => {
-                    this.pending_error = Some(e.into());
-                    let err = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(sse::error_event(
-                        d, &err,
-                    ))))))
-                }
-                None => {
-                    this.done = true;
-                    Poll::Ready(Some(Err(e.into())))
-                }
-            },
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                this.poll_blocked(cx);
-                Poll::Pending
-            }
-        }
+    fn failed(&mut self, err: BoxError) -> Failure {
+        let event = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
+        Failure { event, error: err }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.done || (self.pending_error.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    /// Silent for `blocked_after`: the slot is BUSY_BLOCKED until bytes flow again.
+    fn deadline(&mut self) -> Option<Failure> {
+        self.lease.set_blocked(true);
+        None
     }
 }

@@ -1,13 +1,13 @@
 //! Forwarding one request to a worker over a pooled connection (`conns`).
 //!
-//! The request body is already buffered (so it can be sent again); the response body is not (it
-//! streams through [`Forwarded`]). A failure before response headers, such as a refused or reset
-//! connection from a worker that just died, is retried on another worker, up to
+//! The request body is already buffered (so it can be sent again); the response body is not
+//! (it streams through `body::Forwarded`). A failure before response headers, such as a refused
+//! or reset connection from a worker that just died, is retried on another worker, up to
 //! [`MAX_ATTEMPTS`] in all; once headers arrived nothing is retried, as bytes may have reached
 //! the client.
 
 use super::auth::{Caller, ClientPermit};
-use super::body::{Forwarded, FrontBody, RequestRecord};
+use super::body::{forwarded, FrontBody, RequestRecord};
 use super::conns::{Conn, SendError};
 use super::dispatch::{SlotLease, StickyKey, Tried};
 use super::queue::WaitError;
@@ -223,10 +223,7 @@ fn wrap(
 ) -> Response<FrontBody> {
     let (mut parts, body) = up.resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let sse = gateway::relay::is_event_stream(&parts.headers);
     parts
         .headers
         .insert(WORKER_HEADER, HeaderValue::from(up.lease.slot.id));
@@ -238,7 +235,7 @@ fn wrap(
         .and_then(|v| v.to_str().ok()?.parse().ok());
     record.status = parts.status.as_u16();
     record.worker = Some(up.lease.slot.id);
-    let guarded = Forwarded::new(
+    let guarded = forwarded(
         body,
         up.conn,
         up.lease,

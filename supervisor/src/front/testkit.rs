@@ -3,7 +3,8 @@
 //!
 //! A mock worker answers like a gateway worker, steered by request headers:
 //! `x-test-wait-ms` (delay before headers), `x-test-chunks` / `x-test-interval-ms` (stream
-//! shape), `x-test-status` (answer this status), `x-test-break` (drop the connection mid-stream).
+//! shape), `x-test-status` (answer this status), `x-test-break` (drop the connection mid-stream),
+//! `x-test-json` (a 200 JSON answer even to a streaming request).
 
 use super::{serve, FrontContext};
 use crate::metrics::SupervisorMetrics;
@@ -112,6 +113,13 @@ async fn mock_handle(
             st as u16,
             "application/json",
             r#"{"error":{"message":"mock says no"}}"#.into(),
+        ));
+    }
+    if req.headers().contains_key("x-test-json") {
+        return Ok(full(
+            200,
+            "application/json",
+            r#"{"not":"a stream"}"#.into(),
         ));
     }
     let chunks = header_u64(&req, "x-test-chunks").unwrap_or(3);

@@ -134,28 +134,49 @@ async fn queue_timeout_and_full_queue_give_503() {
     assert_eq!(h.chat(false, &[]).await.status(), 200);
 }
 
-#[tokio::test]
-async fn waiting_stream_gets_pings_then_the_stream() {
+/// A streaming chat (with `headers`) that has to wait, with pings every 50ms, while a slow plain
+/// chat holds the only slot of the only worker; with the harness, which must outlive the read.
+async fn waiting_chat(
+    headers: &[(&str, &str)],
+) -> (Harness, http::Response<hyper::body::Incoming>) {
     let mut cfg = test_config();
     cfg.pool.worker_max_inflight = 1;
     cfg.server.stream_ping_interval = Duration::from_millis(50);
     let h = Harness::start(1, cfg).await;
     let hold = h.chat(false, &[("x-test-wait-ms", "400")]);
-    let h_ref = &h;
-    let waiting = async move {
-        h_ref
-            .until("holder in flight", || h_ref.inflight() == 1)
-            .await;
-        h_ref.chat(true, &[]).await
+    let waiting = async {
+        h.until("holder in flight", || h.inflight() == 1).await;
+        h.chat(true, headers).await
     };
     let (held, r) = tokio::join!(hold, waiting);
     assert_eq!(held.status(), 200);
+    (h, r)
+}
+
+#[tokio::test]
+async fn waiting_stream_gets_pings_then_the_stream() {
+    let (_h, r) = waiting_chat(&[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let (text, clean) = read_all(r).await;
     assert!(clean, "{text}");
     assert!(text.starts_with(": ping\n\n"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_waiting_stream_answered_with_json_ends_with_an_error_event() {
+    let (_h, r) = waiting_chat(&[("x-test-json", "1")]).await;
+    assert_eq!(r.status(), 200);
+    let (text, clean) = read_all(r).await;
+    assert!(!clean, "JSON is no stream: {text}");
+    assert!(text.starts_with(": ping\n\n"), "{text}");
+    assert!(
+        !text.contains("a stream\"}"),
+        "the JSON is not spliced in: {text}"
+    );
+    assert!(text.contains("data: {\"error\""), "{text}");
+    assert!(text.contains("instead of an event stream"), "{text}");
 }
 
 #[tokio::test]

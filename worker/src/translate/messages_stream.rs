@@ -6,7 +6,7 @@ use super::messages_response::{stop_from, stop_to, usage_from};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
 use super::stream::{cut, Decode, Encode, StreamOptions};
-use gateway::sse_parser::{self, frame};
+use gateway::sse::parse::{self, frame};
 use gateway::{ApiError, Dialect, ErrorKind};
 use serde_json::{json, Value};
 
@@ -38,7 +38,7 @@ fn kind_of(ty: Option<&str>) -> ErrorKind {
 }
 
 impl Decode for Decoder {
-    fn event(&mut self, ev: &sse_parser::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
+    fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
         if self.finished {
             return Ok(());
         }

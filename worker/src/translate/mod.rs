@@ -9,7 +9,7 @@
 //! answer and error -> pivot -> client answer), `*_stream.rs` (provider SSE events -> pivot
 //! `Event`s -> client SSE frames). Any client dialect reaches any provider dialect through the
 //! pivot, so each mapping is written once. `stream::StreamTranslator` runs the SSE parser of the
-//! relay layer (`gateway::sse_parser`), a stream decoder and a stream encoder incrementally: every
+//! relay layer (`gateway::sse::parse`), a stream decoder and a stream encoder incrementally: every
 //! upstream event is turned into client frames as it arrives. When the two dialects are the same,
 //! nothing here is used (the request is native).
 //!

@@ -7,7 +7,7 @@ use super::responses_response::{
     call_item, message_item, refusal_part, response_object, stop_from, text_part, usage_from,
 };
 use super::stream::{cut, Decode, Encode, StreamOptions};
-use gateway::sse_parser::{self, frame};
+use gateway::sse::parse::{self, frame};
 use gateway::ErrorKind;
 use serde_json::{json, Value};
 
@@ -37,7 +37,7 @@ impl Decoder {
 }
 
 impl Decode for Decoder {
-    fn event(&mut self, ev: &sse_parser::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
+    fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
         if self.finished {
             return Ok(());
         }

@@ -1,16 +1,16 @@
-//! The incremental stream translator: provider SSE bytes -> `gateway::sse_parser` events ->
+//! The incremental stream translator: provider SSE bytes -> `gateway::sse::parse` events ->
 //! pivot `Event`s (a dialect's decoder) -> client SSE frames (a dialect's encoder), one upstream
 //! event at a time; and the usage reader, which runs a decoder alone on a native stream.
 
 use super::pivot::{Event, StreamError, Usage};
 use super::{chat_stream, messages_stream, responses_stream, Api};
-use gateway::sse_parser::{self, Parser};
+use gateway::sse::parse::{self, Parser};
 use gateway::ErrorKind;
 
 /// Decodes one provider dialect's events into pivot events.
 pub(super) trait Decode: Send {
     /// One upstream event; pivot events are pushed to `out`.
-    fn event(&mut self, ev: &sse_parser::Event, out: &mut Vec<Event>) -> Result<(), StreamError>;
+    fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError>;
     /// The upstream ended cleanly (no more bytes): push the finish if the dialect allows an end
     /// here, else an error saying the stream was cut.
     fn end(&mut self, out: &mut Vec<Event>) -> Result<(), StreamError>;
@@ -37,7 +37,7 @@ pub struct StreamOptions {
     pub include_usage: bool,
     /// Unix seconds for `created` / `created_at` (the caller's clock; this module has none).
     pub created: u64,
-    /// The bound on one upstream SSE line or event (`gateway::sse_parser::Parser::new`).
+    /// The bound on one upstream SSE line or event (`gateway::sse::parse::Parser::new`).
     pub max_event_bytes: usize,
     /// Toward a Responses client only: the bound on the output text held for its `*.done` and
     /// `response.completed` events (see the module docs).
@@ -80,7 +80,7 @@ pub struct StreamTranslator {
     decoder: Box<dyn Decode>,
     encoder: Box<dyn Encode>,
     /// Scratch buffers, reused for every chunk so a stream allocates them once.
-    sse: Vec<sse_parser::Event>,
+    sse: Vec<parse::Event>,
     pivot: Vec<Event>,
     usage: Option<Usage>,
     done: bool,
@@ -206,7 +206,7 @@ impl StreamTranslator {
 pub struct UsageReader {
     parser: Parser,
     decoder: Box<dyn Decode>,
-    sse: Vec<sse_parser::Event>,
+    sse: Vec<parse::Event>,
     pivot: Vec<Event>,
     usage: Option<Usage>,
 }

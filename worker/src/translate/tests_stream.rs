@@ -7,7 +7,7 @@ use super::pivot::{Stop, Usage};
 use super::stream::{StreamOptions, StreamTranslator, UsageReader};
 use super::tests_stream_fixtures::{chat, fixtures, Final};
 use super::{chat_response, messages_response, responses_response, Api};
-use gateway::sse_parser::Parser;
+use gateway::sse::parse::Parser;
 use serde_json::{json, Value};
 
 const CLIENTS: [Api; 3] = [Api::Chat, Api::Messages, Api::Responses];

@@ -3,7 +3,7 @@
 
 use super::pivot::{Stop, Usage};
 use super::Api;
-use gateway::sse_parser::frame;
+use gateway::sse::parse::frame;
 use serde_json::{json, Value};
 /// What a client ends up with, in pivot terms.
 #[derive(Debug, Clone, PartialEq, Default)]

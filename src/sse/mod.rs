@@ -1,7 +1,13 @@
-//! Server-sent-event frames the gateway itself emits: keep-alive pings while a streaming request
-//! waits for a slot, and the error event that ends a stream which broke, so that a broken stream
-//! never looks complete to the client; and `LastEvent`, which tells a relay whether a stream it
-//! passes on already ended with such an event, so that it does not add a second one.
+//! Server-sent events, the one SSE module of the relay layer: reading them incrementally
+//! (`parse`, re-exported here), the frames the gateway itself emits (keep-alive pings while a
+//! streaming request waits for a slot, and the error event that ends a stream which broke, so
+//! that a broken stream never looks complete to the client), and `LastEvent`, which tells a relay
+//! whether a stream it passes on already ended with such an event, so that it does not add a
+//! second one.
+
+pub mod parse;
+
+pub use parse::{frame, Event, Parser, SseError};
 
 use crate::api_error::{ApiError, Dialect};
 
