@@ -191,6 +191,9 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
                 "`latency` and `tokens_per_second` apply only to kind = \"mock\"",
             );
         }
+        if p.kind == ProviderKind::Mock && !p.apis.is_empty() {
+            c.err(at("apis"), "does not apply to kind = \"mock\", which serves every API");
+        }
         for a in p.apis.iter().filter(|a| !API_NAMES.contains(&a.as_str())) {
             c.err(
                 at("apis"),

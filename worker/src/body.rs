@@ -213,6 +213,11 @@ impl ProxyBody {
         }
     }
 
+    /// The provider whose answer this is.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.attempt.provider
+    }
+
     /// Polls the idle timer (creating it at the first wait); true once `idle` has really passed
     /// since the last frame. A timer that fires early (frames came meanwhile) is moved.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
@@ -571,6 +576,8 @@ pub enum ResBody {
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
     Waiting(Box<WaitingBody>),
+    /// A provider's stream translated into the client's API (`translate::body`).
+    Translate(Box<crate::translate::body::TranslateBody>),
     /// A refused upload's answer, draining the upload after it (`gateway::upload`).
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }
@@ -586,6 +593,7 @@ impl ResBody {
         match self {
             Self::Proxy(p) => Some(&p.attempt.provider),
             Self::Mock(m) => Some(&m.attempt.provider),
+            Self::Translate(t) => Some(t.provider()),
             Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
         }
     }
@@ -610,6 +618,7 @@ impl Body for ResBody {
             Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
             Self::Mock(m) => Pin::new(m).poll_frame(cx),
             Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
+            Self::Translate(t) => Pin::new(t.as_mut()).poll_frame(cx),
             Self::Drain(d) => Pin::new(d.as_mut()).poll_frame(cx),
         }
     }
@@ -620,6 +629,7 @@ impl Body for ResBody {
             Self::Proxy(p) => p.is_end_stream(),
             Self::Mock(m) => m.is_end_stream(),
             Self::Waiting(w) => w.is_end_stream(),
+            Self::Translate(t) => t.is_end_stream(),
             Self::Drain(d) => d.is_end_stream(),
         }
     }
@@ -629,7 +639,7 @@ impl Body for ResBody {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Proxy(p) => p.size_hint(),
             Self::Mock(m) => m.size_hint(),
-            Self::Waiting(_) => SizeHint::default(),
+            Self::Waiting(_) | Self::Translate(_) => SizeHint::default(),
             Self::Drain(d) => d.size_hint(),
         }
     }

@@ -224,6 +224,7 @@ async fn handle(
         model: None,
         provider: None,
         attempts: None,
+        translated: None,
         first_byte: None,
     };
     // Boxed: hyper keeps one service-future slot per connection for the connection's whole life

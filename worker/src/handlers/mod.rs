@@ -26,6 +26,10 @@ pub const PROVIDER_HEADER: header::HeaderName =
 /// log and does not pass it on.
 pub const ATTEMPTS_HEADER: header::HeaderName =
     header::HeaderName::from_static("x-gateway-attempts");
+/// Response header `FROM->TO` (`chat->messages`) on a translated answer; the front reads it for
+/// its access log (`translated`) and does not pass it on.
+pub const TRANSLATED_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-gateway-translated");
 
 /// Shared state of one worker.
 pub struct App {

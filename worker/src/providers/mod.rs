@@ -2,7 +2,9 @@
 //! its credentials (as sensitive header values, never logged), live statistics and metrics.
 //!
 //! Kinds: `openai` (any OpenAI-compatible API), `anthropic` (the Messages API) and `mock`
-//! (answers in-process). A provider only receives requests in a dialect it speaks.
+//! (answers in-process). A provider receives requests for the APIs it serves natively
+//! (`[[providers]] apis`, by default its kind's), and Chat/Messages/Responses requests for
+//! another of those three translated (`route`).
 
 pub mod anthropic;
 pub mod mock;
@@ -14,10 +16,18 @@ use crate::connect::{ClientFactory, UpstreamClient};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Metrics, ProviderMetrics};
 use gateway::config::{ProviderConfig, ProviderKind};
-use gateway::Dialect;
+use crate::translate::Api;
 use http::{HeaderName, HeaderValue};
 use state::ProviderState;
 use std::sync::Arc;
+
+/// How a provider serves one endpoint (`Provider::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Native,
+    /// The client speaks `from`; the provider is sent (and answers in) `to`.
+    Translate { from: Api, to: Api },
+}
 
 /// One configured provider.
 pub struct Provider {
@@ -123,14 +133,24 @@ impl Provider {
         &self.config.name
     }
 
-    /// Whether this provider can serve `endpoint` (mock speaks both dialects).
+    /// Whether this provider serves `endpoint` natively (`[[providers]] apis`).
     pub fn speaks(&self, endpoint: Endpoint) -> bool {
-        match self.config.kind {
-            ProviderKind::Mock => true,
-            ProviderKind::OpenAi => endpoint.dialect() == Dialect::OpenAi,
-            ProviderKind::Anthropic => endpoint.dialect() == Dialect::Anthropic,
-            ProviderKind::Unknown(_) => false,
+        !matches!(self.config.kind, ProviderKind::Unknown(_))
+            && self.config.native_api(endpoint.api_name())
+    }
+
+    /// How this provider can serve `endpoint`: natively, translated to another API it serves
+    /// natively (Chat, then Messages, then Responses: the first it serves), or not at all.
+    /// Completions, embeddings and count_tokens are never translated.
+    pub fn route(&self, endpoint: Endpoint) -> Option<Route> {
+        if self.speaks(endpoint) {
+            return Some(Route::Native);
         }
+        let from = endpoint.api()?;
+        [Api::Chat, Api::Messages, Api::Responses]
+            .into_iter()
+            .find(|to| *to != from && self.speaks(Endpoint::of_api(*to)))
+            .map(|to| Route::Translate { from, to })
     }
 
     /// Adds the provider's credentials and dialect headers to an upstream request.
