@@ -573,6 +573,8 @@ impl Body for WaitingBody {
 /// Every response body the worker sends.
 pub enum ResBody {
     Full(Option<Bytes>),
+    /// A provider's answer read whole (a translated JSON answer), labelled with its provider.
+    Whole(Option<Bytes>, Arc<Provider>),
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
     Waiting(Box<WaitingBody>),
@@ -594,6 +596,7 @@ impl ResBody {
             Self::Proxy(p) => Some(&p.attempt.provider),
             Self::Mock(m) => Some(&m.attempt.provider),
             Self::Translate(t) => Some(t.provider()),
+            Self::Whole(_, p) => Some(p),
             Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
         }
     }
@@ -614,7 +617,7 @@ impl Body for ResBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Full(b) | Self::Whole(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Proxy(p) => Pin::new(p.as_mut()).poll_frame(cx),
             Self::Mock(m) => Pin::new(m).poll_frame(cx),
             Self::Waiting(w) => Pin::new(w.as_mut()).poll_frame(cx),
@@ -625,7 +628,7 @@ impl Body for ResBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Full(b) => b.is_none(),
+            Self::Full(b) | Self::Whole(b, _) => b.is_none(),
             Self::Proxy(p) => p.is_end_stream(),
             Self::Mock(m) => m.is_end_stream(),
             Self::Waiting(w) => w.is_end_stream(),
@@ -636,7 +639,9 @@ impl Body for ResBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Full(b) | Self::Whole(b, _) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Self::Proxy(p) => p.size_hint(),
             Self::Mock(m) => m.size_hint(),
             Self::Waiting(_) | Self::Translate(_) => SizeHint::default(),

@@ -763,9 +763,8 @@ async fn translated_back(
         Ok((v, _usage)) => {
             attempt.finish(Outcome::Success);
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            let mut out = Response::new(ResBody::full(
-                serde_json::to_vec(&v).expect("a JSON value serializes"),
-            ));
+            let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
+            let mut out = Response::new(ResBody::Whole(Some(bytes.into()), provider.clone()));
             *out.status_mut() = parts.status;
             *out.headers_mut() = headers;
             out
