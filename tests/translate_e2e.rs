@@ -540,3 +540,57 @@ fn through_the_supervisor_with_the_access_log() {
         assert_eq!(access["translated"], "messages->chat", "{access}");
     }
 }
+
+/// `GET /v1/models` with `anthropic-version` answers in Anthropic's list shape, from a worker
+/// and from the front; without it, OpenAI's. One entry likewise.
+#[test]
+fn models_in_the_anthropic_shape_when_asked_by_an_anthropic_client() {
+    let up = Upstream::start();
+    let w = Worker::start(&worker::config(&providers(&up)), &[]);
+    let env = TestEnv::new(&supervisor_config(&up));
+    let run = env.start(&[]);
+    let av = [("anthropic-version", "2023-06-01")];
+    for addr in [w.addr, run.listen] {
+        let r = http::request(addr, "GET", "/v1/models", &av, None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["has_more"], false, "{v}");
+        assert_eq!(v["first_id"], "m-chat", "{v}");
+        assert_eq!(v["data"][1]["type"], "model", "{v}");
+        assert_eq!(v["data"][1]["id"], "m-resp", "{v}");
+        assert!(v["data"][1]["display_name"].is_string(), "{v}");
+        assert!(v.get("object").is_none(), "{v}");
+        let v = http::get(addr, "/v1/models").unwrap().json();
+        assert_eq!(v["object"], "list", "OpenAI's shape: {v}");
+        let r = http::request(addr, "GET", "/v1/models/m-msg", &av, None).unwrap();
+        assert_eq!(r.json()["type"], "model", "{}", r.text());
+        let r = http::request(addr, "GET", "/v1/models/nope", &av, None).unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["type"], "error", "Anthropic's error: {}", r.text());
+    }
+}
+
+/// `count_tokens` is forwarded to an Anthropic provider and estimated (chars/4, marked by
+/// `x-gateway-token-estimate`) for a model only other APIs serve.
+#[test]
+fn count_tokens_answers_for_every_model() {
+    let up = Upstream::start();
+    let w = Worker::start(&worker::config(&providers(&up)), &[]);
+    up.enqueue(
+        "/v1/messages/count_tokens",
+        Script::json(200, json!({"input_tokens": 42})),
+    );
+    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hello world!"}]});
+    let r = http::post_json(w.addr, "/v1/messages/count_tokens", &body("m-msg")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["input_tokens"], 42, "native");
+    assert_eq!(r.header("x-gateway-token-estimate"), None);
+    let r = http::post_json(w.addr, "/v1/messages/count_tokens", &body("m-chat")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-token-estimate"), Some("chars/4"));
+    // "user" + "hello world!" = 16 characters.
+    assert_eq!(r.json()["input_tokens"], 4, "{}", r.text());
+    assert_eq!(up.request_count(), 1, "the estimate asks no provider");
+    let r = http::post_json(w.addr, "/v1/messages/count_tokens", &body("nope")).unwrap();
+    assert_eq!(r.status, 404, "an unknown model stays a 404");
+}

@@ -1,6 +1,7 @@
 //! The HTTP surface of a worker: which handler serves which path, with 404 and 405 in the
 //! caller's dialect. `App` is the state every handler shares.
 
+mod count_tokens;
 mod inference;
 mod models;
 
@@ -113,8 +114,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody
         }
         return Ok(inference::handle(&app, endpoint, req).await);
     }
+    let anthropic = gateway::model_list::anthropic_requested(req.headers());
     Ok(match path {
-        "/v1/models" if req.method() == Method::GET => models::list(&app).await,
+        "/v1/models" if req.method() == Method::GET => models::list(&app, anthropic).await,
         "/metrics" if req.method() == Method::GET => {
             let mut r = Response::new(ResBody::from(app.metrics.encode()));
             r.headers_mut().insert(
@@ -128,7 +130,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody
         "/v1/models" | "/metrics" => not_allowed(Dialect::OpenAi, "GET"),
         p if p.starts_with("/v1/models/") && req.method() == Method::GET => {
             match gateway::model_list::retrieve_id(p) {
-                Some(id) => models::retrieve(&app, &id).await,
+                Some(id) => models::retrieve(&app, &id, anthropic).await,
                 None => ApiError::new(ErrorKind::NotFound, format!("no such model path: {p}"))
                     .to_response(Dialect::OpenAi),
             }
