@@ -178,7 +178,9 @@ fn read_sse(api: Api, body: &str) -> Got {
         match api {
             Api::Chat => {
                 g.model = v["model"].as_str().unwrap().into();
-                let Some(c) = v["choices"].get(0) else { continue };
+                let Some(c) = v["choices"].get(0) else {
+                    continue;
+                };
                 let d = &c["delta"];
                 if let Some(t) = d["content"].as_str() {
                     g.text.push_str(t);
@@ -216,7 +218,9 @@ fn read_sse(api: Api, body: &str) -> Got {
                             t => panic!("unexpected delta {t}"),
                         }
                     }
-                    "message_delta" => g.finish = v["delta"]["stop_reason"].as_str().unwrap().into(),
+                    "message_delta" => {
+                        g.finish = v["delta"]["stop_reason"].as_str().unwrap().into()
+                    }
                     "message_stop" => ended = true,
                     _ => {}
                 }
@@ -224,12 +228,12 @@ fn read_sse(api: Api, body: &str) -> Got {
             Api::Responses => {
                 assert_eq!(v["type"].as_str(), Some(name.as_str()), "{data}");
                 match name.as_str() {
-                    "response.created" => {
-                        g.model = v["response"]["model"].as_str().unwrap().into()
-                    }
+                    "response.created" => g.model = v["response"]["model"].as_str().unwrap().into(),
                     "response.output_text.delta" => g.text.push_str(v["delta"].as_str().unwrap()),
                     "response.output_item.added" if v["item"]["type"] == "function_call" => {
-                        let e = tools.entry(v["output_index"].as_u64().unwrap()).or_default();
+                        let e = tools
+                            .entry(v["output_index"].as_u64().unwrap())
+                            .or_default();
                         e.0 = v["item"]["name"].as_str().unwrap().into();
                     }
                     "response.function_call_arguments.delta" => tools
@@ -300,14 +304,22 @@ fn every_cell_streamed_and_not_with_text_and_tool_calls() {
                         dialects::answer(provider, upstream_model, &a, stream),
                     );
                     let before = up.request_count();
-                    let r = post(w.addr, client, &client_body(client, upstream_model, stream, tool));
+                    let r = post(
+                        w.addr,
+                        client,
+                        &client_body(client, upstream_model, stream, tool),
+                    );
                     assert_eq!(r.status, 200, "{cell}: {}", r.text());
                     let reqs = up.requests();
                     assert_eq!(reqs.len(), before + 1, "{cell}");
                     let sent = &reqs[before];
                     assert_eq!(sent.path, provider.upstream_path(), "{cell}");
                     let p = format!("p-{}", &provider.name()[..provider.name().len().min(4)]);
-                    let p = if provider == Api::Messages { "p-msg".into() } else { p };
+                    let p = if provider == Api::Messages {
+                        "p-msg".into()
+                    } else {
+                        p
+                    };
                     assert_eq!(r.header("x-gateway-provider"), Some(p.as_str()), "{cell}");
                     let native = client == provider;
                     let label = format!("{}->{}", client.name(), provider.name());
@@ -377,7 +389,12 @@ fn an_untranslatable_field_is_a_400_naming_it_before_any_provider() {
     b["n"] = json!(2);
     let r = post(w.addr, Api::Chat, &b);
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        r.text()
+    );
     assert!(r.error_message().contains("`n`"), "{}", r.text());
     let mut b = client_body(Api::Messages, "m-resp", false, false);
     b["stop_sequences"] = json!(["END"]);
@@ -397,20 +414,37 @@ fn an_upstream_error_is_translated_with_its_status() {
         "/v1/messages",
         dialects::error(Api::Messages, 422, "prompt is too long for this model"),
     );
-    let r = post(w.addr, Api::Chat, &client_body(Api::Chat, "m-msg", false, false));
+    let r = post(
+        w.addr,
+        Api::Chat,
+        &client_body(Api::Chat, "m-msg", false, false),
+    );
     assert_eq!(r.status, 422, "{}", r.text());
     let v = r.json();
-    assert!(v.get("type").is_none(), "OpenAI shape, not Anthropic's: {v}");
-    assert_eq!(v["error"]["message"], "prompt is too long for this model", "{v}");
+    assert!(
+        v.get("type").is_none(),
+        "OpenAI shape, not Anthropic's: {v}"
+    );
+    assert_eq!(
+        v["error"]["message"], "prompt is too long for this model",
+        "{v}"
+    );
     up.enqueue(
         "/v1/chat/completions",
         dialects::error(Api::Chat, 404, "The model `m-chat` does not exist"),
     );
-    let r = post(w.addr, Api::Messages, &client_body(Api::Messages, "m-chat", true, false));
+    let r = post(
+        w.addr,
+        Api::Messages,
+        &client_body(Api::Messages, "m-chat", true, false),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     let v = r.json();
     assert_eq!(v["type"], "error", "Anthropic shape: {v}");
-    assert_eq!(v["error"]["message"], "The model `m-chat` does not exist", "{v}");
+    assert_eq!(
+        v["error"]["message"], "The model `m-chat` does not exist",
+        "{v}"
+    );
 }
 
 /// An upstream stream that breaks mid-answer ends the translated stream with exactly one
@@ -434,7 +468,10 @@ fn a_broken_translated_stream_ends_with_one_error_event() {
     let errors: Vec<_> = events.iter().filter(|(n, _)| n == "error").collect();
     assert_eq!(errors.len(), 1, "{body}");
     assert!(!body.contains("message_stop"), "{body}");
-    assert!(body.contains("Hell"), "the text before the break went out: {body}");
+    assert!(
+        body.contains("Hell"),
+        "the text before the break went out: {body}"
+    );
     let (_, data) = errors[0];
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["type"], "error", "{v}");
@@ -445,7 +482,10 @@ fn a_broken_translated_stream_ends_with_one_error_event() {
 #[test]
 fn an_alias_fails_over_across_dialects() {
     let flaky = Upstream::start();
-    flaky.set("/v1/chat/completions", dialects::error(Api::Chat, 503, "overloaded"));
+    flaky.set(
+        "/v1/chat/completions",
+        dialects::error(Api::Chat, 503, "overloaded"),
+    );
     let up = Upstream::start();
     up.strict();
     let tail = format!(
@@ -456,9 +496,18 @@ fn an_alias_fails_over_across_dialects() {
     let w = Worker::start(&worker::config(&tail), &[]);
     up.set(
         "/v1/messages",
-        dialects::answer(Api::Messages, "m-msg", &Answer::Text("from claude".into()), true),
+        dialects::answer(
+            Api::Messages,
+            "m-msg",
+            &Answer::Text("from claude".into()),
+            true,
+        ),
     );
-    let r = post(w.addr, Api::Chat, &client_body(Api::Chat, "fast", true, false));
+    let r = post(
+        w.addr,
+        Api::Chat,
+        &client_body(Api::Chat, "fast", true, false),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-gateway-provider"), Some("p-msg"));
     assert_eq!(r.header("x-gateway-attempts"), Some("2"));
@@ -516,10 +565,21 @@ fn through_the_supervisor_with_the_access_log() {
     };
     for stream in [false, true] {
         let a = Answer::Text("over the front".into());
-        up.enqueue("/v1/chat/completions", dialects::answer(Api::Chat, "m-chat", &a, stream));
-        let r = post(run.listen, Api::Messages, &client_body(Api::Messages, "m-chat", stream, false));
+        up.enqueue(
+            "/v1/chat/completions",
+            dialects::answer(Api::Chat, "m-chat", &a, stream),
+        );
+        let r = post(
+            run.listen,
+            Api::Messages,
+            &client_body(Api::Messages, "m-chat", stream, false),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.header("x-gateway-translated"), None, "internal to the gateway");
+        assert_eq!(
+            r.header("x-gateway-translated"),
+            None,
+            "internal to the gateway"
+        );
         assert_eq!(r.header("x-gateway-provider"), Some("p-chat"));
         let got = if stream {
             read_sse(Api::Messages, &r.text())
@@ -580,7 +640,8 @@ fn count_tokens_answers_for_every_model() {
         "/v1/messages/count_tokens",
         Script::json(200, json!({"input_tokens": 42})),
     );
-    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hello world!"}]});
+    let body =
+        |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hello world!"}]});
     let r = http::post_json(w.addr, "/v1/messages/count_tokens", &body("m-msg")).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["input_tokens"], 42, "native");

@@ -366,7 +366,10 @@ apis = ["chat", "speech"]
     let cfg = parse_str(&ok, "t.toml").expect("valid");
     let (a, o) = (&cfg.providers[0], &cfg.providers[1]);
     assert!(a.native_api("messages") && !a.native_api("chat"));
-    assert!(o.native_api("chat") && !o.native_api("responses"), "apis listed: only those");
+    assert!(
+        o.native_api("chat") && !o.native_api("responses"),
+        "apis listed: only those"
+    );
     assert_eq!(a.default_max_tokens, 4096);
     let mut d = ProviderConfig::new("d", ProviderKind::OpenAi, "http://x", &["m"]);
     assert!(["chat", "responses", "completions", "embeddings"]

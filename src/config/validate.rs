@@ -192,12 +192,18 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
             );
         }
         if p.kind == ProviderKind::Mock && !p.apis.is_empty() {
-            c.err(at("apis"), "does not apply to kind = \"mock\", which serves every API");
+            c.err(
+                at("apis"),
+                "does not apply to kind = \"mock\", which serves every API",
+            );
         }
         for a in p.apis.iter().filter(|a| !API_NAMES.contains(&a.as_str())) {
             c.err(
                 at("apis"),
-                format!("unknown api `{a}`, expected one of {}", API_NAMES.join(", ")),
+                format!(
+                    "unknown api `{a}`, expected one of {}",
+                    API_NAMES.join(", ")
+                ),
             );
         }
         if p.default_max_tokens == 0 {

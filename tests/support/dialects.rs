@@ -108,8 +108,10 @@ fn chat_json(model: &str, a: &Answer) -> Value {
 }
 
 fn chat_chunk(model: &str, delta: Value, finish: Value) -> String {
-    data(json!({"id": "chatcmpl-up1", "object": "chat.completion.chunk", "created": 1700000000,
-        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+    data(
+        json!({"id": "chatcmpl-up1", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+    )
 }
 
 fn chat_sse(model: &str, a: &Answer) -> Vec<String> {
@@ -148,9 +150,11 @@ fn chat_sse(model: &str, a: &Answer) -> Vec<String> {
         }
     };
     out.push(chat_chunk(model, json!({}), json!(finish)));
-    out.push(data(json!({"id": "chatcmpl-up1", "object": "chat.completion.chunk",
+    out.push(data(
+        json!({"id": "chatcmpl-up1", "object": "chat.completion.chunk",
         "created": 1700000000, "model": model, "choices": [],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})));
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+    ));
     out.push("data: [DONE]\n\n".into());
     out
 }
@@ -180,21 +184,33 @@ fn messages_sse(model: &str, a: &Answer) -> Vec<String> {
     ];
     let stop = match a {
         Answer::Text(t) => {
-            out.push(event("content_block_start", json!({"type": "content_block_start",
-                "index": 0, "content_block": {"type": "text", "text": ""}})));
+            out.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start",
+                "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
             for p in pieces(t, 4) {
-                out.push(event("content_block_delta", json!({"type": "content_block_delta",
-                    "index": 0, "delta": {"type": "text_delta", "text": p}})));
+                out.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                ));
             }
             "end_turn"
         }
         Answer::Tool(name, args) => {
-            out.push(event("content_block_start", json!({"type": "content_block_start",
+            out.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start",
                 "index": 0, "content_block": {"type": "tool_use", "id": "toolu_abc",
-                "name": name, "input": {}}})));
+                "name": name, "input": {}}}),
+            ));
             for p in pieces(&args.to_string(), 3) {
-                out.push(event("content_block_delta", json!({"type": "content_block_delta",
-                    "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}})));
+                out.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}}),
+                ));
             }
             "tool_use"
         }
@@ -203,8 +219,11 @@ fn messages_sse(model: &str, a: &Answer) -> Vec<String> {
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
-    out.push(event("message_delta", json!({"type": "message_delta",
-        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 7}})));
+    out.push(event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+    ));
     out.push(event("message_stop", json!({"type": "message_stop"})));
     out
 }
@@ -245,32 +264,56 @@ fn responses_sse(model: &str, a: &Answer) -> Vec<String> {
     let done_item = responses_output(a);
     match a {
         Answer::Text(t) => {
-            out.push(ev("response.output_item.added", json!({"output_index": 0,
+            out.push(ev(
+                "response.output_item.added",
+                json!({"output_index": 0,
                 "item": {"type": "message", "id": "msg_up1", "status": "in_progress",
-                "role": "assistant", "content": []}})));
-            out.push(ev("response.content_part.added", json!({"item_id": "msg_up1",
+                "role": "assistant", "content": []}}),
+            ));
+            out.push(ev(
+                "response.content_part.added",
+                json!({"item_id": "msg_up1",
                 "output_index": 0, "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []}})));
+                "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ));
             for p in pieces(t, 4) {
-                out.push(ev("response.output_text.delta", json!({"item_id": "msg_up1",
-                    "output_index": 0, "content_index": 0, "delta": p})));
+                out.push(ev(
+                    "response.output_text.delta",
+                    json!({"item_id": "msg_up1",
+                    "output_index": 0, "content_index": 0, "delta": p}),
+                ));
             }
-            out.push(ev("response.output_text.done", json!({"item_id": "msg_up1",
-                "output_index": 0, "content_index": 0, "text": t})));
-            out.push(ev("response.content_part.done", json!({"item_id": "msg_up1",
+            out.push(ev(
+                "response.output_text.done",
+                json!({"item_id": "msg_up1",
+                "output_index": 0, "content_index": 0, "text": t}),
+            ));
+            out.push(ev(
+                "response.content_part.done",
+                json!({"item_id": "msg_up1",
                 "output_index": 0, "content_index": 0,
-                "part": {"type": "output_text", "text": t, "annotations": []}})));
+                "part": {"type": "output_text", "text": t, "annotations": []}}),
+            ));
         }
         Answer::Tool(name, args) => {
-            out.push(ev("response.output_item.added", json!({"output_index": 0,
+            out.push(ev(
+                "response.output_item.added",
+                json!({"output_index": 0,
                 "item": {"type": "function_call", "id": "fc_up1", "call_id": "call_abc",
-                "name": name, "arguments": "", "status": "in_progress"}})));
+                "name": name, "arguments": "", "status": "in_progress"}}),
+            ));
             for p in pieces(&args.to_string(), 3) {
-                out.push(ev("response.function_call_arguments.delta", json!({"item_id": "fc_up1",
-                    "output_index": 0, "delta": p})));
+                out.push(ev(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": "fc_up1",
+                    "output_index": 0, "delta": p}),
+                ));
             }
-            out.push(ev("response.function_call_arguments.done", json!({"item_id": "fc_up1",
-                "output_index": 0, "arguments": args.to_string()})));
+            out.push(ev(
+                "response.function_call_arguments.done",
+                json!({"item_id": "fc_up1",
+                "output_index": 0, "arguments": args.to_string()}),
+            ));
         }
     }
     out.push(ev(
@@ -295,18 +338,62 @@ pub fn error(api: Api, status: u16, message: &str) -> Script {
 }
 
 const CHAT_KEYS: &[&str] = &[
-    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "stop", "tools", "tool_choice", "parallel_tool_calls", "user",
-    "response_format", "reasoning_effort", "n", "seed", "metadata", "store",
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "response_format",
+    "reasoning_effort",
+    "n",
+    "seed",
+    "metadata",
+    "store",
 ];
 const MESSAGES_KEYS: &[&str] = &[
-    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
-    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
 ];
 const RESPONSES_KEYS: &[&str] = &[
-    "model", "input", "instructions", "stream", "max_output_tokens", "temperature", "top_p",
-    "tools", "tool_choice", "parallel_tool_calls", "store", "text", "reasoning", "user",
-    "safety_identifier", "metadata", "previous_response_id", "include", "truncation",
+    "model",
+    "input",
+    "instructions",
+    "stream",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "store",
+    "text",
+    "reasoning",
+    "user",
+    "safety_identifier",
+    "metadata",
+    "previous_response_id",
+    "include",
+    "truncation",
 ];
 
 /// Whether `body` is a request the real `api` accepts (the checks the real servers make that a
@@ -355,7 +442,9 @@ fn check_chat(o: &serde_json::Map<String, Value>) -> Result<(), String> {
         }
         for (j, c) in m["tool_calls"].as_array().into_iter().flatten().enumerate() {
             if !c["function"]["arguments"].is_string() || !c["id"].is_string() {
-                return Err(format!("messages[{i}].tool_calls[{j}]: id and string arguments required"));
+                return Err(format!(
+                    "messages[{i}].tool_calls[{j}]: id and string arguments required"
+                ));
             }
         }
         if let Some(parts) = m["content"].as_array() {
@@ -367,9 +456,17 @@ fn check_chat(o: &serde_json::Map<String, Value>) -> Result<(), String> {
             }
         }
     }
-    for (i, t) in o.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, t) in o
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if t["type"] != "function" || !t["function"]["name"].is_string() {
-            return Err(format!("tools[{i}]: {{type: function, function: {{name}}}} required"));
+            return Err(format!(
+                "tools[{i}]: {{type: function, function: {{name}}}} required"
+            ));
         }
     }
     if o.contains_key("max_tokens") && o.contains_key("max_completion_tokens") {
@@ -387,13 +484,17 @@ fn check_messages(o: &serde_json::Map<String, Value>) -> Result<(), String> {
     for (i, m) in msgs.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or("");
         if !["user", "assistant"].contains(&role) {
-            return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
+            return Err(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            ));
         }
         if i == 0 && role != "user" {
             return Err("messages.0: the first message must use the user role".into());
         }
         if role == prev {
-            return Err(format!("messages.{i}: roles must alternate between user and assistant"));
+            return Err(format!(
+                "messages.{i}: roles must alternate between user and assistant"
+            ));
         }
         prev = role;
         if let Some(blocks) = m["content"].as_array() {
@@ -403,15 +504,25 @@ fn check_messages(o: &serde_json::Map<String, Value>) -> Result<(), String> {
                     return Err(format!("messages.{i}.content.{j}.type: invalid `{t}`"));
                 }
                 if t == "text" && b["text"].as_str().is_none_or(str::is_empty) {
-                    return Err(format!("messages.{i}.content.{j}: text content blocks must be non-empty"));
+                    return Err(format!(
+                        "messages.{i}.content.{j}: text content blocks must be non-empty"
+                    ));
                 }
                 if t == "tool_use" && !b["input"].is_object() {
-                    return Err(format!("messages.{i}.content.{j}.input: an object is required"));
+                    return Err(format!(
+                        "messages.{i}.content.{j}.input: an object is required"
+                    ));
                 }
             }
         }
     }
-    for (i, t) in o.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, t) in o
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if !t["name"].is_string() || !t["input_schema"].is_object() {
             return Err(format!("tools.{i}: name and input_schema required"));
         }
@@ -435,9 +546,17 @@ fn check_responses(o: &serde_json::Map<String, Value>) -> Result<(), String> {
         }
         _ => return Err("input: Field required".into()),
     }
-    for (i, t) in o.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, t) in o
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if t["type"] != "function" || !t["name"].is_string() {
-            return Err(format!("tools[{i}]: flat {{type: function, name}} required"));
+            return Err(format!(
+                "tools[{i}]: flat {{type: function, name}} required"
+            ));
         }
     }
     Ok(())

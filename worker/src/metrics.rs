@@ -41,7 +41,9 @@ struct TranslatedLabels {
 const APIS: [Api; 3] = [Api::Chat, Api::Messages, Api::Responses];
 
 fn api_index(a: Api) -> usize {
-    APIS.iter().position(|x| *x == a).expect("every Api is listed")
+    APIS.iter()
+        .position(|x| *x == a)
+        .expect("every Api is listed")
 }
 
 /// How one attempt at a provider ended; the `outcome` label.

@@ -37,8 +37,8 @@ use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
 use crate::providers::{mock, Provider, Route};
-use crate::translate::{self, Api};
 use crate::routing::{RouteTable, Target};
+use crate::translate::{self, Api};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
@@ -251,12 +251,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
-            let route = provider
-                .route(r.req.endpoint)
-                .unwrap_or(Route::Native);
+            let route = provider.route(r.req.endpoint).unwrap_or(Route::Native);
             let (body, tr) = match route {
                 Route::Translate { from, to } => {
-                    match translated_request(&r.req.body, target.rewrite.as_deref(), from, to, &provider) {
+                    match translated_request(
+                        &r.req.body,
+                        target.rewrite.as_deref(),
+                        from,
+                        to,
+                        &provider,
+                    ) {
                         Ok((b, t)) => (b, Some(t)),
                         // Before any provider is contacted: the client's 400, naming the field.
                         Err(e) => return e.to_response(dialect),
@@ -312,7 +316,9 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 }
                 let out = if resp.status().is_success() {
                     match &tr {
-                        Some(t) => translated_back(resp, &provider, t.clone(), attempt, guard).await,
+                        Some(t) => {
+                            translated_back(resp, &provider, t.clone(), attempt, guard).await
+                        }
                         None => return stream_back(resp, &provider, dialect, attempt, guard),
                     }
                 } else {
@@ -727,7 +733,10 @@ async fn translated_back(
         ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect)
     };
     if encoded {
-        let msg = format!("provider `{}` sent a compressed answer, which cannot be translated", provider.name());
+        let msg = format!(
+            "provider `{}` sent a compressed answer, which cannot be translated",
+            provider.name()
+        );
         return bad(&mut attempt, msg);
     }
     if is(b"text/event-stream") {
@@ -738,7 +747,10 @@ async fn translated_back(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let body = translate::body::TranslateBody::new(inner, t.to, t.from, opts);
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let mut out = Response::new(ResBody::Translate(Box::new(body)));
         *out.status_mut() = parts.status;
@@ -748,21 +760,25 @@ async fn translated_back(
     let (raw, cut) = read_capped(body, MAX_TRANSLATED_BODY, provider.config.idle_timeout).await;
     drop(guard);
     if cut {
-        let msg = format!("provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes", provider.name());
+        let msg = format!(
+            "provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes",
+            provider.name()
+        );
         return bad(&mut attempt, msg);
     }
     let translated = serde_json::from_slice::<serde_json::Value>(&raw)
-        .map_err(|e| {
-            translate::TranslateError::Upstream {
-                field: String::new(),
-                reason: format!("not JSON: {e}"),
-            }
+        .map_err(|e| translate::TranslateError::Upstream {
+            field: String::new(),
+            reason: format!("not JSON: {e}"),
         })
         .and_then(|v| translate::translate_response(t.to, t.from, &v, &t.client_model));
     match translated {
         Ok((v, _usage)) => {
             attempt.finish(Outcome::Success);
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
             let mut out = Response::new(ResBody::Whole(Some(bytes.into()), provider.clone()));
             *out.status_mut() = parts.status;

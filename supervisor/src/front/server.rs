@@ -17,8 +17,8 @@ use super::forward::{forward_request, Prepared, REQUEST_ID};
 use super::{waiting, FrontContext, Settings, Shared};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
-use gateway::read_timeouts::{first_head_within, HeadSeen};
 use gateway::model_list;
+use gateway::read_timeouts::{first_head_within, HeadSeen};
 use gateway::upload::{self, Refused};
 use gateway::{ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderValue};
@@ -325,14 +325,20 @@ async fn answer_locally(
         }
         Route::Models => {
             let body = shared.models.get(cfg, &settings.floor_models);
-            json(StatusCode::OK, models_for(req, body, model_list::anthropic_list))
+            json(
+                StatusCode::OK,
+                models_for(req, body, model_list::anthropic_list),
+            )
         }
         Route::Model => {
             let found = model_list::retrieve_id(req.uri().path())
                 .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "malformed model id"))
                 .and_then(|id| shared.models.retrieve(cfg, &settings.floor_models, &id));
             match found {
-                Ok(body) => json(StatusCode::OK, models_for(req, body, model_list::anthropic_entry)),
+                Ok(body) => json(
+                    StatusCode::OK,
+                    models_for(req, body, model_list::anthropic_entry),
+                ),
                 Err(e) if model_list::anthropic_requested(req.headers()) => {
                     e.to_response(Dialect::Anthropic)
                 }

@@ -24,7 +24,9 @@ fn chars(v: &Value) -> usize {
 
 /// The estimated `input_tokens` of a Messages request body.
 pub fn estimate(body: &Value) -> u64 {
-    let tools = body.get("tools").map_or(0, |t| t.to_string().chars().count());
+    let tools = body
+        .get("tools")
+        .map_or(0, |t| t.to_string().chars().count());
     let c = chars(&body["system"]) + chars(&body["messages"]) + tools;
     c.div_ceil(4) as u64
 }
@@ -59,6 +61,9 @@ mod tests {
         // "abcd" + "text" (the block type) + "user" + "hello" = 17 characters -> 5.
         assert_eq!(estimate(&b), 5);
         let with_tools = json!({"messages": [], "tools": [{"name": "ab"}]});
-        assert_eq!(estimate(&with_tools), r#"[{"name":"ab"}]"#.len().div_ceil(4) as u64);
+        assert_eq!(
+            estimate(&with_tools),
+            r#"[{"name":"ab"}]"#.len().div_ceil(4) as u64
+        );
     }
 }

@@ -15,8 +15,8 @@ use crate::breaker::{Breaker, BreakerConfig, CircuitState};
 use crate::connect::{ClientFactory, UpstreamClient};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Metrics, ProviderMetrics};
-use gateway::config::{ProviderConfig, ProviderKind};
 use crate::translate::Api;
+use gateway::config::{ProviderConfig, ProviderKind};
 use http::{HeaderName, HeaderValue};
 use state::ProviderState;
 use std::sync::Arc;
@@ -26,7 +26,10 @@ use std::sync::Arc;
 pub enum Route {
     Native,
     /// The client speaks `from`; the provider is sent (and answers in) `to`.
-    Translate { from: Api, to: Api },
+    Translate {
+        from: Api,
+        to: Api,
+    },
 }
 
 /// One configured provider.

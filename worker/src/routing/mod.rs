@@ -280,12 +280,16 @@ pub(crate) mod tests {
                 to: crate::translate::Api::Chat
             })
         );
-        assert_eq!(t.candidates("claude", Endpoint::Messages).unwrap().len(), 1);
-        // An Anthropic-only model on the embeddings API (never translated): a clear 400, not a
-        // 404, naming the API.
-        let e = t.candidates("claude", Endpoint::Embeddings).unwrap_err();
+        // Native first, then the wildcard OpenAI provider, translated.
+        assert_eq!(
+            names(&t, &t.candidates("claude", Endpoint::Messages).unwrap()),
+            ["an", "any"]
+        );
+        // An OpenAI-only model on count_tokens (never translated): a clear 400, not a 404,
+        // naming the API.
+        let e = t.candidates("gpt", Endpoint::CountTokens).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
-        assert!(e.message.contains("`embeddings`"), "{}", e.message);
+        assert!(e.message.contains("`messages`"), "{}", e.message);
         // Unknown model with a wildcard provider: the wildcard takes it (OpenAI) ...
         assert_eq!(
             names(&t, &t.candidates("whatever", Endpoint::Embeddings).unwrap()),
