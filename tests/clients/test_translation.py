@@ -67,8 +67,13 @@ def test_text(client, provider, stream, oai, ant, dialect_upstream):
     text, model = text_of(client, oai, ant, MODEL[provider], stream)
     assert text == f"Hello from {provider}!"
     assert model == MODEL[provider]
-    path, _, _ = dialect_upstream.last()
-    assert path.endswith({"chat": "/chat/completions", "messages": "/v1/messages", "responses": "/responses"}[provider])
+    assert_served_by(dialect_upstream, provider)
+
+
+def assert_served_by(upstream, provider):
+    """The last upstream request went to `provider`'s API path."""
+    path, _, _ = upstream.last()
+    assert path == {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}[provider]
 
 
 def streamed_tool_call(client, oai, ant, model):
@@ -97,8 +102,9 @@ def streamed_tool_call(client, oai, ant, model):
 
 
 @pytest.mark.parametrize("client,provider", CELLS)
-def test_streamed_tool_call(client, provider, oai, ant):
+def test_streamed_tool_call(client, provider, oai, ant, dialect_upstream):
     assert streamed_tool_call(client, oai, ant, MODEL[provider]) == ("weather", ARGS)
+    assert_served_by(dialect_upstream, provider)
 
 
 @pytest.mark.parametrize("client,provider", CELLS)
@@ -132,6 +138,7 @@ def test_multi_turn_with_tool_results(client, provider, oai, ant, dialect_upstre
         second = oai.responses.create(model=model, input=items, tools=tools_for("responses"))
         text = second.output_text
     assert text == SUNNY
+    assert_served_by(dialect_upstream, provider)
     # The provider got the tool result in its own API's form.
     _, _, body = dialect_upstream.last()
     if provider == "chat":
