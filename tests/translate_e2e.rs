@@ -402,6 +402,16 @@ fn an_untranslatable_field_is_a_400_naming_it_before_any_provider() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["type"], "error", "Anthropic shape: {}", r.text());
     assert!(r.error_message().contains("stop_sequences"), "{}", r.text());
+    // Stored responses cannot be served statelessly by a translated provider.
+    let mut b = client_body(Api::Responses, "m-chat", true, false);
+    b["previous_response_id"] = json!("resp_123");
+    let r = post(w.addr, Api::Responses, &b);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.error_message().contains("previous_response_id"),
+        "{}",
+        r.text()
+    );
     assert_eq!(up.request_count(), 0, "no provider was contacted");
 }
 
