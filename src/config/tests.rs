@@ -379,3 +379,11 @@ apis = ["chat", "speech"]
     d.kind = ProviderKind::Mock;
     assert!(d.native_api("messages"));
 }
+
+#[test]
+fn mock_apis_and_zero_default_max_tokens_are_located_errors() {
+    let text = "[[providers]]\nname = \"d\"\nkind = \"mock\"\nmodels = [\"m\"]\napis = [\"chat\"]\ndefault_max_tokens = 0\n";
+    let e = assert_error_at(text, "providers[0].apis", 5);
+    assert!(e.message.contains("mock"), "{e}");
+    assert_error_at(text, "providers[0].default_max_tokens", 6);
+}
