@@ -1,5 +1,6 @@
 //! The OpenAI model list (`GET /v1/models`) and one entry of it (`GET /v1/models/{id}`), built
-//! in one place for the front's cache and the workers, so both answer the same objects.
+//! in one place for the front's cache and the workers, so both answer the same objects; and the
+//! same list in Anthropic's shape, for requests that carry `anthropic-version`.
 
 use crate::config::ProviderConfig;
 use crate::{ApiError, ErrorKind};
@@ -46,6 +47,31 @@ impl ModelList {
     pub fn to_json(&self) -> Value {
         json!({"object": "list", "data": self.data})
     }
+}
+
+/// Whether a models request comes from an Anthropic client (its SDKs always send
+/// `anthropic-version`): it then gets Anthropic's list and entry shapes and error format.
+pub fn anthropic_requested(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
+}
+
+/// One OpenAI model object as Anthropic's `{type, id, display_name, created_at}`.
+pub fn anthropic_entry(m: &Value) -> Value {
+    let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+    json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+}
+
+/// An OpenAI list (`{"data":[...]}`) as Anthropic's page: `{data, has_more, first_id,
+/// last_id}`, the whole list on one page.
+pub fn anthropic_list(list: &Value) -> Value {
+    let data: Vec<Value> = list
+        .get("data")
+        .and_then(Value::as_array)
+        .map(|d| d.iter().map(anthropic_entry).collect())
+        .unwrap_or_default();
+    let first = data.first().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    let last = data.last().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    json!({"data": data, "has_more": false, "first_id": first, "last_id": last})
 }
 
 /// The `{id}` of a `/v1/models/{id}` path, percent-decoded (SDKs escape the `/` of ids such as
@@ -118,6 +144,24 @@ mod tests {
         let e = find(&list, "nope").unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("nope"));
+    }
+
+    #[test]
+    fn anthropic_shapes() {
+        let a = ProviderConfig::new("a", ProviderKind::Mock, "", &["m1", "m2"]);
+        let list = anthropic_list(&ModelList::configured([&a], ["fast"]).to_json());
+        assert_eq!(list["has_more"], false);
+        assert_eq!(list["first_id"], "m1");
+        assert_eq!(list["last_id"], "fast");
+        assert_eq!(
+            list["data"][1],
+            json!({"type": "model", "id": "m2", "display_name": "m2",
+                "created_at": "1970-01-01T00:00:00Z"})
+        );
+        let mut h = http::HeaderMap::new();
+        assert!(!anthropic_requested(&h));
+        h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        assert!(anthropic_requested(&h));
     }
 
     #[test]

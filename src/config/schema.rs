@@ -251,6 +251,19 @@ pub struct ProviderConfig {
     /// `mock` only: streaming pace; absent or 0 = as fast as possible.
     #[serde(default)]
     pub tokens_per_second: Option<f64>,
+    /// The APIs served natively (`API_NAMES`); empty = the kind's default (`native_apis`).
+    #[serde(default)]
+    pub apis: Vec<String>,
+    /// `max_tokens` sent when a translated request to an API that requires it has none.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+/// The names `[[providers]] apis` accepts.
+pub const API_NAMES: &[&str] = &["chat", "messages", "responses", "completions", "embeddings"];
+
+fn default_max_tokens() -> u64 {
+    4096
 }
 
 fn default_weight() -> f64 {
@@ -282,6 +295,23 @@ impl ProviderConfig {
             idle_timeout: default_idle_timeout(),
             latency: None,
             tokens_per_second: None,
+            apis: Vec::new(),
+            default_max_tokens: default_max_tokens(),
+        }
+    }
+
+    /// Whether the provider serves `api` (one of `API_NAMES`) natively: as `apis` lists, or by
+    /// its kind's default when `apis` is empty (openai: chat, responses, completions,
+    /// embeddings; anthropic: messages; mock: all).
+    pub fn native_api(&self, api: &str) -> bool {
+        if !self.apis.is_empty() {
+            return self.apis.iter().any(|a| a == api);
+        }
+        match self.kind {
+            ProviderKind::OpenAi => api != "messages",
+            ProviderKind::Anthropic => api == "messages",
+            ProviderKind::Mock => true,
+            ProviderKind::Unknown(_) => false,
         }
     }
 

@@ -340,3 +340,50 @@ fn lookup_order() {
         ConfigSource::File("x.toml".into())
     );
 }
+
+#[test]
+fn provider_apis_default_by_kind_and_unknown_names_are_located() {
+    let text = r#"
+[[providers]]
+name = "a"
+kind = "anthropic"
+base_url = "http://x"
+models = ["m"]
+
+[[providers]]
+name = "o"
+kind = "openai"
+base_url = "http://x"
+models = ["m"]
+apis = ["chat", "speech"]
+"#;
+    let e = assert_error_at(text, "providers[1].apis", 13);
+    assert!(
+        e.message.contains("`speech`") && e.message.contains("responses"),
+        "{e}"
+    );
+    let ok = text.replace(", \"speech\"", "");
+    let cfg = parse_str(&ok, "t.toml").expect("valid");
+    let (a, o) = (&cfg.providers[0], &cfg.providers[1]);
+    assert!(a.native_api("messages") && !a.native_api("chat"));
+    assert!(
+        o.native_api("chat") && !o.native_api("responses"),
+        "apis listed: only those"
+    );
+    assert_eq!(a.default_max_tokens, 4096);
+    let mut d = ProviderConfig::new("d", ProviderKind::OpenAi, "http://x", &["m"]);
+    assert!(["chat", "responses", "completions", "embeddings"]
+        .iter()
+        .all(|x| d.native_api(x)));
+    assert!(!d.native_api("messages"));
+    d.kind = ProviderKind::Mock;
+    assert!(d.native_api("messages"));
+}
+
+#[test]
+fn mock_apis_and_zero_default_max_tokens_are_located_errors() {
+    let text = "[[providers]]\nname = \"d\"\nkind = \"mock\"\nmodels = [\"m\"]\napis = [\"chat\"]\ndefault_max_tokens = 0\n";
+    let e = assert_error_at(text, "providers[0].apis", 5);
+    assert!(e.message.contains("mock"), "{e}");
+    assert_error_at(text, "providers[0].default_max_tokens", 6);
+}

@@ -1,7 +1,7 @@
 //! Semantic checks that serde cannot express. `validate()` collects every problem before
 //! returning, so a user fixes the whole file in one pass (Horust, pingora `ServerConf::validate`).
 
-use super::schema::{split_provider_model, Config, ProviderKind, Strategy};
+use super::schema::{split_provider_model, Config, ProviderKind, Strategy, API_NAMES};
 use std::collections::HashSet;
 
 /// One semantic problem: the key path it concerns and what is wrong.
@@ -190,6 +190,24 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
                 at("kind"),
                 "`latency` and `tokens_per_second` apply only to kind = \"mock\"",
             );
+        }
+        if p.kind == ProviderKind::Mock && !p.apis.is_empty() {
+            c.err(
+                at("apis"),
+                "does not apply to kind = \"mock\", which serves every API",
+            );
+        }
+        for a in p.apis.iter().filter(|a| !API_NAMES.contains(&a.as_str())) {
+            c.err(
+                at("apis"),
+                format!(
+                    "unknown api `{a}`, expected one of {}",
+                    API_NAMES.join(", ")
+                ),
+            );
+        }
+        if p.default_max_tokens == 0 {
+            c.err(at("default_max_tokens"), "must be at least 1");
         }
     }
 }

@@ -101,11 +101,35 @@ models = ["up-model"]
 """
 
 
+# Translation tests: one provider per provider API on the strict dialect upstream.
+DIALECT_CONFIG = CONFIG.split("[[providers]]")[0] + """
+[[providers]]
+name = "p-chat"
+kind = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+models = ["m-chat"]
+apis = ["chat"]
+
+[[providers]]
+name = "p-resp"
+kind = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+models = ["m-resp"]
+apis = ["responses"]
+
+[[providers]]
+name = "p-msg"
+kind = "anthropic"
+base_url = "http://127.0.0.1:{port}"
+models = ["m-msg"]
+"""
+
+
 class Gateway:
-    def __init__(self, tmp, upstream):
+    def __init__(self, tmp, upstream, config=CONFIG):
         self.token = "sdk-test-token-1234"
         cfg = tmp / "gateway.toml"
-        cfg.write_text(CONFIG.format(runtime=tmp / "run", port=upstream.port))
+        cfg.write_text(config.format(runtime=tmp / "run", port=upstream.port))
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "GATEWAY_CONFIG")}
         env["GW_SDK_TEST_TOKEN"] = self.token
         self.proc = subprocess.Popen([str(BIN), "start", "-c", str(cfg)], stdout=subprocess.PIPE,
@@ -159,5 +183,22 @@ def gateway(tmp_path_factory, upstream):
     if not BIN.exists():
         pytest.fail(f"{BIN} not built; run cargo build -p supervisor first")
     g = Gateway(tmp_path_factory.mktemp("gw"), upstream)
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="session")
+def dialect_upstream():
+    from dialect_upstream import DialectUpstream
+    u = DialectUpstream()
+    yield u
+    u.close()
+
+
+@pytest.fixture(scope="session")
+def dialect_gateway(tmp_path_factory, dialect_upstream):
+    if not BIN.exists():
+        pytest.fail(f"{BIN} not built; run cargo build -p supervisor first")
+    g = Gateway(tmp_path_factory.mktemp("gw-dialects"), dialect_upstream, DIALECT_CONFIG)
     yield g
     g.stop()

@@ -8,7 +8,9 @@
 //! (`set`), then the `"*"` entries, else a 404. Every request is recorded (method, path with
 //! query, headers, body); in-flight requests and the maximum seen are counted; responses whose
 //! body was dropped before its end (the peer closed the connection) and closed connections are
-//! counted too, with blocking `wait_*` helpers that take a deadline.
+//! counted too, with blocking `wait_*` helpers that take a deadline. A `strict` upstream first
+//! checks requests on the three model APIs' paths as the real servers do (`dialects::check`)
+//! and answers a rejected one with that API's 400 instead of its script.
 //!
 //! ```ignore
 //! let up = Upstream::start();
@@ -218,6 +220,7 @@ struct State {
     aborted: usize,
     connections_opened: usize,
     connections_closed: usize,
+    strict: bool,
 }
 
 struct Shared {
@@ -309,6 +312,11 @@ impl Upstream {
     pub fn set(&self, path: &str, s: Script) {
         self.shared
             .update(|st| st.standing.insert(path.to_string(), s));
+    }
+
+    /// Rejects requests the real API would reject (`dialects::check`) with its 400.
+    pub fn strict(&self) {
+        self.shared.update(|st| st.strict = true);
     }
 
     /// Forgets every queued and standing script (recorded requests and counters stay).
@@ -482,6 +490,13 @@ async fn respond(
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
     let target = parts.uri.to_string();
+    let strict = shared.update(|st| st.strict);
+    let rejected = super::dialects::Api::of_path(&path)
+        .filter(|_| strict)
+        .and_then(|api| {
+            let e = super::dialects::check(api, &parts.headers, &body).err()?;
+            Some(super::dialects::error(api, 400, &e))
+        });
     let script = shared.update(|st| {
         st.requests.push(Recorded {
             method: parts.method.to_string(),
@@ -490,7 +505,7 @@ async fn respond(
             headers: parts.headers.clone(),
             body,
         });
-        pick(st, &path)
+        rejected.or_else(|| pick(st, &path))
     });
     let script = script.unwrap_or_else(|| {
         Script::json(404, serde_json::json!({"error": {"message": format!("mock upstream: no script for {path}")}}))

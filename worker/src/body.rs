@@ -198,6 +198,11 @@ pub fn proxy_body(
 }
 
 impl AttemptHooks {
+    /// The provider whose answer this is.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.attempt.provider
+    }
+
     fn fail(&mut self, err: StreamError, outcome: Outcome) -> Failure {
         self.attempt.finish(outcome);
         tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
@@ -361,9 +366,13 @@ fn settle(dialect: Dialect, resp: http::Response<ResBody>) -> Result<ResBody, Fa
 /// Every response body the worker sends.
 pub enum ResBody {
     Full(Option<Bytes>),
+    /// A provider's answer read whole (a translated JSON answer), labelled with its provider.
+    Whole(Box<WholeBody>),
     Proxy(Box<ProxyBody>),
     Mock(MockBody),
     Waiting(Box<Waiting>),
+    /// A provider's stream translated into the client's API (`translate::body`).
+    Translate(Box<crate::translate::body::TranslateBody>),
     /// A refused upload's answer, draining the upload after it (`gateway::upload`).
     Drain(Box<gateway::upload::Drain<Incoming>>),
 }
@@ -379,6 +388,8 @@ impl ResBody {
         match self {
             Self::Proxy(p) => Some(&p.hooks().attempt.provider),
             Self::Mock(m) => Some(&m.attempt.provider),
+            Self::Translate(t) => Some(t.provider()),
+            Self::Whole(w) => Some(&w.provider),
             Self::Full(_) | Self::Waiting(_) | Self::Drain(_) => None,
         }
     }
@@ -391,4 +402,40 @@ impl From<String> for ResBody {
 }
 
 // The dispatch to the variants is the relay layer's, shared with the front.
-gateway::body_enum!(ResBody: full Full, Proxy, Mock, Waiting, Drain);
+gateway::body_enum!(ResBody: full Full, Whole, Proxy, Mock, Waiting, Translate, Drain);
+
+/// A provider's answer read whole (a translated JSON answer), labelled with its provider so the
+/// response still names who answered.
+pub struct WholeBody {
+    bytes: Option<Bytes>,
+    pub provider: Arc<Provider>,
+}
+
+impl WholeBody {
+    pub fn new(bytes: Bytes, provider: Arc<Provider>) -> Self {
+        Self {
+            bytes: Some(bytes),
+            provider,
+        }
+    }
+}
+
+impl Body for WholeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.get_mut().bytes.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}

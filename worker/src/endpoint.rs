@@ -1,5 +1,7 @@
-//! The inference endpoints the worker serves and which dialect each one speaks.
+//! The inference endpoints the worker serves, which dialect each one speaks and which API name
+//! (`[[providers]] apis`) serves it.
 
+use crate::translate::Api;
 use gateway::Dialect;
 
 /// One inference endpoint (the paths the front forwards with a JSON body).
@@ -41,6 +43,38 @@ impl Endpoint {
         match self {
             Self::Messages | Self::CountTokens => Dialect::Anthropic,
             _ => Dialect::OpenAi,
+        }
+    }
+
+    /// The `[[providers]] apis` name that serves this endpoint natively (`count_tokens` belongs
+    /// to the Messages API).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages | Self::CountTokens => "messages",
+        }
+    }
+
+    /// The translatable API of this endpoint; `None` for the endpoints that are never
+    /// translated (completions, embeddings, count_tokens).
+    pub fn api(self) -> Option<Api> {
+        match self {
+            Self::ChatCompletions => Some(Api::Chat),
+            Self::Messages => Some(Api::Messages),
+            Self::Responses => Some(Api::Responses),
+            _ => None,
+        }
+    }
+
+    /// The endpoint a provider serving `api` answers on.
+    pub fn of_api(api: Api) -> Self {
+        match api {
+            Api::Chat => Self::ChatCompletions,
+            Api::Messages => Self::Messages,
+            Api::Responses => Self::Responses,
         }
     }
 

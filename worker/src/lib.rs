@@ -28,7 +28,7 @@ mod server;
 pub mod translate;
 
 pub use error::WorkerError;
-pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER};
+pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER, TRANSLATED_HEADER};
 pub use heartbeat::HeartbeatConfig;
 
 use gateway::config::Config;

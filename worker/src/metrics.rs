@@ -4,6 +4,8 @@
 //! request path only touches atomics and never the `Family` map's lock.
 
 use crate::breaker::CircuitState;
+use crate::endpoint::Endpoint;
+use crate::translate::Api;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +29,21 @@ struct TransitionLabels {
 struct OutcomeLabels {
     provider: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TranslatedLabels {
+    from: &'static str,
+    to: &'static str,
+}
+
+/// The three translatable APIs, in the order that indexes `translated` (from * 3 + to).
+const APIS: [Api; 3] = [Api::Chat, Api::Messages, Api::Responses];
+
+fn api_index(a: Api) -> usize {
+    APIS.iter()
+        .position(|x| *x == a)
+        .expect("every Api is listed")
 }
 
 /// How one attempt at a provider ended; the `outcome` label.
@@ -98,6 +115,8 @@ pub struct ProviderMetrics {
     /// `gateway_circuit_state_changes_total` for each legal edge, in `EDGES` order, created at
     /// start-up so that a transition touches atomics only, never the family's map lock.
     transitions: [Counter; 4],
+    /// `gateway_translated_requests_total{from,to}` (shared by every provider), pre-created.
+    translated: [Counter; 9],
 }
 
 /// The breaker's legal edges.
@@ -120,6 +139,11 @@ impl ProviderMetrics {
             self.transitions[i].inc();
         }
     }
+
+    /// Counts one request translated from the client's API to the provider's.
+    pub fn translated(&self, from: Api, to: Api) {
+        self.translated[api_index(from) * 3 + api_index(to)].inc();
+    }
 }
 
 /// The registry and its families.
@@ -130,6 +154,7 @@ pub struct Metrics {
     latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     circuit: Family<ProviderLabel, Gauge>,
     changes: Family<TransitionLabels, Counter>,
+    translated: Family<TranslatedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -165,12 +190,19 @@ impl Metrics {
             "Circuit breaker transitions per provider",
             changes.clone(),
         );
+        let translated = Family::<TranslatedLabels, Counter>::default();
+        registry.register(
+            "gateway_translated_requests",
+            "Requests translated from the client's API (from) to the provider's (to)",
+            translated.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             circuit,
             changes,
+            translated,
         }
     }
 
@@ -197,6 +229,19 @@ impl Metrics {
                         provider: provider.to_string(),
                         from: from.as_str(),
                         to: to.as_str(),
+                    })
+                    .clone()
+            }),
+            translated: std::array::from_fn(|i| {
+                let name = |a: Api| Endpoint::of_api(a).api_name();
+                if i / 3 == i % 3 {
+                    // Native: never counted, so not exposed as a series.
+                    return Counter::default();
+                }
+                self.translated
+                    .get_or_create(&TranslatedLabels {
+                        from: name(APIS[i / 3]),
+                        to: name(APIS[i % 3]),
                     })
                     .clone()
             }),
@@ -243,7 +288,12 @@ mod tests {
             "{text}"
         );
         p.transition(CircuitState::Closed, CircuitState::Open);
+        p.translated(Api::Messages, Api::Chat);
         let text = m.encode();
+        assert!(
+            text.contains("gateway_translated_requests_total{from=\"messages\",to=\"chat\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("gateway_circuit_state{provider=\"demo\"} 1"),
             "{text}"

@@ -33,12 +33,13 @@
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
 
-use crate::body::{proxy_body, Attempt, RequestGuard, ResBody};
+use crate::body::{proxy_body, Attempt, RequestGuard, ResBody, WholeBody};
 use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
-use crate::providers::{mock, Provider};
+use crate::providers::{mock, Provider, Route};
 use crate::routing::{RouteTable, Target};
+use crate::translate::{self, Api};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
@@ -251,12 +252,28 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
-            let body = match &target.rewrite {
-                Some(model) => match rewrite_model(&r.req.body, model) {
-                    Ok(b) => b,
-                    Err(e) => return e.to_response(dialect),
+            let route = provider.route(r.req.endpoint).unwrap_or(Route::Native);
+            let (body, tr) = match route {
+                Route::Translate { from, to } => {
+                    match translated_request(
+                        &r.req.body,
+                        target.rewrite.as_deref(),
+                        from,
+                        to,
+                        &provider,
+                    ) {
+                        Ok((b, t)) => (b, Some(t)),
+                        // Before any provider is contacted: the client's 400, naming the field.
+                        Err(e) => return e.to_response(dialect),
+                    }
+                }
+                Route::Native => match &target.rewrite {
+                    Some(model) => match rewrite_model(&r.req.body, model) {
+                        Ok(b) => (b, None),
+                        Err(e) => return e.to_response(dialect),
+                    },
+                    None => (r.req.body.clone(), None),
                 },
-                None => r.req.body.clone(),
             };
             let slot = match take_slot(&mut r, &provider).await {
                 SlotWait::Got(s) => s,
@@ -280,7 +297,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     .await;
             }
             let mut attempt = Attempt::start(provider.clone(), slot);
-            let resp = match send(&provider, &r.req, body).await {
+            let resp = match send(&provider, &r.req, tr.as_ref(), body).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     attempt.finish(e.outcome);
@@ -295,15 +312,26 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
-                if resp.status().is_success() {
-                    return stream_back(resp, &provider, dialect, attempt, guard);
+                if let Some(t) = &tr {
+                    provider.metrics.translated(t.from, t.to);
                 }
-                // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
-                attempt.finish(Outcome::ClientError);
-                return error_response(resp, &provider, dialect).await;
+                let out = if resp.status().is_success() {
+                    match &tr {
+                        Some(t) => {
+                            translated_back(resp, &provider, t.clone(), attempt, guard).await
+                        }
+                        None => return stream_back(resp, &provider, dialect, attempt, guard),
+                    }
+                } else {
+                    // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
+                    attempt.finish(Outcome::ClientError);
+                    error_response(resp, &provider, dialect, tr.as_ref()).await
+                };
+                return mark_translated(out, tr.as_ref());
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
-            r.last = Some(error_response(resp, &provider, dialect).await);
+            let out = error_response(resp, &provider, dialect, tr.as_ref()).await;
+            r.last = Some(mark_translated(out, tr.as_ref()));
         }
         r.last.unwrap_or_else(|| {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
@@ -442,6 +470,7 @@ async fn error_response(
     resp: Response<Incoming>,
     p: &Provider,
     dialect: Dialect,
+    tr: Option<&Translation>,
 ) -> Response<ResBody> {
     let (parts, body) = resp.into_parts();
     let wait = p.config.idle_timeout.min(Duration::from_secs(10));
@@ -465,7 +494,15 @@ async fn error_response(
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
         && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-    let body = if is_json {
+    let body = if let (true, Some(t)) = (is_json, tr) {
+        // The provider's error in its dialect, re-said in the client's (after the redaction).
+        Bytes::from(translate::translate_error(
+            t.to,
+            t.from,
+            parts.status.as_u16(),
+            &bytes,
+        ))
+    } else if is_json {
         bytes
     } else {
         let kind = ErrorKind::from_upstream_status(parts.status.as_u16());
@@ -492,8 +529,10 @@ async fn error_response(
 async fn send(
     p: &Provider,
     req: &Forward,
+    tr: Option<&Translation>,
     body: Bytes,
 ) -> Result<Response<Incoming>, AttemptError> {
+    let endpoint = tr.map_or(req.endpoint, |t| Endpoint::of_api(t.to));
     let internal = |m: String| AttemptError {
         outcome: Outcome::ConnectError,
         error: ApiError::new(ErrorKind::Internal, m),
@@ -503,7 +542,7 @@ async fn send(
         .client
         .as_ref()
         .ok_or_else(|| internal(format!("provider `{}` has no client", p.name())))?;
-    let uri = p.uri(req.endpoint, req.query.as_deref()).map_err(|e| {
+    let uri = p.uri(endpoint, req.query.as_deref()).map_err(|e| {
         internal(format!(
             "provider `{}` has an unusable base_url: {e}",
             p.name()
@@ -513,6 +552,9 @@ async fn send(
     *out.method_mut() = http::Method::POST;
     *out.uri_mut() = uri;
     *out.headers_mut() = req.headers.clone();
+    if tr.is_some() {
+        translated_headers(out.headers_mut());
+    }
     p.apply_headers(out.headers_mut());
     let limit = p.config.first_byte_timeout;
     match tokio::time::timeout(limit, client.request(out)).await {
@@ -582,6 +624,173 @@ fn stream_back(
     }
     let body = proxy_body(body, provider.config.idle_timeout, sse, attempt, guard);
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
+}
+
+/// A request on its way to a provider of another API.
+#[derive(Debug, Clone)]
+struct Translation {
+    /// The client's API.
+    from: Api,
+    /// The provider's API.
+    to: Api,
+    /// The model the client asked for: the translated answer carries it (an alias stays one).
+    client_model: String,
+    /// A Chat client asked for the usage-only chunk.
+    include_usage: bool,
+}
+
+/// Largest translated non-streamed answer read into memory (it must be whole to be decoded).
+const MAX_TRANSLATED_BODY: usize = 32 << 20;
+
+/// The client's body decoded in its API and encoded for the provider's, with the alias
+/// target's model when there is one and the provider's `default_max_tokens`.
+fn translated_request(
+    client_body: &Bytes,
+    rewrite: Option<&str>,
+    from: Api,
+    to: Api,
+    p: &Provider,
+) -> Result<(Bytes, Translation), ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(client_body)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}")))?;
+    let mut req = translate::decode_request(from, &v).map_err(|e| e.to_api_error())?;
+    let t = Translation {
+        from,
+        to,
+        client_model: req.model.clone(),
+        include_usage: req.include_usage,
+    };
+    if let Some(m) = rewrite {
+        req.model = m.to_string();
+    }
+    let opts = translate::RequestOptions {
+        default_max_tokens: p.config.default_max_tokens,
+    };
+    let out = translate::encode_request(from, to, &req, &opts).map_err(|e| e.to_api_error())?;
+    Ok((
+        Bytes::from(serde_json::to_vec(&out).expect("a JSON value serializes")),
+        t,
+    ))
+}
+
+/// Client headers that belong to the client's API, not the provider's: an Anthropic client's
+/// `anthropic-*` headers (the provider kind sets its own `anthropic-version`), and
+/// `accept-encoding`, because the translator must read the answer uncompressed.
+fn translated_headers(h: &mut HeaderMap) {
+    h.remove(header::ACCEPT_ENCODING);
+    let anthropic: Vec<header::HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("anthropic-"))
+        .cloned()
+        .collect();
+    for k in anthropic {
+        h.remove(k);
+    }
+}
+
+/// Labels a translated answer `FROM->TO` for the front's access log.
+fn mark_translated(mut resp: Response<ResBody>, tr: Option<&Translation>) -> Response<ResBody> {
+    if let Some(t) = tr {
+        let v = format!(
+            "{}->{}",
+            Endpoint::of_api(t.from).api_name(),
+            Endpoint::of_api(t.to).api_name()
+        );
+        if let Ok(v) = HeaderValue::try_from(v) {
+            resp.headers_mut().insert(crate::TRANSLATED_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// A provider's successful answer in its API, for a client of another: an event stream goes
+/// through `TranslateBody` chunk by chunk; a JSON answer is read whole (bounded) and translated.
+async fn translated_back(
+    resp: Response<Incoming>,
+    provider: &Arc<Provider>,
+    t: Translation,
+    mut attempt: Attempt,
+    guard: RequestGuard,
+) -> Response<ResBody> {
+    let dialect = t.from.dialect();
+    let (parts, body) = resp.into_parts();
+    let mut headers = headers::client_response(&parts.headers, &provider.secret, false);
+    let is = |v: &[u8]| {
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(v))
+    };
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bad = |attempt: &mut Attempt, msg: String| {
+        attempt.finish(Outcome::ServerError);
+        ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect)
+    };
+    if encoded {
+        let msg = format!(
+            "provider `{}` sent a compressed answer, which cannot be translated",
+            provider.name()
+        );
+        return bad(&mut attempt, msg);
+    }
+    if is(b"text/event-stream") {
+        let inner = proxy_body(body, provider.config.idle_timeout, None, attempt, guard);
+        let mut opts = translate::StreamOptions::new(t.client_model);
+        opts.include_usage = t.include_usage;
+        opts.created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let body = translate::body::TranslateBody::new(inner, t.to, t.from, opts);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let mut out = Response::new(ResBody::Translate(Box::new(body)));
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = headers;
+        return out;
+    }
+    let (raw, cut) = read_capped(body, MAX_TRANSLATED_BODY, provider.config.idle_timeout).await;
+    drop(guard);
+    if cut {
+        let msg = format!(
+            "provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes",
+            provider.name()
+        );
+        return bad(&mut attempt, msg);
+    }
+    let translated = serde_json::from_slice::<serde_json::Value>(&raw)
+        .map_err(|e| translate::TranslateError::Upstream {
+            field: String::new(),
+            reason: format!("not JSON: {e}"),
+        })
+        .and_then(|v| translate::translate_response(t.to, t.from, &v, &t.client_model));
+    match translated {
+        Ok((v, _usage)) => {
+            attempt.finish(Outcome::Success);
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
+            let mut out = Response::new(ResBody::Whole(Box::new(WholeBody::new(
+                bytes.into(),
+                provider.clone(),
+            ))));
+            *out.status_mut() = parts.status;
+            *out.headers_mut() = headers;
+            out
+        }
+        Err(e) => {
+            attempt.finish(Outcome::ServerError);
+            tracing::warn!(provider = %provider.name(), error = %e, "untranslatable answer");
+            e.to_api_error().to_response(dialect)
+        }
+    }
 }
 
 /// The mock provider's answer, after its configured latency. A request the mock refuses (as the

@@ -86,6 +86,8 @@ pub struct RequestRecord {
     pub provider: Option<HeaderValue>,
     /// Provider attempts, as the worker counted them (`x-gateway-attempts`).
     pub attempts: Option<u32>,
+    /// `FROM->TO` when the worker translated the request (`x-gateway-translated`).
+    pub translated: Option<HeaderValue>,
     /// When the first byte of a worker's body (or its end, if empty) passed to the client.
     pub first_byte: Option<Duration>,
 }
@@ -116,6 +118,7 @@ impl Drop for RequestRecord {
             provider = self.provider.as_ref().and_then(|p| p.to_str().ok()),
             model = self.model.as_deref(),
             attempts = self.attempts,
+            translated = self.translated.as_ref().and_then(|t| t.to_str().ok()),
             duration_us = elapsed.as_micros() as u64,
             ttfb_us = self.first_byte.map(|d| d.as_micros() as u64),
             "request"

@@ -14,7 +14,7 @@ use super::queue::WaitError;
 use super::Shared;
 use bytes::Bytes;
 use gateway::{headers, ApiError, Config, Dialect, ErrorKind};
-use gateway_worker::{ATTEMPTS_HEADER, PROVIDER_HEADER};
+use gateway_worker::{ATTEMPTS_HEADER, PROVIDER_HEADER, TRANSLATED_HEADER};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -233,6 +233,7 @@ fn wrap(
         .headers
         .remove(ATTEMPTS_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
+    record.translated = parts.headers.remove(TRANSLATED_HEADER);
     record.status = parts.status.as_u16();
     record.worker = Some(up.lease.slot.id);
     let guarded = forwarded(

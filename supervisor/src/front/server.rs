@@ -17,6 +17,7 @@ use super::forward::{forward_request, Prepared, REQUEST_ID};
 use super::{waiting, FrontContext, Settings, Shared};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
+use gateway::model_list;
 use gateway::read_timeouts::{first_head_within, HeadSeen};
 use gateway::upload::{self, Refused};
 use gateway::{ApiError, Config, Dialect, ErrorKind};
@@ -224,6 +225,7 @@ async fn handle(
         model: None,
         provider: None,
         attempts: None,
+        translated: None,
         first_byte: None,
     };
     // Boxed: hyper keeps one service-future slot per connection for the connection's whole life
@@ -321,16 +323,25 @@ async fn answer_locally(
             r.headers_mut().insert(header::CONTENT_TYPE, ct);
             r
         }
-        Route::Models => json(
-            StatusCode::OK,
-            shared.models.get(cfg, &settings.floor_models),
-        ),
+        Route::Models => {
+            let body = shared.models.get(cfg, &settings.floor_models);
+            json(
+                StatusCode::OK,
+                models_for(req, body, model_list::anthropic_list),
+            )
+        }
         Route::Model => {
-            let found = gateway::model_list::retrieve_id(req.uri().path())
+            let found = model_list::retrieve_id(req.uri().path())
                 .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "malformed model id"))
                 .and_then(|id| shared.models.retrieve(cfg, &settings.floor_models, &id));
             match found {
-                Ok(body) => json(StatusCode::OK, body),
+                Ok(body) => json(
+                    StatusCode::OK,
+                    models_for(req, body, model_list::anthropic_entry),
+                ),
+                Err(e) if model_list::anthropic_requested(req.headers()) => {
+                    e.to_response(Dialect::Anthropic)
+                }
                 Err(e) => e.to_response(Dialect::OpenAi),
             }
         }
@@ -338,6 +349,22 @@ async fn answer_locally(
             let msg = format!("no route for {} {}", req.method(), req.uri().path());
             ApiError::new(ErrorKind::NotFound, msg).to_response(dialect)
         }
+    }
+}
+
+/// A cached OpenAI-shaped models body as the client wants it: unchanged, or through `shape`
+/// (`gateway::model_list`) for a request carrying `anthropic-version`.
+fn models_for<B>(
+    req: &Request<B>,
+    body: Bytes,
+    shape: fn(&serde_json::Value) -> serde_json::Value,
+) -> Bytes {
+    if !model_list::anthropic_requested(req.headers()) {
+        return body;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => Bytes::from(shape(&v).to_string()),
+        Err(_) => body,
     }
 }
 

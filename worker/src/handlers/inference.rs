@@ -74,6 +74,15 @@ async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Respons
     let table = app.routes.clone();
     let candidates = match table.candidates(&model, endpoint) {
         Ok(c) => c,
+        // No provider of the model has `count_tokens` (only the Messages API does), but one
+        // serves it translated: the documented estimate.
+        Err(e)
+            if endpoint == Endpoint::CountTokens
+                && e.kind == gateway::ErrorKind::BadRequest
+                && table.candidates(&model, Endpoint::Messages).is_ok() =>
+        {
+            return super::count_tokens::respond(&bytes);
+        }
         Err(e) => return e.to_response(dialect),
     };
     let stream = head.stream;

@@ -1,6 +1,7 @@
 //! The HTTP surface of a worker: which handler serves which path, with 404 and 405 in the
 //! caller's dialect. `App` is the state every handler shares.
 
+mod count_tokens;
 mod inference;
 mod models;
 
@@ -25,6 +26,10 @@ pub const PROVIDER_HEADER: header::HeaderName =
 /// log and does not pass it on.
 pub const ATTEMPTS_HEADER: header::HeaderName =
     header::HeaderName::from_static("x-gateway-attempts");
+/// Response header `FROM->TO` (`chat->messages`) on a translated answer; the front reads it for
+/// its access log (`translated`) and does not pass it on.
+pub const TRANSLATED_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-gateway-translated");
 
 /// Shared state of one worker.
 pub struct App {
@@ -109,8 +114,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody
         }
         return Ok(inference::handle(&app, endpoint, req).await);
     }
+    let anthropic = gateway::model_list::anthropic_requested(req.headers());
     Ok(match path {
-        "/v1/models" if req.method() == Method::GET => models::list(&app).await,
+        "/v1/models" if req.method() == Method::GET => models::list(&app, anthropic).await,
         "/metrics" if req.method() == Method::GET => {
             let mut r = Response::new(ResBody::from(app.metrics.encode()));
             r.headers_mut().insert(
@@ -124,7 +130,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody
         "/v1/models" | "/metrics" => not_allowed(Dialect::OpenAi, "GET"),
         p if p.starts_with("/v1/models/") && req.method() == Method::GET => {
             match gateway::model_list::retrieve_id(p) {
-                Some(id) => models::retrieve(&app, &id).await,
+                Some(id) => models::retrieve(&app, &id, anthropic).await,
                 None => ApiError::new(ErrorKind::NotFound, format!("no such model path: {p}"))
                     .to_response(Dialect::OpenAi),
             }

@@ -2,7 +2,9 @@
 //! its credentials (as sensitive header values, never logged), live statistics and metrics.
 //!
 //! Kinds: `openai` (any OpenAI-compatible API), `anthropic` (the Messages API) and `mock`
-//! (answers in-process). A provider only receives requests in a dialect it speaks.
+//! (answers in-process). A provider receives requests for the APIs it serves natively
+//! (`[[providers]] apis`, by default its kind's), and Chat/Messages/Responses requests for
+//! another of those three translated (`route`).
 
 pub mod anthropic;
 pub mod mock;
@@ -13,11 +15,22 @@ use crate::breaker::{Breaker, BreakerConfig, CircuitState};
 use crate::connect::{ClientFactory, UpstreamClient};
 use crate::endpoint::Endpoint;
 use crate::metrics::{Metrics, ProviderMetrics};
+use crate::translate::Api;
 use gateway::config::{ProviderConfig, ProviderKind};
-use gateway::Dialect;
 use http::{HeaderName, HeaderValue};
 use state::ProviderState;
 use std::sync::Arc;
+
+/// How a provider serves one endpoint (`Provider::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Native,
+    /// The client speaks `from`; the provider is sent (and answers in) `to`.
+    Translate {
+        from: Api,
+        to: Api,
+    },
+}
 
 /// One configured provider.
 pub struct Provider {
@@ -45,12 +58,30 @@ pub struct Provider {
     pub breaker: Arc<Breaker>,
 }
 
+/// The endpoint's path below a `kind` provider's `base_url`: an OpenAI base ends in `/v1`, an
+/// Anthropic one is the bare host, whichever APIs `apis` says the provider serves (an
+/// OpenAI-compatible server serving Messages, an Anthropic-kind server serving Chat).
+fn suffix(kind: &ProviderKind, endpoint: Endpoint) -> String {
+    let s = endpoint.upstream_suffix();
+    let anthropic_path = s.starts_with("/v1/");
+    match kind {
+        ProviderKind::OpenAi if anthropic_path => s["/v1".len()..].to_string(),
+        ProviderKind::Anthropic if !anthropic_path => format!("/v1{s}"),
+        _ => s.to_string(),
+    }
+}
+
 /// `base` + the endpoint's suffix + `?query`.
-fn join_uri(base: &str, endpoint: Endpoint, query: Option<&str>) -> Result<http::Uri, http::Error> {
-    let suffix = endpoint.upstream_suffix();
+fn join_uri(
+    base: &str,
+    kind: &ProviderKind,
+    endpoint: Endpoint,
+    query: Option<&str>,
+) -> Result<http::Uri, http::Error> {
+    let suffix = suffix(kind, endpoint);
     let mut s = String::with_capacity(base.len() + suffix.len() + 1 + query.map_or(0, str::len));
     s.push_str(base);
-    s.push_str(suffix);
+    s.push_str(&suffix);
     if let Some(q) = query {
         s.push('?');
         s.push_str(q);
@@ -103,7 +134,7 @@ impl Provider {
             }
         });
         let base = config.base_url.trim_end_matches('/').to_string();
-        let uris = Endpoint::ALL.map(|e| join_uri(&base, e, None).ok());
+        let uris = Endpoint::ALL.map(|e| join_uri(&base, &config.kind, e, None).ok());
         Self {
             base,
             uris,
@@ -123,14 +154,24 @@ impl Provider {
         &self.config.name
     }
 
-    /// Whether this provider can serve `endpoint` (mock speaks both dialects).
+    /// Whether this provider serves `endpoint` natively (`[[providers]] apis`).
     pub fn speaks(&self, endpoint: Endpoint) -> bool {
-        match self.config.kind {
-            ProviderKind::Mock => true,
-            ProviderKind::OpenAi => endpoint.dialect() == Dialect::OpenAi,
-            ProviderKind::Anthropic => endpoint.dialect() == Dialect::Anthropic,
-            ProviderKind::Unknown(_) => false,
+        !matches!(self.config.kind, ProviderKind::Unknown(_))
+            && self.config.native_api(endpoint.api_name())
+    }
+
+    /// How this provider can serve `endpoint`: natively, translated to another API it serves
+    /// natively (Chat, then Messages, then Responses: the first it serves), or not at all.
+    /// Completions, embeddings and count_tokens are never translated.
+    pub fn route(&self, endpoint: Endpoint) -> Option<Route> {
+        if self.speaks(endpoint) {
+            return Some(Route::Native);
         }
+        let from = endpoint.api()?;
+        [Api::Chat, Api::Messages, Api::Responses]
+            .into_iter()
+            .find(|to| *to != from && self.speaks(Endpoint::of_api(*to)))
+            .map(|to| Route::Translate { from, to })
     }
 
     /// Adds the provider's credentials and dialect headers to an upstream request.
@@ -150,7 +191,7 @@ impl Provider {
     pub fn uri(&self, endpoint: Endpoint, query: Option<&str>) -> Result<http::Uri, http::Error> {
         match (query, &self.uris[endpoint as usize]) {
             (None, Some(u)) => Ok(u.clone()),
-            _ => join_uri(&self.base, endpoint, query),
+            _ => join_uri(&self.base, &self.config.kind, endpoint, query),
         }
     }
 
@@ -178,5 +219,26 @@ impl Provider {
             Ok(r) if r.status().is_success() => Ok(r),
             Ok(r) => Err(format!("status {}", r.status())),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind's base-URL convention holds for every API it may serve.
+    #[test]
+    fn paths_follow_the_kinds_base_url_convention() {
+        let oa = ProviderKind::OpenAi;
+        let an = ProviderKind::Anthropic;
+        assert_eq!(suffix(&oa, Endpoint::ChatCompletions), "/chat/completions");
+        assert_eq!(suffix(&oa, Endpoint::Messages), "/messages");
+        assert_eq!(suffix(&oa, Endpoint::CountTokens), "/messages/count_tokens");
+        assert_eq!(suffix(&an, Endpoint::Messages), "/v1/messages");
+        assert_eq!(
+            suffix(&an, Endpoint::ChatCompletions),
+            "/v1/chat/completions"
+        );
+        assert_eq!(suffix(&an, Endpoint::Responses), "/v1/responses");
     }
 }

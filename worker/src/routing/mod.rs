@@ -1,9 +1,9 @@
 //! Routing: from a request's model name to an ordered list of (provider, upstream model)
 //! candidates. `candidates` resolves the name (aliases first, then `provider/model` naming a
 //! provider that serves that model, then providers listing the model, then providers serving
-//! `"*"`), keeps those that speak the endpoint's dialect and have their key, and
-//! `strategy::order` puts the strategy's pick first and the rest after it, so failover can walk
-//! the list. The table is an immutable snapshot behind an `ArcSwap`: selection takes no lock.
+//! `"*"`), keeps those that serve the endpoint's API natively or by translation and have their
+//! key, and `strategy::order` puts the strategy's pick first and the rest after it, so failover
+//! can walk the list; providers serving the API natively come before translated ones. The table is an immutable snapshot behind an `ArcSwap`: selection takes no lock.
 //! A provider whose key variable is unset is out of rotation for the life of the process (the
 //! environment does not change), so it is dropped here; the candidates stay in the list whatever
 //! their breaker says, and `proxy` skips the ones that are open or cooling as it walks it, so
@@ -150,7 +150,7 @@ impl RouteTable {
         }
         let mut ok: Vec<Target> = all
             .iter()
-            .filter(|t| self.providers[t.provider].speaks(endpoint))
+            .filter(|t| self.providers[t.provider].route(endpoint).is_some())
             .cloned()
             .collect();
         if ok.is_empty() {
@@ -158,16 +158,13 @@ impl RouteTable {
                 .iter()
                 .map(|t| self.providers[t.provider].name())
                 .collect();
-            let api = match endpoint.dialect() {
-                gateway::Dialect::Anthropic => "the Anthropic Messages API",
-                gateway::Dialect::OpenAi => "the OpenAI API",
-            };
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!(
-                    "model `{model}` is served only by provider(s) {} which do not speak {api}; \
-                     use the other API for this model",
-                    names.join(", ")
+                    "model `{model}` is served only by provider(s) {} which do not serve the `{}` API \
+                     (see `apis` in [[providers]]); use another API for this model",
+                    names.join(", "),
+                    endpoint.api_name()
                 ),
             ));
         }
@@ -191,6 +188,12 @@ impl RouteTable {
             ));
         }
         strategy::order(self, &mut ok);
+        // Native providers first, each group in the strategy's order: a translation costs
+        // fidelity (documented drops), so it is the fallback when a native provider exists.
+        let native = |t: &Target| {
+            self.providers[t.provider].route(endpoint) == Some(crate::providers::Route::Native)
+        };
+        ok.sort_by_key(|t| !native(t));
         Ok(ok)
     }
 }
@@ -265,25 +268,37 @@ pub(crate) mod tests {
         let c = t.candidates("fast", Endpoint::ChatCompletions).unwrap();
         assert_eq!(c.len(), 2);
         assert!(c.iter().all(|x| x.rewrite.is_some()));
-        // Anthropic dialect: only the mock target of the alias.
+        // Anthropic dialect: the mock target serves it natively and comes first; the OpenAI
+        // target follows, translated (Messages -> Chat).
         let c = t.candidates("fast", Endpoint::Messages).unwrap();
-        assert_eq!(names(&t, &c), ["demo"]);
+        assert_eq!(names(&t, &c), ["demo", "oa"]);
         assert_eq!(c[0].rewrite.as_deref(), Some("demo"));
-        assert_eq!(t.candidates("claude", Endpoint::Messages).unwrap().len(), 1);
-        // An OpenAI-only model on the Anthropic API: a clear 400, not a 404.
+        assert_eq!(
+            t.providers[c[1].provider].route(Endpoint::Messages),
+            Some(crate::providers::Route::Translate {
+                from: crate::translate::Api::Messages,
+                to: crate::translate::Api::Chat
+            })
+        );
+        // Native first, then the wildcard OpenAI provider, translated.
+        assert_eq!(
+            names(&t, &t.candidates("claude", Endpoint::Messages).unwrap()),
+            ["an", "any"]
+        );
+        // An OpenAI-only model on count_tokens (never translated): a clear 400, not a 404,
+        // naming the API.
         let e = t.candidates("gpt", Endpoint::CountTokens).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("`messages`"), "{}", e.message);
         // Unknown model with a wildcard provider: the wildcard takes it (OpenAI) ...
         assert_eq!(
             names(&t, &t.candidates("whatever", Endpoint::Embeddings).unwrap()),
             ["any"]
         );
-        // ... but not on the Anthropic API.
+        // ... and on the Anthropic API too, translated.
         assert_eq!(
-            t.candidates("whatever", Endpoint::Messages)
-                .unwrap_err()
-                .kind,
-            ErrorKind::BadRequest
+            names(&t, &t.candidates("whatever", Endpoint::Messages).unwrap()),
+            ["any"]
         );
     }
 

@@ -103,6 +103,7 @@
 //! - `UsageReader::new(api, max_event_bytes)`, `feed(chunk)`, `end()`, `usage()` for native
 //!   streams.
 
+pub mod body;
 mod chat_request;
 mod chat_response;
 mod chat_stream;
