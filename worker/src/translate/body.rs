@@ -7,9 +7,9 @@
 
 use super::{Api, StreamOptions, StreamTranslator};
 use crate::body::{ProxyBody, StreamError};
-use gateway::relay::BoxError;
 use crate::providers::Provider;
 use bytes::Bytes;
+use gateway::relay::BoxError;
 use gateway::ErrorKind;
 use hyper::body::{Body, Frame};
 use std::pin::Pin;
