@@ -8,6 +8,7 @@
 //! failover) -> `body` (streaming back) or `providers::mock`. `breaker` is the per-provider
 //! circuit breaker; `health` probes providers in the background and serves `/v1/health*`.
 
+mod attempt;
 mod body;
 pub mod breaker;
 pub mod cli;

@@ -32,28 +32,35 @@
 //! Header hygiene (`gateway::headers`): the client's credentials, cookies and origin are never
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
+//!
+//! `upstream` sends one attempt and reads an error answer; `translated` is the glue for a
+//! provider of another API; `crate::attempt` is the per-attempt guard.
 
-use crate::body::{proxy_body, Attempt, RequestGuard, ResBody, WholeBody};
+mod translated;
+mod upstream;
+
+use crate::attempt::Attempt;
+use crate::body::{proxy_body, RequestGuard, ResBody};
 use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
 use crate::providers::{mock, Provider, Route};
 use crate::routing::{RouteTable, Target};
-use crate::translate::{self, Api};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
 use gateway::provider_slots::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::header::{self, HeaderMap};
+use http::Response;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+use translated::{mark_translated, translated_back, translated_request};
+use upstream::{error_response, send};
 
 /// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
 /// on inside a streaming response's body after the pings started.
@@ -65,18 +72,6 @@ pub struct Forward {
     pub body: Bytes,
     pub stream: bool,
 }
-
-/// Why one attempt failed before any byte reached the client.
-struct AttemptError {
-    outcome: Outcome,
-    error: ApiError,
-    /// Whether the request may have reached the provider; if not (a connect error), the
-    /// provider may be tried again.
-    sent: bool,
-}
-
-/// Largest upstream error body read, redacted and passed on; the rest is cut.
-const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// The first wait before retrying the same provider, its growth and its cap.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -438,174 +433,6 @@ fn log_bad_key(p: &Provider, status: u16) {
     }
 }
 
-/// Reads at most `cap` bytes of `body` within `wait`. The flag says the bytes may be only the
-/// head of the body: there was more, the body failed, or the wait ran out.
-async fn read_capped(mut body: Incoming, cap: usize, wait: Duration) -> (Bytes, bool) {
-    let mut buf = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return true };
-            if let Ok(data) = frame.into_data() {
-                let room = cap - buf.len();
-                if data.len() > room {
-                    buf.extend_from_slice(&data[..room]);
-                    return true;
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        false
-    };
-    let cut = tokio::time::timeout(wait, read).await.unwrap_or(true);
-    (Bytes::from(buf), cut)
-}
-
-/// A provider's error answer (any non-2xx) as the client gets it: read into memory (bounded in
-/// size and time, so it can also wait while another attempt is made), the provider's key
-/// redacted from the body and the allow-listed headers. A whole JSON body (the provider speaks
-/// the caller's dialect) passes on; anything else becomes a gateway error body in the caller's
-/// dialect quoting the start of the provider's text. A compressed body cannot be searched for
-/// the key, so it is withheld.
-async fn error_response(
-    resp: Response<Incoming>,
-    p: &Provider,
-    dialect: Dialect,
-    tr: Option<&Translation>,
-) -> Response<ResBody> {
-    let (parts, body) = resp.into_parts();
-    let wait = p.config.idle_timeout.min(Duration::from_secs(10));
-    let (raw, cut) = read_capped(body, MAX_ERROR_BODY, wait).await;
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bytes = if encoded {
-        Bytes::from_static(b"(compressed body withheld)")
-    } else {
-        match p.secret.redact(&raw, cut) {
-            std::borrow::Cow::Borrowed(_) => raw.clone(),
-            std::borrow::Cow::Owned(v) => Bytes::from(v),
-        }
-    };
-    let is_json = !encoded
-        && !cut
-        && parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
-        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-    let body = if let (true, Some(t)) = (is_json, tr) {
-        // The provider's error in its dialect, re-said in the client's (after the redaction).
-        Bytes::from(translate::translate_error(
-            t.to,
-            t.from,
-            parts.status.as_u16(),
-            &bytes,
-        ))
-    } else if is_json {
-        bytes
-    } else {
-        let kind = ErrorKind::from_upstream_status(parts.status.as_u16());
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-        let msg = format!(
-            "provider `{}` answered {}: {}",
-            p.name(),
-            parts.status,
-            text.trim()
-        );
-        Bytes::from(ApiError::new(kind, msg).body(dialect))
-    };
-    let mut out = Response::new(ResBody::full(body));
-    *out.status_mut() = parts.status;
-    *out.headers_mut() = headers::client_response(&parts.headers, &p.secret, false);
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    out
-}
-
-/// Sends one attempt and waits for the response headers.
-async fn send(
-    p: &Provider,
-    req: &Forward,
-    tr: Option<&Translation>,
-    body: Bytes,
-) -> Result<Response<Incoming>, AttemptError> {
-    let endpoint = tr.map_or(req.endpoint, |t| Endpoint::of_api(t.to));
-    let internal = |m: String| AttemptError {
-        outcome: Outcome::ConnectError,
-        error: ApiError::new(ErrorKind::Internal, m),
-        sent: false,
-    };
-    let client = p
-        .client
-        .as_ref()
-        .ok_or_else(|| internal(format!("provider `{}` has no client", p.name())))?;
-    let uri = p.uri(endpoint, req.query.as_deref()).map_err(|e| {
-        internal(format!(
-            "provider `{}` has an unusable base_url: {e}",
-            p.name()
-        ))
-    })?;
-    let mut out = Request::new(Full::new(body));
-    *out.method_mut() = http::Method::POST;
-    *out.uri_mut() = uri;
-    *out.headers_mut() = req.headers.clone();
-    if tr.is_some() {
-        translated_headers(out.headers_mut());
-    }
-    p.apply_headers(out.headers_mut());
-    let limit = p.config.first_byte_timeout;
-    match tokio::time::timeout(limit, client.request(out)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Err(_) => Err(AttemptError {
-            outcome: Outcome::Timeout,
-            sent: true,
-            error: ApiError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "provider `{}` sent no response within {}",
-                    p.name(),
-                    humantime::format_duration(limit)
-                ),
-            ),
-        }),
-        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => Err(AttemptError {
-            outcome: Outcome::Timeout,
-            sent: false,
-            error: ApiError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "connecting to provider `{}` timed out after {}",
-                    p.name(),
-                    humantime::format_duration(p.config.connect_timeout)
-                ),
-            ),
-        }),
-        Ok(Err(e)) if e.is_connect() => Err(AttemptError {
-            outcome: Outcome::ConnectError,
-            sent: false,
-            error: ApiError::new(
-                ErrorKind::BadGateway,
-                format!(
-                    "cannot connect to provider `{}`: {}",
-                    p.name(),
-                    error_chain(&e)
-                ),
-            ),
-        }),
-        Ok(Err(e)) => Err(AttemptError {
-            outcome: Outcome::ServerError,
-            sent: true,
-            error: ApiError::new(
-                ErrorKind::BadGateway,
-                format!("provider `{}` failed: {}", p.name(), error_chain(&e)),
-            ),
-        }),
-    }
-}
-
 /// Wraps a provider's successful response for the client: its body streams through unchanged,
 /// with the allow-listed headers.
 fn stream_back(
@@ -624,173 +451,6 @@ fn stream_back(
     }
     let body = proxy_body(body, provider.config.idle_timeout, sse, attempt, guard);
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
-}
-
-/// A request on its way to a provider of another API.
-#[derive(Debug, Clone)]
-struct Translation {
-    /// The client's API.
-    from: Api,
-    /// The provider's API.
-    to: Api,
-    /// The model the client asked for: the translated answer carries it (an alias stays one).
-    client_model: String,
-    /// A Chat client asked for the usage-only chunk.
-    include_usage: bool,
-}
-
-/// Largest translated non-streamed answer read into memory (it must be whole to be decoded).
-const MAX_TRANSLATED_BODY: usize = 32 << 20;
-
-/// The client's body decoded in its API and encoded for the provider's, with the alias
-/// target's model when there is one and the provider's `default_max_tokens`.
-fn translated_request(
-    client_body: &Bytes,
-    rewrite: Option<&str>,
-    from: Api,
-    to: Api,
-    p: &Provider,
-) -> Result<(Bytes, Translation), ApiError> {
-    let v: serde_json::Value = serde_json::from_slice(client_body)
-        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}")))?;
-    let mut req = translate::decode_request(from, &v).map_err(|e| e.to_api_error())?;
-    let t = Translation {
-        from,
-        to,
-        client_model: req.model.clone(),
-        include_usage: req.include_usage,
-    };
-    if let Some(m) = rewrite {
-        req.model = m.to_string();
-    }
-    let opts = translate::RequestOptions {
-        default_max_tokens: p.config.default_max_tokens,
-    };
-    let out = translate::encode_request(from, to, &req, &opts).map_err(|e| e.to_api_error())?;
-    Ok((
-        Bytes::from(serde_json::to_vec(&out).expect("a JSON value serializes")),
-        t,
-    ))
-}
-
-/// Client headers that belong to the client's API, not the provider's: an Anthropic client's
-/// `anthropic-*` headers (the provider kind sets its own `anthropic-version`), and
-/// `accept-encoding`, because the translator must read the answer uncompressed.
-fn translated_headers(h: &mut HeaderMap) {
-    h.remove(header::ACCEPT_ENCODING);
-    let anthropic: Vec<header::HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("anthropic-"))
-        .cloned()
-        .collect();
-    for k in anthropic {
-        h.remove(k);
-    }
-}
-
-/// Labels a translated answer `FROM->TO` for the front's access log.
-fn mark_translated(mut resp: Response<ResBody>, tr: Option<&Translation>) -> Response<ResBody> {
-    if let Some(t) = tr {
-        let v = format!(
-            "{}->{}",
-            Endpoint::of_api(t.from).api_name(),
-            Endpoint::of_api(t.to).api_name()
-        );
-        if let Ok(v) = HeaderValue::try_from(v) {
-            resp.headers_mut().insert(crate::TRANSLATED_HEADER, v);
-        }
-    }
-    resp
-}
-
-/// A provider's successful answer in its API, for a client of another: an event stream goes
-/// through `TranslateBody` chunk by chunk; a JSON answer is read whole (bounded) and translated.
-async fn translated_back(
-    resp: Response<Incoming>,
-    provider: &Arc<Provider>,
-    t: Translation,
-    mut attempt: Attempt,
-    guard: RequestGuard,
-) -> Response<ResBody> {
-    let dialect = t.from.dialect();
-    let (parts, body) = resp.into_parts();
-    let mut headers = headers::client_response(&parts.headers, &provider.secret, false);
-    let is = |v: &[u8]| {
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|c| c.as_bytes().starts_with(v))
-    };
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bad = |attempt: &mut Attempt, msg: String| {
-        attempt.finish(Outcome::ServerError);
-        ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect)
-    };
-    if encoded {
-        let msg = format!(
-            "provider `{}` sent a compressed answer, which cannot be translated",
-            provider.name()
-        );
-        return bad(&mut attempt, msg);
-    }
-    if is(b"text/event-stream") {
-        let inner = proxy_body(body, provider.config.idle_timeout, None, attempt, guard);
-        let mut opts = translate::StreamOptions::new(t.client_model);
-        opts.include_usage = t.include_usage;
-        opts.created = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let body = translate::body::TranslateBody::new(inner, t.to, t.from, opts);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let mut out = Response::new(ResBody::Translate(Box::new(body)));
-        *out.status_mut() = parts.status;
-        *out.headers_mut() = headers;
-        return out;
-    }
-    let (raw, cut) = read_capped(body, MAX_TRANSLATED_BODY, provider.config.idle_timeout).await;
-    drop(guard);
-    if cut {
-        let msg = format!(
-            "provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes",
-            provider.name()
-        );
-        return bad(&mut attempt, msg);
-    }
-    let translated = serde_json::from_slice::<serde_json::Value>(&raw)
-        .map_err(|e| translate::TranslateError::Upstream {
-            field: String::new(),
-            reason: format!("not JSON: {e}"),
-        })
-        .and_then(|v| translate::translate_response(t.to, t.from, &v, &t.client_model));
-    match translated {
-        Ok((v, _usage)) => {
-            attempt.finish(Outcome::Success);
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
-            let mut out = Response::new(ResBody::Whole(Box::new(WholeBody::new(
-                bytes.into(),
-                provider.clone(),
-            ))));
-            *out.status_mut() = parts.status;
-            *out.headers_mut() = headers;
-            out
-        }
-        Err(e) => {
-            attempt.finish(Outcome::ServerError);
-            tracing::warn!(provider = %provider.name(), error = %e, "untranslatable answer");
-            e.to_api_error().to_response(dialect)
-        }
-    }
 }
 
 /// The mock provider's answer, after its configured latency. A request the mock refuses (as the
@@ -837,39 +497,6 @@ fn rewrite_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(
         serde_json::to_vec(&v).expect("a JSON map serializes"),
     ))
-}
-
-/// Whether a connect error was a timeout (the connector reports it as `TimedOut`).
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// `error: cause: cause` in one line. Provider errors never contain keys: hyper reports
-/// addresses and protocol problems, not request headers.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let m = err.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = err.source();
-    }
-    s
 }
 
 #[cfg(test)]
