@@ -5,7 +5,7 @@
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;
 use crate::providers::Provider;
-use gateway::provider_slots::SlotGuard;
+use gateway::provider_permits::SlotGuard;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::Ordering;

@@ -304,6 +304,16 @@ impl From<String> for ResBody {
     }
 }
 
+/// A 200 JSON response (health, model lists, token counts).
+pub(crate) fn json_response(v: &serde_json::Value) -> http::Response<ResBody> {
+    let mut r = http::Response::new(ResBody::from(v.to_string()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 // The dispatch to the variants is the relay layer's, shared with the front.
 gateway::body_enum!(ResBody: full Full, Whole, Proxy, Mock, Waiting, Translate, Drain);
 

@@ -49,7 +49,7 @@ use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
-use gateway::provider_slots::SlotGuard;
+use gateway::provider_permits::SlotGuard;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::header::{self, HeaderMap};
 use http::Response;

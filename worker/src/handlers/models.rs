@@ -125,16 +125,16 @@ async fn build(app: &App) -> ModelList {
 pub async fn list(app: &App, anthropic: bool) -> Response<ResBody> {
     let list = build(app).await.to_json();
     if anthropic {
-        return crate::health::json_response(&model_list::anthropic_list(&list));
+        return crate::body::json_response(&model_list::anthropic_list(&list));
     }
-    crate::health::json_response(&list)
+    crate::body::json_response(&list)
 }
 
 /// `GET /v1/models/{id}`: that entry of the list, or 404, in the client's format.
 pub async fn retrieve(app: &App, id: &str, anthropic: bool) -> Response<ResBody> {
     match model_list::find(&build(app).await.to_json(), id) {
-        Ok(m) if anthropic => crate::health::json_response(&model_list::anthropic_entry(&m)),
-        Ok(m) => crate::health::json_response(&m),
+        Ok(m) if anthropic => crate::body::json_response(&model_list::anthropic_entry(&m)),
+        Ok(m) => crate::body::json_response(&m),
         Err(e) if anthropic => e.to_response(Dialect::Anthropic),
         Err(e) => e.to_response(Dialect::OpenAi),
     }

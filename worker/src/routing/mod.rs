@@ -14,7 +14,7 @@ pub mod strategy;
 use crate::endpoint::Endpoint;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, Strategy};
-use gateway::provider_slots::ProviderLimiter;
+use gateway::provider_permits::ProviderLimiter;
 use gateway::{ApiError, ErrorKind};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;

@@ -17,12 +17,12 @@
 //! A successful probe moves an open breaker to half-open early (`Breaker::probe_succeeded`); a
 //! failed probe never opens a closed one (only real traffic does).
 
-use crate::body::ResBody;
+use crate::body::{json_response, ResBody};
 use crate::breaker::CircuitState;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, ProviderKind};
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::{header, Response};
+use http::Response;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -298,16 +298,6 @@ fn whole_secs_up(d: Duration) -> u64 {
 fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A 200 JSON response; shared with the model list.
-pub(crate) fn json_response(v: &Value) -> Response<ResBody> {
-    let mut r = Response::new(ResBody::from(v.to_string()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 /// `timeout` (seconds) and `use_concurrent` from the query string.
