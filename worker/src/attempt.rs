@@ -5,7 +5,7 @@
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;
 use crate::providers::Provider;
-use gateway::provider_permits::SlotGuard;
+use gateway::provider_permits::ProviderPermit;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -15,12 +15,12 @@ use std::time::Instant;
 /// One attempt at a provider: counted in the provider's `inflight` until dropped; records its
 /// outcome exactly once (`Cancelled` if nobody did before the drop), in the metrics, the
 /// routing statistics and the provider's circuit breaker. It also owns the pool-wide provider
-/// slot, if one was taken, so the slot is held exactly as long as the response body.
+/// permit, if one was taken, so the permit is held exactly as long as the response body.
 pub struct Attempt {
     pub provider: Arc<Provider>,
     started: Instant,
     done: bool,
-    _slot: Option<SlotGuard>,
+    _permit: Option<ProviderPermit>,
 }
 
 tokio::task_local! {
@@ -43,7 +43,7 @@ pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
 }
 
 impl Attempt {
-    pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
+    pub fn start(provider: Arc<Provider>, permit: Option<ProviderPermit>) -> Self {
         provider.state.inflight.fetch_add(1, Ordering::Relaxed);
         // Outside a handler's scope (unit tests, a `Pinging` body) there is nothing to count.
         let _ = ATTEMPTS.try_with(|n| n.set(n.get() + 1));
@@ -51,7 +51,7 @@ impl Attempt {
             provider,
             started: Instant::now(),
             done: false,
-            _slot: slot,
+            _permit: permit,
         }
     }
 
@@ -65,13 +65,13 @@ impl Attempt {
     /// Records `outcome`, with its default meaning for the breaker.
     pub fn finish(&mut self, outcome: Outcome) {
         let b = match outcome {
-            Outcome::Success => Some(breaker::Outcome::Success),
-            Outcome::ClientError => Some(breaker::Outcome::ClientError),
-            Outcome::RateLimited => Some(breaker::Outcome::RateLimited(breaker::DEFAULT_COOLDOWN)),
+            Outcome::Success => Some(breaker::Signal::Success),
+            Outcome::ClientError => Some(breaker::Signal::ClientError),
+            Outcome::RateLimited => Some(breaker::Signal::RateLimited(breaker::DEFAULT_COOLDOWN)),
             Outcome::ServerError
             | Outcome::ConnectError
             | Outcome::Timeout
-            | Outcome::StreamError => Some(breaker::Outcome::Failure),
+            | Outcome::StreamError => Some(breaker::Signal::Failure),
             Outcome::Cancelled => None,
         };
         self.finish_as(outcome, b);
@@ -79,7 +79,7 @@ impl Attempt {
 
     /// Records `outcome` in the metrics and `b` in the breaker; `None` = no verdict (the client
     /// left), which only gives back a half-open trial slot.
-    pub fn finish_as(&mut self, outcome: Outcome, b: Option<breaker::Outcome>) {
+    pub fn finish_as(&mut self, outcome: Outcome, b: Option<breaker::Signal>) {
         if self.done {
             return;
         }

@@ -8,7 +8,7 @@
 //! makes hyper abort the connection instead of writing the final chunk; other bodies just get
 //! the `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
 //! connection at once. `MockBody` paces a mock provider's frames. A streaming
-//! response answered before its provider slot was free is `gateway::relay::Pinging`
+//! response answered before its provider permit was free is `gateway::relay::Pinging`
 //! (`waiting_response`): keep-alive pings while the rest of the attempts run inside it, then the
 //! provider's stream (or an error event and an abort).
 
@@ -219,10 +219,10 @@ type BoxResponse = Pin<Box<dyn Future<Output = http::Response<ResBody>> + Send>>
 pub type Waiting = Pinging<Pin<Box<dyn Future<Output = Result<ResBody, Failed>> + Send>>, ResBody>;
 
 /// A streaming response whose 200 goes out while `fut` (the rest of the attempts) still waits
-/// for a provider slot: keep-alive pings in the caller's dialect every `interval`, then the
+/// for a provider permit: keep-alive pings in the caller's dialect every `interval`, then the
 /// provider's stream if the attempts ended in one (`relay::is_stream_response`), else the
 /// dialect's error event and an aborted body. Dropping it (the client left) drops `fut`, and
-/// with it any slot or upstream request.
+/// with it any permit or upstream request.
 pub fn waiting_response(
     dialect: Dialect,
     interval: Duration,

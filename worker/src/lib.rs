@@ -4,7 +4,7 @@
 //! `run(config, listener, heartbeat, shutdown)` is the whole daemon, so tests can start it
 //! in-process; `cli::run` adds the command line, logging, the runtime, the inherited socket and
 //! signals. A request goes `server` -> `handlers` -> `routing` (candidates and strategy) ->
-//! `proxy` (breaker and cool-down checks, the pool-wide provider slot, attempts, timeouts,
+//! `proxy` (breaker and cool-down checks, the pool-wide provider permit, attempts, timeouts,
 //! failover) -> `body` (streaming back) or `providers::mock`. `breaker` is the per-provider
 //! circuit breaker; `provider_health` probes providers in the background and serves `/v1/health*`.
 
@@ -109,7 +109,7 @@ pub async fn run_with_front(
     Ok(())
 }
 
-/// The pool-wide provider slot table the supervisor passes through the environment, else a
+/// The pool-wide provider permit table the supervisor passes through the environment, else a
 /// private one (a standalone worker limits providers for itself).
 fn provider_limiter() -> Result<gateway::provider_permits::ProviderLimiter, WorkerError> {
     use gateway::provider_permits::{ProviderLimiter, ENV_ROW, ENV_TABLE};

@@ -42,7 +42,7 @@ pub struct Round {
     /// When it finished (for the cache).
     at: Instant,
     timestamp: SystemTime,
-    /// Indexed like `Health::providers`.
+    /// Indexed like `ProviderHealth::providers`.
     results: Vec<ProbeResult>,
     took: Duration,
     concurrent: bool,
@@ -52,7 +52,7 @@ pub struct Round {
 type RoundCell = Arc<OnceCell<Arc<Round>>>;
 
 /// The health prober of one worker.
-pub struct Health {
+pub struct ProviderHealth {
     providers: Vec<Arc<Provider>>,
     /// Model names (configured models, then aliases) and the providers serving each.
     models: Vec<(String, Vec<usize>)>,
@@ -64,7 +64,7 @@ pub struct Health {
     round: Mutex<Option<RoundCell>>,
 }
 
-impl Health {
+impl ProviderHealth {
     pub fn new(config: &Config, providers: Vec<Arc<Provider>>) -> Self {
         let mut models: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
@@ -350,7 +350,11 @@ pub fn handle_path(path: &str) -> bool {
 
 /// Serves `GET /v1/health`, `/v1/health/models`, `/v1/health/models/{model}` and
 /// `/v1/health/performance`; `None` for any other path.
-pub async fn handle(health: &Health, path: &str, query: Option<&str>) -> Option<Response<ResBody>> {
+pub async fn handle(
+    health: &ProviderHealth,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response<ResBody>> {
     if !handle_path(path) {
         return None;
     }
@@ -410,7 +414,7 @@ pub async fn handle(health: &Health, path: &str, query: Option<&str>) -> Option<
 }
 
 /// Times one concurrent and one sequential probe pass.
-async fn performance(health: &Health, timeout: Duration) -> Response<ResBody> {
+async fn performance(health: &ProviderHealth, timeout: Duration) -> Response<ResBody> {
     let c = health.run(true, timeout).await;
     let s = health.run(false, timeout).await;
     let (ct, st) = (c.took.as_secs_f64(), s.took.as_secs_f64());

@@ -1,4 +1,4 @@
-//! Forwarding one inference request: pick a candidate, take its pool-wide slot, send, and on
+//! Forwarding one inference request: pick a candidate, take its pool-wide permit, send, and on
 //! a retryable failure before any byte reached the client, try another provider (up to
 //! `routing.max_attempts` attempts in all). The first answer that is kept goes back to the
 //! client: a success streams through `ProxyBody`, an error is read (bounded) and redacted.
@@ -25,7 +25,7 @@
 //!
 //! Timeouts: `connect_timeout` lives in the connector, `first_byte_timeout` bounds the wait for
 //! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`. A provider
-//! with `max_concurrency` makes requests wait for a slot for up to `pool.queue_timeout`; a
+//! with `max_concurrency` makes requests wait for a permit for up to `pool.queue_timeout`; a
 //! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
 //! with keep-alive pings (`body::waiting_response`) while the rest of this loop runs inside its
 //! body.
@@ -49,7 +49,7 @@ use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
-use gateway::provider_permits::SlotGuard;
+use gateway::provider_permits::ProviderPermit;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::header::{self, HeaderMap};
 use http::Response;
@@ -115,8 +115,8 @@ struct Run {
     same_retries: u32,
     /// The error the client gets if no attempt succeeds.
     last: Option<Response<ResBody>>,
-    /// When waiting for a provider slot gives up (`pool.queue_timeout` after arrival).
-    slot_deadline: Instant,
+    /// When waiting for a provider permit gives up (`pool.queue_timeout` after arrival).
+    permit_deadline: Instant,
     /// When a waiting streaming request switches to pings.
     ping_at: Instant,
     /// True once the response head (200 + pings) has been sent.
@@ -135,7 +135,7 @@ pub async fn forward(
     let now = Instant::now();
     let run = Run {
         tried: vec![Tried::No; candidates.len()],
-        slot_deadline: now + table.limits.queue_timeout,
+        permit_deadline: now + table.limits.queue_timeout,
         ping_at: now + table.limits.ping_interval,
         table,
         req,
@@ -270,10 +270,10 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     None => (r.req.body.clone(), None),
                 },
             };
-            let slot = match take_slot(&mut r, &provider).await {
-                SlotWait::Got(s) => s,
-                SlotWait::TimedOut(e) => return e.to_response(dialect),
-                SlotWait::StartPings => {
+            let permit = match take_permit(&mut r, &provider).await {
+                PermitWait::Got(s) => s,
+                PermitWait::TimedOut(e) => return e.to_response(dialect),
+                PermitWait::StartPings => {
                     // The continuation picks again (the trial slot goes back with `pick`).
                     drop(pick);
                     r.in_body = true;
@@ -288,10 +288,17 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
-                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard)
-                    .await;
+                return mock_response(
+                    &provider,
+                    r.req.endpoint,
+                    &body,
+                    r.req.stream,
+                    permit,
+                    guard,
+                )
+                .await;
             }
-            let mut attempt = Attempt::start(provider.clone(), slot);
+            let mut attempt = Attempt::start(provider.clone(), permit);
             let resp = match send(&provider, &r.req, tr.as_ref(), body).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -359,7 +366,7 @@ fn judge(
     let retry_after =
         headers::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(max_cooldown));
     match breaker::classify(status, retry_after) {
-        o @ breaker::Outcome::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
+        o @ breaker::Signal::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
         _ if status >= 500 => attempt.finish(Outcome::ServerError),
         _ => attempt.finish(Outcome::ClientError),
     }
@@ -373,38 +380,38 @@ fn judge(
     }
 }
 
-/// The outcome of waiting for a pool-wide provider slot.
-enum SlotWait {
-    /// A slot (or `None`: the provider has no limit).
-    Got(Option<SlotGuard>),
+/// The outcome of waiting for a pool-wide provider permit.
+enum PermitWait {
+    /// A permit (or `None`: the provider has no limit).
+    Got(Option<ProviderPermit>),
     /// `queue_timeout` passed: the 503 to send.
     TimedOut(ApiError),
     /// A streaming request has waited `stream_ping_interval`: answer now, wait in the body.
     StartPings,
 }
 
-async fn take_slot(r: &mut Run, p: &Provider) -> SlotWait {
+async fn take_permit(r: &mut Run, p: &Provider) -> PermitWait {
     let limit = p.config.max_concurrency;
     let Some(limiter) = r.table.limits.limiter.as_ref().filter(|_| limit > 0) else {
-        return SlotWait::Got(None);
+        return PermitWait::Got(None);
     };
     if let Some(g) = limiter.try_acquire(p.name(), limit) {
-        return SlotWait::Got(Some(g));
+        return PermitWait::Got(Some(g));
     }
     let pings = r.req.stream && !r.in_body;
     let until = if pings {
-        r.slot_deadline.min(r.ping_at)
+        r.permit_deadline.min(r.ping_at)
     } else {
-        r.slot_deadline
+        r.permit_deadline
     };
     if let Some(g) = limiter.acquire(p.name(), limit, until).await {
-        return SlotWait::Got(Some(g));
+        return PermitWait::Got(Some(g));
     }
-    if pings && Instant::now() < r.slot_deadline {
-        return SlotWait::StartPings;
+    if pings && Instant::now() < r.permit_deadline {
+        return PermitWait::StartPings;
     }
     let wait = r.table.limits.queue_timeout;
-    SlotWait::TimedOut(
+    PermitWait::TimedOut(
         ApiError::new(
             ErrorKind::Unavailable,
             format!(
@@ -460,14 +467,14 @@ async fn mock_response(
     endpoint: Endpoint,
     body: &[u8],
     stream: bool,
-    slot: Option<SlotGuard>,
+    permit: Option<ProviderPermit>,
     guard: RequestGuard,
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
         Err(e) => return e.to_response(endpoint.dialect()),
     };
-    let attempt = Attempt::start(provider.clone(), slot);
+    let attempt = Attempt::start(provider.clone(), permit);
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }
@@ -524,7 +531,7 @@ mod tests {
         let now = Instant::now();
         Run {
             tried: vec![Tried::No; candidates.len()],
-            slot_deadline: now,
+            permit_deadline: now,
             ping_at: now,
             table,
             req: Forward {
@@ -568,7 +575,7 @@ mod tests {
         let (a, b) = (&table.providers[0].breaker, &table.providers[1].breaker);
         assert_eq!(picked(&r).unwrap().0, "a");
         for _ in 0..5 {
-            a.record(breaker::Outcome::Failure);
+            a.record(breaker::Signal::Failure);
         }
         assert_eq!(a.state(), CircuitState::Open);
         assert_eq!(picked(&r).unwrap().0, "b", "open a is skipped");
@@ -581,7 +588,7 @@ mod tests {
         assert!(p.trial.0.is_none());
         tokio::time::sleep(Duration::from_secs(1)).await;
         for _ in 0..5 {
-            b.record(breaker::Outcome::Failure);
+            b.record(breaker::Signal::Failure);
         }
         let e = pick(&r).err().expect("all open: fail fast");
         assert_eq!(e.kind, ErrorKind::Unavailable);
@@ -601,7 +608,7 @@ mod tests {
             })
             .collect();
         assert_eq!(picked(&r).unwrap().0, "b", "a's trials are all taken");
-        // ... and dropping them unused (e.g. a slot wait that timed out) gives them back.
+        // ... and dropping them unused (e.g. a permit wait that timed out) gives them back.
         drop(held);
         assert_eq!(picked(&r).unwrap().0, "a");
         for _ in 0..3 {

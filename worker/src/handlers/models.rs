@@ -26,14 +26,14 @@ struct Cached {
 }
 
 /// Discovered model lists, one entry per provider (indexed like the route table).
-pub struct ModelsCache {
+pub struct ProviderModelLists {
     ttl: Duration,
     timeout: Duration,
     lists: Vec<ArcSwapOption<Cached>>,
     refreshing: Vec<AtomicBool>,
 }
 
-impl ModelsCache {
+impl ProviderModelLists {
     pub fn new(config: &Config, providers: usize) -> Self {
         Self {
             ttl: config.models_cache.ttl,
