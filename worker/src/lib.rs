@@ -6,7 +6,7 @@
 //! signals. A request goes `server` -> `handlers` -> `routing` (candidates and strategy) ->
 //! `proxy` (breaker and cool-down checks, the pool-wide provider permit, attempts, timeouts,
 //! failover) -> `body` (streaming back) or `providers::mock`. `breaker` is the per-provider
-//! circuit breaker; `provider_health` probes providers in the background and serves `/v1/health*`.
+//! circuit breaker; `health` probes providers in the background and serves `/v1/health*`.
 
 mod attempt;
 mod body;
@@ -16,10 +16,10 @@ mod connect;
 mod endpoint;
 mod error;
 mod handlers;
+mod health;
 mod heartbeat;
 mod listen;
 mod metrics;
-mod provider_health;
 mod providers;
 mod proxy;
 mod routing;

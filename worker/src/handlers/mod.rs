@@ -7,8 +7,8 @@ mod models;
 
 use crate::body::{Counters, ResBody};
 use crate::endpoint::Endpoint;
+use crate::health::{self, ProviderHealth};
 use crate::metrics::Metrics;
-use crate::provider_health::{self, ProviderHealth};
 use crate::routing::RouteTable;
 use gateway::config::Config;
 use gateway::{ApiError, Dialect, ErrorKind};
@@ -137,9 +137,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody
         }
         p if p.starts_with("/v1/health") => {
             let resp = if req.method() == Method::GET {
-                provider_health::handle(&app.health, p, req.uri().query()).await
+                health::handle(&app.health, p, req.uri().query()).await
             } else {
-                provider_health::handle_path(p).then(|| not_allowed(Dialect::OpenAi, "GET"))
+                health::handle_path(p).then(|| not_allowed(Dialect::OpenAi, "GET"))
             };
             match resp {
                 Some(r) => r,
