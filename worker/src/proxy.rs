@@ -59,7 +59,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-use translated::{mark_translated, translated_back, translated_request};
+use translated::{mark_translated, translated_back, translated_request, Translation};
 use upstream::{error_response, send};
 
 /// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
@@ -247,28 +247,10 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
-            let route = provider.route(r.req.endpoint).unwrap_or(Route::Native);
-            let (body, tr) = match route {
-                Route::Translate { from, to } => {
-                    match translated_request(
-                        &r.req.body,
-                        target.rewrite.as_deref(),
-                        from,
-                        to,
-                        &provider,
-                    ) {
-                        Ok((b, t)) => (b, Some(t)),
-                        // Before any provider is contacted: the client's 400, naming the field.
-                        Err(e) => return e.to_response(dialect),
-                    }
-                }
-                Route::Native => match &target.rewrite {
-                    Some(model) => match rewrite_model(&r.req.body, model) {
-                        Ok(b) => (b, None),
-                        Err(e) => return e.to_response(dialect),
-                    },
-                    None => (r.req.body.clone(), None),
-                },
+            let (body, tr) = match upstream_body(&r.req, &target, &provider) {
+                Ok(b) => b,
+                // Before any provider is contacted: the client's 400, naming the field.
+                Err(e) => return e.to_response(dialect),
             };
             let permit = match take_permit(&mut r, &provider).await {
                 PermitWait::Got(s) => s,
@@ -314,22 +296,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
-                if let Some(t) = &tr {
-                    provider.metrics.translated(t.from, t.to);
-                }
-                let out = if resp.status().is_success() {
-                    match &tr {
-                        Some(t) => {
-                            translated_back(resp, &provider, t.clone(), attempt, guard).await
-                        }
-                        None => return stream_back(resp, &provider, dialect, attempt, guard),
-                    }
-                } else {
-                    // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
-                    attempt.finish(Outcome::ClientError);
-                    error_response(resp, &provider, dialect, tr.as_ref()).await
-                };
-                return mark_translated(out, tr.as_ref());
+                return kept(resp, &provider, dialect, tr, attempt, guard).await;
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
             let out = error_response(resp, &provider, dialect, tr.as_ref()).await;
@@ -339,6 +306,52 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
         })
     })
+}
+
+/// The body sent to the provider: translated for a provider of another API, else the client's
+/// bytes (with an alias target's model). `Err` is the client's 400, naming the field.
+fn upstream_body(
+    req: &Forward,
+    target: &Target,
+    provider: &Provider,
+) -> Result<(Bytes, Option<Translation>), ApiError> {
+    match provider.route(req.endpoint).unwrap_or(Route::Native) {
+        Route::Translate { from, to } => {
+            let (b, t) =
+                translated_request(&req.body, target.rewrite.as_deref(), from, to, provider)?;
+            Ok((b, Some(t)))
+        }
+        Route::Native => match &target.rewrite {
+            Some(model) => Ok((rewrite_model(&req.body, model)?, None)),
+            None => Ok((req.body.clone(), None)),
+        },
+    }
+}
+
+/// The answer that is kept, as the client gets it: a success streamed (or translated) back, an
+/// error read and redacted; a translated one labelled for the access log.
+async fn kept(
+    resp: Response<Incoming>,
+    provider: &Arc<Provider>,
+    dialect: Dialect,
+    tr: Option<Translation>,
+    mut attempt: Attempt,
+    guard: RequestGuard,
+) -> Response<ResBody> {
+    if let Some(t) = &tr {
+        provider.metrics.translated(t.from, t.to);
+    }
+    let out = if resp.status().is_success() {
+        match &tr {
+            Some(t) => translated_back(resp, provider, t.clone(), attempt, guard).await,
+            None => return stream_back(resp, provider, dialect, attempt, guard),
+        }
+    } else {
+        // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
+        attempt.finish(Outcome::ClientError);
+        error_response(resp, provider, dialect, tr.as_ref()).await
+    };
+    mark_translated(out, tr.as_ref())
 }
 
 /// What to do with a provider's response, judged on its head.

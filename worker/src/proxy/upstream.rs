@@ -164,7 +164,15 @@ pub(super) async fn send(
                 ),
             ),
         }),
-        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => Err(AttemptError {
+        Ok(Err(e)) => Err(send_failed(p, &e)),
+    }
+}
+
+/// A send that failed before response headers: a connect error (nothing was sent; timed out or
+/// refused) or a failure after the request went out.
+fn send_failed(p: &Provider, e: &hyper_util::client::legacy::Error) -> AttemptError {
+    if e.is_connect() && is_timeout(e) {
+        AttemptError {
             outcome: Outcome::Timeout,
             sent: false,
             error: ApiError::new(
@@ -175,8 +183,9 @@ pub(super) async fn send(
                     humantime::format_duration(p.config.connect_timeout)
                 ),
             ),
-        }),
-        Ok(Err(e)) if e.is_connect() => Err(AttemptError {
+        }
+    } else if e.is_connect() {
+        AttemptError {
             outcome: Outcome::ConnectError,
             sent: false,
             error: ApiError::new(
@@ -184,17 +193,18 @@ pub(super) async fn send(
                 format!(
                     "cannot connect to provider `{}`: {}",
                     p.name(),
-                    error_chain(&e)
+                    error_chain(e)
                 ),
             ),
-        }),
-        Ok(Err(e)) => Err(AttemptError {
+        }
+    } else {
+        AttemptError {
             outcome: Outcome::ServerError,
             sent: true,
             error: ApiError::new(
                 ErrorKind::BadGateway,
-                format!("provider `{}` failed: {}", p.name(), error_chain(&e)),
+                format!("provider `{}` failed: {}", p.name(), error_chain(e)),
             ),
-        }),
+        }
     }
 }
