@@ -6,7 +6,7 @@
 
 mod support;
 
-use gateway::provider_slots::ProviderTable;
+use gateway::provider_permits::ProviderTable;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -8,30 +8,25 @@
 //! makes hyper abort the connection instead of writing the final chunk; other bodies just get
 //! the `Err`. Dropping it (the client went away) drops the upstream body and so the upstream
 //! connection at once. `MockBody` paces a mock provider's frames. A streaming
-//! response answered before its provider slot was free is `gateway::relay::Pinging`
+//! response answered before its provider permit was free is `gateway::relay::Pinging`
 //! (`waiting_response`): keep-alive pings while the rest of the attempts run inside it, then the
 //! provider's stream (or an error event and an abort).
-//! `Attempt` is the per-attempt guard: provider in-flight count, outcome (metrics, routing
-//! statistics, circuit breaker) and the pool-wide provider slot, all released when it drops;
-//! starting one counts it for the request's attempt total (`count_attempts`).
 
-use crate::breaker::{self, CircuitState};
+use crate::attempt::Attempt;
 use crate::metrics::Outcome;
 use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
-use gateway::provider_slots::SlotGuard;
 use gateway::relay::{self, BoxError, Deadline, Failed, Failure, Hooks, Pinging, Relay};
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::time::Sleep;
 
 /// Why a stream was cut short; the error the body reports to hyper.
@@ -66,98 +61,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
         self.0.served.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One attempt at a provider: counted in the provider's `inflight` until dropped; records its
-/// outcome exactly once (`Cancelled` if nobody did before the drop), in the metrics, the
-/// routing statistics and the provider's circuit breaker. It also owns the pool-wide provider
-/// slot, if one was taken, so the slot is held exactly as long as the response body.
-pub struct Attempt {
-    pub provider: Arc<Provider>,
-    started: Instant,
-    done: bool,
-    _slot: Option<SlotGuard>,
-}
-
-tokio::task_local! {
-    /// Attempts started by the request whose handler scoped this (see `count_attempts`).
-    static ATTEMPTS: Cell<u32>;
-}
-
-/// Runs `fut` (a request's attempt loop) and returns its output with the number of attempts it
-/// started. Counted where every attempt begins (`Attempt::start`), so the attempt loop needs no
-/// bookkeeping of its own for the access log. Attempts that run later inside a `Pinging` body
-/// (after the 200 and its pings went out) are outside the scope and not counted: their
-/// response head, which would carry the count, is gone already.
-pub async fn count_attempts<F: Future>(fut: F) -> (F::Output, u32) {
-    ATTEMPTS
-        .scope(Cell::new(0), async {
-            let out = fut.await;
-            (out, ATTEMPTS.with(Cell::get))
-        })
-        .await
-}
-
-impl Attempt {
-    pub fn start(provider: Arc<Provider>, slot: Option<SlotGuard>) -> Self {
-        provider.state.inflight.fetch_add(1, Ordering::Relaxed);
-        // Outside a handler's scope (unit tests, a `Pinging` body) there is nothing to count.
-        let _ = ATTEMPTS.try_with(|n| n.set(n.get() + 1));
-        Self {
-            provider,
-            started: Instant::now(),
-            done: false,
-            _slot: slot,
-        }
-    }
-
-    /// Response headers arrived: feeds the latency statistics.
-    pub fn headers_received(&self) {
-        let d = self.started.elapsed();
-        self.provider.state.record_latency(d);
-        self.provider.metrics.latency.observe(d.as_secs_f64());
-    }
-
-    /// Records `outcome`, with its default meaning for the breaker.
-    pub fn finish(&mut self, outcome: Outcome) {
-        let b = match outcome {
-            Outcome::Success => Some(breaker::Outcome::Success),
-            Outcome::ClientError => Some(breaker::Outcome::ClientError),
-            Outcome::RateLimited => Some(breaker::Outcome::RateLimited(breaker::DEFAULT_COOLDOWN)),
-            Outcome::ServerError
-            | Outcome::ConnectError
-            | Outcome::Timeout
-            | Outcome::StreamError => Some(breaker::Outcome::Failure),
-            Outcome::Cancelled => None,
-        };
-        self.finish_as(outcome, b);
-    }
-
-    /// Records `outcome` in the metrics and `b` in the breaker; `None` = no verdict (the client
-    /// left), which only gives back a half-open trial slot.
-    pub fn finish_as(&mut self, outcome: Outcome, b: Option<breaker::Outcome>) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.provider.metrics.count(outcome);
-        self.provider.state.record_outcome(outcome.is_failure());
-        match b {
-            Some(o) => self.provider.breaker.record(o),
-            None => {
-                if self.provider.breaker.state() == CircuitState::HalfOpen {
-                    self.provider.breaker.release_trial();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        self.finish(Outcome::Cancelled);
-        self.provider.state.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -223,7 +126,7 @@ impl Hooks for AttemptHooks {
     }
 
     fn failed(&mut self, err: BoxError) -> Failure {
-        let msg = crate::proxy::error_chain(err.as_ref());
+        let msg = crate::error::error_chain(err.as_ref());
         self.fail(StreamError::Upstream(msg), Outcome::StreamError)
     }
 
@@ -316,10 +219,10 @@ type BoxResponse = Pin<Box<dyn Future<Output = http::Response<ResBody>> + Send>>
 pub type Waiting = Pinging<Pin<Box<dyn Future<Output = Result<ResBody, Failed>> + Send>>, ResBody>;
 
 /// A streaming response whose 200 goes out while `fut` (the rest of the attempts) still waits
-/// for a provider slot: keep-alive pings in the caller's dialect every `interval`, then the
+/// for a provider permit: keep-alive pings in the caller's dialect every `interval`, then the
 /// provider's stream if the attempts ended in one (`relay::is_stream_response`), else the
 /// dialect's error event and an aborted body. Dropping it (the client left) drops `fut`, and
-/// with it any slot or upstream request.
+/// with it any permit or upstream request.
 pub fn waiting_response(
     dialect: Dialect,
     interval: Duration,
@@ -399,6 +302,16 @@ impl From<String> for ResBody {
     fn from(s: String) -> Self {
         Self::full(s)
     }
+}
+
+/// A 200 JSON response (health, model lists, token counts).
+pub(crate) fn json_response(v: &serde_json::Value) -> http::Response<ResBody> {
+    let mut r = http::Response::new(ResBody::from(v.to_string()));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 // The dispatch to the variants is the relay layer's, shared with the front.

@@ -50,9 +50,9 @@ impl CircuitState {
     }
 }
 
-/// What an attempt's outcome means for the breaker.
+/// What an attempt's outcome (`metrics::Outcome`) signals to the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Signal {
     Success,
     /// Connect error, timeout, 5xx, 529: counts against the provider.
     Failure,
@@ -66,13 +66,13 @@ pub enum Outcome {
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// Classifies an upstream status (and its `Retry-After`, already capped, if any).
-pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
+pub fn classify(status: u16, retry_after: Option<Duration>) -> Signal {
     match status {
-        429 => Outcome::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN)),
-        503 if retry_after.is_some() => Outcome::RateLimited(retry_after.unwrap_or_default()),
-        500..=599 => Outcome::Failure,
-        200..=399 => Outcome::Success,
-        _ => Outcome::ClientError,
+        429 => Signal::RateLimited(retry_after.unwrap_or(DEFAULT_COOLDOWN)),
+        503 if retry_after.is_some() => Signal::RateLimited(retry_after.unwrap_or_default()),
+        500..=599 => Signal::Failure,
+        200..=399 => Signal::Success,
+        _ => Signal::ClientError,
     }
 }
 
@@ -245,17 +245,17 @@ impl Breaker {
         });
     }
 
-    /// Records an attempt's outcome.
-    pub fn record(self: &Arc<Self>, outcome: Outcome) {
-        match outcome {
-            Outcome::ClientError => {
+    /// Records what an attempt signalled.
+    pub fn record(self: &Arc<Self>, signal: Signal) {
+        match signal {
+            Signal::ClientError => {
                 if self.state() == CircuitState::HalfOpen {
                     self.release_trial();
                 }
             }
-            Outcome::Success => self.on_success(),
-            Outcome::Failure => self.on_failure(),
-            Outcome::RateLimited(d) => {
+            Signal::Success => self.on_success(),
+            Signal::Failure => self.on_failure(),
+            Signal::RateLimited(d) => {
                 let until = self.now_ms() + d.as_millis() as u64;
                 self.cooldown_until_ms.fetch_max(until, AcqRel);
                 self.on_failure();
@@ -341,14 +341,14 @@ mod tests {
             consecutive_failures: 100,
             ..cfg()
         });
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         assert!((b.failure_rate() - 0.1).abs() < 1e-12);
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         assert!((b.failure_rate() - 0.19).abs() < 1e-12);
-        b.record(Outcome::Success);
+        b.record(Signal::Success);
         assert!((b.failure_rate() - 0.095).abs() < 1e-12);
         for _ in 0..2000 {
-            b.record(Outcome::Success);
+            b.record(Signal::Success);
         }
         assert_eq!(b.failure_rate(), 0.0, "floored at 0, never negative");
     }
@@ -361,9 +361,9 @@ mod tests {
             ..cfg()
         });
         for _ in 0..6 {
-            b.record(Outcome::Failure);
-            b.record(Outcome::Failure);
-            b.record(Outcome::Success); // keeps the run short, so only the rate can open it
+            b.record(Signal::Failure);
+            b.record(Signal::Failure);
+            b.record(Signal::Success); // keeps the run short, so only the rate can open it
         }
         assert_eq!(b.state(), CircuitState::Closed, "rate {}", b.failure_rate());
         let (b2, log2) = breaker(BreakerConfig {
@@ -371,7 +371,7 @@ mod tests {
             ..cfg()
         });
         for i in 1..=7 {
-            b2.record(Outcome::Failure);
+            b2.record(Signal::Failure);
             assert_eq!(
                 b2.state() == CircuitState::Open,
                 i == 7,
@@ -396,13 +396,13 @@ mod tests {
             consecutive_failures: 3,
             ..cfg()
         });
-        b.record(Outcome::Failure);
-        b.record(Outcome::Failure);
-        b.record(Outcome::Success);
-        b.record(Outcome::Failure);
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
+        b.record(Signal::Failure);
+        b.record(Signal::Success);
+        b.record(Signal::Failure);
+        b.record(Signal::Failure);
         assert_eq!(b.state(), CircuitState::Closed);
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         assert_eq!(b.state(), CircuitState::Open);
         assert!(!b.allows());
     }
@@ -424,20 +424,20 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(200, None), Outcome::Success);
-        assert_eq!(classify(500, None), Outcome::Failure);
-        assert_eq!(classify(529, None), Outcome::Failure);
-        assert_eq!(classify(503, None), Outcome::Failure);
+        assert_eq!(classify(200, None), Signal::Success);
+        assert_eq!(classify(500, None), Signal::Failure);
+        assert_eq!(classify(529, None), Signal::Failure);
+        assert_eq!(classify(503, None), Signal::Failure);
         assert_eq!(
             classify(503, Some(Duration::from_secs(7))),
-            Outcome::RateLimited(Duration::from_secs(7))
+            Signal::RateLimited(Duration::from_secs(7))
         );
         assert_eq!(
             classify(429, Some(Duration::from_secs(2))),
-            Outcome::RateLimited(Duration::from_secs(2))
+            Signal::RateLimited(Duration::from_secs(2))
         );
-        assert_eq!(classify(429, None), Outcome::RateLimited(DEFAULT_COOLDOWN));
-        assert_eq!(classify(401, None), Outcome::ClientError);
+        assert_eq!(classify(429, None), Signal::RateLimited(DEFAULT_COOLDOWN));
+        assert_eq!(classify(401, None), Signal::ClientError);
     }
 
     #[tokio::test(start_paused = true)]
@@ -446,7 +446,7 @@ mod tests {
             consecutive_failures: 1,
             ..cfg()
         });
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         assert_eq!(b.state(), CircuitState::Open);
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(b.state(), CircuitState::Open);
@@ -460,7 +460,7 @@ mod tests {
         assert!(b.allows() && b.allows() && b.allows());
         assert!(!b.allows());
         for _ in 0..3 {
-            b.record(Outcome::Success);
+            b.record(Signal::Success);
         }
         assert_eq!(b.state(), CircuitState::Closed);
         use CircuitState::*;
@@ -476,13 +476,13 @@ mod tests {
             consecutive_failures: 1,
             ..cfg()
         });
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         tokio::time::sleep(Duration::from_secs(31)).await;
         assert_eq!(b.state(), CircuitState::HalfOpen);
         assert!(b.allows());
-        b.record(Outcome::Success);
+        b.record(Signal::Success);
         assert!(b.allows());
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         assert_eq!(b.state(), CircuitState::Open);
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(
@@ -521,7 +521,7 @@ mod tests {
             ..cfg()
         });
         assert_eq!(b.blocked_for(), Duration::ZERO);
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(b.blocked_for(), Duration::from_secs(20));
         b.record(classify(429, Some(Duration::from_secs(60))));
@@ -540,7 +540,7 @@ mod tests {
         });
         b.probe_succeeded();
         assert_eq!(b.state(), CircuitState::Closed);
-        b.record(Outcome::Failure);
+        b.record(Signal::Failure);
         b.probe_succeeded();
         assert_eq!(b.state(), CircuitState::HalfOpen);
     }

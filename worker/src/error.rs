@@ -35,3 +35,36 @@ impl WorkerError {
         }
     }
 }
+
+/// Whether a connect error was a timeout (the connector reports it as `TimedOut`).
+pub(crate) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if err.to_string().contains("timed out") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// `error: cause: cause` in one line. Provider errors never contain keys: hyper reports
+/// addresses and protocol problems, not request headers.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let m = err.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = err.source();
+    }
+    s
+}

@@ -17,12 +17,12 @@
 //! A successful probe moves an open breaker to half-open early (`Breaker::probe_succeeded`); a
 //! failed probe never opens a closed one (only real traffic does).
 
-use crate::body::ResBody;
+use crate::body::{json_response, ResBody};
 use crate::breaker::CircuitState;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, ProviderKind};
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::{header, Response};
+use http::Response;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,7 +42,7 @@ pub struct Round {
     /// When it finished (for the cache).
     at: Instant,
     timestamp: SystemTime,
-    /// Indexed like `Health::providers`.
+    /// Indexed like `ProviderHealth::providers`.
     results: Vec<ProbeResult>,
     took: Duration,
     concurrent: bool,
@@ -52,7 +52,7 @@ pub struct Round {
 type RoundCell = Arc<OnceCell<Arc<Round>>>;
 
 /// The health prober of one worker.
-pub struct Health {
+pub struct ProviderHealth {
     providers: Vec<Arc<Provider>>,
     /// Model names (configured models, then aliases) and the providers serving each.
     models: Vec<(String, Vec<usize>)>,
@@ -64,7 +64,7 @@ pub struct Health {
     round: Mutex<Option<RoundCell>>,
 }
 
-impl Health {
+impl ProviderHealth {
     pub fn new(config: &Config, providers: Vec<Arc<Provider>>) -> Self {
         let mut models: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
@@ -300,16 +300,6 @@ fn unix_secs(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A 200 JSON response; shared with the model list.
-pub(crate) fn json_response(v: &Value) -> Response<ResBody> {
-    let mut r = Response::new(ResBody::from(v.to_string()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// `timeout` (seconds) and `use_concurrent` from the query string.
 fn parse_query(
     query: Option<&str>,
@@ -360,7 +350,11 @@ pub fn handle_path(path: &str) -> bool {
 
 /// Serves `GET /v1/health`, `/v1/health/models`, `/v1/health/models/{model}` and
 /// `/v1/health/performance`; `None` for any other path.
-pub async fn handle(health: &Health, path: &str, query: Option<&str>) -> Option<Response<ResBody>> {
+pub async fn handle(
+    health: &ProviderHealth,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response<ResBody>> {
     if !handle_path(path) {
         return None;
     }
@@ -420,7 +414,7 @@ pub async fn handle(health: &Health, path: &str, query: Option<&str>) -> Option<
 }
 
 /// Times one concurrent and one sequential probe pass.
-async fn performance(health: &Health, timeout: Duration) -> Response<ResBody> {
+async fn performance(health: &ProviderHealth, timeout: Duration) -> Response<ResBody> {
     let c = health.run(true, timeout).await;
     let s = health.run(false, timeout).await;
     let (ct, st) = (c.took.as_secs_f64(), s.took.as_secs_f64());

@@ -4,10 +4,11 @@
 //! `run(config, listener, heartbeat, shutdown)` is the whole daemon, so tests can start it
 //! in-process; `cli::run` adds the command line, logging, the runtime, the inherited socket and
 //! signals. A request goes `server` -> `handlers` -> `routing` (candidates and strategy) ->
-//! `proxy` (breaker and cool-down checks, the pool-wide provider slot, attempts, timeouts,
+//! `proxy` (breaker and cool-down checks, the pool-wide provider permit, attempts, timeouts,
 //! failover) -> `body` (streaming back) or `providers::mock`. `breaker` is the per-provider
 //! circuit breaker; `health` probes providers in the background and serves `/v1/health*`.
 
+mod attempt;
 mod body;
 pub mod breaker;
 pub mod cli;
@@ -77,7 +78,7 @@ pub async fn run_with_front(
         .collect();
     // Under the supervisor (which hands out the provider table) the supervisor reports missing
     // keys once for the pool; a standalone worker is the whole gateway and says it itself.
-    if std::env::var_os(gateway::provider_slots::ENV_TABLE).is_none() {
+    if std::env::var_os(gateway::provider_permits::ENV_TABLE).is_none() {
         for p in &config.providers {
             if let Some(reason) = p.missing_key() {
                 tracing::warn!(provider = %p.name, "{reason}; provider out of rotation");
@@ -108,10 +109,10 @@ pub async fn run_with_front(
     Ok(())
 }
 
-/// The pool-wide provider slot table the supervisor passes through the environment, else a
+/// The pool-wide provider permit table the supervisor passes through the environment, else a
 /// private one (a standalone worker limits providers for itself).
-fn provider_limiter() -> Result<gateway::provider_slots::ProviderLimiter, WorkerError> {
-    use gateway::provider_slots::{ProviderLimiter, ENV_ROW, ENV_TABLE};
+fn provider_limiter() -> Result<gateway::provider_permits::ProviderLimiter, WorkerError> {
+    use gateway::provider_permits::{ProviderLimiter, ENV_ROW, ENV_TABLE};
     match ProviderLimiter::from_env() {
         Some(Ok(l)) => Ok(l),
         Some(Err(e)) => Err(WorkerError::ProviderTable(e)),

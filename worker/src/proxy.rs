@@ -1,4 +1,4 @@
-//! Forwarding one inference request: pick a candidate, take its pool-wide slot, send, and on
+//! Forwarding one inference request: pick a candidate, take its pool-wide permit, send, and on
 //! a retryable failure before any byte reached the client, try another provider (up to
 //! `routing.max_attempts` attempts in all). The first answer that is kept goes back to the
 //! client: a success streams through `ProxyBody`, an error is read (bounded) and redacted.
@@ -25,35 +25,42 @@
 //!
 //! Timeouts: `connect_timeout` lives in the connector, `first_byte_timeout` bounds the wait for
 //! response headers here, `idle_timeout` is enforced between chunks by `ProxyBody`. A provider
-//! with `max_concurrency` makes requests wait for a slot for up to `pool.queue_timeout`; a
+//! with `max_concurrency` makes requests wait for a permit for up to `pool.queue_timeout`; a
 //! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
 //! with keep-alive pings (`body::waiting_response`) while the rest of this loop runs inside its
 //! body.
 //! Header hygiene (`gateway::headers`): the client's credentials, cookies and origin are never
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
+//!
+//! `upstream` sends one attempt and reads an error answer; `translated` is the glue for a
+//! provider of another API; `crate::attempt` is the per-attempt guard.
 
-use crate::body::{proxy_body, Attempt, RequestGuard, ResBody, WholeBody};
+mod translated;
+mod upstream;
+
+use crate::attempt::Attempt;
+use crate::body::{proxy_body, RequestGuard, ResBody};
 use crate::breaker::{self, CircuitState};
 use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
 use crate::providers::{mock, Provider, Route};
 use crate::routing::{RouteTable, Target};
-use crate::translate::{self, Api};
 use bytes::Bytes;
 use gateway::config::ProviderKind;
 use gateway::headers;
-use gateway::provider_slots::SlotGuard;
+use gateway::provider_permits::ProviderPermit;
 use gateway::{ApiError, Dialect, ErrorKind};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::header::{self, HeaderMap};
+use http::Response;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+use translated::{mark_translated, translated_back, translated_request, Translation};
+use upstream::{error_response, send};
 
 /// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
 /// on inside a streaming response's body after the pings started.
@@ -65,18 +72,6 @@ pub struct Forward {
     pub body: Bytes,
     pub stream: bool,
 }
-
-/// Why one attempt failed before any byte reached the client.
-struct AttemptError {
-    outcome: Outcome,
-    error: ApiError,
-    /// Whether the request may have reached the provider; if not (a connect error), the
-    /// provider may be tried again.
-    sent: bool,
-}
-
-/// Largest upstream error body read, redacted and passed on; the rest is cut.
-const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// The first wait before retrying the same provider, its growth and its cap.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -120,8 +115,8 @@ struct Run {
     same_retries: u32,
     /// The error the client gets if no attempt succeeds.
     last: Option<Response<ResBody>>,
-    /// When waiting for a provider slot gives up (`pool.queue_timeout` after arrival).
-    slot_deadline: Instant,
+    /// When waiting for a provider permit gives up (`pool.queue_timeout` after arrival).
+    permit_deadline: Instant,
     /// When a waiting streaming request switches to pings.
     ping_at: Instant,
     /// True once the response head (200 + pings) has been sent.
@@ -140,7 +135,7 @@ pub async fn forward(
     let now = Instant::now();
     let run = Run {
         tried: vec![Tried::No; candidates.len()],
-        slot_deadline: now + table.limits.queue_timeout,
+        permit_deadline: now + table.limits.queue_timeout,
         ping_at: now + table.limits.ping_interval,
         table,
         req,
@@ -252,33 +247,15 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
-            let route = provider.route(r.req.endpoint).unwrap_or(Route::Native);
-            let (body, tr) = match route {
-                Route::Translate { from, to } => {
-                    match translated_request(
-                        &r.req.body,
-                        target.rewrite.as_deref(),
-                        from,
-                        to,
-                        &provider,
-                    ) {
-                        Ok((b, t)) => (b, Some(t)),
-                        // Before any provider is contacted: the client's 400, naming the field.
-                        Err(e) => return e.to_response(dialect),
-                    }
-                }
-                Route::Native => match &target.rewrite {
-                    Some(model) => match rewrite_model(&r.req.body, model) {
-                        Ok(b) => (b, None),
-                        Err(e) => return e.to_response(dialect),
-                    },
-                    None => (r.req.body.clone(), None),
-                },
+            let (body, tr) = match upstream_body(&r.req, &target, &provider) {
+                Ok(b) => b,
+                // Before any provider is contacted: the client's 400, naming the field.
+                Err(e) => return e.to_response(dialect),
             };
-            let slot = match take_slot(&mut r, &provider).await {
-                SlotWait::Got(s) => s,
-                SlotWait::TimedOut(e) => return e.to_response(dialect),
-                SlotWait::StartPings => {
+            let permit = match take_permit(&mut r, &provider).await {
+                PermitWait::Got(s) => s,
+                PermitWait::TimedOut(e) => return e.to_response(dialect),
+                PermitWait::StartPings => {
                     // The continuation picks again (the trial slot goes back with `pick`).
                     drop(pick);
                     r.in_body = true;
@@ -293,10 +270,17 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
-                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard)
-                    .await;
+                return mock_response(
+                    &provider,
+                    r.req.endpoint,
+                    &body,
+                    r.req.stream,
+                    permit,
+                    guard,
+                )
+                .await;
             }
-            let mut attempt = Attempt::start(provider.clone(), slot);
+            let mut attempt = Attempt::start(provider.clone(), permit);
             let resp = match send(&provider, &r.req, tr.as_ref(), body).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -312,22 +296,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
-                if let Some(t) = &tr {
-                    provider.metrics.translated(t.from, t.to);
-                }
-                let out = if resp.status().is_success() {
-                    match &tr {
-                        Some(t) => {
-                            translated_back(resp, &provider, t.clone(), attempt, guard).await
-                        }
-                        None => return stream_back(resp, &provider, dialect, attempt, guard),
-                    }
-                } else {
-                    // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
-                    attempt.finish(Outcome::ClientError);
-                    error_response(resp, &provider, dialect, tr.as_ref()).await
-                };
-                return mark_translated(out, tr.as_ref());
+                return kept(resp, &provider, dialect, tr, attempt, guard).await;
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
             let out = error_response(resp, &provider, dialect, tr.as_ref()).await;
@@ -337,6 +306,52 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
         })
     })
+}
+
+/// The body sent to the provider: translated for a provider of another API, else the client's
+/// bytes (with an alias target's model). `Err` is the client's 400, naming the field.
+fn upstream_body(
+    req: &Forward,
+    target: &Target,
+    provider: &Provider,
+) -> Result<(Bytes, Option<Translation>), ApiError> {
+    match provider.route(req.endpoint).unwrap_or(Route::Native) {
+        Route::Translate { from, to } => {
+            let (b, t) =
+                translated_request(&req.body, target.rewrite.as_deref(), from, to, provider)?;
+            Ok((b, Some(t)))
+        }
+        Route::Native => match &target.rewrite {
+            Some(model) => Ok((rewrite_model(&req.body, model)?, None)),
+            None => Ok((req.body.clone(), None)),
+        },
+    }
+}
+
+/// The answer that is kept, as the client gets it: a success streamed (or translated) back, an
+/// error read and redacted; a translated one labelled for the access log.
+async fn kept(
+    resp: Response<Incoming>,
+    provider: &Arc<Provider>,
+    dialect: Dialect,
+    tr: Option<Translation>,
+    mut attempt: Attempt,
+    guard: RequestGuard,
+) -> Response<ResBody> {
+    if let Some(t) = &tr {
+        provider.metrics.translated(t.from, t.to);
+    }
+    let out = if resp.status().is_success() {
+        match &tr {
+            Some(t) => translated_back(resp, provider, t.clone(), attempt, guard).await,
+            None => return stream_back(resp, provider, dialect, attempt, guard),
+        }
+    } else {
+        // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
+        attempt.finish(Outcome::ClientError);
+        error_response(resp, provider, dialect, tr.as_ref()).await
+    };
+    mark_translated(out, tr.as_ref())
 }
 
 /// What to do with a provider's response, judged on its head.
@@ -364,7 +379,7 @@ fn judge(
     let retry_after =
         headers::retry_after(resp.headers(), SystemTime::now()).map(|d| d.min(max_cooldown));
     match breaker::classify(status, retry_after) {
-        o @ breaker::Outcome::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
+        o @ breaker::Signal::RateLimited(_) => attempt.finish_as(Outcome::RateLimited, Some(o)),
         _ if status >= 500 => attempt.finish(Outcome::ServerError),
         _ => attempt.finish(Outcome::ClientError),
     }
@@ -378,38 +393,38 @@ fn judge(
     }
 }
 
-/// The outcome of waiting for a pool-wide provider slot.
-enum SlotWait {
-    /// A slot (or `None`: the provider has no limit).
-    Got(Option<SlotGuard>),
+/// The outcome of waiting for a pool-wide provider permit.
+enum PermitWait {
+    /// A permit (or `None`: the provider has no limit).
+    Got(Option<ProviderPermit>),
     /// `queue_timeout` passed: the 503 to send.
     TimedOut(ApiError),
     /// A streaming request has waited `stream_ping_interval`: answer now, wait in the body.
     StartPings,
 }
 
-async fn take_slot(r: &mut Run, p: &Provider) -> SlotWait {
+async fn take_permit(r: &mut Run, p: &Provider) -> PermitWait {
     let limit = p.config.max_concurrency;
     let Some(limiter) = r.table.limits.limiter.as_ref().filter(|_| limit > 0) else {
-        return SlotWait::Got(None);
+        return PermitWait::Got(None);
     };
     if let Some(g) = limiter.try_acquire(p.name(), limit) {
-        return SlotWait::Got(Some(g));
+        return PermitWait::Got(Some(g));
     }
     let pings = r.req.stream && !r.in_body;
     let until = if pings {
-        r.slot_deadline.min(r.ping_at)
+        r.permit_deadline.min(r.ping_at)
     } else {
-        r.slot_deadline
+        r.permit_deadline
     };
     if let Some(g) = limiter.acquire(p.name(), limit, until).await {
-        return SlotWait::Got(Some(g));
+        return PermitWait::Got(Some(g));
     }
-    if pings && Instant::now() < r.slot_deadline {
-        return SlotWait::StartPings;
+    if pings && Instant::now() < r.permit_deadline {
+        return PermitWait::StartPings;
     }
     let wait = r.table.limits.queue_timeout;
-    SlotWait::TimedOut(
+    PermitWait::TimedOut(
         ApiError::new(
             ErrorKind::Unavailable,
             format!(
@@ -438,174 +453,6 @@ fn log_bad_key(p: &Provider, status: u16) {
     }
 }
 
-/// Reads at most `cap` bytes of `body` within `wait`. The flag says the bytes may be only the
-/// head of the body: there was more, the body failed, or the wait ran out.
-async fn read_capped(mut body: Incoming, cap: usize, wait: Duration) -> (Bytes, bool) {
-    let mut buf = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return true };
-            if let Ok(data) = frame.into_data() {
-                let room = cap - buf.len();
-                if data.len() > room {
-                    buf.extend_from_slice(&data[..room]);
-                    return true;
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        false
-    };
-    let cut = tokio::time::timeout(wait, read).await.unwrap_or(true);
-    (Bytes::from(buf), cut)
-}
-
-/// A provider's error answer (any non-2xx) as the client gets it: read into memory (bounded in
-/// size and time, so it can also wait while another attempt is made), the provider's key
-/// redacted from the body and the allow-listed headers. A whole JSON body (the provider speaks
-/// the caller's dialect) passes on; anything else becomes a gateway error body in the caller's
-/// dialect quoting the start of the provider's text. A compressed body cannot be searched for
-/// the key, so it is withheld.
-async fn error_response(
-    resp: Response<Incoming>,
-    p: &Provider,
-    dialect: Dialect,
-    tr: Option<&Translation>,
-) -> Response<ResBody> {
-    let (parts, body) = resp.into_parts();
-    let wait = p.config.idle_timeout.min(Duration::from_secs(10));
-    let (raw, cut) = read_capped(body, MAX_ERROR_BODY, wait).await;
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bytes = if encoded {
-        Bytes::from_static(b"(compressed body withheld)")
-    } else {
-        match p.secret.redact(&raw, cut) {
-            std::borrow::Cow::Borrowed(_) => raw.clone(),
-            std::borrow::Cow::Owned(v) => Bytes::from(v),
-        }
-    };
-    let is_json = !encoded
-        && !cut
-        && parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
-        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-    let body = if let (true, Some(t)) = (is_json, tr) {
-        // The provider's error in its dialect, re-said in the client's (after the redaction).
-        Bytes::from(translate::translate_error(
-            t.to,
-            t.from,
-            parts.status.as_u16(),
-            &bytes,
-        ))
-    } else if is_json {
-        bytes
-    } else {
-        let kind = ErrorKind::from_upstream_status(parts.status.as_u16());
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-        let msg = format!(
-            "provider `{}` answered {}: {}",
-            p.name(),
-            parts.status,
-            text.trim()
-        );
-        Bytes::from(ApiError::new(kind, msg).body(dialect))
-    };
-    let mut out = Response::new(ResBody::full(body));
-    *out.status_mut() = parts.status;
-    *out.headers_mut() = headers::client_response(&parts.headers, &p.secret, false);
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    out
-}
-
-/// Sends one attempt and waits for the response headers.
-async fn send(
-    p: &Provider,
-    req: &Forward,
-    tr: Option<&Translation>,
-    body: Bytes,
-) -> Result<Response<Incoming>, AttemptError> {
-    let endpoint = tr.map_or(req.endpoint, |t| Endpoint::of_api(t.to));
-    let internal = |m: String| AttemptError {
-        outcome: Outcome::ConnectError,
-        error: ApiError::new(ErrorKind::Internal, m),
-        sent: false,
-    };
-    let client = p
-        .client
-        .as_ref()
-        .ok_or_else(|| internal(format!("provider `{}` has no client", p.name())))?;
-    let uri = p.uri(endpoint, req.query.as_deref()).map_err(|e| {
-        internal(format!(
-            "provider `{}` has an unusable base_url: {e}",
-            p.name()
-        ))
-    })?;
-    let mut out = Request::new(Full::new(body));
-    *out.method_mut() = http::Method::POST;
-    *out.uri_mut() = uri;
-    *out.headers_mut() = req.headers.clone();
-    if tr.is_some() {
-        translated_headers(out.headers_mut());
-    }
-    p.apply_headers(out.headers_mut());
-    let limit = p.config.first_byte_timeout;
-    match tokio::time::timeout(limit, client.request(out)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Err(_) => Err(AttemptError {
-            outcome: Outcome::Timeout,
-            sent: true,
-            error: ApiError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "provider `{}` sent no response within {}",
-                    p.name(),
-                    humantime::format_duration(limit)
-                ),
-            ),
-        }),
-        Ok(Err(e)) if e.is_connect() && is_timeout(&e) => Err(AttemptError {
-            outcome: Outcome::Timeout,
-            sent: false,
-            error: ApiError::new(
-                ErrorKind::GatewayTimeout,
-                format!(
-                    "connecting to provider `{}` timed out after {}",
-                    p.name(),
-                    humantime::format_duration(p.config.connect_timeout)
-                ),
-            ),
-        }),
-        Ok(Err(e)) if e.is_connect() => Err(AttemptError {
-            outcome: Outcome::ConnectError,
-            sent: false,
-            error: ApiError::new(
-                ErrorKind::BadGateway,
-                format!(
-                    "cannot connect to provider `{}`: {}",
-                    p.name(),
-                    error_chain(&e)
-                ),
-            ),
-        }),
-        Ok(Err(e)) => Err(AttemptError {
-            outcome: Outcome::ServerError,
-            sent: true,
-            error: ApiError::new(
-                ErrorKind::BadGateway,
-                format!("provider `{}` failed: {}", p.name(), error_chain(&e)),
-            ),
-        }),
-    }
-}
-
 /// Wraps a provider's successful response for the client: its body streams through unchanged,
 /// with the allow-listed headers.
 fn stream_back(
@@ -626,173 +473,6 @@ fn stream_back(
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
 }
 
-/// A request on its way to a provider of another API.
-#[derive(Debug, Clone)]
-struct Translation {
-    /// The client's API.
-    from: Api,
-    /// The provider's API.
-    to: Api,
-    /// The model the client asked for: the translated answer carries it (an alias stays one).
-    client_model: String,
-    /// A Chat client asked for the usage-only chunk.
-    include_usage: bool,
-}
-
-/// Largest translated non-streamed answer read into memory (it must be whole to be decoded).
-const MAX_TRANSLATED_BODY: usize = 32 << 20;
-
-/// The client's body decoded in its API and encoded for the provider's, with the alias
-/// target's model when there is one and the provider's `default_max_tokens`.
-fn translated_request(
-    client_body: &Bytes,
-    rewrite: Option<&str>,
-    from: Api,
-    to: Api,
-    p: &Provider,
-) -> Result<(Bytes, Translation), ApiError> {
-    let v: serde_json::Value = serde_json::from_slice(client_body)
-        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("malformed JSON body: {e}")))?;
-    let mut req = translate::decode_request(from, &v).map_err(|e| e.to_api_error())?;
-    let t = Translation {
-        from,
-        to,
-        client_model: req.model.clone(),
-        include_usage: req.include_usage,
-    };
-    if let Some(m) = rewrite {
-        req.model = m.to_string();
-    }
-    let opts = translate::RequestOptions {
-        default_max_tokens: p.config.default_max_tokens,
-    };
-    let out = translate::encode_request(from, to, &req, &opts).map_err(|e| e.to_api_error())?;
-    Ok((
-        Bytes::from(serde_json::to_vec(&out).expect("a JSON value serializes")),
-        t,
-    ))
-}
-
-/// Client headers that belong to the client's API, not the provider's: an Anthropic client's
-/// `anthropic-*` headers (the provider kind sets its own `anthropic-version`), and
-/// `accept-encoding`, because the translator must read the answer uncompressed.
-fn translated_headers(h: &mut HeaderMap) {
-    h.remove(header::ACCEPT_ENCODING);
-    let anthropic: Vec<header::HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("anthropic-"))
-        .cloned()
-        .collect();
-    for k in anthropic {
-        h.remove(k);
-    }
-}
-
-/// Labels a translated answer `FROM->TO` for the front's access log.
-fn mark_translated(mut resp: Response<ResBody>, tr: Option<&Translation>) -> Response<ResBody> {
-    if let Some(t) = tr {
-        let v = format!(
-            "{}->{}",
-            Endpoint::of_api(t.from).api_name(),
-            Endpoint::of_api(t.to).api_name()
-        );
-        if let Ok(v) = HeaderValue::try_from(v) {
-            resp.headers_mut().insert(crate::TRANSLATED_HEADER, v);
-        }
-    }
-    resp
-}
-
-/// A provider's successful answer in its API, for a client of another: an event stream goes
-/// through `TranslateBody` chunk by chunk; a JSON answer is read whole (bounded) and translated.
-async fn translated_back(
-    resp: Response<Incoming>,
-    provider: &Arc<Provider>,
-    t: Translation,
-    mut attempt: Attempt,
-    guard: RequestGuard,
-) -> Response<ResBody> {
-    let dialect = t.from.dialect();
-    let (parts, body) = resp.into_parts();
-    let mut headers = headers::client_response(&parts.headers, &provider.secret, false);
-    let is = |v: &[u8]| {
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|c| c.as_bytes().starts_with(v))
-    };
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bad = |attempt: &mut Attempt, msg: String| {
-        attempt.finish(Outcome::ServerError);
-        ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect)
-    };
-    if encoded {
-        let msg = format!(
-            "provider `{}` sent a compressed answer, which cannot be translated",
-            provider.name()
-        );
-        return bad(&mut attempt, msg);
-    }
-    if is(b"text/event-stream") {
-        let inner = proxy_body(body, provider.config.idle_timeout, None, attempt, guard);
-        let mut opts = translate::StreamOptions::new(t.client_model);
-        opts.include_usage = t.include_usage;
-        opts.created = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let body = translate::body::TranslateBody::new(inner, t.to, t.from, opts);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let mut out = Response::new(ResBody::Translate(Box::new(body)));
-        *out.status_mut() = parts.status;
-        *out.headers_mut() = headers;
-        return out;
-    }
-    let (raw, cut) = read_capped(body, MAX_TRANSLATED_BODY, provider.config.idle_timeout).await;
-    drop(guard);
-    if cut {
-        let msg = format!(
-            "provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes",
-            provider.name()
-        );
-        return bad(&mut attempt, msg);
-    }
-    let translated = serde_json::from_slice::<serde_json::Value>(&raw)
-        .map_err(|e| translate::TranslateError::Upstream {
-            field: String::new(),
-            reason: format!("not JSON: {e}"),
-        })
-        .and_then(|v| translate::translate_response(t.to, t.from, &v, &t.client_model));
-    match translated {
-        Ok((v, _usage)) => {
-            attempt.finish(Outcome::Success);
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            let bytes = serde_json::to_vec(&v).expect("a JSON value serializes");
-            let mut out = Response::new(ResBody::Whole(Box::new(WholeBody::new(
-                bytes.into(),
-                provider.clone(),
-            ))));
-            *out.status_mut() = parts.status;
-            *out.headers_mut() = headers;
-            out
-        }
-        Err(e) => {
-            attempt.finish(Outcome::ServerError);
-            tracing::warn!(provider = %provider.name(), error = %e, "untranslatable answer");
-            e.to_api_error().to_response(dialect)
-        }
-    }
-}
-
 /// The mock provider's answer, after its configured latency. A request the mock refuses (as the
 /// real API would) is the client's error, answered at once and not counted as an attempt.
 async fn mock_response(
@@ -800,14 +480,14 @@ async fn mock_response(
     endpoint: Endpoint,
     body: &[u8],
     stream: bool,
-    slot: Option<SlotGuard>,
+    permit: Option<ProviderPermit>,
     guard: RequestGuard,
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
         Err(e) => return e.to_response(endpoint.dialect()),
     };
-    let attempt = Attempt::start(provider.clone(), slot);
+    let attempt = Attempt::start(provider.clone(), permit);
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }
@@ -839,202 +519,5 @@ fn rewrite_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
     ))
 }
 
-/// Whether a connect error was a timeout (the connector reports it as `TimedOut`).
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// `error: cause: cause` in one line. Provider errors never contain keys: hyper reports
-/// addresses and protocol problems, not request headers.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let m = err.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = err.source();
-    }
-    s
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_by_half_with_jitter_and_caps() {
-        for _ in 0..200 {
-            let d0 = backoff(0).as_secs_f64();
-            assert!((0.08..=0.12).contains(&d0), "{d0}");
-            let d1 = backoff(1).as_secs_f64();
-            assert!((0.12..=0.18).contains(&d1), "{d1}");
-            let d3 = backoff(3).as_secs_f64();
-            assert!((0.27..=0.405).contains(&d3), "{d3}");
-            assert!(backoff(20) <= BACKOFF_CAP);
-            assert!(backoff(20) >= Duration::from_millis(1600));
-        }
-    }
-
-    fn run_for(table: Arc<RouteTable>) -> Run {
-        let candidates = table
-            .candidates("m", Endpoint::ChatCompletions)
-            .expect("m is served");
-        let now = Instant::now();
-        Run {
-            tried: vec![Tried::No; candidates.len()],
-            slot_deadline: now,
-            ping_at: now,
-            table,
-            req: Forward {
-                endpoint: Endpoint::ChatCompletions,
-                headers: HeaderMap::new(),
-                query: None,
-                body: Bytes::new(),
-                stream: false,
-            },
-            candidates,
-            attempts: 0,
-            prev: None,
-            same_retries: 0,
-            last: None,
-            in_body: false,
-        }
-    }
-
-    fn picked(r: &Run) -> Option<(String, Pick)> {
-        let p = pick(r).ok()??;
-        let name = r.table.providers[r.candidates[p.index].provider]
-            .name()
-            .to_string();
-        Some((name, p))
-    }
-
-    /// Selection skips open and cooling providers, forces the least-cooling one when all are
-    /// cooling, fails fast with the remaining open time when all are open, and a pick dropped
-    /// before its attempt gives its half-open trial back (the guard fires).
-    #[tokio::test(start_paused = true)]
-    async fn pick_skips_blocked_providers_and_trials_come_back() {
-        use gateway::config::{ProviderConfig, ProviderKind, Strategy};
-        let mk =
-            |n: &str| ProviderConfig::new(n, ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["m"]);
-        let table = Arc::new(crate::routing::tests::table(
-            Strategy::Unknown(String::new()),
-            vec![mk("a"), mk("b")],
-            vec![],
-        ));
-        let r = run_for(table.clone());
-        let (a, b) = (&table.providers[0].breaker, &table.providers[1].breaker);
-        assert_eq!(picked(&r).unwrap().0, "a");
-        for _ in 0..5 {
-            a.record(breaker::Outcome::Failure);
-        }
-        assert_eq!(a.state(), CircuitState::Open);
-        assert_eq!(picked(&r).unwrap().0, "b", "open a is skipped");
-        b.record(breaker::classify(429, Some(Duration::from_secs(10))));
-        let (name, p) = picked(&r).unwrap();
-        assert_eq!(
-            name, "b",
-            "all blocked, b only cooling: it still gets the request"
-        );
-        assert!(p.trial.0.is_none());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for _ in 0..5 {
-            b.record(breaker::Outcome::Failure);
-        }
-        let e = pick(&r).err().expect("all open: fail fast");
-        assert_eq!(e.kind, ErrorKind::Unavailable);
-        assert_eq!(
-            e.retry_after,
-            Some(29),
-            "a opened first; 29 s of its 30 are left"
-        );
-        tokio::time::sleep(Duration::from_secs(31)).await;
-        assert_eq!(a.state(), CircuitState::HalfOpen);
-        // Half-open admits 3 trials (half_open_successes); held picks use them up ...
-        let held: Vec<Pick> = (0..3)
-            .map(|_| {
-                let (name, p) = picked(&r).unwrap();
-                assert_eq!(name, "a");
-                p
-            })
-            .collect();
-        assert_eq!(picked(&r).unwrap().0, "b", "a's trials are all taken");
-        // ... and dropping them unused (e.g. a slot wait that timed out) gives them back.
-        drop(held);
-        assert_eq!(picked(&r).unwrap().0, "a");
-        for _ in 0..3 {
-            let (name, p) = picked(&r).unwrap();
-            assert_eq!(name, "a");
-            p.trial.disarm();
-        }
-        assert_eq!(
-            picked(&r).unwrap().0,
-            "b",
-            "disarmed trials belong to their attempts now"
-        );
-    }
-
-    /// Within one request, a provider the request reached is never picked again; one that
-    /// could not be reached (a connect error) is, when no other is usable.
-    #[tokio::test(start_paused = true)]
-    async fn only_unreached_providers_are_picked_again() {
-        use gateway::config::{ProviderConfig, ProviderKind, Strategy};
-        let mk =
-            |n: &str| ProviderConfig::new(n, ProviderKind::OpenAi, "http://127.0.0.1:1/v1", &["m"]);
-        let table = Arc::new(crate::routing::tests::table(
-            Strategy::Unknown(String::new()),
-            vec![mk("a"), mk("b")],
-            vec![],
-        ));
-        let mut r = run_for(table);
-        assert_eq!(picked(&r).unwrap().0, "a");
-        r.attempts = 1;
-        r.tried[0] = Tried::Spent;
-        assert_eq!(picked(&r).unwrap().0, "b", "untried first");
-        r.attempts = 2;
-        r.tried[1] = Tried::Unreached;
-        assert_eq!(picked(&r).unwrap().0, "b", "nothing reached b: again");
-        r.tried[1] = Tried::Spent;
-        assert!(
-            pick(&r).unwrap().is_none(),
-            "both reached: no more attempts"
-        );
-    }
-
-    #[test]
-    fn retryable_statuses() {
-        for s in [429, 500, 502, 503, 504, 529] {
-            assert!(retryable(s), "{s}");
-        }
-        for s in [400, 401, 403, 404, 422, 501] {
-            assert!(!retryable(s), "{s}");
-        }
-    }
-
-    #[test]
-    fn alias_rewrite_changes_only_the_model() {
-        let b = Bytes::from_static(
-            br#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        );
-        let out = rewrite_model(&b, "gpt-4o-mini").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["model"], "gpt-4o-mini");
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["messages"][0]["content"], "hi");
-    }
-}
+mod tests;

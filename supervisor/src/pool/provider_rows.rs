@@ -1,9 +1,9 @@
-//! The supervisor's half of the pool-wide provider limits (`gateway::provider_slots`): it creates
+//! The supervisor's half of the pool-wide provider limits (`gateway::provider_permits`): it creates
 //! the shared table in the runtime directory, gives every worker process a row of its own, and
 //! zeroes that row once the process is dead, so slots held by a worker killed mid-request come
 //! back at once.
 
-use gateway::provider_slots::{ProviderTable, RowAllocator, ENV_ROW, ENV_TABLE};
+use gateway::provider_permits::{ProviderTable, RowAllocator, ENV_ROW, ENV_TABLE};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

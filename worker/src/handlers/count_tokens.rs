@@ -44,7 +44,7 @@ pub fn respond(body: &[u8]) -> Response<ResBody> {
         return ApiError::new(ErrorKind::BadRequest, "`messages`: field required")
             .to_response(Dialect::Anthropic);
     }
-    let mut r = crate::health::json_response(&json!({"input_tokens": estimate(&v)}));
+    let mut r = crate::body::json_response(&json!({"input_tokens": estimate(&v)}));
     r.headers_mut()
         .insert(ESTIMATE_HEADER, HeaderValue::from_static("chars/4"));
     r

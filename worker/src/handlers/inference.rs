@@ -21,7 +21,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     // At ERROR level so that the span exists whenever any record about the request is logged:
     // a span the filter disables would take the request id off the warnings inside it.
     let span = tracing::error_span!("request", request_id = id.map(tracing::field::display));
-    let (mut resp, attempts) = crate::body::count_attempts(serve(app, endpoint, req))
+    let (mut resp, attempts) = crate::attempt::count_attempts(serve(app, endpoint, req))
         .instrument(span)
         .await;
     label(&mut resp, attempts);

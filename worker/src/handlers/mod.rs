@@ -7,7 +7,7 @@ mod models;
 
 use crate::body::{Counters, ResBody};
 use crate::endpoint::Endpoint;
-use crate::health::{self, Health};
+use crate::health::{self, ProviderHealth};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
 use gateway::config::Config;
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-pub use models::ModelsCache;
+pub use models::ProviderModelLists;
 
 /// Response header naming the provider whose answer this is (contract: every forwarded response).
 pub const PROVIDER_HEADER: header::HeaderName =
@@ -39,9 +39,9 @@ pub struct App {
     pub metrics: Metrics,
     /// In-flight and served counts for the heartbeat.
     pub counters: Arc<Counters>,
-    pub models: ModelsCache,
+    pub models: ProviderModelLists,
     /// Provider probes and the `/v1/health*` answers.
-    pub health: Arc<Health>,
+    pub health: Arc<ProviderHealth>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: u64,
     /// `pool.worker_max_inflight`: the most requests the front sends at once.
@@ -60,8 +60,8 @@ impl App {
         metrics: Metrics,
         admission: gateway::admission::Admission,
     ) -> Self {
-        let models = ModelsCache::new(config, routes.providers.len());
-        let health = Arc::new(Health::new(config, routes.providers.clone()));
+        let models = ProviderModelLists::new(config, routes.providers.len());
+        let health = Arc::new(ProviderHealth::new(config, routes.providers.clone()));
         Self {
             health,
             routes: Arc::new(routes),

@@ -26,14 +26,14 @@ struct Cached {
 }
 
 /// Discovered model lists, one entry per provider (indexed like the route table).
-pub struct ModelsCache {
+pub struct ProviderModelLists {
     ttl: Duration,
     timeout: Duration,
     lists: Vec<ArcSwapOption<Cached>>,
     refreshing: Vec<AtomicBool>,
 }
 
-impl ModelsCache {
+impl ProviderModelLists {
     pub fn new(config: &Config, providers: usize) -> Self {
         Self {
             ttl: config.models_cache.ttl,
@@ -125,16 +125,16 @@ async fn build(app: &App) -> ModelList {
 pub async fn list(app: &App, anthropic: bool) -> Response<ResBody> {
     let list = build(app).await.to_json();
     if anthropic {
-        return crate::health::json_response(&model_list::anthropic_list(&list));
+        return crate::body::json_response(&model_list::anthropic_list(&list));
     }
-    crate::health::json_response(&list)
+    crate::body::json_response(&list)
 }
 
 /// `GET /v1/models/{id}`: that entry of the list, or 404, in the client's format.
 pub async fn retrieve(app: &App, id: &str, anthropic: bool) -> Response<ResBody> {
     match model_list::find(&build(app).await.to_json(), id) {
-        Ok(m) if anthropic => crate::health::json_response(&model_list::anthropic_entry(&m)),
-        Ok(m) => crate::health::json_response(&m),
+        Ok(m) if anthropic => crate::body::json_response(&model_list::anthropic_entry(&m)),
+        Ok(m) => crate::body::json_response(&m),
         Err(e) if anthropic => e.to_response(Dialect::Anthropic),
         Err(e) => e.to_response(Dialect::OpenAi),
     }

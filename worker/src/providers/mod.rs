@@ -215,7 +215,7 @@ impl Provider {
         let mut req = http::Request::get(uri).body(Default::default()).ok()?;
         self.apply_headers(req.headers_mut());
         Some(match client.request(req).await {
-            Err(e) => Err(crate::proxy::error_chain(&e)),
+            Err(e) => Err(crate::error::error_chain(&e)),
             Ok(r) if r.status().is_success() => Ok(r),
             Ok(r) => Err(format!("status {}", r.status())),
         })

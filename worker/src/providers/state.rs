@@ -3,7 +3,7 @@
 //! Everything here is updated by the proxy when an attempt starts and when its outcome is
 //! known, and read by `routing::strategy` on every request. The circuit breaker and 429
 //! cool-downs live in `crate::breaker` (one per provider, `Provider::breaker`); the pool-wide
-//! concurrency slot in `gateway::provider_slots`.
+//! concurrency permits in `gateway::provider_permits`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -14,7 +14,7 @@ pub mod strategy;
 use crate::endpoint::Endpoint;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, Strategy};
-use gateway::provider_slots::ProviderLimiter;
+use gateway::provider_permits::ProviderLimiter;
 use gateway::{ApiError, ErrorKind};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -47,15 +47,15 @@ pub struct RouteTable {
     pub max_cooldown: Duration,
     /// The round-robin position.
     pub rr: AtomicUsize,
-    /// Pool-wide provider slots and how long to wait for them.
+    /// Pool-wide provider permits and how long to wait for them.
     pub limits: Limits,
 }
 
-/// Waiting for a provider's `max_concurrency` slot.
+/// Waiting for a provider's `max_concurrency` permit.
 pub struct Limits {
-    /// The pool-wide slot table; `None` = no limits enforced (unit tests).
+    /// The pool-wide permit table; `None` = no limits enforced (unit tests).
     pub limiter: Option<ProviderLimiter>,
-    /// `pool.queue_timeout`: the longest wait for a slot.
+    /// `pool.queue_timeout`: the longest wait for a permit.
     pub queue_timeout: Duration,
     /// `server.stream_ping_interval`: a streaming request waiting longer gets pings.
     pub ping_interval: Duration,

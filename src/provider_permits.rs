@@ -1,5 +1,7 @@
 //! Pool-wide provider concurrency: `[[providers]] max_concurrency` holds for the whole pool, not
 //! per worker, and survives a worker being SIGKILLed mid-request.
+//! A *permit* (`ProviderPermit`) is one held unit of a provider's `max_concurrency`; "slot" is
+//! kept for the supervisor's worker slots.
 //!
 //! Design: a small file in the runtime directory, mapped shared by the supervisor and every
 //! worker, holding a table of `AtomicU32` counters: one *column* per provider (by a hash of its
@@ -11,7 +13,7 @@
 //!   acquirers the one that incremented last sees every other increment: the limit can never be
 //!   exceeded (two racers may both back off and retry; that costs a retry, never correctness).
 //! - **Crash**: the supervisor owns the rows: it gives each spawned process a free row and, when
-//!   that process has exited (reaped, so it can no longer write), zeroes the row. Slots held by a
+//!   that process has exited (reaped, so it can no longer write), zeroes the row. Permits held by a
 //!   SIGKILLed worker come back at once, with no lease timeouts to tune.
 //! - **Waiting** is a jittered sleep-and-retry (2-10 ms): there is no cheap cross-process wake-up
 //!   without futexes, and waiting here only happens when a provider is saturated.
@@ -121,7 +123,7 @@ impl ProviderTable {
         (0..ROWS).map(|r| self.cell(col, r).load(SeqCst)).sum()
     }
 
-    /// Takes one slot if the pool-wide total stays within `limit`.
+    /// Takes one permit if the pool-wide total stays within `limit`.
     pub fn try_acquire(&self, col: usize, row: usize, limit: u32) -> bool {
         let mine = self.cell(col, row);
         mine.fetch_add(1, SeqCst);
@@ -153,14 +155,14 @@ impl Drop for ProviderTable {
     }
 }
 
-/// A held slot; released on drop (including when the request future is dropped).
-pub struct SlotGuard {
+/// A held permit; released on drop (including when the request future is dropped).
+pub struct ProviderPermit {
     table: Arc<ProviderTable>,
     col: usize,
     row: usize,
 }
 
-impl Drop for SlotGuard {
+impl Drop for ProviderPermit {
     fn drop(&mut self) {
         self.table.release(self.col, self.row);
     }
@@ -197,24 +199,24 @@ impl ProviderLimiter {
         Ok(Self::new(Arc::new(ProviderTable::map(&f)?), 0))
     }
 
-    pub fn try_acquire(&self, provider: &str, limit: u32) -> Option<SlotGuard> {
+    pub fn try_acquire(&self, provider: &str, limit: u32) -> Option<ProviderPermit> {
         let col = ProviderTable::column(provider);
         self.table
             .try_acquire(col, self.row, limit)
-            .then(|| SlotGuard {
+            .then(|| ProviderPermit {
                 table: self.table.clone(),
                 col,
                 row: self.row,
             })
     }
 
-    /// Waits for a slot until `deadline`; `None` when it passed.
+    /// Waits for a permit until `deadline`; `None` when it passed.
     pub async fn acquire(
         &self,
         provider: &str,
         limit: u32,
         deadline: tokio::time::Instant,
-    ) -> Option<SlotGuard> {
+    ) -> Option<ProviderPermit> {
         loop {
             if let Some(g) = self.try_acquire(provider, limit) {
                 return Some(g);
@@ -257,7 +259,7 @@ impl RowAllocator {
         Some(row)
     }
 
-    /// Returns `row` after its process exited: its held slots are given back.
+    /// Returns `row` after its process exited: its held permits are given back.
     pub fn free(&self, row: usize) {
         self.table.clear_row(row);
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
@@ -291,11 +293,11 @@ mod tests {
         assert_eq!(w1.total("p"), 4);
         held.pop();
         assert!(w1.try_acquire("p", 4).is_some());
-        // w0 "dies" holding 2 slots: the supervisor reclaims its row.
+        // w0 "dies" holding 2 permits: the supervisor reclaims its row.
         // Forgetting the guards is what a SIGKILL does: no destructor runs.
         std::mem::forget(std::mem::take(&mut held));
         rows.free(r0);
-        // w1 still holds one slot (i = 1, forgotten above as well); w0's two are back.
+        // w1 still holds one permit (i = 1, forgotten above as well); w0's two are back.
         assert_eq!(w1.total("p"), 1);
     }
 
