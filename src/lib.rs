@@ -18,6 +18,7 @@ pub mod runtime_file;
 pub mod sse;
 pub mod sse_parser;
 pub mod upload;
+pub mod usage;
 
 pub use api_error::{ApiError, Dialect, ErrorKind, Side};
 pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};
