@@ -77,6 +77,8 @@ pub struct Attempt {
     started: Instant,
     done: bool,
     _slot: Option<SlotGuard>,
+    /// Reads the answer's usage and sends its record when the outcome is recorded.
+    usage: Option<Box<crate::usage::Observer>>,
 }
 
 tokio::task_local! {
@@ -108,6 +110,28 @@ impl Attempt {
             started: Instant::now(),
             done: false,
             _slot: slot,
+            usage: None,
+        }
+    }
+
+    /// Accounts this attempt's answer (`crate::usage`): its record goes out with the outcome.
+    pub fn observe(&mut self, o: crate::usage::Observer) {
+        self.usage = Some(Box::new(o));
+    }
+
+    /// A frame on its way to the client, seen by the usage observer (which may hide the Chat
+    /// usage chunk the client did not ask for); `last` = nothing follows.
+    fn pass(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
+        match frame.into_data() {
+            Ok(data) => Frame::data(self.pass_data(data, last)),
+            Err(frame) => frame,
+        }
+    }
+
+    fn pass_data(&mut self, data: Bytes, last: bool) -> Bytes {
+        match &mut self.usage {
+            Some(o) => o.chunk(data, last),
+            None => data,
         }
     }
 
@@ -140,6 +164,9 @@ impl Attempt {
             return;
         }
         self.done = true;
+        if let Some(o) = self.usage.take() {
+            o.finish(outcome);
+        }
         self.provider.metrics.count(outcome);
         self.provider.state.record_outcome(outcome.is_failure());
         match b {
@@ -288,7 +315,9 @@ impl Body for ProxyBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
+                let end = this.inner.is_end_stream();
+                let frame = this.attempt.pass(frame, end);
+                if end {
                     // hyper stops polling a body that says it has ended, so this is the end.
                     this.attempt.finish(Outcome::Success);
                     this.state = ProxyState::Done;
@@ -378,6 +407,7 @@ impl Body for MockBody {
         }
         match this.frames.pop_front() {
             Some(f) => {
+                let f = this.attempt.pass_data(f, this.frames.is_empty());
                 if this.frames.is_empty() {
                     // hyper may never poll again once `is_end_stream` says so.
                     this.attempt.finish(Outcome::Success);

@@ -23,6 +23,7 @@ mod providers;
 mod proxy;
 mod routing;
 mod server;
+mod usage;
 /// Dialect translation; not yet on the request path (the wiring is a later step).
 #[doc(hidden)]
 pub mod translate;
@@ -62,6 +63,7 @@ pub async fn run_with_front(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let metrics = metrics::Metrics::new();
+    usage::init(&config, &metrics);
     let factory = connect::ClientFactory::from_env();
     let providers = config
         .providers

@@ -29,6 +29,44 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    client: String,
+    provider: String,
+    model: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    client: String,
+    provider: String,
+    model: String,
+}
+
+/// The token and cost counters of one (client, provider, model), created at start-up.
+#[derive(Debug, Clone)]
+pub struct UsageSeries {
+    /// input, output, cache_read, cache_write.
+    tokens: [Counter; 4],
+    cost: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl UsageSeries {
+    pub fn add(&self, t: &gateway::usage::Tokens, cost: Option<f64>) {
+        for (c, n) in self
+            .tokens
+            .iter()
+            .zip([t.input, t.output, t.cache_read, t.cache_write])
+        {
+            c.inc_by(n);
+        }
+        if let Some(usd) = cost {
+            self.cost.inc_by(usd);
+        }
+    }
+}
+
 /// How one attempt at a provider ended; the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -130,6 +168,8 @@ pub struct Metrics {
     latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     circuit: Family<ProviderLabel, Gauge>,
     changes: Family<TransitionLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -165,13 +205,50 @@ impl Metrics {
             "Circuit breaker transitions per provider",
             changes.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gateway_tokens",
+            "Tokens used, by client, provider, model and type (input, output, cache_read, cache_write)",
+            tokens.clone(),
+        );
+        let cost = Family::<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "gateway_cost_usd",
+            "Cost in USD from the providers' prices (requests with no price are not counted)",
+            cost.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             circuit,
             changes,
+            tokens,
+            cost,
         }
+    }
+
+    /// Creates (once, at start-up) the usage series of one client, provider and model.
+    pub fn usage_series(&self, client: &str, provider: &str, model: &str) -> UsageSeries {
+        let tokens = ["input", "output", "cache_read", "cache_write"].map(|t| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    client: client.to_string(),
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    r#type: t,
+                })
+                .clone()
+        });
+        let cost = self
+            .cost
+            .get_or_create(&CostLabels {
+                client: client.to_string(),
+                provider: provider.to_string(),
+                model: model.to_string(),
+            })
+            .clone();
+        UsageSeries { tokens, cost }
     }
 
     /// Creates (once, at start-up) the series of `provider`.

@@ -62,6 +62,8 @@ pub struct Forward {
     pub query: Option<String>,
     pub body: Bytes,
     pub stream: bool,
+    /// What the usage record needs from the request (`crate::usage`).
+    pub usage: crate::usage::Meta,
 }
 
 /// Why one attempt failed before any byte reached the client.
@@ -257,6 +259,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 },
                 None => r.req.body.clone(),
             };
+            // A stream that reports its tokens (the client does not see the chunk it asked for).
+            let body = match crate::usage::ask_for_usage(r.req.endpoint, r.req.stream, &body) {
+                Some(b) => {
+                    r.req.usage.hide_usage_chunk = true;
+                    b
+                }
+                None => body,
+            };
+            let served = target.rewrite.as_deref().unwrap_or(&r.req.usage.model_asked);
+            let served = served.to_string();
             let slot = match take_slot(&mut r, &provider).await {
                 SlotWait::Got(s) => s,
                 SlotWait::TimedOut(e) => return e.to_response(dialect),
@@ -275,7 +287,8 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
-                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard)
+                let usage = (&r.req.usage, served.as_str());
+                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard, usage)
                     .await;
             }
             let mut attempt = Attempt::start(provider.clone(), slot);
@@ -295,6 +308,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
                 if resp.status().is_success() {
+                    let o = crate::usage::Observer::new(
+                        &r.req.usage,
+                        provider.clone(),
+                        &served,
+                        crate::usage::api_of(r.req.endpoint),
+                        is_sse(resp.headers()),
+                        resp.status().as_u16(),
+                        false,
+                    );
+                    attempt.observe(o);
                     return stream_back(resp, &provider, dialect, attempt, guard);
                 }
                 // A 3xx has no outcome yet (a 4xx has one): not the provider's failure.
@@ -574,17 +597,18 @@ fn stream_back(
 ) -> Response<ResBody> {
     let (mut parts, body) = resp.into_parts();
     parts.headers = headers::client_response(&parts.headers, &provider.secret, true);
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        .then_some(dialect);
+    let sse = is_sse(&parts.headers).then_some(dialect);
     if hyper::body::Body::is_end_stream(&body) {
         // An empty body (204, HEAD-like answers) is never polled: it is complete already.
         attempt.finish(Outcome::Success);
     }
     let body = ProxyBody::new(body, provider.config.idle_timeout, sse, attempt, guard);
     Response::from_parts(parts, ResBody::Proxy(Box::new(body)))
+}
+
+fn is_sse(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// The mock provider's answer, after its configured latency. A request the mock refuses (as the
@@ -596,12 +620,22 @@ async fn mock_response(
     stream: bool,
     slot: Option<SlotGuard>,
     guard: RequestGuard,
+    (meta, served): (&crate::usage::Meta, &str),
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
         Err(e) => return e.to_response(endpoint.dialect()),
     };
-    let attempt = Attempt::start(provider.clone(), slot);
+    let mut attempt = Attempt::start(provider.clone(), slot);
+    attempt.observe(crate::usage::Observer::new(
+        meta,
+        provider.clone(),
+        served,
+        crate::usage::api_of(endpoint),
+        reply.content_type == "text/event-stream",
+        200,
+        false,
+    ));
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }
@@ -700,6 +734,7 @@ mod tests {
                 query: None,
                 body: Bytes::new(),
                 stream: false,
+                usage: crate::usage::Meta::new("", "", "m", false),
             },
             candidates,
             attempts: 0,
