@@ -294,6 +294,8 @@ async fn serve(
     };
     let (trigger, shutdown) = shutdown::channel();
     let (metrics, registry) = SupervisorMetrics::new();
+    // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
+    let usage = crate::usage::start(&cfg, &dir, &metrics).map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let cfg = Arc::new(cfg);
     let pool = Pool::start(PoolOptions {
         config: cfg.clone(),
@@ -353,6 +355,9 @@ async fn serve(
     trigger.trigger();
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), front).await;
     run.pool.stop(Duration::from_secs(2)).await;
+    if let Some(u) = usage {
+        u.stop().await;
+    }
     admin.abort();
     drop(run.instance);
     if startup == Startup::AllDead {

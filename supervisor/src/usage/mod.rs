@@ -1,0 +1,231 @@
+//! Usage in the supervisor: receives the workers' records on a Unix datagram socket in the
+//! runtime directory, hands them through a bounded queue to one ledger thread that writes them
+//! to SQLite in batches, and counts each record `written`, `dropped` or `failed`
+//! (`gateway_usage_records_total{outcome}`). Nothing here touches the disk on the runtime.
+
+pub mod cli;
+pub mod ledger;
+
+use crate::metrics::{OutcomeLabel, SupervisorMetrics};
+use gateway::config::Config;
+use gateway::usage::{Record, MAX_DATAGRAM, SOCKET_ENV, WORKER_ID_ENV};
+use prometheus_client::metrics::counter::Counter;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Records waiting for the ledger thread; past this they are dropped (and counted).
+const QUEUE: usize = 8_192;
+/// A batch is written when it has this many records, or `FLUSH_EVERY` after its first.
+const BATCH: usize = 256;
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often the retention pass runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The socket's name in the runtime directory.
+pub const SOCKET_NAME: &str = "usage.sock";
+
+/// The usage socket of the instance in `runtime_dir`, if it receives records.
+pub fn socket_in(runtime_dir: &Path) -> Option<PathBuf> {
+    let p = runtime_dir.join(SOCKET_NAME);
+    p.exists().then_some(p)
+}
+
+/// Sets a worker's usage variables: the socket, when there is one, and its slot id.
+pub fn worker_env(cmd: &mut tokio::process::Command, runtime_dir: &Path, id: usize) {
+    if let Some(p) = socket_in(runtime_dir) {
+        cmd.env(SOCKET_ENV, p);
+    }
+    cmd.env(WORKER_ID_ENV, id.to_string());
+}
+
+#[derive(Clone)]
+struct Counters {
+    written: Counter,
+    dropped: Counter,
+    failed: Counter,
+}
+
+impl Counters {
+    fn new(m: &SupervisorMetrics) -> Self {
+        let c = |o: &str| {
+            m.usage_records
+                .get_or_create(&OutcomeLabel { outcome: o.into() })
+                .clone()
+        };
+        Self {
+            written: c("written"),
+            dropped: c("dropped"),
+            failed: c("failed"),
+        }
+    }
+}
+
+/// The running receiver and ledger thread; `stop` drains and joins them.
+pub struct Usage {
+    stop: oneshot::Sender<()>,
+    receiver: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+    socket: PathBuf,
+}
+
+/// Opens the ledger and binds the socket, or `Ok(None)` with `usage.ledger = "off"`. Errors
+/// name the path; `start` fails with them (exit 1).
+pub fn start(cfg: &Config, runtime_dir: &Path, metrics: &SupervisorMetrics) -> Result<Option<Usage>, String> {
+    let Some(path) = ledger::path(&cfg.usage)? else {
+        return Ok(None);
+    };
+    let conn = ledger::open_rw(&path)?;
+    let socket = runtime_dir.join(SOCKET_NAME);
+    let _ = std::fs::remove_file(&socket);
+    let sock = tokio::net::UnixDatagram::bind(&socket)
+        .map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    }
+    let counters = Counters::new(metrics);
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let retention = cfg.usage.retention;
+    let c = counters.clone();
+    let writer = std::thread::Builder::new()
+        .name("usage-ledger".into())
+        .spawn(move || write_loop(conn, path, rx, c, retention))
+        .map_err(|e| format!("usage ledger thread: {e}"))?;
+    let (stop, stopped) = oneshot::channel();
+    let receiver = tokio::spawn(receive(sock, tx, counters, stopped));
+    Ok(Some(Usage {
+        stop,
+        receiver,
+        writer,
+        socket,
+    }))
+}
+
+impl Usage {
+    /// After the workers stopped: takes what is still in the socket, writes the last batch.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.receiver.await;
+        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The receiving task: decode, count a worker's own drops, queue without waiting.
+async fn receive(
+    sock: tokio::net::UnixDatagram,
+    tx: SyncSender<Record>,
+    c: Counters,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let n = tokio::select! {
+            r = sock.recv(&mut buf) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "usage socket failed; no more usage records");
+                    return;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        take(&buf[..n], &tx, &c);
+    }
+    // Stopping: what the workers sent before they exited is still in the buffer.
+    while let Ok(n) = sock.try_recv(&mut buf) {
+        take(&buf[..n], &tx, &c);
+    }
+}
+
+fn take(datagram: &[u8], tx: &SyncSender<Record>, c: &Counters) {
+    let rec = match Record::decode(datagram) {
+        Ok(r) => r,
+        Err(e) => {
+            c.failed.inc();
+            tracing::warn!(error = %e, bytes = datagram.len(), "unreadable usage record");
+            return;
+        }
+    };
+    c.dropped.inc_by(rec.dropped_before);
+    tracing::debug!(target: "usage", request_id = %rec.request_id, client = %rec.client,
+        provider = %rec.provider, model = %rec.model_served, input_tokens = rec.tokens.input,
+        output_tokens = rec.tokens.output, cost_usd = ?rec.cost_usd, outcome = rec.outcome.as_str(),
+        "usage");
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
+        c.dropped.inc();
+    }
+}
+
+/// The ledger thread: batches of `BATCH` or `FLUSH_EVERY`, retention every `PRUNE_EVERY` in
+/// bounded deletes; ends (after a last write) when the receiver is gone.
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    path: PathBuf,
+    rx: mpsc::Receiver<Record>,
+    c: Counters,
+    retention: Duration,
+) {
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+    let mut next_prune = Instant::now();
+    let mut open = true;
+    while open {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(r) => batch.push(r),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        let deadline = Instant::now() + FLUSH_EVERY;
+        while open && !batch.is_empty() && batch.len() < BATCH {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(r) => batch.push(r),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        if !batch.is_empty() {
+            match ledger::insert(&mut conn, &batch) {
+                Ok(()) => {
+                    c.written.inc_by(batch.len() as u64);
+                }
+                Err(e) => {
+                    c.failed.inc_by(batch.len() as u64);
+                    tracing::error!(ledger = %path.display(), error = %e, records = batch.len(),
+                        "cannot write usage records to the ledger; they are lost (serving goes on)");
+                }
+            }
+            batch.clear();
+        }
+        if !retention.is_zero() && Instant::now() >= next_prune {
+            // A backlog is deleted over several passes, so batches keep being written.
+            let more = prune(&conn, &path, retention);
+            next_prune = Instant::now() + if more { FLUSH_EVERY } else { PRUNE_EVERY };
+        }
+    }
+}
+
+/// Bounded deletes per retention pass.
+const PRUNE_PASS: usize = 20;
+
+/// One retention pass: up to `PRUNE_PASS` bounded deletes (each its own short transaction);
+/// true when old rows are left.
+fn prune(conn: &rusqlite::Connection, path: &Path, retention: Duration) -> bool {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let before = now_ms - retention.as_millis().min(i64::MAX as u128) as i64;
+    for _ in 0..PRUNE_PASS {
+        match ledger::prune_batch(conn, before) {
+            Ok(n) if n == ledger::PRUNE_BATCH => continue,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(ledger = %path.display(), error = %e, "usage retention failed");
+                return false;
+            }
+        }
+    }
+    true
+}
