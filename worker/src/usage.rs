@@ -59,11 +59,11 @@ impl Meta {
     }
 }
 
-/// A streamed Chat request's body with `stream_options.include_usage = true` when the client
+/// A streamed Chat (or legacy completions) request's body with `stream_options.include_usage = true` when the client
 /// did not ask for usage itself, so the stream reports its tokens; `None` = send it unchanged.
 /// Other endpoints and non-streamed requests report usage anyway.
 pub fn ask_for_usage(endpoint: Endpoint, stream: bool, body: &Bytes) -> Option<Bytes> {
-    if endpoint != Endpoint::ChatCompletions || !stream {
+    if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions) || !stream {
         return None;
     }
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
