@@ -145,7 +145,10 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
     assert_eq!(r.status, 200);
     let text = r.text();
     assert!(text.contains("[DONE]"), "{text}");
-    assert!(!text.contains("\"usage\""), "the client did not ask for usage: {text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for usage: {text}"
+    );
 
     // 3. The mock, streamed, the client asking: it gets its usage chunk.
     let mut asked = chat_body("demo", true);
@@ -154,12 +157,18 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
     assert!(r.text().contains("\"usage\""), "asked for: {}", r.text());
 
     // 4. A real upstream, not streamed, with cached tokens.
-    up.enqueue("/v1/chat/completions", Script::chat_with_usage("up-model", 11, 3, 7));
+    up.enqueue(
+        "/v1/chat/completions",
+        Script::chat_with_usage("up-model", 11, 3, 7),
+    );
     let r = http::post_chat(run.listen, "up-model", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
     // 5. A real upstream, streamed: the gateway asks it for usage, the client does not see it.
-    up.enqueue("/v1/chat/completions", Script::chat_stream_with_usage("up-model", 13, 4));
+    up.enqueue(
+        "/v1/chat/completions",
+        Script::chat_stream_with_usage("up-model", 13, 4),
+    );
     let r = http::post_chat(run.listen, "up-model", true).unwrap();
     assert_eq!(r.status, 200);
     let text = r.text();
@@ -169,15 +178,24 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
     assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
 
     // 6. An Anthropic stream: message_start (input, cache read) + message_delta (output).
-    up.enqueue("/v1/messages", Script::messages_stream_with_usage("claude-x", 20, 4, 9));
+    up.enqueue(
+        "/v1/messages",
+        Script::messages_stream_with_usage("claude-x", 20, 4, 9),
+    );
     let body = serde_json::json!({"model": "claude-x", "max_tokens": 50, "stream": true,
                                   "messages": [{"role": "user", "content": "hi"}]});
     let r = http::post_json(run.listen, "/v1/messages", &body).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
     // 7. A model with no price.
-    up.enqueue("/v1/chat/completions", Script::chat_with_usage("free", 5, 0, 5));
-    assert_eq!(http::post_chat(run.listen, "free", false).unwrap().status, 200);
+    up.enqueue(
+        "/v1/chat/completions",
+        Script::chat_with_usage("free", 5, 0, 5),
+    );
+    assert_eq!(
+        http::post_chat(run.listen, "free", false).unwrap().status,
+        200
+    );
 
     let rows = wait_rows(&ledger, 7);
     let demo: Vec<&Row> = rows.iter().filter(|r| r.model == "demo").collect();
@@ -197,11 +215,23 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
         (up_rows[0].input, up_rows[0].cache_read, up_rows[0].output),
         (8, 3, 7)
     );
-    assert!(close(up_rows[0].cost.unwrap(), (8.0 * 3.0 + 3.0 * 0.5 + 7.0 * 5.0) / 1e6));
-    assert_eq!((up_rows[1].input, up_rows[1].output), (13, 4), "{:?}", up_rows[1]);
+    assert!(close(
+        up_rows[0].cost.unwrap(),
+        (8.0 * 3.0 + 3.0 * 0.5 + 7.0 * 5.0) / 1e6
+    ));
+    assert_eq!(
+        (up_rows[1].input, up_rows[1].output),
+        (13, 4),
+        "{:?}",
+        up_rows[1]
+    );
     assert!(up_rows[1].streamed);
     let claude = rows.iter().find(|r| r.model == "claude-x").unwrap();
-    assert_eq!((claude.input, claude.cache_read, claude.output), (20, 4, 9), "{claude:?}");
+    assert_eq!(
+        (claude.input, claude.cache_read, claude.output),
+        (20, 4, 9),
+        "{claude:?}"
+    );
     let free = rows.iter().find(|r| r.model == "free").unwrap();
     assert_eq!(free.cost, None, "no price, no cost (not $0)");
     assert_eq!((free.input, free.output), (5, 5));
@@ -211,7 +241,11 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
         .supervisor(&["usage", "--by", "model", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let by: std::collections::HashMap<String, serde_json::Value> = v["rows"]
         .as_array()
@@ -229,7 +263,8 @@ fn requests_land_in_the_ledger_with_tokens_cost_and_the_stream_the_client_asked_
     // The supervisor's counter of written records.
     let m = http::get(run.listen, "/metrics").unwrap().text();
     assert!(
-        m.lines().any(|l| l == "gateway_usage_records_total{outcome=\"written\"} 7"),
+        m.lines()
+            .any(|l| l == "gateway_usage_records_total{outcome=\"written\"} 7"),
         "{m}"
     );
 }

@@ -359,7 +359,10 @@ prices = { "m" = { input = 1.5, output = 2.0, cache_read = 0.5 } }
     assert_eq!((price.input, price.output), (1.5, 2.0));
     assert_eq!((price.cache_read, price.cache_write), (Some(0.5), None));
     assert_eq!(cfg.usage.ledger, "auto");
-    assert_eq!(cfg.usage.retention, std::time::Duration::from_secs(90 * 86_400));
+    assert_eq!(
+        cfg.usage.retention,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
     let e = parse_str(
         r#"
 [[providers]]
@@ -373,7 +376,9 @@ prices = { "m" = { input = -1.0, output = 2.0 } }
     .unwrap_err()
     .to_string();
     assert!(e.contains("providers[0].prices.\"m\".input"), "{e}");
-    let e = parse_str("[usage]\nledger = \"\"\n", "t.toml").unwrap_err().to_string();
+    let e = parse_str("[usage]\nledger = \"\"\n", "t.toml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("usage.ledger"), "{e}");
     let e = parse_str(
         "[[providers]]\nname = \"p\"\nkind = \"mock\"\nmodels = [\"m\"]\nprices = { m = { input = 1.0 } }\n",

@@ -145,22 +145,42 @@ impl Script {
 
     /// An Anthropic Messages stream: `message_start` with the input and cache counts, text,
     /// `message_delta` with the output count, `message_stop`.
-    pub fn messages_stream_with_usage(model: &str, input: u64, cache_read: u64, output: u64) -> Self {
+    pub fn messages_stream_with_usage(
+        model: &str,
+        input: u64,
+        cache_read: u64,
+        output: u64,
+    ) -> Self {
         let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
         let frames = [
-            ev("message_start", serde_json::json!({"type": "message_start", "message": {
+            ev(
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {
                 "id": "msg_up", "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read,
-                          "cache_creation_input_tokens": 0, "output_tokens": 1}}})),
-            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}})),
-            ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": "hi"}})),
-            ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
-            ev("message_delta", serde_json::json!({"type": "message_delta",
+                          "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+            ),
+            ev(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+            ev(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "hi"}}),
+            ),
+            ev(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            ),
+            ev(
+                "message_delta",
+                serde_json::json!({"type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                "usage": {"output_tokens": output}})),
+                "usage": {"output_tokens": output}}),
+            ),
             ev("message_stop", serde_json::json!({"type": "message_stop"})),
         ];
         let refs: Vec<&str> = frames.iter().map(String::as_str).collect();

@@ -23,10 +23,10 @@ mod providers;
 mod proxy;
 mod routing;
 mod server;
-mod usage;
 /// Dialect translation; not yet on the request path (the wiring is a later step).
 #[doc(hidden)]
 pub mod translate;
+mod usage;
 
 pub use error::WorkerError;
 pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER};

@@ -267,7 +267,10 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 }
                 None => body,
             };
-            let served = target.rewrite.as_deref().unwrap_or(&r.req.usage.model_asked);
+            let served = target
+                .rewrite
+                .as_deref()
+                .unwrap_or(&r.req.usage.model_asked);
             let served = served.to_string();
             let slot = match take_slot(&mut r, &provider).await {
                 SlotWait::Got(s) => s,
@@ -288,8 +291,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
                 let usage = (&r.req.usage, served.as_str());
-                return mock_response(&provider, r.req.endpoint, &body, r.req.stream, slot, guard, usage)
-                    .await;
+                return mock_response(
+                    &provider,
+                    r.req.endpoint,
+                    &body,
+                    r.req.stream,
+                    slot,
+                    guard,
+                    usage,
+                )
+                .await;
             }
             let mut attempt = Attempt::start(provider.clone(), slot);
             let resp = match send(&provider, &r.req, body).await {

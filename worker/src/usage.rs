@@ -95,7 +95,11 @@ pub fn api_of(endpoint: Endpoint) -> Option<Api> {
 enum Reader {
     Stream(Box<UsageReader>),
     /// A non-streamed body, kept (bounded) until its end.
-    Body { api: Api, buf: Vec<u8>, over: bool },
+    Body {
+        api: Api,
+        buf: Vec<u8>,
+        over: bool,
+    },
     None,
 }
 
@@ -191,7 +195,9 @@ impl Observer {
             cache_write: u.cache_write,
         });
         let cost = record::cost(&self.provider.config.prices, &self.model_served, &tokens);
-        if let Some(s) = global().and_then(|g| g.series(self.provider.name(), &self.meta.client, &self.model_served)) {
+        if let Some(s) = global()
+            .and_then(|g| g.series(self.provider.name(), &self.meta.client, &self.model_served))
+        {
             s.add(&tokens, cost);
         }
         let outcome = match outcome {
@@ -435,7 +441,8 @@ mod tests {
 
     #[test]
     fn usage_on_a_chunk_with_choices_is_kept() {
-        let ev = "data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        let ev =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}\n\n";
         let mut h = HideUsageChunk::default();
         assert_eq!(events(&[ev, DONE], &mut h), format!("{ev}{DONE}"));
     }

@@ -295,7 +295,8 @@ async fn serve(
     let (trigger, shutdown) = shutdown::channel();
     let (metrics, registry) = SupervisorMetrics::new();
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
-    let usage = crate::usage::start(&cfg, &dir, &metrics).map_err(|e| Fatal::new(exit::RUNTIME, e))?;
+    let usage =
+        crate::usage::start(&cfg, &dir, &metrics).map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let cfg = Arc::new(cfg);
     let pool = Pool::start(PoolOptions {
         config: cfg.clone(),

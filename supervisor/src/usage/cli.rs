@@ -58,7 +58,10 @@ pub fn run(a: &UsageArgs) -> u8 {
     let path = match ledger::path(&cfg.usage) {
         Ok(Some(p)) => p,
         Ok(None) => {
-            eprintln!("error: the usage ledger is off (usage.ledger = \"off\" in {})", source.display_name());
+            eprintln!(
+                "error: the usage ledger is off (usage.ledger = \"off\" in {})",
+                source.display_name()
+            );
             return exit::CONFIG;
         }
         Err(e) => {
@@ -242,7 +245,8 @@ mod tests {
             unpriced_requests: 2,
         };
         let by = [By::Model];
-        let j: serde_json::Value = serde_json::from_str(&json(std::slice::from_ref(&r), &by)).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&json(std::slice::from_ref(&r), &by)).unwrap();
         assert_eq!(j["rows"][0]["model"], "m,1");
         assert!(j["rows"][0]["cost_usd"].is_null());
         assert_eq!(csv(std::slice::from_ref(&r), &by), "model,requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,unpriced_requests\n\"m,1\",2,3,4,0,0,,2\n");

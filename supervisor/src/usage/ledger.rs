@@ -198,12 +198,14 @@ pub struct Row {
 }
 
 /// Totals for `since_ms <= ts < until_ms`, grouped by `by` (one total row when empty).
-pub fn summary(conn: &Connection, since_ms: i64, until_ms: i64, by: &[By]) -> rusqlite::Result<Vec<Row>> {
+pub fn summary(
+    conn: &Connection,
+    since_ms: i64,
+    until_ms: i64,
+    by: &[By],
+) -> rusqlite::Result<Vec<Row>> {
     let keys: Vec<String> = by.iter().map(|b| b.column().to_string()).collect();
-    let select = keys
-        .iter()
-        .map(|k| format!("{k}, "))
-        .collect::<String>();
+    let select = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
     let group = if keys.is_empty() {
         String::new()
     } else {
@@ -239,12 +241,19 @@ pub fn summary(conn: &Connection, since_ms: i64, until_ms: i64, by: &[By]) -> ru
     })?;
     let rows: Vec<Row> = rows.collect::<Result<_, _>>()?;
     // An empty range still has its (zero) total line.
-    Ok(rows.into_iter().filter(|r| r.requests > 0 || n == 0).collect())
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.requests > 0 || n == 0)
+        .collect())
 }
 
 /// A client's tokens (input + output + cache) and cost since `since_ms`: what `daily_tokens`
 /// and `monthly_usd` can start from at start-up (served by the `usage_client_ts` index).
-pub fn client_totals(conn: &Connection, client: &str, since_ms: i64) -> rusqlite::Result<(i64, f64)> {
+pub fn client_totals(
+    conn: &Connection,
+    client: &str,
+    since_ms: i64,
+) -> rusqlite::Result<(i64, f64)> {
     conn.query_row(
         "SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_write_tokens), 0),
                 COALESCE(SUM(cost_usd), 0.0)
@@ -259,7 +268,13 @@ mod tests {
     use super::*;
     use gateway::usage::{Outcome, Tokens};
 
-    pub(crate) fn rec(ts_ms: i64, client: &str, model: &str, input: u64, cost: Option<f64>) -> Record {
+    pub(crate) fn rec(
+        ts_ms: i64,
+        client: &str,
+        model: &str,
+        input: u64,
+        cost: Option<f64>,
+    ) -> Record {
         Record {
             ts_ms,
             request_id: format!("r{ts_ms}"),
@@ -308,14 +323,27 @@ mod tests {
         let rows = summary(&ro, 0, 5_000, &[By::Model]).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].keys, vec!["free"]);
-        assert_eq!((rows[0].requests, rows[0].cost_usd, rows[0].unpriced_requests), (1, None, 1));
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].cost_usd,
+                rows[0].unpriced_requests
+            ),
+            (1, None, 1)
+        );
         assert_eq!(rows[1].keys, vec!["m"]);
-        assert_eq!((rows[1].requests, rows[1].input_tokens, rows[1].cost_usd), (2, 30, Some(0.75)));
+        assert_eq!(
+            (rows[1].requests, rows[1].input_tokens, rows[1].cost_usd),
+            (2, 30, Some(0.75))
+        );
         let total = summary(&ro, 0, i64::MAX, &[]).unwrap();
         assert_eq!(total[0].requests, 4);
         let by2 = summary(&ro, 0, i64::MAX, &[By::Client, By::Day]).unwrap();
         assert_eq!(by2[0].keys, vec!["a", "1970-01-01"]);
-        assert_eq!(client_totals(&ro, "a", 2_000).unwrap(), (5 + 1 + 100 + 1, 1.0));
+        assert_eq!(
+            client_totals(&ro, "a", 2_000).unwrap(),
+            (5 + 1 + 100 + 1, 1.0)
+        );
         assert!(ro.execute("DELETE FROM usage", []).is_err(), "read-only");
     }
 
@@ -323,7 +351,9 @@ mod tests {
     fn retention_deletes_in_bounded_batches() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_rw(&dir.path().join("u.db")).unwrap();
-        let old: Vec<Record> = (0..PRUNE_BATCH as i64 + 10).map(|i| rec(i, "a", "m", 1, None)).collect();
+        let old: Vec<Record> = (0..PRUNE_BATCH as i64 + 10)
+            .map(|i| rec(i, "a", "m", 1, None))
+            .collect();
         insert(&mut conn, &old).unwrap();
         insert(&mut conn, &[rec(1_000_000, "a", "m", 1, None)]).unwrap();
         assert_eq!(prune_batch(&conn, 500_000).unwrap(), PRUNE_BATCH);

@@ -72,7 +72,11 @@ pub struct Usage {
 
 /// Opens the ledger and binds the socket, or `Ok(None)` with `usage.ledger = "off"`. Errors
 /// name the path; `start` fails with them (exit 1).
-pub fn start(cfg: &Config, runtime_dir: &Path, metrics: &SupervisorMetrics) -> Result<Option<Usage>, String> {
+pub fn start(
+    cfg: &Config,
+    runtime_dir: &Path,
+    metrics: &SupervisorMetrics,
+) -> Result<Option<Usage>, String> {
     let Some(path) = ledger::path(&cfg.usage)? else {
         return Ok(None);
     };

@@ -101,7 +101,11 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn route(app: Arc<App>, hop: Hop, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+async fn route(
+    app: Arc<App>,
+    hop: Hop,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
     let path = req.uri().path();
     if let Some(endpoint) = Endpoint::from_path(path) {
         if req.method() != Method::POST {
