@@ -10,10 +10,15 @@ use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::http::{self, chat_body, Stream, CHAT};
-use support::process::{signal, wait_until, Running, TestEnv};
+use support::process::{signal, wait_until, ChildGuard, Running, TestEnv};
 use support::upstream::{Script, Upstream};
 
 fn config(workers: u32, up: &Upstream) -> String {
+    config_with(workers, up, "{RUNTIME_DIR}/../ledger/usage.db", "")
+}
+
+/// The test configuration with its `usage.ledger` and extra tables.
+fn config_with(workers: u32, up: &Upstream, ledger: &str, extra: &str) -> String {
     let base = up.url("");
     let base = base.trim_end_matches('/');
     format!(
@@ -36,7 +41,7 @@ restart_backoff_initial = "50ms"
 probe_interval = "0s"
 
 [usage]
-ledger = "{{RUNTIME_DIR}}/../ledger/usage.db"
+ledger = "{ledger}"
 
 [[providers]]
 name = "demo"
@@ -57,6 +62,7 @@ kind = "anthropic"
 base_url = "{base}"
 models = ["claude-x"]
 prices = {{ "claude-x" = {{ input = 1.0, output = 1.0, cache_read = 0.1 }} }}
+{extra}
 "#
     )
 }
@@ -78,6 +84,7 @@ struct Row {
     streamed: bool,
     worker: Option<i64>,
     request_id: String,
+    client: String,
 }
 
 fn rows(path: &Path) -> Vec<Row> {
@@ -89,7 +96,7 @@ fn rows(path: &Path) -> Vec<Row> {
     let mut st = c
         .prepare(
             "SELECT model_served, provider, input_tokens, output_tokens, cache_read_tokens,
-                    cost_usd, outcome, streamed, worker, request_id FROM usage ORDER BY id",
+                    cost_usd, outcome, streamed, worker, request_id, client FROM usage ORDER BY id",
         )
         .unwrap();
     st.query_map([], |r| {
@@ -104,6 +111,7 @@ fn rows(path: &Path) -> Vec<Row> {
             streamed: r.get(7)?,
             worker: r.get(8)?,
             request_id: r.get(9)?,
+            client: r.get(10)?,
         })
     })
     .unwrap()
@@ -298,5 +306,100 @@ fn a_worker_killed_right_after_its_responses_loses_no_record() {
     signal(pid, Signal::SIGKILL);
     let rows = wait_rows(&ledger_path(&env), 5);
     assert!(rows.iter().all(|r| r.model == "demo" && r.outcome == "ok"));
+    drop(run);
+}
+
+/// `supervisor start` with `vars` set, waiting for its ready line.
+fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> ChildGuard {
+    let mut cmd = env.supervisor(&["start"]);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut g = ChildGuard::spawn(cmd);
+    g.wait_event("ready", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no ready line; stderr:\n{}", g.stderr()));
+    g
+}
+
+#[test]
+fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
+    let up = Upstream::start();
+    let clients = "[[clients]]\nname = \"desk\"\ntoken_env = \"USAGE_TEST_DESK\"\n";
+    let env = TestEnv::new(&config_with(1, &up, "{RUNTIME_DIR}/../ledger/usage.db", clients));
+    let mut g = start_with(&env, &[("USAGE_TEST_DESK", "desk-token-0123456789")]);
+    let addr: std::net::SocketAddr = {
+        let st = env.status_json();
+        st["listen"].as_str().unwrap().parse().unwrap()
+    };
+    let body = chat_body("demo", false).to_string();
+    let r = http::request(
+        addr,
+        "POST",
+        CHAT,
+        &[
+            ("authorization", "Bearer desk-token-0123456789"),
+            ("x-gateway-client", "someone-else"),
+        ],
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rows = wait_rows(&ledger_path(&env), 1);
+    assert_eq!(rows[0].client, "desk", "{:?}", rows[0]);
+    g.signal(Signal::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(20)).is_some());
+}
+
+#[test]
+fn a_ledger_that_cannot_be_opened_fails_start_naming_its_path() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config_with(1, &up, "{RUNTIME_DIR}/../blocker/usage.db", ""));
+    // A file where the ledger's directory would be.
+    std::fs::write(env.dir.path().join("blocker"), "not a directory").unwrap();
+    let mut g = ChildGuard::spawn(env.supervisor(&["start"]));
+    let failed = g
+        .wait_event("failed", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no failed line; stderr:\n{}", g.stderr()));
+    assert_eq!(failed["code"], 1, "{failed}");
+    let msg = failed["error"].as_str().unwrap();
+    assert!(msg.contains("blocker/usage.db"), "{msg}");
+    let st = g.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(st.code(), Some(1));
+}
+
+#[test]
+fn a_supervisor_killed_while_writing_leaves_a_ledger_that_opens_clean() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(2, &up));
+    let run = env.start(&[]);
+    let addr = run.listen;
+    let ledger = ledger_path(&env);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = http::post_chat(addr, "demo", false);
+                }
+            })
+        })
+        .collect();
+    // Batches are being written: kill the supervisor in the middle of them.
+    wait_rows(&ledger, 50);
+    signal(run.guard.pid(), Signal::SIGKILL);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let c = rusqlite::Connection::open(&ledger).unwrap();
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let out = env.supervisor(&["usage", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["rows"][0]["requests"].as_i64().unwrap() >= 50, "{v}");
     drop(run);
 }
