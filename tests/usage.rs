@@ -325,7 +325,12 @@ fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> ChildGuard {
 fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
     let up = Upstream::start();
     let clients = "[[clients]]\nname = \"desk\"\ntoken_env = \"USAGE_TEST_DESK\"\n";
-    let env = TestEnv::new(&config_with(1, &up, "{RUNTIME_DIR}/../ledger/usage.db", clients));
+    let env = TestEnv::new(&config_with(
+        1,
+        &up,
+        "{RUNTIME_DIR}/../ledger/usage.db",
+        clients,
+    ));
     let mut g = start_with(&env, &[("USAGE_TEST_DESK", "desk-token-0123456789")]);
     let addr: std::net::SocketAddr = {
         let st = env.status_json();
@@ -353,7 +358,12 @@ fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
 #[test]
 fn a_ledger_that_cannot_be_opened_fails_start_naming_its_path() {
     let up = Upstream::start();
-    let env = TestEnv::new(&config_with(1, &up, "{RUNTIME_DIR}/../blocker/usage.db", ""));
+    let env = TestEnv::new(&config_with(
+        1,
+        &up,
+        "{RUNTIME_DIR}/../blocker/usage.db",
+        "",
+    ));
     // A file where the ledger's directory would be.
     std::fs::write(env.dir.path().join("blocker"), "not a directory").unwrap();
     let mut g = ChildGuard::spawn(env.supervisor(&["start"]));
@@ -398,7 +408,11 @@ fn a_supervisor_killed_while_writing_leaves_a_ledger_that_opens_clean() {
         .unwrap();
     assert_eq!(check, "ok");
     let out = env.supervisor(&["usage", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["rows"][0]["requests"].as_i64().unwrap() >= 50, "{v}");
     drop(run);
