@@ -264,7 +264,7 @@ pub fn client_totals(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gateway::usage::{Outcome, Tokens};
 

@@ -139,8 +139,10 @@ async fn receive(
         };
         take(&buf[..n], &tx, &c);
     }
-    // Stopping: what the workers sent before they exited is still in the buffer.
-    while let Ok(n) = sock.try_recv(&mut buf) {
+    // Stopping: what the workers sent before they exited is still in the buffer. Read with the
+    // plain socket: tokio's `try_recv` reads nothing until the reactor has seen readiness.
+    let Ok(sock) = sock.into_std() else { return };
+    while let Ok(n) = sock.recv(&mut buf) {
         take(&buf[..n], &tx, &c);
     }
 }
@@ -155,7 +157,7 @@ fn take(datagram: &[u8], tx: &SyncSender<Record>, c: &Counters) {
         }
     };
     c.dropped.inc_by(rec.dropped_before);
-    tracing::debug!(target: "usage", request_id = %rec.request_id, client = %rec.client,
+    tracing::info!(target: "usage", request_id = %rec.request_id, client = %rec.client,
         provider = %rec.provider, model = %rec.model_served, input_tokens = rec.tokens.input,
         output_tokens = rec.tokens.output, cost_usd = ?rec.cost_usd, outcome = rec.outcome.as_str(),
         "usage");
@@ -232,4 +234,64 @@ fn prune(conn: &rusqlite::Connection, path: &Path, retention: Duration) -> bool 
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(m: &SupervisorMetrics, outcome: &str) -> u64 {
+        m.usage_records
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    /// A full queue drops (and counts) instead of waiting; a worker's own drops are added; an
+    /// unreadable datagram is counted as failed.
+    #[test]
+    fn a_full_queue_counts_drops_and_never_waits() {
+        let (m, _) = SupervisorMetrics::new();
+        let c = Counters::new(&m);
+        let (tx, rx) = mpsc::sync_channel(1);
+        let mut rec = ledger::tests::rec(1, "a", "m", 1, None);
+        take(&rec.encode(), &tx, &c);
+        rec.dropped_before = 3;
+        take(&rec.encode(), &tx, &c);
+        take(b"not json", &tx, &c);
+        assert_eq!(counted(&m, "dropped"), 1 + 3);
+        assert_eq!(counted(&m, "failed"), 1);
+        assert_eq!(rx.try_iter().count(), 1);
+    }
+
+    /// Records go through the socket and the thread into the ledger; `stop` writes the last
+    /// batch and removes the socket.
+    #[tokio::test]
+    async fn records_sent_to_the_socket_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.usage.ledger = dir.path().join("u.db").display().to_string();
+        let (m, _) = SupervisorMetrics::new();
+        let u = start(&cfg, dir.path(), &m).unwrap().unwrap();
+        let sock = socket_in(dir.path()).expect("the socket exists");
+        let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        for i in 0..3 {
+            // Recent: older rows would go at once with the 90-day retention.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let r = ledger::tests::rec(now + i, "a", "m", 1, None);
+            tx.send_to(&r.encode(), &sock).unwrap();
+        }
+        u.stop().await;
+        assert!(socket_in(dir.path()).is_none());
+        assert_eq!(counted(&m, "written"), 3);
+        let c = ledger::open_ro(&dir.path().join("u.db")).unwrap();
+        assert_eq!(
+            ledger::summary(&c, 0, i64::MAX, &[]).unwrap()[0].requests,
+            3
+        );
+    }
 }
