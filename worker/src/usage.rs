@@ -459,3 +459,54 @@ mod tests {
         assert!(ask_for_usage(Endpoint::Messages, true, &b).is_none());
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            ts_ms: 1,
+            request_id: "r".into(),
+            client: String::new(),
+            model_asked: "m".into(),
+            model_served: "m".into(),
+            provider: "p".into(),
+            worker: None,
+            tokens: Tokens::default(),
+            cost_usd: None,
+            status: 200,
+            outcome: record::Outcome::Ok,
+            duration_ms: 1,
+            ttfb_ms: None,
+            streamed: false,
+            translated: false,
+            dropped_before: 0,
+        }
+    }
+
+    /// A record that cannot be sent is counted, never waited for, and the count travels with
+    /// the next record that gets through (the supervisor adds it to `dropped`).
+    #[test]
+    fn unsent_records_are_counted_and_reported_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sock");
+        let sock = UnixDatagram::unbound().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let g = Global {
+            socket: Some((sock, path.clone())),
+            worker: None,
+            dropped: AtomicU64::new(0),
+            series: HashMap::new(),
+        };
+        g.send(record());
+        g.send(record());
+        assert_eq!(g.dropped.load(Ordering::Relaxed), 2);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        g.send(record());
+        let mut buf = vec![0; record::MAX_DATAGRAM];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(Record::decode(&buf[..n]).unwrap().dropped_before, 2);
+        assert_eq!(g.dropped.load(Ordering::Relaxed), 0);
+    }
+}
