@@ -319,6 +319,23 @@ mod tests {
             text.contains("gateway_circuit_state{provider=\"demo\"} 0"),
             "{text}"
         );
+        let u = m.usage_series("desk", "demo", "m");
+        let t = gateway::usage::Tokens {
+            input: 3,
+            output: 4,
+            cache_read: 0,
+            cache_write: 1,
+        };
+        u.add(&t, Some(0.5));
+        u.add(&t, None);
+        let text = m.encode();
+        for want in [
+            "gateway_tokens_total{client=\"desk\",provider=\"demo\",model=\"m\",type=\"input\"} 6",
+            "gateway_tokens_total{client=\"desk\",provider=\"demo\",model=\"m\",type=\"cache_write\"} 2",
+            "gateway_cost_usd_total{client=\"desk\",provider=\"demo\",model=\"m\"} 0.5",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
         p.transition(CircuitState::Closed, CircuitState::Open);
         let text = m.encode();
         assert!(

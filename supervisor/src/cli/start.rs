@@ -580,6 +580,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.auth_token_env != new.server.auth_token_env {
         keys.push("server.auth_token_env");
     }
+    // The ledger is opened once, at start.
+    if old.usage != new.usage {
+        keys.push("usage");
+    }
     keys
 }
 
