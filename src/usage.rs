@@ -1,9 +1,10 @@
 //! One request's usage record: its fields, its wire format between a worker and the supervisor
-//! (one JSON object per Unix datagram), and its cost from a provider's `prices`.
+//! (one JSON object per message of a Unix `SOCK_SEQPACKET` connection), and its cost from a
+//! provider's `prices`.
 //!
-//! The record is the only thing a worker allocates per request for accounting; it is sent as
-//! one datagram when the request finishes, so a datagram the kernel accepted is in the
-//! supervisor's socket buffer even if the worker is SIGKILLed right after.
+//! A record is sent as one message when the request finishes; a message the kernel accepted is
+//! queued at the supervisor's end of the connection, readable even if the worker is SIGKILLed
+//! right after.
 
 use crate::config::Price;
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,8 @@ pub const WORKER_ID_ENV: &str = "GATEWAY_WORKER_ID";
 pub const CLIENT_HEADER: &str = "x-gateway-client";
 /// Longest string field kept in a record (a model name is the caller's text).
 pub const MAX_FIELD: usize = 256;
-/// A datagram larger than this is not a record (the receiver's buffer size).
-pub const MAX_DATAGRAM: usize = 8 << 10;
+/// A message larger than this is not a record (the receiver's buffer size).
+pub const MAX_MESSAGE: usize = 8 << 10;
 
 /// Token counts, the Anthropic way: `input` excludes cache reads and writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,13 +85,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// The datagram: one JSON object.
+    /// The message: one JSON object.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record serializes")
     }
 
-    pub fn decode(datagram: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(datagram)
+    pub fn decode(message: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(message)
     }
 }
 
@@ -151,10 +152,10 @@ mod tests {
     }
 
     #[test]
-    fn record_round_trips_through_its_datagram() {
+    fn record_round_trips_through_its_message() {
         let r = record();
         let d = r.encode();
-        assert!(d.len() < MAX_DATAGRAM);
+        assert!(d.len() < MAX_MESSAGE);
         assert_eq!(Record::decode(&d).unwrap(), r);
         assert!(Record::decode(b"{\"ts_ms\":1}").is_err());
     }

@@ -1,12 +1,14 @@
 //! Usage accounting in the worker: reads the tokens of every answer as it passes through (the
 //! translation core's readers, in the provider's dialect), hides the usage-only Chat chunk from a
 //! client that did not ask for it, and sends one `gateway::usage::Record` per finished request to
-//! the supervisor as one Unix datagram, off the request path: a non-blocking `sendto` that, when
-//! the supervisor's buffer is full, drops the record and counts it instead of waiting.
+//! the supervisor as one message on a Unix `SOCK_SEQPACKET` connection, off the request path: a
+//! non-blocking `send` that, when the connection's buffer is full, drops the record and counts
+//! it instead of waiting.
 //!
 //! The observer rides in the response's `Attempt` (`crate::body`), which already ends exactly
 //! once per answer; the record is sent then, before the last bytes reach the client, so a worker
-//! killed right after a response finished has already handed its record to the kernel.
+//! killed right after a response finished has already queued its record at the supervisor's end
+//! of the connection, where it stays readable after the worker is gone.
 
 use crate::endpoint::Endpoint;
 use crate::metrics::{Metrics, Outcome, UsageSeries};
@@ -16,8 +18,7 @@ use bytes::Bytes;
 use gateway::config::Config;
 use gateway::usage::{self as record, Record, Tokens};
 use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -321,8 +322,8 @@ fn is_usage_only(ev: &[u8]) -> bool {
 
 /// The worker-wide sender and metric handles, set up once at start (`init`).
 struct Global {
-    /// The supervisor's socket; `None` = a standalone worker: metrics only.
-    socket: Option<(UnixDatagram, PathBuf)>,
+    /// The connection to the supervisor; `None` = a standalone worker: metrics only.
+    socket: Option<OwnedFd>,
     worker: Option<u32>,
     dropped: AtomicU64,
     /// provider -> client -> model -> series, created at start so the request path takes no
@@ -340,14 +341,12 @@ fn global() -> Option<&'static Global> {
 /// configured provider, client and model. Later calls (in-process tests) keep the first.
 pub fn init(config: &Config, metrics: &Metrics) {
     GLOBAL.get_or_init(|| {
-        let socket = std::env::var_os(record::SOCKET_ENV).and_then(|p| {
-            let path = PathBuf::from(p);
-            match UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|_| s)) {
-                Ok(s) => Some((s, path)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot open the usage socket; usage records are not sent");
-                    None
-                }
+        let socket = std::env::var_os(record::SOCKET_ENV).and_then(|p| match connect(p.as_ref()) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::error!(socket = %std::path::Path::new(&p).display(), error = %e,
+                    "cannot connect to the supervisor's usage socket; usage records are not sent");
+                None
             }
         });
         let worker = std::env::var(record::WORKER_ID_ENV)
@@ -386,20 +385,35 @@ pub fn init(config: &Config, metrics: &Metrics) {
     });
 }
 
+/// A non-blocking `SOCK_SEQPACKET` connection to `path`.
+fn connect(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = so::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    so::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
+}
+
 impl Global {
     fn series(&self, provider: &str, client: &str, model: &str) -> Option<&UsageSeries> {
         let by_model = self.series.get(provider)?.get(client)?;
         by_model.get(model).or_else(|| by_model.get(OTHER))
     }
 
-    /// One non-blocking `sendto`; a full buffer (or a supervisor not listening) drops the
-    /// record and counts it, to be reported with the next record that gets through.
+    /// One non-blocking `send`; a full buffer (or a supervisor gone) drops the record and
+    /// counts it, to be reported with the next record that gets through.
     fn send(&self, mut rec: Record) {
-        let Some((sock, path)) = &self.socket else {
+        use nix::sys::socket::{send, MsgFlags};
+        let Some(fd) = &self.socket else {
             return;
         };
         rec.dropped_before = self.dropped.swap(0, Ordering::Relaxed);
-        if let Err(e) = sock.send_to(&rec.encode(), path) {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        if let Err(e) = send(fd.as_raw_fd(), &rec.encode(), flags) {
             self.dropped
                 .fetch_add(rec.dropped_before + 1, Ordering::Relaxed);
             tracing::debug!(error = %e, request_id = %rec.request_id, "usage record dropped");
@@ -485,27 +499,42 @@ mod send_tests {
         }
     }
 
-    /// A record that cannot be sent is counted, never waited for, and the count travels with
-    /// the next record that gets through (the supervisor adds it to `dropped`).
+    /// A record that finds the connection's buffer full is counted, never waited for, and the
+    /// count travels with the next record that gets through (the supervisor adds it to
+    /// `dropped`).
     #[test]
     fn unsent_records_are_counted_and_reported_with_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.sock");
-        let sock = UnixDatagram::unbound().unwrap();
-        sock.set_nonblocking(true).unwrap();
+        use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+        let (tx, rx) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
         let g = Global {
-            socket: Some((sock, path.clone())),
+            socket: Some(tx),
             worker: None,
             dropped: AtomicU64::new(0),
             series: HashMap::new(),
         };
-        g.send(record());
+        // Fill the buffer: sends go on until one is dropped, and none of them waits.
+        let mut sent = 0;
+        while g.dropped.load(Ordering::Relaxed) == 0 {
+            g.send(record());
+            sent += 1;
+            assert!(sent < 1_000_000, "the buffer never filled");
+        }
         g.send(record());
         assert_eq!(g.dropped.load(Ordering::Relaxed), 2);
-        let rx = UnixDatagram::bind(&path).unwrap();
+        let mut buf = vec![0; record::MAX_MESSAGE];
+        let mut last = None;
+        while let Ok(n) = recv(rx.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            last = Some(Record::decode(&buf[..n]).unwrap());
+        }
+        assert_eq!(last.unwrap().dropped_before, 0);
         g.send(record());
-        let mut buf = vec![0; record::MAX_DATAGRAM];
-        let n = rx.recv(&mut buf).unwrap();
+        let n = recv(rx.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).unwrap();
         assert_eq!(Record::decode(&buf[..n]).unwrap().dropped_before, 2);
         assert_eq!(g.dropped.load(Ordering::Relaxed), 0);
     }

@@ -1,5 +1,5 @@
-//! Usage in the supervisor: receives the workers' records on a Unix datagram socket in the
-//! runtime directory, hands them through a bounded queue to one ledger thread that writes them
+//! Usage in the supervisor: receives the workers' records on a Unix `SOCK_SEQPACKET` socket in
+//! the runtime directory (one connection per worker, one record per message), hands them through a bounded queue to one ledger thread that writes them
 //! to SQLite in batches, and counts each record `written`, `dropped` or `failed`
 //! (`gateway_usage_records_total{outcome}`). Nothing here touches the disk on the runtime.
 
@@ -8,11 +8,13 @@ pub mod ledger;
 
 use crate::metrics::{OutcomeLabel, SupervisorMetrics};
 use gateway::config::Config;
-use gateway::usage::{Record, MAX_DATAGRAM, SOCKET_ENV, WORKER_ID_ENV};
+use gateway::usage::{Record, MAX_MESSAGE, SOCKET_ENV, WORKER_ID_ENV};
 use prometheus_client::metrics::counter::Counter;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 /// Records waiting for the ledger thread; past this they are dropped (and counted).
@@ -83,8 +85,7 @@ pub fn start(
     let conn = ledger::open_rw(&path)?;
     let socket = runtime_dir.join(SOCKET_NAME);
     let _ = std::fs::remove_file(&socket);
-    let sock = tokio::net::UnixDatagram::bind(&socket)
-        .map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    let sock = listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
@@ -118,41 +119,120 @@ impl Usage {
     }
 }
 
-/// The receiving task: decode, count a worker's own drops, queue without waiting.
+/// The listening `SOCK_SEQPACKET` socket at `path` (0600 is set by the caller). Chosen over
+/// datagrams because a datagram socket's queue holds only `net.unix.max_dgram_qlen` (10)
+/// messages, which a burst fills at once; a connection's buffer holds hundreds, keeps message
+/// boundaries, and what a worker sent stays readable after the worker dies.
+fn listen(path: &Path) -> std::io::Result<AsyncFd<OwnedFd>> {
+    use nix::sys::socket::{self as so, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = so::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    so::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    so::listen(&fd, Backlog::new(128)?)?;
+    watch(fd)
+}
+
+/// `fd` registered with the reactor.
+fn watch(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and the same until it is dropped, which
+    // only the `AsyncFd` owning it does.
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// How long `stop` waits for the workers' connections to reach their end.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The accepting task: one reader per worker connection, all owned here; on stop, the readers
+/// (whose workers have exited) read what is left up to the end, for at most `DRAIN`.
 async fn receive(
-    sock: tokio::net::UnixDatagram,
+    sock: AsyncFd<OwnedFd>,
     tx: SyncSender<Record>,
     c: Counters,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut readers = tokio::task::JoinSet::new();
     loop {
-        let n = tokio::select! {
-            r = sock.recv(&mut buf) => match r {
-                Ok(n) => n,
+        tokio::select! {
+            r = sock.readable() => {
+                let Ok(mut guard) = r else { break };
+                match accept(&sock) {
+                    Ok(fd) => match watch(fd) {
+                        Ok(conn) => {
+                            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+                        }
+                        Err(e) => tracing::error!(error = %e, "usage connection not watched"),
+                    },
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "usage socket accept failed");
+                        guard.clear_ready();
+                    }
+                }
+            }
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
+            _ = &mut stopped => break,
+        }
+    }
+    // Connections still in the backlog (a worker that connected just now) are read too.
+    while let Ok(fd) = accept(&sock) {
+        if let Ok(conn) = watch(fd) {
+            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+        }
+    }
+    let _ = tokio::time::timeout(DRAIN, async {
+        while readers.join_next().await.is_some() {}
+    })
+    .await;
+    readers.abort_all();
+}
+
+/// The next connection waiting on `listener` (non-blocking).
+fn accept(listener: &AsyncFd<OwnedFd>) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{accept4, SockFlag};
+    let raw = accept4(
+        listener.get_ref().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// One worker's connection: a record per message, until the worker closes it (or dies).
+async fn read_conn(conn: AsyncFd<OwnedFd>, tx: SyncSender<Record>, c: Counters) {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok(mut guard) = conn.readable().await else {
+            return;
+        };
+        loop {
+            match recv(conn.get_ref().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return,
+                Ok(n) => take(&buf[..n], &tx, &c),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    tracing::error!(error = %e, "usage socket failed; no more usage records");
+                    tracing::warn!(error = %e, "usage connection failed");
                     return;
                 }
-            },
-            _ = &mut stopped => break,
-        };
-        take(&buf[..n], &tx, &c);
-    }
-    // Stopping: what the workers sent before they exited is still in the buffer. Read with the
-    // plain socket: tokio's `try_recv` reads nothing until the reactor has seen readiness.
-    let Ok(sock) = sock.into_std() else { return };
-    while let Ok(n) = sock.recv(&mut buf) {
-        take(&buf[..n], &tx, &c);
+            }
+        }
     }
 }
 
-fn take(datagram: &[u8], tx: &SyncSender<Record>, c: &Counters) {
-    let rec = match Record::decode(datagram) {
+fn take(message: &[u8], tx: &SyncSender<Record>, c: &Counters) {
+    let rec = match Record::decode(message) {
         Ok(r) => r,
         Err(e) => {
             c.failed.inc();
-            tracing::warn!(error = %e, bytes = datagram.len(), "unreadable usage record");
+            tracing::warn!(error = %e, bytes = message.len(), "unreadable usage record");
             return;
         }
     };
@@ -240,6 +320,19 @@ fn prune(conn: &rusqlite::Connection, path: &Path, retention: Duration) -> bool 
 mod tests {
     use super::*;
 
+    pub fn connect(path: &Path) -> OwnedFd {
+        use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType, UnixAddr};
+        let fd = so::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        so::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        fd
+    }
+
     fn counted(m: &SupervisorMetrics, outcome: &str) -> u64 {
         m.usage_records
             .get_or_create(&OutcomeLabel {
@@ -275,7 +368,7 @@ mod tests {
         let (m, _) = SupervisorMetrics::new();
         let u = start(&cfg, dir.path(), &m).unwrap().unwrap();
         let sock = socket_in(dir.path()).expect("the socket exists");
-        let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let tx = crate::usage::tests::connect(&sock);
         for i in 0..3 {
             // Recent: older rows would go at once with the 90-day retention.
             let now = SystemTime::now()
@@ -283,8 +376,14 @@ mod tests {
                 .unwrap()
                 .as_millis() as i64;
             let r = ledger::tests::rec(now + i, "a", "m", 1, None);
-            tx.send_to(&r.encode(), &sock).unwrap();
+            nix::sys::socket::send(
+                tx.as_raw_fd(),
+                &r.encode(),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
         }
+        drop(tx);
         u.stop().await;
         assert!(socket_in(dir.path()).is_none());
         assert_eq!(counted(&m, "written"), 3);
