@@ -18,14 +18,17 @@ field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 
 BENCH_THREADS=2 start_upstream "$OUT/upstream.addr" 127.0.0.1:0
 rm -f "$OUT"/ledger-on.db*
-echo "mode req/s errors rows_written"
+echo "mode req/s errors requests_sent rows_written rows_dropped"
 for mode in off on off on; do
   if [ "$mode" = on ]; then LEDGER=$PWD/$OUT/ledger-on.db; else LEDGER=off; fi
   LEDGER=$LEDGER write_config "$OUT/ledger-$mode.toml" "$PWD/$OUT/run-ledger" $'worker_max_inflight = 20000\nmax_queue = 20000'
   start_supervisor "$OUT/ledger-$mode.toml" "$OUT/ledger-sup.out" "$OUT/ledger-sup.log"
   t=$($EX/bench_load throughput "http://$FRONT/v1/chat/completions" 64 "$SECS")
-  written=$( (curl -s "http://$FRONT/metrics" || true) | awk '/^gateway_usage_records_total\{outcome="written"\}/{print $2}')
-  echo "$mode $(field "$t" rps) $(field "$t" errors) ${written:-0}"
+  sleep 1   # the last batch (written every 500 ms)
+  m=$(curl -s "http://$FRONT/metrics" || true)
+  written=$(echo "$m" | awk '/^gateway_usage_records_total\{outcome="written"\}/{print $2}')
+  dropped=$(echo "$m" | awk '/^gateway_usage_records_total\{outcome="dropped"\}/{print $2}')
+  echo "$mode $(field "$t" rps) $(field "$t" errors) $(field "$t" requests) ${written:-0} ${dropped:-0}"
   kill -TERM "$SPID"; wait "$SPID" || true
 done
 

@@ -417,3 +417,34 @@ fn a_supervisor_killed_while_writing_leaves_a_ledger_that_opens_clean() {
     assert!(v["rows"][0]["requests"].as_i64().unwrap() >= 50, "{v}");
     drop(run);
 }
+
+#[test]
+fn a_burst_of_concurrent_requests_is_written_whole() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(2, &up));
+    let run = env.start(&[]);
+    let addr = run.listen;
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let r = http::post_chat(addr, "demo", false).unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rows = wait_rows(&ledger_path(&env), 800);
+    assert_eq!(rows.len(), 800);
+    let m = http::get(run.listen, "/metrics").unwrap().text();
+    assert!(
+        !m.lines().any(
+            |l| l.starts_with("gateway_usage_records_total{outcome=\"dropped\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+}
