@@ -21,6 +21,7 @@ start_upstream() {
 
 # write_config FILE RUNTIME_DIR [POOL_KEYS]: 3 workers on free ports, the front on a free port, no
 # auth, no health probes, and one openai provider `up` at $UP serving `bench` and `bench-slow`.
+# The usage ledger is $LEDGER ("off" or a path), else RUNTIME_DIR.usage.db: never the real home.
 write_config() {
   cat >"$1" <<TOML
 [server]
@@ -38,6 +39,8 @@ name = "up"
 kind = "openai"
 base_url = "http://$UP/v1"
 models = ["bench", "bench-slow"]
+[usage]
+ledger = "${LEDGER:-$2.usage.db}"
 TOML
 }
 

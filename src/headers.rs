@@ -65,6 +65,8 @@ pub fn upstream_request(src: &HeaderMap) -> HeaderMap {
     ] {
         out.remove(name);
     }
+    // The front's internal client name is for the worker, never for a provider.
+    out.remove(crate::usage::CLIENT_HEADER);
     out
 }
 

@@ -19,6 +19,7 @@ pub mod request;
 pub mod runtime_file;
 pub mod sse;
 pub mod upload;
+pub mod usage;
 
 pub use api_error::{ApiError, Dialect, ErrorKind};
 pub use config::{Config, ConfigErrors, ConfigSource, LoadedConfig};

@@ -176,7 +176,9 @@ fn exit_with_parent_stops_when_the_parent_is_killed() {
     .arg(bin_path("supervisor"))
     .args(["start", "--exit-with-parent", "-c"])
     .arg(&env.config_path)
-    .env_remove("NOTIFY_SOCKET");
+    .env_remove("NOTIFY_SOCKET")
+    // The ledger in the test's directory, never the real home.
+    .env("XDG_STATE_HOME", env.dir.path().join("state"));
     let mut g = ChildGuard::spawn(cmd);
     let ready = g
         .wait_event("ready", Duration::from_secs(20))

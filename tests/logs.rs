@@ -347,6 +347,8 @@ fn the_installed_supervisor_starts() {
         .env_remove("GATEWAY_CONFIG")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
+        // The ledger in the test's directory, never the real home.
+        .env("XDG_STATE_HOME", env.dir.path().join("state"))
         .env("RUST_LOG", "info");
     let mut guard = ChildGuard::spawn(cmd);
     let ready = guard

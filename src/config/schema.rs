@@ -25,6 +25,7 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelAlias>,
     pub clients: Vec<ClientConfig>,
+    pub usage: UsageConfig,
 }
 
 /// `[server]`: the front listener, in the supervisor.
@@ -257,6 +258,9 @@ pub struct ProviderConfig {
     /// `max_tokens` sent when a translated request to an API that requires it has none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// USD per million tokens, per upstream model; a model not listed has no cost.
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, Price>,
 }
 
 /// The names `[[providers]] apis` accepts.
@@ -264,6 +268,40 @@ pub const API_NAMES: &[&str] = &["chat", "messages", "responses", "completions",
 
 fn default_max_tokens() -> u64 {
     4096
+}
+
+/// One model's rates in `prices`, USD per million tokens. A cache rate left out is charged at
+/// `input`: a cached token is never counted as free when the price list does not say so.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: Option<f64>,
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+}
+
+/// `[usage]`: the supervisor's usage ledger.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// "auto" = `$XDG_STATE_HOME/gateway/usage.db` (else `~/.local/state/gateway/usage.db`);
+    /// "off"; or a path.
+    pub ledger: String,
+    /// Rows older than this are deleted; "0s" = kept for ever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            ledger: "auto".into(),
+            retention: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 fn default_weight() -> f64 {
@@ -295,6 +333,7 @@ impl ProviderConfig {
             idle_timeout: default_idle_timeout(),
             latency: None,
             tokens_per_second: None,
+            prices: Default::default(),
             apis: Vec::new(),
             default_max_tokens: default_max_tokens(),
         }

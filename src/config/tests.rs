@@ -41,6 +41,7 @@ fn shipped_gateway_toml_is_valid_and_matches_defaults() {
     assert_eq!(cfg.routing, d.routing);
     assert_eq!(cfg.circuit_breaker, d.circuit_breaker);
     assert_eq!(cfg.health, d.health);
+    assert_eq!(cfg.usage, d.usage);
     let demo = cfg.providers.iter().find(|p| p.name == "demo").unwrap();
     assert_eq!(demo.kind, ProviderKind::Mock);
     assert_eq!(demo.models, vec!["demo"]);
@@ -386,4 +387,51 @@ fn mock_apis_and_zero_default_max_tokens_are_located_errors() {
     let e = assert_error_at(text, "providers[0].apis", 5);
     assert!(e.message.contains("mock"), "{e}");
     assert_error_at(text, "providers[0].default_max_tokens", 6);
+}
+
+#[test]
+fn prices_parse_and_bad_rates_are_named() {
+    let cfg = parse_str(
+        r#"
+[[providers]]
+name = "p"
+kind = "mock"
+models = ["m"]
+prices = { "m" = { input = 1.5, output = 2.0, cache_read = 0.5 } }
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let price = cfg.providers[0].prices["m"];
+    assert_eq!((price.input, price.output), (1.5, 2.0));
+    assert_eq!((price.cache_read, price.cache_write), (Some(0.5), None));
+    assert_eq!(cfg.usage.ledger, "auto");
+    assert_eq!(
+        cfg.usage.retention,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    let e = parse_str(
+        r#"
+[[providers]]
+name = "p"
+kind = "mock"
+models = ["m"]
+prices = { "m" = { input = -1.0, output = 2.0 } }
+"#,
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("providers[0].prices.\"m\".input"), "{e}");
+    let e = parse_str("[usage]\nledger = \"\"\n", "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("usage.ledger"), "{e}");
+    let e = parse_str(
+        "[[providers]]\nname = \"p\"\nkind = \"mock\"\nmodels = [\"m\"]\nprices = { m = { input = 1.0 } }\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("output"), "a price needs both rates: {e}");
 }

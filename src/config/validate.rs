@@ -31,6 +31,7 @@ pub fn validate(cfg: &Config) -> Vec<Violation> {
     check_providers(cfg, &mut c);
     check_aliases(cfg, &mut c);
     check_clients(cfg, &mut c);
+    check_usage(cfg, &mut c);
     c.0
 }
 
@@ -185,6 +186,22 @@ fn check_providers(cfg: &Config, c: &mut Collector) {
         {
             c.err(at("tokens_per_second"), "must be a non-negative number");
         }
+        for (model, price) in &p.prices {
+            let rates = [
+                ("input", Some(price.input)),
+                ("output", Some(price.output)),
+                ("cache_read", price.cache_read),
+                ("cache_write", price.cache_write),
+            ];
+            for (k, v) in rates {
+                if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                    c.err(
+                        format!("providers[{i}].prices.\"{model}\".{k}"),
+                        "must be a non-negative number (USD per million tokens)",
+                    );
+                }
+            }
+        }
         if p.kind != ProviderKind::Mock && (p.latency.is_some() || p.tokens_per_second.is_some()) {
             c.err(
                 at("kind"),
@@ -279,5 +296,14 @@ fn check_clients(cfg: &Config, c: &mut Collector) {
                 "must name an environment variable",
             );
         }
+    }
+}
+
+fn check_usage(cfg: &Config, c: &mut Collector) {
+    if cfg.usage.ledger.trim().is_empty() {
+        c.err(
+            "usage.ledger",
+            "must be \"auto\", \"off\" or the path of the ledger file",
+        );
     }
 }

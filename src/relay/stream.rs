@@ -34,6 +34,12 @@ pub struct Failure {
 pub trait Hooks {
     /// A frame is passing to the client.
     fn frame(&mut self, _frame: &Frame<Bytes>) {}
+    /// What of the frame goes on to the client (after `frame`); `last` = the inner body has
+    /// ended with it. The default passes it unchanged; the worker's usage accounting removes the
+    /// usage-only chunk a client did not ask for.
+    fn map_frame(&mut self, frame: Frame<Bytes>, _last: bool) -> Frame<Bytes> {
+        frame
+    }
     /// The inner body ended cleanly.
     fn end(&mut self) {}
     /// The inner body failed with `err`.
@@ -157,7 +163,9 @@ where
                     this.events.observe(data);
                 }
                 this.hooks.frame(&f);
-                if this.inner.is_end_stream() {
+                let last = this.inner.is_end_stream();
+                let f = this.hooks.map_frame(f, last);
+                if last {
                     this.end();
                 } else if let Some(d) = this.deadline.as_mut() {
                     d.touch();

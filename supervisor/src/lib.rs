@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime_dir;
 pub mod shutdown;
+pub mod usage;
 
 /// Exit codes (contract).
 pub mod exit {

@@ -50,6 +50,8 @@ pub struct SupervisorMetrics {
     pub queue_depth: Gauge,
     pub worker_inflight: Family<WorkerLabel, Gauge>,
     pub models_cache_refreshes: Family<OutcomeLabel, Counter>,
+    /// Usage records by outcome: written, dropped, failed (`crate::usage`).
+    pub usage_records: Family<OutcomeLabel, Counter>,
 }
 
 impl SupervisorMetrics {
@@ -64,6 +66,7 @@ impl SupervisorMetrics {
             queue_depth: Gauge::default(),
             worker_inflight: Family::default(),
             models_cache_refreshes: Family::default(),
+            usage_records: Family::default(),
         };
         let mut r = Registry::default();
         r.register("gateway_workers", "Workers by state", m.workers.clone());
@@ -101,6 +104,11 @@ impl SupervisorMetrics {
             "gateway_models_cache_refreshes",
             "Model list refreshes by outcome",
             m.models_cache_refreshes.clone(),
+        );
+        r.register(
+            "gateway_usage_records",
+            "Usage records by outcome (written to the ledger, dropped, failed)",
+            m.usage_records.clone(),
         );
         (m, r)
     }

@@ -132,6 +132,7 @@ class Gateway:
         cfg.write_text(config.format(runtime=tmp / "run", port=upstream.port))
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "GATEWAY_CONFIG")}
         env["GW_SDK_TEST_TOKEN"] = self.token
+        env["XDG_STATE_HOME"] = str(tmp / "state")  # the usage ledger stays in the test's directory
         self.proc = subprocess.Popen([str(BIN), "start", "-c", str(cfg)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True)
         self.stderr = []

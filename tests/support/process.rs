@@ -275,6 +275,8 @@ impl TestEnv {
             cmd.env_remove(v);
         }
         cmd.env("RUST_LOG", "info");
+        // `usage.ledger = "auto"` then lands in the test's directory, never the real home.
+        cmd.env("XDG_STATE_HOME", self.dir.path().join("state"));
         cmd
     }
 

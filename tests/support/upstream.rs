@@ -102,6 +102,93 @@ impl Script {
             .body_bytes(v.to_string())
     }
 
+    /// An OpenAI chat answer reporting `prompt` input tokens (`cached` of them read from the
+    /// cache) and `completion` output tokens.
+    pub fn chat_with_usage(model: &str, prompt: u64, cached: u64, completion: u64) -> Self {
+        Self::json(
+            200,
+            serde_json::json!({
+                "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion,
+                          "prompt_tokens_details": {"cached_tokens": cached}},
+            }),
+        )
+    }
+
+    /// An OpenAI chat stream as OpenAI sends it with `include_usage`: content, the finish, the
+    /// usage-only chunk (no choices), `[DONE]`.
+    pub fn chat_stream_with_usage(model: &str, prompt: u64, completion: u64) -> Self {
+        let chunk = |choices: serde_json::Value, usage: serde_json::Value| {
+            let mut v = serde_json::json!({"id": "chatcmpl-up", "object": "chat.completion.chunk",
+                                            "created": 1, "model": model, "choices": choices});
+            if !usage.is_null() {
+                v["usage"] = usage;
+            }
+            format!("data: {v}\n\n")
+        };
+        let text = chunk(
+            serde_json::json!([{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": null}]),
+            serde_json::Value::Null,
+        );
+        let stop = chunk(
+            serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+            serde_json::Value::Null,
+        );
+        let usage = chunk(
+            serde_json::json!([]),
+            serde_json::json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                               "total_tokens": prompt + completion}),
+        );
+        Self::sse(&[&text, &stop, &usage, "data: [DONE]\n\n"])
+    }
+
+    /// An Anthropic Messages stream: `message_start` with the input and cache counts, text,
+    /// `message_delta` with the output count, `message_stop`.
+    pub fn messages_stream_with_usage(
+        model: &str,
+        input: u64,
+        cache_read: u64,
+        output: u64,
+    ) -> Self {
+        let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
+        let frames = [
+            ev(
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {
+                "id": "msg_up", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read,
+                          "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+            ),
+            ev(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+            ev(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "hi"}}),
+            ),
+            ev(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            ),
+            ev(
+                "message_delta",
+                serde_json::json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": output}}),
+            ),
+            ev("message_stop", serde_json::json!({"type": "message_stop"})),
+        ];
+        let refs: Vec<&str> = frames.iter().map(String::as_str).collect();
+        Self::sse(&refs)
+    }
+
     /// A `text/event-stream` response with no body steps yet.
     pub fn sse_head() -> Self {
         Self::status(200)

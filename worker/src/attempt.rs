@@ -5,7 +5,9 @@
 use crate::breaker::{self, CircuitState};
 use crate::metrics::Outcome;
 use crate::providers::Provider;
+use bytes::Bytes;
 use gateway::provider_permits::ProviderPermit;
+use hyper::body::Frame;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,8 @@ pub struct Attempt {
     started: Instant,
     done: bool,
     _permit: Option<ProviderPermit>,
+    /// Reads the answer's usage and sends its record when the outcome is recorded.
+    usage: Option<Box<crate::usage::Observer>>,
 }
 
 tokio::task_local! {
@@ -52,6 +56,28 @@ impl Attempt {
             started: Instant::now(),
             done: false,
             _permit: permit,
+            usage: None,
+        }
+    }
+
+    /// Accounts this attempt's answer (`crate::usage`): its record goes out with the outcome.
+    pub fn observe(&mut self, o: crate::usage::Observer) {
+        self.usage = Some(Box::new(o));
+    }
+
+    /// A frame on its way to the client, seen by the usage observer (which may hide the Chat
+    /// usage chunk the client did not ask for); `last` = nothing follows.
+    pub fn pass(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
+        match frame.into_data() {
+            Ok(data) => Frame::data(self.pass_data(data, last)),
+            Err(frame) => frame,
+        }
+    }
+
+    pub fn pass_data(&mut self, data: Bytes, last: bool) -> Bytes {
+        match &mut self.usage {
+            Some(o) => o.chunk(data, last),
+            None => data,
         }
     }
 
@@ -84,6 +110,9 @@ impl Attempt {
             return;
         }
         self.done = true;
+        if let Some(o) = self.usage.take() {
+            o.finish(outcome);
+        }
         self.provider.metrics.count(outcome);
         self.provider.state.record_outcome(outcome.is_failure());
         match b {

@@ -121,6 +121,10 @@ impl AttemptHooks {
 }
 
 impl Hooks for AttemptHooks {
+    fn map_frame(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
+        self.attempt.pass(frame, last)
+    }
+
     fn end(&mut self) {
         self.attempt.finish(Outcome::Success);
     }
@@ -181,6 +185,7 @@ impl Body for MockBody {
         }
         match this.frames.pop_front() {
             Some(f) => {
+                let f = this.attempt.pass_data(f, this.frames.is_empty());
                 if this.frames.is_empty() {
                     // hyper may never poll again once `is_end_stream` says so.
                     this.attempt.finish(Outcome::Success);

@@ -27,6 +27,7 @@ mod server;
 /// Dialect translation; not yet on the request path (the wiring is a later step).
 #[doc(hidden)]
 pub mod translate;
+mod usage;
 
 pub use error::WorkerError;
 pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER, TRANSLATED_HEADER};
@@ -63,6 +64,7 @@ pub async fn run_with_front(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let metrics = metrics::Metrics::new();
+    usage::init(&config, &metrics);
     let factory = connect::ClientFactory::from_env();
     let providers = config
         .providers

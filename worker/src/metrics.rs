@@ -46,6 +46,44 @@ fn api_index(a: Api) -> usize {
         .expect("every Api is listed")
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    client: String,
+    provider: String,
+    model: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    client: String,
+    provider: String,
+    model: String,
+}
+
+/// The token and cost counters of one (client, provider, model), created at start-up.
+#[derive(Debug, Clone)]
+pub struct UsageSeries {
+    /// input, output, cache_read, cache_write.
+    tokens: [Counter; 4],
+    cost: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl UsageSeries {
+    pub fn add(&self, t: &gateway::usage::Tokens, cost: Option<f64>) {
+        for (c, n) in self
+            .tokens
+            .iter()
+            .zip([t.input, t.output, t.cache_read, t.cache_write])
+        {
+            c.inc_by(n);
+        }
+        if let Some(usd) = cost {
+            self.cost.inc_by(usd);
+        }
+    }
+}
+
 /// How one attempt at a provider ended; the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -155,6 +193,8 @@ pub struct Metrics {
     circuit: Family<ProviderLabel, Gauge>,
     changes: Family<TransitionLabels, Counter>,
     translated: Family<TranslatedLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -196,6 +236,18 @@ impl Metrics {
             "Requests translated from the client's API (from) to the provider's (to)",
             translated.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gateway_tokens",
+            "Tokens used, by client, provider, model and type (input, output, cache_read, cache_write)",
+            tokens.clone(),
+        );
+        let cost = Family::<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "gateway_cost_usd",
+            "Cost in USD from the providers' prices (requests with no price are not counted)",
+            cost.clone(),
+        );
         Self {
             registry,
             requests,
@@ -203,7 +255,32 @@ impl Metrics {
             circuit,
             changes,
             translated,
+            tokens,
+            cost,
         }
+    }
+
+    /// Creates (once, at start-up) the usage series of one client, provider and model.
+    pub fn usage_series(&self, client: &str, provider: &str, model: &str) -> UsageSeries {
+        let tokens = ["input", "output", "cache_read", "cache_write"].map(|t| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    client: client.to_string(),
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    r#type: t,
+                })
+                .clone()
+        });
+        let cost = self
+            .cost
+            .get_or_create(&CostLabels {
+                client: client.to_string(),
+                provider: provider.to_string(),
+                model: model.to_string(),
+            })
+            .clone();
+        UsageSeries { tokens, cost }
     }
 
     /// Creates (once, at start-up) the series of `provider`.
@@ -287,6 +364,23 @@ mod tests {
             text.contains("gateway_circuit_state{provider=\"demo\"} 0"),
             "{text}"
         );
+        let u = m.usage_series("desk", "demo", "m");
+        let t = gateway::usage::Tokens {
+            input: 3,
+            output: 4,
+            cache_read: 0,
+            cache_write: 1,
+        };
+        u.add(&t, Some(0.5));
+        u.add(&t, None);
+        let text = m.encode();
+        for want in [
+            "gateway_tokens_total{client=\"desk\",provider=\"demo\",model=\"m\",type=\"input\"} 6",
+            "gateway_tokens_total{client=\"desk\",provider=\"demo\",model=\"m\",type=\"cache_write\"} 2",
+            "gateway_cost_usd_total{client=\"desk\",provider=\"demo\",model=\"m\"} 0.5",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
         p.transition(CircuitState::Closed, CircuitState::Open);
         p.translated(Api::Messages, Api::Chat);
         let text = m.encode();

@@ -71,6 +71,8 @@ pub struct Forward {
     pub query: Option<String>,
     pub body: Bytes,
     pub stream: bool,
+    /// What the usage record needs from the request (`crate::usage`).
+    pub usage: crate::usage::Meta,
 }
 
 /// The first wait before retrying the same provider, its growth and its cap.
@@ -252,6 +254,24 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 // Before any provider is contacted: the client's 400, naming the field.
                 Err(e) => return e.to_response(dialect),
             };
+            // A native stream that reports its tokens (the client does not see the chunk it did
+            // not ask for). A translated stream's usage follows the client's own request.
+            let body = match tr
+                .is_none()
+                .then(|| crate::usage::ask_for_usage(r.req.endpoint, r.req.stream, &body))
+                .flatten()
+            {
+                Some(b) => {
+                    r.req.usage.hide_usage_chunk = true;
+                    b
+                }
+                None => body,
+            };
+            let served = target
+                .rewrite
+                .as_deref()
+                .unwrap_or(&r.req.usage.model_asked)
+                .to_string();
             let permit = match take_permit(&mut r, &provider).await {
                 PermitWait::Got(s) => s,
                 PermitWait::TimedOut(e) => return e.to_response(dialect),
@@ -270,6 +290,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
+                let usage = (&r.req.usage, served.as_str());
                 return mock_response(
                     &provider,
                     r.req.endpoint,
@@ -277,6 +298,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     r.req.stream,
                     permit,
                     guard,
+                    usage,
                 )
                 .await;
             }
@@ -296,6 +318,22 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
+                if resp.status().is_success() {
+                    // Usage is read from the provider's own answer, in the provider's API.
+                    let api = tr
+                        .as_ref()
+                        .map(|t| t.to)
+                        .or(crate::usage::api_of(r.req.endpoint));
+                    attempt.observe(crate::usage::Observer::new(
+                        &r.req.usage,
+                        provider.clone(),
+                        &served,
+                        api,
+                        gateway::relay::is_event_stream(resp.headers()),
+                        resp.status().as_u16(),
+                        tr.is_some(),
+                    ));
+                }
                 return kept(resp, &provider, dialect, tr, attempt, guard).await;
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
@@ -482,12 +520,22 @@ async fn mock_response(
     stream: bool,
     permit: Option<ProviderPermit>,
     guard: RequestGuard,
+    (meta, served): (&crate::usage::Meta, &str),
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
         Err(e) => return e.to_response(endpoint.dialect()),
     };
-    let attempt = Attempt::start(provider.clone(), permit);
+    let mut attempt = Attempt::start(provider.clone(), permit);
+    attempt.observe(crate::usage::Observer::new(
+        meta,
+        provider.clone(),
+        served,
+        crate::usage::api_of(endpoint),
+        reply.content_type == "text/event-stream",
+        200,
+        false,
+    ));
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;
     }

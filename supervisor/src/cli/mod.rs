@@ -91,6 +91,8 @@ pub enum Command {
     Reload(TargetArgs),
     /// Restart one worker (also revives a DEAD one).
     RestartWorker(RestartWorkerArgs),
+    /// Summarise the usage ledger: tokens and cost by client, model, provider or day.
+    Usage(crate::usage::cli::UsageArgs),
     /// Run one worker (used by the supervisor itself).
     #[command(hide = true)]
     Worker(gateway_worker::cli::WorkerArgs),
@@ -105,6 +107,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Stop(c) => control::stop(&c),
         Command::Reload(c) => control::reload(&c),
         Command::RestartWorker(a) => control::restart_worker(&a.target, a.id),
+        Command::Usage(a) => crate::usage::cli::run(&a),
         Command::Worker(args) => gateway_worker::cli::run(args),
     }
 }

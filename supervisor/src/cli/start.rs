@@ -395,6 +395,9 @@ struct Started {
     pool: Arc<Pool>,
     front: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
+    /// The usage receiver and ledger writer; stopped after the workers, so their last records
+    /// land.
+    usage: Option<crate::usage::Usage>,
     /// Ends when dropped (with `Started`).
     _watch: Option<watch::ConfigWatch>,
 }
@@ -407,6 +410,9 @@ fn launch(
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
     let (metrics, registry) = SupervisorMetrics::new();
+    // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
+    let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics)
+        .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let pool = Pool::start(PoolOptions {
         config: prep.cfg.clone(),
         config_path: prep.snapshot.clone(),
@@ -434,6 +440,7 @@ fn launch(
         pool,
         front,
         admin,
+        usage,
         _watch: watch,
     })
 }
@@ -446,6 +453,9 @@ impl Started {
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
         self.pool.stop(Duration::from_secs(2)).await;
+        if let Some(u) = self.usage {
+            u.stop().await;
+        }
         self.admin.abort();
     }
 }
@@ -669,6 +679,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.server.auth_token_env != new.server.auth_token_env {
         keys.push("server.auth_token_env");
+    }
+    // The ledger is opened once, at start.
+    if old.usage != new.usage {
+        keys.push("usage");
     }
     keys
 }

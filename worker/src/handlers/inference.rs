@@ -4,7 +4,7 @@
 //! attempt warnings included) names the request; the answer is labelled with the provider that
 //! gave it and the attempts it took (`PROVIDER_HEADER`, `ATTEMPTS_HEADER`).
 
-use super::{App, ATTEMPTS_HEADER, PROVIDER_HEADER};
+use super::{App, Hop, ATTEMPTS_HEADER, PROVIDER_HEADER};
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
@@ -13,7 +13,12 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
+pub async fn handle(
+    app: &App,
+    hop: Hop,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
     let id = req
         .headers()
         .get("x-request-id")
@@ -21,7 +26,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     // At ERROR level so that the span exists whenever any record about the request is logged:
     // a span the filter disables would take the request id off the warnings inside it.
     let span = tracing::error_span!("request", request_id = id.map(tracing::field::display));
-    let (mut resp, attempts) = crate::attempt::count_attempts(serve(app, endpoint, req))
+    let (mut resp, attempts) = crate::attempt::count_attempts(serve(app, hop, endpoint, req))
         .instrument(span)
         .await;
     label(&mut resp, attempts);
@@ -48,7 +53,12 @@ fn label(resp: &mut Response<ResBody>, attempts: u32) {
     }
 }
 
-async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Response<ResBody> {
+async fn serve(
+    app: &App,
+    hop: Hop,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
     let dialect = endpoint.dialect();
     let guard = RequestGuard::new(&app.counters);
     let (parts, body) = req.into_parts();
@@ -86,6 +96,21 @@ async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Respons
         Err(e) => return e.to_response(dialect),
     };
     let stream = head.stream;
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    // Only the front names the client (on its private socket); on the port the header is the
+    // caller's own claim and is ignored.
+    let client = if hop == Hop::Front {
+        header(gateway::usage::CLIENT_HEADER)
+    } else {
+        ""
+    };
+    let usage = crate::usage::Meta::new(header("x-request-id"), client, &model, stream);
     drop(model);
     let fwd = Forward {
         endpoint,
@@ -93,6 +118,7 @@ async fn serve(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Respons
         query: parts.uri.query().map(str::to_string),
         body: bytes,
         stream,
+        usage,
     };
     proxy::forward(table, fwd, candidates, guard).await
 }

@@ -94,25 +94,29 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     if hop == Hop::Front {
-        return route(app, req).await;
+        return route(app, hop, req).await;
     }
     let dialect = Dialect::for_path(req.uri().path());
     if let Err(refused) = app.admission.admit(&req) {
         return Ok(refused.into_response(dialect));
     }
     let origin = app.admission.access.allowed_origin(req.headers()).cloned();
-    let mut resp = route(app.clone(), req).await?;
+    let mut resp = route(app.clone(), hop, req).await?;
     app.admission.access.decorate(origin, resp.headers_mut());
     Ok(resp)
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+async fn route(
+    app: Arc<App>,
+    hop: Hop,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
     let path = req.uri().path();
     if let Some(endpoint) = Endpoint::from_path(path) {
         if req.method() != Method::POST {
             return Ok(not_allowed(endpoint.dialect(), "POST"));
         }
-        return Ok(inference::handle(&app, endpoint, req).await);
+        return Ok(inference::handle(&app, hop, endpoint, req).await);
     }
     let anthropic = gateway::model_list::anthropic_requested(req.headers());
     Ok(match path {

@@ -84,7 +84,7 @@ pub fn reply(
         (Endpoint::ChatCompletions, false) => one(ctx.chat()),
         (Endpoint::ChatCompletions, true) => sse(ctx.chat_chunks(include_usage)),
         (Endpoint::Completions, false) => one(ctx.completion()),
-        (Endpoint::Completions, true) => sse(ctx.completion_chunks()),
+        (Endpoint::Completions, true) => sse(ctx.completion_chunks(include_usage)),
         (Endpoint::Responses, false) => one(ctx.response("completed", true)),
         (Endpoint::Responses, true) => sse(ctx.response_events()),
         (Endpoint::Messages, false) => one(ctx.message()),
@@ -213,7 +213,7 @@ impl Ctx<'_> {
                "usage": self.usage()})
     }
 
-    fn completion_chunks(&self) -> VecDeque<Bytes> {
+    fn completion_chunks(&self, include_usage: bool) -> VecDeque<Bytes> {
         let chunk = |text: &str, finish: Option<&str>| {
             data(
                 json!({"id": format!("cmpl-{}", self.id), "object": "text_completion",
@@ -223,6 +223,11 @@ impl Ctx<'_> {
         };
         let mut f: VecDeque<Bytes> = self.words.iter().map(|w| chunk(w, None)).collect();
         f.push_back(chunk("", Some("stop")));
+        if include_usage {
+            // As OpenAI does: one last chunk with no choices and the usage.
+            f.push_back(data(json!({"id": format!("cmpl-{}", self.id), "object": "text_completion",
+                "created": self.created, "model": self.model, "choices": [], "usage": self.usage()})));
+        }
         f.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
         f
     }

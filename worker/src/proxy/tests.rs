@@ -32,6 +32,7 @@ fn run_for(table: Arc<RouteTable>) -> Run {
             query: None,
             body: Bytes::new(),
             stream: false,
+            usage: crate::usage::Meta::new("", "", "m", false),
         },
         candidates,
         attempts: 0,

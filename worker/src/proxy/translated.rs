@@ -151,6 +151,8 @@ pub(super) async fn translated_back(
     }
     let (raw, cut) = read_capped(body, MAX_TRANSLATED_BODY, provider.config.idle_timeout).await;
     drop(guard);
+    // The usage observer reads the provider's own answer, whole.
+    let raw = attempt.pass_data(raw, true);
     if cut {
         let msg = format!(
             "provider `{}`: its answer broke off or exceeded {MAX_TRANSLATED_BODY} bytes",

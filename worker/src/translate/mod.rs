@@ -100,6 +100,7 @@
 //! - `StreamTranslator::new(provider, client, StreamOptions)`, then `feed(chunk, &mut out)` per
 //!   upstream chunk, `end(&mut out)` at a clean upstream end, `fail(kind, message, &mut out)`
 //!   when the upstream broke; `usage()` once finished, `is_done()`.
+//! - `body_usage(api, &body)` -> the `Usage` of a native non-streamed answer.
 //! - `UsageReader::new(api, max_event_bytes)`, `feed(chunk)`, `end()`, `usage()` for native
 //!   streams.
 
@@ -310,6 +311,17 @@ pub fn translate_response(
         Api::Responses => responses_response::encode(&resp, client_model),
     };
     Ok((out, resp.usage))
+}
+
+/// The usage a provider's non-streamed answer in `api` reports, read as `translate_response`
+/// reads it; `None` when the body has no `usage` object.
+pub fn body_usage(api: Api, body: &Value) -> Option<Usage> {
+    let u = body.get("usage").filter(|u| u.is_object())?;
+    Some(match api {
+        Api::Chat => chat_response::usage_from(u),
+        Api::Messages => messages_response::usage_from(u),
+        Api::Responses => responses_response::usage_from(u),
+    })
 }
 
 /// A provider's error body (in `from`) as an error body in the client's dialect `to`; the status

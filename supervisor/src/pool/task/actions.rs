@@ -214,7 +214,7 @@ impl SlotTask {
         // Read now, so a reload's new workers get the new tokens; the memfd lives until the fork
         // below has copied it into the child.
         let tokens = gateway::admission::Tokens::from_env(&cfg).to_memfd()?;
-        let cmd = spawn::command(&spawn::WorkerSpec {
+        let mut cmd = spawn::command(&spawn::WorkerSpec {
             argv: &argv,
             config_path: &self.shared.config_path,
             heartbeat_file: &hb,
@@ -225,6 +225,7 @@ impl SlotTask {
             admission: tokens.as_raw_fd(),
             token_env: gateway::admission::Tokens::env_names(&cfg).collect(),
         })?;
+        crate::usage::worker_env(&mut cmd, &self.shared.runtime_dir, self.slot.id);
         // A failed spawn drops the lease here: no process ever had the row.
         let child = self.shared.spawner.spawn(cmd).await?;
         drop(tokens);

@@ -1,0 +1,378 @@
+//! The SQLite usage ledger: where it lives, its schema and indexes, batched inserts, bounded
+//! retention deletes, and the read-side queries (`summary`, and the per-client totals that
+//! client budgets can start from). Only the ledger thread (`super::writer`) writes.
+
+use gateway::config::UsageConfig;
+use gateway::usage::Record;
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+
+/// Rows deleted per retention statement: bounded, so neither memory nor a lock grows with the
+/// backlog.
+pub const PRUNE_BATCH: usize = 5_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    model_asked TEXT NOT NULL,
+    model_served TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    worker INTEGER,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER,
+    streamed INTEGER NOT NULL,
+    translated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts_ms);
+CREATE INDEX IF NOT EXISTS usage_client_ts ON usage (client, ts_ms);
+";
+
+/// The ledger file `usage.ledger` names; `None` when it is "off". "auto" is
+/// `$XDG_STATE_HOME/gateway/usage.db`, else `~/.local/state/gateway/usage.db`.
+pub fn path(cfg: &UsageConfig) -> Result<Option<PathBuf>, String> {
+    match cfg.ledger.as_str() {
+        "off" => Ok(None),
+        "auto" => {
+            let state = std::env::var_os("XDG_STATE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(|h| PathBuf::from(h).join(".local/state"))
+                })
+                .ok_or("usage.ledger = \"auto\" needs $XDG_STATE_HOME or $HOME")?;
+            Ok(Some(state.join("gateway").join("usage.db")))
+        }
+        p => Ok(Some(PathBuf::from(p))),
+    }
+}
+
+/// Opens (creating) the ledger for writing: its directory created 0700, the file 0600, WAL mode,
+/// the schema in place. Errors name the path.
+pub fn open_rw(path: &Path) -> Result<Connection, String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let at = |e: &dyn std::fmt::Display| format!("usage ledger {}: {e}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| at(&e))?;
+    }
+    // Created here with 0600 so SQLite never creates it with the umask's mode; its -wal and
+    // -shm files take this file's mode.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| at(&e))?;
+    let conn = Connection::open(path).map_err(|e| at(&e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| at(&e))?;
+    // In WAL mode NORMAL loses nothing committed when the process dies (only on power loss).
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| at(&e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| at(&e))?;
+    conn.execute_batch(SCHEMA).map_err(|e| at(&e))?;
+    Ok(conn)
+}
+
+/// Opens the ledger read-only (works beside a running writer: WAL readers do not block it).
+pub fn open_ro(path: &Path) -> Result<Connection, String> {
+    if !path.exists() {
+        return Err(format!("no usage ledger at {}", path.display()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("usage ledger {}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| format!("usage ledger {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// Inserts `batch` in one transaction.
+pub fn insert(conn: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO usage (ts_ms, request_id, client, model_asked, model_served, provider,
+                 worker, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                 cost_usd, status, outcome, duration_ms, ttfb_ms, streamed, translated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        )?;
+        for r in batch {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            st.execute(params![
+                r.ts_ms,
+                r.request_id,
+                r.client,
+                r.model_asked,
+                r.model_served,
+                r.provider,
+                r.worker,
+                n(r.tokens.input),
+                n(r.tokens.output),
+                n(r.tokens.cache_read),
+                n(r.tokens.cache_write),
+                r.cost_usd,
+                r.status,
+                r.outcome.as_str(),
+                n(r.duration_ms),
+                r.ttfb_ms.map(n),
+                r.streamed,
+                r.translated,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Deletes at most `PRUNE_BATCH` rows older than `before_ms`; returns how many went.
+pub fn prune_batch(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE ts_ms < ?1 LIMIT ?2)",
+        params![before_ms, PRUNE_BATCH as i64],
+    )
+}
+
+/// A breakdown key of `supervisor usage --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    Client,
+    Model,
+    Provider,
+    Day,
+}
+
+impl By {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Model => "model",
+            Self::Provider => "provider",
+            Self::Day => "day",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            // The model that was billed: the provider's, after aliases.
+            Self::Model => "model_served",
+            Self::Provider => "provider",
+            Self::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
+        }
+    }
+}
+
+/// One line of a summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// The `--by` values, in the order asked.
+    #[serde(skip)]
+    pub keys: Vec<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    /// USD of the requests with a price; `None` when none had one.
+    pub cost_usd: Option<f64>,
+    /// Requests whose model had no price (not in `cost_usd`).
+    pub unpriced_requests: i64,
+}
+
+/// Totals for `since_ms <= ts < until_ms`, grouped by `by` (one total row when empty).
+pub fn summary(
+    conn: &Connection,
+    since_ms: i64,
+    until_ms: i64,
+    by: &[By],
+) -> rusqlite::Result<Vec<Row>> {
+    let keys: Vec<String> = by.iter().map(|b| b.column().to_string()).collect();
+    let select = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
+    let group = if keys.is_empty() {
+        String::new()
+    } else {
+        let cols = (1..=keys.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(" GROUP BY {cols} ORDER BY {cols}")
+    };
+    let sql = format!(
+        "SELECT {select} COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+                COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
+                SUM(cost_usd), SUM(cost_usd IS NULL)
+         FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2{group}"
+    );
+    let mut st = conn.prepare(&sql)?;
+    let n = keys.len();
+    let rows = st.query_map(params![since_ms, until_ms], |r| {
+        let mut k = Vec::with_capacity(n);
+        for i in 0..n {
+            k.push(r.get::<_, String>(i)?);
+        }
+        Ok(Row {
+            keys: k,
+            requests: r.get(n)?,
+            input_tokens: r.get(n + 1)?,
+            output_tokens: r.get(n + 2)?,
+            cache_read_tokens: r.get(n + 3)?,
+            cache_write_tokens: r.get(n + 4)?,
+            cost_usd: r.get(n + 5)?,
+            unpriced_requests: r.get::<_, Option<i64>>(n + 6)?.unwrap_or(0),
+        })
+    })?;
+    let rows: Vec<Row> = rows.collect::<Result<_, _>>()?;
+    // An empty range still has its (zero) total line.
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.requests > 0 || n == 0)
+        .collect())
+}
+
+/// A client's tokens (input + output + cache) and cost since `since_ms`: what `daily_tokens`
+/// and `monthly_usd` can start from at start-up (served by the `usage_client_ts` index).
+pub fn client_totals(
+    conn: &Connection,
+    client: &str,
+    since_ms: i64,
+) -> rusqlite::Result<(i64, f64)> {
+    conn.query_row(
+        "SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens + cache_write_tokens), 0),
+                COALESCE(SUM(cost_usd), 0.0)
+         FROM usage WHERE client = ?1 AND ts_ms >= ?2",
+        params![client, since_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use gateway::usage::{Outcome, Tokens};
+
+    pub(crate) fn rec(
+        ts_ms: i64,
+        client: &str,
+        model: &str,
+        input: u64,
+        cost: Option<f64>,
+    ) -> Record {
+        Record {
+            ts_ms,
+            request_id: format!("r{ts_ms}"),
+            client: client.into(),
+            model_asked: model.into(),
+            model_served: model.into(),
+            provider: "p".into(),
+            worker: Some(0),
+            tokens: Tokens {
+                input,
+                output: 1,
+                cache_read: 0,
+                cache_write: 0,
+            },
+            cost_usd: cost,
+            status: 200,
+            outcome: Outcome::Ok,
+            duration_ms: 5,
+            ttfb_ms: Some(1),
+            streamed: false,
+            translated: false,
+            dropped_before: 0,
+        }
+    }
+
+    #[test]
+    fn rows_are_summed_by_key_and_unpriced_requests_have_no_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/usage.db");
+        let mut conn = open_rw(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        insert(
+            &mut conn,
+            &[
+                rec(1_000, "a", "m", 10, Some(0.25)),
+                rec(2_000, "b", "m", 20, Some(0.5)),
+                rec(3_000, "a", "free", 5, None),
+                rec(9_000, "a", "m", 100, Some(1.0)),
+            ],
+        )
+        .unwrap();
+        let ro = open_ro(&path).unwrap();
+        let rows = summary(&ro, 0, 5_000, &[By::Model]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].keys, vec!["free"]);
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].cost_usd,
+                rows[0].unpriced_requests
+            ),
+            (1, None, 1)
+        );
+        assert_eq!(rows[1].keys, vec!["m"]);
+        assert_eq!(
+            (rows[1].requests, rows[1].input_tokens, rows[1].cost_usd),
+            (2, 30, Some(0.75))
+        );
+        let total = summary(&ro, 0, i64::MAX, &[]).unwrap();
+        assert_eq!(total[0].requests, 4);
+        let by2 = summary(&ro, 0, i64::MAX, &[By::Client, By::Day]).unwrap();
+        assert_eq!(by2[0].keys, vec!["a", "1970-01-01"]);
+        assert_eq!(
+            client_totals(&ro, "a", 2_000).unwrap(),
+            (5 + 1 + 100 + 1, 1.0)
+        );
+        assert!(ro.execute("DELETE FROM usage", []).is_err(), "read-only");
+    }
+
+    #[test]
+    fn retention_deletes_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_rw(&dir.path().join("u.db")).unwrap();
+        let old: Vec<Record> = (0..PRUNE_BATCH as i64 + 10)
+            .map(|i| rec(i, "a", "m", 1, None))
+            .collect();
+        insert(&mut conn, &old).unwrap();
+        insert(&mut conn, &[rec(1_000_000, "a", "m", 1, None)]).unwrap();
+        assert_eq!(prune_batch(&conn, 500_000).unwrap(), PRUNE_BATCH);
+        assert_eq!(prune_batch(&conn, 500_000).unwrap(), 10);
+        assert_eq!(prune_batch(&conn, 500_000).unwrap(), 0);
+        assert_eq!(summary(&conn, 0, i64::MAX, &[]).unwrap()[0].requests, 1);
+    }
+
+    #[test]
+    fn auto_and_off_paths() {
+        let off = UsageConfig {
+            ledger: "off".into(),
+            ..Default::default()
+        };
+        assert_eq!(path(&off).unwrap(), None);
+        let p = UsageConfig {
+            ledger: "/x/y.db".into(),
+            ..Default::default()
+        };
+        assert_eq!(path(&p).unwrap(), Some(PathBuf::from("/x/y.db")));
+    }
+}

@@ -1,0 +1,409 @@
+//! Usage in the supervisor: receives the workers' records on a Unix `SOCK_SEQPACKET` socket in
+//! the runtime directory (one connection per worker, one record per message), hands them through a bounded queue to one ledger thread that writes them
+//! to SQLite in batches, and counts each record `written`, `dropped` or `failed`
+//! (`gateway_usage_records_total{outcome}`). Nothing here touches the disk on the runtime.
+
+pub mod cli;
+pub mod ledger;
+
+use crate::metrics::{OutcomeLabel, SupervisorMetrics};
+use gateway::config::Config;
+use gateway::usage::{Record, MAX_MESSAGE, SOCKET_ENV, WORKER_ID_ENV};
+use prometheus_client::metrics::counter::Counter;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+/// Records waiting for the ledger thread; past this they are dropped (and counted). At one
+/// write every `FLUSH_EVERY`, room for 160,000 records a second.
+const QUEUE: usize = 32_768;
+/// Most records in one transaction.
+const BATCH: usize = 4_096;
+/// The ledger thread wakes this often and writes what came meanwhile (a supervisor SIGKILL
+/// loses at most this much, plus the write in progress).
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// How often the retention pass runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The socket's name in the runtime directory.
+pub const SOCKET_NAME: &str = "usage.sock";
+
+/// The usage socket of the instance in `runtime_dir`, if it receives records.
+pub fn socket_in(runtime_dir: &Path) -> Option<PathBuf> {
+    let p = runtime_dir.join(SOCKET_NAME);
+    p.exists().then_some(p)
+}
+
+/// Sets a worker's usage variables: the socket, when there is one, and its slot id.
+pub fn worker_env(cmd: &mut tokio::process::Command, runtime_dir: &Path, id: usize) {
+    if let Some(p) = socket_in(runtime_dir) {
+        cmd.env(SOCKET_ENV, p);
+    }
+    cmd.env(WORKER_ID_ENV, id.to_string());
+}
+
+#[derive(Clone)]
+struct Counters {
+    written: Counter,
+    dropped: Counter,
+    failed: Counter,
+}
+
+impl Counters {
+    fn new(m: &SupervisorMetrics) -> Self {
+        let c = |o: &str| {
+            m.usage_records
+                .get_or_create(&OutcomeLabel { outcome: o.into() })
+                .clone()
+        };
+        Self {
+            written: c("written"),
+            dropped: c("dropped"),
+            failed: c("failed"),
+        }
+    }
+}
+
+/// The running receiver and ledger thread; `stop` drains and joins them.
+pub struct Usage {
+    stop: oneshot::Sender<()>,
+    receiver: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+    socket: PathBuf,
+}
+
+/// Opens the ledger and binds the socket, or `Ok(None)` with `usage.ledger = "off"`. Errors
+/// name the path; `start` fails with them (exit 1).
+pub fn start(
+    cfg: &Config,
+    runtime_dir: &Path,
+    metrics: &SupervisorMetrics,
+) -> Result<Option<Usage>, String> {
+    let Some(path) = ledger::path(&cfg.usage)? else {
+        return Ok(None);
+    };
+    let conn = ledger::open_rw(&path)?;
+    let socket = runtime_dir.join(SOCKET_NAME);
+    let _ = std::fs::remove_file(&socket);
+    let sock = listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    }
+    let counters = Counters::new(metrics);
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let retention = cfg.usage.retention;
+    let c = counters.clone();
+    let writer = std::thread::Builder::new()
+        .name("usage-ledger".into())
+        .spawn(move || write_loop(conn, path, rx, c, retention))
+        .map_err(|e| format!("usage ledger thread: {e}"))?;
+    let (stop, stopped) = oneshot::channel();
+    let receiver = tokio::spawn(receive(sock, tx, counters, stopped));
+    Ok(Some(Usage {
+        stop,
+        receiver,
+        writer,
+        socket,
+    }))
+}
+
+impl Usage {
+    /// After the workers stopped: takes what is still in the socket, writes the last batch.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.receiver.await;
+        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The listening `SOCK_SEQPACKET` socket at `path` (0600 is set by the caller). Chosen over
+/// datagrams because a datagram socket's queue holds only `net.unix.max_dgram_qlen` (10)
+/// messages, which a burst fills at once; a connection's buffer holds hundreds, keeps message
+/// boundaries, and what a worker sent stays readable after the worker dies.
+fn listen(path: &Path) -> std::io::Result<AsyncFd<OwnedFd>> {
+    use nix::sys::socket::{self as so, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = so::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    so::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    so::listen(&fd, Backlog::new(128)?)?;
+    watch(fd)
+}
+
+/// `fd` registered with the reactor.
+fn watch(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` keeps its descriptor open and the same until it is dropped, which
+    // only the `AsyncFd` owning it does.
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// How long `stop` waits for the workers' connections to reach their end.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The accepting task: one reader per worker connection, all owned here; on stop, the readers
+/// (whose workers have exited) read what is left up to the end, for at most `DRAIN`.
+async fn receive(
+    sock: AsyncFd<OwnedFd>,
+    tx: SyncSender<Record>,
+    c: Counters,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut readers = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            r = sock.readable() => {
+                let Ok(mut guard) = r else { break };
+                match accept(&sock) {
+                    Ok(fd) => match watch(fd) {
+                        Ok(conn) => {
+                            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+                        }
+                        Err(e) => tracing::error!(error = %e, "usage connection not watched"),
+                    },
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "usage socket accept failed");
+                        guard.clear_ready();
+                    }
+                }
+            }
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
+            _ = &mut stopped => break,
+        }
+    }
+    // Connections still in the backlog (a worker that connected just now) are read too.
+    while let Ok(fd) = accept(&sock) {
+        if let Ok(conn) = watch(fd) {
+            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+        }
+    }
+    let _ = tokio::time::timeout(DRAIN, async {
+        while readers.join_next().await.is_some() {}
+    })
+    .await;
+    readers.abort_all();
+}
+
+/// The next connection waiting on `listener` (non-blocking).
+fn accept(listener: &AsyncFd<OwnedFd>) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{accept4, SockFlag};
+    let raw = accept4(
+        listener.get_ref().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// One worker's connection: a record per message, until the worker closes it (or dies).
+async fn read_conn(conn: AsyncFd<OwnedFd>, tx: SyncSender<Record>, c: Counters) {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok(mut guard) = conn.readable().await else {
+            return;
+        };
+        loop {
+            match recv(conn.get_ref().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return,
+                Ok(n) => take(&buf[..n], &tx, &c),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage connection failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn take(message: &[u8], tx: &SyncSender<Record>, c: &Counters) {
+    let rec = match Record::decode(message) {
+        Ok(r) => r,
+        Err(e) => {
+            c.failed.inc();
+            tracing::warn!(error = %e, bytes = message.len(), "unreadable usage record");
+            return;
+        }
+    };
+    c.dropped.inc_by(rec.dropped_before);
+    tracing::info!(target: "usage", request_id = %rec.request_id, client = %rec.client,
+        provider = %rec.provider, model = %rec.model_served, input_tokens = rec.tokens.input,
+        output_tokens = rec.tokens.output, cost_usd = ?rec.cost_usd, outcome = rec.outcome.as_str(),
+        "usage");
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
+        c.dropped.inc();
+    }
+}
+
+/// The ledger thread: every `FLUSH_EVERY`, what the queue holds in transactions of up to
+/// `BATCH`; retention every `PRUNE_EVERY` in bounded deletes; ends (after a last write) when the
+/// receiver is gone.
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    path: PathBuf,
+    rx: mpsc::Receiver<Record>,
+    c: Counters,
+    retention: Duration,
+) {
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+    let mut next_prune = Instant::now();
+    let write = |conn: &mut rusqlite::Connection, batch: &mut Vec<Record>| {
+        match ledger::insert(conn, batch) {
+            Ok(()) => c.written.inc_by(batch.len() as u64),
+            Err(e) => {
+                c.failed.inc_by(batch.len() as u64);
+                tracing::error!(ledger = %path.display(), error = %e, records = batch.len(),
+                    "cannot write usage records to the ledger; they are lost (serving goes on)");
+                0
+            }
+        };
+        batch.clear();
+    };
+    loop {
+        // Sleeping, not waiting on the queue: the receiver never wakes this thread per record.
+        std::thread::sleep(FLUSH_EVERY);
+        let mut open = true;
+        loop {
+            match rx.try_recv() {
+                Ok(r) => {
+                    batch.push(r);
+                    if batch.len() == BATCH {
+                        write(&mut conn, &mut batch);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            write(&mut conn, &mut batch);
+        }
+        if !retention.is_zero() && Instant::now() >= next_prune {
+            // A backlog is deleted over several passes, so batches keep being written.
+            let more = prune(&conn, &path, retention);
+            next_prune = Instant::now() + if more { FLUSH_EVERY } else { PRUNE_EVERY };
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// Bounded deletes per retention pass.
+const PRUNE_PASS: usize = 20;
+
+/// One retention pass: up to `PRUNE_PASS` bounded deletes (each its own short transaction);
+/// true when old rows are left.
+fn prune(conn: &rusqlite::Connection, path: &Path, retention: Duration) -> bool {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let before = now_ms - retention.as_millis().min(i64::MAX as u128) as i64;
+    for _ in 0..PRUNE_PASS {
+        match ledger::prune_batch(conn, before) {
+            Ok(n) if n == ledger::PRUNE_BATCH => continue,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(ledger = %path.display(), error = %e, "usage retention failed");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn connect(path: &Path) -> OwnedFd {
+        use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType, UnixAddr};
+        let fd = so::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        so::connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+        fd
+    }
+
+    fn counted(m: &SupervisorMetrics, outcome: &str) -> u64 {
+        m.usage_records
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    /// A full queue drops (and counts) instead of waiting; a worker's own drops are added; an
+    /// unreadable datagram is counted as failed.
+    #[test]
+    fn a_full_queue_counts_drops_and_never_waits() {
+        let (m, _) = SupervisorMetrics::new();
+        let c = Counters::new(&m);
+        let (tx, rx) = mpsc::sync_channel(1);
+        let mut rec = ledger::tests::rec(1, "a", "m", 1, None);
+        take(&rec.encode(), &tx, &c);
+        rec.dropped_before = 3;
+        take(&rec.encode(), &tx, &c);
+        take(b"not json", &tx, &c);
+        assert_eq!(counted(&m, "dropped"), 1 + 3);
+        assert_eq!(counted(&m, "failed"), 1);
+        assert_eq!(rx.try_iter().count(), 1);
+    }
+
+    /// Records go through the socket and the thread into the ledger; `stop` writes the last
+    /// batch and removes the socket.
+    #[tokio::test]
+    async fn records_sent_to_the_socket_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.usage.ledger = dir.path().join("u.db").display().to_string();
+        let (m, _) = SupervisorMetrics::new();
+        let u = start(&cfg, dir.path(), &m).unwrap().unwrap();
+        let sock = socket_in(dir.path()).expect("the socket exists");
+        let tx = crate::usage::tests::connect(&sock);
+        for i in 0..3 {
+            // Recent: older rows would go at once with the 90-day retention.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let r = ledger::tests::rec(now + i, "a", "m", 1, None);
+            nix::sys::socket::send(
+                tx.as_raw_fd(),
+                &r.encode(),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+        }
+        drop(tx);
+        u.stop().await;
+        assert!(socket_in(dir.path()).is_none());
+        assert_eq!(counted(&m, "written"), 3);
+        let c = ledger::open_ro(&dir.path().join("u.db")).unwrap();
+        assert_eq!(
+            ledger::summary(&c, 0, i64::MAX, &[]).unwrap()[0].requests,
+            3
+        );
+    }
+}
