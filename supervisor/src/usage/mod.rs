@@ -72,7 +72,17 @@ pub struct Usage {
     stop: oneshot::Sender<()>,
     receiver: tokio::task::JoinHandle<()>,
     writer: std::thread::JoinHandle<()>,
-    socket: PathBuf,
+    _socket: SocketFile,
+}
+
+/// The socket's file, removed when it drops: at `stop`, and on a failed start whose later step
+/// (the pool, the front) fails after the socket was bound, so no runtime file is left behind.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Opens the ledger and binds the socket, or `Ok(None)` with `usage.ledger = "off"`. Errors
@@ -89,10 +99,12 @@ pub fn start(
     let socket = runtime_dir.join(SOCKET_NAME);
     let _ = std::fs::remove_file(&socket);
     let sock = listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    let socket = SocketFile(socket);
+    let socket_path = &socket.0;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+        std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("usage socket {}: {e}", socket_path.display()))?;
     }
     let counters = Counters::new(metrics);
     let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -108,7 +120,7 @@ pub fn start(
         stop,
         receiver,
         writer,
-        socket,
+        _socket: socket,
     }))
 }
 
@@ -117,8 +129,9 @@ impl Usage {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.receiver.await;
-        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
-        let _ = std::fs::remove_file(&self.socket);
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // `_socket` drops here, removing the file.
     }
 }
 
