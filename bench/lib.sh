@@ -61,7 +61,7 @@ start_supervisor() {
 start_worker() {
   RUST_LOG=info $BIN/gateway-worker --config "$1" --listen 127.0.0.1:0 2>"$2" & WPID=$!; pids+=($WPID)
   WADDR=""
-  for _ in $(seq 100); do WADDR=$( (grep -oE 'listening on [0-9.:]+' "$2" || true) | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
+  for _ in $(seq 100); do WADDR=$( (grep -oE 'listening on [0-9.:]+' "$2" 2>/dev/null || true) | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
   [ -n "$WADDR" ] || { echo "worker did not report its address"; cat "$2"; exit 1; }
 }
 
