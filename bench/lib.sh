@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/soak.sh, sourced from the repository root after OUT is set:
+# Shared by bench/run.sh, bench/translate.sh and bench/soak.sh, sourced from the repository root after OUT is set:
 # the release binaries, the started-process list, and the common setup (the mock upstream, a
 # config pointing at it, the supervisor in front).
 
@@ -57,3 +57,25 @@ start_supervisor() {
   READY_NS=$(date +%s%N)
   FRONT=$(python3 -c "import json;print(json.loads(open('$2').readline())['listen'])")
 }
+
+# start_worker CONFIG LOG: starts a standalone `gateway-worker` on a free port (RUST_LOG=info for
+# its one start-up line, "listening on ADDR"; it logs nothing per request), waits for that line,
+# then sets WPID and WADDR.
+start_worker() {
+  RUST_LOG=info $BIN/gateway-worker --config "$1" --listen 127.0.0.1:0 2>"$2" & WPID=$!; pids+=($WPID)
+  WADDR=""
+  for _ in $(seq 100); do WADDR=$( (grep -oE 'listening on [0-9.:]+' "$2" 2>/dev/null || true) | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
+  [ -n "$WADDR" ] || { echo "worker did not report its address"; cat "$2"; exit 1; }
+}
+
+rss_kb() { # total RSS of the given pids and their descendants
+  local total=0 p
+  for p in "$@"; do
+    for q in $p $(pgrep -P "$p" 2>/dev/null); do
+      total=$((total + $(awk '/VmRSS/{print $2}' /proc/$q/status 2>/dev/null || echo 0)))
+    done
+  done
+  echo $total
+}
+
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }

@@ -31,26 +31,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rss_kb() { # total RSS of the given pids and their descendants
-  local total=0 p
-  for p in "$@"; do
-    for q in $p $(pgrep -P "$p" 2>/dev/null); do
-      total=$((total + $(awk '/VmRSS/{print $2}' /proc/$q/status 2>/dev/null || echo 0)))
-    done
-  done
-  echo $total
-}
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-
 # --- upstream (2 threads so it is not the bottleneck) ---
 BENCH_THREADS=2 start_upstream "$OUT/upstream.addr" 127.0.0.1:0
 write_config "$OUT/gateway.toml" "$PWD/$OUT/run" $'worker_max_inflight = 20000\nmax_queue = 20000'
 
 # --- one worker ---
-# info for its one start-up line ("listening on ADDR"); the worker logs nothing per request.
-RUST_LOG=info $BIN/gateway-worker --config "$OUT/gateway.toml" --listen 127.0.0.1:0 2>"$OUT/worker.log" & WPID=$!; pids+=($WPID)
-for _ in $(seq 100); do WADDR=$( (grep -oE 'listening on [0-9.:]+' "$OUT/worker.log" || true) | head -1 | awk '{print $3}'); [ -n "$WADDR" ] && break; sleep 0.05; done
-[ -n "${WADDR:-}" ] || { echo "worker did not report its address"; cat "$OUT/worker.log"; exit 1; }
+start_worker "$OUT/gateway.toml" "$OUT/worker.log"
 
 # --- the hyper floor: a bare hyper proxy on one thread, no gateway logic ---
 rm -f "$OUT/proxy.addr"; $EX/bench_proxy "$UP" >"$OUT/proxy.addr" & pids+=($!)

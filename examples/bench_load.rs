@@ -4,9 +4,11 @@
 //! bench_load throughput URL CONNS SECS        closed loop: CONNS keep-alive connections, as fast as possible
 //! bench_load latency    URL RATE  SECS        open loop at RATE req/s on 8 connections; p50/p99 in µs
 //! bench_load streams    URL COUNT HOLD_SECS   hold COUNT concurrent SSE streams; time to first byte
+//! bench_load sse        URL CONNS SECS        like throughput, but every request streams; counts SSE events
 //! ```
-//! Every mode POSTs a small chat body to URL and prints one JSON line with its figures. Errors
-//! (non-200, cut bodies) are counted and printed, never hidden.
+//! Every mode POSTs a small chat body to URL (a Messages body when URL ends in `/messages`) for
+//! model `$BENCH_MODEL` (default `bench`; held streams ask for `$BENCH_MODEL-slow`) and prints one
+//! JSON line with its figures. Errors (non-200, cut bodies) are counted and printed, never hidden.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -27,29 +29,48 @@ fn client(max_idle: usize) -> Client {
         .build(conn)
 }
 
-fn body(stream: bool) -> Full<Bytes> {
-    // Streams use the upstream's slow model so they stay open while held.
-    let model = if stream { "bench-slow" } else { "bench" };
+/// How a request streams: not at all, fast (the upstream's chunks back to back), or held (the
+/// upstream's slow model, one chunk a second, so the stream stays open).
+#[derive(Clone, Copy, PartialEq)]
+enum Stream {
+    No,
+    Fast,
+    Held,
+}
+
+fn body(url: &str, stream: Stream) -> Full<Bytes> {
+    let model = std::env::var("BENCH_MODEL").unwrap_or_else(|_| "bench".into());
+    let slow = if stream == Stream::Held { "-slow" } else { "" };
+    let on = stream != Stream::No;
+    // Messages requires max_tokens; Chat takes the same messages array.
+    let max = if url.ends_with("/messages") {
+        r#""max_tokens":16,"#
+    } else {
+        ""
+    };
     Full::new(Bytes::from(format!(
-        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        r#"{{"model":"{model}{slow}",{max}"stream":{on},"messages":[{{"role":"user","content":"hi"}}]}}"#
     )))
 }
 
-fn request(url: &str, stream: bool) -> hyper::Request<Full<Bytes>> {
+fn request(url: &str, stream: Stream) -> hyper::Request<Full<Bytes>> {
     hyper::Request::post(url)
         .header("content-type", "application/json")
-        .body(body(stream))
+        .body(body(url, stream))
         .unwrap()
 }
 
-/// One request to completion; Ok(latency) only for a 200 with a complete body.
-async fn one(c: &Client, url: &str, stream: bool) -> Result<Duration, ()> {
+/// One request to completion; Ok((latency, SSE events in the body)) only for a 200 with a
+/// complete body.
+async fn one(c: &Client, url: &str, stream: Stream) -> Result<(Duration, u64), ()> {
     let t = Instant::now();
     let resp = c.request(request(url, stream)).await.map_err(|_| ())?;
     let ok = resp.status() == 200;
-    resp.into_body().collect().await.map_err(|_| ())?;
+    let body = resp.into_body().collect().await.map_err(|_| ())?.to_bytes();
+    // Every SSE event ends with a blank line; every dialect here writes `\n\n`.
+    let events = body.windows(2).filter(|w| w == b"\n\n").count() as u64;
     if ok {
-        Ok(t.elapsed())
+        Ok((t.elapsed(), events))
     } else {
         Err(())
     }
@@ -62,23 +83,33 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn throughput(url: String, conns: usize, secs: u64) {
+async fn throughput(url: String, conns: usize, secs: u64, stream: Stream) {
     let c = client(conns);
     let done = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(secs);
     // Warm-up: open the connections.
     for _ in 0..conns {
-        let _ = one(&c, &url, false).await;
+        let _ = one(&c, &url, stream).await;
     }
     let start = Instant::now();
     let tasks: Vec<_> = (0..conns)
         .map(|_| {
-            let (c, url, done, errors) = (c.clone(), url.clone(), done.clone(), errors.clone());
+            let (c, url, done, events, errors) = (
+                c.clone(),
+                url.clone(),
+                done.clone(),
+                events.clone(),
+                errors.clone(),
+            );
             tokio::spawn(async move {
                 while Instant::now() < end {
-                    match one(&c, &url, false).await {
-                        Ok(_) => done.fetch_add(1, Relaxed),
+                    match one(&c, &url, stream).await {
+                        Ok((_, n)) => {
+                            done.fetch_add(1, Relaxed);
+                            events.fetch_add(n, Relaxed)
+                        }
                         Err(_) => errors.fetch_add(1, Relaxed),
                     };
                 }
@@ -89,10 +120,16 @@ async fn throughput(url: String, conns: usize, secs: u64) {
         let _ = t.await;
     }
     let el = start.elapsed().as_secs_f64();
+    let mode = if stream == Stream::No {
+        "throughput"
+    } else {
+        "sse"
+    };
     println!(
-        "{{\"mode\":\"throughput\",\"rps\":{:.0},\"requests\":{},\"errors\":{}}}",
+        "{{\"mode\":\"{mode}\",\"rps\":{:.0},\"requests\":{},\"events\":{},\"errors\":{}}}",
         done.load(Relaxed) as f64 / el,
         done.load(Relaxed),
+        events.load(Relaxed),
         errors.load(Relaxed)
     );
 }
@@ -100,7 +137,7 @@ async fn throughput(url: String, conns: usize, secs: u64) {
 async fn latency(url: String, rate: u64, secs: u64) {
     let c = client(8);
     for _ in 0..8 {
-        let _ = one(&c, &url, false).await;
+        let _ = one(&c, &url, Stream::No).await;
     }
     let total = rate * secs;
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
@@ -111,7 +148,7 @@ async fn latency(url: String, rate: u64, secs: u64) {
         tick.tick().await;
         let (c, url, tx) = (c.clone(), url.clone(), tx.clone());
         tokio::spawn(async move {
-            let _ = tx.send(one(&c, &url, false).await).await;
+            let _ = tx.send(one(&c, &url, Stream::No).await).await;
         });
     }
     drop(tx);
@@ -119,7 +156,7 @@ async fn latency(url: String, rate: u64, secs: u64) {
     let mut errors = 0;
     while let Some(r) = rx.recv().await {
         match r {
-            Ok(d) => lat.push(d.as_micros() as u64),
+            Ok((d, _)) => lat.push(d.as_micros() as u64),
             Err(_) => errors += 1,
         }
     }
@@ -151,7 +188,7 @@ async fn streams(url: String, count: usize, hold: u64) {
             let c = client(1);
             let t = Instant::now();
             let first = async {
-                let resp = c.request(request(&url, true)).await.ok()?;
+                let resp = c.request(request(&url, Stream::Held)).await.ok()?;
                 if resp.status() != 200 {
                     return None;
                 }
@@ -197,7 +234,7 @@ async fn streams(url: String, count: usize, hold: u64) {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 5 {
-        eprintln!("usage: bench_load throughput|latency|streams URL N SECS");
+        eprintln!("usage: bench_load throughput|latency|streams|sse URL N SECS");
         std::process::exit(2);
     }
     let (mode, url) = (a[1].clone(), a[2].clone());
@@ -209,7 +246,8 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         match mode.as_str() {
-            "throughput" => throughput(url, n as usize, secs).await,
+            "throughput" => throughput(url, n as usize, secs, Stream::No).await,
+            "sse" => throughput(url, n as usize, secs, Stream::Fast).await,
             "latency" => latency(url, n, secs).await,
             "streams" => streams(url, n as usize, secs).await,
             m => panic!("unknown mode {m}"),

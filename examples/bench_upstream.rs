@@ -1,7 +1,11 @@
-//! A fast upstream for `bench/run.sh`: an OpenAI-compatible server answering every POST with a
-//! small fixed chat completion, or, when the body asks for `"stream": true`, with an SSE stream of
-//! `BENCH_CHUNKS` chunks (default 5) spaced `BENCH_CHUNK_MS` apart (default 0); model `bench-slow`
-//! streams one chunk a second. GET /models lists one model. Usage: `bench_upstream [ADDR]` (default 127.0.0.1:0); prints the bound address.
+//! A fast upstream for `bench/run.sh` and `bench/translate.sh`: an OpenAI-compatible server
+//! answering every POST with a small fixed chat completion, or, when the body asks for
+//! `"stream": true`, with an SSE stream of `BENCH_CHUNKS` chunks (default 5) spaced
+//! `BENCH_CHUNK_MS` apart (default 0); a model whose name contains `bench-slow` streams one chunk
+//! a second. A POST to a path ending in `/messages` speaks Anthropic's Messages API instead: the
+//! same `BENCH_CHUNKS` text deltas between `message_start` + `content_block_start` (one write) and
+//! `content_block_stop` + `message_delta` + `message_stop` (one write). GET /models lists one
+//! model. Usage: `bench_upstream [ADDR]` (default 127.0.0.1:0); prints the bound address.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -11,6 +15,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 const REPLY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+
+const MESSAGES_REPLY: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}"#;
+
+const MESSAGES_HEAD: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"bench\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":0}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+
+const MESSAGES_TAIL: &str = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -26,6 +36,7 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         let body = r#"{"object":"list","data":[{"id":"bench","object":"model","created":0,"owned_by":"bench"}]}"#;
         return Ok(json(body));
     }
+    let messages = req.uri().path().ends_with("/messages");
     let body = req
         .into_body()
         .collect()
@@ -34,7 +45,7 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         .unwrap_or_default();
     let wants_stream = memchr_stream(&body);
     if !wants_stream {
-        return Ok(json(REPLY));
+        return Ok(json(if messages { MESSAGES_REPLY } else { REPLY }));
     }
     // Model "bench-slow" holds the stream open: one chunk a second for ~17 minutes.
     let slow = body.windows(10).any(|w| w == b"bench-slow");
@@ -46,14 +57,25 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
             Duration::from_millis(env_u64("BENCH_CHUNK_MS", 0)),
         )
     };
+    // Frame i of n+2 for Messages (head, n deltas, tail); of n+1 for Chat (n chunks, [DONE]).
+    let last = chunks + u64::from(messages);
     let stream = futures_util::stream::unfold(0u64, move |i| async move {
-        if i > chunks {
+        if i > last {
             return None;
         }
         if i > 0 && !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
-        let data = if i == chunks {
+        let data = if messages {
+            match i {
+                0 => MESSAGES_HEAD.to_string(),
+                i if i == last => MESSAGES_TAIL.to_string(),
+                i => format!(
+                    "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"w{} \"}}}}\n\n",
+                    i - 1
+                ),
+            }
+        } else if i == chunks {
             "data: [DONE]\n\n".to_string()
         } else {
             format!(
