@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use support::front::body;
 use support::http::Stream;
-use support::process::{start_env, ChildGuard, Running, TestEnv};
+use support::process::{start_env, Running, TestEnv};
 use support::upstream::{Script, Upstream};
 use support::worker::{Worker, MOCK_PROVIDER};
 
@@ -55,19 +55,8 @@ fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Running {
     let mut cmd = env.supervisor(&["start"]);
     cmd.env_remove("ADM_SERVER_TOKEN")
         .env_remove("ADM_CLIENT_TOKEN");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut guard = ChildGuard::spawn(cmd);
-    let ready = guard
-        .wait_event("ready", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));
-    let listen = ready["listen"].as_str().unwrap().parse().unwrap();
-    Running {
-        guard,
-        ready,
-        listen,
-    }
+    cmd.envs(vars.iter().copied());
+    Running::ready(cmd)
 }
 
 /// Each worker's (pid, TCP port), from `supervisor status --json`.

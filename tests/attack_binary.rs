@@ -16,15 +16,6 @@ fn config(max_requests: u64) -> String {
         .build()
 }
 
-fn pids(env: &TestEnv) -> Vec<u64> {
-    env.status_json()["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["pid"].as_u64())
-        .collect()
-}
-
 fn all_idle(st: &serde_json::Value) -> bool {
     st["workers"]
         .as_array()
@@ -57,7 +48,7 @@ fn respawns_survive(attack: impl FnOnce(&Path)) {
 
     attack(&copy);
 
-    let before = pids(&env);
+    let before = env.worker_pids();
     signal(before[0] as u32, Signal::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -89,13 +80,13 @@ fn respawns_survive(attack: impl FnOnce(&Path)) {
     assert_eq!(r.status, 200, "{}", r.text());
 
     // A changed configuration replaces every worker, successfully.
-    let before = pids(&env);
+    let before = env.worker_pids();
     env.write_config(&config(100_000));
     run.guard.signal(Signal::SIGHUP);
     assert!(
         wait_until(Duration::from_secs(30), || {
             let st = env.status_json();
-            let now = pids(&env);
+            let now = env.worker_pids();
             now.len() == 2 && now.iter().all(|p| !before.contains(p)) && all_idle(&st)
         }),
         "not rolled: {}\n{}",

@@ -8,36 +8,17 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 use support::http;
-use support::process::{bin_path, wait_until, ChildGuard, Running, TestEnv};
+use support::process::{bin_path, wait_until, ChildGuard, PoolConfig, Running, TestEnv};
 use support::upstream::{Script, Upstream};
 
 /// One worker, fast heartbeats, a mock provider `demo`, `health` keys and `tail` after it.
 fn config(health: &str, tail: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-
-[pool]
-workers = 1
-base_port = 0
-runtime_dir = "{{RUNTIME_DIR}}"
-heartbeat_interval = "200ms"
-heartbeat_timeout = "2s"
-startup_timeout = "10s"
-shutdown_timeout = "3s"
-
-[health]
-{health}
-
-[[providers]]
-name = "demo"
-kind = "mock"
-models = ["demo"]
-{tail}
-"#
-    )
+    PoolConfig::new(1)
+        .shutdown_timeout("3s")
+        .default_restart_backoff()
+        .health(health)
+        .extra(tail)
+        .build()
 }
 
 /// `supervisor start ARGS` with `RUST_LOG=rust_log` and `env`, once its ready line is out.
@@ -46,16 +27,7 @@ fn start(env: &TestEnv, args: &[&str], rust_log: &str, vars: &[(&str, &str)]) ->
     all.extend_from_slice(args);
     let mut cmd = env.supervisor(&all);
     cmd.env("RUST_LOG", rust_log).envs(vars.iter().copied());
-    let mut guard = ChildGuard::spawn(cmd);
-    let ready = guard
-        .wait_event("ready", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no ready line; stderr:\n{}", guard.stderr()));
-    let listen = ready["listen"].as_str().unwrap().parse().unwrap();
-    Running {
-        guard,
-        ready,
-        listen,
-    }
+    Running::ready(cmd)
 }
 
 /// Every stderr line so far, each of which must be one JSON object (`--log-format json`).
@@ -191,10 +163,13 @@ fn a_foreign_workers_plain_stderr_is_still_relayed() {
         "import sys\nprint('plain line from a foreign worker', file=sys.stderr, flush=True)\n{TEST_WORKER}"
     );
     let cmd = serde_json::json!(["python3", "-c", script, "ok"]);
-    let env = TestEnv::new(&config("probe_interval = \"0s\"", "").replace(
-        "shutdown_timeout = \"3s\"\n",
-        &format!("shutdown_timeout = \"3s\"\nworker_command = {cmd}\n"),
-    ));
+    let env = TestEnv::new(
+        &PoolConfig::new(1)
+            .shutdown_timeout("3s")
+            .default_restart_backoff()
+            .pool(&format!("worker_command = {cmd}\n"))
+            .build(),
+    );
     let run = start(&env, &["--log-format", "json"], "info", &[]);
     let r = wait_record(&run, "foreign", |r| {
         r["message"] == "plain line from a foreign worker"

@@ -31,14 +31,7 @@ fn status(env: &TestEnv) -> serde_json::Value {
     env.status_json()
 }
 
-fn pids(st: &serde_json::Value) -> Vec<u64> {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["pid"].as_u64())
-        .collect()
-}
+use support::process::worker_pids as pids;
 
 #[test]
 fn sigterm_lets_the_in_flight_request_finish_then_stops_everything() {

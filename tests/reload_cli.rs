@@ -20,14 +20,7 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn pids(st: &serde_json::Value) -> Vec<u64> {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["pid"].as_u64())
-        .collect()
-}
+use support::process::worker_pids as pids;
 
 #[test]
 fn a_reload_whose_replacements_cannot_start_is_reported_as_failed() {

@@ -289,20 +289,12 @@ impl TestEnv {
     pub fn start_from(&self, bin: &Path, extra: &[&str]) -> Running {
         let mut args = vec!["start"];
         args.extend_from_slice(extra);
-        let mut guard = ChildGuard::spawn(self.supervisor_from(bin, &args));
-        let ready = guard
-            .wait_event("ready", Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));
-        let listen = ready["listen"]
-            .as_str()
-            .expect("listen in ready line")
-            .parse()
-            .unwrap();
-        Running {
-            guard,
-            ready,
-            listen,
-        }
+        Running::ready(self.supervisor_from(bin, &args))
+    }
+
+    /// The pids of the workers `status --json` shows.
+    pub fn worker_pids(&self) -> Vec<u64> {
+        worker_pids(&self.status_json())
     }
 
     /// `supervisor status --json`, parsed; panics with its stderr when the command fails.
@@ -325,6 +317,37 @@ pub struct Running {
     pub guard: ChildGuard,
     pub ready: serde_json::Value,
     pub listen: std::net::SocketAddr,
+}
+
+impl Running {
+    /// Spawns `cmd` (a `supervisor start …`, set up as the caller needs) and waits, with a
+    /// deadline, for its ready line.
+    pub fn ready(cmd: Command) -> Running {
+        let mut guard = ChildGuard::spawn(cmd);
+        let ready = guard
+            .wait_event("ready", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));
+        let listen = ready["listen"]
+            .as_str()
+            .expect("listen in ready line")
+            .parse()
+            .unwrap();
+        Running {
+            guard,
+            ready,
+            listen,
+        }
+    }
+}
+
+/// The worker pids of a `status --json` answer.
+pub fn worker_pids(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .expect("workers in status")
+        .iter()
+        .filter_map(|w| w["pid"].as_u64())
+        .collect()
 }
 
 impl Running {
@@ -354,6 +377,7 @@ pub struct PoolConfig {
     shutdown_timeout: &'static str,
     restart_backoff: bool,
     pool: String,
+    health: String,
     extra: String,
 }
 
@@ -364,8 +388,15 @@ impl PoolConfig {
             shutdown_timeout: "5s",
             restart_backoff: true,
             pool: String::new(),
+            health: "probe_interval = \"0s\"\n".into(),
             extra: String::new(),
         }
+    }
+
+    /// The `[health]` keys, one per line (default: no background probes).
+    pub fn health(mut self, keys: &str) -> Self {
+        self.health = format!("{keys}\n");
+        self
     }
 
     /// `[pool] shutdown_timeout`.
@@ -397,6 +428,7 @@ impl PoolConfig {
             workers,
             shutdown_timeout,
             pool,
+            health,
             extra,
             ..
         } = self;
@@ -421,8 +453,7 @@ startup_timeout = "10s"
 shutdown_timeout = "{shutdown_timeout}"
 {backoff}{pool}
 [health]
-probe_interval = "0s"
-
+{health}
 [[providers]]
 name = "demo"
 kind = "mock"
