@@ -32,12 +32,10 @@ pub struct Failure {
 
 /// What a process does as a relayed body passes; every method runs on the connection's task.
 pub trait Hooks {
-    /// A frame is passing to the client.
-    fn frame(&mut self, _frame: &Frame<Bytes>) {}
-    /// What of the frame goes on to the client (after `frame`); `last` = the inner body has
-    /// ended with it. The default passes it unchanged; the worker's usage accounting removes the
+    /// A frame is passing to the client; what is returned goes on (`last` = the inner body
+    /// ended with it). The default passes it unchanged; the worker's usage accounting removes the
     /// usage-only chunk a client did not ask for.
-    fn map_frame(&mut self, frame: Frame<Bytes>, _last: bool) -> Frame<Bytes> {
+    fn frame(&mut self, frame: Frame<Bytes>, _last: bool) -> Frame<Bytes> {
         frame
     }
     /// The inner body ended cleanly.
@@ -162,9 +160,8 @@ where
                 if let (Some(_), Some(data)) = (this.sse, f.data_ref()) {
                     this.events.observe(data);
                 }
-                this.hooks.frame(&f);
                 let last = this.inner.is_end_stream();
-                let f = this.hooks.map_frame(f, last);
+                let f = this.hooks.frame(f, last);
                 if last {
                     this.end();
                 } else if let Some(d) = this.deadline.as_mut() {
@@ -248,12 +245,13 @@ mod tests {
     }
 
     impl Hooks for Log {
-        fn frame(&mut self, f: &Frame<Bytes>) {
+        fn frame(&mut self, f: Frame<Bytes>, _last: bool) -> Frame<Bytes> {
             let data = f.data_ref().unwrap();
             self.push(format!(
                 "frame {}",
                 String::from_utf8_lossy(data).trim_end()
             ));
+            f
         }
         fn end(&mut self) {
             self.push("end");

@@ -121,7 +121,7 @@ impl AttemptHooks {
 }
 
 impl Hooks for AttemptHooks {
-    fn map_frame(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
+    fn frame(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
         self.attempt.pass(frame, last)
     }
 

@@ -179,10 +179,11 @@ impl Accounting {
 }
 
 impl Hooks for Accounting {
-    fn frame(&mut self, _: &Frame<Bytes>) {
+    fn frame(&mut self, f: Frame<Bytes>, _last: bool) -> Frame<Bytes> {
         self.first_byte();
         // Bytes flow again: the worker is not blocked (a no-op when it was not marked).
         self.lease.set_blocked(false);
+        f
     }
 
     /// The worker's body ended cleanly: its connection may carry the next request.
