@@ -9,21 +9,18 @@
 //!    keeps a `Deadline` (the worker's idle timeout, the front's BUSY_BLOCKED mark) and ends a
 //!    broken stream with an `Ending` (an error event in the client's dialect unless the stream
 //!    already ended with one, one yield so that hyper flushes it, then the error that aborts
-//!    the connection).
-//! 4. `Observed`: counts bytes, frames and the time to the first byte, and reports the end
-//!    (complete, failed, dropped) to an `Observer`: the hook for usage accounting and logs.
+//!    the connection). `Hooks::frame` sees (and may rewrite) every frame: the front's access
+//!    log takes its time to first byte there, the worker's usage accounting reads the tokens.
 //!
 //! Nothing here spawns a task: every adapter is polled by the connection that sends the body.
 
 pub mod deadline;
 pub mod ending;
-pub mod observe;
 pub mod pings;
 pub mod stream;
 
 pub use deadline::Deadline;
 pub use ending::Ending;
-pub use observe::{End, Observed, Observer, Stats};
 pub use pings::{Failed, Pinging};
 pub use stream::{Failure, Hooks, Relay};
 
