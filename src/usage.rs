@@ -95,6 +95,18 @@ impl Record {
     }
 }
 
+/// A non-blocking, close-on-exec `SOCK_SEQPACKET` Unix socket: the channel's kind, the same for
+/// the supervisor's listening end and each worker's connection.
+pub fn seqpacket_socket() -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
 /// `s` cut to at most `MAX_FIELD` bytes on a character boundary.
 pub fn bounded(s: &str) -> String {
     if s.len() <= MAX_FIELD {

@@ -403,13 +403,8 @@ pub fn init(config: &Config, metrics: &Metrics) {
 
 /// A non-blocking `SOCK_SEQPACKET` connection to `path`.
 fn connect(path: &std::path::Path) -> std::io::Result<OwnedFd> {
-    use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = so::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    use nix::sys::socket::{self as so, UnixAddr};
+    let fd = record::seqpacket_socket()?;
     so::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(fd)
 }

@@ -140,13 +140,8 @@ impl Usage {
 /// messages, which a burst fills at once; a connection's buffer holds hundreds, keeps message
 /// boundaries, and what a worker sent stays readable after the worker dies.
 fn listen(path: &Path) -> std::io::Result<AsyncFd<OwnedFd>> {
-    use nix::sys::socket::{self as so, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
-    let fd = so::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    use nix::sys::socket::{self as so, Backlog, UnixAddr};
+    let fd = gateway::usage::seqpacket_socket()?;
     so::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     so::listen(&fd, Backlog::new(128)?)?;
     watch(fd)

@@ -249,17 +249,7 @@ fn decode_message(
     let content = o.get("content").unwrap_or(&Value::Null);
     match role.as_str() {
         "system" | "developer" => {
-            for p in decode_parts(content, &join(at, "content"))? {
-                match p {
-                    Part::Text(t) => system.push(t),
-                    _ => {
-                        return Err(TranslateError::invalid(
-                            join(at, "content"),
-                            "a system message holds text only",
-                        ))
-                    }
-                }
-            }
+            system_text(decode_parts(content, &join(at, "content"))?, at, system)?
         }
         "user" => turns.push(Message {
             role: Role::User,
@@ -582,4 +572,25 @@ fn encode_assistant(m: &Message) -> Value {
         v["tool_calls"] = Value::Array(calls);
     }
     v
+}
+
+/// The parts of a system or developer message (at `at`) added to `system`: text only, in Chat
+/// and in Responses alike.
+pub(super) fn system_text(
+    parts: Vec<Part>,
+    at: &str,
+    system: &mut Vec<Text>,
+) -> Result<(), TranslateError> {
+    for p in parts {
+        match p {
+            Part::Text(t) => system.push(t),
+            _ => {
+                return Err(TranslateError::invalid(
+                    join(at, "content"),
+                    "a system message holds text only",
+                ))
+            }
+        }
+    }
+    Ok(())
 }

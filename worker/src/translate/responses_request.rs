@@ -1,6 +1,6 @@
 //! OpenAI Responses requests: decoded into the pivot, and encoded from it.
 
-use super::chat_request::{decode_format, decode_tool_choice, effort_of, put};
+use super::chat_request::{decode_format, decode_tool_choice, effort_of, put, system_text};
 use super::pivot::{
     merge_turns, Effort, Format, Image, Message, Part, Request, Role, Text, Tool, ToolChoice,
 };
@@ -170,19 +170,7 @@ fn decode_item(
                 &join(at, "content"),
             )?;
             match role.as_str() {
-                "system" | "developer" => {
-                    for p in parts {
-                        match p {
-                            Part::Text(t) => system.push(t),
-                            _ => {
-                                return Err(TranslateError::invalid(
-                                    join(at, "content"),
-                                    "a system message holds text only",
-                                ))
-                            }
-                        }
-                    }
-                }
+                "system" | "developer" => system_text(parts, at, system)?,
                 "user" => turns.push(Message {
                     role: Role::User,
                     parts,
