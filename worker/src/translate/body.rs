@@ -9,7 +9,7 @@ use super::{Api, StreamOptions, StreamTranslator};
 use crate::body::{ProxyBody, StreamError};
 use crate::providers::Provider;
 use bytes::Bytes;
-use gateway::relay::BoxError;
+use gateway::relay::{BoxError, Ending};
 use gateway::ErrorKind;
 use hyper::body::{Body, Frame};
 use std::pin::Pin;
@@ -18,11 +18,8 @@ use std::task::{Context, Poll};
 
 enum State {
     Streaming,
-    /// The error event went out; one `Pending` so that hyper flushes it, then the error (as in
-    /// `ProxyBody`).
-    Aborting {
-        yielded: bool,
-    },
+    /// The error event went out; the relay layer's `Ending` lets hyper flush it, then fails.
+    Aborting(Ending),
     Done,
 }
 
@@ -55,7 +52,9 @@ impl TranslateBody {
     /// without its finish (an error event was written).
     fn flush(&mut self) -> Option<Bytes> {
         if self.tr.is_done() && self.tr.usage().is_none() {
-            self.state = State::Aborting { yielded: false };
+            self.state = State::Aborting(Ending::new(
+                StreamError::Upstream("the translated stream ended with an error".into()).into(),
+            ));
         }
         if self.out.is_empty() {
             return None;
@@ -74,19 +73,14 @@ impl Body for TranslateBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            match this.state {
+            match &mut this.state {
                 State::Done => return Poll::Ready(None),
-                State::Aborting { yielded } => {
-                    if !yielded {
-                        this.state = State::Aborting { yielded: true };
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+                State::Aborting(e) => {
+                    let r = e.poll_end(cx);
+                    if e.is_done() {
+                        this.state = State::Done;
                     }
-                    this.state = State::Done;
-                    return Poll::Ready(Some(Err(StreamError::Upstream(
-                        "the translated stream ended with an error".into(),
-                    )
-                    .into())));
+                    return r;
                 }
                 State::Streaming => {}
             }
