@@ -66,7 +66,7 @@ pub fn upstream_request(src: &HeaderMap) -> HeaderMap {
         out.remove(name);
     }
     // The front's internal client name is for the worker, never for a provider.
-    out.remove(crate::usage::CLIENT_HEADER);
+    out.remove(CLIENT_HEADER);
     out
 }
 
@@ -92,6 +92,22 @@ fn safe_response_header(name: &HeaderName) -> bool {
     .iter()
     .any(|p| n.starts_with(p))
 }
+
+/// The headers the front and its workers exchange over the private hop. A provider's response
+/// never brings them (`client_response` passes only allow-listed names), and the front removes
+/// any a caller sent.
+///
+/// Response header naming the provider whose answer this is (contract: every forwarded response).
+pub const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-gateway-provider");
+/// Response header with the provider attempts a request took; the front reads it for its access
+/// log and does not pass it on.
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-gateway-attempts");
+/// Response header `FROM->TO` (`chat->messages`) on a translated answer; the front reads it for
+/// its access log (`translated`) and does not pass it on.
+pub const TRANSLATED_HEADER: HeaderName = HeaderName::from_static("x-gateway-translated");
+/// Request header by which the front names the `[[clients]]` client to the worker; the worker
+/// reads it only on the front's private socket, and it never goes upstream.
+pub const CLIENT_HEADER: HeaderName = HeaderName::from_static("x-gateway-client");
 
 /// Where a provider's own `x-request-id` goes: `x-request-id` is the gateway's id for the
 /// request (the one in its access log), so the provider's, which its support asks for, is kept

@@ -14,9 +14,6 @@ use std::collections::BTreeMap;
 pub const SOCKET_ENV: &str = "GATEWAY_USAGE_SOCKET";
 /// The variable carrying a worker's slot id, for the record's `worker` field.
 pub const WORKER_ID_ENV: &str = "GATEWAY_WORKER_ID";
-/// The internal header by which the front names the client to the worker (it strips any such
-/// header a caller sent, and the worker reads it only on the front's private socket).
-pub const CLIENT_HEADER: &str = "x-gateway-client";
 /// Longest string field kept in a record (a model name is the caller's text).
 pub const MAX_FIELD: usize = 256;
 /// A message larger than this is not a record (the receiver's buffer size).

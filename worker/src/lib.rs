@@ -30,7 +30,6 @@ pub mod translate;
 mod usage;
 
 pub use error::WorkerError;
-pub use handlers::{ATTEMPTS_HEADER, PROVIDER_HEADER, TRANSLATED_HEADER};
 pub use heartbeat::HeartbeatConfig;
 
 use gateway::config::Config;

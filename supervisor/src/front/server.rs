@@ -434,10 +434,10 @@ impl ForwardCtx<'_> {
         Prepared::clean_headers(&mut headers);
         headers.insert(REQUEST_ID, self.request_id.clone());
         // The worker's usage record names the client; a caller's own such header never passes.
-        headers.remove(gateway::usage::CLIENT_HEADER);
+        headers.remove(gateway::headers::CLIENT_HEADER);
         if let Caller::Client(c) = &self.caller {
             if let Ok(v) = http::HeaderValue::from_str(&c.name) {
-                headers.insert(gateway::usage::CLIENT_HEADER, v);
+                headers.insert(gateway::headers::CLIENT_HEADER, v);
             }
         }
         let p = Prepared {

@@ -4,10 +4,11 @@
 //! attempt warnings included) names the request; the answer is labelled with the provider that
 //! gave it and the attempts it took (`PROVIDER_HEADER`, `ATTEMPTS_HEADER`).
 
-use super::{App, Hop, ATTEMPTS_HEADER, PROVIDER_HEADER};
+use super::{App, Hop};
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
+use gateway::headers::{ATTEMPTS_HEADER, CLIENT_HEADER, PROVIDER_HEADER};
 use gateway::upload;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -106,7 +107,7 @@ async fn serve(
     // Only the front names the client (on its private socket); on the port the header is the
     // caller's own claim and is ignored.
     let client = if hop == Hop::Front {
-        header(gateway::usage::CLIENT_HEADER)
+        header(CLIENT_HEADER.as_str())
     } else {
         ""
     };

@@ -19,18 +19,6 @@ use std::sync::Arc;
 
 pub use models::ProviderModelLists;
 
-/// Response header naming the provider whose answer this is (contract: every forwarded response).
-pub const PROVIDER_HEADER: header::HeaderName =
-    header::HeaderName::from_static("x-gateway-provider");
-/// Response header with the provider attempts a request took; the front reads it for its access
-/// log and does not pass it on.
-pub const ATTEMPTS_HEADER: header::HeaderName =
-    header::HeaderName::from_static("x-gateway-attempts");
-/// Response header `FROM->TO` (`chat->messages`) on a translated answer; the front reads it for
-/// its access log (`translated`) and does not pass it on.
-pub const TRANSLATED_HEADER: header::HeaderName =
-    header::HeaderName::from_static("x-gateway-translated");
-
 /// Shared state of one worker.
 pub struct App {
     /// The routing table, fixed for the worker's life: a reload replaces the worker (with its

@@ -92,7 +92,8 @@ pub(super) fn mark_translated(
             Endpoint::of_api(t.to).api_name()
         );
         if let Ok(v) = HeaderValue::try_from(v) {
-            resp.headers_mut().insert(crate::TRANSLATED_HEADER, v);
+            resp.headers_mut()
+                .insert(gateway::headers::TRANSLATED_HEADER, v);
         }
     }
     resp
