@@ -247,6 +247,7 @@ fn env_names_and_from_env() {
         name: "desk".into(),
         token_env: "GATEWAY_TEST_ADM_CLI".into(),
         max_concurrency: 0,
+        ..Default::default()
     });
     std::env::set_var("GATEWAY_TEST_ADM_SRV", "s1");
     std::env::set_var("GATEWAY_TEST_ADM_CLI", "c1");

@@ -414,15 +414,28 @@ pub struct ModelAlias {
     pub targets: Vec<String>,
 }
 
-/// One `[[clients]]` entry: a named client key with its own pool-wide limit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One `[[clients]]` entry: a named client key with its own pool-wide limits. Every limit's
+/// 0 means unlimited.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
     pub token_env: String,
-    /// 0 = unlimited.
+    /// Requests at once; over it a request waits.
     #[serde(default)]
     pub max_concurrency: u32,
+    /// Requests per minute (sliding window); over it, 429.
+    #[serde(default)]
+    pub rpm: u64,
+    /// Tokens (input + output, cache included) per minute (sliding window); over it, 429.
+    #[serde(default)]
+    pub tpm: u64,
+    /// Tokens per UTC day; over it, 429.
+    #[serde(default)]
+    pub daily_tokens: u64,
+    /// USD per UTC calendar month, from the providers' `prices`; over it, 429.
+    #[serde(default)]
+    pub monthly_usd: f64,
 }
 
 /// Provider kinds. `Unknown` only exists between parsing and `validate()`, which rejects it.

@@ -435,3 +435,19 @@ prices = { "m" = { input = -1.0, output = 2.0 } }
     .to_string();
     assert!(e.contains("output"), "a price needs both rates: {e}");
 }
+
+#[test]
+fn client_limits_parse_and_a_bad_monthly_usd_is_located() {
+    let ok = "[[clients]]\nname = \"desk\"\ntoken_env = \"T\"\nrpm = 10\ntpm = 500\ndaily_tokens = 9000\nmonthly_usd = 2.5\n";
+    let cfg = parse_str(ok, "t.toml").expect("valid limits");
+    let c = &cfg.clients[0];
+    assert_eq!(
+        (c.rpm, c.tpm, c.daily_tokens, c.monthly_usd),
+        (10, 500, 9000, 2.5)
+    );
+    let text = "[[clients]]\nname = \"desk\"\ntoken_env = \"T\"\nmonthly_usd = -1.0\n";
+    let e = assert_error_at(text, "clients[0].monthly_usd", 4);
+    assert!(e.to_string().contains("USD"), "{e}");
+    let nan = "[[clients]]\nname = \"desk\"\ntoken_env = \"T\"\nmonthly_usd = nan\n";
+    assert_error_at(nan, "clients[0].monthly_usd", 4);
+}

@@ -296,6 +296,12 @@ fn check_clients(cfg: &Config, c: &mut Collector) {
                 "must name an environment variable",
             );
         }
+        if !(cl.monthly_usd.is_finite() && cl.monthly_usd >= 0.0) {
+            c.err(
+                format!("clients[{i}].monthly_usd"),
+                "must be a finite number of USD, 0 or more (0 = unlimited)",
+            );
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub client: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -52,6 +58,8 @@ pub struct SupervisorMetrics {
     pub models_cache_refreshes: Family<OutcomeLabel, Counter>,
     /// Usage records by outcome: written, dropped, failed (`crate::usage`).
     pub usage_records: Family<OutcomeLabel, Counter>,
+    /// Requests refused by a `[[clients]]` limit (rpm, tpm, daily_tokens, monthly_usd).
+    pub client_limited: Family<LimitLabels, Counter>,
 }
 
 impl SupervisorMetrics {
@@ -67,6 +75,7 @@ impl SupervisorMetrics {
             worker_inflight: Family::default(),
             models_cache_refreshes: Family::default(),
             usage_records: Family::default(),
+            client_limited: Family::default(),
         };
         let mut r = Registry::default();
         r.register("gateway_workers", "Workers by state", m.workers.clone());
@@ -109,6 +118,11 @@ impl SupervisorMetrics {
             "gateway_usage_records",
             "Usage records by outcome (written to the ledger, dropped, failed)",
             m.usage_records.clone(),
+        );
+        r.register(
+            "gateway_client_limited",
+            "Requests refused with 429 by a client's rpm, tpm, daily_tokens or monthly_usd limit",
+            m.client_limited.clone(),
         );
         (m, r)
     }

@@ -397,7 +397,7 @@ struct Started {
     admin: tokio::task::JoinHandle<()>,
     /// The usage receiver and ledger writer; stopped after the workers, so their last records
     /// land.
-    usage: Option<crate::usage::Usage>,
+    usage: crate::usage::Usage,
     /// Ends when dropped (with `Started`).
     _watch: Option<watch::ConfigWatch>,
 }
@@ -410,8 +410,11 @@ fn launch(
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
     let (metrics, registry) = SupervisorMetrics::new();
+    // Client limit counters: settled by the usage receiver, checked by the front, seeded from
+    // the ledger by the ledger thread before it writes anything.
+    let limits = front::limits::Book::new(&prep.cfg);
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
-    let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics)
+    let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
         .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let pool = Pool::start(PoolOptions {
         config: prep.cfg.clone(),
@@ -421,7 +424,7 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let ctx = front_context(&pool, metrics, registry);
+    let ctx = front_context(&pool, metrics, registry, limits);
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
@@ -453,9 +456,7 @@ impl Started {
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
         self.pool.stop(Duration::from_secs(2)).await;
-        if let Some(u) = self.usage {
-            u.stop().await;
-        }
+        self.usage.stop().await;
         self.admin.abort();
     }
 }
@@ -466,12 +467,14 @@ fn front_context(
     pool: &Pool,
     metrics: SupervisorMetrics,
     registry: prometheus_client::registry::Registry,
+    limits: Arc<front::limits::Book>,
 ) -> FrontContext {
     FrontContext {
         slots: pool.worker_slots(),
         config: pool.live_config(),
         metrics,
         registry: Arc::new(registry),
+        limits,
     }
 }
 
@@ -738,7 +741,7 @@ mod tests {
         use crate::pool::tests::{config, fixture};
         let f = fixture(config(1, "ok"));
         let (metrics, registry) = SupervisorMetrics::new();
-        let ctx = front_context(&f.pool, metrics, registry);
+        let ctx = front_context(&f.pool, metrics, registry, Default::default());
         f.pool.scale_by(1);
         assert_eq!(f.pool.status().len(), 2);
         assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");

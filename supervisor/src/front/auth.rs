@@ -7,8 +7,10 @@
 //! A client's in-flight count and its line of waiting requests (`ClientLive`) outlive the
 //! configuration they were created with: a reload hands them to the client of the same name,
 //! so requests admitted before the reload still count against the limit after it, and their
-//! permits, when returned, wake the requests waiting under the new configuration.
+//! permits, when returned, wake the requests waiting under the new configuration. The other
+//! limits' counters (`limits::Book`) are kept by client name for the supervisor's whole life.
 
+use super::limits::{Book, CounterStore, Limits};
 use crate::fifo::Fifo;
 use gateway::admission::{self, Tokens};
 use gateway::Config;
@@ -23,6 +25,10 @@ pub struct Client {
     pub max_concurrency: u32,
     /// Shared with the same-named client of the configurations before and after this one.
     pub live: Arc<ClientLive>,
+    /// rpm, tpm, daily_tokens, monthly_usd.
+    pub limits: Limits,
+    /// Their counters, from the `Book` (the same for every configuration naming this client).
+    pub counters: Arc<dyn CounterStore>,
 }
 
 /// What a client's limit needs across configurations.
@@ -54,8 +60,9 @@ pub struct AuthTable {
 
 impl AuthTable {
     /// The `[[clients]]` of `cfg` that `tokens` holds a token for. Clients also named in
-    /// `previous` keep its live state (in-flight count, waiting line).
-    pub fn new(cfg: &Config, tokens: &Tokens, previous: Option<&AuthTable>) -> Self {
+    /// `previous` keep its live state (in-flight count, waiting line); every client's limit
+    /// counters come from `book`.
+    pub fn new(cfg: &Config, tokens: &Tokens, previous: Option<&AuthTable>, book: &Book) -> Self {
         let live = |name: &str| {
             previous
                 .and_then(|p| p.clients.iter().find(|c| c.name == name))
@@ -71,6 +78,8 @@ impl AuthTable {
                     name: c.name.clone(),
                     max_concurrency: c.max_concurrency,
                     live: live(&c.name),
+                    limits: Limits::of(c),
+                    counters: book.counters(&c.name),
                 })
             })
             .collect();
@@ -137,6 +146,7 @@ mod tests {
             name: "desk".into(),
             token_env: "GATEWAY_TEST_AUTH_CLI".into(),
             max_concurrency: 1,
+            ..Default::default()
         });
         cfg
     }
@@ -144,7 +154,7 @@ mod tests {
     #[test]
     fn admitted_clients_get_their_limits() {
         let t = tokens("cli");
-        let table = AuthTable::new(&config(), &t, None);
+        let table = AuthTable::new(&config(), &t, None, &Book::default());
         let c = table.caller(admission::Caller::Client("desk"));
         assert!(matches!(c, Caller::Client(c) if c.name == "desk" && c.max_concurrency == 1));
         assert!(matches!(
@@ -156,7 +166,7 @@ mod tests {
     #[test]
     fn permits_bound_a_client() {
         let t = tokens("cli");
-        let table = AuthTable::new(&config(), &t, None);
+        let table = AuthTable::new(&config(), &t, None, &Book::default());
         let c = table.clients[0].clone();
         let p = ClientPermit::try_take(&c).unwrap();
         assert!(ClientPermit::try_take(&c).is_none());
@@ -171,11 +181,12 @@ mod tests {
     fn a_reload_keeps_in_flight_counts_by_client_name() {
         let cfg = config();
         let t = tokens("cli");
-        let old = AuthTable::new(&cfg, &t, None);
+        let book = Book::default();
+        let old = AuthTable::new(&cfg, &t, None, &book);
         let held = ClientPermit::try_take(&old.clients[0]).unwrap();
         let t2 = tokens("cli2");
-        let new = AuthTable::new(&cfg, &t2, Some(&old));
-        let fresh = AuthTable::new(&cfg, &t2, None);
+        let new = AuthTable::new(&cfg, &t2, Some(&old), &book);
+        let fresh = AuthTable::new(&cfg, &t2, None, &Book::default());
         let n = &new.clients[0];
         assert_eq!(n.live.inflight.load(Relaxed), 1, "the old permit counts");
         assert!(ClientPermit::try_take(n).is_none(), "still at its limit");

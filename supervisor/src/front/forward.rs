@@ -93,13 +93,15 @@ pub async fn forward_request(
     }
 }
 
-/// Takes the client permit, then a worker, and sends; retries before headers.
+/// Checks the client's rate limits and budgets, takes its permit, then a worker, and sends;
+/// retries before headers.
 async fn obtain(
     shared: &Arc<Shared>,
     p: &Prepared,
     cfg: &Config,
     deadline: Instant,
 ) -> Result<Upstream, ApiError> {
+    client_limits(shared, p)?;
     let permit = client_permit(shared, &p.caller, cfg, deadline).await?;
     let mut tried = Tried::default();
     let mut last = String::new();
@@ -126,6 +128,28 @@ async fn obtain(
     }
     let msg = format!("no worker answered: {last}");
     Err(ApiError::new(ErrorKind::BadGateway, msg))
+}
+
+/// The caller's rpm, tpm, daily_tokens and monthly_usd: a request over one gets 429 at once,
+/// before it waits for anything. Only API calls (`POST`) count; health reads do not.
+fn client_limits(shared: &Shared, p: &Prepared) -> Result<(), ApiError> {
+    let Caller::Client(c) = &p.caller else {
+        return Ok(());
+    };
+    if c.limits.is_none() || p.method != Method::POST {
+        return Ok(());
+    }
+    let refused = match c.counters.admit(&c.limits, super::limits::now_ms()) {
+        Ok(()) => return Ok(()),
+        Err(r) => r,
+    };
+    let labels = crate::metrics::LimitLabels {
+        client: c.name.clone(),
+        limit: refused.limit.as_str().into(),
+    };
+    shared.metrics.client_limited.get_or_create(&labels).inc();
+    let msg = refused.message(&c.name, &c.limits);
+    Err(ApiError::new(ErrorKind::RateLimited, msg).with_retry_after(refused.retry_after))
 }
 
 /// A place within the caller's client limit, waiting for one up to `deadline` (then 429).

@@ -11,6 +11,7 @@
 //! - `forward`: sending to a worker, retries before headers, response wrapping;
 //! - `waiting`: keep-alive pings for streams that wait, then the worker's stream spliced in;
 //! - `body`: response bodies and the in-flight guard riding on them;
+//! - `limits`: the clients' rpm, tpm, daily_tokens and monthly_usd counters (pool-wide);
 //! - `auth`: who the caller is and its client limits (admission itself, the Host check, the
 //!   Origin rule, CORS and tokens, is `gateway::admission`, shared with the workers);
 //! - `models_cache`, `metrics_page`: the two endpoints with state of their own;
@@ -26,6 +27,7 @@ pub mod conns;
 pub mod counters;
 pub mod dispatch;
 pub mod forward;
+pub mod limits;
 pub mod metrics_page;
 pub mod models_cache;
 pub mod queue;
@@ -58,6 +60,8 @@ pub struct FrontContext {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
+    /// The clients' limit counters, shared with the usage receiver that settles them.
+    pub limits: Arc<limits::Book>,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -79,10 +83,15 @@ pub struct Settings {
 
 impl Settings {
     /// `previous`: the settings being replaced, whose clients hand over their live state.
-    fn new(cfg: Arc<Config>, bound: SocketAddr, previous: Option<&Settings>) -> Self {
+    fn new(
+        cfg: Arc<Config>,
+        bound: SocketAddr,
+        previous: Option<&Settings>,
+        book: &limits::Book,
+    ) -> Self {
         let tokens = gateway::admission::Tokens::from_env(&cfg);
         Self {
-            auth: auth::AuthTable::new(&cfg, &tokens, previous.map(|p| &p.auth)),
+            auth: auth::AuthTable::new(&cfg, &tokens, previous.map(|p| &p.auth), book),
             admission: gateway::admission::Admission {
                 access: gateway::admission::AccessPolicy::new(&cfg, &[cfg.server.listen, bound]),
                 tokens,
@@ -109,6 +118,8 @@ pub struct Shared {
     pub ids: counters::RequestIds,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
+    /// Every client's rpm / tpm / budget counters, by name, for the supervisor's life.
+    pub limits: Arc<limits::Book>,
     settings: ArcSwap<Settings>,
 }
 
@@ -117,7 +128,8 @@ impl Shared {
         let cfg = ctx.config.load_full();
         let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
         Self {
-            settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
+            settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None, &ctx.limits)),
+            limits: ctx.limits,
             slots: ctx.slots,
             config: ctx.config,
             metrics: ctx.metrics,
@@ -147,7 +159,7 @@ impl Shared {
             // `cfg` is older than the settings: they already describe the newer configuration.
             return cur;
         }
-        let fresh = Arc::new(Settings::new(current, self.bound, Some(&cur)));
+        let fresh = Arc::new(Settings::new(current, self.bound, Some(&cur), &self.limits));
         let prev = self.settings.compare_and_swap(&cur, fresh.clone());
         if Arc::ptr_eq(&prev, &cur) {
             fresh
@@ -168,6 +180,7 @@ mod settings_tests {
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),
+            limits: Default::default(),
         };
         Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
     }

@@ -21,6 +21,7 @@ async fn tokens_and_client_limits() {
         name: "desk".into(),
         token_env: "FRONT_TEST_CLIENT_A".into(),
         max_concurrency: 1,
+        ..Default::default()
     });
     let h = Harness::start(2, cfg).await;
     assert_eq!(h.chat(false, &[]).await.status(), 401);

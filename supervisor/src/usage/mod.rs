@@ -2,10 +2,16 @@
 //! the runtime directory (one connection per worker, one record per message), hands them through a bounded queue to one ledger thread that writes them
 //! to SQLite in batches, and counts each record `written`, `dropped` or `failed`
 //! (`gateway_usage_records_total{outcome}`). Nothing here touches the disk on the runtime.
+//!
+//! Each record is also settled at once into its client's limit counters
+//! (`front::limits::Book`), with the ledger on or off; the ledger thread first seeds those
+//! counters with the current UTC day's tokens and month's cost, before it writes anything, so a
+//! restart keeps the budgets and no record is counted twice.
 
 pub mod cli;
 pub mod ledger;
 
+use crate::front::limits::{self, Book, Used};
 use crate::metrics::{OutcomeLabel, SupervisorMetrics};
 use gateway::config::Config;
 use gateway::usage::{Record, MAX_MESSAGE, SOCKET_ENV, WORKER_ID_ENV};
@@ -13,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -50,10 +57,12 @@ struct Counters {
     written: Counter,
     dropped: Counter,
     failed: Counter,
+    /// Where every record's tokens and cost are settled.
+    book: Arc<Book>,
 }
 
 impl Counters {
-    fn new(m: &SupervisorMetrics) -> Self {
+    fn new(m: &SupervisorMetrics, book: Arc<Book>) -> Self {
         let c = |o: &str| {
             m.usage_records
                 .get_or_create(&OutcomeLabel { outcome: o.into() })
@@ -63,6 +72,7 @@ impl Counters {
             written: c("written"),
             dropped: c("dropped"),
             failed: c("failed"),
+            book,
         }
     }
 }
@@ -71,7 +81,8 @@ impl Counters {
 pub struct Usage {
     stop: oneshot::Sender<()>,
     receiver: tokio::task::JoinHandle<()>,
-    writer: std::thread::JoinHandle<()>,
+    /// `None` with `usage.ledger = "off"`.
+    writer: Option<std::thread::JoinHandle<()>>,
     _socket: SocketFile,
 }
 
@@ -85,17 +96,18 @@ impl Drop for SocketFile {
     }
 }
 
-/// Opens the ledger and binds the socket, or `Ok(None)` with `usage.ledger = "off"`. Errors
-/// name the path; `start` fails with them (exit 1).
+/// Opens the ledger (unless `usage.ledger = "off"`) and binds the socket; records settle into
+/// `book` either way. Errors name the path; `start` fails with them (exit 1).
 pub fn start(
     cfg: &Config,
     runtime_dir: &Path,
     metrics: &SupervisorMetrics,
-) -> Result<Option<Usage>, String> {
-    let Some(path) = ledger::path(&cfg.usage)? else {
-        return Ok(None);
+    book: &Arc<Book>,
+) -> Result<Usage, String> {
+    let ledger = match ledger::path(&cfg.usage)? {
+        Some(path) => Some((ledger::open_rw(&path)?, path)),
+        None => None,
     };
-    let conn = ledger::open_rw(&path)?;
     let socket = runtime_dir.join(SOCKET_NAME);
     let _ = std::fs::remove_file(&socket);
     let sock = listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
@@ -106,22 +118,48 @@ pub fn start(
         std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("usage socket {}: {e}", socket_path.display()))?;
     }
-    let counters = Counters::new(metrics);
-    let (tx, rx) = mpsc::sync_channel(QUEUE);
-    let retention = cfg.usage.retention;
-    let c = counters.clone();
-    let writer = std::thread::Builder::new()
-        .name("usage-ledger".into())
-        .spawn(move || write_loop(conn, path, rx, c, retention))
-        .map_err(|e| format!("usage ledger thread: {e}"))?;
+    let counters = Counters::new(metrics, book.clone());
+    let (tx, writer) = match ledger {
+        Some((conn, path)) => {
+            let (tx, rx) = mpsc::sync_channel(QUEUE);
+            let retention = cfg.usage.retention;
+            let c = counters.clone();
+            let writer = std::thread::Builder::new()
+                .name("usage-ledger".into())
+                .spawn(move || {
+                    seed(&conn, &path, &c.book);
+                    write_loop(conn, path, rx, c, retention)
+                })
+                .map_err(|e| format!("usage ledger thread: {e}"))?;
+            (Some(tx), Some(writer))
+        }
+        None => (None, None),
+    };
     let (stop, stopped) = oneshot::channel();
     let receiver = tokio::spawn(receive(sock, tx, counters, stopped));
-    Ok(Some(Usage {
+    Ok(Usage {
         stop,
         receiver,
         writer,
         _socket: socket,
-    }))
+    })
+}
+
+/// Adds each client's tokens of the current UTC day and cost of the current UTC month, as the
+/// ledger holds them, to its limit counters. Runs on the ledger thread before its first write,
+/// so what it reads is exactly the records of earlier runs.
+fn seed(conn: &rusqlite::Connection, path: &Path, book: &Book) {
+    let now = limits::now_ms();
+    let (day, month) = Book::seed_since(now);
+    for name in book.names() {
+        let totals = ledger::client_totals(conn, &name, day)
+            .and_then(|(tokens, _)| Ok((tokens, ledger::client_totals(conn, &name, month)?.1)));
+        match totals {
+            Ok((tokens, usd)) => book.seed(&name, tokens.max(0) as u64, usd, now),
+            Err(e) => tracing::error!(ledger = %path.display(), client = %name, error = %e,
+                "cannot read the client's budget use from the ledger; it starts at 0"),
+        }
+    }
 }
 
 impl Usage {
@@ -129,8 +167,9 @@ impl Usage {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.receiver.await;
-        let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        if let Some(writer) = self.writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
         // `_socket` drops here, removing the file.
     }
 }
@@ -161,7 +200,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// (whose workers have exited) read what is left up to the end, for at most `DRAIN`.
 async fn receive(
     sock: AsyncFd<OwnedFd>,
-    tx: SyncSender<Record>,
+    tx: Option<SyncSender<Record>>,
     c: Counters,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -213,7 +252,7 @@ fn accept(listener: &AsyncFd<OwnedFd>) -> nix::Result<OwnedFd> {
 }
 
 /// One worker's connection: a record per message, until the worker closes it (or dies).
-async fn read_conn(conn: AsyncFd<OwnedFd>, tx: SyncSender<Record>, c: Counters) {
+async fn read_conn(conn: AsyncFd<OwnedFd>, tx: Option<SyncSender<Record>>, c: Counters) {
     use nix::sys::socket::{recv, MsgFlags};
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -238,7 +277,8 @@ async fn read_conn(conn: AsyncFd<OwnedFd>, tx: SyncSender<Record>, c: Counters) 
     }
 }
 
-fn take(message: &[u8], tx: &SyncSender<Record>, c: &Counters) {
+/// One message: decoded, logged, settled into its client's limits, queued for the ledger.
+fn take(message: &[u8], tx: &Option<SyncSender<Record>>, c: &Counters) {
     let rec = match Record::decode(message) {
         Ok(r) => r,
         Err(e) => {
@@ -252,6 +292,10 @@ fn take(message: &[u8], tx: &SyncSender<Record>, c: &Counters) {
         provider = %rec.provider, model = %rec.model_served, input_tokens = rec.tokens.input,
         output_tokens = rec.tokens.output, cost_usd = ?rec.cost_usd, outcome = rec.outcome.as_str(),
         "usage");
+    if !rec.client.is_empty() {
+        c.book.settle(&rec.client, Used::of(&rec));
+    }
+    let Some(tx) = tx else { return };
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
         c.dropped.inc();
     }
@@ -367,8 +411,9 @@ mod tests {
     #[test]
     fn a_full_queue_counts_drops_and_never_waits() {
         let (m, _) = SupervisorMetrics::new();
-        let c = Counters::new(&m);
+        let c = Counters::new(&m, Default::default());
         let (tx, rx) = mpsc::sync_channel(1);
+        let tx = Some(tx);
         let mut rec = ledger::tests::rec(1, "a", "m", 1, None);
         take(&rec.encode(), &tx, &c);
         rec.dropped_before = 3;
@@ -379,6 +424,74 @@ mod tests {
         assert_eq!(rx.try_iter().count(), 1);
     }
 
+    /// Every record settles into its client's counters, with the ledger off (no queue) too;
+    /// a record naming no configured client is ignored.
+    #[test]
+    fn records_settle_into_their_clients_limits() {
+        use crate::front::limits::{CounterStore, Limit, Limits};
+        let (m, _) = SupervisorMetrics::new();
+        let book = Arc::new(Book::default());
+        let desk = book.counters("desk");
+        let c = Counters::new(&m, book.clone());
+        let mut rec = ledger::tests::rec(limits::now_ms(), "desk", "m", 1, None);
+        rec.tokens.input = 30;
+        rec.tokens.output = 20;
+        take(&rec.encode(), &None, &c);
+        rec.client = "other".into();
+        take(&rec.encode(), &None, &c);
+        let l = Limits {
+            daily_tokens: 50,
+            ..Default::default()
+        };
+        let now = limits::now_ms();
+        assert_eq!(desk.admit(&l, now).unwrap_err().limit, Limit::DailyTokens);
+        let lower = Limits {
+            daily_tokens: 51,
+            ..Default::default()
+        };
+        assert!(desk.admit(&lower, now).is_ok(), "counted once, not twice");
+    }
+
+    /// At start the ledger thread seeds each client's day and month from the rows already there.
+    #[tokio::test]
+    async fn the_ledger_seeds_the_budgets_at_start() {
+        use crate::front::limits::{CounterStore, Limit, Limits};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("u.db");
+        let mut conn = ledger::open_rw(&db).unwrap();
+        let now = limits::now_ms();
+        let old = ledger::tests::rec(now - 40 * 86_400_000, "desk", "m", 1, Some(5.0));
+        let today = ledger::tests::rec(now, "desk", "m", 1, Some(0.5));
+        ledger::insert(&mut conn, &[old, today.clone()]).unwrap();
+        drop(conn);
+        let book = Book::default();
+        let desk = book.counters("desk");
+        seed(&ledger::open_rw(&db).unwrap(), &db, &book);
+        let t = today.tokens;
+        let used = t.input + t.output + t.cache_read + t.cache_write;
+        let day = |n| Limits {
+            daily_tokens: n,
+            ..Default::default()
+        };
+        assert_eq!(
+            desk.admit(&day(used), now).unwrap_err().limit,
+            Limit::DailyTokens
+        );
+        assert!(
+            desk.admit(&day(used + 1), now).is_ok(),
+            "the 40-day-old row is not today's"
+        );
+        let usd = |v| Limits {
+            monthly_usd: v,
+            ..Default::default()
+        };
+        assert!(desk.admit(&usd(0.5), now).is_err());
+        assert!(
+            desk.admit(&usd(0.6), now).is_ok(),
+            "last month's $5 does not count"
+        );
+    }
+
     /// Records go through the socket and the thread into the ledger; `stop` writes the last
     /// batch and removes the socket.
     #[tokio::test]
@@ -387,7 +500,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.usage.ledger = dir.path().join("u.db").display().to_string();
         let (m, _) = SupervisorMetrics::new();
-        let u = start(&cfg, dir.path(), &m).unwrap().unwrap();
+        let u = start(&cfg, dir.path(), &m, &Default::default()).unwrap();
         let sock = socket_in(dir.path()).expect("the socket exists");
         let tx = crate::usage::tests::connect(&sock);
         for i in 0..3 {
