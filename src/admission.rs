@@ -399,6 +399,8 @@ pub enum Refusal {
     Origin,
     /// A token is required and none matched (401).
     Token,
+    /// A client with pool-wide limits called a listener that does not count them (403).
+    FrontOnly(String),
 }
 
 impl Refusal {
@@ -417,6 +419,13 @@ impl Refusal {
             Refusal::Token => {
                 ApiError::new(ErrorKind::Unauthorized, "missing or invalid API token")
             }
+            Refusal::FrontOnly(client) => ApiError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "client `{client}` has limits, which only the front listener counts; \
+                     send its requests to the front listener, not to a worker's port"
+                ),
+            ),
         };
         e.to_response(dialect)
     }
@@ -427,6 +436,10 @@ impl Refusal {
 pub struct Admission {
     pub access: AccessPolicy,
     pub tokens: Tokens,
+    /// `[[clients]]` refused here although their token is good: those with limits
+    /// (`ClientConfig::has_limits`) on a worker's own port, which would otherwise be a way
+    /// around them. Empty on the front listener, which enforces them.
+    pub front_only: Vec<String>,
 }
 
 impl Admission {
@@ -444,7 +457,13 @@ impl Admission {
         if !req.uri().path().starts_with("/v1/") {
             return Ok(Caller::Open);
         }
-        self.tokens.check(req.headers()).ok_or(Refusal::Token)
+        match self.tokens.check(req.headers()) {
+            None => Err(Refusal::Token),
+            Some(Caller::Client(name)) if self.front_only.iter().any(|n| n == name) => {
+                Err(Refusal::FrontOnly(name.to_owned()))
+            }
+            Some(caller) => Ok(caller),
+        }
     }
 }
 

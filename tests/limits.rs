@@ -274,3 +274,23 @@ fn a_reload_keeps_the_counters() {
         "the new limit applies"
     );
 }
+
+#[test]
+fn a_workers_own_port_is_no_way_around_the_limits() {
+    let env = TestEnv::new(&config(1, "rpm = 1"));
+    let run = start(&env);
+    let port = env.status_json()["workers"][0]["port"].as_u64().unwrap() as u16;
+    let worker: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..3 {
+        let r = chat(worker);
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(
+            r.error_message().contains("only the front listener counts"),
+            "{}",
+            r.text()
+        );
+    }
+    // The front still admits the one request the limit allows: the refusals cost nothing.
+    assert_eq!(chat(run.listen).status, 200);
+    assert_eq!(chat(run.listen).status, 429);
+}

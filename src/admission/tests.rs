@@ -179,6 +179,7 @@ fn admit_in_order() {
     let a = Admission {
         access: policy(),
         tokens: tokens(),
+        front_only: Vec::new(),
     };
     let status = |r: Result<Caller<'_>, Refusal>| match r {
         Ok(_) => 200,
@@ -211,7 +212,19 @@ fn admit_in_order() {
     let open = Admission {
         access: policy(),
         tokens: Tokens::default(),
+        front_only: Vec::new(),
     };
+    let worker_port = Admission {
+        access: policy(),
+        tokens: tokens(),
+        front_only: vec!["desk".into()],
+    };
+    let desk = req(&[("host", "localhost"), ("authorization", "Bearer cli")]);
+    assert_eq!(
+        status(worker_port.admit(&desk)),
+        403,
+        "a limited client is refused where its limits are not counted"
+    );
     let cross = req(&[
         ("origin", "https://evil.example"),
         ("content-type", "text/plain"),

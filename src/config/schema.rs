@@ -438,6 +438,18 @@ pub struct ClientConfig {
     pub monthly_usd: f64,
 }
 
+impl ClientConfig {
+    /// Whether any pool-wide limit applies to this client. Only the front listener counts
+    /// them, so a worker's own port refuses such a client (`admission::Admission::front_only`).
+    pub fn has_limits(&self) -> bool {
+        self.max_concurrency != 0
+            || self.rpm != 0
+            || self.tpm != 0
+            || self.daily_tokens != 0
+            || self.monthly_usd != 0.0
+    }
+}
+
 /// Provider kinds. `Unknown` only exists between parsing and `validate()`, which rejects it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ProviderKind {

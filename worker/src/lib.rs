@@ -92,6 +92,13 @@ pub async fn run_with_front(
     let admission = gateway::admission::Admission {
         access: gateway::admission::AccessPolicy::new(&config, &[bound]),
         tokens,
+        // Client limits are counted in the front only; this port must not bypass them.
+        front_only: config
+            .clients
+            .iter()
+            .filter(|c| c.has_limits())
+            .map(|c| c.name.clone())
+            .collect(),
     };
     let app = Arc::new(handlers::App::new(&config, table, metrics, admission));
     // Owned here: dropped (and the task aborted) when the server has stopped.

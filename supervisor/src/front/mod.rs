@@ -95,6 +95,8 @@ impl Settings {
             admission: gateway::admission::Admission {
                 access: gateway::admission::AccessPolicy::new(&cfg, &[cfg.server.listen, bound]),
                 tokens,
+                // The front counts every client's limits (`front::limits`, `auth`).
+                front_only: Vec::new(),
             },
             floor_models: models_cache::floor_list(&cfg),
             source: cfg,
