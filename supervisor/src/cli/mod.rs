@@ -63,6 +63,10 @@ pub struct StartArgs {
     /// Stop gracefully when stdin reaches EOF or the parent process goes away.
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Print worker, provider, reload and upgrade events on stdout (JSON lines) between the
+    /// ready and stopped lines.
+    #[arg(long)]
+    pub events: bool,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

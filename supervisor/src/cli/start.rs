@@ -281,12 +281,18 @@ async fn serve(
         systemd,
     };
     let startup = run.wait_first_ready(&mut signals).await;
+    let mut events = None;
     if let Startup::Ready(n) = startup {
         let line = serde_json::json!({
             "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
             "workers": n, "admin_socket": admin_path.display().to_string(),
         });
-        println!("{line}");
+        if run.args.events {
+            events = crate::events::start(&line)
+                .map(|writer| (writer, WorkerEvents::spawn(run.pool.transitions())));
+        } else {
+            println!("{line}");
+        }
         systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
         info!(%listen, "ready");
         run.main_loop(&mut signals, control_rx, parent).await;
@@ -300,11 +306,63 @@ async fn serve(
             "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
         ));
     }
-    println!(
-        "{}",
-        serde_json::json!({"event": "stopped", "code": exit::OK})
-    );
+    let stopped = serde_json::json!({"event": "stopped", "code": exit::OK});
+    match events {
+        Some((writer, workers)) => {
+            workers.stop().await;
+            // The writer thread may block on a reader that does not read: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || writer.finish(stopped)).await;
+        }
+        None => println!("{stopped}"),
+    }
     Ok(())
+}
+
+/// Forwards the pool's lifecycle transitions as `worker` events (`--events`); a transition
+/// the broadcast lost to lag counts as dropped.
+struct WorkerEvents {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerEvents {
+    fn spawn(mut rx: tokio::sync::broadcast::Receiver<crate::pool::Transition>) -> Self {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(t) => worker_event(&t),
+                        Err(RecvError::Lagged(n)) => crate::events::lost(n),
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            // The pool has stopped: what it sent last (the DEAD transitions) is still queued.
+            loop {
+                match rx.try_recv() {
+                    Ok(t) => worker_event(&t),
+                    Err(TryRecvError::Lagged(n)) => crate::events::lost(n),
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn worker_event(t: &crate::pool::Transition) {
+    crate::events::emit(serde_json::json!({
+        "event": "worker", "id": t.worker, "pid": t.pid,
+        "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason,
+    }));
 }
 
 /// Everything `start` acquires before the pool starts. All of it can fail, and all of it comes
@@ -605,6 +663,14 @@ impl Running {
             ),
             Err(ReloadError::Failed(why)) => error!("reload failed: {why}"),
         }
+        let errors = match &result {
+            Ok(()) => Vec::new(),
+            Err(ReloadError::Invalid(problems)) => problems.clone(),
+            Err(ReloadError::Failed(why)) => vec![why.clone()],
+        };
+        crate::events::emit(
+            serde_json::json!({"event": "reload", "ok": result.is_ok(), "errors": errors}),
+        );
         let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
