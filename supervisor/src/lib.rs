@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime_dir;
 pub mod shutdown;
+pub mod upgrade;
 pub mod usage;
 
 /// Exit codes (contract).

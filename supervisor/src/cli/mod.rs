@@ -95,6 +95,8 @@ pub enum Command {
     Reload(TargetArgs),
     /// Restart one worker (also revives a DEAD one).
     RestartWorker(RestartWorkerArgs),
+    /// Re-execute the binary now at the supervisor's path, same pid (like SIGUSR2).
+    Upgrade(TargetArgs),
     /// Summarise the usage ledger: tokens and cost by client, model, provider or day.
     Usage(crate::usage::cli::UsageArgs),
     /// Run one worker (used by the supervisor itself).
@@ -110,6 +112,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Status(a) => status::run(&a),
         Command::Stop(c) => control::stop(&c),
         Command::Reload(c) => control::reload(&c),
+        Command::Upgrade(c) => control::upgrade(&c),
         Command::RestartWorker(a) => control::restart_worker(&a.target, a.id),
         Command::Usage(a) => crate::usage::cli::run(&a),
         Command::Worker(args) => gateway_worker::cli::run(args),

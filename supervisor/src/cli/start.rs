@@ -568,6 +568,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     ttin: tokio::signal::unix::Signal,
     ttou: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -581,6 +582,7 @@ impl Signals {
             hup: s(SignalKind::hangup())?,
             ttin: s(SignalKind::from_raw(nix::libc::SIGTTIN))?,
             ttou: s(SignalKind::from_raw(nix::libc::SIGTTOU))?,
+            usr2: s(SignalKind::user_defined2())?,
         })
     }
 }
@@ -626,9 +628,11 @@ impl Running {
                 _ = signals.hup.recv() => { info!("SIGHUP: reloading"); let _ = self.reload().await; }
                 _ = signals.ttin.recv() => { info!("SIGTTIN: one worker more"); self.pool.scale_by(1); }
                 _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
+                _ = signals.usr2.recv() => { info!("SIGUSR2: upgrading in place"); let _ = self.upgrade().await; }
                 cmd = control.recv() => match cmd {
                     Some(ControlCommand::Stop) | None => { info!("stop requested"); return; }
                     Some(ControlCommand::Reload(reply)) => { let r = self.reload().await; let _ = reply.send(r); }
+                    Some(ControlCommand::Upgrade(reply)) => { let r = self.upgrade().await; let _ = reply.send(r); }
                 },
                 changed = ready_rx.changed() => {
                     if changed.is_ok() {
@@ -674,6 +678,38 @@ impl Running {
         let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
+        result
+    }
+
+    /// Checks the binary now at the supervisor's path (`upgrade::check`) against the running
+    /// configuration. A binary that fails keeps this image serving, and the answer says why.
+    async fn upgrade(&mut self) -> Result<String, String> {
+        let result = match crate::upgrade::exe_path() {
+            Ok(exe) => {
+                let config = match self.source.path() {
+                    Some(p) => p.to_path_buf(),
+                    // The built-in configuration: the snapshot holds its text.
+                    None => self.instance.dir().join("gateway.toml"),
+                };
+                crate::upgrade::check(&exe, &config).await.and_then(|v| {
+                    Err(format!(
+                        "new binary {} ({v}) passed its checks, but re-executing in place is not \
+                         implemented in this build; nothing changed",
+                        exe.display()
+                    ))
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(v) => info!(version = %v, "upgraded"),
+            Err(why) => error!("upgrade not done, this binary keeps serving: {why}"),
+        }
+        let mut event = serde_json::json!({"event": "upgrade", "ok": result.is_ok()});
+        if let Err(why) = &result {
+            event["error"] = why.as_str().into();
+        }
+        crate::events::emit(event);
         result
     }
 
