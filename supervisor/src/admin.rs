@@ -1,11 +1,12 @@
 //! The admin socket: HTTP/1.1 over `RUNTIME_DIR/admin.sock` (mode 0600), for the CLI's
-//! `status`, `stop`, `reload` and `restart-worker`.
+//! `status`, `stop`, `reload`, `upgrade` and `restart-worker`.
 //!
 //! `GET /workers` answers from the pool's atomics; `POST /workers/{id}/restart` calls the pool;
 //! `POST /reload` and `POST /stop` go to the `start` main loop as `ControlCommand`s, because
 //! reloading means re-reading and validating the config file, which the main loop owns.
 //! `POST /reload` answers 200 when applied (or unchanged), 422 with every located problem in
-//! `problems` when the file is invalid, 500 when the roll failed.
+//! `problems` when the file is invalid, 500 when the roll failed. `POST /upgrade` answers 200
+//! with the new `version`, or 500 with why the binary at the supervisor's path was refused.
 //! Access control is the file mode: only the owner can connect.
 
 use crate::control::{ControlCommand, ReloadError};
@@ -134,6 +135,26 @@ async fn handle(
                 ),
             }
         }
+        (&Method::POST, ["upgrade"]) => {
+            let (tx, rx) = oneshot::channel();
+            if control.send(ControlCommand::Upgrade(tx)).await.is_err() {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the supervisor is stopping",
+                );
+            }
+            match rx.await {
+                Ok(Ok(version)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"ok": true, "version": version}),
+                ),
+                Ok(Err(why)) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
+                Err(_) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the supervisor is stopping",
+                ),
+            }
+        }
         (&Method::POST, ["stop"]) => match control.send(ControlCommand::Stop).await {
             Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({"ok": true})),
             Err(_) => error(
@@ -157,7 +178,7 @@ async fn handle(
                 Err(e) => error(StatusCode::CONFLICT, &e),
             }
         }
-        (_, ["workers"] | ["reload"] | ["stop"] | ["workers", _, "restart"]) => {
+        (_, ["workers"] | ["reload"] | ["stop"] | ["upgrade"] | ["workers", _, "restart"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
@@ -231,6 +252,9 @@ mod tests {
                         let _ = reply.send(Err(err));
                     }
                     ControlCommand::Stop => stops += 1,
+                    ControlCommand::Upgrade(reply) => {
+                        let _ = reply.send(Err("new binary /x: exited with exit status: 1".into()));
+                    }
                 }
             }
             stops
@@ -293,6 +317,9 @@ mod tests {
         let r = ask("POST", "/reload").await.unwrap();
         assert_eq!(r.status, 500);
         assert!(r.body.contains("replacement failed"), "{}", r.body);
+        let r = ask("POST", "/upgrade").await.unwrap();
+        assert_eq!(r.status, 500);
+        assert!(r.body.contains("exited with"), "{}", r.body);
         assert_eq!(ask("POST", "/stop").await.unwrap().status, 202);
 
         trigger.trigger();

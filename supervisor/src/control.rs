@@ -12,6 +12,8 @@ pub enum ControlCommand {
     Reload(oneshot::Sender<Result<(), ReloadError>>),
     /// Stop gracefully (like SIGTERM).
     Stop,
+    /// Upgrade in place (like SIGUSR2). Answers with the new version, or with why not.
+    Upgrade(oneshot::Sender<Result<String, String>>),
 }
 
 /// Why a reload did not apply.

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod control;
+pub mod events;
 pub mod fifo;
 pub mod front;
 pub mod instance;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime_dir;
 pub mod shutdown;
+pub mod upgrade;
 pub mod usage;
 
 /// Exit codes (contract).

@@ -58,6 +58,9 @@ pub async fn relay(
         let line = line.trim_end();
         let kept = match Record::parse(line) {
             Some(rec) => {
+                if crate::events::enabled() {
+                    rec.breaker_event(worker);
+                }
                 let (format, ansi) = logging::output();
                 let out = match format {
                     LogFormat::Json => rec.json(worker),
@@ -172,6 +175,28 @@ impl Record {
             message,
             fields,
         })
+    }
+
+    /// A worker's breaker-transition record (the provider hook's `circuit opened` /
+    /// `circuit state changed`, with `provider`, `from` and, for the latter, `to`) becomes a
+    /// `provider` event.
+    fn breaker_event(&self, worker: usize) {
+        let field = |k: &str| self.fields.get(k).and_then(Value::as_str);
+        let (Some(name), Some(from)) = (field("provider"), field("from")) else {
+            return;
+        };
+        let to = match self.message.as_deref() {
+            Some("circuit opened") => "open",
+            Some("circuit state changed") => match field("to") {
+                Some(to) => to,
+                None => return,
+            },
+            _ => return,
+        };
+        crate::events::emit(serde_json::json!({
+            "event": "provider", "name": name, "from": from, "to": to,
+            "reason": crate::events::breaker_reason(from, to), "worker": worker,
+        }));
     }
 
     /// The record as one JSON line, in the shape of the supervisor's own JSON records:

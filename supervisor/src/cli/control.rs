@@ -226,6 +226,11 @@ pub fn reload(arg: &TargetArgs) -> u8 {
     simple(arg, "POST", "/reload", "reloaded", Duration::from_secs(120))
 }
 
+/// `supervisor upgrade`: the checks of the new binary take up to twice `upgrade::CHECK_TIMEOUT`.
+pub fn upgrade(arg: &TargetArgs) -> u8 {
+    simple(arg, "POST", "/upgrade", "upgraded", Duration::from_secs(60))
+}
+
 /// `supervisor restart-worker ID`.
 pub fn restart_worker(arg: &TargetArgs, id: usize) -> u8 {
     simple(

@@ -63,6 +63,10 @@ pub struct StartArgs {
     /// Stop gracefully when stdin reaches EOF or the parent process goes away.
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Print worker, provider, reload and upgrade events on stdout (JSON lines) between the
+    /// ready and stopped lines.
+    #[arg(long)]
+    pub events: bool,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -91,6 +95,8 @@ pub enum Command {
     Reload(TargetArgs),
     /// Restart one worker (also revives a DEAD one).
     RestartWorker(RestartWorkerArgs),
+    /// Re-execute the binary now at the supervisor's path, same pid (like SIGUSR2).
+    Upgrade(TargetArgs),
     /// Summarise the usage ledger: tokens and cost by client, model, provider or day.
     Usage(crate::usage::cli::UsageArgs),
     /// Run one worker (used by the supervisor itself).
@@ -106,6 +112,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Status(a) => status::run(&a),
         Command::Stop(c) => control::stop(&c),
         Command::Reload(c) => control::reload(&c),
+        Command::Upgrade(c) => control::upgrade(&c),
         Command::RestartWorker(a) => control::restart_worker(&a.target, a.id),
         Command::Usage(a) => crate::usage::cli::run(&a),
         Command::Worker(args) => gateway_worker::cli::run(args),

@@ -281,12 +281,18 @@ async fn serve(
         systemd,
     };
     let startup = run.wait_first_ready(&mut signals).await;
+    let mut events = None;
     if let Startup::Ready(n) = startup {
         let line = serde_json::json!({
             "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
             "workers": n, "admin_socket": admin_path.display().to_string(),
         });
-        println!("{line}");
+        if run.args.events {
+            events = crate::events::start(&line)
+                .map(|writer| (writer, WorkerEvents::spawn(run.pool.transitions())));
+        } else {
+            println!("{line}");
+        }
         systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
         info!(%listen, "ready");
         run.main_loop(&mut signals, control_rx, parent).await;
@@ -300,11 +306,63 @@ async fn serve(
             "every worker slot is DEAD (restart budget spent) before any served; see the errors above",
         ));
     }
-    println!(
-        "{}",
-        serde_json::json!({"event": "stopped", "code": exit::OK})
-    );
+    let stopped = serde_json::json!({"event": "stopped", "code": exit::OK});
+    match events {
+        Some((writer, workers)) => {
+            workers.stop().await;
+            // The writer thread may block on a reader that does not read: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || writer.finish(stopped)).await;
+        }
+        None => println!("{stopped}"),
+    }
     Ok(())
+}
+
+/// Forwards the pool's lifecycle transitions as `worker` events (`--events`); a transition
+/// the broadcast lost to lag counts as dropped.
+struct WorkerEvents {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerEvents {
+    fn spawn(mut rx: tokio::sync::broadcast::Receiver<crate::pool::Transition>) -> Self {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(t) => worker_event(&t),
+                        Err(RecvError::Lagged(n)) => crate::events::lost(n),
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            // The pool has stopped: what it sent last (the DEAD transitions) is still queued.
+            loop {
+                match rx.try_recv() {
+                    Ok(t) => worker_event(&t),
+                    Err(TryRecvError::Lagged(n)) => crate::events::lost(n),
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn worker_event(t: &crate::pool::Transition) {
+    crate::events::emit(serde_json::json!({
+        "event": "worker", "id": t.worker, "pid": t.pid,
+        "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason,
+    }));
 }
 
 /// Everything `start` acquires before the pool starts. All of it can fail, and all of it comes
@@ -513,6 +571,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     ttin: tokio::signal::unix::Signal,
     ttou: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -526,6 +585,7 @@ impl Signals {
             hup: s(SignalKind::hangup())?,
             ttin: s(SignalKind::from_raw(nix::libc::SIGTTIN))?,
             ttou: s(SignalKind::from_raw(nix::libc::SIGTTOU))?,
+            usr2: s(SignalKind::user_defined2())?,
         })
     }
 }
@@ -571,9 +631,11 @@ impl Running {
                 _ = signals.hup.recv() => { info!("SIGHUP: reloading"); let _ = self.reload().await; }
                 _ = signals.ttin.recv() => { info!("SIGTTIN: one worker more"); self.pool.scale_by(1); }
                 _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
+                _ = signals.usr2.recv() => { info!("SIGUSR2: upgrading in place"); let _ = self.upgrade().await; }
                 cmd = control.recv() => match cmd {
                     Some(ControlCommand::Stop) | None => { info!("stop requested"); return; }
                     Some(ControlCommand::Reload(reply)) => { let r = self.reload().await; let _ = reply.send(r); }
+                    Some(ControlCommand::Upgrade(reply)) => { let r = self.upgrade().await; let _ = reply.send(r); }
                 },
                 changed = ready_rx.changed() => {
                     if changed.is_ok() {
@@ -608,9 +670,49 @@ impl Running {
             ),
             Err(ReloadError::Failed(why)) => error!("reload failed: {why}"),
         }
+        let errors = match &result {
+            Ok(()) => Vec::new(),
+            Err(ReloadError::Invalid(problems)) => problems.clone(),
+            Err(ReloadError::Failed(why)) => vec![why.clone()],
+        };
+        crate::events::emit(
+            serde_json::json!({"event": "reload", "ok": result.is_ok(), "errors": errors}),
+        );
         let (ready, total) = *self.pool.ready_counts().borrow();
         self.systemd
             .ready(&format!("{ready}/{total} workers ready"));
+        result
+    }
+
+    /// Checks the binary now at the supervisor's path (`upgrade::check`) against the running
+    /// configuration. A binary that fails keeps this image serving, and the answer says why.
+    async fn upgrade(&mut self) -> Result<String, String> {
+        let result = match crate::upgrade::exe_path() {
+            Ok(exe) => {
+                let config = match self.source.path() {
+                    Some(p) => p.to_path_buf(),
+                    // The built-in configuration: the snapshot holds its text.
+                    None => self.instance.dir().join("gateway.toml"),
+                };
+                crate::upgrade::check(&exe, &config).await.and_then(|v| {
+                    Err(format!(
+                        "new binary {} ({v}) passed its checks, but re-executing in place is not \
+                         implemented in this build; nothing changed",
+                        exe.display()
+                    ))
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(v) => info!(version = %v, "upgraded"),
+            Err(why) => error!("upgrade not done, this binary keeps serving: {why}"),
+        }
+        let mut event = serde_json::json!({"event": "upgrade", "ok": result.is_ok()});
+        if let Err(why) = &result {
+            event["error"] = why.as_str().into();
+        }
+        crate::events::emit(event);
         result
     }
 

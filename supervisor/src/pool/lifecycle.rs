@@ -61,6 +61,26 @@ pub enum Event {
     Stop,
 }
 
+impl Event {
+    /// The event as the reason of a transition (`start --events`, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::FirstHeartbeat => "first heartbeat",
+            Event::Serving => "serving",
+            Event::StartupTimeout => "startup timeout",
+            Event::HeartbeatStale => "heartbeat stale",
+            Event::Exited => "exited",
+            Event::Reaped { budget_left: true } => "reaped",
+            Event::Reaped { budget_left: false } => "restart budget spent",
+            Event::BackoffElapsed => "backoff elapsed",
+            Event::Recycle => "recycle",
+            Event::ReplacementFailed => "replacement failed",
+            Event::Restart => "restart",
+            Event::Stop => "stop",
+        }
+    }
+}
+
 /// What the slot task must do after a transition, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

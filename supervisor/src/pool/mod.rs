@@ -185,11 +185,14 @@ pub struct PoolShared {
 }
 
 /// One lifecycle change of one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub worker: usize,
     pub from: WorkerState,
     pub to: WorkerState,
+    /// The event behind it (`lifecycle::Event::as_str`), with the exit status when a process
+    /// ended ("exited: signal 9").
+    pub reason: String,
     /// The slot's pid after the change (0 when none).
     pub pid: u32,
     pub at: std::time::Instant,

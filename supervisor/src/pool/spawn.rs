@@ -145,6 +145,12 @@ pub fn pin_self_exe() -> io::Result<()> {
     self_exe().map(|_| ())
 }
 
+/// Where the binary was when this process opened its image at start: the path an upgrade
+/// re-executes (the file now there may be a newer version).
+pub fn self_exe_path() -> io::Result<PathBuf> {
+    self_exe().map(|s| PathBuf::from(&s.name))
+}
+
 fn self_exe() -> io::Result<&'static SelfExe> {
     SELF_EXE
         .get_or_init(|| open_self_exe().map_err(|e| format!("cannot open /proc/self/exe: {e}")))

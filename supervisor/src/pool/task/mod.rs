@@ -220,6 +220,7 @@ impl SlotTask {
                     worker: self.slot.id,
                     from,
                     to,
+                    reason: self.reason_of(event),
                     pid: self.slot.pid.load(Relaxed),
                     at: std::time::Instant::now(),
                 });
@@ -238,6 +239,21 @@ impl SlotTask {
                 Some(f) => event = f,
                 None => return,
             }
+        }
+    }
+
+    /// Why a transition happened: the event, and how the process ended when that is the cause.
+    fn reason_of(&self, event: Event) -> String {
+        match (event, &self.last_exit) {
+            (
+                Event::Exited
+                | Event::StartupTimeout
+                | Event::HeartbeatStale
+                | Event::ReplacementFailed
+                | Event::Reaped { budget_left: false },
+                Some(exit),
+            ) => format!("{}: {exit}", event.as_str()),
+            _ => event.as_str().to_string(),
         }
     }
 
