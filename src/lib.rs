@@ -12,6 +12,7 @@ pub mod headers;
 pub mod heartbeat;
 pub mod model_list;
 pub mod net;
+pub mod provider_health;
 pub mod provider_permits;
 pub mod read_timeouts;
 pub mod relay;

@@ -21,6 +21,7 @@
 //! A hash collision between two provider names merges their counts, which can only make limiting
 //! stricter, never looser; with 256 columns and a handful of providers it is unlikely.
 
+use crate::provider_health::HealthRegion;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use std::fs::OpenOptions;
 use std::num::NonZeroUsize;
@@ -37,7 +38,9 @@ pub const ROWS: usize = 128;
 /// Provider columns.
 pub const COLS: usize = 256;
 const CELLS: usize = ROWS * COLS;
-const BYTES: usize = CELLS * std::mem::size_of::<AtomicU32>();
+const PERMIT_BYTES: usize = CELLS * std::mem::size_of::<AtomicU32>();
+/// The permit counters, then the pool-wide provider health (`gateway::provider_health`).
+const BYTES: usize = PERMIT_BYTES + crate::provider_health::REGION_BYTES;
 
 /// Environment variables through which the supervisor tells a worker where its row is.
 pub const ENV_TABLE: &str = "GATEWAY_PROVIDER_TABLE";
@@ -109,6 +112,13 @@ impl ProviderTable {
         unsafe { &*self.base.as_ptr().add(col * ROWS + row) }
     }
 
+    /// The pool-wide health region, after the permit cells.
+    pub fn health(&self) -> &HealthRegion {
+        // SAFETY: the region starts at PERMIT_BYTES (a multiple of 8) inside the mapping, is
+        // only accessed through atomics (all-zero bytes are valid), and lives as long as `self`.
+        unsafe { &*self.base.as_ptr().add(CELLS).cast::<HealthRegion>() }
+    }
+
     /// The column of a provider name (FNV-1a).
     pub fn column(name: &str) -> usize {
         let mut h: u32 = 0x811c9dc5;
@@ -140,11 +150,13 @@ impl ProviderTable {
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
     }
 
-    /// Zeroes a row; the supervisor calls this once the row's process has been reaped.
+    /// Zeroes a row and frees the health slots it held (half-open trials, the probe lease);
+    /// the supervisor calls this once the row's process has been reaped.
     pub fn clear_row(&self, row: usize) {
         for c in 0..COLS {
             self.cell(c, row).store(0, SeqCst);
         }
+        self.health().clear_row(row);
     }
 }
 
@@ -232,6 +244,21 @@ impl ProviderLimiter {
 
     pub fn total(&self, provider: &str) -> u32 {
         self.table.total(ProviderTable::column(provider))
+    }
+
+    /// This process's row (owner of its half-open trial slots and of the probe lease).
+    pub fn row(&self) -> usize {
+        self.row
+    }
+
+    /// The pool-wide health region.
+    pub fn health(&self) -> &HealthRegion {
+        self.table.health()
+    }
+
+    /// A provider's pool-wide health cell.
+    pub fn health_cell(&self, provider: &str) -> &crate::provider_health::HealthCell {
+        &self.table.health().cols[ProviderTable::column(provider)]
     }
 }
 

@@ -11,17 +11,21 @@
 //! ```
 //!
 //! The failure rate decays: a failure sets `r = r*0.9 + 0.1`, a success halves it (floored at 0),
-//! so old failures fade without a window to store. State, rate and counters are atomics: the
-//! selection path (`allows`) is a couple of loads; transitions are compare-and-swap, so two workers'
-//! threads racing on the same edge produce exactly one transition and one metric increment.
+//! so old failures fade without a window to store. State, rate, counters, cool-down and the
+//! half-open trial slots are one state for the whole pool, atomics in the provider table's health
+//! region (`gateway::provider_health`): the selection path (`allows`) is a couple of loads;
+//! transitions are compare-and-swap on a state word with a generation, so two workers racing on
+//! the same edge produce exactly one transition and one metric increment, and a breaker opened
+//! by one worker is seen by the others on their next selection.
 //! A 429 (or a 503 with `Retry-After`) additionally *cools* the provider for that many seconds:
 //! it is skipped by selection without the breaker opening, because the provider is healthy but
 //! asked us to back off.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use gateway::provider_health::{HealthCell, MonoClock, StateWord, HALF_OPEN, OPEN};
+use gateway::provider_permits::{ProviderLimiter, ProviderTable};
+use std::sync::atomic::{AtomicU8, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Breaker states; the numbers are the `gateway_circuit_state` gauge values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,151 +100,174 @@ impl From<&gateway::config::CircuitBreakerConfig> for BreakerConfig {
     }
 }
 
-/// Called once per transition, with (from, to): feeds the metrics.
-pub type TransitionHook = Arc<dyn Fn(CircuitState, CircuitState) + Send + Sync>;
+/// Called on every state change this worker sees, with (from, to, made_here): `made_here` is
+/// true in the one worker that made the transition (it counts it and logs it); the others only
+/// update their gauge when they first observe the new state.
+pub type TransitionHook = Arc<dyn Fn(CircuitState, CircuitState, bool) + Send + Sync>;
 
-/// One provider's breaker.
+/// One provider's breaker: this worker's handle on the pool-wide state in the provider table's
+/// health region (`gateway::provider_health`). Every transition goes through
+/// `HealthCell::transition`, a compare-exchange on the shared state word.
 pub struct Breaker {
     cfg: BreakerConfig,
-    state: AtomicU8,
-    /// Decaying failure rate as f64 bits.
-    rate: AtomicU64,
-    consecutive: AtomicU32,
-    /// Successes in a row while half-open.
-    trial_successes: AtomicU32,
-    /// Trial requests admitted while half-open and not yet finished.
-    trials_inflight: AtomicU32,
-    /// Bumped on every transition into OPEN; a timer only acts on the generation it was armed for.
-    open_generation: AtomicU64,
-    /// Cool-down end, as ms since `epoch`; 0 = none.
-    cooldown_until_ms: AtomicU64,
-    /// When the breaker last opened, as ms since `epoch`: for the `Retry-After` of a fast 503.
-    opened_at_ms: AtomicU64,
-    epoch: Instant,
+    table: ProviderLimiter,
+    col: usize,
+    /// The state this worker last reported to its hook (for the gauge).
+    seen: AtomicU8,
+    clock: MonoClock,
     hook: TransitionHook,
 }
 
 impl Breaker {
-    pub fn new(cfg: BreakerConfig, hook: TransitionHook) -> Arc<Self> {
-        Arc::new(Self {
+    /// `table` is the pool's provider table (the worker's own row in it), `provider` the name
+    /// whose column holds the state.
+    pub fn new(
+        cfg: BreakerConfig,
+        hook: TransitionHook,
+        table: ProviderLimiter,
+        provider: &str,
+    ) -> Arc<Self> {
+        let b = Arc::new(Self {
             cfg,
-            state: AtomicU8::new(CircuitState::Closed as u8),
-            rate: AtomicU64::new(0f64.to_bits()),
-            consecutive: AtomicU32::new(0),
-            trial_successes: AtomicU32::new(0),
-            trials_inflight: AtomicU32::new(0),
-            open_generation: AtomicU64::new(0),
-            cooldown_until_ms: AtomicU64::new(0),
-            opened_at_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            col: ProviderTable::column(provider),
+            table,
+            seen: AtomicU8::new(CircuitState::Closed as u8),
+            clock: MonoClock::new(),
             hook,
-        })
+        });
+        // A worker started (or reloaded) while the breaker is open arms its own timer too, so
+        // the open period ends on schedule whichever worker opened it.
+        let w = b.cell().load();
+        if w.state == OPEN {
+            b.arm_timer(w.generation);
+        }
+        b.observe(w.state);
+        b
     }
 
-    pub fn state(&self) -> CircuitState {
-        CircuitState::from_u8(self.state.load(Acquire))
+    fn cell(&self) -> &HealthCell {
+        &self.table.health().cols[self.col]
+    }
+
+    /// Reports a state this worker has not reported yet (made by another worker) to the hook.
+    fn observe(&self, state: u8) {
+        let old = self.seen.swap(state, AcqRel);
+        if old != state {
+            (self.hook)(
+                CircuitState::from_u8(old),
+                CircuitState::from_u8(state),
+                false,
+            );
+        }
+    }
+
+    /// The current word; an open period past its `open_timeout` moves to half-open here, so the
+    /// breaker never stays open because the worker whose timer would have moved it died.
+    fn word(self: &Arc<Self>) -> StateWord {
+        let w = self.cell().load();
+        if w.state == OPEN && self.open_left(w) == 0 {
+            self.transition(w, CircuitState::HalfOpen);
+            let w = self.cell().load();
+            self.observe(w.state);
+            return w;
+        }
+        self.observe(w.state);
+        w
+    }
+
+    fn open_left(&self, w: StateWord) -> u64 {
+        if w.state != OPEN {
+            return 0;
+        }
+        let opened = self.cell().opened_at_ms.load(Acquire);
+        (opened + self.cfg.open_timeout.as_millis() as u64).saturating_sub(self.clock.now_ms())
+    }
+
+    pub fn state(self: &Arc<Self>) -> CircuitState {
+        CircuitState::from_u8(self.word().state)
     }
 
     pub fn failure_rate(&self) -> f64 {
-        f64::from_bits(self.rate.load(Relaxed))
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        f64::from_bits(self.cell().rate.load(Relaxed))
     }
 
     /// True while a 429/Retry-After cool-down is running.
     pub fn cooling(&self) -> bool {
-        self.now_ms() < self.cooldown_until_ms.load(Relaxed)
+        self.clock.now_ms() < self.cell().cooldown_until_ms.load(Relaxed)
     }
 
     /// What is left of a 429/Retry-After cool-down; zero when none runs.
     pub fn cooldown_remaining(&self) -> Duration {
         let left = self
+            .cell()
             .cooldown_until_ms
             .load(Relaxed)
-            .saturating_sub(self.now_ms());
+            .saturating_sub(self.clock.now_ms());
         Duration::from_millis(left)
     }
 
     /// How long until this provider may be selected again: the rest of the open period or of
     /// the cool-down, whichever is longer; zero when it is usable (or half-open).
-    pub fn blocked_for(&self) -> Duration {
-        let now = self.now_ms();
-        let cool = self.cooldown_until_ms.load(Relaxed).saturating_sub(now);
-        let open = if self.state() == CircuitState::Open {
-            let opened = self.opened_at_ms.load(Acquire);
-            (opened + self.cfg.open_timeout.as_millis() as u64).saturating_sub(now)
-        } else {
-            0
-        };
-        Duration::from_millis(cool.max(open))
+    pub fn blocked_for(self: &Arc<Self>) -> Duration {
+        let open = self.open_left(self.word());
+        Duration::from_millis(open).max(self.cooldown_remaining())
     }
 
     /// Whether selection may use this provider now. Half-open admits up to
-    /// `half_open_successes` concurrent trial requests; call `release_trial` if an admitted
-    /// request is abandoned without an outcome.
-    pub fn allows(&self) -> bool {
+    /// `half_open_successes` concurrent trial requests for the whole pool; call
+    /// `release_trial` if an admitted request is abandoned without an outcome.
+    pub fn allows(self: &Arc<Self>) -> bool {
         if self.cooling() {
             return false;
         }
-        match self.state() {
+        let w = self.word();
+        match CircuitState::from_u8(w.state) {
             CircuitState::Closed => true,
             CircuitState::Open => false,
             CircuitState::HalfOpen => {
-                let max = self.cfg.half_open_successes.max(1);
-                self.trials_inflight
-                    .fetch_update(AcqRel, Acquire, |n| (n < max).then_some(n + 1))
-                    .is_ok()
+                self.cell()
+                    .try_trial(w.generation, self.table.row(), self.cfg.half_open_successes)
             }
         }
     }
 
     /// Gives back a half-open trial slot taken by `allows` that produced no outcome.
-    pub fn release_trial(&self) {
-        let _ = self
-            .trials_inflight
-            .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    pub fn release_trial(self: &Arc<Self>) {
+        let w = self.cell().load();
+        if w.state == HALF_OPEN {
+            self.cell().release_trial(w.generation, self.table.row());
+        }
     }
 
-    fn transition(self: &Arc<Self>, from: CircuitState, to: CircuitState) -> bool {
-        if self
-            .state
-            .compare_exchange(from as u8, to as u8, AcqRel, Acquire)
-            .is_err()
-        {
+    fn transition(self: &Arc<Self>, from: StateWord, to: CircuitState) -> bool {
+        let Some(next) = self.cell().transition(from, to as u8, self.clock.now_ms()) else {
             return false;
-        }
-        self.trials_inflight.store(0, Release);
-        self.trial_successes.store(0, Release);
+        };
+        self.seen.store(to as u8, Release);
         if to == CircuitState::Open {
-            self.opened_at_ms.store(self.now_ms(), Release);
-            let generation = self.open_generation.fetch_add(1, AcqRel) + 1;
-            self.arm_timer(generation);
+            self.arm_timer(next.generation);
         }
-        if to == CircuitState::Closed {
-            self.consecutive.store(0, Release);
-            self.rate.store(0f64.to_bits(), Release);
-        }
-        (self.hook)(from, to);
+        (self.hook)(CircuitState::from_u8(from.state), to, true);
         true
     }
 
     /// OPEN -> HALF_OPEN after `open_timeout`, by a timer rather than the next request, so an
-    /// idle provider is retried on schedule. The task ends after one sleep; a newer opening makes
-    /// it a no-op through the generation check.
+    /// idle provider is retried on schedule. The task ends after one sleep; a newer transition
+    /// makes it a no-op through the generation in the state word.
     fn arm_timer(self: &Arc<Self>, generation: u64) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let weak = Arc::downgrade(self);
-        let wait = self.cfg.open_timeout;
+        let wait = Duration::from_millis(self.open_left(self.cell().load()));
         handle.spawn(async move {
             tokio::time::sleep(wait).await;
             if let Some(b) = weak.upgrade() {
-                if b.open_generation.load(Acquire) == generation {
-                    b.transition(CircuitState::Open, CircuitState::HalfOpen);
+                let w = b.cell().load();
+                if w.state == OPEN && w.generation == generation {
+                    b.transition(w, CircuitState::HalfOpen);
                 }
+                b.observe(b.cell().load().state);
             }
         });
     }
@@ -248,53 +275,52 @@ impl Breaker {
     /// Records what an attempt signalled.
     pub fn record(self: &Arc<Self>, signal: Signal) {
         match signal {
-            Signal::ClientError => {
-                if self.state() == CircuitState::HalfOpen {
-                    self.release_trial();
-                }
-            }
+            Signal::ClientError => self.release_trial(),
             Signal::Success => self.on_success(),
             Signal::Failure => self.on_failure(),
             Signal::RateLimited(d) => {
-                let until = self.now_ms() + d.as_millis() as u64;
-                self.cooldown_until_ms.fetch_max(until, AcqRel);
+                let until = self.clock.now_ms() + d.as_millis() as u64;
+                self.cell().cooldown_until_ms.fetch_max(until, AcqRel);
                 self.on_failure();
             }
         }
     }
 
     fn on_success(self: &Arc<Self>) {
-        self.consecutive.store(0, Release);
-        let _ = self.rate.fetch_update(AcqRel, Acquire, |b| {
+        let cell = self.cell();
+        cell.consecutive.store(0, Release);
+        let _ = cell.rate.fetch_update(AcqRel, Acquire, |b| {
             Some((f64::from_bits(b) / 2.0).max(0.0).to_bits())
         });
-        if self.state() == CircuitState::HalfOpen {
-            self.release_trial();
-            let n = self.trial_successes.fetch_add(1, AcqRel) + 1;
-            if n >= self.cfg.half_open_successes {
-                self.transition(CircuitState::HalfOpen, CircuitState::Closed);
+        let w = self.word();
+        if w.state == HALF_OPEN {
+            cell.release_trial(w.generation, self.table.row());
+            if cell.trial_success(w.generation) >= self.cfg.half_open_successes {
+                self.transition(w, CircuitState::Closed);
             }
         }
     }
 
     fn on_failure(self: &Arc<Self>) {
-        let rate = self
+        let cell = self.cell();
+        let rate = cell
             .rate
             .fetch_update(AcqRel, Acquire, |b| {
                 Some((f64::from_bits(b) * 0.9 + 0.1).to_bits())
             })
             .map(|old| f64::from_bits(old) * 0.9 + 0.1)
             .unwrap_or(1.0);
-        let run = self.consecutive.fetch_add(1, AcqRel) + 1;
-        match self.state() {
+        let run = cell.consecutive.fetch_add(1, AcqRel) + 1;
+        let w = self.word();
+        match CircuitState::from_u8(w.state) {
             CircuitState::HalfOpen => {
-                self.transition(CircuitState::HalfOpen, CircuitState::Open);
+                self.transition(w, CircuitState::Open);
             }
             CircuitState::Closed
                 if rate > self.cfg.failure_rate_threshold
                     || run >= self.cfg.consecutive_failures =>
             {
-                self.transition(CircuitState::Closed, CircuitState::Open);
+                self.transition(w, CircuitState::Open);
             }
             _ => {}
         }
@@ -303,8 +329,9 @@ impl Breaker {
     /// A health probe saw the provider answer: an open breaker moves to half-open early.
     /// A probe alone never opens a closed breaker, and never closes one either.
     pub fn probe_succeeded(self: &Arc<Self>) {
-        if self.state() == CircuitState::Open {
-            self.transition(CircuitState::Open, CircuitState::HalfOpen);
+        let w = self.word();
+        if w.state == OPEN {
+            self.transition(w, CircuitState::HalfOpen);
         }
     }
 }
@@ -329,7 +356,16 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         (
-            Breaker::new(c, Arc::new(move |f, t| l.lock().unwrap().push((f, t)))),
+            Breaker::new(
+                c,
+                Arc::new(move |f, t, here| {
+                    if here {
+                        l.lock().unwrap().push((f, t))
+                    }
+                }),
+                ProviderLimiter::local().unwrap(),
+                "p",
+            ),
             log,
         )
     }

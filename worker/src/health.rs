@@ -14,6 +14,11 @@
 //! `health.cache_ttl` is served as it is. If the caller driving a round goes away, another
 //! waiter takes over (`OnceCell::get_or_init`), so a round is never orphaned.
 //!
+//! Probes and their results are the pool's: only the holder of the probe lease in the provider
+//! table (`gateway::provider_health`) runs the background rounds, every round is published to
+//! the table, and `/v1/health` answers from the pool's latest round while it is younger than
+//! `cache_ttl`, so every worker answers the same.
+//!
 //! A successful probe moves an open breaker to half-open early (`Breaker::probe_succeeded`); a
 //! failed probe never opens a closed one (only real traffic does).
 
@@ -21,6 +26,8 @@ use crate::body::{json_response, ResBody};
 use crate::breaker::CircuitState;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, ProviderKind};
+use gateway::provider_health::{MonoClock, SharedProbe};
+use gateway::provider_permits::ProviderLimiter;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::Response;
 use serde_json::{json, Map, Value};
@@ -39,8 +46,8 @@ pub struct ProbeResult {
 /// One probe round over every provider.
 #[derive(Debug)]
 pub struct Round {
-    /// When it finished (for the cache).
-    at: Instant,
+    /// When it finished (monotonic ms, comparable across the pool; for the cache).
+    at_ms: u64,
     timestamp: SystemTime,
     /// Indexed like `ProviderHealth::providers`.
     results: Vec<ProbeResult>,
@@ -60,12 +67,16 @@ pub struct ProviderHealth {
     max_concurrent: usize,
     cache_ttl: Duration,
     interval: Duration,
-    /// The latest (or running) concurrent round. Locked only to clone or replace the handle.
+    /// The latest (or running) concurrent round of this worker. Locked only to clone or
+    /// replace the handle.
     round: Mutex<Option<RoundCell>>,
+    /// The pool's provider table: the probe lease and every provider's latest probe result.
+    shared: ProviderLimiter,
+    clock: MonoClock,
 }
 
 impl ProviderHealth {
-    pub fn new(config: &Config, providers: Vec<Arc<Provider>>) -> Self {
+    pub fn new(config: &Config, providers: Vec<Arc<Provider>>, shared: ProviderLimiter) -> Self {
         let mut models: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, p) in providers.iter().enumerate() {
             for m in p.config.models.iter().filter(|m| *m != "*") {
@@ -97,11 +108,16 @@ impl ProviderHealth {
             cache_ttl: config.health.cache_ttl,
             interval: config.health.probe_interval,
             round: Mutex::new(None),
+            shared,
+            clock: MonoClock::new(),
         }
     }
 
     /// Starts the background probe task (none when `probe_interval` is 0). The returned guard
-    /// owns it and aborts it when dropped.
+    /// owns it and aborts it when dropped. Every worker runs the task, but only the holder of
+    /// the pool's probe lease probes: the pool probes once per interval. The holder renews the
+    /// lease each tick; if it dies the supervisor frees its lease when it reaps it, or the lease
+    /// runs out (two intervals plus a probe timeout), and the next worker to tick takes over.
     pub fn spawn(self: &Arc<Self>) -> Option<ProbeTask> {
         if self.interval.is_zero() {
             return None;
@@ -110,8 +126,13 @@ impl ProviderHealth {
         Some(ProbeTask(tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ttl = me.interval * 2 + me.probe_timeout;
             loop {
                 tick.tick().await;
+                let (row, now) = (me.shared.row(), me.clock.now_ms());
+                if !me.shared.health().try_lease(row, now, ttl) {
+                    continue;
+                }
                 let r = me.concurrent(me.probe_timeout, true).await;
                 let bad = r.results.iter().filter(|p| !p.healthy).count();
                 tracing::debug!(unhealthy = bad, took = ?r.took, "probe round done");
@@ -127,7 +148,7 @@ impl ProviderHealth {
         if let Some(c) = slot.as_ref() {
             match c.get() {
                 None => return c.clone(),
-                Some(r) if !fresh && r.at.elapsed() < self.cache_ttl => return c.clone(),
+                Some(r) if !fresh && self.young(r.at_ms) => return c.clone(),
                 Some(_) => {}
             }
         }
@@ -136,12 +157,76 @@ impl ProviderHealth {
         c
     }
 
-    /// A concurrent round, shared with every concurrent caller.
+    fn young(&self, at_ms: u64) -> bool {
+        self.clock.now_ms().saturating_sub(at_ms) < self.cache_ttl.as_millis() as u64
+    }
+
+    /// A concurrent round: the pool's latest (whichever worker probed) if younger than
+    /// `cache_ttl` and not `fresh`, else this worker's running or new one, shared with every
+    /// concurrent caller and published to the pool.
     pub async fn concurrent(&self, timeout: Duration, fresh: bool) -> Arc<Round> {
+        if !fresh {
+            if let Some(r) = self.shared_round().filter(|r| self.young(r.at_ms)) {
+                return Arc::new(r);
+            }
+        }
         let cell = self.current(fresh);
-        cell.get_or_init(|| async { Arc::new(self.run(true, timeout).await) })
-            .await
-            .clone()
+        cell.get_or_init(|| async {
+            let r = self.run(true, timeout).await;
+            self.publish(&r);
+            Arc::new(r)
+        })
+        .await
+        .clone()
+    }
+
+    /// Writes a round's results into the pool's table.
+    fn publish(&self, r: &Round) {
+        let unix_ms = r
+            .timestamp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (p, res) in self.providers.iter().zip(&r.results) {
+            self.shared.health_cell(p.name()).probe().write(
+                self.shared.row(),
+                &SharedProbe {
+                    at_ms: r.at_ms,
+                    unix_ms,
+                    healthy: res.healthy,
+                    latency_us: res.latency.as_micros() as u64,
+                    error: res.error.clone(),
+                    took_us: r.took.as_micros() as u64,
+                    timeout_ms: r.timeout.as_millis() as u64,
+                    concurrent: r.concurrent,
+                },
+            );
+        }
+    }
+
+    /// The pool's latest results for this worker's providers, as one round (as old as its
+    /// oldest result); `None` while any provider has none.
+    fn shared_round(&self) -> Option<Round> {
+        let probes = self
+            .providers
+            .iter()
+            .map(|p| self.shared.health_cell(p.name()).probe().read())
+            .collect::<Option<Vec<_>>>()?;
+        let oldest = probes.iter().min_by_key(|p| p.at_ms)?;
+        Some(Round {
+            at_ms: oldest.at_ms,
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(oldest.unix_ms),
+            took: Duration::from_micros(oldest.took_us),
+            concurrent: oldest.concurrent,
+            timeout: Duration::from_millis(oldest.timeout_ms),
+            results: probes
+                .iter()
+                .map(|p| ProbeResult {
+                    healthy: p.healthy,
+                    error: p.error.clone(),
+                    latency: Duration::from_micros(p.latency_us),
+                })
+                .collect(),
+        })
     }
 
     /// Probes every provider now.
@@ -165,7 +250,7 @@ impl ProviderHealth {
             out
         };
         Round {
-            at: Instant::now(),
+            at_ms: self.clock.now_ms(),
             timestamp: SystemTime::now(),
             results,
             took: started.elapsed(),

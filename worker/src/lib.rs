@@ -65,6 +65,7 @@ pub async fn run_with_front(
     let metrics = metrics::Metrics::new();
     usage::init(&config, &metrics);
     let factory = connect::ClientFactory::from_env();
+    let limiter = provider_limiter()?;
     let providers = config
         .providers
         .iter()
@@ -74,6 +75,7 @@ pub async fn run_with_front(
                 &factory,
                 &metrics,
                 (&config.circuit_breaker).into(),
+                limiter.clone(),
             ))
         })
         .collect();
@@ -87,7 +89,7 @@ pub async fn run_with_front(
         }
     }
     let mut table = routing::RouteTable::new(&config, providers);
-    table.limits.limiter = Some(provider_limiter()?);
+    table.limits.limiter = Some(limiter);
     let bound = listener.local_addr().map_err(WorkerError::Runtime)?;
     let admission = gateway::admission::Admission {
         access: gateway::admission::AccessPolicy::new(&config, &[bound]),

@@ -11,6 +11,7 @@ use crate::health::{self, ProviderHealth};
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
 use gateway::config::Config;
+use gateway::provider_permits::ProviderLimiter;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
@@ -49,7 +50,17 @@ impl App {
         admission: gateway::admission::Admission,
     ) -> Self {
         let models = ProviderModelLists::new(config, routes.providers.len());
-        let health = Arc::new(ProviderHealth::new(config, routes.providers.clone()));
+        // The pool's table when the supervisor gave one, else a private one (unit tests).
+        let shared = routes
+            .limits
+            .limiter
+            .clone()
+            .unwrap_or_else(|| ProviderLimiter::local().expect("a private provider table"));
+        let health = Arc::new(ProviderHealth::new(
+            config,
+            routes.providers.clone(),
+            shared,
+        ));
         Self {
             health,
             routes: Arc::new(routes),

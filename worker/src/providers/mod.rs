@@ -105,6 +105,7 @@ impl Provider {
         factory: &ClientFactory,
         metrics: &Metrics,
         breaker: BreakerConfig,
+        table: gateway::provider_permits::ProviderLimiter,
     ) -> Self {
         let key = config.api_key();
         let secret = gateway::headers::Secret::new(key.as_deref());
@@ -124,15 +125,22 @@ impl Provider {
         let pm = metrics.provider(&config.name);
         let hook_metrics = pm.clone();
         let name = config.name.clone();
-        let hook = Arc::new(move |from: CircuitState, to: CircuitState| {
-            hook_metrics.transition(from, to);
-            // Transitions are rare and operators want to see them; warn when a provider is cut.
-            if to == CircuitState::Open {
-                tracing::warn!(provider = %name, from = from.as_str(), "circuit opened");
-            } else {
-                tracing::info!(provider = %name, from = from.as_str(), to = to.as_str(), "circuit state changed");
-            }
-        });
+        let hook = Arc::new(
+            move |from: CircuitState, to: CircuitState, made_here: bool| {
+                if !made_here {
+                    // Made by another worker: this one's gauge follows, the count is theirs.
+                    hook_metrics.circuit_state.set(to as i64);
+                    return;
+                }
+                hook_metrics.transition(from, to);
+                // Transitions are rare and operators want to see them; warn when a provider is cut.
+                if to == CircuitState::Open {
+                    tracing::warn!(provider = %name, from = from.as_str(), "circuit opened");
+                } else {
+                    tracing::info!(provider = %name, from = from.as_str(), to = to.as_str(), "circuit state changed");
+                }
+            },
+        );
         let base = config.base_url.trim_end_matches('/').to_string();
         let uris = Endpoint::ALL.map(|e| join_uri(&base, &config.kind, e, None).ok());
         Self {
@@ -145,7 +153,7 @@ impl Provider {
             client,
             state: ProviderState::default(),
             metrics: pm,
-            breaker: Breaker::new(breaker, hook),
+            breaker: Breaker::new(breaker, hook, table, &config.name),
             config,
         }
     }

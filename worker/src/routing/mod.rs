@@ -224,6 +224,7 @@ pub(crate) mod tests {
                     &factory,
                     &metrics,
                     (&config.circuit_breaker).into(),
+                    gateway::provider_permits::ProviderLimiter::local().unwrap(),
                 ))
             })
             .collect();
