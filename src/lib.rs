@@ -18,6 +18,7 @@ pub mod relay;
 pub mod request;
 pub mod runtime_file;
 pub mod sse;
+pub mod telemetry;
 pub mod upload;
 pub mod usage;
 
