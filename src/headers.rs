@@ -67,6 +67,9 @@ pub fn upstream_request(src: &HeaderMap) -> HeaderMap {
     }
     // The front's internal client name is for the worker, never for a provider.
     out.remove(CLIENT_HEADER);
+    // The trace is ours (`telemetry`): its ids and vendor state are not a provider's business.
+    out.remove(crate::telemetry::TRACEPARENT);
+    out.remove(crate::telemetry::TRACESTATE);
     out
 }
 

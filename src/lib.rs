@@ -19,6 +19,7 @@ pub mod relay;
 pub mod request;
 pub mod runtime_file;
 pub mod sse;
+pub mod telemetry;
 pub mod upload;
 pub mod usage;
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub models: Vec<ModelAlias>,
     pub clients: Vec<ClientConfig>,
     pub usage: UsageConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`: the front listener, in the supervisor.
@@ -300,6 +301,25 @@ impl Default for UsageConfig {
         Self {
             ledger: "auto".into(),
             retention: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces, exported by the supervisor and by each worker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (`/v1/traces` is appended); "" = off.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute of every span.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "gateway-supervisor".into(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn validate(cfg: &Config) -> Vec<Violation> {
     check_aliases(cfg, &mut c);
     check_clients(cfg, &mut c);
     check_usage(cfg, &mut c);
+    check_telemetry(cfg, &mut c);
     c.0
 }
 
@@ -311,5 +312,28 @@ fn check_usage(cfg: &Config, c: &mut Collector) {
             "usage.ledger",
             "must be \"auto\", \"off\" or the path of the ledger file",
         );
+    }
+}
+
+fn check_telemetry(cfg: &Config, c: &mut Collector) {
+    let t = &cfg.telemetry;
+    let e = t.otlp_endpoint.trim();
+    if !e.is_empty() {
+        match e.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(_) => c.err(
+                "telemetry.otlp_endpoint",
+                format!(
+                    "`{e}` must be an http:// URL such as \"http://127.0.0.1:4318\", or \"\" (off)"
+                ),
+            ),
+            Err(err) => c.err(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not a URL: {err}"),
+            ),
+        }
+    }
+    if t.service_name.trim().is_empty() {
+        c.err("telemetry.service_name", "must not be empty");
     }
 }

@@ -47,13 +47,20 @@ pub struct Counters {
 
 /// Counts one request in flight until dropped, which is when its response body has ended or
 /// the client went away.
+/// It also owns the request's trace span (`[telemetry]` on), which so ends with the response.
 #[derive(Debug)]
-pub struct RequestGuard(Arc<Counters>);
+pub struct RequestGuard(Arc<Counters>, Option<Box<gateway::telemetry::RequestSpan>>);
 
 impl RequestGuard {
     pub fn new(c: &Arc<Counters>) -> Self {
         c.inflight.fetch_add(1, Ordering::Relaxed);
-        Self(c.clone())
+        Self(c.clone(), None)
+    }
+
+    /// Ends `span` when the response has ended.
+    pub fn trace(&mut self, span: Option<gateway::telemetry::RequestSpan>) {
+        // Boxed: a span is large, and the guard rides in every response body.
+        self.1 = span.map(Box::new);
     }
 }
 

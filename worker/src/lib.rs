@@ -24,6 +24,7 @@ mod providers;
 mod proxy;
 mod routing;
 mod server;
+mod trace;
 /// Dialect translation; not yet on the request path (the wiring is a later step).
 #[doc(hidden)]
 pub mod translate;
@@ -64,6 +65,9 @@ pub async fn run_with_front(
 ) -> Result<(), WorkerError> {
     let metrics = metrics::Metrics::new();
     usage::init(&config, &metrics);
+    if let Err(e) = gateway::telemetry::install(&config.telemetry, "worker") {
+        tracing::warn!("{e}; traces are off");
+    }
     let factory = connect::ClientFactory::from_env();
     let limiter = provider_limiter()?;
     let providers = config

@@ -330,6 +330,11 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        // This process's trace exporter (`gateway::telemetry`), before the end marker.
+        if let Some(t) = gateway::telemetry::metrics_text() {
+            let end = out.strip_suffix("# EOF\n").map_or(out.len(), str::len);
+            out.insert_str(end, &t);
+        }
         out
     }
 }

@@ -41,6 +41,8 @@ pub struct Meta {
     pub hide_usage_chunk: bool,
     pub started: Instant,
     pub ts_ms: i64,
+    /// The request's trace facts (`[telemetry]` on): the answer's provider, model and tokens.
+    pub trace: Option<Arc<gateway::telemetry::Facts>>,
 }
 
 impl Meta {
@@ -56,6 +58,7 @@ impl Meta {
             hide_usage_chunk: false,
             started: Instant::now(),
             ts_ms,
+            trace: None,
         }
     }
 }
@@ -216,6 +219,10 @@ impl Observer {
             .and_then(|g| g.series(self.provider.name(), &self.meta.client, &self.model_served))
         {
             s.add(&tokens, cost);
+        }
+        if let Some(f) = &self.meta.trace {
+            let (p, m) = (self.provider.name(), &self.model_served);
+            crate::trace::answered(f, p, m, &tokens, outcome, self.translated);
         }
         let outcome = match outcome {
             Outcome::Success => record::Outcome::Ok,

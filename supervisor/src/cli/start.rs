@@ -258,6 +258,9 @@ async fn serve(
 ) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
     let (prep, listeners) = prepare(args, activated)?;
+    if let Err(e) = gateway::telemetry::install(&prep.cfg.telemetry, "front") {
+        tracing::warn!("{e}; traces are off");
+    }
     let (trigger, shutdown) = shutdown::channel();
     let started = launch(&prep, listeners, shutdown)?;
     let Prepared {
@@ -788,6 +791,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     // The ledger is opened once, at start.
     if old.usage != new.usage {
         keys.push("usage");
+    }
+    // Each process installs its exporter once, at start (workers get it when replaced).
+    if old.telemetry != new.telemetry {
+        keys.push("telemetry");
     }
     keys
 }

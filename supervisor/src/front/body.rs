@@ -90,9 +90,31 @@ pub struct RequestRecord {
     pub translated: Option<HeaderValue>,
     /// When the first byte of a worker's body (or its end, if empty) passed to the client.
     pub first_byte: Option<Duration>,
+    /// The request's trace span (`[telemetry]` on, inference requests), ended with the record.
+    pub trace: Option<gateway::telemetry::RequestSpan>,
 }
 
 impl RequestRecord {
+    /// Puts what the request learnt on its span and ends it.
+    fn trace_end(&self, t: gateway::telemetry::RequestSpan) {
+        let f = t.facts();
+        f.status(self.status);
+        let text =
+            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string));
+        if let Some(p) = text(&self.provider) {
+            f.provider(&p);
+        }
+        if let Some(t) = text(&self.translated) {
+            f.translated(&t);
+        }
+        if let Some(w) = self.worker {
+            f.worker(w);
+        }
+        if let Some(n) = self.attempts {
+            f.attempts(n);
+        }
+    }
+
     /// The access log's `client`: a named client's name, `server` for the server token.
     fn client(&self) -> Option<&str> {
         match self.caller.as_ref()? {
@@ -107,6 +129,9 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         self.meters.finished(self.route, self.status, elapsed);
+        if let Some(t) = self.trace.take() {
+            self.trace_end(t);
+        }
         tracing::info!(
             target: "access",
             method = %self.method,
@@ -196,6 +221,9 @@ impl Hooks for Accounting {
     }
 
     fn failed(&mut self, err: BoxError) -> Failure {
+        if let Some(t) = &self.record.trace {
+            t.facts().error("the worker's stream broke");
+        }
         let event = ApiError::new(ErrorKind::BadGateway, "the worker's stream broke");
         Failure { event, error: err }
     }

@@ -132,6 +132,9 @@ pub async fn render(shared: &Shared) -> Bytes {
     let results = futures_util::future::join_all(scrapes).await;
     let mut page = Exposition::default();
     page.add(&own, None);
+    if let Some(t) = gateway::telemetry::metrics_text() {
+        page.add(&t, None);
+    }
     for (id, text) in results.into_iter().flatten() {
         page.add(&text, Some(id));
     }

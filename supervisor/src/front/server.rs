@@ -227,6 +227,7 @@ async fn handle(
         attempts: None,
         translated: None,
         first_byte: None,
+        trace: None,
     };
     // Boxed: hyper keeps one service-future slot per connection for the connection's whole life
     // (idle keep-alives and held streams included), sized for the largest future. Unboxed,
@@ -432,6 +433,15 @@ impl ForwardCtx<'_> {
             .map(|v| self.shared.dispatch.sticky.key(v.as_bytes()));
         let mut headers = parts.headers;
         Prepared::clean_headers(&mut headers);
+        // One trace per request: the client's `traceparent` is continued, and the worker's span
+        // becomes this one's child (no-op when `[telemetry]` is off).
+        if let Some(model) = &self.record.model {
+            self.record.trace =
+                gateway::telemetry::RequestSpan::front(&headers, parts.uri.path(), model);
+        }
+        if let Some(t) = &self.record.trace {
+            t.inject(&mut headers);
+        }
         headers.insert(REQUEST_ID, self.request_id.clone());
         // The worker's usage record names the client; a caller's own such header never passes.
         headers.remove(gateway::headers::CLIENT_HEADER);

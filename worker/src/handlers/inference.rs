@@ -27,10 +27,15 @@ pub async fn handle(
     // At ERROR level so that the span exists whenever any record about the request is logged:
     // a span the filter disables would take the request id off the warnings inside it.
     let span = tracing::error_span!("request", request_id = id.map(tracing::field::display));
-    let (mut resp, attempts) = crate::attempt::count_attempts(serve(app, hop, endpoint, req))
-        .instrument(span)
-        .await;
+    let mut trace = None;
+    let (mut resp, attempts) =
+        crate::attempt::count_attempts(serve(app, hop, endpoint, req, &mut trace))
+            .instrument(span)
+            .await;
     label(&mut resp, attempts);
+    if let Some(f) = trace {
+        crate::trace::headers_sent(&f, resp.status().as_u16(), attempts);
+    }
     resp
 }
 
@@ -59,9 +64,10 @@ async fn serve(
     hop: Hop,
     endpoint: Endpoint,
     req: Request<Incoming>,
+    trace: &mut Option<std::sync::Arc<gateway::telemetry::Facts>>,
 ) -> Response<ResBody> {
     let dialect = endpoint.dialect();
-    let guard = RequestGuard::new(&app.counters);
+    let mut guard = RequestGuard::new(&app.counters);
     let (parts, body) = req.into_parts();
     // The same bounded read as the front's (`gateway::upload`): a refused upload is drained
     // so the client reads its 413 (a standalone worker faces SDKs directly).
@@ -82,6 +88,10 @@ async fn serve(
         Err(e) => return e.to_response(dialect),
     };
     let model = head.model;
+    // The child of the front's span (the hop's `traceparent`); none when telemetry is off.
+    let span = gateway::telemetry::RequestSpan::worker(&parts.headers, parts.uri.path(), &model);
+    *trace = span.as_ref().map(|s| s.facts().clone());
+    guard.trace(span);
     let table = app.routes.clone();
     let candidates = match table.candidates(&model, endpoint) {
         Ok(c) => c,
@@ -111,7 +121,8 @@ async fn serve(
     } else {
         ""
     };
-    let usage = crate::usage::Meta::new(header("x-request-id"), client, &model, stream);
+    let mut usage = crate::usage::Meta::new(header("x-request-id"), client, &model, stream);
+    usage.trace = trace.clone();
     drop(model);
     let fwd = Forward {
         endpoint,
