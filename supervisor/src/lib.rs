@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod control;
+pub mod dashboard;
 pub mod fifo;
 pub mod front;
 pub mod instance;

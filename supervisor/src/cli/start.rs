@@ -421,13 +421,15 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let ctx = front_context(&pool, metrics, registry);
+    let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
+    let ctx = front_context(&pool, metrics, registry, dashboard.clone());
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
         pool.clone(),
         prep.listen,
         prep.control_tx.clone(),
+        dashboard,
         shutdown.clone(),
     ));
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
@@ -466,8 +468,10 @@ fn front_context(
     pool: &Pool,
     metrics: SupervisorMetrics,
     registry: prometheus_client::registry::Registry,
+    dashboard: Arc<crate::dashboard::Dashboard>,
 ) -> FrontContext {
     FrontContext {
+        dashboard,
         slots: pool.worker_slots(),
         config: pool.live_config(),
         metrics,

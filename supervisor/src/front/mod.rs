@@ -58,6 +58,8 @@ pub struct FrontContext {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
+    /// The live view's data source (`crate::dashboard`), shared with the admin socket.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -107,6 +109,7 @@ pub struct Shared {
     /// Counters of finished requests; shared with every response body still streaming.
     pub meters: Arc<counters::RequestMeters>,
     pub ids: counters::RequestIds,
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
     settings: ArcSwap<Settings>,
@@ -115,7 +118,10 @@ pub struct Shared {
 impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
-        let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
+        let meters = Arc::new(counters::RequestMeters::new(
+            ctx.metrics.clone(),
+            ctx.dashboard.tally.clone(),
+        ));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
             slots: ctx.slots,
@@ -128,6 +134,7 @@ impl Shared {
             models: Default::default(),
             meters,
             ids: Default::default(),
+            dashboard: ctx.dashboard,
             bound,
         }
     }
@@ -163,8 +170,10 @@ mod settings_tests {
 
     fn shared(cfg: Arc<Config>) -> Shared {
         let (metrics, registry) = SupervisorMetrics::new();
+        let slots = Arc::new(WorkerSlots::new(vec![]));
         let ctx = FrontContext {
-            slots: Arc::new(WorkerSlots::new(vec![])),
+            dashboard: crate::dashboard::Dashboard::new(slots.clone()),
+            slots,
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),
