@@ -55,7 +55,10 @@ fn until_snapshot(
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = String::new();
     while Instant::now() < deadline {
-        let chunk = events.next_chunk().expect("read events").expect("stream open");
+        let chunk = events
+            .next_chunk()
+            .expect("read events")
+            .expect("stream open");
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(i) = buf.find("\n\n") {
             let ev: String = buf.drain(..i + 2).collect();
@@ -119,7 +122,12 @@ fn chromium(bin: &PathBuf, url: &str, profile: &std::path::Path, shot: Option<&P
 
 /// Loads the page again until `ok` accepts its DOM (the first snapshot may arrive after the
 /// dump on a busy machine), with a 60 s deadline; returns that DOM.
-fn dom_until(bin: &PathBuf, url: &str, profile: &std::path::Path, ok: impl Fn(&str) -> bool) -> String {
+fn dom_until(
+    bin: &PathBuf,
+    url: &str,
+    profile: &std::path::Path,
+    ok: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let dom = chromium(bin, url, profile, None);
@@ -187,14 +195,19 @@ fn the_page_in_a_real_browser_shows_workers_a_kill_and_the_requests_chart() {
     let states = worker_states(&dom);
     assert_eq!(states.len(), 3, "three worker rows in {dom}");
     assert!(
-        states.iter().all(|(_, s)| s == "IDLE" || s.starts_with("BUSY")),
+        states
+            .iter()
+            .all(|(_, s)| s == "IDLE" || s.starts_with("BUSY")),
         "{states:?}"
     );
     assert!(
         states.iter().filter(|(_, s)| s == "IDLE").count() >= 2,
         "workers IDLE under light load: {states:?}"
     );
-    assert!(chart_points(&dom) >= 2, "the requests chart has points: {dom}");
+    assert!(
+        chart_points(&dom) >= 2,
+        "the requests chart has points: {dom}"
+    );
 
     let pid = env.worker_pids()[1] as u32;
     support::process::signal(pid, nix::sys::signal::Signal::SIGKILL);
@@ -208,14 +221,18 @@ fn the_page_in_a_real_browser_shows_workers_a_kill_and_the_requests_chart() {
     until_snapshot(&mut events, |s| s["workers"][1]["state"] == "IDLE");
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     chromium(&bin, &url, &profile, Some(&shot));
-    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real screenshot");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a real screenshot"
+    );
 }
 
 #[test]
 fn the_data_needs_the_token_and_the_page_does_not() {
-    let cfg = PoolConfig::new(1)
-        .build()
-        .replace("auth_token_env = \"\"", "auth_token_env = \"DASH_TEST_TOKEN\"");
+    let cfg = PoolConfig::new(1).build().replace(
+        "auth_token_env = \"\"",
+        "auth_token_env = \"DASH_TEST_TOKEN\"",
+    );
     let env = TestEnv::new(&cfg);
     let mut cmd = env.supervisor(&["start"]);
     cmd.env("DASH_TEST_TOKEN", "s3cret-dash");
@@ -224,17 +241,22 @@ fn the_data_needs_the_token_and_the_page_does_not() {
 
     let page = http::get(addr, "/dashboard").unwrap();
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     let html = page.text();
-    assert!(html.contains("<canvas") && !html.contains("http://") && !html.contains("https://"),
-        "self-contained: no outside resources");
+    assert!(
+        html.contains("<canvas") && !html.contains("http://") && !html.contains("https://"),
+        "self-contained: no outside resources"
+    );
     assert!(!html.contains("s3cret-dash"));
 
     for path in ["/dashboard/snapshot", "/dashboard/events"] {
         let r = http::request(addr, "GET", path, &[], None).unwrap();
         assert_eq!(r.status, 401, "{path} without the token");
-        let r = http::request(addr, "GET", path, &[("Authorization", "Bearer nope")], None)
-            .unwrap();
+        let r =
+            http::request(addr, "GET", path, &[("Authorization", "Bearer nope")], None).unwrap();
         assert_eq!(r.status, 401, "{path} with a wrong token");
     }
     let ok = [("Authorization", "Bearer s3cret-dash")];
@@ -243,14 +265,23 @@ fn the_data_needs_the_token_and_the_page_does_not() {
     assert_eq!(r.json()["workers"].as_array().unwrap().len(), 1);
 
     // A cross-site page is refused before anything, token or not.
-    let evil = [("Authorization", "Bearer s3cret-dash"), ("Origin", "https://evil.example")];
+    let evil = [
+        ("Authorization", "Bearer s3cret-dash"),
+        ("Origin", "https://evil.example"),
+    ];
     let r = http::request(addr, "GET", "/dashboard/snapshot", &evil, None).unwrap();
     assert_eq!(r.status, 403);
 
     let mut events = Stream::open(addr, "GET", "/dashboard/events", &ok, None).unwrap();
     assert_eq!(events.status, 200);
-    assert!(events.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(events
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let first = until_snapshot(&mut events, |_| true);
     let later = until_snapshot(&mut events, |_| true);
-    assert!(later["at_ms"].as_u64() > first["at_ms"].as_u64(), "a new snapshot each second");
+    assert!(
+        later["at_ms"].as_u64() > first["at_ms"].as_u64(),
+        "a new snapshot each second"
+    );
 }

@@ -742,7 +742,8 @@ mod tests {
         use crate::pool::tests::{config, fixture};
         let f = fixture(config(1, "ok"));
         let (metrics, registry) = SupervisorMetrics::new();
-        let ctx = front_context(&f.pool, metrics, registry);
+        let dash = crate::dashboard::Dashboard::new(f.pool.worker_slots());
+        let ctx = front_context(&f.pool, metrics, registry, dash);
         f.pool.scale_by(1);
         assert_eq!(f.pool.status().len(), 2);
         assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");

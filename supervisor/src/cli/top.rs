@@ -58,7 +58,8 @@ pub fn run(args: &TargetArgs) -> u8 {
                 break;
             }
             if let Ok(Event::Key(k)) = event::read() {
-                let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                let ctrl_c =
+                    k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
                 let quit = matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c;
                 if k.kind == KeyEventKind::Press && quit {
                     return exit::OK;
@@ -79,7 +80,8 @@ impl Drop for Restore {
 }
 
 fn fetch(socket: &Path) -> Result<Snapshot, String> {
-    let r = request(socket, "GET", "/snapshot", Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let r =
+        request(socket, "GET", "/snapshot", Duration::from_secs(3)).map_err(|e| e.to_string())?;
     if r.status != 200 {
         return Err(format!("admin socket answered {}: {}", r.status, r.body));
     }
@@ -118,7 +120,9 @@ fn draw(f: &mut Frame, snap: &Result<Snapshot, String>) {
         .iter()
         .map(|v| v.round() as u64)
         .collect();
-    let from = points.len().saturating_sub(chart.width.saturating_sub(2) as usize);
+    let from = points
+        .len()
+        .saturating_sub(chart.width.saturating_sub(2) as usize);
     let spark = Sparkline::default()
         .block(Block::bordered().title(" requests/s "))
         .data(&points[from..])
@@ -154,7 +158,14 @@ fn worker_table(s: &Snapshot) -> Table<'static> {
     let widths = [4, 8, 15, 9, 8, 9, 7, 10].map(Constraint::Length);
     Table::new(rows, widths)
         .header(header(&[
-            "ID", "PID", "STATE", "INFLIGHT", "SERVED", "RESTARTS", "RSS", "HEARTBEAT",
+            "ID",
+            "PID",
+            "STATE",
+            "INFLIGHT",
+            "SERVED",
+            "RESTARTS",
+            "RSS",
+            "HEARTBEAT",
         ]))
         .block(Block::bordered().title(" workers "))
 }

@@ -26,9 +26,10 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tally::{Counts, Tally};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How much rate history a snapshot carries (one point per second).
 pub const HISTORY_SECONDS: usize = 300;
@@ -102,8 +103,8 @@ impl Dashboard {
     }
 
     fn wanted(&self) -> bool {
-        let idle_ms = (self.epoch.elapsed().as_millis() as u64)
-            .saturating_sub(self.touched_ms.load(Relaxed));
+        let idle_ms =
+            (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.touched_ms.load(Relaxed));
         self.latest.receiver_count() > 0 || idle_ms < LINGER.as_millis() as u64
     }
 
@@ -222,7 +223,8 @@ impl Samples {
             requests_per_s: pairs().map(|(a, b)| rate(a, b, |s| s.requests)).collect(),
             errors_per_s: pairs().map(|(a, b)| rate(a, b, |s| s.errors)).collect(),
         };
-        let base = (self.0.len() > 1).then(|| self.0[self.0.len().saturating_sub(QUANTILE_WINDOW + 1)]);
+        let base =
+            (self.0.len() > 1).then(|| self.0[self.0.len().saturating_sub(QUANTILE_WINDOW + 1)]);
         let lat = base.map_or(now.latency, |b| now.latency.since(&b.latency));
         let ttfb = base.map_or(now.ttfb, |b| now.ttfb.since(&b.ttfb));
         let prev = (self.0.len() > 1).then(|| self.0[self.0.len() - 2]);
@@ -251,29 +253,30 @@ pub struct EventStream(futures_util::stream::BoxStream<'static, Bytes>);
 impl EventStream {
     pub fn new(rx: watch::Receiver<Option<Bytes>>, shutdown: Option<Shutdown>) -> Self {
         let state = (rx, shutdown, true);
-        let s = futures_util::stream::unfold(state, |(mut rx, mut shutdown, mut first)| async move {
-            loop {
-                if !first {
-                    let stop = async {
-                        match shutdown.as_mut() {
-                            Some(s) => s.wait().await,
-                            None => std::future::pending().await,
+        let s =
+            futures_util::stream::unfold(state, |(mut rx, mut shutdown, mut first)| async move {
+                loop {
+                    if !first {
+                        let stop = async {
+                            match shutdown.as_mut() {
+                                Some(s) => s.wait().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            r = rx.changed() => if r.is_err() { return None },
+                            _ = stop => return None,
                         }
-                    };
-                    tokio::select! {
-                        r = rx.changed() => if r.is_err() { return None },
-                        _ = stop => return None,
+                    }
+                    first = false;
+                    let latest = rx.borrow_and_update().clone();
+                    if let Some(json) = latest {
+                        let text = std::str::from_utf8(&json).unwrap_or("{}");
+                        let frame = Bytes::from(gateway::sse::frame("", text));
+                        return Some((frame, (rx, shutdown, first)));
                     }
                 }
-                first = false;
-                let latest = rx.borrow_and_update().clone();
-                if let Some(json) = latest {
-                    let text = std::str::from_utf8(&json).unwrap_or("{}");
-                    let frame = Bytes::from(gateway::sse::frame("", text));
-                    return Some((frame, (rx, shutdown, first)));
-                }
-            }
-        });
+            });
         Self(Box::pin(s))
     }
 
@@ -318,7 +321,10 @@ mod tests {
         drop(a);
         drop(_b);
         tokio::time::sleep(LINGER + TICK * 3).await;
-        assert!(!d.running.load(Relaxed), "the sampler ends once nobody watches");
+        assert!(
+            !d.running.load(Relaxed),
+            "the sampler ends once nobody watches"
+        );
         assert!(d.latest.borrow().is_none());
     }
 }

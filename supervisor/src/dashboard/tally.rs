@@ -97,10 +97,24 @@ mod tests {
         for _ in 0..98 {
             t.finished("/v1/chat/completions", 200, Duration::from_millis(1), None);
         }
-        t.finished("/v1/chat/completions", 502, Duration::from_millis(100), None);
-        t.finished("/v1/chat/completions", 502, Duration::from_millis(100), None);
+        t.finished(
+            "/v1/chat/completions",
+            502,
+            Duration::from_millis(100),
+            None,
+        );
+        t.finished(
+            "/v1/chat/completions",
+            502,
+            Duration::from_millis(100),
+            None,
+        );
         let d = t.latency.counts().since(&before);
-        assert_eq!(d.quantile_ms(0.5), Some(2.0), "1 ms falls below the 2 ms bound");
+        assert_eq!(
+            d.quantile_ms(0.5),
+            Some(2.0),
+            "1 ms falls below the 2 ms bound"
+        );
         assert_eq!(d.quantile_ms(0.99), Some(128.0));
         assert_eq!(t.errors.load(Relaxed), 2);
         assert_eq!(Counts::default().quantile_ms(0.5), None);

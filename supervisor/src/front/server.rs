@@ -397,8 +397,14 @@ async fn dashboard(
     if route == Route::Dashboard {
         let mut r = Response::new(FrontBody::from(Bytes::from_static(page::HTML.as_bytes())));
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(page::CSP));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(page::CSP),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return r;
     }
@@ -412,7 +418,10 @@ async fn dashboard(
     let stream = EventStream::new(d.subscribe(), EventStream::shutdown_of(d));
     let mut r = Response::new(FrontBody::Events(Box::new(stream)));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
