@@ -1,7 +1,8 @@
 //! The admin socket: HTTP/1.1 over `RUNTIME_DIR/admin.sock` (mode 0600), for the CLI's
 //! `status`, `stop`, `reload`, `upgrade` and `restart-worker`.
 //!
-//! `GET /workers` answers from the pool's atomics; `POST /workers/{id}/restart` calls the pool;
+//! `GET /workers` answers from the pool's atomics; `GET /snapshot` is the live view's snapshot
+//! (`crate::dashboard`, behind `supervisor top`); `POST /workers/{id}/restart` calls the pool;
 //! `POST /reload` and `POST /stop` go to the `start` main loop as `ControlCommand`s, because
 //! reloading means re-reading and validating the config file, which the main loop owns.
 //! `POST /reload` answers 200 when applied (or unchanged), 422 with every located problem in
@@ -10,6 +11,7 @@
 //! Access control is the file mode: only the owner can connect.
 
 use crate::control::{ControlCommand, ReloadError};
+use crate::dashboard::Dashboard;
 use crate::pool::{Pool, WorkerStatus};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
@@ -57,6 +59,7 @@ pub async fn serve_on(
     pool: Arc<Pool>,
     listen: SocketAddr,
     control: mpsc::Sender<ControlCommand>,
+    dashboard: Arc<Dashboard>,
     mut shutdown: Shutdown,
 ) {
     let mut conns = JoinSet::new();
@@ -73,11 +76,11 @@ pub async fn serve_on(
                         continue;
                     }
                 };
-                let (pool, control) = (pool.clone(), control.clone());
+                let (pool, control, dash) = (pool.clone(), control.clone(), dashboard.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let (pool, control) = (pool.clone(), control.clone());
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, &pool, listen, &control).await) }
+                        let (pool, control, dash) = (pool.clone(), control.clone(), dash.clone());
+                        async move { Ok::<_, std::convert::Infallible>(handle(req, &pool, listen, &control, &dash).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
@@ -92,6 +95,7 @@ async fn handle(
     pool: &Pool,
     listen: SocketAddr,
     control: &mpsc::Sender<ControlCommand>,
+    dashboard: &Arc<Dashboard>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -103,6 +107,11 @@ async fn handle(
             };
             json(StatusCode::OK, &report)
         }
+        // The live view's snapshot, for `supervisor top` (`crate::dashboard`).
+        (&Method::GET, ["snapshot"]) => Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(dashboard.snapshot().await))
+            .expect("static response parts are valid"),
         (&Method::POST, ["reload"]) => {
             let (tx, rx) = oneshot::channel();
             if control.send(ControlCommand::Reload(tx)).await.is_err() {
@@ -178,7 +187,11 @@ async fn handle(
                 Err(e) => error(StatusCode::CONFLICT, &e),
             }
         }
-        (_, ["workers"] | ["reload"] | ["stop"] | ["upgrade"] | ["workers", _, "restart"]) => {
+        (
+            _,
+            ["workers"] | ["snapshot"] | ["reload"] | ["stop"] | ["upgrade"]
+            | ["workers", _, "restart"],
+        ) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
@@ -260,7 +273,15 @@ mod tests {
             stops
         });
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let server = tokio::spawn(serve_on(listener, pool.clone(), listen, control, shutdown));
+        let dash = Dashboard::new(pool.worker_slots());
+        let server = tokio::spawn(serve_on(
+            listener,
+            pool.clone(),
+            listen,
+            control,
+            dash,
+            shutdown,
+        ));
         let ask = |method: &'static str, path: &'static str| {
             let sock = sock.clone();
             tokio::task::spawn_blocking(move || {
@@ -306,6 +327,10 @@ mod tests {
         }
         assert_eq!(ask("POST", "/workers/9/restart").await.unwrap().status, 404);
         assert_eq!(ask("GET", "/nope").await.unwrap().status, 404);
+        let r = ask("GET", "/snapshot").await.unwrap();
+        assert_eq!(r.status, 200);
+        let snap: crate::dashboard::Snapshot = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(snap.workers.len(), 1, "{}", r.body);
         assert_eq!(ask("GET", "/stop").await.unwrap().status, 405);
         let r = ask("POST", "/reload").await.unwrap();
         assert_eq!(r.status, 422);

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod control;
+pub mod dashboard;
 pub mod events;
 pub mod fifo;
 pub mod front;

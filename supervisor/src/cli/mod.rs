@@ -4,6 +4,7 @@ pub mod check_config;
 pub mod control;
 pub mod start;
 pub mod status;
+pub mod top;
 
 use crate::logging::LogFormat;
 use clap::{Args, Parser, Subcommand};
@@ -99,6 +100,8 @@ pub enum Command {
     Upgrade(TargetArgs),
     /// Summarise the usage ledger: tokens and cost by client, model, provider or day.
     Usage(crate::usage::cli::UsageArgs),
+    /// A live terminal view of workers, providers and request rates; q quits.
+    Top(TargetArgs),
     /// Run one worker (used by the supervisor itself).
     #[command(hide = true)]
     Worker(gateway_worker::cli::WorkerArgs),
@@ -114,6 +117,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Reload(c) => control::reload(&c),
         Command::Upgrade(c) => control::upgrade(&c),
         Command::RestartWorker(a) => control::restart_worker(&a.target, a.id),
+        Command::Top(a) => top::run(&a),
         Command::Usage(a) => crate::usage::cli::run(&a),
         Command::Worker(args) => gateway_worker::cli::run(args),
     }

@@ -485,13 +485,15 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let ctx = front_context(&pool, metrics, registry, limits);
+    let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
+    let ctx = front_context(&pool, metrics, registry, limits, dashboard.clone());
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
         pool.clone(),
         prep.listen,
         prep.control_tx.clone(),
+        dashboard,
         shutdown.clone(),
     ));
     // Saving the file applies it as SIGHUP would; the built-in config has no file to watch.
@@ -529,8 +531,10 @@ fn front_context(
     metrics: SupervisorMetrics,
     registry: prometheus_client::registry::Registry,
     limits: Arc<front::limits::Book>,
+    dashboard: Arc<crate::dashboard::Dashboard>,
 ) -> FrontContext {
     FrontContext {
+        dashboard,
         slots: pool.worker_slots(),
         config: pool.live_config(),
         metrics,
@@ -850,7 +854,8 @@ mod tests {
         use crate::pool::tests::{config, fixture};
         let f = fixture(config(1, "ok"));
         let (metrics, registry) = SupervisorMetrics::new();
-        let ctx = front_context(&f.pool, metrics, registry, Default::default());
+        let dash = crate::dashboard::Dashboard::new(f.pool.worker_slots());
+        let ctx = front_context(&f.pool, metrics, registry, Default::default(), dash);
         f.pool.scale_by(1);
         assert_eq!(f.pool.status().len(), 2);
         assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");

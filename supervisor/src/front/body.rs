@@ -36,6 +36,8 @@ pub enum FrontBody {
     Waiting(Box<Waiting>),
     /// An answer to a request whose upload was refused, draining the rest of the upload.
     Drain(Box<gateway::upload::Drain<Incoming>>),
+    /// The dashboard's SSE stream of snapshots.
+    Events(Box<crate::dashboard::EventStream>),
 }
 
 impl FrontBody {
@@ -63,7 +65,7 @@ impl Default for FrontBody {
 }
 
 // The dispatch to the variants is the relay layer's, shared with the worker.
-gateway::body_enum!(FrontBody: full Full, Forwarded, Waiting, Drain);
+gateway::body_enum!(FrontBody: full Full, Forwarded, Waiting, Drain, Events);
 
 /// One request's record: counted and logged when dropped, i.e. when its response has ended.
 /// The optional parts are filled in as the request gets that far, and left out of the access
@@ -128,7 +130,8 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        self.meters.finished(self.route, self.status, elapsed);
+        self.meters
+            .finished(self.route, self.status, elapsed, self.first_byte);
         if let Some(t) = self.trace.take() {
             self.trace_end(t);
         }

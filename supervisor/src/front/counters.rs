@@ -6,11 +6,12 @@
 //! almost every status is one of a dozen, so each (route, status) counter handle is looked up once
 //! and kept in a `OnceLock` table; rare statuses fall back to the family.
 
+use crate::dashboard::tally::Tally;
 use crate::metrics::{RequestLabels, SupervisorMetrics};
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every `path` label the front uses: the routes, and `other` for everything unknown (so a
@@ -31,6 +32,9 @@ pub const ROUTE_LABELS: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/dashboard",
+    "/dashboard/snapshot",
+    "/dashboard/events",
     "other",
 ];
 
@@ -79,20 +83,31 @@ impl RequestCounters {
 pub struct RequestMeters {
     counters: RequestCounters,
     metrics: SupervisorMetrics,
+    /// The dashboard's counters (`crate::dashboard::tally`).
+    tally: Arc<Tally>,
 }
 
 impl RequestMeters {
-    pub fn new(metrics: SupervisorMetrics) -> Self {
+    pub fn new(metrics: SupervisorMetrics, tally: Arc<Tally>) -> Self {
         Self {
             counters: RequestCounters::default(),
             metrics,
+            tally,
         }
     }
 
-    /// Counts one request of `route` answered with `code` after `elapsed`.
-    pub fn finished(&self, route: &'static str, code: u16, elapsed: Duration) {
+    /// Counts one request of `route` answered with `code` after `elapsed` (`ttfb`: its first
+    /// byte, when a worker's body was relayed).
+    pub fn finished(
+        &self,
+        route: &'static str,
+        code: u16,
+        elapsed: Duration,
+        ttfb: Option<Duration>,
+    ) {
         self.counters.inc(&self.metrics, route, code);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        self.tally.finished(route, code, elapsed, ttfb);
     }
 }
 

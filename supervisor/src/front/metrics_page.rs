@@ -142,7 +142,7 @@ pub async fn render(shared: &Shared) -> Bytes {
 }
 
 /// One worker's metrics text, or `None` when it did not answer well within the timeout.
-async fn scrape(shared: &Shared, slot: &WorkerSlot) -> Option<(usize, String)> {
+pub(crate) async fn scrape(shared: &Shared, slot: &WorkerSlot) -> Option<(usize, String)> {
     let fetch = shared.conns.get(slot, "/metrics", MAX_WORKER_METRICS);
     let bytes = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
         .await

@@ -62,6 +62,8 @@ pub struct FrontContext {
     pub registry: Arc<Registry>,
     /// The clients' limit counters, shared with the usage receiver that settles them.
     pub limits: Arc<limits::Book>,
+    /// The live view's data source (`crate::dashboard`), shared with the admin socket.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -118,6 +120,7 @@ pub struct Shared {
     /// Counters of finished requests; shared with every response body still streaming.
     pub meters: Arc<counters::RequestMeters>,
     pub ids: counters::RequestIds,
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
     /// Every client's rpm / tpm / budget counters, by name, for the supervisor's life.
@@ -128,7 +131,10 @@ pub struct Shared {
 impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
-        let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
+        let meters = Arc::new(counters::RequestMeters::new(
+            ctx.metrics.clone(),
+            ctx.dashboard.tally.clone(),
+        ));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None, &ctx.limits)),
             limits: ctx.limits,
@@ -142,6 +148,7 @@ impl Shared {
             models: Default::default(),
             meters,
             ids: Default::default(),
+            dashboard: ctx.dashboard,
             bound,
         }
     }
@@ -177,8 +184,10 @@ mod settings_tests {
 
     fn shared(cfg: Arc<Config>) -> Shared {
         let (metrics, registry) = SupervisorMetrics::new();
+        let slots = Arc::new(WorkerSlots::new(vec![]));
         let ctx = FrontContext {
-            slots: Arc::new(WorkerSlots::new(vec![])),
+            dashboard: crate::dashboard::Dashboard::new(slots.clone()),
+            slots,
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),

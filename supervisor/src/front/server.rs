@@ -45,6 +45,11 @@ enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// `GET /dashboard`: the page (no data, no token).
+    Dashboard,
+    /// `GET /dashboard/snapshot` and `/dashboard/events`: its data, behind the `/v1` token.
+    DashboardSnapshot,
+    DashboardEvents,
     Unknown,
 }
 
@@ -78,6 +83,9 @@ fn route(method: &Method, path: &str) -> Route {
         "/healthz" => get(Route::Healthz),
         "/readyz" => get(Route::Readyz),
         "/metrics" => get(Route::Metrics),
+        "/dashboard" | "/dashboard/" => get(Route::Dashboard),
+        "/dashboard/snapshot" => get(Route::DashboardSnapshot),
+        "/dashboard/events" => get(Route::DashboardEvents),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => get(Route::Model),
         p if p.starts_with("/v1/health/models/") && p.len() > "/v1/health/models/".len() => {
             fwd_get("/v1/health/models/{model}")
@@ -95,6 +103,9 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::Dashboard => "/dashboard",
+            Route::DashboardSnapshot => "/dashboard/snapshot",
+            Route::DashboardEvents => "/dashboard/events",
             Route::Unknown => "other",
         }
     }
@@ -106,6 +117,9 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: FrontContext, mut shutd
         .local_addr()
         .unwrap_or_else(|_| ctx.config.load().server.listen);
     let shared = Arc::new(Shared::new(ctx, bound));
+    shared
+        .dashboard
+        .bind_front(Arc::downgrade(&shared), shutdown.clone());
     let refresher = tokio::spawn(super::models_cache::ModelListCache::run_refresher(
         shared.clone(),
     ));
@@ -324,6 +338,9 @@ async fn answer_locally(
             r.headers_mut().insert(header::CONTENT_TYPE, ct);
             r
         }
+        Route::Dashboard | Route::DashboardSnapshot | Route::DashboardEvents => {
+            dashboard(shared, settings, req, route).await
+        }
         Route::Models => {
             let body = shared.models.get(cfg, &settings.floor_models);
             json(
@@ -367,6 +384,47 @@ fn models_for<B>(
         Ok(v) => Bytes::from(shape(&v).to_string()),
         Err(_) => body,
     }
+}
+
+/// The dashboard's page, or its data once the `/v1` token checks out (admission proper, the
+/// Host, Origin and CORS rules, has already run: it is the same for every route).
+async fn dashboard(
+    shared: &Shared,
+    settings: &Settings,
+    req: &Request<Incoming>,
+    route: Route,
+) -> Response<FrontBody> {
+    use crate::dashboard::{page, EventStream};
+    if route == Route::Dashboard {
+        let mut r = Response::new(FrontBody::from(Bytes::from_static(page::HTML.as_bytes())));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(page::CSP),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
+    if settings.admission.tokens.check(req.headers()).is_none() {
+        return gateway::admission::Refusal::Token.into_response(Dialect::OpenAi);
+    }
+    let d = &shared.dashboard;
+    if route == Route::DashboardSnapshot {
+        return json(StatusCode::OK, d.snapshot().await);
+    }
+    let stream = EventStream::new(d.subscribe(), EventStream::shutdown_of(d));
+    let mut r = Response::new(FrontBody::Events(Box::new(stream)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn text(status: StatusCode, s: &'static str) -> Response<FrontBody> {

@@ -231,6 +231,7 @@ impl Harness {
         let addr = l.local_addr().unwrap();
         let (trigger, sd) = shutdown::channel();
         let ctx = FrontContext {
+            dashboard: crate::dashboard::Dashboard::new(slots.clone()),
             slots: slots.clone(),
             config: config.clone(),
             metrics: metrics.clone(),

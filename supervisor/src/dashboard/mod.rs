@@ -1,0 +1,330 @@
+//! The live view's one data source: a [`Snapshot`] of workers, providers and request rates,
+//! taken once a second by ONE sampler task while anyone watches, shared by every viewer.
+//!
+//! ```text
+//!  /dashboard/events (SSE) ─┐ subscribe           ┌─ Tally (atomics, RequestRecord::drop)
+//!  /dashboard/snapshot ─────┼─ touch ─► sampler ──┼─ WorkerSlots (atomics)
+//!  admin GET /snapshot ─────┘    (1/s)  │         └─ workers' /metrics (≤500 ms, skipped if slow)
+//!                                       └─► watch channel: the latest JSON, one value (bounded)
+//! ```
+//!
+//! Cost: with nobody watching there is no task at all; each request pays four relaxed atomic
+//! adds in `Tally`. The sampler starts on the first subscriber or one-shot request and ends
+//! [`LINGER`] after the last SSE subscriber left and the last one-shot request was made, or
+//! on shutdown. Twenty dashboards share one sample and one serialisation per second.
+
+pub mod page;
+pub mod snapshot;
+pub mod tally;
+
+pub use snapshot::Snapshot;
+
+use crate::front::Shared;
+use crate::pool::WorkerSlots;
+use crate::shutdown::Shutdown;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use tally::{Counts, Tally};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How much rate history a snapshot carries (one point per second).
+pub const HISTORY_SECONDS: usize = 300;
+/// The window of the latency quantiles, in samples.
+const QUANTILE_WINDOW: usize = 60;
+/// How long the sampler outlives its last viewer (a `top` polling once a second keeps it on).
+pub const LINGER: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_secs(1);
+
+/// The hub: counters written on the request path, and the sampler's latest snapshot.
+pub struct Dashboard {
+    slots: Arc<WorkerSlots>,
+    /// Written by every finished request (`front::counters::RequestMeters`).
+    pub tally: Arc<Tally>,
+    /// The front listener's state (for scraping workers) and its shutdown; set once by the
+    /// front when it starts. Weak: the front owns itself, the dashboard only looks.
+    front: OnceLock<(Weak<Shared>, Shutdown)>,
+    /// The latest snapshot as JSON; `None` while no sampler runs.
+    latest: watch::Sender<Option<Bytes>>,
+    /// Whether the sampler task exists. Set by whoever spawns it, cleared by it as it ends.
+    running: AtomicBool,
+    /// Unix ms of the last one-shot request (`snapshot`), which keeps the sampler for [`LINGER`].
+    touched_ms: AtomicU64,
+    /// The moment `touched_ms` counts from.
+    epoch: Instant,
+}
+
+impl Dashboard {
+    pub fn new(slots: Arc<WorkerSlots>) -> Arc<Self> {
+        Arc::new(Self {
+            slots,
+            tally: Default::default(),
+            front: OnceLock::new(),
+            latest: watch::Sender::new(None),
+            running: AtomicBool::new(false),
+            touched_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Called once by the front listener: where to scrape workers, and when to stop.
+    pub fn bind_front(&self, shared: Weak<Shared>, shutdown: Shutdown) {
+        let _ = self.front.set((shared, shutdown));
+    }
+
+    /// A stream of snapshots (one a second) for an SSE viewer; it keeps the sampler running.
+    pub fn subscribe(self: &Arc<Self>) -> watch::Receiver<Option<Bytes>> {
+        let rx = self.latest.subscribe();
+        self.ensure_running();
+        rx
+    }
+
+    /// The latest snapshot as JSON (taken now when no sampler has run yet). Keeps the sampler
+    /// running for [`LINGER`], so the next call a second later has rates.
+    pub async fn snapshot(self: &Arc<Self>) -> Bytes {
+        self.touched_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+        self.ensure_running();
+        if let Some(b) = self.latest.borrow().clone() {
+            return b;
+        }
+        let mut history = Samples::default();
+        let s = self.sample(&mut history).await;
+        Bytes::from(serde_json::to_vec(&s).unwrap_or_default())
+    }
+
+    fn ensure_running(self: &Arc<Self>) {
+        if !self.running.swap(true, Relaxed) {
+            tokio::spawn(self.clone().run());
+        }
+    }
+
+    fn wanted(&self) -> bool {
+        let idle_ms =
+            (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.touched_ms.load(Relaxed));
+        self.latest.receiver_count() > 0 || idle_ms < LINGER.as_millis() as u64
+    }
+
+    /// The sampler: one snapshot a second until nobody wants them (or shutdown).
+    async fn run(self: Arc<Self>) {
+        let mut shutdown = self.front.get().map(|(_, s)| s.clone());
+        let mut history = Samples::default();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = async { match shutdown.as_mut() { Some(s) => s.wait().await, None => std::future::pending().await } } => break,
+            }
+            let s = self.sample(&mut history).await;
+            let json = Bytes::from(serde_json::to_vec(&s).unwrap_or_default());
+            self.latest.send_replace(Some(json));
+            if self.wanted() {
+                continue;
+            }
+            // Nobody watches: end, unless a viewer arrived between the check and the flag (it
+            // then saw `running` set and spawned nothing, so this task carries on for it).
+            self.latest.send_replace(None);
+            self.running.store(false, Relaxed);
+            if !self.wanted() || self.running.swap(true, Relaxed) {
+                return;
+            }
+        }
+        self.latest.send_replace(None);
+        self.running.store(false, Relaxed);
+    }
+
+    /// Takes one snapshot, appending to `history`.
+    async fn sample(&self, history: &mut Samples) -> Snapshot {
+        let slots = self.slots.load();
+        let workers = slots.iter().map(|s| worker_row(s)).collect();
+        let mut acc = BTreeMap::new();
+        if let Some(shared) = self.front.get().and_then(|(w, _)| w.upgrade()) {
+            let scrapes = slots
+                .iter()
+                .map(|s| crate::front::metrics_page::scrape(&shared, s));
+            for (_, text) in futures_util::future::join_all(scrapes)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                snapshot::add_worker_metrics(&mut acc, &text);
+            }
+        }
+        let providers: Vec<_> = acc.into_iter().map(|(n, a)| a.into_row(n)).collect();
+        let now = Sample {
+            at: Instant::now(),
+            requests: self.tally.requests.load(Relaxed),
+            errors: self.tally.errors.load(Relaxed),
+            tokens: providers.iter().map(|p| p.tokens).sum(),
+            latency: self.tally.latency.counts(),
+            ttfb: self.tally.ttfb.counts(),
+        };
+        let cost_usd = providers.iter().map(|p| p.cost_usd).sum();
+        let (totals, hist) = history.push(now, cost_usd);
+        Snapshot {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            workers,
+            providers,
+            totals,
+            history: hist,
+        }
+    }
+}
+
+fn worker_row(s: &crate::pool::WorkerSlot) -> snapshot::WorkerRow {
+    let pid = s.pid.load(Relaxed);
+    let age = s.heartbeat_age_ms.load(Relaxed);
+    snapshot::WorkerRow {
+        id: s.id,
+        pid: (pid != 0).then_some(pid),
+        state: s.state().as_str().to_string(),
+        inflight: s.inflight.load(Relaxed),
+        served: s.served.load(Relaxed),
+        restarts: s.restarts.load(Relaxed),
+        rss_bytes: s.rss_bytes.load(Relaxed),
+        heartbeat_age_ms: (age != u64::MAX).then_some(age),
+    }
+}
+
+/// The counters at one sample.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    tokens: u64,
+    latency: Counts,
+    ttfb: Counts,
+}
+
+/// The sampler's ring of samples: at most `HISTORY_SECONDS + 1`, about 100 KB.
+#[derive(Default)]
+struct Samples(VecDeque<Sample>);
+
+impl Samples {
+    /// Adds `now`; returns the totals and the per-second rate history.
+    fn push(&mut self, now: Sample, cost_usd: f64) -> (snapshot::Totals, snapshot::History) {
+        if self.0.len() > HISTORY_SECONDS {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+        let rate = |a: &Sample, b: &Sample, f: fn(&Sample) -> u64| {
+            let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-3);
+            f(b).saturating_sub(f(a)) as f64 / secs
+        };
+        let pairs = || self.0.iter().zip(self.0.iter().skip(1));
+        let history = snapshot::History {
+            requests_per_s: pairs().map(|(a, b)| rate(a, b, |s| s.requests)).collect(),
+            errors_per_s: pairs().map(|(a, b)| rate(a, b, |s| s.errors)).collect(),
+        };
+        let base =
+            (self.0.len() > 1).then(|| self.0[self.0.len().saturating_sub(QUANTILE_WINDOW + 1)]);
+        let lat = base.map_or(now.latency, |b| now.latency.since(&b.latency));
+        let ttfb = base.map_or(now.ttfb, |b| now.ttfb.since(&b.ttfb));
+        let prev = (self.0.len() > 1).then(|| self.0[self.0.len() - 2]);
+        let per_s = |f: fn(&Sample) -> u64| prev.map_or(0.0, |p| rate(&p, &now, f));
+        let totals = snapshot::Totals {
+            requests: now.requests,
+            errors: now.errors,
+            requests_per_s: per_s(|s| s.requests),
+            errors_per_s: per_s(|s| s.errors),
+            p50_ms: lat.quantile_ms(0.5),
+            p99_ms: lat.quantile_ms(0.99),
+            ttfb_p50_ms: ttfb.quantile_ms(0.5),
+            ttfb_p99_ms: ttfb.quantile_ms(0.99),
+            tokens: now.tokens,
+            tokens_per_s: per_s(|s| s.tokens),
+            cost_usd,
+        };
+        (totals, history)
+    }
+}
+
+/// The SSE body of `GET /dashboard/events`: one `data:` event per snapshot, ending on
+/// shutdown (so an open dashboard never holds up a graceful stop).
+pub struct EventStream(futures_util::stream::BoxStream<'static, Bytes>);
+
+impl EventStream {
+    pub fn new(rx: watch::Receiver<Option<Bytes>>, shutdown: Option<Shutdown>) -> Self {
+        let state = (rx, shutdown, true);
+        let s =
+            futures_util::stream::unfold(state, |(mut rx, mut shutdown, mut first)| async move {
+                loop {
+                    if !first {
+                        let stop = async {
+                            match shutdown.as_mut() {
+                                Some(s) => s.wait().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            r = rx.changed() => if r.is_err() { return None },
+                            _ = stop => return None,
+                        }
+                    }
+                    first = false;
+                    let latest = rx.borrow_and_update().clone();
+                    if let Some(json) = latest {
+                        let text = std::str::from_utf8(&json).unwrap_or("{}");
+                        let frame = Bytes::from(gateway::sse::frame("", text));
+                        return Some((frame, (rx, shutdown, first)));
+                    }
+                }
+            });
+        Self(Box::pin(s))
+    }
+
+    pub fn shutdown_of(d: &Dashboard) -> Option<Shutdown> {
+        d.front.get().map(|(_, s)| s.clone())
+    }
+}
+
+impl hyper::body::Body for EventStream {
+    type Data = Bytes;
+    type Error = gateway::relay::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use futures_util::StreamExt;
+        self.0
+            .poll_next_unpin(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_sampler_while_watched_none_when_idle() {
+        let d = Dashboard::new(Arc::new(WorkerSlots::new(vec![])));
+        assert!(!d.running.load(Relaxed), "no task before anyone watches");
+        let mut a = d.subscribe();
+        let _b = d.subscribe();
+        assert!(d.running.load(Relaxed));
+        a.changed().await.unwrap();
+        d.tally
+            .finished("/v1/chat/completions", 200, Duration::from_millis(3), None);
+        a.changed().await.unwrap();
+        let s: Snapshot = serde_json::from_slice(a.borrow().as_ref().unwrap()).unwrap();
+        assert_eq!(s.totals.requests, 1);
+        assert_eq!(s.history.requests_per_s.len(), 1);
+        drop(a);
+        drop(_b);
+        tokio::time::sleep(LINGER + TICK * 3).await;
+        assert!(
+            !d.running.load(Relaxed),
+            "the sampler ends once nobody watches"
+        );
+        assert!(d.latest.borrow().is_none());
+    }
+}
