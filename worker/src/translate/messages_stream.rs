@@ -317,7 +317,13 @@ impl Encode for Encoder {
                             "arguments for tool call {call}, which never started"
                         ))
                     })?;
-                Self::delta(out, index, DeltaBody::InputJsonDelta { partial_json: delta });
+                Self::delta(
+                    out,
+                    index,
+                    DeltaBody::InputJsonDelta {
+                        partial_json: delta,
+                    },
+                );
             }
             Event::Finish { stop, usage } => {
                 self.close(out);
