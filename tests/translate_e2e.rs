@@ -665,3 +665,167 @@ fn count_tokens_answers_for_every_model() {
     let r = http::post_json(w.addr, "/v1/messages/count_tokens", &body("nope")).unwrap();
     assert_eq!(r.status, 404, "an unknown model stays a 404");
 }
+
+/// A candidate whose API cannot express the request is skipped before it is contacted, and a
+/// later candidate that serves it answers; only when no candidate can serve it is it the
+/// client's 400 naming the field. (Native candidates come first, so the skip matters between
+/// translated ones: a Messages client's `stop_sequences` has no Responses equivalent but is
+/// Chat's `stop`.)
+#[test]
+fn an_untranslatable_candidate_is_skipped_for_one_that_serves_it() {
+    let up = Upstream::start();
+    up.strict();
+    let tail = format!(
+        "{}\n[[models]]\nname = \"mix\"\ntargets = [\"p-resp/m-resp\", \"p-chat/m-chat\"]\n\
+         \n[[models]]\nname = \"anth\"\ntargets = [\"p-msg/m-msg\", \"p-chat/m-chat\"]\n\
+         \n[[models]]\nname = \"none\"\ntargets = [\"p-msg/m-msg\", \"p-resp/m-resp\"]\n",
+        providers(&up)
+    );
+    let w = Worker::start(&worker::config(&tail), &[]);
+    for stream in [false, true] {
+        up.enqueue(
+            "/v1/chat/completions",
+            dialects::answer(
+                Api::Chat,
+                "m-chat",
+                &Answer::Text("via chat".into()),
+                stream,
+            ),
+        );
+        let mut b = client_body(Api::Messages, "mix", stream, false);
+        b["stop_sequences"] = json!(["END"]);
+        let r = post(w.addr, Api::Messages, &b);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-gateway-provider"), Some("p-chat"));
+        assert_eq!(
+            r.header("x-gateway-attempts"),
+            Some("1"),
+            "a skip is no attempt"
+        );
+        assert_eq!(r.header("x-gateway-translated"), Some("messages->chat"));
+        let got = if stream {
+            read_sse(Api::Messages, &r.text())
+        } else {
+            read_json(Api::Messages, &r.json())
+        };
+        assert_eq!(got.text, "via chat");
+        assert_eq!(got.model, "mix");
+    }
+    // The alias of the issue: an Anthropic candidate and a Chat one, for a Chat client's `n: 2`.
+    up.enqueue(
+        "/v1/chat/completions",
+        dialects::answer(Api::Chat, "m-chat", &Answer::Text("native".into()), false),
+    );
+    let mut b = client_body(Api::Chat, "anth", false, false);
+    b["n"] = json!(2);
+    let r = post(w.addr, Api::Chat, &b);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-gateway-provider"), Some("p-chat"));
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 3, "only the Chat candidate was contacted");
+    assert!(reqs.iter().all(|r| r.path == "/v1/chat/completions"));
+    assert_eq!(reqs[0].json()["stop"], json!(["END"]));
+    assert_eq!(reqs[2].json()["n"], 2);
+    // No candidate can express `n: 2`: the 400 names it, and nothing was contacted.
+    let mut b = client_body(Api::Chat, "none", true, false);
+    b["n"] = json!(2);
+    let r = post(w.addr, Api::Chat, &b);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error_message().contains("`n`"), "{}", r.text());
+    assert_eq!(up.request_count(), 3);
+}
+
+/// A translated stream that waited for a provider permit (its 200 went out with keep-alive
+/// pings before the provider was settled) is still labelled `x-gateway-translated`: the front's
+/// access log says `translated`.
+#[test]
+fn a_translated_stream_that_waited_for_a_permit_is_still_labelled() {
+    let up = Upstream::start();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+auth_token_env = ""
+stream_ping_interval = "200ms"
+
+[pool]
+workers = 1
+base_port = 0
+runtime_dir = "{{RUNTIME_DIR}}"
+heartbeat_interval = "200ms"
+heartbeat_timeout = "2s"
+startup_timeout = "10s"
+shutdown_timeout = "3s"
+queue_timeout = "20s"
+
+[health]
+probe_interval = "0s"
+{}"#,
+        worker::openai_provider(
+            "p-chat",
+            &up.url("/v1"),
+            r#"["m-chat"]"#,
+            "",
+            "apis = [\"chat\"]\nmax_concurrency = 1"
+        )
+    );
+    let env = TestEnv::new(&config);
+    let mut cmd = env.supervisor(&["start", "--log-format", "json"]);
+    cmd.env("RUST_LOG", "info");
+    let mut guard = ChildGuard::spawn(cmd);
+    let ready = guard
+        .wait_event("ready", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no ready line; stderr:\n{}", guard.stderr()));
+    let listen = ready["listen"].as_str().unwrap().parse().unwrap();
+    let run = Running {
+        guard,
+        ready,
+        listen,
+    };
+    // The first request holds the provider's one permit until the gate opens.
+    let gate = support::upstream::Gate::new();
+    up.enqueue(
+        "/v1/chat/completions",
+        dialects::answer(Api::Chat, "m-chat", &Answer::Text("first".into()), false)
+            .wait_headers(&gate),
+    );
+    up.enqueue(
+        "/v1/chat/completions",
+        dialects::answer(
+            Api::Chat,
+            "m-chat",
+            &Answer::Text("after the wait".into()),
+            true,
+        ),
+    );
+    let first = {
+        let b = client_body(Api::Messages, "m-chat", false, false);
+        let addr = run.listen;
+        std::thread::spawn(move || post(addr, Api::Messages, &b))
+    };
+    assert!(up.wait_requests(1, Duration::from_secs(10)));
+    let mut s = Stream::post_json(
+        run.listen,
+        "/v1/messages",
+        &client_body(Api::Messages, "m-chat", true, false),
+    )
+    .unwrap();
+    assert_eq!(s.status, 200);
+    let id = s.header("x-request-id").unwrap().to_string();
+    s.read_until("event: ping").unwrap();
+    gate.open();
+    let body = s.read_to_end().expect("a clean end");
+    let got = read_sse(Api::Messages, &String::from_utf8_lossy(&body));
+    assert_eq!(got.text, "after the wait");
+    assert_eq!(first.join().unwrap().status, 200);
+    let mut access = None;
+    wait_until(Duration::from_secs(10), || {
+        access = run.guard.stderr().lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["target"] == "access" && v["request_id"] == id.as_str()).then_some(v)
+        });
+        access.is_some()
+    });
+    let access = access.unwrap_or_else(|| panic!("no access line:\n{}", run.guard.stderr()));
+    assert_eq!(access["translated"], "messages->chat", "{access}");
+}

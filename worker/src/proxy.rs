@@ -28,7 +28,11 @@
 //! with `max_concurrency` makes requests wait for a permit for up to `pool.queue_timeout`; a
 //! streaming request that waits longer than `server.stream_ping_interval` gets its 200 at once
 //! with keep-alive pings (`body::waiting_response`) while the rest of this loop runs inside its
-//! body.
+//! body; that head carries `x-gateway-translated` when every candidate still in play would
+//! translate the same way (the provider that serves is only known later).
+//! A candidate whose API cannot express the request (a translation 400) is skipped before it
+//! is contacted, without counting as an attempt; the client gets that 400 only when no other
+//! candidate serves the request.
 //! Header hygiene (`gateway::headers`): the client's credentials, cookies and origin are never
 //! forwarded (the provider's own key replaces them); only an allow-list of the provider's
 //! headers comes back, and the provider's key is redacted from those and from every error body.
@@ -59,7 +63,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-use translated::{mark_translated, translated_back, translated_request, Translation};
+use translated::{
+    mark_translated, translated_back, translated_label, translated_request, Translation,
+};
 use upstream::{error_response, send};
 
 /// The request being forwarded: what every attempt needs. Owned, so that the attempts can go
@@ -198,11 +204,13 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
             }
         }
     }
-    if r.attempts > 0 {
+    // Skipped candidates (their API cannot express the request) are never picked again.
+    let open = || (0..n).filter(|i| r.tried[*i] != Tried::Spent);
+    if r.attempts > 0 || open().next().is_none() {
         return Ok(None);
     }
     // Everything is blocked before the first attempt: see the module docs.
-    let least_cooling = (0..n)
+    let least_cooling = open()
         .filter(|i| p(*i).breaker.state() == CircuitState::Closed)
         .min_by_key(|i| p(*i).breaker.blocked_for());
     if let Some(index) = least_cooling {
@@ -212,11 +220,11 @@ fn pick(r: &Run) -> Result<Option<Pick>, ApiError> {
             trial: TrialHold(None),
         }));
     }
-    let wait = (0..n)
+    let wait = open()
         .map(|i| p(i).breaker.blocked_for())
         .min()
         .unwrap_or_default();
-    let names: Vec<&str> = (0..n).map(|i| p(i).name()).collect();
+    let names: Vec<&str> = open().map(|i| p(i).name()).collect();
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     Err(ApiError::new(
         ErrorKind::Unavailable,
@@ -251,8 +259,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             }
             let (body, tr) = match upstream_body(&r.req, &target, &provider) {
                 Ok(b) => b,
-                // Before any provider is contacted: the client's 400, naming the field.
-                Err(e) => return e.to_response(dialect),
+                // This candidate cannot take the request (a field its API cannot express):
+                // skipped before it is contacted, and not an attempt. The client gets this 400,
+                // naming the field, only if no later candidate serves the request.
+                Err(e) => {
+                    r.tried[ci] = Tried::Spent;
+                    if r.last.is_none() {
+                        r.last = Some(e.to_response(dialect));
+                    }
+                    continue;
+                }
             };
             // A native stream that reports its tokens (the client does not see the chunk it did
             // not ask for). A translated stream's usage follows the client's own request.
@@ -280,8 +296,13 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                     drop(pick);
                     r.in_body = true;
                     let interval = r.table.limits.ping_interval;
+                    let label = waiting_label(&r);
                     let rest = attempts(r, guard);
-                    return crate::body::waiting_response(dialect, interval, rest);
+                    let mut resp = crate::body::waiting_response(dialect, interval, rest);
+                    if let Some(v) = label {
+                        resp.headers_mut().insert(headers::TRANSLATED_HEADER, v);
+                    }
+                    return resp;
                 }
             };
             r.tried[ci] = Tried::Spent;
@@ -344,6 +365,24 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
         })
     })
+}
+
+/// The `x-gateway-translated` label of a head sent before its provider is settled (pings while
+/// waiting for a permit): the translation every candidate still in play would make, when they
+/// agree; `None` when they are native or mixed (then which one serves is not known yet).
+fn waiting_label(r: &Run) -> Option<header::HeaderValue> {
+    let mut routes = (0..r.candidates.len())
+        .filter(|i| r.tried[*i] != Tried::Spent)
+        .map(|i| {
+            r.table.providers[r.candidates[i].provider]
+                .route(r.req.endpoint)
+                .unwrap_or(Route::Native)
+        });
+    let first = routes.next()?;
+    match first {
+        Route::Translate { from, to } if routes.all(|x| x == first) => translated_label(from, to),
+        _ => None,
+    }
 }
 
 /// The body sent to the provider: translated for a provider of another API, else the client's

@@ -85,18 +85,21 @@ pub(super) fn mark_translated(
     mut resp: Response<ResBody>,
     tr: Option<&Translation>,
 ) -> Response<ResBody> {
-    if let Some(t) = tr {
-        let v = format!(
-            "{}->{}",
-            Endpoint::of_api(t.from).api_name(),
-            Endpoint::of_api(t.to).api_name()
-        );
-        if let Ok(v) = HeaderValue::try_from(v) {
-            resp.headers_mut()
-                .insert(gateway::headers::TRANSLATED_HEADER, v);
-        }
+    if let Some(v) = tr.and_then(|t| translated_label(t.from, t.to)) {
+        resp.headers_mut()
+            .insert(gateway::headers::TRANSLATED_HEADER, v);
     }
     resp
+}
+
+/// The `FROM->TO` label of a translation.
+pub(super) fn translated_label(from: Api, to: Api) -> Option<HeaderValue> {
+    let v = format!(
+        "{}->{}",
+        Endpoint::of_api(from).api_name(),
+        Endpoint::of_api(to).api_name()
+    );
+    HeaderValue::try_from(v).ok()
 }
 
 /// A provider's successful answer in its API, for a client of another: an event stream goes

@@ -4,10 +4,104 @@
 use super::chat_response::{stop_from, stop_to, usage_from, usage_to};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
 use gateway::sse::parse::{self, frame};
 use gateway::{ApiError, Dialect, ErrorKind};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// One upstream chunk, decoded borrowing from the event's text (a string with no escapes is not
+/// copied). `usage` and `error` come once per stream at most, so they stay general `Value`s.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+/// A tool-call delta: `function` may be null or absent, `index` absent (some servers).
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// An outgoing chunk with one choice; `delta` is typed for the common events.
+#[derive(Serialize)]
+struct ChunkOut<'a, D> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChoiceOut<'a, D>; 1],
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a, D> {
+    index: u32,
+    delta: D,
+    finish_reason: Option<&'a str>,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ContentOut<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolArgsOut<'a> {
+    tool_calls: [ToolArgsCall<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ToolArgsCall<'a> {
+    index: usize,
+    function: ArgumentsOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ArgumentsOut<'a> {
+    arguments: &'a str,
+}
 
 /// More tool calls than this in one answer is treated as a broken stream (it bounds our state).
 pub(super) const MAX_CALLS: usize = 128;
@@ -52,14 +146,14 @@ impl Decoder {
 
     fn tool_delta(
         &mut self,
-        tc: &Value,
+        tc: &ToolCallDelta<'_>,
         pos: usize,
         out: &mut Vec<Event>,
     ) -> Result<(), StreamError> {
         // Some servers omit `index`: a delta with an id is a new call, else it continues the last.
-        let idx = match tc["index"].as_u64() {
+        let idx = match tc.index {
             Some(i) => i as usize,
-            None if tc["id"].is_string() => self.calls.len().max(pos),
+            None if tc.id.is_some() => self.calls.len().max(pos),
             None => self.calls.len().saturating_sub(1),
         };
         if idx >= MAX_CALLS {
@@ -71,15 +165,15 @@ impl Decoder {
             self.calls.resize_with(idx + 1, Call::default);
         }
         let call = &mut self.calls[idx];
-        if let Some(id) = tc["id"].as_str().filter(|s| !s.is_empty()) {
+        if let Some(id) = tc.id.as_deref().filter(|s| !s.is_empty()) {
             call.id.get_or_insert_with(|| id.to_string());
         }
         // `function` may be null or absent.
-        let f = &tc["function"];
-        if let Some(n) = f["name"].as_str().filter(|s| !s.is_empty()) {
+        let f = tc.function.as_ref();
+        if let Some(n) = f.and_then(|f| f.name.as_deref()).filter(|s| !s.is_empty()) {
             call.name.get_or_insert_with(|| n.to_string());
         }
-        let args = f["arguments"].as_str().unwrap_or("");
+        let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
         match call.started {
             Some(c) => {
                 if !args.is_empty() {
@@ -122,9 +216,9 @@ impl Decode for Decoder {
             self.finish(out);
             return Ok(());
         }
-        let v: Value = serde_json::from_str(&ev.data)
+        let v: Chunk = serde_json::from_str(&ev.data)
             .map_err(|e| cut(format!("unreadable upstream chunk: {e}")))?;
-        if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        if let Some(e) = v.error.as_ref().filter(|e| !e.is_null()) {
             let message = e["message"]
                 .as_str()
                 .or(e.as_str())
@@ -138,32 +232,34 @@ impl Decode for Decoder {
         if !self.started {
             self.started = true;
             out.push(Event::Start {
-                id: v["id"].as_str().unwrap_or_default().to_string(),
+                id: v.id.as_deref().unwrap_or_default().to_string(),
             });
         }
-        if v["usage"].is_object() {
-            self.usage = usage_from(&v["usage"]);
+        if let Some(u) = v.usage.as_ref().filter(|u| u.is_object()) {
+            self.usage = usage_from(u);
         }
         // One choice is asked for; others (a server ignoring n) are not ours.
-        let Some(choice) = v["choices"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0))
+        let Some(choice) = v
+            .choices
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.index.unwrap_or(0) == 0))
         else {
             return Ok(());
         };
-        let d = &choice["delta"];
-        if let Some(t) = d["content"].as_str().filter(|s| !s.is_empty()) {
-            out.push(Event::Text(t.to_string()));
-        }
-        if let Some(t) = d["refusal"].as_str().filter(|s| !s.is_empty()) {
-            out.push(Event::Refusal(t.to_string()));
-        }
-        if let Some(tcs) = d["tool_calls"].as_array() {
-            for (pos, tc) in tcs.iter().enumerate() {
-                self.tool_delta(tc, pos, out)?;
+        if let Some(d) = &choice.delta {
+            if let Some(t) = d.content.as_deref().filter(|s| !s.is_empty()) {
+                out.push(Event::Text(t.to_string()));
+            }
+            if let Some(t) = d.refusal.as_deref().filter(|s| !s.is_empty()) {
+                out.push(Event::Refusal(t.to_string()));
+            }
+            if let Some(tcs) = &d.tool_calls {
+                for (pos, tc) in tcs.iter().enumerate() {
+                    self.tool_delta(tc, pos, out)?;
+                }
             }
         }
-        if let Some(r) = choice["finish_reason"].as_str() {
+        if let Some(r) = choice.finish_reason.as_deref() {
             self.finish = Some(stop_from(r));
         }
         Ok(())
@@ -197,12 +293,20 @@ impl Encoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut String) {
-        let v = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        });
-        out.push_str(&frame("", &v.to_string()));
+    fn chunk(&self, delta: impl Serialize, finish: Option<&str>, out: &mut String) {
+        let v = ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: [ChoiceOut {
+                index: 0,
+                delta,
+                finish_reason: finish,
+                logprobs: None,
+            }],
+        };
+        push_frame(out, "", &v);
     }
 
     fn start(&mut self, id: &str, out: &mut String) {
@@ -226,14 +330,20 @@ impl Encode for Encoder {
         self.start(if let Event::Start { id } = ev { id } else { "" }, out);
         match ev {
             Event::Start { .. } | Event::Error(_) => {}
-            Event::Text(t) => self.chunk(json!({"content": t}), None, out),
+            Event::Text(t) => self.chunk(ContentOut { content: t }, None, out),
             Event::Refusal(t) => self.chunk(json!({"refusal": t}), None, out),
             Event::ToolStart { call, id, name } => self.chunk(json!({"tool_calls": [{
                 "index": call, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
             }]}), None, out),
-            Event::ToolArgs { call, delta } => self.chunk(json!({"tool_calls": [{
-                "index": call, "function": {"arguments": delta}
-            }]}), None, out),
+            Event::ToolArgs { call, delta } => {
+                let args = ToolArgsOut {
+                    tool_calls: [ToolArgsCall {
+                        index: *call,
+                        function: ArgumentsOut { arguments: delta },
+                    }],
+                };
+                self.chunk(args, None, out)
+            }
             Event::Finish { stop, usage } => {
                 self.chunk(json!({}), Some(stop_to(stop)), out);
                 if self.include_usage {

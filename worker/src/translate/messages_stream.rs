@@ -5,10 +5,48 @@ use super::chat_stream::MAX_CALLS;
 use super::messages_response::{stop_from, stop_to, usage_from};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, Decode, Encode, StreamOptions};
-use gateway::sse::parse::{self, frame};
+use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use gateway::sse::parse;
 use gateway::{ApiError, Dialect, ErrorKind};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// The common event, `content_block_delta`, decoded borrowing from the event's text; every other
+/// event (a few per stream) takes the general `Value` path.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, rename = "type", default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<BlockDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(borrow, rename = "type", default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+}
+
+/// An outgoing `content_block_delta`.
+#[derive(Serialize)]
+struct DeltaOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    index: usize,
+    delta: DeltaBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DeltaBody<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -37,10 +75,42 @@ fn kind_of(ty: Option<&str>) -> ErrorKind {
     }
 }
 
+impl Decoder {
+    fn block_delta(&self, d: &BlockDelta<'_>, out: &mut Vec<Event>) {
+        match (d.ty.as_deref(), self.block) {
+            (Some("text_delta"), _) => {
+                if let Some(t) = d.text.as_deref().filter(|t| !t.is_empty()) {
+                    out.push(Event::Text(t.to_string()));
+                }
+            }
+            (Some("input_json_delta"), Some(Block::Tool(call))) => {
+                if let Some(j) = d.partial_json.as_deref().filter(|t| !t.is_empty()) {
+                    out.push(Event::ToolArgs {
+                        call,
+                        delta: j.to_string(),
+                    });
+                }
+            }
+            // thinking_delta, signature_delta, citations_delta: no equivalent.
+            _ => {}
+        }
+    }
+}
+
 impl Decode for Decoder {
     fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
         if self.finished {
             return Ok(());
+        }
+        // The common event first; a `Head` that does not parse takes the general path, which
+        // reports what is wrong with it.
+        if let Ok(head) = serde_json::from_str::<Head>(&ev.data) {
+            if let (Some(d), "content_block_delta") =
+                (&head.delta, head.ty.as_deref().unwrap_or(&ev.event))
+            {
+                self.block_delta(d, out);
+                return Ok(());
+            }
         }
         let v: Value = serde_json::from_str(&ev.data)
             .map_err(|e| cut(format!("unreadable upstream event: {e}")))?;
@@ -86,24 +156,7 @@ impl Decode for Decoder {
                 });
             }
             "content_block_delta" => {
-                let d = &v["delta"];
-                match (d["type"].as_str(), self.block) {
-                    (Some("text_delta"), _) => {
-                        if let Some(t) = d["text"].as_str().filter(|t| !t.is_empty()) {
-                            out.push(Event::Text(t.to_string()));
-                        }
-                    }
-                    (Some("input_json_delta"), Some(Block::Tool(call))) => {
-                        if let Some(j) = d["partial_json"].as_str().filter(|t| !t.is_empty()) {
-                            out.push(Event::ToolArgs {
-                                call,
-                                delta: j.to_string(),
-                            });
-                        }
-                    }
-                    // thinking_delta, signature_delta, citations_delta: no equivalent.
-                    _ => {}
-                }
+                // Only one whose delta is not the shape above: nothing we can translate.
             }
             "content_block_stop" => self.block = None,
             "message_delta" => {
@@ -174,10 +227,16 @@ impl Encoder {
     }
 
     fn send(out: &mut String, v: Value) {
-        out.push_str(&frame(
-            v["type"].as_str().unwrap_or_default(),
-            &v.to_string(),
-        ));
+        push_frame(out, v["type"].as_str().unwrap_or_default(), &v);
+    }
+
+    fn delta(out: &mut String, index: usize, delta: DeltaBody<'_>) {
+        let v = DeltaOut {
+            ty: "content_block_delta",
+            index,
+            delta,
+        };
+        push_frame(out, "content_block_delta", &v);
     }
 
     fn start(&mut self, id: &str, out: &mut String) {
@@ -219,10 +278,7 @@ impl Encoder {
             Some((i, None)) => i,
             _ => self.open(None, json!({"type": "text", "text": ""}), out),
         };
-        Self::send(
-            out,
-            json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": t}}),
-        );
+        Self::delta(out, index, DeltaBody::TextDelta { text: t });
     }
 }
 
@@ -261,10 +317,12 @@ impl Encode for Encoder {
                             "arguments for tool call {call}, which never started"
                         ))
                     })?;
-                Self::send(
+                Self::delta(
                     out,
-                    json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": delta}}),
+                    index,
+                    DeltaBody::InputJsonDelta {
+                        partial_json: delta,
+                    },
                 );
             }
             Event::Finish { stop, usage } => {

@@ -21,6 +21,24 @@ pub(super) trait Encode: Send {
     fn event(&mut self, ev: &Event, out: &mut String) -> Result<(), StreamError>;
 }
 
+/// Appends one SSE frame (`event:` line when `event` is not empty) whose data is `v`, serialised
+/// straight into `out`: no intermediate `Value` or `String`, so an encoder's common events (text
+/// and argument deltas) cost one write each. Serialised JSON has no raw newline, so the data is
+/// one `data:` line, as `gateway::sse::parse::frame` would write it.
+pub(super) fn push_frame(out: &mut String, event: &str, v: &impl serde::Serialize) {
+    let mut buf = std::mem::take(out).into_bytes();
+    if !event.is_empty() {
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(event.as_bytes());
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut buf, v).expect("an event serializes");
+    buf.extend_from_slice(b"\n\n");
+    // `out` is one flush's frames (a few hundred bytes): checking it again is cheap, and safe.
+    *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
+}
+
 pub(super) fn cut(message: impl Into<String>) -> StreamError {
     StreamError {
         kind: ErrorKind::BadGateway,

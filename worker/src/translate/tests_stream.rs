@@ -518,3 +518,28 @@ fn unusual_endings() {
         assert_eq!(usage, None);
     }
 }
+
+/// The borrowed decoders copy escaped strings (quotes, newlines, `\u` escapes) correctly, and
+/// the typed encoders escape them again: the text survives both ways.
+#[test]
+fn escaped_text_survives_the_typed_paths() {
+    let text = "say \"hi\"\nthen \u{e9}\u{1F600} \\ done";
+    let esc = serde_json::to_string(text).unwrap();
+    let chat_up = format!(
+        "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{esc}}}}}]}}\n\n\
+         data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+         data: [DONE]\n\n"
+    );
+    let (out, _) = run(Api::Chat, Api::Messages, &[chat_up.as_bytes()], true);
+    assert_eq!(accumulate_messages(&out).text, text, "{out}");
+    let ant_up = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m1\",\"usage\":{{\"input_tokens\":1,\"output_tokens\":0}}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{esc}}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":2}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    let (out, _) = run(Api::Messages, Api::Chat, &[ant_up.as_bytes()], true);
+    assert_eq!(accumulate_chat(&out).text, text, "{out}");
+}
