@@ -150,3 +150,261 @@ async fn a_dead_redis_answers_at_once_and_recovery_is_automatic() {
     }
     assert!(a.reserve("p", 1).await.unwrap().is_some());
 }
+
+// ---- two supervisors ("hosts") on one machine, sharing one Redis ----------------------------
+
+use support::process::{wait_until, Running, TestEnv};
+use support::upstream::{Gate, Script, Upstream};
+
+fn completion() -> serde_json::Value {
+    serde_json::json!({"id": "c", "object": "chat.completion", "created": 0, "model": "up",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+}
+
+/// A host's config: 2 workers, provider `up` limited to `limit`, `[shared]` on `prefix`.
+fn host_config(up: &Upstream, limit: u32, prefix: &str, ttl: &str, on_unavailable: &str) -> String {
+    support::front::config(
+        2,
+        "queue_timeout = \"20s\"",
+        "",
+        &format!(
+            "\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up\"]\n\
+             max_concurrency = {limit}\n\n[shared]\nbackend = \"redis\"\nkey_prefix = \"{prefix}\"\n\
+             lease_ttl = \"{ttl}\"\non_unavailable = \"{on_unavailable}\"\n",
+            up.url("/v1")
+        ),
+    )
+}
+
+struct Host {
+    env: TestEnv,
+    run: Running,
+}
+
+fn host(redis: &Redis, config: &str) -> Host {
+    let env = TestEnv::new(config);
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env("GATEWAY_REDIS_URL", redis.url());
+    let run = Running::ready(cmd);
+    Host { env, run }
+}
+
+/// `n` concurrent chat requests for model `up`, round robin over `addrs`; (status, retry-after).
+fn burst(
+    addrs: &[std::net::SocketAddr],
+    n: usize,
+) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
+    (0..n)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            std::thread::spawn(move || {
+                support::http::request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[],
+                    Some(&support::front::body("up", false)),
+                )
+                .map_or((0, None), |r| {
+                    (r.status, r.header("retry-after").map(str::to_string))
+                })
+            })
+        })
+        .collect()
+}
+
+fn prefix() -> String {
+    format!("e{}:", fastrand::u32(..))
+}
+
+#[test]
+fn provider_limit_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "30s", "local");
+    let (a, b) = (host(&redis, &cfg), host(&redis, &cfg));
+    let statuses: Vec<_> = burst(&[a.run.listen, b.run.listen], 40)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let max = up.max_inflight();
+    assert!(max <= 4, "the provider saw {max} at once across two hosts");
+    assert!(
+        max >= 3,
+        "the limit was never reached ({max}); the test proved nothing"
+    );
+    drop((a.env, b.env));
+}
+
+#[test]
+fn a_sigkilled_hosts_leases_come_back_within_the_ttl() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let gate = Gate::new();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).wait_headers(&gate),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "2s", "local");
+    let a = host(&redis, &cfg);
+    let _held = burst(&[a.run.listen], 4);
+    assert!(up.wait_requests(4, Duration::from_secs(10)), "a took all 4");
+    let b = host(&redis, &cfg);
+    // While a lives, b's requests wait: the room is a's.
+    let from_b = burst(&[b.run.listen], 4);
+    assert!(
+        !up.wait_requests(5, Duration::from_millis(800)),
+        "b went past the limit that a holds"
+    );
+    // SIGKILL the whole of host a: supervisor and workers (nothing gets to release).
+    let pids: Vec<u32> = std::iter::once(a.run.guard.pid())
+        .chain(support::process::descendants(a.run.guard.pid()))
+        .collect();
+    for p in pids {
+        support::process::signal(p, nix::sys::signal::Signal::SIGKILL);
+    }
+    let killed = std::time::Instant::now();
+    // The upstream still holds a's 4 connections open (gated), so count b's requests arriving.
+    assert!(
+        up.wait_requests(8, Duration::from_secs(10)),
+        "b never got the room back"
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "b waited {took:?} for the dead host's leases (lease_ttl 2s + 1s)"
+    );
+    gate.open();
+    for h in from_b {
+        assert_eq!(h.join().unwrap().0, 200);
+    }
+}
+
+fn backend_up(addr: std::net::SocketAddr) -> Option<f64> {
+    let (_, samples) = support::front::metrics(addr);
+    samples
+        .iter()
+        .find(|s| {
+            s.name == "gateway_shared_backend_up" && !s.labels.iter().any(|(k, _)| k == "worker")
+        })
+        .map(|s| s.value)
+}
+
+#[test]
+fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(50)),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "3s", "local");
+    let a = host(&redis, &cfg);
+    assert_eq!(backend_up(a.run.listen), Some(1.0));
+    let load = burst(&[a.run.listen], 30);
+    redis.kill();
+    let more = burst(&[a.run.listen], 30);
+    let statuses: Vec<u16> = load
+        .into_iter()
+        .chain(more)
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(up.max_inflight() <= 4, "local limit still holds");
+    assert!(
+        wait_until(Duration::from_secs(5), || backend_up(a.run.listen)
+            == Some(0.0)),
+        "gateway_shared_backend_up never went to 0"
+    );
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || backend_up(a.run.listen)
+            == Some(1.0)),
+        "gateway_shared_backend_up never came back to 1"
+    );
+}
+
+#[test]
+fn redis_down_with_reject_answers_503_with_retry_after_at_once() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let cfg = host_config(&up, 4, &prefix(), "3s", "reject");
+    let a = host(&redis, &cfg);
+    let ok: Vec<_> = burst(&[a.run.listen], 4)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(ok.iter().all(|s| *s == 200), "{ok:?}");
+    redis.kill();
+    let start = std::time::Instant::now();
+    let answers: Vec<_> = burst(&[a.run.listen], 20)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "requests hung on a dead Redis: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 503 || *s == 200),
+        "{answers:?}"
+    );
+    let rejected: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        rejected.len() >= 15,
+        "most are refused once Redis is known down: {answers:?}"
+    );
+    assert!(rejected.iter().all(|(_, ra)| ra.is_some()), "{answers:?}");
+}
+
+#[test]
+fn a_missing_url_variable_fails_start_and_the_password_is_never_logged() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&host_config(&up, 4, &prefix(), "30s", "local"));
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env_remove("GATEWAY_REDIS_URL");
+    let mut failed = support::process::ChildGuard::spawn(cmd);
+    let status = failed
+        .wait_exit(Duration::from_secs(20))
+        .expect("start exits");
+    assert!(!status.success());
+    assert!(
+        failed.stderr().contains("$GATEWAY_REDIS_URL"),
+        "{}",
+        failed.stderr()
+    );
+
+    // A URL with a password this Redis does not have: the host starts, falls back, and the
+    // password is in no log line.
+    let redis = Redis::start();
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env(
+        "GATEWAY_REDIS_URL",
+        format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port),
+    );
+    let run = Running::ready(cmd);
+    assert!(
+        wait_until(Duration::from_secs(5), || backend_up(run.listen)
+            == Some(0.0)),
+        "a Redis refusing the password counts as unavailable"
+    );
+    let r = support::http::post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "on_unavailable = local serves");
+    let log = run.guard.stderr();
+    assert!(
+        log.contains("127.0.0.1"),
+        "the redacted URL is logged: {log}"
+    );
+    assert!(
+        !log.contains("s3cret-pw"),
+        "the password leaked into the log: {log}"
+    );
+}

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!   UP --(a command fails or takes > COMMAND_TIMEOUT)--> DOWN   (one loud error line, up=0)
+//!   UP --(the background PING, every PROBE_EVERY, fails)--> DOWN
 //!   DOWN --(background PING answers, tried every PROBE_EVERY)--> UP   (one info line, up=1)
 //! ```
 //!
@@ -46,6 +47,23 @@ pub enum StartError {
 /// A Redis answer that did not come: the circuit is open, the command failed or timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
+
+impl Unavailable {
+    /// The answer to a request under `on_unavailable = "reject"`: 503 with `Retry-After`, in the
+    /// caller's dialect (`ApiError::to_response`).
+    pub fn to_api_error(self) -> crate::ApiError {
+        crate::ApiError::new(
+            crate::ErrorKind::Unavailable,
+            "the shared backend (Redis) is unavailable and shared.on_unavailable = \"reject\"",
+        )
+        .with_retry_after(PROBE_EVERY.as_secs().max(1))
+    }
+}
+
+/// `Unavailable.to_api_error()`.
+pub fn unavailable_error() -> crate::ApiError {
+    Unavailable.to_api_error()
+}
 
 /// A process's handle on the shared backend; cheap to clone.
 #[derive(Clone)]
@@ -198,12 +216,16 @@ impl Shared {
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = probe.tick() => {
-                    if !self.is_up() && self.ping().await {
+                // Also while up: a process whose requests never touch Redis (no shared limit)
+                // still learns of an outage, for the gauge and the log.
+                _ = probe.tick() => match (self.is_up(), self.ping().await) {
+                    (false, true) => {
                         self.inner.up.store(true, Ordering::Relaxed);
                         tracing::info!("shared backend (Redis) answers again: shared limits apply");
                     }
-                }
+                    (true, false) => self.went_down("PING failed"),
+                    _ => {}
+                },
                 _ = renew.tick() => self.renew_all().await,
                 _ = self.inner.leases.released() => self.release_pending().await,
             }

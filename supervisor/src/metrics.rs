@@ -52,6 +52,8 @@ pub struct SupervisorMetrics {
     pub models_cache_refreshes: Family<OutcomeLabel, Counter>,
     /// Usage records by outcome: written, dropped, failed (`crate::usage`).
     pub usage_records: Family<OutcomeLabel, Counter>,
+    /// 1 while the `[shared]` Redis answers, 0 while not; registered only with `[shared]`.
+    pub shared_backend_up: Gauge,
 }
 
 impl SupervisorMetrics {
@@ -67,6 +69,7 @@ impl SupervisorMetrics {
             worker_inflight: Family::default(),
             models_cache_refreshes: Family::default(),
             usage_records: Family::default(),
+            shared_backend_up: Gauge::default(),
         };
         let mut r = Registry::default();
         r.register("gateway_workers", "Workers by state", m.workers.clone());
@@ -111,5 +114,14 @@ impl SupervisorMetrics {
             m.usage_records.clone(),
         );
         (m, r)
+    }
+
+    /// Adds `gateway_shared_backend_up` (with `[shared] backend = "redis"` only).
+    pub fn register_shared(&self, r: &mut Registry) {
+        r.register(
+            "gateway_shared_backend_up",
+            "1 while the shared backend (Redis) answers, 0 while this host falls back",
+            self.shared_backend_up.clone(),
+        );
     }
 }

@@ -400,6 +400,8 @@ struct Started {
     usage: Option<crate::usage::Usage>,
     /// Ends when dropped (with `Started`).
     _watch: Option<watch::ConfigWatch>,
+    /// `[shared]`'s renewals and circuit probe; end when dropped.
+    _backend: Option<gateway::shared::SharedTask>,
 }
 
 /// Starts the pool (once per process), then the front listener, the admin socket and the file
@@ -409,7 +411,15 @@ fn launch(
     listeners: Listeners,
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
-    let (metrics, registry) = SupervisorMetrics::new();
+    let (metrics, mut registry) = SupervisorMetrics::new();
+    // `[shared]` before any worker: a missing URL variable fails `start`, naming it. The front
+    // holds the handle (client leases, the up gauge); `Started` owns its background task.
+    let backend = gateway::shared::Shared::start(&prep.cfg.shared)
+        .map_err(|e| Fatal::new(exit::CONFIG, format!("[shared]: {e}")))?;
+    if backend.is_some() {
+        metrics.register_shared(&mut registry);
+    }
+    let (backend, backend_task) = backend.unzip();
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
     let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics)
         .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
@@ -421,7 +431,8 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let ctx = front_context(&pool, metrics, registry);
+    let mut ctx = front_context(&pool, metrics, registry);
+    ctx.backend = backend;
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
@@ -442,6 +453,7 @@ fn launch(
         admin,
         usage,
         _watch: watch,
+        _backend: backend_task,
     })
 }
 
@@ -472,6 +484,7 @@ fn front_context(
         config: pool.live_config(),
         metrics,
         registry: Arc::new(registry),
+        backend: None,
     }
 }
 

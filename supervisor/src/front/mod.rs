@@ -58,6 +58,8 @@ pub struct FrontContext {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
+    /// `[shared]` with Redis: hosts-wide client leases; `None` = this host only.
+    pub backend: Option<gateway::shared::Shared>,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -109,6 +111,8 @@ pub struct Shared {
     pub ids: counters::RequestIds,
     /// The address actually bound (accepted as a Host besides the configured one).
     pub bound: SocketAddr,
+    /// `FrontContext::backend`.
+    pub backend: Option<gateway::shared::Shared>,
     settings: ArcSwap<Settings>,
 }
 
@@ -122,6 +126,7 @@ impl Shared {
             config: ctx.config,
             metrics: ctx.metrics,
             registry: ctx.registry,
+            backend: ctx.backend,
             conns: Default::default(),
             dispatch: Default::default(),
             queue: Default::default(),
@@ -168,6 +173,7 @@ mod settings_tests {
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),
+            backend: None,
         };
         Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
     }
