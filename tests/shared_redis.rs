@@ -408,3 +408,54 @@ fn a_missing_url_variable_fails_start_and_the_password_is_never_logged() {
         "the password leaked into the log: {log}"
     );
 }
+
+#[test]
+fn client_concurrency_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
+    );
+    // No provider limit: only the client's max_concurrency = 2 bounds the upstream.
+    let cfg = host_config(&up, 0, &prefix(), "30s", "local")
+        .replace("auth_token_env = \"\"\n", "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n")
+        + "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\nmax_concurrency = 2\n";
+    let start = |redis: &Redis| {
+        let env = TestEnv::new(&cfg);
+        let mut cmd = env.supervisor(&["start"]);
+        cmd.env("GATEWAY_REDIS_URL", redis.url())
+            .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
+            .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
+        Host {
+            run: Running::ready(cmd),
+            env,
+        }
+    };
+    let (a, b) = (start(&redis), start(&redis));
+    let addrs = [a.run.listen, b.run.listen];
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            std::thread::spawn(move || {
+                support::http::request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer desk-tok")],
+                    Some(&support::front::body("up", false)),
+                )
+                .map_or(0, |r| r.status)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let max = up.max_inflight();
+    assert!(max <= 2, "client desk had {max} in flight across two hosts");
+    assert_eq!(
+        max, 2,
+        "the limit was never reached; the test proved nothing"
+    );
+    drop((a.env, b.env));
+}
