@@ -18,6 +18,7 @@ pub mod read_timeouts;
 pub mod relay;
 pub mod request;
 pub mod runtime_file;
+pub mod shared;
 pub mod sse;
 pub mod telemetry;
 pub mod upload;

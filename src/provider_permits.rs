@@ -172,6 +172,16 @@ pub struct ProviderPermit {
     table: Arc<ProviderTable>,
     col: usize,
     row: usize,
+    /// With `[shared]`: the lease that holds the same unit for every host (released with it).
+    lease: Option<crate::shared::lease::Lease>,
+}
+
+impl ProviderPermit {
+    /// This permit, also holding `lease` (the hosts-wide check after the local one).
+    pub fn with_lease(mut self, lease: crate::shared::lease::Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
 }
 
 impl Drop for ProviderPermit {
@@ -219,6 +229,7 @@ impl ProviderLimiter {
                 table: self.table.clone(),
                 col,
                 row: self.row,
+                lease: None,
             })
     }
 

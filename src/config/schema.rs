@@ -27,6 +27,7 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     pub usage: UsageConfig,
     pub telemetry: TelemetryConfig,
+    pub shared: SharedConfig,
 }
 
 /// `[server]`: the front listener, in the supervisor.
@@ -558,4 +559,52 @@ impl<'de> Deserialize<'de> for Strategy {
             other => Self::Unknown(other.to_string()),
         })
     }
+}
+
+/// `[shared]`: state shared by several hosts through Redis or Valkey (`gateway::shared`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedConfig {
+    pub backend: SharedBackend,
+    /// The environment variable holding the Redis URL (with its password, if any); the URL is
+    /// never written in the file and never logged.
+    pub url_env: String,
+    /// Prepended to every key, so several gateways can share one Redis.
+    pub key_prefix: String,
+    /// A host that stops renewing loses its leases after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self {
+            backend: SharedBackend::Local,
+            url_env: "GATEWAY_REDIS_URL".into(),
+            key_prefix: "gateway:".into(),
+            lease_ttl: Duration::from_secs(30),
+            on_unavailable: OnUnavailable::Local,
+        }
+    }
+}
+
+/// `shared.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedBackend {
+    /// This host only: no shared state.
+    Local,
+    /// Redis or Valkey.
+    Redis,
+}
+
+/// `shared.on_unavailable`: what a request does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Fall back to this host's own limits.
+    Local,
+    /// Answer 503 with `Retry-After`.
+    Reject,
 }

@@ -33,6 +33,7 @@ pub fn validate(cfg: &Config) -> Vec<Violation> {
     check_clients(cfg, &mut c);
     check_usage(cfg, &mut c);
     check_telemetry(cfg, &mut c);
+    check_shared(cfg, &mut c);
     c.0
 }
 
@@ -335,5 +336,23 @@ fn check_telemetry(cfg: &Config, c: &mut Collector) {
     }
     if t.service_name.trim().is_empty() {
         c.err("telemetry.service_name", "must not be empty");
+    }
+}
+
+/// `[shared]`: the URL variable itself is checked at start (`gateway::shared::redis_url`), where
+/// the environment is the one the processes will run with.
+fn check_shared(cfg: &Config, c: &mut Collector) {
+    let s = &cfg.shared;
+    if s.url_env.trim().is_empty() {
+        c.err("shared.url_env", "must name an environment variable");
+    }
+    if s.lease_ttl < std::time::Duration::from_secs(1) {
+        c.err(
+            "shared.lease_ttl",
+            "must be at least 1s (leases are renewed every lease_ttl/3)",
+        );
+    }
+    if s.key_prefix.contains(char::is_whitespace) {
+        c.err("shared.key_prefix", "must not contain whitespace");
     }
 }

@@ -60,6 +60,8 @@ pub struct SupervisorMetrics {
     pub usage_records: Family<OutcomeLabel, Counter>,
     /// Requests refused by a `[[clients]]` limit (rpm, tpm, daily_tokens, monthly_usd).
     pub client_limited: Family<LimitLabels, Counter>,
+    /// 1 while the `[shared]` Redis answers, 0 while not; registered only with `[shared]`.
+    pub shared_backend_up: Gauge,
 }
 
 impl SupervisorMetrics {
@@ -76,6 +78,7 @@ impl SupervisorMetrics {
             models_cache_refreshes: Family::default(),
             usage_records: Family::default(),
             client_limited: Family::default(),
+            shared_backend_up: Gauge::default(),
         };
         let mut r = Registry::default();
         r.register("gateway_workers", "Workers by state", m.workers.clone());
@@ -125,5 +128,14 @@ impl SupervisorMetrics {
             m.client_limited.clone(),
         );
         (m, r)
+    }
+
+    /// Adds `gateway_shared_backend_up` (with `[shared] backend = "redis"` only).
+    pub fn register_shared(&self, r: &mut Registry) {
+        r.register(
+            "gateway_shared_backend_up",
+            "1 while the shared backend (Redis) answers, 0 while this host falls back",
+            self.shared_backend_up.clone(),
+        );
     }
 }

@@ -9,5 +9,6 @@ pub mod dialects;
 pub mod front;
 pub mod http;
 pub mod process;
+pub mod redis;
 pub mod upstream;
 pub mod worker;

@@ -20,6 +20,8 @@ pub enum WorkerError {
     ProviderTable(std::io::Error),
     #[error("cannot read the token set the supervisor passed: {0}")]
     Admission(std::io::Error),
+    #[error("[shared]: {0}")]
+    Shared(gateway::shared::StartError),
 }
 
 impl WorkerError {
@@ -31,7 +33,8 @@ impl WorkerError {
             | Self::Runtime(_)
             | Self::Signals(_)
             | Self::ProviderTable(_)
-            | Self::Admission(_) => 1,
+            | Self::Admission(_)
+            | Self::Shared(_) => 1,
         }
     }
 }

@@ -94,6 +94,13 @@ pub async fn run_with_front(
     }
     let mut table = routing::RouteTable::new(&config, providers);
     table.limits.limiter = Some(limiter);
+    // Owned here like `_probes`: renewals stop when the server has stopped.
+    let (shared, _shared_task) =
+        match gateway::shared::Shared::start(&config.shared).map_err(WorkerError::Shared)? {
+            Some((s, t)) => (Some(s), Some(t)),
+            None => (None, None),
+        };
+    table.limits.shared = shared;
     let bound = listener.local_addr().map_err(WorkerError::Runtime)?;
     let admission = gateway::admission::Admission {
         access: gateway::admission::AccessPolicy::new(&config, &[bound]),

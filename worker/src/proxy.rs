@@ -51,9 +51,11 @@ use crate::metrics::Outcome;
 use crate::providers::{mock, Provider, Route};
 use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
+use gateway::config::OnUnavailable;
 use gateway::config::ProviderKind;
 use gateway::headers;
 use gateway::provider_permits::ProviderPermit;
+use gateway::shared::Unavailable;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::header::{self, HeaderMap};
 use http::Response;
@@ -485,17 +487,45 @@ async fn take_permit(r: &mut Run, p: &Provider) -> PermitWait {
     let Some(limiter) = r.table.limits.limiter.as_ref().filter(|_| limit > 0) else {
         return PermitWait::Got(None);
     };
-    if let Some(g) = limiter.try_acquire(p.name(), limit) {
-        return PermitWait::Got(Some(g));
-    }
     let pings = r.req.stream && !r.in_body;
     let until = if pings {
         r.permit_deadline.min(r.ping_at)
     } else {
         r.permit_deadline
     };
-    if let Some(g) = limiter.acquire(p.name(), limit, until).await {
-        return PermitWait::Got(Some(g));
+    let shared = r.table.limits.shared.as_ref();
+    loop {
+        // The local permit first: a host never asks Redis for what it can refuse itself.
+        let local = match limiter.try_acquire(p.name(), limit) {
+            Some(g) => Some(g),
+            None => limiter.acquire(p.name(), limit, until).await,
+        };
+        let Some(local) = local else { break };
+        let Some(shared) = shared else {
+            return PermitWait::Got(Some(local));
+        };
+        match shared
+            .reserve(&format!("provider:{}", p.name()), limit)
+            .await
+        {
+            Ok(Some(lease)) => return PermitWait::Got(Some(local.with_lease(lease))),
+            Err(Unavailable) => match shared.on_unavailable() {
+                OnUnavailable::Local => return PermitWait::Got(Some(local)),
+                OnUnavailable::Reject => {
+                    return PermitWait::TimedOut(gateway::shared::unavailable_error())
+                }
+            },
+            // Full on other hosts: give the local unit back while waiting, so this host's
+            // other requests are not held up by a wait for room elsewhere.
+            Ok(None) => drop(local),
+        }
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        // Each retry is a Redis round trip, so back off more than the local 2-10 ms.
+        let nap = Duration::from_millis(fastrand::u64(10..=30));
+        tokio::time::sleep_until((now + nap).min(until)).await;
     }
     if pings && Instant::now() < r.permit_deadline {
         return PermitWait::StartPings;

@@ -461,6 +461,8 @@ struct Started {
     usage: crate::usage::Usage,
     /// Ends when dropped (with `Started`).
     _watch: Option<watch::ConfigWatch>,
+    /// `[shared]`'s renewals and circuit probe; end when dropped.
+    _backend: Option<gateway::shared::SharedTask>,
 }
 
 /// Starts the pool (once per process), then the front listener, the admin socket and the file
@@ -470,10 +472,18 @@ fn launch(
     listeners: Listeners,
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
-    let (metrics, registry) = SupervisorMetrics::new();
     // Client limit counters: settled by the usage receiver, checked by the front, seeded from
     // the ledger by the ledger thread before it writes anything.
     let limits = front::limits::Book::new(&prep.cfg);
+    let (metrics, mut registry) = SupervisorMetrics::new();
+    // `[shared]` before any worker: a missing URL variable fails `start`, naming it. The front
+    // holds the handle (client leases, the up gauge); `Started` owns its background task.
+    let backend = gateway::shared::Shared::start(&prep.cfg.shared)
+        .map_err(|e| Fatal::new(exit::CONFIG, format!("[shared]: {e}")))?;
+    if backend.is_some() {
+        metrics.register_shared(&mut registry);
+    }
+    let (backend, backend_task) = backend.unzip();
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
     let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
         .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
@@ -486,7 +496,8 @@ fn launch(
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
-    let ctx = front_context(&pool, metrics, registry, limits, dashboard.clone());
+    let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone());
+    ctx.backend = backend;
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
@@ -508,6 +519,7 @@ fn launch(
         admin,
         usage,
         _watch: watch,
+        _backend: backend_task,
     })
 }
 
@@ -540,6 +552,7 @@ fn front_context(
         metrics,
         registry: Arc::new(registry),
         limits,
+        backend: None,
     }
 }
 

@@ -106,6 +106,8 @@ impl AuthTable {
 /// client's next waiting request.
 pub struct ClientPermit {
     live: Arc<ClientLive>,
+    /// With `[shared]`: the same place held for every host (released with it).
+    pub lease: Option<gateway::shared::lease::Lease>,
 }
 
 impl ClientPermit {
@@ -118,6 +120,7 @@ impl ClientPermit {
         }
         Some(Self {
             live: client.live.clone(),
+            lease: None,
         })
     }
 }

@@ -165,18 +165,51 @@ async fn client_permit(
     if c.max_concurrency == 0 {
         return Ok(None);
     }
-    let take = || ClientPermit::try_take(c);
-    let line = &c.live.line;
-    let waited = shared
-        .queue
-        .wait_for(line, &shared.metrics, cfg.pool.max_queue, deadline, take);
-    waited.await.map(Some).map_err(|e| match e {
-        WaitError::QueueFull => queue_full(),
-        WaitError::TimedOut => {
-            let msg = format!("client `{}` is at its concurrency limit", c.name);
-            ApiError::new(ErrorKind::RateLimited, msg).with_retry_after(1)
+    let limited = || {
+        let msg = format!("client `{}` is at its concurrency limit", c.name);
+        ApiError::new(ErrorKind::RateLimited, msg).with_retry_after(1)
+    };
+    loop {
+        let take = || ClientPermit::try_take(c);
+        let line = &c.live.line;
+        let waited =
+            shared
+                .queue
+                .wait_for(line, &shared.metrics, cfg.pool.max_queue, deadline, take);
+        // The local place first: a host never asks Redis for what it can refuse itself.
+        let mut permit = waited.await.map_err(|e| match e {
+            WaitError::QueueFull => queue_full(),
+            WaitError::TimedOut => limited(),
+        })?;
+        let Some(backend) = &shared.backend else {
+            return Ok(Some(permit));
+        };
+        match backend
+            .reserve(&format!("client:{}", c.name), c.max_concurrency)
+            .await
+        {
+            Ok(Some(lease)) => {
+                permit.lease = Some(lease);
+                return Ok(Some(permit));
+            }
+            Err(gateway::shared::Unavailable) => {
+                return match backend.on_unavailable() {
+                    gateway::config::OnUnavailable::Local => Ok(Some(permit)),
+                    gateway::config::OnUnavailable::Reject => {
+                        Err(gateway::shared::unavailable_error())
+                    }
+                }
+            }
+            // Full on other hosts: give the local place back (waking the next in line) and
+            // try again shortly; each try is a Redis round trip.
+            Ok(None) => drop(permit),
         }
-    })
+        let nap = Duration::from_millis(fastrand::u64(10..=30));
+        if Instant::now() + nap >= deadline {
+            return Err(limited());
+        }
+        tokio::time::sleep(nap).await;
+    }
 }
 
 /// A place on a worker with room, waiting for one up to `deadline` (then 503).

@@ -126,6 +126,9 @@ pub async fn render(shared: &Shared) -> Bytes {
             .get_or_create(&label)
             .set(i64::from(n));
     }
+    if let Some(b) = &shared.backend {
+        shared.metrics.shared_backend_up.set(i64::from(b.is_up()));
+    }
     let mut own = String::new();
     let _ = prometheus_client::encoding::text::encode_registry(&mut own, &shared.registry);
     let scrapes = slots.iter().map(|s| scrape(shared, s));

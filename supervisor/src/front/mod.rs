@@ -64,6 +64,8 @@ pub struct FrontContext {
     pub limits: Arc<limits::Book>,
     /// The live view's data source (`crate::dashboard`), shared with the admin socket.
     pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// `[shared]` with Redis: hosts-wide client leases; `None` = this host only.
+    pub backend: Option<gateway::shared::Shared>,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -125,6 +127,8 @@ pub struct Shared {
     pub bound: SocketAddr,
     /// Every client's rpm / tpm / budget counters, by name, for the supervisor's life.
     pub limits: Arc<limits::Book>,
+    /// `FrontContext::backend`.
+    pub backend: Option<gateway::shared::Shared>,
     settings: ArcSwap<Settings>,
 }
 
@@ -142,6 +146,7 @@ impl Shared {
             config: ctx.config,
             metrics: ctx.metrics,
             registry: ctx.registry,
+            backend: ctx.backend,
             conns: Default::default(),
             dispatch: Default::default(),
             queue: Default::default(),
@@ -192,6 +197,7 @@ mod settings_tests {
             metrics,
             registry: Arc::new(registry),
             limits: Default::default(),
+            backend: None,
         };
         Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
     }

@@ -237,6 +237,7 @@ impl Harness {
             metrics: metrics.clone(),
             registry: Arc::new(registry),
             limits: Default::default(),
+            backend: None,
         };
         let task = Some(tokio::spawn(serve(l, ctx, sd)));
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());

@@ -55,6 +55,8 @@ pub struct RouteTable {
 pub struct Limits {
     /// The pool-wide permit table; `None` = no limits enforced (unit tests).
     pub limiter: Option<ProviderLimiter>,
+    /// With `[shared]`: the hosts-wide leases, taken after the local permit.
+    pub shared: Option<gateway::shared::Shared>,
     /// `pool.queue_timeout`: the longest wait for a permit.
     pub queue_timeout: Duration,
     /// `server.stream_ping_interval`: a streaming request waiting longer gets pings.
@@ -107,6 +109,7 @@ impl RouteTable {
             rr: AtomicUsize::new(0),
             limits: Limits {
                 limiter: None,
+                shared: None,
                 queue_timeout: config.pool.queue_timeout,
                 ping_interval: config.server.stream_ping_interval,
             },

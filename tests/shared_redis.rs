@@ -1,0 +1,461 @@
+//! `[shared]` against a real redis-server (tests/support/redis.rs): leases and windowed
+//! counters in-process, then two supervisors sharing one Redis.
+
+mod support;
+
+use gateway::config::{OnUnavailable, SharedBackend, SharedConfig};
+use gateway::shared::{Shared, SharedTask};
+use std::time::Duration;
+use support::redis::Redis;
+
+fn shared_config(var: &str, ttl: Duration) -> SharedConfig {
+    SharedConfig {
+        backend: SharedBackend::Redis,
+        url_env: var.into(),
+        key_prefix: format!("t{}:", fastrand::u32(..)),
+        lease_ttl: ttl,
+        on_unavailable: OnUnavailable::Local,
+    }
+}
+
+/// Two independent handles (two "hosts") on one Redis.
+fn two_hosts(redis: &Redis, var: &str, ttl: Duration) -> [(Shared, SharedTask); 2] {
+    std::env::set_var(var, redis.url());
+    let cfg = shared_config(var, ttl);
+    [
+        Shared::start(&cfg).unwrap().unwrap(),
+        Shared::start(&cfg).unwrap().unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn leases_hold_the_limit_across_hosts_and_come_back_on_release() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_A", Duration::from_secs(30));
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        held.push(h.reserve("provider:p", 4).await.unwrap().expect("room"));
+    }
+    assert!(a.reserve("provider:p", 4).await.unwrap().is_none());
+    assert!(b.reserve("provider:p", 4).await.unwrap().is_none());
+    // Another name has its own room.
+    assert!(b.reserve("provider:q", 1).await.unwrap().is_some());
+    held.pop();
+    // The release is batched by the background task: room comes back promptly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(l) = a.reserve("provider:p", 4).await.unwrap() {
+            held.push(l);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "release never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.leases_held() + b.leases_held(), 4);
+}
+
+#[tokio::test]
+async fn a_dead_hosts_leases_expire_and_a_live_hosts_are_renewed() {
+    let redis = Redis::start();
+    let ttl = Duration::from_secs(2);
+    let [(a, ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_B", ttl);
+    let dead: Vec<_> = futures_util::future::join_all((0..2).map(|_| a.reserve("c", 3)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let _live = b.reserve("c", 3).await.unwrap().unwrap();
+    // Host a "dies": its background task stops and its leases are never released.
+    drop(ta);
+    std::mem::forget(dead);
+    assert!(b.reserve("c", 3).await.unwrap().is_none());
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Some(l) = b.reserve("c", 3).await.unwrap() {
+            got.push(l);
+        }
+        assert!(
+            start.elapsed() < ttl + Duration::from_secs(1),
+            "dead leases not back in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // b's first lease, held across several TTLs, is still renewed: no fourth.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(
+        b.reserve("c", 3).await.unwrap().is_none(),
+        "a live lease expired"
+    );
+}
+
+#[tokio::test]
+async fn windowed_counters_refuse_over_the_limit_and_settle() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_C", Duration::from_secs(30));
+    let w = Duration::from_secs(60);
+    let mut passed = 0;
+    let mut first = None;
+    for i in 0..30 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        let c = h.window_add("client:x", "rpm", w, 1, 20).await.unwrap();
+        first.get_or_insert(c.window_id);
+        if c.window_id != first.unwrap() {
+            return; // crossed a minute boundary mid-test; the count starts over (rare)
+        }
+        passed += c.added as u32;
+        assert!(c.left <= w);
+    }
+    assert_eq!(passed, 20, "exactly the limit passes in one window");
+    let c = a.window_add("client:x", "tpm", w, 500, 0).await.unwrap();
+    assert!(c.added);
+    let total = b
+        .window_adjust("client:x", "tpm", w, c.window_id, -200)
+        .await
+        .unwrap();
+    assert_eq!(total, 300);
+    // Every key has a TTL.
+    let keys = redis.command("KEYS *").unwrap();
+    for k in keys.lines().filter(|l| !l.starts_with(['*', '$', '+'])) {
+        let ttl = redis.command(&format!("TTL {k}")).unwrap();
+        assert!(!ttl.starts_with(":-1"), "key {k} has no TTL");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_redis_answers_at_once_and_recovery_is_automatic() {
+    let mut redis = Redis::start();
+    let [(a, _ta), _] = two_hosts(&redis, "GATEWAY_TEST_REDIS_D", Duration::from_secs(30));
+    assert!(a.reserve("p", 1).await.unwrap().is_some());
+    assert!(a.is_up());
+    redis.kill();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        assert!(a.reserve("p", 1).await.is_err());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a request waited on a dead Redis"
+        );
+    }
+    assert!(!a.is_up());
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a.is_up() {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.reserve("p", 1).await.unwrap().is_some());
+}
+
+// ---- two supervisors ("hosts") on one machine, sharing one Redis ----------------------------
+
+use support::process::{wait_until, Running, TestEnv};
+use support::upstream::{Gate, Script, Upstream};
+
+fn completion() -> serde_json::Value {
+    serde_json::json!({"id": "c", "object": "chat.completion", "created": 0, "model": "up",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+}
+
+/// A host's config: 2 workers, provider `up` limited to `limit`, `[shared]` on `prefix`.
+fn host_config(up: &Upstream, limit: u32, prefix: &str, ttl: &str, on_unavailable: &str) -> String {
+    support::front::config(
+        2,
+        "queue_timeout = \"20s\"",
+        "",
+        &format!(
+            "\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodels = [\"up\"]\n\
+             max_concurrency = {limit}\n\n[shared]\nbackend = \"redis\"\nkey_prefix = \"{prefix}\"\n\
+             lease_ttl = \"{ttl}\"\non_unavailable = \"{on_unavailable}\"\n",
+            up.url("/v1")
+        ),
+    )
+}
+
+struct Host {
+    env: TestEnv,
+    run: Running,
+}
+
+fn host(redis: &Redis, config: &str) -> Host {
+    let env = TestEnv::new(config);
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env("GATEWAY_REDIS_URL", redis.url());
+    let run = Running::ready(cmd);
+    Host { env, run }
+}
+
+/// `n` concurrent chat requests for model `up`, round robin over `addrs`; (status, retry-after).
+fn burst(
+    addrs: &[std::net::SocketAddr],
+    n: usize,
+) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
+    (0..n)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            std::thread::spawn(move || {
+                support::http::request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[],
+                    Some(&support::front::body("up", false)),
+                )
+                .map_or((0, None), |r| {
+                    (r.status, r.header("retry-after").map(str::to_string))
+                })
+            })
+        })
+        .collect()
+}
+
+fn prefix() -> String {
+    format!("e{}:", fastrand::u32(..))
+}
+
+#[test]
+fn provider_limit_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "30s", "local");
+    let (a, b) = (host(&redis, &cfg), host(&redis, &cfg));
+    let statuses: Vec<_> = burst(&[a.run.listen, b.run.listen], 40)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let max = up.max_inflight();
+    assert!(max <= 4, "the provider saw {max} at once across two hosts");
+    assert!(
+        max >= 3,
+        "the limit was never reached ({max}); the test proved nothing"
+    );
+    drop((a.env, b.env));
+}
+
+#[test]
+fn a_sigkilled_hosts_leases_come_back_within_the_ttl() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let gate = Gate::new();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).wait_headers(&gate),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "2s", "local");
+    let a = host(&redis, &cfg);
+    let _held = burst(&[a.run.listen], 4);
+    assert!(up.wait_requests(4, Duration::from_secs(10)), "a took all 4");
+    let b = host(&redis, &cfg);
+    // While a lives, b's requests wait: the room is a's.
+    let from_b = burst(&[b.run.listen], 4);
+    assert!(
+        !up.wait_requests(5, Duration::from_millis(800)),
+        "b went past the limit that a holds"
+    );
+    // SIGKILL the whole of host a: supervisor and workers (nothing gets to release).
+    let pids: Vec<u32> = std::iter::once(a.run.guard.pid())
+        .chain(support::process::descendants(a.run.guard.pid()))
+        .collect();
+    for p in pids {
+        support::process::signal(p, nix::sys::signal::Signal::SIGKILL);
+    }
+    let killed = std::time::Instant::now();
+    // The upstream still holds a's 4 connections open (gated), so count b's requests arriving.
+    assert!(
+        up.wait_requests(8, Duration::from_secs(10)),
+        "b never got the room back"
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "b waited {took:?} for the dead host's leases (lease_ttl 2s + 1s)"
+    );
+    gate.open();
+    for h in from_b {
+        assert_eq!(h.join().unwrap().0, 200);
+    }
+}
+
+fn backend_up(addr: std::net::SocketAddr) -> Option<f64> {
+    let (_, samples) = support::front::metrics(addr);
+    samples
+        .iter()
+        .find(|s| {
+            s.name == "gateway_shared_backend_up" && !s.labels.iter().any(|(k, _)| k == "worker")
+        })
+        .map(|s| s.value)
+}
+
+#[test]
+fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(50)),
+    );
+    let cfg = host_config(&up, 4, &prefix(), "3s", "local");
+    let a = host(&redis, &cfg);
+    assert_eq!(backend_up(a.run.listen), Some(1.0));
+    let load = burst(&[a.run.listen], 30);
+    redis.kill();
+    let more = burst(&[a.run.listen], 30);
+    let statuses: Vec<u16> = load
+        .into_iter()
+        .chain(more)
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(up.max_inflight() <= 4, "local limit still holds");
+    assert!(
+        wait_until(Duration::from_secs(5), || backend_up(a.run.listen)
+            == Some(0.0)),
+        "gateway_shared_backend_up never went to 0"
+    );
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || backend_up(a.run.listen)
+            == Some(1.0)),
+        "gateway_shared_backend_up never came back to 1"
+    );
+}
+
+#[test]
+fn redis_down_with_reject_answers_503_with_retry_after_at_once() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let cfg = host_config(&up, 4, &prefix(), "3s", "reject");
+    let a = host(&redis, &cfg);
+    let ok: Vec<_> = burst(&[a.run.listen], 4)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(ok.iter().all(|s| *s == 200), "{ok:?}");
+    redis.kill();
+    let start = std::time::Instant::now();
+    let answers: Vec<_> = burst(&[a.run.listen], 20)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "requests hung on a dead Redis: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 503 || *s == 200),
+        "{answers:?}"
+    );
+    let rejected: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        rejected.len() >= 15,
+        "most are refused once Redis is known down: {answers:?}"
+    );
+    assert!(rejected.iter().all(|(_, ra)| ra.is_some()), "{answers:?}");
+}
+
+#[test]
+fn a_missing_url_variable_fails_start_and_the_password_is_never_logged() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&host_config(&up, 4, &prefix(), "30s", "local"));
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env_remove("GATEWAY_REDIS_URL");
+    let mut failed = support::process::ChildGuard::spawn(cmd);
+    let status = failed
+        .wait_exit(Duration::from_secs(20))
+        .expect("start exits");
+    assert!(!status.success());
+    assert!(
+        failed.stderr().contains("$GATEWAY_REDIS_URL"),
+        "{}",
+        failed.stderr()
+    );
+
+    // A URL with a password this Redis does not have: the host starts, falls back, and the
+    // password is in no log line.
+    let redis = Redis::start();
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env(
+        "GATEWAY_REDIS_URL",
+        format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port),
+    );
+    let run = Running::ready(cmd);
+    assert!(
+        wait_until(Duration::from_secs(5), || backend_up(run.listen)
+            == Some(0.0)),
+        "a Redis refusing the password counts as unavailable"
+    );
+    let r = support::http::post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "on_unavailable = local serves");
+    let log = run.guard.stderr();
+    assert!(
+        log.contains("127.0.0.1"),
+        "the redacted URL is logged: {log}"
+    );
+    assert!(
+        !log.contains("s3cret-pw"),
+        "the password leaked into the log: {log}"
+    );
+}
+
+#[test]
+fn client_concurrency_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set(
+        "/v1/chat/completions",
+        Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
+    );
+    // No provider limit: only the client's max_concurrency = 2 bounds the upstream.
+    let cfg = host_config(&up, 0, &prefix(), "30s", "local")
+        .replace("auth_token_env = \"\"\n", "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n")
+        + "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\nmax_concurrency = 2\n";
+    let start = |redis: &Redis| {
+        let env = TestEnv::new(&cfg);
+        let mut cmd = env.supervisor(&["start"]);
+        cmd.env("GATEWAY_REDIS_URL", redis.url())
+            .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
+            .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
+        Host {
+            run: Running::ready(cmd),
+            env,
+        }
+    };
+    let (a, b) = (start(&redis), start(&redis));
+    let addrs = [a.run.listen, b.run.listen];
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            std::thread::spawn(move || {
+                support::http::request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("authorization", "Bearer desk-tok")],
+                    Some(&support::front::body("up", false)),
+                )
+                .map_or(0, |r| r.status)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let max = up.max_inflight();
+    assert!(max <= 2, "client desk had {max} in flight across two hosts");
+    assert_eq!(
+        max, 2,
+        "the limit was never reached; the test proved nothing"
+    );
+    drop((a.env, b.env));
+}
