@@ -123,6 +123,19 @@ struct Run {
     ping_at: Instant,
     /// True once the response head (200 + pings) has been sent.
     in_body: bool,
+    /// The provider last chosen and the model it serves: an error answer's usage record.
+    chosen: Option<(Arc<Provider>, String)>,
+}
+
+impl Run {
+    /// An error answer the client gets without a provider's body to observe: its usage record
+    /// (when a provider was chosen) goes out now.
+    fn failed(&self, resp: Response<ResBody>) -> Response<ResBody> {
+        if let Some((p, served)) = &self.chosen {
+            crate::usage::error_record(&self.req.usage, p, served, resp.status().as_u16());
+        }
+        resp
+    }
 }
 
 type BoxResponse = Pin<Box<dyn Future<Output = Response<ResBody>> + Send>>;
@@ -147,6 +160,7 @@ pub async fn forward(
         same_retries: 0,
         last: None,
         in_body: false,
+        chosen: None,
     };
     attempts(run, guard).await
 }
@@ -249,10 +263,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
+            let served = target
+                .rewrite
+                .as_deref()
+                .unwrap_or(&r.req.usage.model_asked)
+                .to_string();
+            r.chosen = Some((provider.clone(), served.clone()));
             let (body, tr) = match upstream_body(&r.req, &target, &provider) {
                 Ok(b) => b,
                 // Before any provider is contacted: the client's 400, naming the field.
-                Err(e) => return e.to_response(dialect),
+                Err(e) => return r.failed(e.to_response(dialect)),
             };
             // A native stream that reports its tokens (the client does not see the chunk it did
             // not ask for). A translated stream's usage follows the client's own request.
@@ -267,14 +287,9 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 }
                 None => body,
             };
-            let served = target
-                .rewrite
-                .as_deref()
-                .unwrap_or(&r.req.usage.model_asked)
-                .to_string();
             let permit = match take_permit(&mut r, &provider).await {
                 PermitWait::Got(s) => s,
-                PermitWait::TimedOut(e) => return e.to_response(dialect),
+                PermitWait::TimedOut(e) => return r.failed(e.to_response(dialect)),
                 PermitWait::StartPings => {
                     // The continuation picks again (the trial slot goes back with `pick`).
                     drop(pick);
@@ -318,7 +333,8 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
-                if resp.status().is_success() {
+                let success = resp.status().is_success();
+                if success {
                     // Usage is read from the provider's own answer, in the provider's API.
                     let api = tr
                         .as_ref()
@@ -334,15 +350,18 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                         tr.is_some(),
                     ));
                 }
-                return kept(resp, &provider, dialect, tr, attempt, guard).await;
+                let out = kept(resp, &provider, dialect, tr, attempt, guard).await;
+                // A success's record goes out when its body ends; an error answer's now.
+                return if success { out } else { r.failed(out) };
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
             let out = error_response(resp, &provider, dialect, tr.as_ref()).await;
             r.last = Some(mark_translated(out, tr.as_ref()));
         }
-        r.last.unwrap_or_else(|| {
+        let last = r.last.take().unwrap_or_else(|| {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
-        })
+        });
+        r.failed(last)
     })
 }
 
@@ -524,7 +543,11 @@ async fn mock_response(
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
-        Err(e) => return e.to_response(endpoint.dialect()),
+        Err(e) => {
+            let resp = e.to_response(endpoint.dialect());
+            crate::usage::error_record(meta, provider, served, resp.status().as_u16());
+            return resp;
+        }
     };
     let mut attempt = Attempt::start(provider.clone(), permit);
     attempt.observe(crate::usage::Observer::new(

@@ -190,15 +190,30 @@ impl Observer {
         }
     }
 
-    /// The answer ended with `outcome`: counts the tokens and sends the record.
-    pub fn finish(mut self, outcome: Outcome) {
-        let usage = match &mut self.reader {
-            Reader::Stream(r) => {
-                if outcome == Outcome::Success {
-                    r.end();
-                }
+    /// The client gets `status` instead of the provider's (its answer could not be passed on).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// The answer ended with `outcome`: counts the tokens and sends the record. A stream that
+    /// broke counts what it reported before the break.
+    pub fn finish(self, outcome: Outcome) {
+        let Observer {
+            meta,
+            provider,
+            model_served,
+            status,
+            translated,
+            mut reader,
+            first_byte,
+            ..
+        } = self;
+        let usage = match &mut reader {
+            Reader::Stream(r) if outcome == Outcome::Success => {
+                r.end();
                 r.usage()
             }
+            Reader::Stream(r) => r.usage_before_break(),
             Reader::Body { api, buf, over } => (!*over && outcome == Outcome::Success)
                 .then(|| usage_member(buf))
                 .flatten()
@@ -211,40 +226,88 @@ impl Observer {
             cache_read: u.cache_read,
             cache_write: u.cache_write,
         });
-        let cost = record::cost(&self.provider.config.prices, &self.model_served, &tokens);
-        if let Some(s) = global()
-            .and_then(|g| g.series(self.provider.name(), &self.meta.client, &self.model_served))
-        {
-            s.add(&tokens, cost);
-        }
         let outcome = match outcome {
+            _ if status >= 400 => record::Outcome::Error,
             Outcome::Success => record::Outcome::Ok,
             Outcome::Timeout => record::Outcome::Timeout,
             Outcome::Cancelled => record::Outcome::Cancelled,
-            _ => record::Outcome::StreamError,
+            Outcome::StreamError => record::Outcome::StreamError,
+            // A 3xx passed on as it is.
+            _ => record::Outcome::Ok,
         };
-        let rec = Record {
-            ts_ms: self.meta.ts_ms,
-            request_id: std::mem::take(&mut self.meta.request_id),
-            client: std::mem::take(&mut self.meta.client),
-            model_asked: std::mem::take(&mut self.meta.model_asked),
-            model_served: std::mem::take(&mut self.model_served),
-            provider: self.provider.name().to_string(),
-            worker: global().and_then(|g| g.worker),
-            tokens,
-            cost_usd: cost,
-            status: self.status,
+        let ended = Ended {
+            status,
             outcome,
-            duration_ms: self.meta.started.elapsed().as_millis() as u64,
-            ttfb_ms: self.first_byte,
-            streamed: self.meta.streamed,
-            translated: self.translated,
-            dropped_before: 0,
+            tokens,
+            ttfb_ms: first_byte,
+            translated,
         };
-        if let Some(g) = global() {
-            g.send(rec);
-        }
+        send_record(meta, &provider, model_served, ended);
     }
+}
+
+/// How a request ended, for its record.
+struct Ended {
+    status: u16,
+    outcome: record::Outcome,
+    tokens: Tokens,
+    ttfb_ms: Option<u64>,
+    translated: bool,
+}
+
+/// The record of a request that got an error answer without a provider's body to observe (all
+/// attempts failed, a permit wait timed out, the request could not be encoded for the provider):
+/// status `status`, no tokens, no cost. `provider` is the last one chosen for it.
+pub fn error_record(meta: &Meta, provider: &Arc<Provider>, served: &str, status: u16) {
+    let ended = Ended {
+        status,
+        // A 3xx passed on as it is.
+        outcome: if status >= 400 {
+            record::Outcome::Error
+        } else {
+            record::Outcome::Ok
+        },
+        tokens: Tokens::default(),
+        ttfb_ms: None,
+        translated: false,
+    };
+    send_record(meta.clone(), provider, record::bounded(served), ended);
+}
+
+/// Counts the tokens and cost in the metrics and sends the record.
+fn send_record(meta: Meta, provider: &Arc<Provider>, model_served: String, e: Ended) {
+    if let Some(ms) = e.ttfb_ms {
+        provider.metrics.ttfb.observe(ms as f64 / 1000.0);
+    }
+    let Some(g) = global() else {
+        return;
+    };
+    // No tokens, no cost: an answer that used none is not a $0 request.
+    let cost = (e.tokens != Tokens::default())
+        .then(|| record::cost(&provider.config.prices, &model_served, &e.tokens))
+        .flatten();
+    if let Some(s) = g.series(provider.name(), &meta.client, &model_served) {
+        s.add(&e.tokens, cost);
+    }
+    let rec = Record {
+        ts_ms: meta.ts_ms,
+        duration_ms: meta.started.elapsed().as_millis() as u64,
+        request_id: meta.request_id,
+        client: meta.client,
+        model_asked: meta.model_asked,
+        model_served,
+        provider: provider.name().to_string(),
+        worker: g.worker,
+        tokens: e.tokens,
+        cost_usd: cost,
+        status: e.status,
+        outcome: e.outcome,
+        ttfb_ms: e.ttfb_ms,
+        streamed: meta.streamed,
+        translated: e.translated,
+        dropped_before: 0,
+    };
+    g.send(rec);
 }
 
 /// Removes the usage-only chunk (`"choices": []` with `usage`) from a Chat stream whose client

@@ -38,6 +38,10 @@ fn kind_of(ty: Option<&str>) -> ErrorKind {
 }
 
 impl Decode for Decoder {
+    fn usage_so_far(&self) -> Usage {
+        self.usage
+    }
+
     fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
         if self.finished {
             return Ok(());
