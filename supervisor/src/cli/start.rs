@@ -421,7 +421,8 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
-    let ctx = front_context(&pool, metrics, registry);
+    let access = usage.as_ref().map(|u| u.access()).unwrap_or_default();
+    let ctx = front_context(&pool, metrics, registry, access);
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
@@ -466,12 +467,14 @@ fn front_context(
     pool: &Pool,
     metrics: SupervisorMetrics,
     registry: prometheus_client::registry::Registry,
+    access: crate::usage::access::AccessLog,
 ) -> FrontContext {
     FrontContext {
         slots: pool.worker_slots(),
         config: pool.live_config(),
         metrics,
         registry: Arc::new(registry),
+        access,
     }
 }
 
@@ -738,7 +741,7 @@ mod tests {
         use crate::pool::tests::{config, fixture};
         let f = fixture(config(1, "ok"));
         let (metrics, registry) = SupervisorMetrics::new();
-        let ctx = front_context(&f.pool, metrics, registry);
+        let ctx = front_context(&f.pool, metrics, registry, Default::default());
         f.pool.scale_by(1);
         assert_eq!(f.pool.status().len(), 2);
         assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");

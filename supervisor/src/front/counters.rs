@@ -79,13 +79,16 @@ impl RequestCounters {
 pub struct RequestMeters {
     counters: RequestCounters,
     metrics: SupervisorMetrics,
+    /// Where each finished request's access line goes.
+    pub access: crate::usage::access::AccessLog,
 }
 
 impl RequestMeters {
-    pub fn new(metrics: SupervisorMetrics) -> Self {
+    pub fn new(metrics: SupervisorMetrics, access: crate::usage::access::AccessLog) -> Self {
         Self {
             counters: RequestCounters::default(),
             metrics,
+            access,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct FrontContext {
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: SupervisorMetrics,
     pub registry: Arc<Registry>,
+    /// Where the access lines go (joined with the usage records' tokens when the ledger is on).
+    pub access: crate::usage::access::AccessLog,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -115,7 +117,10 @@ pub struct Shared {
 impl Shared {
     pub fn new(ctx: FrontContext, bound: SocketAddr) -> Self {
         let cfg = ctx.config.load_full();
-        let meters = Arc::new(counters::RequestMeters::new(ctx.metrics.clone()));
+        let meters = Arc::new(counters::RequestMeters::new(
+            ctx.metrics.clone(),
+            ctx.access.clone(),
+        ));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None)),
             slots: ctx.slots,
@@ -168,6 +173,7 @@ mod settings_tests {
             config: Arc::new(ArcSwap::new(cfg)),
             metrics,
             registry: Arc::new(registry),
+            access: Default::default(),
         };
         Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
     }

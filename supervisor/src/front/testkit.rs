@@ -235,6 +235,7 @@ impl Harness {
             config: config.clone(),
             metrics: metrics.clone(),
             registry: Arc::new(registry),
+            access: Default::default(),
         };
         let task = Some(tokio::spawn(serve(l, ctx, sd)));
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
