@@ -305,7 +305,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
-                let usage = (&r.req.usage, served.as_str());
+                let usage = (&mut r.req.usage, served.as_str());
                 return mock_response(
                     &provider,
                     r.req.endpoint,
@@ -340,8 +340,9 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                         .as_ref()
                         .map(|t| t.to)
                         .or(crate::usage::api_of(r.req.endpoint));
+                    // The answer is kept: its observer takes the request's strings.
                     attempt.observe(crate::usage::Observer::new(
-                        &r.req.usage,
+                        r.req.usage.take(),
                         provider.clone(),
                         &served,
                         api,
@@ -539,7 +540,7 @@ async fn mock_response(
     stream: bool,
     permit: Option<ProviderPermit>,
     guard: RequestGuard,
-    (meta, served): (&crate::usage::Meta, &str),
+    (meta, served): (&mut crate::usage::Meta, &str),
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
@@ -551,7 +552,7 @@ async fn mock_response(
     };
     let mut attempt = Attempt::start(provider.clone(), permit);
     attempt.observe(crate::usage::Observer::new(
-        meta,
+        meta.take(),
         provider.clone(),
         served,
         crate::usage::api_of(endpoint),
