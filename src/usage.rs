@@ -40,6 +40,8 @@ pub enum Outcome {
     Timeout,
     /// The client went away before the end.
     Cancelled,
+    /// The answer was an error (status 400 or more), the provider's or the gateway's.
+    Error,
 }
 
 impl Outcome {
@@ -49,6 +51,7 @@ impl Outcome {
             Self::StreamError => "stream_error",
             Self::Timeout => "timeout",
             Self::Cancelled => "cancelled",
+            Self::Error => "error",
         }
     }
 }

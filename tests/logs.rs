@@ -183,7 +183,8 @@ fn the_access_line_names_client_provider_model_attempts_and_times() {
     // The provider's own headers of these names are lies the gateway must not pass on.
     let answer = Script::json(
         200,
-        serde_json::json!({"id": "c1", "object": "chat.completion"}),
+        serde_json::json!({"id": "c1", "object": "chat.completion",
+                           "usage": {"prompt_tokens": 7, "completion_tokens": 3}}),
     )
     .header("x-gateway-provider", "forged")
     .header("x-gateway-attempts", "99");
@@ -249,6 +250,9 @@ token_env = "LOGS_CLIENT_TOKEN"
     assert_eq!(access["provider"], "up", "{access}");
     assert_eq!(access["model"], "m1", "{access}");
     assert_eq!(access["attempts"], 2, "{access}");
+    // The worker's usage record's tokens, on the same line (the ledger is on: "auto").
+    assert_eq!(access["input_tokens"], 7, "{access}");
+    assert_eq!(access["output_tokens"], 3, "{access}");
     let (duration, ttfb) = (access["duration_us"].as_u64(), access["ttfb_us"].as_u64());
     assert!(duration.is_some() && ttfb.is_some(), "{access}");
     assert!(ttfb <= duration, "{access}");

@@ -85,6 +85,7 @@ struct Row {
     worker: Option<i64>,
     request_id: String,
     client: String,
+    status: i64,
 }
 
 fn rows(path: &Path) -> Vec<Row> {
@@ -96,7 +97,8 @@ fn rows(path: &Path) -> Vec<Row> {
     let mut st = c
         .prepare(
             "SELECT model_served, provider, input_tokens, output_tokens, cache_read_tokens,
-                    cost_usd, outcome, streamed, worker, request_id, client FROM usage ORDER BY id",
+                    cost_usd, outcome, streamed, worker, request_id, client, status
+             FROM usage ORDER BY id",
         )
         .unwrap();
     st.query_map([], |r| {
@@ -112,6 +114,7 @@ fn rows(path: &Path) -> Vec<Row> {
             worker: r.get(8)?,
             request_id: r.get(9)?,
             client: r.get(10)?,
+            status: r.get(11)?,
         })
     })
     .unwrap()
@@ -291,6 +294,70 @@ fn a_broken_stream_leaves_a_row_with_its_outcome() {
     assert_eq!(rows[0].model, "broken");
     assert_eq!(rows[0].outcome, "stream_error", "{:?}", rows[0]);
     assert!(rows[0].streamed);
+}
+
+/// A stream that breaks after its `message_start` keeps the input tokens it reported.
+#[test]
+fn a_broken_anthropic_stream_keeps_the_tokens_counted_before_the_break() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(1, &up));
+    let run = env.start(&[]);
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"usage\":{\"input_tokens\":21,\"cache_read_input_tokens\":2,\"output_tokens\":1}}}\n\n";
+    up.enqueue("/v1/messages", Script::sse(&[start]).reset());
+    let body = serde_json::json!({"model": "claude-x", "max_tokens": 50, "stream": true,
+                                  "messages": [{"role": "user", "content": "hi"}]});
+    let mut s = Stream::post_json(run.listen, "/v1/messages", &body).unwrap();
+    assert_eq!(s.status, 200);
+    let _ = s.read_to_end();
+    let rows = wait_rows(&ledger_path(&env), 1);
+    assert_eq!(rows[0].outcome, "stream_error", "{:?}", rows[0]);
+    assert_eq!(
+        (rows[0].input, rows[0].cache_read, rows[0].output),
+        (21, 2, 1)
+    );
+    // Priced (1 USD per million input, output and cache read at 0.1).
+    assert!(
+        close(rows[0].cost.unwrap(), (21.0 + 1.0 + 0.2) / 1e6),
+        "{:?}",
+        rows[0]
+    );
+}
+
+/// Error answers leave one row each: the provider's 4xx passed on, a 5xx after the last
+/// attempt, with their status, no tokens and no cost.
+#[test]
+fn error_answers_leave_a_row_with_their_status_and_no_cost() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(1, &up));
+    let run = env.start(&[]);
+    let err = serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error"}});
+    up.enqueue("/v1/chat/completions", Script::json(400, err.clone()));
+    assert_eq!(
+        http::post_chat(run.listen, "up-model", false)
+            .unwrap()
+            .status,
+        400
+    );
+    up.enqueue("/v1/chat/completions", Script::json(503, err));
+    assert_eq!(
+        http::post_chat(run.listen, "up-model", true)
+            .unwrap()
+            .status,
+        503
+    );
+    let rows = wait_rows(&ledger_path(&env), 2);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let statuses: Vec<i64> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400, 503]);
+    for r in &rows {
+        assert_eq!(
+            (r.outcome.as_str(), r.provider.as_str()),
+            ("error", "up"),
+            "{r:?}"
+        );
+        assert_eq!((r.input, r.output, r.cost), (0, 0, None), "{r:?}");
+        assert_eq!(r.model, "up-model");
+    }
 }
 
 #[test]

@@ -587,3 +587,32 @@ fn concurrent_streams_are_all_in_flight_at_once() {
     assert_eq!(up.completed(), 3);
     assert_eq!(up.aborted(), 0);
 }
+
+/// Token series are labelled with the served model when a provider names it, and `other` when
+/// none does (a `*` provider serves any name: the label set stays bounded); every answer's time
+/// to first byte is observed per provider.
+#[test]
+fn token_series_label_unnamed_models_other_and_ttfb_is_observed() {
+    let up = Upstream::start();
+    let providers =
+        m1_provider("up", &up) + &openai_provider("any", &up.url("/v1"), r#"["*"]"#, "UP_KEY", "");
+    let w = Worker::start(&config(&providers), &[("UP_KEY", KEY)]);
+    up.enqueue(CHAT, Script::chat_with_usage("m1", 5, 0, 2));
+    assert_eq!(chat(&w).status, 200);
+    up.enqueue(CHAT, Script::chat_with_usage("whatever-7", 11, 0, 3));
+    assert_eq!(
+        http::post_chat(w.addr, "whatever-7", false).unwrap().status,
+        200
+    );
+    let t = http::get(w.addr, "/metrics").unwrap().text();
+    for want in [
+        "gateway_tokens_total{client=\"\",provider=\"up\",model=\"m1\",type=\"input\"} 5",
+        "gateway_tokens_total{client=\"\",provider=\"any\",model=\"other\",type=\"input\"} 11",
+        "gateway_tokens_total{client=\"\",provider=\"any\",model=\"other\",type=\"output\"} 3",
+        "gateway_time_to_first_byte_seconds_count{provider=\"up\"} 1",
+        "gateway_time_to_first_byte_seconds_count{provider=\"any\"} 1",
+    ] {
+        assert!(t.lines().any(|l| l == want), "{want} in {t}");
+    }
+    assert!(!t.contains("whatever-7"), "{t}");
+}

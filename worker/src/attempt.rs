@@ -65,6 +65,14 @@ impl Attempt {
         self.usage = Some(Box::new(o));
     }
 
+    /// The client gets `status` instead of the provider's answer (it could not be passed on):
+    /// the usage record says so.
+    pub fn set_status(&mut self, status: u16) {
+        if let Some(o) = &mut self.usage {
+            o.set_status(status);
+        }
+    }
+
     /// A frame on its way to the client, seen by the usage observer (which may hide the Chat
     /// usage chunk the client did not ask for); `last` = nothing follows.
     pub fn pass(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {

@@ -148,6 +148,9 @@ impl Outcome {
 pub struct ProviderMetrics {
     outcomes: [Counter; 8],
     pub latency: Histogram,
+    /// `gateway_time_to_first_byte_seconds`: from the request's arrival at the worker to the
+    /// first byte of the answer passed to the client.
+    pub ttfb: Histogram,
     /// 0 closed, 1 open, 2 half-open; written by the breaker's transition hook.
     pub circuit_state: Gauge,
     /// `gateway_circuit_state_changes_total` for each legal edge, in `EDGES` order, created at
@@ -190,6 +193,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<OutcomeLabels, Counter>,
     latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    ttfb: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     circuit: Family<ProviderLabel, Gauge>,
     changes: Family<TransitionLabels, Counter>,
     translated: Family<TranslatedLabels, Counter>,
@@ -209,6 +213,12 @@ impl Metrics {
         let requests = Family::<OutcomeLabels, Counter>::default();
         let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let circuit = Family::<ProviderLabel, Gauge>::default();
+        let ttfb = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "gateway_time_to_first_byte_seconds",
+            "Time from a request's arrival at the worker to the first byte of its answer",
+            ttfb.clone(),
+        );
         registry.register(
             "gateway_provider_requests",
             "Attempts at each provider by outcome",
@@ -252,6 +262,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            ttfb,
             circuit,
             changes,
             translated,
@@ -299,6 +310,7 @@ impl Metrics {
         ProviderMetrics {
             outcomes,
             latency: self.latency.get_or_create(&label).clone(),
+            ttfb: self.ttfb.get_or_create(&label).clone(),
             circuit_state: self.circuit.get_or_create(&label).clone(),
             transitions: EDGES.map(|(from, to)| {
                 self.changes
@@ -363,6 +375,12 @@ mod tests {
         );
         assert!(
             text.contains("gateway_provider_latency_seconds_bucket{"),
+            "{text}"
+        );
+        p.ttfb.observe(0.02);
+        let text = m.encode();
+        assert!(
+            text.contains("gateway_time_to_first_byte_seconds_count{provider=\"demo\"} 1"),
             "{text}"
         );
         assert!(

@@ -131,6 +131,19 @@ struct Run {
     ping_at: Instant,
     /// True once the response head (200 + pings) has been sent.
     in_body: bool,
+    /// The provider last chosen and the model it serves: an error answer's usage record.
+    chosen: Option<(Arc<Provider>, String)>,
+}
+
+impl Run {
+    /// An error answer the client gets without a provider's body to observe: its usage record
+    /// (when a provider was chosen) goes out now.
+    fn failed(&self, resp: Response<ResBody>) -> Response<ResBody> {
+        if let Some((p, served)) = &self.chosen {
+            crate::usage::error_record(&self.req.usage, p, served, resp.status().as_u16());
+        }
+        resp
+    }
 }
 
 type BoxResponse = Pin<Box<dyn Future<Output = Response<ResBody>> + Send>>;
@@ -155,6 +168,7 @@ pub async fn forward(
         same_retries: 0,
         last: None,
         in_body: false,
+        chosen: None,
     };
     attempts(run, guard).await
 }
@@ -259,6 +273,12 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 tokio::time::sleep(backoff(r.same_retries)).await;
                 r.same_retries += 1;
             }
+            let served = target
+                .rewrite
+                .as_deref()
+                .unwrap_or(&r.req.usage.model_asked)
+                .to_string();
+            r.chosen = Some((provider.clone(), served.clone()));
             let (body, tr) = match upstream_body(&r.req, &target, &provider) {
                 Ok(b) => b,
                 // This candidate cannot take the request (a field its API cannot express):
@@ -285,14 +305,9 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                 }
                 None => body,
             };
-            let served = target
-                .rewrite
-                .as_deref()
-                .unwrap_or(&r.req.usage.model_asked)
-                .to_string();
             let permit = match take_permit(&mut r, &provider).await {
                 PermitWait::Got(s) => s,
-                PermitWait::TimedOut(e) => return e.to_response(dialect),
+                PermitWait::TimedOut(e) => return r.failed(e.to_response(dialect)),
                 PermitWait::StartPings => {
                     // The continuation picks again (the trial slot goes back with `pick`).
                     drop(pick);
@@ -313,7 +328,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             // From here the attempt's outcome (or its `Cancelled` on drop) settles the trial.
             pick.trial.disarm();
             if provider.config.kind == ProviderKind::Mock {
-                let usage = (&r.req.usage, served.as_str());
+                let usage = (&mut r.req.usage, served.as_str());
                 return mock_response(
                     &provider,
                     r.req.endpoint,
@@ -341,14 +356,16 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
             attempt.headers_received();
             let cap = r.table.max_cooldown;
             if judge(&resp, &provider, &mut attempt, cap) == Verdict::Keep {
-                if resp.status().is_success() {
+                let success = resp.status().is_success();
+                if success {
                     // Usage is read from the provider's own answer, in the provider's API.
                     let api = tr
                         .as_ref()
                         .map(|t| t.to)
                         .or(crate::usage::api_of(r.req.endpoint));
+                    // The answer is kept: its observer takes the request's strings.
                     attempt.observe(crate::usage::Observer::new(
-                        &r.req.usage,
+                        r.req.usage.take(),
                         provider.clone(),
                         &served,
                         api,
@@ -357,15 +374,18 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                         tr.is_some(),
                     ));
                 }
-                return kept(resp, &provider, dialect, tr, attempt, guard).await;
+                let out = kept(resp, &provider, dialect, tr, attempt, guard).await;
+                // A success's record goes out when its body ends; an error answer's now.
+                return if success { out } else { r.failed(out) };
             }
             tracing::warn!(provider = %provider.name(), status = resp.status().as_u16(), "provider failed; trying another if an attempt is left");
             let out = error_response(resp, &provider, dialect, tr.as_ref()).await;
             r.last = Some(mark_translated(out, tr.as_ref()));
         }
-        r.last.unwrap_or_else(|| {
+        let last = r.last.take().unwrap_or_else(|| {
             ApiError::new(ErrorKind::BadGateway, "no provider could be tried").to_response(dialect)
-        })
+        });
+        r.failed(last)
     })
 }
 
@@ -589,15 +609,19 @@ async fn mock_response(
     stream: bool,
     permit: Option<ProviderPermit>,
     guard: RequestGuard,
-    (meta, served): (&crate::usage::Meta, &str),
+    (meta, served): (&mut crate::usage::Meta, &str),
 ) -> Response<ResBody> {
     let reply = match mock::reply(provider.name(), endpoint, body, stream) {
         Ok(r) => r,
-        Err(e) => return e.to_response(endpoint.dialect()),
+        Err(e) => {
+            let resp = e.to_response(endpoint.dialect());
+            crate::usage::error_record(meta, provider, served, resp.status().as_u16());
+            return resp;
+        }
     };
     let mut attempt = Attempt::start(provider.clone(), permit);
     attempt.observe(crate::usage::Observer::new(
-        meta,
+        meta.take(),
         provider.clone(),
         served,
         crate::usage::api_of(endpoint),

@@ -25,8 +25,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest SSE event the usage reader accepts (a bigger one is not read for usage).
 const MAX_EVENT_BYTES: usize = 4 << 20;
-/// Largest non-streamed body kept to read its usage; past it the answer has no counted usage.
-const MAX_BODY_BYTES: usize = 16 << 20;
+/// Most bytes kept of a non-streamed body: from its last `"usage"` key on (a usage object with
+/// every provider's details is well under this).
+const MAX_USAGE_TAIL: usize = 4 << 10;
 /// The label of models that no configured model or price names (bounded cardinality).
 const OTHER: &str = "other";
 
@@ -46,6 +47,17 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Moves the strings out (for the one observer of the kept answer): no copy per answer.
+    pub fn take(&mut self) -> Self {
+        Self {
+            request_id: std::mem::take(&mut self.request_id),
+            client: std::mem::take(&mut self.client),
+            model_asked: std::mem::take(&mut self.model_asked),
+            trace: self.trace.clone(),
+            ..*self
+        }
+    }
+
     pub fn new(request_id: &str, client: &str, model_asked: &str, streamed: bool) -> Self {
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -95,30 +107,98 @@ pub fn api_of(endpoint: Endpoint) -> Option<Api> {
     }
 }
 
-/// A JSON answer reduced to its `usage` member, as `{"usage": …}`. Only that member is built
-/// as a value; serde skips the rest (the choices, the text) without allocating, which is most
-/// of the answer: building the whole answer as a `Value` cost about a tenth of a worker hop's
-/// throughput in `bench/run.sh`.
-fn usage_member(body: &[u8]) -> Option<serde_json::Value> {
-    #[derive(serde::Deserialize)]
-    struct UsageOnly {
-        #[serde(default)]
-        usage: Option<serde_json::Value>,
+/// The key a JSON answer's usage member starts with.
+const KEY: &[u8] = b"\"usage\"";
+
+/// Finds a JSON answer's `usage` member while its frames pass, without copying the body: only
+/// the bytes from the last `"usage"` key on are kept (at most `MAX_USAGE_TAIL`), and the last
+/// few bytes of each frame, for a key split across two frames. Providers put the member at the
+/// top level (usually last); a key inside a string is escaped (`\"usage\"`), so it is not seen.
+#[derive(Default)]
+struct UsageTail {
+    /// From the last key on, when `found`.
+    tail: Vec<u8>,
+    found: bool,
+    /// The stream's last `SPLIT` bytes (`last_len` of them so far): where a split key starts.
+    last: [u8; SPLIT],
+    last_len: usize,
+}
+
+/// The most bytes of a key that can be in the frame before the one where it ends.
+const SPLIT: usize = KEY.len() - 1;
+
+impl UsageTail {
+    fn feed(&mut self, data: &[u8]) {
+        let head = &data[..data.len().min(SPLIT)];
+        let n = self.last_len;
+        let mut window = [0u8; 2 * SPLIT];
+        window[..n].copy_from_slice(&self.last[..n]);
+        window[n..n + head.len()].copy_from_slice(head);
+        let split = find(&window[..n + head.len()], KEY).filter(|i| *i < n);
+        let room = |t: &Vec<u8>| MAX_USAGE_TAIL.saturating_sub(t.len());
+        if let Some(j) = rfind(data, KEY) {
+            // The last key of all (a later one wins over one split before it).
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&data[j..data.len().min(j + MAX_USAGE_TAIL)]);
+            self.found = true;
+        } else if let Some(i) = split {
+            self.tail.clear();
+            self.tail.extend_from_slice(&self.last[i..n]);
+            let r = room(&self.tail);
+            self.tail.extend_from_slice(&data[..data.len().min(r)]);
+            self.found = true;
+        } else if self.found {
+            let r = room(&self.tail);
+            self.tail.extend_from_slice(&data[..data.len().min(r)]);
+        }
+        // The new last bytes: of this frame, topped up with the old ones if it is short.
+        if data.len() >= SPLIT {
+            self.last.copy_from_slice(&data[data.len() - SPLIT..]);
+            self.last_len = SPLIT;
+        } else {
+            let mut both = [0u8; 2 * SPLIT];
+            both[..n].copy_from_slice(&self.last[..n]);
+            both[n..n + data.len()].copy_from_slice(data);
+            let total = n + data.len();
+            let keep = total.min(SPLIT);
+            self.last[..keep].copy_from_slice(&both[total - keep..total]);
+            self.last_len = keep;
+        }
     }
-    let u = serde_json::from_slice::<UsageOnly>(body).ok()?.usage?;
-    let mut v = serde_json::Map::with_capacity(1);
-    v.insert("usage".into(), u);
-    Some(serde_json::Value::Object(v))
+
+    /// The answer as `{"usage": …}`, when its last `"usage"` key is followed by a whole value.
+    fn usage(&self) -> Option<serde_json::Value> {
+        if !self.found {
+            return None;
+        }
+        let rest = self.tail.strip_prefix(KEY)?.trim_ascii_start();
+        let rest = rest.strip_prefix(b":")?;
+        let u = serde_json::Deserializer::from_slice(rest)
+            .into_iter::<serde_json::Value>()
+            .next()?
+            .ok()?;
+        let mut v = serde_json::Map::with_capacity(1);
+        v.insert("usage".into(), u);
+        Some(serde_json::Value::Object(v))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
 }
 
 /// How the answer is read.
 enum Reader {
     Stream(Box<UsageReader>),
-    /// A non-streamed body, kept (bounded) until its end.
+    /// A non-streamed body, scanned for its usage member.
     Body {
         api: Api,
-        buf: Vec<u8>,
-        over: bool,
+        tail: UsageTail,
     },
     None,
 }
@@ -139,7 +219,7 @@ impl Observer {
     /// `api` is the dialect of the bytes observed (the provider's); `sse` whether they are a
     /// `text/event-stream`.
     pub fn new(
-        meta: &Meta,
+        meta: Meta,
         provider: Arc<Provider>,
         model_served: &str,
         api: Option<Api>,
@@ -151,15 +231,14 @@ impl Observer {
             Some(api) if sse => Reader::Stream(Box::new(UsageReader::new(api, MAX_EVENT_BYTES))),
             Some(api) => Reader::Body {
                 api,
-                buf: Vec::new(),
-                over: false,
+                tail: UsageTail::default(),
             },
             None => Reader::None,
         };
         let hide = (meta.hide_usage_chunk && sse && api == Some(Api::Chat) && !translated)
             .then(HideUsageChunk::default);
         Self {
-            meta: meta.clone(),
+            meta,
             provider,
             model_served: record::bounded(model_served),
             status,
@@ -178,13 +257,7 @@ impl Observer {
         }
         match &mut self.reader {
             Reader::Stream(r) => r.feed(&data),
-            Reader::Body { buf, over, .. } => {
-                if !*over && buf.len() + data.len() <= MAX_BODY_BYTES {
-                    buf.extend_from_slice(&data);
-                } else {
-                    *over = true;
-                }
-            }
+            Reader::Body { tail, .. } => tail.feed(&data),
             Reader::None => {}
         }
         match &mut self.hide {
@@ -193,17 +266,32 @@ impl Observer {
         }
     }
 
-    /// The answer ended with `outcome`: counts the tokens and sends the record.
-    pub fn finish(mut self, outcome: Outcome) {
-        let usage = match &mut self.reader {
-            Reader::Stream(r) => {
-                if outcome == Outcome::Success {
-                    r.end();
-                }
+    /// The client gets `status` instead of the provider's (its answer could not be passed on).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// The answer ended with `outcome`: counts the tokens and sends the record. A stream that
+    /// broke counts what it reported before the break.
+    pub fn finish(self, outcome: Outcome) {
+        let Observer {
+            meta,
+            provider,
+            model_served,
+            status,
+            translated,
+            mut reader,
+            first_byte,
+            ..
+        } = self;
+        let usage = match &mut reader {
+            Reader::Stream(r) if outcome == Outcome::Success => {
+                r.end();
                 r.usage()
             }
-            Reader::Body { api, buf, over } => (!*over && outcome == Outcome::Success)
-                .then(|| usage_member(buf))
+            Reader::Stream(r) => r.usage_before_break(),
+            Reader::Body { api, tail } => (outcome == Outcome::Success)
+                .then(|| tail.usage())
                 .flatten()
                 .and_then(|v| translate::body_usage(*api, &v)),
             Reader::None => None,
@@ -214,44 +302,92 @@ impl Observer {
             cache_read: u.cache_read,
             cache_write: u.cache_write,
         });
-        let cost = record::cost(&self.provider.config.prices, &self.model_served, &tokens);
-        if let Some(s) = global()
-            .and_then(|g| g.series(self.provider.name(), &self.meta.client, &self.model_served))
-        {
-            s.add(&tokens, cost);
-        }
-        if let Some(f) = &self.meta.trace {
-            let (p, m) = (self.provider.name(), &self.model_served);
-            crate::trace::answered(f, p, m, &tokens, outcome, self.translated);
+        if let Some(f) = &meta.trace {
+            let (p, m) = (provider.name(), &model_served);
+            crate::trace::answered(f, p, m, &tokens, outcome, translated);
         }
         let outcome = match outcome {
+            _ if status >= 400 => record::Outcome::Error,
             Outcome::Success => record::Outcome::Ok,
             Outcome::Timeout => record::Outcome::Timeout,
             Outcome::Cancelled => record::Outcome::Cancelled,
-            _ => record::Outcome::StreamError,
+            Outcome::StreamError => record::Outcome::StreamError,
+            // A 3xx passed on as it is.
+            _ => record::Outcome::Ok,
         };
-        let rec = Record {
-            ts_ms: self.meta.ts_ms,
-            request_id: std::mem::take(&mut self.meta.request_id),
-            client: std::mem::take(&mut self.meta.client),
-            model_asked: std::mem::take(&mut self.meta.model_asked),
-            model_served: std::mem::take(&mut self.model_served),
-            provider: self.provider.name().to_string(),
-            worker: global().and_then(|g| g.worker),
-            tokens,
-            cost_usd: cost,
-            status: self.status,
+        let ended = Ended {
+            status,
             outcome,
-            duration_ms: self.meta.started.elapsed().as_millis() as u64,
-            ttfb_ms: self.first_byte,
-            streamed: self.meta.streamed,
-            translated: self.translated,
-            dropped_before: 0,
+            tokens,
+            ttfb_ms: first_byte,
+            translated,
         };
-        if let Some(g) = global() {
-            g.send(rec);
-        }
+        send_record(meta, &provider, model_served, ended);
     }
+}
+
+/// How a request ended, for its record.
+struct Ended {
+    status: u16,
+    outcome: record::Outcome,
+    tokens: Tokens,
+    ttfb_ms: Option<u64>,
+    translated: bool,
+}
+
+/// The record of a request that got an error answer without a provider's body to observe (all
+/// attempts failed, a permit wait timed out, the request could not be encoded for the provider):
+/// status `status`, no tokens, no cost. `provider` is the last one chosen for it.
+pub fn error_record(meta: &Meta, provider: &Arc<Provider>, served: &str, status: u16) {
+    let ended = Ended {
+        status,
+        // A 3xx passed on as it is.
+        outcome: if status >= 400 {
+            record::Outcome::Error
+        } else {
+            record::Outcome::Ok
+        },
+        tokens: Tokens::default(),
+        ttfb_ms: None,
+        translated: false,
+    };
+    send_record(meta.clone(), provider, record::bounded(served), ended);
+}
+
+/// Counts the tokens and cost in the metrics and sends the record.
+fn send_record(meta: Meta, provider: &Arc<Provider>, model_served: String, e: Ended) {
+    if let Some(ms) = e.ttfb_ms {
+        provider.metrics.ttfb.observe(ms as f64 / 1000.0);
+    }
+    let Some(g) = global() else {
+        return;
+    };
+    // No tokens, no cost: an answer that used none is not a $0 request.
+    let cost = (e.tokens != Tokens::default())
+        .then(|| record::cost(&provider.config.prices, &model_served, &e.tokens))
+        .flatten();
+    if let Some(s) = g.series(provider.name(), &meta.client, &model_served) {
+        s.add(&e.tokens, cost);
+    }
+    let rec = Record {
+        ts_ms: meta.ts_ms,
+        duration_ms: meta.started.elapsed().as_millis() as u64,
+        request_id: meta.request_id,
+        client: meta.client,
+        model_asked: meta.model_asked,
+        model_served,
+        provider: provider.name().to_string(),
+        worker: g.worker,
+        tokens: e.tokens,
+        cost_usd: cost,
+        status: e.status,
+        outcome: e.outcome,
+        ttfb_ms: e.ttfb_ms,
+        streamed: meta.streamed,
+        translated: e.translated,
+        dropped_before: 0,
+    };
+    g.send(rec);
 }
 
 /// Removes the usage-only chunk (`"choices": []` with `usage`) from a Chat stream whose client
@@ -441,17 +577,33 @@ impl Global {
 
 #[cfg(test)]
 mod tests {
-    /// The answer's usage is found whatever surrounds it, and an answer without one has none.
+    /// The answer's usage is found whatever surrounds it and wherever the frames split it, and
+    /// an answer without one has none; only a bounded tail is kept.
     #[test]
-    fn only_the_usage_member_is_read() {
-        let body = br#"{"id":"x","choices":[{"message":{"content":"hi","x":[1,{"y":null}]}}],"usage":{"prompt_tokens":3,"completion_tokens":4},"z":true}"#;
-        let v = usage_member(body).unwrap();
-        assert_eq!(v["usage"]["prompt_tokens"], 3);
-        assert_eq!(v.as_object().unwrap().len(), 1);
-        assert!(usage_member(br#"{"choices":[]}"#).is_none());
-        assert!(usage_member(b"not json").is_none());
-        let u = translate::body_usage(Api::Chat, &v).unwrap();
-        assert_eq!((u.input, u.output), (3, 4));
+    fn the_usage_member_is_found_across_frames() {
+        let body: &[u8] = br#"{"id":"x","choices":[{"message":{"content":"say \"usage\": no","x":[1,{"y":null}]}}],"usage":{"prompt_tokens":3,"completion_tokens":4},"z":true}"#;
+        let scan = |frames: &[&[u8]]| {
+            let mut t = UsageTail::default();
+            for f in frames {
+                t.feed(f);
+                assert!(t.tail.len() <= MAX_USAGE_TAIL);
+            }
+            t.usage()
+        };
+        for cut in 0..=body.len() {
+            for cut2 in [cut, (cut + 3).min(body.len())] {
+                let v = scan(&[&body[..cut], &body[cut..cut2], &body[cut2..]])
+                    .unwrap_or_else(|| panic!("cut at {cut}/{cut2}"));
+                assert_eq!(v["usage"]["prompt_tokens"], 3, "cut at {cut}");
+                assert_eq!(v.as_object().unwrap().len(), 1);
+                let u = translate::body_usage(Api::Chat, &v).unwrap();
+                assert_eq!((u.input, u.output), (3, 4));
+            }
+        }
+        assert!(scan(&[br#"{"choices":[]}"#]).is_none());
+        assert!(scan(&[b"not json"]).is_none());
+        let big = vec![b' '; 3 * MAX_USAGE_TAIL];
+        assert!(scan(&[br#"{"usage":"#, &big, b"{}}"]).is_none(), "bounded");
     }
 
     use super::*;

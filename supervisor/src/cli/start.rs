@@ -496,7 +496,8 @@ fn launch(
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
-    let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone());
+    let access = usage.access();
+    let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone(), access);
     ctx.backend = backend;
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
@@ -544,6 +545,7 @@ fn front_context(
     registry: prometheus_client::registry::Registry,
     limits: Arc<front::limits::Book>,
     dashboard: Arc<crate::dashboard::Dashboard>,
+    access: crate::usage::access::AccessLog,
 ) -> FrontContext {
     FrontContext {
         dashboard,
@@ -553,6 +555,7 @@ fn front_context(
         registry: Arc::new(registry),
         limits,
         backend: None,
+        access,
     }
 }
 
@@ -868,7 +871,14 @@ mod tests {
         let f = fixture(config(1, "ok"));
         let (metrics, registry) = SupervisorMetrics::new();
         let dash = crate::dashboard::Dashboard::new(f.pool.worker_slots());
-        let ctx = front_context(&f.pool, metrics, registry, Default::default(), dash);
+        let ctx = front_context(
+            &f.pool,
+            metrics,
+            registry,
+            Default::default(),
+            dash,
+            Default::default(),
+        );
         f.pool.scale_by(1);
         assert_eq!(f.pool.status().len(), 2);
         assert_eq!(f.pool.config().pool.workers, 2, "the pool's view");

@@ -135,22 +135,26 @@ impl Drop for RequestRecord {
         if let Some(t) = self.trace.take() {
             self.trace_end(t);
         }
-        tracing::info!(
-            target: "access",
-            method = %self.method,
-            path = self.uri.path(),
-            status = self.status,
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            client = self.client(),
-            worker = self.worker.map_or(-1, |w| w as i64),
-            provider = self.provider.as_ref().and_then(|p| p.to_str().ok()),
-            model = self.model.as_deref(),
-            attempts = self.attempts,
-            translated = self.translated.as_ref().and_then(|t| t.to_str().ok()),
-            duration_us = elapsed.as_micros() as u64,
-            ttfb_us = self.first_byte.map(|d| d.as_micros() as u64),
-            "request"
-        );
+        let text =
+            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+        // A worker's answer to a model's request: its usage record comes on the socket.
+        let expects_record = self.worker.is_some() && self.model.is_some();
+        let line = crate::usage::access::Line {
+            method: self.method.clone(),
+            path: self.uri.path().to_string(),
+            status: self.status,
+            request_id: self.request_id.to_str().unwrap_or("-").to_string(),
+            client: self.client().map(str::to_string),
+            worker: self.worker.map_or(-1, |w| w as i64),
+            provider: text(&self.provider),
+            model: self.model.take(),
+            attempts: self.attempts,
+            translated: text(&self.translated),
+            duration_us: elapsed.as_micros() as u64,
+            ttfb_us: self.first_byte.map(|d| d.as_micros() as u64),
+            expects_record,
+        };
+        self.meters.access.line(line);
     }
 }
 

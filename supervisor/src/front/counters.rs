@@ -85,14 +85,21 @@ pub struct RequestMeters {
     metrics: SupervisorMetrics,
     /// The dashboard's counters (`crate::dashboard::tally`).
     tally: Arc<Tally>,
+    /// Where each finished request's access line goes.
+    pub access: crate::usage::access::AccessLog,
 }
 
 impl RequestMeters {
-    pub fn new(metrics: SupervisorMetrics, tally: Arc<Tally>) -> Self {
+    pub fn new(
+        metrics: SupervisorMetrics,
+        tally: Arc<Tally>,
+        access: crate::usage::access::AccessLog,
+    ) -> Self {
         Self {
             counters: RequestCounters::default(),
             metrics,
             tally,
+            access,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct FrontContext {
     pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// `[shared]` with Redis: hosts-wide client leases; `None` = this host only.
     pub backend: Option<gateway::shared::Shared>,
+    /// Where the access lines go (joined with the usage records' tokens when the ledger is on).
+    pub access: crate::usage::access::AccessLog,
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting and lets in-flight requests finish
@@ -138,6 +140,7 @@ impl Shared {
         let meters = Arc::new(counters::RequestMeters::new(
             ctx.metrics.clone(),
             ctx.dashboard.tally.clone(),
+            ctx.access.clone(),
         ));
         Self {
             settings: ArcSwap::from_pointee(Settings::new(cfg, bound, None, &ctx.limits)),
@@ -198,6 +201,7 @@ mod settings_tests {
             registry: Arc::new(registry),
             limits: Default::default(),
             backend: None,
+            access: Default::default(),
         };
         Shared::new(ctx, "127.0.0.1:8080".parse().unwrap())
     }

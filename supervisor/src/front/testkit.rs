@@ -238,6 +238,7 @@ impl Harness {
             registry: Arc::new(registry),
             limits: Default::default(),
             backend: None,
+            access: Default::default(),
         };
         let task = Some(tokio::spawn(serve(l, ctx, sd)));
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());

@@ -8,6 +8,7 @@
 //! counters with the current UTC day's tokens and month's cost, before it writes anything, so a
 //! restart keeps the budgets and no record is counted twice.
 
+pub mod access;
 pub mod cli;
 pub mod ledger;
 
@@ -83,6 +84,9 @@ pub struct Usage {
     receiver: tokio::task::JoinHandle<()>,
     /// `None` with `usage.ledger = "off"`.
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Joins each record's tokens with the front's half of its access line.
+    joiner: access::Joiner,
+    access: access::AccessLog,
     _socket: SocketFile,
 }
 
@@ -136,11 +140,14 @@ pub fn start(
         None => (None, None),
     };
     let (stop, stopped) = oneshot::channel();
-    let receiver = tokio::spawn(receive(sock, tx, counters, stopped));
+    let (access, joiner) = access::start();
+    let receiver = tokio::spawn(receive(sock, tx, counters, access.clone(), stopped));
     Ok(Usage {
         stop,
         receiver,
         writer,
+        joiner,
+        access,
         _socket: socket,
     })
 }
@@ -163,10 +170,16 @@ fn seed(conn: &rusqlite::Connection, path: &Path, book: &Book) {
 }
 
 impl Usage {
+    /// Where the front sends its half of each access line.
+    pub fn access(&self) -> access::AccessLog {
+        self.access.clone()
+    }
+
     /// After the workers stopped: takes what is still in the socket, writes the last batch.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.receiver.await;
+        self.joiner.stop().await;
         if let Some(writer) = self.writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
@@ -202,6 +215,7 @@ async fn receive(
     sock: AsyncFd<OwnedFd>,
     tx: Option<SyncSender<Record>>,
     c: Counters,
+    access: access::AccessLog,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut readers = tokio::task::JoinSet::new();
@@ -212,7 +226,7 @@ async fn receive(
                 match accept(&sock) {
                     Ok(fd) => match watch(fd) {
                         Ok(conn) => {
-                            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+                            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone()));
                         }
                         Err(e) => tracing::error!(error = %e, "usage connection not watched"),
                     },
@@ -230,7 +244,7 @@ async fn receive(
     // Connections still in the backlog (a worker that connected just now) are read too.
     while let Ok(fd) = accept(&sock) {
         if let Ok(conn) = watch(fd) {
-            readers.spawn(read_conn(conn, tx.clone(), c.clone()));
+            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone()));
         }
     }
     let _ = tokio::time::timeout(DRAIN, async {
@@ -252,7 +266,12 @@ fn accept(listener: &AsyncFd<OwnedFd>) -> nix::Result<OwnedFd> {
 }
 
 /// One worker's connection: a record per message, until the worker closes it (or dies).
-async fn read_conn(conn: AsyncFd<OwnedFd>, tx: Option<SyncSender<Record>>, c: Counters) {
+async fn read_conn(
+    conn: AsyncFd<OwnedFd>,
+    tx: Option<SyncSender<Record>>,
+    c: Counters,
+    access: access::AccessLog,
+) {
     use nix::sys::socket::{recv, MsgFlags};
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -262,7 +281,7 @@ async fn read_conn(conn: AsyncFd<OwnedFd>, tx: Option<SyncSender<Record>>, c: Co
         loop {
             match recv(conn.get_ref().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return,
-                Ok(n) => take(&buf[..n], &tx, &c),
+                Ok(n) => take(&buf[..n], &tx, &c, &access),
                 Err(nix::errno::Errno::EAGAIN) => {
                     guard.clear_ready();
                     break;
@@ -277,8 +296,14 @@ async fn read_conn(conn: AsyncFd<OwnedFd>, tx: Option<SyncSender<Record>>, c: Co
     }
 }
 
-/// One message: decoded, logged, settled into its client's limits, queued for the ledger.
-fn take(message: &[u8], tx: &Option<SyncSender<Record>>, c: &Counters) {
+/// One message: decoded, settled into its client's limits, joined with its access line,
+/// queued for the ledger.
+fn take(
+    message: &[u8],
+    tx: &Option<SyncSender<Record>>,
+    c: &Counters,
+    access: &access::AccessLog,
+) {
     let rec = match Record::decode(message) {
         Ok(r) => r,
         Err(e) => {
@@ -288,13 +313,15 @@ fn take(message: &[u8], tx: &Option<SyncSender<Record>>, c: &Counters) {
         }
     };
     c.dropped.inc_by(rec.dropped_before);
-    tracing::info!(target: "usage", request_id = %rec.request_id, client = %rec.client,
-        provider = %rec.provider, model = %rec.model_served, input_tokens = rec.tokens.input,
-        output_tokens = rec.tokens.output, cost_usd = ?rec.cost_usd, outcome = rec.outcome.as_str(),
-        "usage");
     if !rec.client.is_empty() {
         c.book.settle(&rec.client, Used::of(&rec));
     }
+    // The tokens go on the request's access line (no line of their own).
+    let t = access::Tokens {
+        tokens: rec.tokens,
+        cost_usd: rec.cost_usd,
+    };
+    access.record(&rec.request_id, t);
     let Some(tx) = tx else { return };
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(rec) {
         c.dropped.inc();
@@ -415,10 +442,10 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel(1);
         let tx = Some(tx);
         let mut rec = ledger::tests::rec(1, "a", "m", 1, None);
-        take(&rec.encode(), &tx, &c);
+        take(&rec.encode(), &tx, &c, &Default::default());
         rec.dropped_before = 3;
-        take(&rec.encode(), &tx, &c);
-        take(b"not json", &tx, &c);
+        take(&rec.encode(), &tx, &c, &Default::default());
+        take(b"not json", &tx, &c, &Default::default());
         assert_eq!(counted(&m, "dropped"), 1 + 3);
         assert_eq!(counted(&m, "failed"), 1);
         assert_eq!(rx.try_iter().count(), 1);

@@ -40,6 +40,7 @@ fn run_for(table: Arc<RouteTable>) -> Run {
         same_retries: 0,
         last: None,
         in_body: false,
+        chosen: None,
     }
 }
 

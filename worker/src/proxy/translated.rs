@@ -125,8 +125,10 @@ pub(super) async fn translated_back(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     let bad = |attempt: &mut Attempt, msg: String| {
+        let resp = ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect);
+        attempt.set_status(resp.status().as_u16());
         attempt.finish(Outcome::ServerError);
-        ApiError::new(ErrorKind::BadGateway, msg).to_response(dialect)
+        resp
     };
     if encoded {
         let msg = format!(
@@ -187,9 +189,11 @@ pub(super) async fn translated_back(
             out
         }
         Err(e) => {
-            attempt.finish(Outcome::ServerError);
             tracing::warn!(provider = %provider.name(), error = %e, "untranslatable answer");
-            e.to_api_error().to_response(dialect)
+            let resp = e.to_api_error().to_response(dialect);
+            attempt.set_status(resp.status().as_u16());
+            attempt.finish(Outcome::ServerError);
+            resp
         }
     }
 }

@@ -208,6 +208,10 @@ impl Decoder {
 }
 
 impl Decode for Decoder {
+    fn usage_so_far(&self) -> Usage {
+        self.usage
+    }
+
     fn event(&mut self, ev: &parse::Event, out: &mut Vec<Event>) -> Result<(), StreamError> {
         if self.finished {
             return Ok(());

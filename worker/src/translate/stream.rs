@@ -14,6 +14,12 @@ pub(super) trait Decode: Send {
     /// The upstream ended cleanly (no more bytes): push the finish if the dialect allows an end
     /// here, else an error saying the stream was cut.
     fn end(&mut self, out: &mut Vec<Event>) -> Result<(), StreamError>;
+    /// The tokens reported so far, before any finish (Anthropic's `message_start` gives the
+    /// input at once): what a stream that breaks still counts. Dialects that report usage only
+    /// at their end have none.
+    fn usage_so_far(&self) -> Usage {
+        Usage::default()
+    }
 }
 
 /// Encodes pivot events as one client dialect's SSE frames.
@@ -272,5 +278,14 @@ impl UsageReader {
     /// (its usage-only chunk follows the finish reason).
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// A stream that broke: the finish's usage if it came, else the tokens reported before the
+    /// break; `None` when nothing was reported.
+    pub fn usage_before_break(&self) -> Option<Usage> {
+        self.usage.or_else(|| {
+            let u = self.decoder.usage_so_far();
+            (u != Usage::default()).then_some(u)
+        })
     }
 }
