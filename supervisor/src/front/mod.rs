@@ -66,7 +66,7 @@ pub struct FrontContext {
     pub dashboard: Arc<crate::dashboard::Dashboard>,
     /// `[shared]` with Redis: hosts-wide client leases; `None` = this host only.
     pub backend: Option<gateway::shared::Shared>,
-    /// Where the access lines go (joined with the usage records' tokens when the ledger is on).
+    /// Where the access lines go (joined with the usage records' tokens).
     pub access: crate::usage::access::AccessLog,
 }
 

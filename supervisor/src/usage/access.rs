@@ -11,8 +11,9 @@
 //! line alone) is forgotten after `FORGET`. Both tables are bounded (`MAX_PENDING`), and the
 //! queue too: a front half that finds it full is written at once, without tokens.
 //!
-//! With `usage.ledger = "off"` there are no records: `AccessLog::default()` (disabled) writes
-//! every line at once, without token fields.
+//! Records come with `usage.ledger = "off"` too (they settle the client limits), so the lines
+//! carry tokens either way. `AccessLog::default()` (disabled, for tests) writes every line at
+//! once, without token fields.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -463,9 +463,9 @@ mod tests {
         let mut rec = ledger::tests::rec(limits::now_ms(), "desk", "m", 1, None);
         rec.tokens.input = 30;
         rec.tokens.output = 20;
-        take(&rec.encode(), &None, &c);
+        take(&rec.encode(), &None, &c, &Default::default());
         rec.client = "other".into();
-        take(&rec.encode(), &None, &c);
+        take(&rec.encode(), &None, &c, &Default::default());
         let l = Limits {
             daily_tokens: 50,
             ..Default::default()
