@@ -11,6 +11,7 @@ mod support;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,23 +162,47 @@ fn exe_of(pid: u64) -> String {
         .unwrap_or_else(|e| format!("<{e}>"))
 }
 
+/// Notify datagrams until one has the line `want` (each one seen is kept), or panics.
+fn expect_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(msg.clone());
+            if msg.lines().any(|l| l == want) {
+                return;
+            }
+        }
+    }
+    panic!("no {want:?} within 20s; got {seen:?}");
+}
+
+/// What a load loop saw: successes, failures with why, and the slowest request.
+type LoadResult = (usize, Vec<String>, Duration);
+
 /// Requests in a loop on its own thread until `stop`; every failure is kept with why.
 fn load(
     listen: std::net::SocketAddr,
     model: &'static str,
     stream: bool,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+) -> std::thread::JoinHandle<LoadResult> {
     std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, Vec::new());
+        let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
         while !stop.load(Ordering::Relaxed) {
-            match post_chat(listen, model, stream) {
+            let t = Instant::now();
+            let r = post_chat(listen, model, stream);
+            slowest = slowest.max(t.elapsed());
+            match r {
                 Ok(r) if r.status == 200 && (!stream || r.text().contains("[DONE]")) => ok += 1,
                 Ok(r) => failed.push(format!("{model}: {} {}", r.status, r.text())),
                 Err(e) => failed.push(format!("{model}: {e}")),
             }
         }
-        (ok, failed)
+        (ok, failed, slowest)
     })
 }
 
@@ -209,7 +234,13 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
             .build(),
     );
     let bin = copy_supervisor(&env);
-    let mut run = env.start_from(&bin, &["--events"]);
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let mut cmd = env.supervisor_from(&bin, &["start", "--events"]);
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let mut run = Running::ready(cmd);
+    let mut seen = Vec::new();
+    expect_notify(&notify, "READY=1", &mut seen);
     let pid = run.guard.pid();
     let before = env.status_json();
     assert_eq!(before["generation"], 0, "{before}");
@@ -245,8 +276,12 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     stop.store(true, Ordering::Relaxed);
     let mut failed = Vec::new();
     for l in loads {
-        let (ok, f) = l.join().unwrap();
+        let (ok, f, slowest) = l.join().unwrap();
         assert!(ok > 0, "a load loop got nothing through");
+        eprintln!(
+            "{ok} requests served, {} failed, slowest {slowest:?}",
+            f.len()
+        );
         failed.extend(f);
     }
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
@@ -271,6 +306,33 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
         assert!(!old_pids.contains(p), "worker {p} was not replaced");
         assert_eq!(exe_of(*p), bin.display().to_string(), "worker {p}");
     }
+    // systemd saw it as a reload: RELOADING=1 from the old image, READY=1 from the new one.
+    seen.clear();
+    expect_notify(&notify, "RELOADING=1", &mut seen);
+    expect_notify(&notify, "READY=1", &mut seen);
+
+    // SIGUSR2 takes the same path, and an upgraded image upgrades again.
+    run.guard.signal(Signal::SIGUSR2);
+    let ev = next_upgrade_event(&mut run);
+    assert_eq!(
+        (ev["ok"].clone(), ev["generation"].clone()),
+        (true.into(), 2.into()),
+        "{ev}"
+    );
+    assert!(support::process::wait_until(
+        Duration::from_secs(20),
+        || {
+            let st = env.status_json();
+            st["generation"] == 2
+                && st["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|w| w["state"] == "IDLE")
+        }
+    ));
+    let r = post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();

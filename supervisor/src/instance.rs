@@ -187,6 +187,31 @@ mod tests {
         drop(again);
     }
 
+    /// What an upgraded image does with the handed lock fd: the lock stays held throughout.
+    #[test]
+    fn an_adopted_lock_stays_held_and_cleans_like_the_original() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rt");
+        let first = Instance::acquire(&dir).unwrap();
+        let fd = first.lock_fd().unwrap();
+        let created = first.created();
+        // The exec ends the old image without running its destructors.
+        std::mem::forget(first);
+        let adopted = Instance::adopt(&dir, fd, created).unwrap();
+        assert!(matches!(
+            Instance::acquire(&dir),
+            Err(InstanceError::Locked { .. })
+        ));
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & nix::libc::FD_CLOEXEC,
+            0,
+            "workers must not inherit it"
+        );
+        drop(adopted);
+        assert!(!dir.exists(), "runtime dir left behind");
+    }
+
     #[test]
     fn drop_leaves_files_it_did_not_create() {
         let tmp = tempfile::tempdir().unwrap();
