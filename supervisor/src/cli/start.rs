@@ -220,7 +220,7 @@ fn bind_front(
 ) -> Result<tokio::net::TcpListener, Fatal> {
     let std_listener = match activated {
         Some(Ok(l)) => {
-            info!("using the socket-activated front listener");
+            info!("using the inherited front listener (socket activation, or an upgrade's)");
             l
         }
         Some(Err(e)) => {
@@ -320,15 +320,18 @@ async fn serve(
     if let Some(exe) = upgrade {
         // RELOADING=1 now, READY=1 from the new image once its workers serve.
         systemd.reloading();
-        let kept = started.stop(trigger).await;
+        let kept = started.stop(trigger, true).await;
         if let Some((writer, workers)) = events.take() {
             workers.stop().await;
             let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         }
-        return Err(reexec(&exe, &kept, &run.instance));
+        return Err(match kept {
+            Some(kept) => reexec(&exe, &kept, &run.instance),
+            None => Fatal::new(exit::RUNTIME, "upgrade: the listeners were not kept"),
+        });
     }
     systemd.stopping();
-    started.stop(trigger).await;
+    started.stop(trigger, false).await;
     drop(run.instance);
     if startup == Startup::AllDead {
         return Err(Fatal::new(
@@ -613,9 +616,12 @@ impl Started {
     /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
     /// workers, so an in-flight request is never cut by its worker going away.
     /// The admin socket last, after it finished its open answers (`admin::serve_on`).
-    /// Returns the kept listening sockets, which an upgrade hands to the next image.
-    async fn stop(self, trigger: shutdown::ShutdownTrigger) -> Kept {
+    /// `keep`: an upgrade; the listening sockets stay open (new connections wait in the
+    /// backlog) and are returned, for the next image. Otherwise they close with the tasks, so a
+    /// client is refused at once rather than left waiting for a process that is going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger, keep: bool) -> Option<Kept> {
         let grace = self.pool.config().pool.shutdown_timeout;
+        let kept = keep.then_some(self.kept);
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
         self.pool.stop(Duration::from_secs(2)).await;
@@ -627,7 +633,7 @@ impl Started {
         {
             admin.abort();
         }
-        self.kept
+        kept
     }
 }
 
