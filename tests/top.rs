@@ -90,8 +90,9 @@ fn in_a_terminal_it_shows_the_workers_and_q_restores_the_terminal() {
             }
         }
     };
+    // The providers' rows come from the workers' metrics, a moment after the workers' own.
     read_until(&mut screen, &|s| {
-        s.contains("workers") && s.matches("IDLE").count() >= 3
+        s.contains("workers") && s.matches("IDLE").count() >= 3 && s.contains("demo")
     });
     let s = String::from_utf8_lossy(&screen).to_string();
     assert!(s.contains("\x1b[?1049h"), "on the alternate screen");

@@ -2,17 +2,24 @@
 //! put another file at the supervisor's path. A new binary that cannot run, or exits at once,
 //! is refused before anything irreversible: the old image keeps serving with the same pid and
 //! workers, `upgrade` exits non-zero naming the binary and why, and `--events` reports
-//! `{"event":"upgrade","ok":false}`.
+//! `{"event":"upgrade","ok":false}`. A real new build (another version suffix) is executed in
+//! place under load: no request fails, streams included, the pid stays, the version changes,
+//! and the workers run the new binary.
 
 mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::http::post_chat;
-use support::process::{bin_path, PoolConfig, Running, TestEnv};
+use support::process::{bin_path, pid_alive, PoolConfig, Running, TestEnv};
+use support::upstream::{Script, Upstream};
 
 /// A copy of the supervisor binary in the test's directory.
 fn copy_supervisor(env: &TestEnv) -> PathBuf {
@@ -114,6 +121,218 @@ fn a_new_binary_that_cannot_start_is_refused_and_the_old_one_keeps_serving() {
     );
     assert_eq!(next_upgrade_event(&mut run)["ok"], false);
     assert_serving(&run, &env, &pids);
+
+    run.guard.signal(Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+}
+
+/// The version suffix of the second build.
+const SUFFIX: &str = "-upgrade-test";
+
+/// The supervisor built again with `GATEWAY_VERSION_SUFFIX` set, in its own target directory
+/// beside the workspace's (the first run builds every dependency there once).
+fn suffixed_build() -> PathBuf {
+    let main = bin_path("supervisor");
+    let profile_dir = main.parent().unwrap();
+    let target = profile_dir.parent().unwrap().join("upgrade-suffix");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "-p",
+        "supervisor",
+        "--bin",
+        "supervisor",
+        "--target-dir",
+    ])
+    .arg(&target)
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .env("GATEWAY_VERSION_SUFFIX", SUFFIX);
+    let profile = profile_dir.file_name().unwrap();
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(st.success(), "building the suffixed supervisor failed");
+    target.join(profile).join("supervisor")
+}
+
+fn exe_of(pid: u64) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// Notify datagrams until one has the line `want` (each one seen is kept), or panics.
+fn expect_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(msg.clone());
+            if msg.lines().any(|l| l == want) {
+                return;
+            }
+        }
+    }
+    panic!("no {want:?} within 20s; got {seen:?}");
+}
+
+/// What a load loop saw: successes, failures with why, and the slowest request.
+type LoadResult = (usize, Vec<String>, Duration);
+
+/// Requests in a loop on its own thread until `stop`; every failure is kept with why.
+fn load(
+    listen: std::net::SocketAddr,
+    model: &'static str,
+    stream: bool,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<LoadResult> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let r = post_chat(listen, model, stream);
+            slowest = slowest.max(t.elapsed());
+            match r {
+                Ok(r) if r.status == 200 && (!stream || r.text().contains("[DONE]")) => ok += 1,
+                Ok(r) => failed.push(format!("{model}: {} {}", r.status, r.text())),
+                Err(e) => failed.push(format!("{model}: {e}")),
+            }
+        }
+        (ok, failed, slowest)
+    })
+}
+
+#[test]
+fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
+    let new_build = suffixed_build();
+    let up = Upstream::start();
+    let chunk = |content: &str, finish: Value| {
+        let v = serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+            "model": "up-model", "choices": [{"index": 0, "delta": {"content": content},
+            "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    // A stream that lasts: whichever is in flight when the upgrade starts must finish whole.
+    up.set(
+        "/v1/chat/completions",
+        Script::sse_head()
+            .chunk(chunk("hi", Value::Null))
+            .delay(Duration::from_millis(400))
+            .chunk(chunk("", "stop".into()))
+            .chunk("data: [DONE]\n\n"),
+    );
+    let base = up.url("");
+    let env = TestEnv::new(
+        &PoolConfig::new(2)
+            .extra(&format!(
+                "\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodels = [\"up-model\"]\n"
+            ))
+            .build(),
+    );
+    let bin = copy_supervisor(&env);
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let mut cmd = env.supervisor_from(&bin, &["start", "--events"]);
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let mut run = Running::ready(cmd);
+    let mut seen = Vec::new();
+    expect_notify(&notify, "READY=1", &mut seen);
+    let pid = run.guard.pid();
+    let before = env.status_json();
+    assert_eq!(before["generation"], 0, "{before}");
+    let old_version = before["version"].as_str().unwrap().to_string();
+    assert!(!old_version.ends_with(SUFFIX), "{old_version}");
+    let old_pids = support::process::worker_pids(&before);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads = vec![
+        load(run.listen, "demo", false, stop.clone()),
+        load(run.listen, "up-model", true, stop.clone()),
+    ];
+    // Both loops are running before the upgrade starts.
+    assert!(support::process::wait_until(
+        Duration::from_secs(10),
+        || { up.requests().len() >= 2 }
+    ));
+
+    // The new build at the supervisor's path (the running image is unlinked, never written).
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::copy(&new_build, &bin).unwrap();
+    let out = env.supervisor(&["upgrade"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{}", run.guard.stderr());
+    assert!(err.contains(SUFFIX), "{err}");
+
+    // Still serving after it, then the loops stop.
+    let served_after = up.requests().len();
+    assert!(support::process::wait_until(
+        Duration::from_secs(10),
+        || { up.requests().len() >= served_after + 2 }
+    ));
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for l in loads {
+        let (ok, f, slowest) = l.join().unwrap();
+        assert!(ok > 0, "a load loop got nothing through");
+        eprintln!(
+            "{ok} requests served, {} failed, slowest {slowest:?}",
+            f.len()
+        );
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "failed requests: {failed:#?}");
+
+    // The same process, now the new image and version; its workers run the new binary.
+    assert!(pid_alive(pid));
+    assert_eq!(exe_of(pid.into()), bin.display().to_string());
+    let ev = next_upgrade_event(&mut run);
+    assert_eq!(ev["ok"], true, "{ev}");
+    assert_eq!(ev["pid"], pid, "{ev}");
+    assert!(ev["version"].as_str().unwrap().ends_with(SUFFIX), "{ev}");
+    let after = env.status_json();
+    assert_eq!(after["generation"], 1, "{after}");
+    assert_eq!(
+        after["version"],
+        format!("{old_version}{SUFFIX}"),
+        "{after}"
+    );
+    let new_pids = support::process::worker_pids(&after);
+    assert_eq!(new_pids.len(), 2, "{after}");
+    for p in &new_pids {
+        assert!(!old_pids.contains(p), "worker {p} was not replaced");
+        assert_eq!(exe_of(*p), bin.display().to_string(), "worker {p}");
+    }
+    // systemd saw it as a reload: RELOADING=1 from the old image, READY=1 from the new one.
+    seen.clear();
+    expect_notify(&notify, "RELOADING=1", &mut seen);
+    expect_notify(&notify, "READY=1", &mut seen);
+
+    // SIGUSR2 takes the same path, and an upgraded image upgrades again.
+    run.guard.signal(Signal::SIGUSR2);
+    let ev = next_upgrade_event(&mut run);
+    assert_eq!(
+        (ev["ok"].clone(), ev["generation"].clone()),
+        (true.into(), 2.into()),
+        "{ev}"
+    );
+    assert!(support::process::wait_until(
+        Duration::from_secs(20),
+        || {
+            let st = env.status_json();
+            st["generation"] == 2
+                && st["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|w| w["state"] == "IDLE")
+        }
+    ));
+    let r = post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();

@@ -7,7 +7,7 @@
 //! reloading means re-reading and validating the config file, which the main loop owns.
 //! `POST /reload` answers 200 when applied (or unchanged), 422 with every located problem in
 //! `problems` when the file is invalid, 500 when the roll failed. `POST /upgrade` answers 200
-//! with the new `version`, or 500 with why the binary at the supervisor's path was refused.
+//! with the new `version` and the `generation` the new image will report, just before the re-exec, or 500 with why the binary at the supervisor's path was refused.
 //! Access control is the file mode: only the owner can connect.
 
 use crate::control::{ControlCommand, ReloadError};
@@ -35,7 +35,17 @@ use tokio::task::JoinSet;
 pub struct StatusReport {
     pub listen: String,
     pub workers: Vec<WorkerStatus>,
+    /// The running image's version (`upgrade::version`).
+    #[serde(default)]
+    pub version: String,
+    /// How many in-place upgrades this process has been through.
+    #[serde(default)]
+    pub generation: u64,
 }
+
+/// How long a stopping admin socket lets open connections finish their answer (the answer to
+/// `POST /upgrade` is written while the image is about to be replaced).
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a reload request waits for the main loop's answer before reporting "accepted".
 const RELOAD_ANSWER: Duration = Duration::from_secs(60);
@@ -87,6 +97,10 @@ pub async fn serve_on(
             }
         }
     }
+    let _ = tokio::time::timeout(ANSWER_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     conns.shutdown().await;
 }
 
@@ -104,6 +118,8 @@ async fn handle(
             let report = StatusReport {
                 listen: listen.to_string(),
                 workers: pool.status(),
+                version: crate::upgrade::version().to_string(),
+                generation: crate::upgrade::generation(),
             };
             json(StatusCode::OK, &report)
         }
@@ -153,9 +169,13 @@ async fn handle(
                 );
             }
             match rx.await {
+                // The next image answers `GET /workers` with this generation.
                 Ok(Ok(version)) => json(
                     StatusCode::OK,
-                    &serde_json::json!({"ok": true, "version": version}),
+                    &serde_json::json!({
+                        "ok": true, "version": version,
+                        "generation": crate::upgrade::generation() + 1,
+                    }),
                 ),
                 Ok(Err(why)) => error(StatusCode::INTERNAL_SERVER_ERROR, &why),
                 Err(_) => error(

@@ -102,6 +102,15 @@ impl Writer {
         };
         stopped["dropped"] = sink.dropped.load(Relaxed).into();
         let _ = sink.tx.send(line(&stopped));
+        self.flush();
+    }
+
+    /// Delivers every queued line and ends the writer thread (waiting as `finish` does). An
+    /// upgrade calls it before the re-exec: the next image writes its own events.
+    pub fn flush(self) {
+        let Some(sink) = SINK.get() else {
+            return;
+        };
         // The sender lives in the static and never closes; the empty line ends the thread.
         let _ = sink.tx.send(String::new());
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();

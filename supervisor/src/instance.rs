@@ -97,8 +97,40 @@ impl Instance {
         })
     }
 
+    /// Takes over the lock an upgrading image handed over (`upgrade::Handoff`): `fd` is its
+    /// open `supervisor.lock`, already locked by this process; locking it again keeps the lock.
+    pub fn adopt(dir: &Path, fd: std::os::fd::RawFd, created: bool) -> Result<Self, InstanceError> {
+        use std::os::fd::FromRawFd;
+        let io = |source| InstanceError::Io {
+            path: dir.join("supervisor.lock"),
+            source,
+        };
+        crate::upgrade::reclaim(fd).map_err(|e| io(std::io::Error::other(e)))?;
+        // SAFETY: the handoff names this fd as the lock file the previous image held open
+        // for us; nothing else in this image owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| io(std::io::Error::from_raw_os_error(e as i32)))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            lock: Some(lock),
+            created,
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The lock's descriptor, handed to the next image by an upgrade.
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.lock.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Whether this instance removes the directory at the end.
+    pub fn created(&self) -> bool {
+        self.created
     }
 }
 
@@ -153,6 +185,31 @@ mod tests {
         assert!(!dir.exists(), "runtime dir left behind");
         let again = Instance::acquire(&dir).unwrap();
         drop(again);
+    }
+
+    /// What an upgraded image does with the handed lock fd: the lock stays held throughout.
+    #[test]
+    fn an_adopted_lock_stays_held_and_cleans_like_the_original() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rt");
+        let first = Instance::acquire(&dir).unwrap();
+        let fd = first.lock_fd().unwrap();
+        let created = first.created();
+        // The exec ends the old image without running its destructors.
+        std::mem::forget(first);
+        let adopted = Instance::adopt(&dir, fd, created).unwrap();
+        assert!(matches!(
+            Instance::acquire(&dir),
+            Err(InstanceError::Locked { .. })
+        ));
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & nix::libc::FD_CLOEXEC,
+            0,
+            "workers must not inherit it"
+        );
+        drop(adopted);
+        assert!(!dir.exists(), "runtime dir left behind");
     }
 
     #[test]

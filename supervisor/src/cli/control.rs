@@ -178,33 +178,37 @@ fn simple(arg: &TargetArgs, method: &str, path: &str, done: &str, timeout: Durat
             eprintln!("{done}");
             exit::OK
         }
-        Ok(r) => {
-            let body = serde_json::from_str::<serde_json::Value>(&r.body).ok();
-            let msg = body
-                .as_ref()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| r.body.clone());
-            let problems: Vec<&str> = body
-                .as_ref()
-                .and_then(|v| v.get("problems")?.as_array())
-                .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
-                .unwrap_or_default();
-            if problems.is_empty() {
-                eprintln!("error: {msg}");
-            } else {
-                // The same shape as check-config's report.
-                eprintln!("error: {msg}:");
-                for p in problems {
-                    eprintln!("  {p}");
-                }
-            }
-            exit_code(r.status)
-        }
+        Ok(r) => report_failure(&r),
         Err(e) => {
             eprintln!("error: {e}");
             exit::RUNTIME
         }
     }
+}
+
+/// Prints the error an admin answer carries (and its located problems, as check-config does)
+/// and returns the exit code.
+fn report_failure(r: &AdminResponse) -> u8 {
+    let body = serde_json::from_str::<serde_json::Value>(&r.body).ok();
+    let msg = body
+        .as_ref()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| r.body.clone());
+    let problems: Vec<&str> = body
+        .as_ref()
+        .and_then(|v| v.get("problems")?.as_array())
+        .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+        .unwrap_or_default();
+    if problems.is_empty() {
+        eprintln!("error: {msg}");
+    } else {
+        // The same shape as check-config's report.
+        eprintln!("error: {msg}:");
+        for p in problems {
+            eprintln!("  {p}");
+        }
+    }
+    exit_code(r.status)
 }
 
 /// The exit code for an admin answer that is not a success.
@@ -226,9 +230,63 @@ pub fn reload(arg: &TargetArgs) -> u8 {
     simple(arg, "POST", "/reload", "reloaded", Duration::from_secs(120))
 }
 
+/// How long `supervisor upgrade` waits for the new image to serve after the old one accepted:
+/// the front's drain (`pool.shutdown_timeout`), the workers' stop and the new workers' start.
+const UPGRADE_WAIT: Duration = Duration::from_secs(120);
+
 /// `supervisor upgrade`: the checks of the new binary take up to twice `upgrade::CHECK_TIMEOUT`.
+/// An accepted upgrade answers before the re-exec; then the admin socket is polled until the
+/// new image answers with the announced generation and a serving worker.
 pub fn upgrade(arg: &TargetArgs) -> u8 {
-    simple(arg, "POST", "/upgrade", "upgraded", Duration::from_secs(60))
+    let socket = match admin_socket(arg) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let r = match request(&socket, "POST", "/upgrade", Duration::from_secs(60)) {
+        Ok(r) if (200..300).contains(&r.status) => r,
+        Ok(r) => return report_failure(&r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let version = answer["version"].as_str().unwrap_or("?").to_string();
+    let Some(generation) = answer["generation"].as_u64() else {
+        eprintln!("error: the supervisor accepted the upgrade but did not say which generation to wait for: {}", r.body);
+        return exit::RUNTIME;
+    };
+    eprintln!("upgrading to {version}");
+    let deadline = std::time::Instant::now() + UPGRADE_WAIT;
+    let mut last = String::from("no answer yet");
+    while std::time::Instant::now() < deadline {
+        match request(&socket, "GET", "/workers", Duration::from_secs(5)) {
+            Ok(r) if r.status == 200 => {
+                let report: Option<crate::admin::StatusReport> = serde_json::from_str(&r.body).ok();
+                match report {
+                    Some(rep)
+                        if rep.generation == generation
+                            && rep.workers.iter().any(|w| {
+                                matches!(w.state.as_str(), "IDLE" | "BUSY" | "BUSY_STREAMING")
+                            }) =>
+                    {
+                        eprintln!("upgraded: {version} serving (generation {generation})");
+                        return exit::OK;
+                    }
+                    Some(rep) if rep.generation == generation => {
+                        last = "the new image has no serving worker yet".into()
+                    }
+                    Some(_) => last = "the old image still answers".into(),
+                    None => last = format!("unreadable status: {}", r.body),
+                }
+            }
+            Ok(r) => last = format!("status {}: {}", r.status, r.body),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("error: the new image did not serve within {UPGRADE_WAIT:?} ({last}); see the supervisor's log");
+    exit::RUNTIME
 }
 
 /// `supervisor restart-worker ID`.

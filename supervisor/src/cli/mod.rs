@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "supervisor",
-    version,
+    version = crate::upgrade::version(),
     about = "A local AI gateway run as a supervised pool of workers"
 )]
 pub struct Cli {

@@ -50,9 +50,17 @@ impl Fatal {
 
 pub fn run(args: StartArgs) -> u8 {
     crate::logging::init(args.log_format);
-    // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, which is
-    // only sound while the process is single-threaded.
-    let activated = take_activated_listener();
+    // Taken before any thread exists: listenfd unsets LISTEN_* from our environment, and the
+    // handoff of an upgrade is removed from it, which is only sound while single-threaded.
+    let handoff = match crate::upgrade::take_handoff().transpose() {
+        Ok(h) => h,
+        Err(e) => return failed(Fatal::new(exit::RUNTIME, e)),
+    };
+    let activated = if handoff.is_some() {
+        None
+    } else {
+        take_activated_listener()
+    };
     // Before anything can replace the binary on disk: workers are spawned from this image.
     if let Err(e) = crate::pool::spawn::pin_self_exe() {
         error!("{e}; the built-in worker cannot be spawned");
@@ -70,7 +78,7 @@ pub fn run(args: StartArgs) -> u8 {
             ))
         }
     };
-    match rt.block_on(serve(args, activated)) {
+    match rt.block_on(serve(args, activated, handoff)) {
         Ok(()) => exit::OK,
         Err(f) => failed(f),
     }
@@ -212,7 +220,7 @@ fn bind_front(
 ) -> Result<tokio::net::TcpListener, Fatal> {
     let std_listener = match activated {
         Some(Ok(l)) => {
-            info!("using the socket-activated front listener");
+            info!("using the inherited front listener (socket activation, or an upgrade's)");
             l
         }
         Some(Err(e)) => {
@@ -255,9 +263,11 @@ struct Running {
 async fn serve(
     args: StartArgs,
     activated: Option<std::io::Result<std::net::TcpListener>>,
+    handoff: Option<crate::upgrade::Handoff>,
 ) -> Result<(), Fatal> {
     let mut signals = Signals::install()?;
-    let (prep, listeners) = prepare(args, activated)?;
+    let upgraded = handoff.is_some();
+    let (prep, listeners) = prepare(args, activated, handoff)?;
     if let Err(e) = gateway::telemetry::install(&prep.cfg.telemetry, "front") {
         tracing::warn!("{e}; traces are off");
     }
@@ -285,23 +295,46 @@ async fn serve(
     };
     let startup = run.wait_first_ready(&mut signals).await;
     let mut events = None;
+    let mut upgrade = None;
     if let Startup::Ready(n) = startup {
-        let line = serde_json::json!({
-            "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
-            "workers": n, "admin_socket": admin_path.display().to_string(),
-        });
+        // After an in-place upgrade the host already has its ready line: it gets no second
+        // one, and with --events the first line of this image is the upgrade's outcome.
+        let line = if upgraded {
+            serde_json::json!({
+                "event": "upgrade", "ok": true, "version": crate::upgrade::version(),
+                "pid": std::process::id(), "generation": crate::upgrade::generation(),
+            })
+        } else {
+            serde_json::json!({
+                "event": "ready", "listen": listen.to_string(), "pid": std::process::id(),
+                "workers": n, "admin_socket": admin_path.display().to_string(),
+            })
+        };
         if run.args.events {
             events = crate::events::start(&line)
                 .map(|writer| (writer, WorkerEvents::spawn(run.pool.transitions())));
-        } else {
+        } else if !upgraded {
             println!("{line}");
         }
         systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
-        info!(%listen, "ready");
-        run.main_loop(&mut signals, control_rx, parent).await;
+        info!(%listen, upgraded, "ready");
+        upgrade = run.main_loop(&mut signals, control_rx, parent).await;
+    }
+    if let Some(exe) = upgrade {
+        // RELOADING=1 now, READY=1 from the new image once its workers serve.
+        systemd.reloading();
+        let kept = started.stop(trigger, true).await;
+        if let Some((writer, workers)) = events.take() {
+            workers.stop().await;
+            let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
+        }
+        return Err(match kept {
+            Some(kept) => reexec(&exe, &kept, &run.instance),
+            None => Fatal::new(exit::RUNTIME, "upgrade: the listeners were not kept"),
+        });
     }
     systemd.stopping();
-    started.stop(trigger).await;
+    started.stop(trigger, false).await;
     drop(run.instance);
     if startup == Startup::AllDead {
         return Err(Fatal::new(
@@ -319,6 +352,38 @@ async fn serve(
         None => println!("{stopped}"),
     }
     Ok(())
+}
+
+/// Executes `exe` with the kept listeners and lock (`upgrade::exec`); if that fails, this
+/// process's own pinned image, so the old version comes back rather than nothing. Returns only
+/// when both failed, with the failure `start` then ends with.
+fn reexec(exe: &Path, kept: &Kept, instance: &Instance) -> Fatal {
+    use std::os::fd::AsRawFd;
+    let Some(lock) = instance.lock_fd() else {
+        return Fatal::new(
+            exit::RUNTIME,
+            "upgrade: the runtime-directory lock is not held",
+        );
+    };
+    let handoff = crate::upgrade::Handoff {
+        front: kept.front.as_raw_fd(),
+        admin: kept.admin.as_raw_fd(),
+        lock,
+        dir: instance.dir().to_path_buf(),
+        created: instance.created(),
+        generation: crate::upgrade::generation() + 1,
+    };
+    info!(exe = %exe.display(), "re-executing in place");
+    let why = crate::upgrade::exec(exe, &handoff);
+    error!("upgrade: {why}; executing this binary's own image again");
+    let again = match crate::pool::spawn::self_exe_image() {
+        Ok(image) => crate::upgrade::exec(&image, &handoff),
+        Err(e) => e.to_string(),
+    };
+    Fatal::new(
+        exit::RUNTIME,
+        format!("upgrade: {why}; and re-executing the old image failed too: {again}"),
+    )
 }
 
 /// Forwards the pool's lifecycle transitions as `worker` events (`--events`); a transition
@@ -399,6 +464,7 @@ struct Listeners {
 fn prepare(
     args: StartArgs,
     activated: Option<std::io::Result<std::net::TcpListener>>,
+    handoff: Option<crate::upgrade::Handoff>,
 ) -> Result<(Prepared, Listeners), Fatal> {
     let source = config::resolve_source(args.config.config.as_deref());
     let Effective {
@@ -408,9 +474,16 @@ fn prepare(
     } = load_config(&source, &args)?;
     check_exposure(&cfg)?;
     warn_missing_keys(&cfg, None);
-    let instance = acquire_runtime_dir(&cfg, ephemeral)?;
+    let instance = match &handoff {
+        Some(h) => Instance::adopt(&h.dir, h.lock, h.created)
+            .map_err(|e| Fatal::new(exit::RUNTIME, format!("upgrade: {e}")))?,
+        None => acquire_runtime_dir(&cfg, ephemeral)?,
+    };
     let dir = instance.dir().to_path_buf();
-    let listener = bind_front(cfg.server.listen, activated)?;
+    let listener = match &handoff {
+        Some(h) => bind_front(cfg.server.listen, Some(adopt_fd(h.front)))?,
+        None => bind_front(cfg.server.listen, activated)?,
+    };
     let listen = listener
         .local_addr()
         .map_err(|e| Fatal::new(exit::RUNTIME, e.to_string()))?;
@@ -418,7 +491,14 @@ fn prepare(
     let (control_tx, control_rx) = control::channel();
     let admin_path = runtime_dir::admin_socket(&dir);
     // Bound here, not inside the task, so a failure is reported instead of lost.
-    let admin_listener = admin::bind(&admin_path).map_err(|e| {
+    let admin_listener = match &handoff {
+        Some(h) => adopt_fd(h.admin).and_then(|l: std::os::unix::net::UnixListener| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        }),
+        None => admin::bind(&admin_path),
+    }
+    .map_err(|e| {
         Fatal::new(
             exit::RUNTIME,
             format!("admin socket {}: {e}", admin_path.display()),
@@ -451,6 +531,21 @@ fn prepare(
     Ok((prepared, listeners))
 }
 
+/// Takes over a listener the previous image handed over, close-on-exec again.
+fn adopt_fd<T: std::os::fd::FromRawFd>(fd: std::os::fd::RawFd) -> std::io::Result<T> {
+    crate::upgrade::reclaim(fd).map_err(std::io::Error::other)?;
+    // SAFETY: the handoff names this fd as a listener the previous image kept open for us;
+    // nothing else in this image owns it.
+    Ok(unsafe { T::from_raw_fd(fd) })
+}
+
+/// Duplicates of the listening sockets: while the tasks serving them stop and drop theirs,
+/// these keep the sockets listening (new connections wait in the backlog) for an upgrade.
+struct Kept {
+    front: std::os::fd::OwnedFd,
+    admin: std::os::fd::OwnedFd,
+}
+
 /// What runs once `launch` returned, and is stopped in order by `Started::stop`.
 struct Started {
     pool: Arc<Pool>,
@@ -463,6 +558,7 @@ struct Started {
     _watch: Option<watch::ConfigWatch>,
     /// `[shared]`'s renewals and circuit probe; end when dropped.
     _backend: Option<gateway::shared::SharedTask>,
+    kept: Kept,
 }
 
 /// Starts the pool (once per process), then the front listener, the admin socket and the file
@@ -499,6 +595,15 @@ fn launch(
     let access = usage.access();
     let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone(), access);
     ctx.backend = backend;
+    let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
+        fd.try_clone_to_owned()
+            .map_err(|e| Fatal::new(exit::RUNTIME, format!("{what} listener: {e}")))
+    };
+    use std::os::fd::AsFd;
+    let kept = Kept {
+        front: dup(listeners.front.as_fd(), "front")?,
+        admin: dup(listeners.admin.as_fd(), "admin")?,
+    };
     let front = tokio::spawn(front::serve(listeners.front, ctx, shutdown.clone()));
     let admin = tokio::spawn(admin::serve_on(
         listeners.admin,
@@ -521,19 +626,32 @@ fn launch(
         usage,
         _watch: watch,
         _backend: backend_task,
+        kept,
     })
 }
 
 impl Started {
     /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
     /// workers, so an in-flight request is never cut by its worker going away.
-    async fn stop(self, trigger: shutdown::ShutdownTrigger) {
+    /// The admin socket last, after it finished its open answers (`admin::serve_on`).
+    /// `keep`: an upgrade; the listening sockets stay open (new connections wait in the
+    /// backlog) and are returned, for the next image. Otherwise they close with the tasks, so a
+    /// client is refused at once rather than left waiting for a process that is going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger, keep: bool) -> Option<Kept> {
         let grace = self.pool.config().pool.shutdown_timeout;
+        let kept = keep.then_some(self.kept);
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
         self.pool.stop(Duration::from_secs(2)).await;
         self.usage.stop().await;
-        self.admin.abort();
+        let mut admin = self.admin;
+        if tokio::time::timeout(Duration::from_secs(3), &mut admin)
+            .await
+            .is_err()
+        {
+            admin.abort();
+        }
+        kept
     }
 }
 
@@ -642,23 +760,34 @@ impl Running {
         signals: &mut Signals,
         mut control: mpsc::Receiver<ControlCommand>,
         parent: Option<u32>,
-    ) {
+    ) -> Option<PathBuf> {
         let mut ready_rx = self.pool.ready_counts();
         let watchdog = self.systemd.watchdog_interval();
         // The tick drives the systemd watchdog and the parent check; with neither it is idle.
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_millis(500)));
         loop {
             tokio::select! {
-                _ = signals.term.recv() => { info!("SIGTERM: stopping"); return; }
-                _ = signals.int.recv() => { info!("SIGINT: stopping"); return; }
+                _ = signals.term.recv() => { info!("SIGTERM: stopping"); return None; }
+                _ = signals.int.recv() => { info!("SIGINT: stopping"); return None; }
                 _ = signals.hup.recv() => { info!("SIGHUP: reloading"); let _ = self.reload().await; }
                 _ = signals.ttin.recv() => { info!("SIGTTIN: one worker more"); self.pool.scale_by(1); }
                 _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
-                _ = signals.usr2.recv() => { info!("SIGUSR2: upgrading in place"); let _ = self.upgrade().await; }
+                _ = signals.usr2.recv() => {
+                    info!("SIGUSR2: upgrading in place");
+                    if let Ok((exe, _)) = self.upgrade().await {
+                        return Some(exe);
+                    }
+                }
                 cmd = control.recv() => match cmd {
-                    Some(ControlCommand::Stop) | None => { info!("stop requested"); return; }
+                    Some(ControlCommand::Stop) | None => { info!("stop requested"); return None; }
                     Some(ControlCommand::Reload(reply)) => { let r = self.reload().await; let _ = reply.send(r); }
-                    Some(ControlCommand::Upgrade(reply)) => { let r = self.upgrade().await; let _ = reply.send(r); }
+                    Some(ControlCommand::Upgrade(reply)) => {
+                        // Answered before the re-exec; the caller then waits for the new image.
+                        match self.upgrade().await {
+                            Ok((exe, version)) => { let _ = reply.send(Ok(version)); return Some(exe); }
+                            Err(why) => { let _ = reply.send(Err(why)); }
+                        }
+                    }
                 },
                 changed = ready_rx.changed() => {
                     if changed.is_ok() {
@@ -672,7 +801,7 @@ impl Running {
                     }
                     if parent.is_some_and(sidecar::parent_gone) {
                         info!("parent process went away; stopping (--exit-with-parent)");
-                        return;
+                        return None;
                     }
                 }
             }
@@ -708,8 +837,10 @@ impl Running {
     }
 
     /// Checks the binary now at the supervisor's path (`upgrade::check`) against the running
-    /// configuration. A binary that fails keeps this image serving, and the answer says why.
-    async fn upgrade(&mut self) -> Result<String, String> {
+    /// configuration: its path and version when it passes (the caller then re-executes it). A
+    /// binary that fails keeps this image serving, and the answer says why (event `upgrade`,
+    /// ok=false; the new image reports ok=true itself).
+    async fn upgrade(&mut self) -> Result<(PathBuf, String), String> {
         let result = match crate::upgrade::exe_path() {
             Ok(exe) => {
                 let config = match self.source.path() {
@@ -717,25 +848,21 @@ impl Running {
                     // The built-in configuration: the snapshot holds its text.
                     None => self.instance.dir().join("gateway.toml"),
                 };
-                crate::upgrade::check(&exe, &config).await.and_then(|v| {
-                    Err(format!(
-                        "new binary {} ({v}) passed its checks, but re-executing in place is not \
-                         implemented in this build; nothing changed",
-                        exe.display()
-                    ))
-                })
+                crate::upgrade::check(&exe, &config).await.map(|v| (exe, v))
             }
             Err(e) => Err(e),
         };
         match &result {
-            Ok(v) => info!(version = %v, "upgraded"),
-            Err(why) => error!("upgrade not done, this binary keeps serving: {why}"),
+            Ok((exe, v)) => {
+                info!(version = %v, exe = %exe.display(), "new binary passed its checks; upgrading")
+            }
+            Err(why) => {
+                error!("upgrade not done, this binary keeps serving: {why}");
+                crate::events::emit(
+                    serde_json::json!({"event": "upgrade", "ok": false, "error": why}),
+                );
+            }
         }
-        let mut event = serde_json::json!({"event": "upgrade", "ok": result.is_ok()});
-        if let Err(why) = &result {
-            event["error"] = why.as_str().into();
-        }
-        crate::events::emit(event);
         result
     }
 

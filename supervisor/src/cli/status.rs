@@ -139,6 +139,8 @@ mod tests {
         let t = table(&StatusReport {
             listen: "127.0.0.1:8080".into(),
             workers: vec![w, dead],
+            version: "0.1.0".into(),
+            generation: 0,
         });
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");

@@ -151,6 +151,12 @@ pub fn self_exe_path() -> io::Result<PathBuf> {
     self_exe().map(|s| PathBuf::from(&s.name))
 }
 
+/// `/proc/self/fd/N` of the pinned image: what an upgrade re-executes when the new binary's
+/// `execve` fails, so this very version comes back.
+pub fn self_exe_image() -> io::Result<PathBuf> {
+    self_exe().map(|s| PathBuf::from(s.path()))
+}
+
 fn self_exe() -> io::Result<&'static SelfExe> {
     SELF_EXE
         .get_or_init(|| open_self_exe().map_err(|e| format!("cannot open /proc/self/exe: {e}")))
