@@ -209,11 +209,13 @@ async fn handle(
         }
         (
             _,
-            ["workers"] | ["snapshot"] | ["reload"] | ["stop"] | ["upgrade"]
+            ["workers"]
+            | ["snapshot"]
+            | ["reload"]
+            | ["stop"]
+            | ["upgrade"]
             | ["workers", _, "restart"],
-        ) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
     }
 }

@@ -298,12 +298,7 @@ async fn read_conn(
 
 /// One message: decoded, settled into its client's limits, joined with its access line,
 /// queued for the ledger.
-fn take(
-    message: &[u8],
-    tx: &Option<SyncSender<Record>>,
-    c: &Counters,
-    access: &access::AccessLog,
-) {
+fn take(message: &[u8], tx: &Option<SyncSender<Record>>, c: &Counters, access: &access::AccessLog) {
     let rec = match Record::decode(message) {
         Ok(r) => r,
         Err(e) => {
