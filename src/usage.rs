@@ -79,6 +79,10 @@ pub struct Record {
     pub ttfb_ms: Option<u64>,
     pub streamed: bool,
     pub translated: bool,
+    /// `FROM->TO` (e.g. `messages->chat`) when translated: the access line's label when the
+    /// response head could not carry it (a stream that waited with pings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation: Option<String>,
     /// Records this worker could not send since its last sent one (a full socket buffer).
     #[serde(default)]
     pub dropped_before: u64,
@@ -159,6 +163,7 @@ mod tests {
             ttfb_ms: None,
             streamed: true,
             translated: false,
+            translation: None,
             dropped_before: 1,
         }
     }

@@ -828,4 +828,6 @@ probe_interval = "0s"
     });
     let access = access.unwrap_or_else(|| panic!("no access line:\n{}", run.guard.stderr()));
     assert_eq!(access["translated"], "messages->chat", "{access}");
+    // Its head went out before the provider was chosen; the line names it from the usage record.
+    assert_eq!(access["provider"], "p-chat", "{access}");
 }

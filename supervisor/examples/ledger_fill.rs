@@ -60,6 +60,7 @@ fn main() {
             ttfb_ms: Some(50 + i % 200),
             streamed: i % 2 == 0,
             translated: false,
+            translation: None,
             dropped_before: 0,
         });
         if batch.len() == batch.capacity() {

@@ -371,7 +371,7 @@ fn attempts(mut r: Run, guard: RequestGuard) -> BoxResponse {
                         api,
                         gateway::relay::is_event_stream(resp.headers()),
                         resp.status().as_u16(),
-                        tr.is_some(),
+                        tr.as_ref().map(|t| (t.from, t.to)),
                     ));
                 }
                 let out = kept(resp, &provider, dialect, tr, attempt, guard).await;
@@ -627,7 +627,7 @@ async fn mock_response(
         crate::usage::api_of(endpoint),
         reply.content_type == "text/event-stream",
         200,
-        false,
+        None,
     ));
     if let Some(d) = provider.config.latency.filter(|d| !d.is_zero()) {
         tokio::time::sleep(d).await;

@@ -209,7 +209,8 @@ pub struct Observer {
     provider: Arc<Provider>,
     model_served: String,
     status: u16,
-    translated: bool,
+    /// The translation `(from, to)` when the answer is translated.
+    translation: Option<(Api, Api)>,
     reader: Reader,
     hide: Option<HideUsageChunk>,
     first_byte: Option<u64>,
@@ -225,8 +226,9 @@ impl Observer {
         api: Option<Api>,
         sse: bool,
         status: u16,
-        translated: bool,
+        translation: Option<(Api, Api)>,
     ) -> Self {
+        let translated = translation.is_some();
         let reader = match api {
             Some(api) if sse => Reader::Stream(Box::new(UsageReader::new(api, MAX_EVENT_BYTES))),
             Some(api) => Reader::Body {
@@ -242,7 +244,7 @@ impl Observer {
             provider,
             model_served: record::bounded(model_served),
             status,
-            translated,
+            translation,
             reader,
             hide,
             first_byte: None,
@@ -279,11 +281,12 @@ impl Observer {
             provider,
             model_served,
             status,
-            translated,
+            translation,
             mut reader,
             first_byte,
             ..
         } = self;
+        let translated = translation.is_some();
         let usage = match &mut reader {
             Reader::Stream(r) if outcome == Outcome::Success => {
                 r.end();
@@ -320,7 +323,7 @@ impl Observer {
             outcome,
             tokens,
             ttfb_ms: first_byte,
-            translated,
+            translation: translation.map(|(from, to)| translate::label(from, to)),
         };
         send_record(meta, &provider, model_served, ended);
     }
@@ -332,7 +335,8 @@ struct Ended {
     outcome: record::Outcome,
     tokens: Tokens,
     ttfb_ms: Option<u64>,
-    translated: bool,
+    /// `FROM->TO` when translated.
+    translation: Option<String>,
 }
 
 /// The record of a request that got an error answer without a provider's body to observe (all
@@ -349,7 +353,7 @@ pub fn error_record(meta: &Meta, provider: &Arc<Provider>, served: &str, status:
         },
         tokens: Tokens::default(),
         ttfb_ms: None,
-        translated: false,
+        translation: None,
     };
     send_record(meta.clone(), provider, record::bounded(served), ended);
 }
@@ -384,7 +388,8 @@ fn send_record(meta: Meta, provider: &Arc<Provider>, model_served: String, e: En
         outcome: e.outcome,
         ttfb_ms: e.ttfb_ms,
         streamed: meta.streamed,
-        translated: e.translated,
+        translated: e.translation.is_some(),
+        translation: e.translation,
         dropped_before: 0,
     };
     g.send(rec);
@@ -678,6 +683,7 @@ mod send_tests {
             ttfb_ms: None,
             streamed: false,
             translated: false,
+            translation: None,
             dropped_before: 0,
         }
     }

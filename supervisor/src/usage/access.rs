@@ -51,11 +51,15 @@ pub struct Line {
     pub expects_record: bool,
 }
 
-/// The worker's half: a usage record's tokens and cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// The worker's half: a usage record's tokens and cost, and what the front's half may lack (a
+/// stream that waited with pings sent its head before a provider was chosen, so the head
+/// carries neither the provider nor, for a mixed alias, the translation).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tokens {
     pub tokens: gateway::usage::Tokens,
     pub cost_usd: Option<f64>,
+    pub provider: String,
+    pub translation: Option<String>,
 }
 
 enum Half {
@@ -200,10 +204,16 @@ fn write(l: &Line, t: Option<&Tokens>) {
         request_id = l.request_id.as_str(),
         client = l.client.as_deref(),
         worker = l.worker,
-        provider = l.provider.as_deref(),
+        provider = l
+            .provider
+            .as_deref()
+            .or(t.map(|t| t.provider.as_str()).filter(|p| !p.is_empty())),
         model = l.model.as_deref(),
         attempts = l.attempts,
-        translated = l.translated.as_deref(),
+        translated = l
+            .translated
+            .as_deref()
+            .or(t.and_then(|t| t.translation.as_deref())),
         input_tokens = t.map(|t| t.tokens.input),
         output_tokens = t.map(|t| t.tokens.output),
         cache_read_tokens = t.map(|t| t.tokens.cache_read),

@@ -296,6 +296,7 @@ pub(crate) mod tests {
             ttfb_ms: Some(1),
             streamed: false,
             translated: false,
+            translation: None,
             dropped_before: 0,
         }
     }

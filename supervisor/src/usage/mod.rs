@@ -315,6 +315,8 @@ fn take(message: &[u8], tx: &Option<SyncSender<Record>>, c: &Counters, access: &
     let t = access::Tokens {
         tokens: rec.tokens,
         cost_usd: rec.cost_usd,
+        provider: rec.provider.clone(),
+        translation: rec.translation.clone(),
     };
     access.record(&rec.request_id, t);
     let Some(tx) = tx else { return };

@@ -5,7 +5,6 @@
 use super::upstream::read_capped;
 use crate::attempt::Attempt;
 use crate::body::{proxy_body, RequestGuard, ResBody, WholeBody};
-use crate::endpoint::Endpoint;
 use crate::metrics::Outcome;
 use crate::providers::Provider;
 use crate::translate::{self, Api};
@@ -94,12 +93,7 @@ pub(super) fn mark_translated(
 
 /// The `FROM->TO` label of a translation.
 pub(super) fn translated_label(from: Api, to: Api) -> Option<HeaderValue> {
-    let v = format!(
-        "{}->{}",
-        Endpoint::of_api(from).api_name(),
-        Endpoint::of_api(to).api_name()
-    );
-    HeaderValue::try_from(v).ok()
+    HeaderValue::try_from(crate::translate::label(from, to)).ok()
 }
 
 /// A provider's successful answer in its API, for a client of another: an event stream goes

@@ -313,6 +313,17 @@ pub fn translate_response(
     Ok((out, resp.usage))
 }
 
+/// The label of a translation, `FROM->TO` in the APIs' path names (`messages->chat`): the
+/// access log's `translated` field, from the response head or from the usage record.
+pub fn label(from: Api, to: Api) -> String {
+    use crate::endpoint::Endpoint;
+    format!(
+        "{}->{}",
+        Endpoint::of_api(from).api_name(),
+        Endpoint::of_api(to).api_name()
+    )
+}
+
 /// The usage a provider's non-streamed answer in `api` reports, read as `translate_response`
 /// reads it; `None` when the body has no `usage` object.
 pub fn body_usage(api: Api, body: &Value) -> Option<Usage> {
