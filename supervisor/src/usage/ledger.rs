@@ -169,13 +169,24 @@ impl By {
         }
     }
 
-    fn column(self) -> &'static str {
+    /// What the rows are grouped (and ordered) by.
+    fn group(self) -> &'static str {
         match self {
             Self::Client => "client",
             // The model that was billed: the provider's, after aliases.
             Self::Model => "model_served",
             Self::Provider => "provider",
-            Self::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
+            // The UTC day as an integer: cheap per row (a date string per row cost a third of
+            // a 1M-row `--by day` summary).
+            Self::Day => "ts_ms / 86400000",
+        }
+    }
+
+    /// The group's key as printed: the day's date is formatted once per group.
+    fn select(self) -> &'static str {
+        match self {
+            Self::Day => "strftime('%Y-%m-%d', MIN(ts_ms) / 1000, 'unixepoch')",
+            other => other.group(),
         }
     }
 }
@@ -204,15 +215,14 @@ pub fn summary(
     until_ms: i64,
     by: &[By],
 ) -> rusqlite::Result<Vec<Row>> {
-    let keys: Vec<String> = by.iter().map(|b| b.column().to_string()).collect();
-    let select = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
-    let group = if keys.is_empty() {
+    let select = by
+        .iter()
+        .map(|b| format!("{}, ", b.select()))
+        .collect::<String>();
+    let group = if by.is_empty() {
         String::new()
     } else {
-        let cols = (1..=keys.len())
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = by.iter().map(|b| b.group()).collect::<Vec<_>>().join(", ");
         format!(" GROUP BY {cols} ORDER BY {cols}")
     };
     let sql = format!(
@@ -222,7 +232,7 @@ pub fn summary(
          FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2{group}"
     );
     let mut st = conn.prepare(&sql)?;
-    let n = keys.len();
+    let n = by.len();
     let rows = st.query_map(params![since_ms, until_ms], |r| {
         let mut k = Vec::with_capacity(n);
         for i in 0..n {
