@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use support::dialects::{self, Answer, Api};
 use support::http::{self, Stream};
-use support::process::{wait_until, ChildGuard, Running, TestEnv};
+use support::process::{wait_until, Running, TestEnv};
 use support::upstream::{Script, Upstream};
 use support::worker::{self, Worker};
 
@@ -563,16 +563,7 @@ fn through_the_supervisor_with_the_access_log() {
     let env = TestEnv::new(&supervisor_config(&up));
     let mut cmd = env.supervisor(&["start", "--log-format", "json"]);
     cmd.env("RUST_LOG", "info");
-    let mut guard = ChildGuard::spawn(cmd);
-    let ready = guard
-        .wait_event("ready", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no ready line; stderr:\n{}", guard.stderr()));
-    let listen = ready["listen"].as_str().unwrap().parse().unwrap();
-    let run = Running {
-        guard,
-        ready,
-        listen,
-    };
+    let run = Running::ready(cmd);
     for stream in [false, true] {
         let a = Answer::Text("over the front".into());
         up.enqueue(
@@ -772,16 +763,7 @@ probe_interval = "0s"
     let env = TestEnv::new(&config);
     let mut cmd = env.supervisor(&["start", "--log-format", "json"]);
     cmd.env("RUST_LOG", "info");
-    let mut guard = ChildGuard::spawn(cmd);
-    let ready = guard
-        .wait_event("ready", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no ready line; stderr:\n{}", guard.stderr()));
-    let listen = ready["listen"].as_str().unwrap().parse().unwrap();
-    let run = Running {
-        guard,
-        ready,
-        listen,
-    };
+    let run = Running::ready(cmd);
     // The first request holds the provider's one permit until the gate opens.
     let gate = support::upstream::Gate::new();
     up.enqueue(
