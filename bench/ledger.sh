@@ -16,7 +16,6 @@ cargo build --release -q -p gateway --examples
 cargo build --release -q -p supervisor --example ledger_fill
 . bench/lib.sh
 trap kill_pids EXIT
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 1))" "$@"; }
 
 BENCH_THREADS=2 start_upstream "$OUT/upstream.addr" 127.0.0.1:0

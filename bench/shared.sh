@@ -17,7 +17,6 @@ cargo build --release -q -p supervisor -p gateway-worker
 cargo build --release -q -p gateway --examples
 . bench/lib.sh
 trap kill_pids EXIT
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 RPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 RDIR=$(mktemp -d)
