@@ -8,7 +8,7 @@ mod support;
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::process::{signal, wait_until, TestEnv};
+use support::process::{signal, wait_until, PoolConfig, TestEnv};
 use support::upstream::{Gate, Script, Upstream};
 
 fn completion() -> serde_json::Value {
@@ -17,41 +17,27 @@ fn completion() -> serde_json::Value {
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 }
 
-/// Three workers, one OpenAI-kind provider `up` on `up`, the given `[circuit_breaker]` and
-/// `[health]` keys. (`front::config` is not used: its `[health]` turns probes off.)
+/// Three workers (`PoolConfig`), one OpenAI-kind provider `up` on `up`, the given
+/// `[circuit_breaker]` and `[health]` keys. (`front::config` is not used: its `[health]` turns
+/// probes off.)
 fn config(up: &Upstream, breaker: &str, health: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-auth_token_env = ""
-
-[pool]
-workers = 3
-base_port = 0
-runtime_dir = "{{RUNTIME_DIR}}"
-heartbeat_interval = "200ms"
-heartbeat_timeout = "2s"
-startup_timeout = "10s"
-shutdown_timeout = "3s"
-restart_backoff_initial = "50ms"
-restart_backoff_max = "1s"
-
-[circuit_breaker]
-failure_rate_threshold = 1.0
-{breaker}
-
-[health]
-{health}
-
+    PoolConfig::new(3)
+        .health(health)
+        .extra(&format!(
+            r#"
 [[providers]]
 name = "up"
 kind = "openai"
 base_url = "{}"
 models = ["up"]
+
+[circuit_breaker]
+failure_rate_threshold = 1.0
+{breaker}
 "#,
-        up.url("/v1")
-    )
+            up.url("/v1")
+        ))
+        .build()
 }
 
 /// Each worker's (pid, TCP address), by worker id.
