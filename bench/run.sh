@@ -186,10 +186,11 @@ for gen in ["ours", "nginx-up", "bench_load"]:
     title = {"ours": "oha, upstream bench_upstream", "nginx-up": "oha, upstream canned nginx",
              "bench_load": "bench_load (round 1 only), upstream bench_upstream"}[gen]
     print(f"\n{title}: medians of {len({r[0] for r in rs})} round(s); ratio = median of the per-round ratios to direct")
-    print("| path | req/s @64 | ratio | errors | p50 µs @{rate}/s | +p50 µs | p99 µs | errors | generator CPU |")
+    print(f"| path | req/s @64 | ratio | errors | p50 µs @{rate}/s | +p50 µs | p99 µs | errors | generator CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
     direct = {r[0]: r for r in rs if r[2] == "direct"}
-    for path in dict.fromkeys(r[2] for r in rs):
+    order = ["direct", "nginx", "hyper-floor", "worker", "front3"]
+    for path in sorted(dict.fromkeys(r[2] for r in rs), key=order.index):
         pr = [r for r in rs if r[2] == path]
         ratio = [float(r[3]) / float(direct[r[0]][3]) for r in pr if r[0] in direct]
         dp50 = [int(r[5]) - int(direct[r[0]][5]) for r in pr if r[0] in direct]
