@@ -256,7 +256,9 @@ async fn streams(url: String, count: usize, hold: u64) {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 5 {
-        eprintln!("usage: bench_load throughput|latency|streams|sse URL N SECS, or ssecount URL N COUNT");
+        eprintln!(
+            "usage: bench_load throughput|latency|streams|sse URL N SECS, or ssecount URL N COUNT"
+        );
         std::process::exit(2);
     }
     let (mode, url) = (a[1].clone(), a[2].clone());

@@ -4,19 +4,18 @@
 use super::chat_response::{stop_from, stop_to, usage_from, usage_to};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse::{self, frame};
 use gateway::{ApiError, Dialect, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// One upstream chunk, decoded borrowing from the event's text (a string with no escapes is not
 /// copied). `usage` and `error` come once per stream at most, so they stay general `Value`s.
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(default)]
     error: Option<Value>,
     #[serde(default)]
@@ -32,15 +31,15 @@ struct Choice<'a> {
     #[serde(borrow, default)]
     delta: Option<Delta<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<Str<'a>>,
     #[serde(borrow, default)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
 }
@@ -51,7 +50,7 @@ struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
     function: Option<FunctionDelta<'a>>,
 }
@@ -59,9 +58,9 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Str<'a>>,
 }
 
 /// An outgoing chunk with one choice; `delta` is typed for the common events.

@@ -5,19 +5,18 @@ use super::chat_stream::MAX_CALLS;
 use super::messages_response::{stop_from, stop_to, usage_from};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse;
 use gateway::{ApiError, Dialect, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// The common event, `content_block_delta`, decoded borrowing from the event's text; every other
 /// event (a few per stream) takes the general `Value` path.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow, rename = "type", default)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Str<'a>>,
     #[serde(borrow, default)]
     delta: Option<BlockDelta<'a>>,
 }
@@ -25,11 +24,11 @@ struct Head<'a> {
 #[derive(Deserialize)]
 struct BlockDelta<'a> {
     #[serde(borrow, rename = "type", default)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Str<'a>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(borrow, default)]
-    partial_json: Option<Cow<'a, str>>,
+    partial_json: Option<Str<'a>>,
 }
 
 /// An outgoing `content_block_delta`.

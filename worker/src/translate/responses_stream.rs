@@ -11,12 +11,11 @@ use super::pivot::{Event, StreamError};
 use super::responses_response::{
     call_item, message_item, refusal_part, response_object, stop_from, text_part, usage_from,
 };
-use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse;
 use gateway::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// The fields of an upstream event the decoder reads on its common path, borrowing from the
 /// event's text (a string with no escapes is not copied); `response` and `item` are skipped
@@ -24,13 +23,13 @@ use std::borrow::Cow;
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow, rename = "type", default)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Str<'a>>,
     #[serde(borrow, default)]
-    delta: Option<Cow<'a, str>>,
+    delta: Option<Str<'a>>,
     #[serde(default)]
     output_index: Option<u64>,
     #[serde(borrow, default)]
-    item_id: Option<Cow<'a, str>>,
+    item_id: Option<Str<'a>>,
 }
 
 /// The events the general path reads; every other event type is not content.

@@ -6,6 +6,7 @@ use super::pivot::{Event, StreamError, Usage};
 use super::{chat_stream, messages_stream, responses_stream, Api};
 use gateway::sse::parse::{self, Parser};
 use gateway::ErrorKind;
+use std::borrow::Cow;
 
 /// Decodes one provider dialect's events into pivot events.
 pub(super) trait Decode: Send {
@@ -25,6 +26,20 @@ pub(super) trait Decode: Send {
 /// Encodes pivot events as one client dialect's SSE frames.
 pub(super) trait Encode: Send {
     fn event(&mut self, ev: &Event, out: &mut String) -> Result<(), StreamError>;
+}
+
+/// A string field of an upstream event, borrowed from the event's text when it has no escapes.
+/// `#[serde(borrow)]` on an `Option<Cow<str>>` does not borrow (serde's `Cow` impl always copies;
+/// only a field that is itself a `Cow` takes the borrowing path), so the `Cow` is wrapped: use
+/// `Option<Str<'a>>` with `#[serde(borrow)]`.
+#[derive(serde::Deserialize, Debug)]
+pub(super) struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Appends one SSE frame (`event:` line when `event` is not empty) whose data is `v`, serialised
@@ -287,5 +302,33 @@ impl UsageReader {
             let u = self.decoder.usage_so_far();
             (u != Usage::default()).then_some(u)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Str;
+    use std::borrow::Cow;
+
+    /// What the typed decoders rely on: a string with no escapes is not copied.
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        #[derive(serde::Deserialize)]
+        struct T<'a> {
+            #[serde(borrow, default)]
+            a: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            b: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            c: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            plain: Option<Cow<'a, str>>,
+        }
+        let t: T = serde_json::from_str(r#"{"a":"plain","b":"esc\"aped","plain":"x"}"#).unwrap();
+        assert!(matches!(t.a.unwrap().0, Cow::Borrowed("plain")));
+        assert!(matches!(t.b.unwrap().0, Cow::Owned(s) if s == "esc\"aped"));
+        assert!(t.c.is_none());
+        // Why `Str` exists: the same attribute on a bare `Option<Cow>` copies.
+        assert!(matches!(t.plain.unwrap(), Cow::Owned(_)));
     }
 }
