@@ -239,6 +239,15 @@ impl StreamTranslator {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// For a stream that broke: the finish's usage if it came, else the tokens reported before
+    /// the break (`UsageReader::usage_before_break`).
+    pub fn usage_before_break(&self) -> Option<Usage> {
+        self.usage.or_else(|| {
+            let u = self.decoder.usage_so_far();
+            (u != Usage::default()).then_some(u)
+        })
+    }
 }
 
 /// Reads the usage out of a native (untranslated) stream with the same decoders, for accounting.
