@@ -91,7 +91,7 @@ impl Parser {
             chunk = &chunk[1..];
         }
         self.after_cr = false;
-        while let Some(i) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', chunk) {
             if self.line.is_empty() {
                 // The whole line is in this chunk (the common case): read in place, no copy.
                 self.check_size(i)?;
@@ -172,8 +172,12 @@ impl Parser {
             self.has_data = false;
             return;
         }
-        // Borrowed when the line is valid UTF-8 (always, from a sane server).
-        let line = String::from_utf8_lossy(line);
+        // Borrowed when the line is valid UTF-8 (always, from a sane server); `from_utf8` checks
+        // that much faster than the lossy decoder, which only runs on invalid bytes.
+        let line = match std::str::from_utf8(line) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         if line.starts_with(':') {
             return;
         }
