@@ -16,6 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+/// The largest client-frame buffer a stream keeps between chunks.
+const KEEP_OUT_BYTES: usize = 4 << 10;
+
 enum State {
     Streaming,
     /// The error event went out; the relay layer's `Ending` lets hyper flush it, then fails.
@@ -60,13 +63,19 @@ impl TranslateBody {
     fn flush(&mut self) -> Option<Bytes> {
         let t = self.translating();
         let failed = t.tr.is_done() && t.tr.usage().is_none();
-        let out = std::mem::take(&mut t.out);
+        // Copied out, so the buffer keeps its capacity for the next chunk (taking it would make
+        // every chunk grow a new one from nothing); a large one is not kept per held stream.
+        let out = (!t.out.is_empty()).then(|| Bytes::copy_from_slice(t.out.as_bytes()));
+        t.out.clear();
+        if t.out.capacity() > KEEP_OUT_BYTES {
+            t.out = String::new();
+        }
         if failed {
             self.state = State::Aborting(Ending::new(
                 StreamError::Upstream("the translated stream ended with an error".into()).into(),
             ));
         }
-        (!out.is_empty()).then(|| Bytes::from(out))
+        out
     }
 }
 

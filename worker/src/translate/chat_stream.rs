@@ -4,7 +4,7 @@
 use super::chat_response::{stop_from, stop_to, usage_from, usage_to};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, push_frame, Decode, Encode, Str, StreamOptions};
+use super::stream::{cut, push_frame, push_json_str, push_u64, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse::{self, frame};
 use gateway::{ApiError, Dialect, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -79,27 +79,6 @@ struct ChoiceOut<'a, D> {
     delta: D,
     finish_reason: Option<&'a str>,
     logprobs: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ContentOut<'a> {
-    content: &'a str,
-}
-
-#[derive(Serialize)]
-struct ToolArgsOut<'a> {
-    tool_calls: [ToolArgsCall<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct ToolArgsCall<'a> {
-    index: usize,
-    function: ArgumentsOut<'a>,
-}
-
-#[derive(Serialize)]
-struct ArgumentsOut<'a> {
-    arguments: &'a str,
 }
 
 /// More tool calls than this in one answer is treated as a broken stream (it bounds our state).
@@ -312,6 +291,30 @@ impl Encoder {
         push_frame(out, "", &v);
     }
 
+    /// A chunk whose delta is `{"content": s}`, or `{"tool_calls": [{"index": call,
+    /// "function": {"arguments": s}}]}` when `call` is given, written directly: the common
+    /// chunks, in the shape `chunk` writes.
+    fn delta(&self, call: Option<usize>, s: &str, out: &mut String) {
+        out.push_str("data: {\"id\":");
+        push_json_str(out, &self.id);
+        out.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
+        push_u64(out, self.created);
+        out.push_str(",\"model\":");
+        push_json_str(out, &self.model);
+        out.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+        match call {
+            None => out.push_str("{\"content\":"),
+            Some(c) => {
+                out.push_str("{\"tool_calls\":[{\"index\":");
+                push_u64(out, c as u64);
+                out.push_str(",\"function\":{\"arguments\":");
+            }
+        }
+        push_json_str(out, s);
+        out.push_str(if call.is_some() { "}}]}" } else { "}" });
+        out.push_str(",\"finish_reason\":null,\"logprobs\":null}]}\n\n");
+    }
+
     fn start(&mut self, id: &str, out: &mut String) {
         if !self.started {
             self.started = true;
@@ -333,20 +336,12 @@ impl Encode for Encoder {
         self.start(if let Event::Start { id } = ev { id } else { "" }, out);
         match ev {
             Event::Start { .. } | Event::Error(_) => {}
-            Event::Text(t) => self.chunk(ContentOut { content: t }, None, out),
+            Event::Text(t) => self.delta(None, t, out),
             Event::Refusal(t) => self.chunk(json!({"refusal": t}), None, out),
             Event::ToolStart { call, id, name } => self.chunk(json!({"tool_calls": [{
                 "index": call, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
             }]}), None, out),
-            Event::ToolArgs { call, delta } => {
-                let args = ToolArgsOut {
-                    tool_calls: [ToolArgsCall {
-                        index: *call,
-                        function: ArgumentsOut { arguments: delta },
-                    }],
-                };
-                self.chunk(args, None, out)
-            }
+            Event::ToolArgs { call, delta } => self.delta(Some(*call), delta, out),
             Event::Finish { stop, usage } => {
                 self.chunk(json!({}), Some(stop_to(stop)), out);
                 if self.include_usage {

@@ -3,7 +3,7 @@
 //!
 //! The per-chunk events (`response.output_text.delta`, `response.refusal.delta`,
 //! `response.function_call_arguments.delta`) are decoded borrowing from the event's text and
-//! encoded from typed structs straight into the output; the few events of each item and of the
+//! written directly into the output; the few events of each item and of the
 //! response (created, item added and done, completed) take the general `Value` path.
 
 use super::chat_stream::MAX_CALLS;
@@ -11,10 +11,10 @@ use super::pivot::{Event, StreamError};
 use super::responses_response::{
     call_item, message_item, refusal_part, response_object, stop_from, text_part, usage_from,
 };
-use super::stream::{cut, push_frame, Decode, Encode, Str, StreamOptions};
+use super::stream::{cut, push_frame, push_json_str, push_u64, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse;
 use gateway::ErrorKind;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The fields of an upstream event the decoder reads on its common path, borrowing from the
@@ -192,21 +192,37 @@ impl Decode for Decoder {
     }
 }
 
-/// An outgoing delta event, written straight into the output: `response.output_text.delta`
-/// (with `content_index` and `logprobs`), `response.refusal.delta` (with `content_index`),
+/// A delta event, written directly: `response.output_text.delta` (with `content_index` and
+/// `logprobs`), `response.refusal.delta` (with `content_index`),
 /// `response.function_call_arguments.delta` (neither).
-#[derive(Serialize)]
-struct DeltaOut<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    item_id: &'a str,
-    output_index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_index: Option<usize>,
-    delta: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logprobs: Option<[(); 0]>,
-    sequence_number: u64,
+fn delta_frame(
+    out: &mut String,
+    ty: &str,
+    (item_id, output_index, content_index): (&str, usize, Option<usize>),
+    delta: &str,
+    logprobs: bool,
+    seq: u64,
+) {
+    out.push_str("event: ");
+    out.push_str(ty);
+    out.push_str("\ndata: {\"type\":\"");
+    out.push_str(ty);
+    out.push_str("\",\"item_id\":");
+    push_json_str(out, item_id);
+    out.push_str(",\"output_index\":");
+    push_u64(out, output_index as u64);
+    if let Some(ci) = content_index {
+        out.push_str(",\"content_index\":");
+        push_u64(out, ci as u64);
+    }
+    out.push_str(",\"delta\":");
+    push_json_str(out, delta);
+    if logprobs {
+        out.push_str(",\"logprobs\":[]");
+    }
+    out.push_str(",\"sequence_number\":");
+    push_u64(out, seq);
+    out.push_str("}\n\n");
 }
 
 /// A function call of the answer, from its start: its arguments grow in place, and its item is
@@ -438,20 +454,12 @@ impl Encoder {
         part.get_or_insert_with(|| (refusal, String::new()))
             .1
             .push_str(t);
-        let d = DeltaOut {
-            ty: if refusal {
-                "response.refusal.delta"
-            } else {
-                "response.output_text.delta"
-            },
-            item_id: id,
-            output_index: oi,
-            content_index: Some(ci),
-            delta: t,
-            logprobs: (!refusal).then_some([]),
-            sequence_number: seq,
+        let ty = if refusal {
+            "response.refusal.delta"
+        } else {
+            "response.output_text.delta"
         };
-        push_frame(out, d.ty, &d);
+        delta_frame(out, ty, (id, oi, Some(ci)), t, !refusal, seq);
         Ok(())
     }
 }
@@ -517,16 +525,8 @@ impl Encode for Encoder {
                 };
                 // Appended in place: no copy of the arguments so far per delta.
                 c.arguments.push_str(delta);
-                let d = DeltaOut {
-                    ty: "response.function_call_arguments.delta",
-                    item_id: &c.id,
-                    output_index: oi,
-                    content_index: None,
-                    delta,
-                    logprobs: None,
-                    sequence_number: seq,
-                };
-                push_frame(out, d.ty, &d);
+                let ty = "response.function_call_arguments.delta";
+                delta_frame(out, ty, (&c.id, oi, None), delta, false, seq);
             }
             Event::Finish { stop, usage } => {
                 self.close(out);

@@ -60,6 +60,56 @@ pub(super) fn push_frame(out: &mut String, event: &str, v: &impl serde::Serializ
     *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
 }
 
+/// Appends `s` as a JSON string, quoted and escaped as `serde_json` escapes it (`"`, `\\` and
+/// the control characters): the encoders write their per-chunk frames (text and argument deltas)
+/// directly, static parts as they are and only the text escaped.
+pub(super) fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte: a char boundary.
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends `n` in decimal.
+pub(super) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("digits"));
+}
+
 pub(super) fn cut(message: impl Into<String>) -> StreamError {
     StreamError {
         kind: ErrorKind::BadGateway,
@@ -318,6 +368,27 @@ impl UsageReader {
 mod tests {
     use super::Str;
     use std::borrow::Cow;
+
+    /// The direct writers give exactly what serde_json gives.
+    #[test]
+    fn direct_json_writers_match_serde_json() {
+        let mut rng = fastrand::Rng::with_seed(0x15);
+        let alphabet: Vec<char> = "ab \"\\/\n\r\t\u{8}\u{c}\u{0}\u{1}\u{1f}\u{7f}\u{e9}\u{1F600}"
+            .chars()
+            .collect();
+        for _ in 0..2000 {
+            let s: String = (0..rng.usize(0..12))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let mut out = String::from("x");
+            super::push_json_str(&mut out, &s);
+            assert_eq!(out[1..], serde_json::to_string(&s).unwrap(), "{s:?}");
+            let n = rng.u64(..) >> rng.u32(0..64);
+            let mut out = String::new();
+            super::push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
 
     /// What the typed decoders rely on: a string with no escapes is not copied.
     #[test]

@@ -523,7 +523,7 @@ fn unusual_endings() {
 /// the typed encoders escape them again: the text survives both ways.
 #[test]
 fn escaped_text_survives_the_typed_paths() {
-    let text = "say \"hi\"\nthen \u{e9}\u{1F600} \\ done";
+    let text = "say \"hi\"\nthen \u{e9}\u{1F600} \\ done\t\u{1}\u{1f}";
     let esc = serde_json::to_string(text).unwrap();
     let chat_up = format!(
         "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{esc}}}}}]}}\n\n\
