@@ -1,5 +1,6 @@
 //! Usage accounting in the worker: reads the tokens of every answer as it passes through (the
-//! translation core's readers, in the provider's dialect), hides the usage-only Chat chunk from a
+//! translation core's readers, in the provider's dialect; a translated stream's translator gives
+//! its usage instead, so its events are decoded once), hides the usage-only Chat chunk from a
 //! client that did not ask for it, and sends one `gateway::usage::Record` per finished request to
 //! the supervisor as one message on a Unix `SOCK_SEQPACKET` connection, off the request path: a
 //! non-blocking `send` that, when the connection's buffer is full, drops the record and counts
