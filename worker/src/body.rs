@@ -146,20 +146,17 @@ impl AttemptHooks {
     }
 
     fn fail(&mut self, err: StreamError, outcome: Outcome) -> Failure {
+        let kind = match err {
+            StreamError::Idle(_) => ErrorKind::GatewayTimeout,
+            StreamError::Upstream(_) => ErrorKind::BadGateway,
+        };
+        // A translated stream's error event, in the client's dialect, is the translator's.
         if let Some(t) = &mut self.translate {
-            let kind = match err {
-                StreamError::Idle(_) => ErrorKind::GatewayTimeout,
-                StreamError::Upstream(_) => ErrorKind::BadGateway,
-            };
             t.tr.fail(kind, &err.to_string(), &mut t.out);
             self.give_usage();
         }
         self.attempt.finish(outcome);
         tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
-        let kind = match err {
-            StreamError::Idle(_) => ErrorKind::GatewayTimeout,
-            StreamError::Upstream(_) => ErrorKind::BadGateway,
-        };
         Failure {
             event: ApiError::new(kind, err.to_string()),
             error: err.into(),
