@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The cost of translation, in one run against one upstream on one standalone worker: CPU per
-# streamed chunk and memory per held stream of the translated paths (Chat client -> Messages
-# upstream, Messages client -> Chat upstream) against the passthrough ones (Chat -> Chat,
-# Messages -> Messages), every stream carrying the same CHUNKS text chunks. The host is shared
+# streamed chunk and memory per held stream of the six translated paths (client > upstream:
+# chat>messages, chat>responses, messages>chat, messages>responses, responses>chat,
+# responses>messages) against the passthrough of the same client dialect (chat>chat,
+# messages>messages, responses>responses), every stream carrying the same CHUNKS text chunks. The host is shared
 # and noisy, so the cases run interleaved (the order rotates each round) and the table shows
 # medians over ROUNDS rounds.
 # Usage: bench/translate.sh [SECS]   (default 5 s of load per case and round). Release build.
-# Settings from the environment: ROUNDS (5), CHUNKS (50), CONNS (16), HELD (1000).
+# Settings from the environment: ROUNDS (5), CHUNKS (50), CONNS (16), HELD (1000), CASES (all).
+# The repeatable measure (instructions per chunk under callgrind) is bench/translate_instr.sh.
 # Writes bench/out/translate*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +27,9 @@ cargo build --release -q -p gateway --examples
 trap kill_pids EXIT
 
 BENCH_CHUNKS=$CHUNKS BENCH_THREADS=2 start_upstream "$OUT/translate-upstream.addr" 127.0.0.1:0
-# Two providers on the one upstream: `up` (openai: Chat) serves bench*, `ant` (anthropic:
-# Messages) serves mbench*; the client's path and model pick the case.
+# Four providers on the one upstream: `up` (openai, every OpenAI API natively) serves bench*,
+# `ant` (anthropic: Messages) mbench*, `chatonly` (Chat only) cbench*, `resp` (Responses only)
+# rbench*; the client's path and model pick the case.
 write_config "$OUT/translate.toml" "$PWD/$OUT/translate-run" $'worker_max_inflight = 20000\nmax_queue = 20000'
 cat >>"$OUT/translate.toml" <<TOML
 [[providers]]
@@ -34,13 +37,37 @@ name = "ant"
 kind = "anthropic"
 base_url = "http://$UP"
 models = ["mbench", "mbench-slow"]
+[[providers]]
+name = "chatonly"
+kind = "openai"
+base_url = "http://$UP/v1"
+apis = ["chat"]
+models = ["cbench", "cbench-slow"]
+[[providers]]
+name = "resp"
+kind = "openai"
+base_url = "http://$UP/v1"
+apis = ["responses"]
+models = ["rbench", "rbench-slow"]
 TOML
 
-# case name, client path, model
-CASES=("chat>chat /v1/chat/completions bench"
-       "messages>messages /v1/messages mbench"
-       "chat>messages /v1/chat/completions mbench"
-       "messages>chat /v1/messages bench")
+# case name, client path, model. CASES (space-separated names) picks some, e.g.
+# CASES="chat>chat chat>responses".
+ALL=("chat>chat /v1/chat/completions bench"
+     "messages>messages /v1/messages mbench"
+     "responses>responses /v1/responses bench"
+     "chat>messages /v1/chat/completions mbench"
+     "chat>responses /v1/chat/completions rbench"
+     "messages>chat /v1/messages bench"
+     "messages>responses /v1/messages rbench"
+     "responses>chat /v1/responses cbench"
+     "responses>messages /v1/responses mbench")
+CASES_WANTED=${CASES:-}
+CASES=()
+for c in "${ALL[@]}"; do
+  n=${c%% *}
+  if [ -z "$CASES_WANTED" ] || [[ " $CASES_WANTED " == *" $n "* ]]; then CASES+=("$c"); fi
+done
 # SIGKILL, then reap it, so the shell reports no "Killed" line.
 stop_worker() { kill -9 "$WPID" 2>/dev/null || true; wait "$WPID" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
@@ -89,11 +116,17 @@ for r in rows:
         reqs[r[1]].append(req); evs[r[1]].append(ev / req); err[r[1]] += e
     else:
         mem[r[1]].append(int(r[2])); err[r[1]] += int(r[3])
-base_cpu = st.median(cpu["chat>chat"]); base_mem = st.median(mem["chat>chat"])
-print(f"| client > upstream | CPU ns/chunk (median) | vs chat>chat | rounds (ns/chunk) | streams/round | client events/stream | memory B/held stream (median) | vs chat>chat | errors |")
+# Each case against the passthrough of its client's dialect (chat>messages against chat>chat).
+def base(n):
+    c = n.split(">")[0]
+    return f"{c}>{c}"
+def ratio(d, n):
+    b = base(n)
+    return f"{st.median(d[n]) / st.median(d[b]):.2f}x" if d.get(b) else "-"
+print(f"| client > upstream | CPU ns/chunk (median) | vs passthrough | rounds (ns/chunk) | streams/round | client events/stream | memory B/held stream (median) | vs passthrough | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for n in names:
     c, m = st.median(cpu[n]), st.median(mem[n])
-    print(f"| {n} | {c:.0f} | {c / base_cpu:.2f}x | {' '.join(f'{x:.0f}' for x in cpu[n])} "
-          f"| {st.median(reqs[n]):.0f} | {st.median(evs[n]):.0f} | {m:.0f} | {m / base_mem:.2f}x | {err[n]} |")
+    print(f"| {n} | {c:.0f} | {ratio(cpu, n)} | {' '.join(f'{x:.0f}' for x in cpu[n])} "
+          f"| {st.median(reqs[n]):.0f} | {st.median(evs[n]):.0f} | {m:.0f} | {ratio(mem, n)} | {err[n]} |")
 PY

@@ -5,8 +5,10 @@
 //! bench_load latency    URL RATE  SECS        open loop at RATE req/s on 8 connections; p50/p99 in µs
 //! bench_load streams    URL COUNT HOLD_SECS   hold COUNT concurrent SSE streams; time to first byte
 //! bench_load sse        URL CONNS SECS        like throughput, but every request streams; counts SSE events
+//! bench_load ssecount   URL CONNS COUNT       exactly COUNT streamed requests on CONNS connections, no warm-up
 //! ```
-//! Every mode POSTs a small chat body to URL (a Messages body when URL ends in `/messages`) for
+//! Every mode POSTs a small chat body to URL (a Messages body when URL ends in `/messages`, a
+//! Responses body when it ends in `/responses`) for
 //! model `$BENCH_MODEL` (default `bench`; held streams ask for `$BENCH_MODEL-slow`) and prints one
 //! JSON line with its figures. Errors (non-200, cut bodies) are counted and printed, never hidden.
 
@@ -42,6 +44,11 @@ fn body(url: &str, stream: Stream) -> Full<Bytes> {
     let model = std::env::var("BENCH_MODEL").unwrap_or_else(|_| "bench".into());
     let slow = if stream == Stream::Held { "-slow" } else { "" };
     let on = stream != Stream::No;
+    if url.ends_with("/responses") {
+        return Full::new(Bytes::from(format!(
+            r#"{{"model":"{model}{slow}","stream":{on},"input":"hi"}}"#
+        )));
+    }
     // Messages requires max_tokens; Chat takes the same messages array.
     let max = if url.ends_with("/messages") {
         r#""max_tokens":16,"#
@@ -83,28 +90,43 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn throughput(url: String, conns: usize, secs: u64, stream: Stream) {
+/// How long a closed loop runs: for a time (after a warm-up request per connection), or for
+/// exactly a number of requests (no warm-up, so every request is counted).
+#[derive(Clone, Copy)]
+enum Until {
+    Secs(u64),
+    Count(u64),
+}
+
+async fn throughput(url: String, conns: usize, until: Until, stream: Stream) {
     let c = client(conns);
     let done = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs(secs);
+    let tickets = Arc::new(AtomicU64::new(0));
+    let (end, count) = match until {
+        Until::Secs(s) => (Instant::now() + Duration::from_secs(s), u64::MAX),
+        Until::Count(n) => (Instant::now() + Duration::from_secs(3600), n),
+    };
     // Warm-up: open the connections.
-    for _ in 0..conns {
-        let _ = one(&c, &url, stream).await;
+    if let Until::Secs(_) = until {
+        for _ in 0..conns {
+            let _ = one(&c, &url, stream).await;
+        }
     }
     let start = Instant::now();
     let tasks: Vec<_> = (0..conns)
         .map(|_| {
-            let (c, url, done, events, errors) = (
+            let (c, url, done, events, errors, tickets) = (
                 c.clone(),
                 url.clone(),
                 done.clone(),
                 events.clone(),
                 errors.clone(),
+                tickets.clone(),
             );
             tokio::spawn(async move {
-                while Instant::now() < end {
+                while Instant::now() < end && tickets.fetch_add(1, Relaxed) < count {
                     match one(&c, &url, stream).await {
                         Ok((_, n)) => {
                             done.fetch_add(1, Relaxed);
@@ -234,7 +256,9 @@ async fn streams(url: String, count: usize, hold: u64) {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 5 {
-        eprintln!("usage: bench_load throughput|latency|streams|sse URL N SECS");
+        eprintln!(
+            "usage: bench_load throughput|latency|streams|sse URL N SECS, or ssecount URL N COUNT"
+        );
         std::process::exit(2);
     }
     let (mode, url) = (a[1].clone(), a[2].clone());
@@ -246,8 +270,9 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         match mode.as_str() {
-            "throughput" => throughput(url, n as usize, secs, Stream::No).await,
-            "sse" => throughput(url, n as usize, secs, Stream::Fast).await,
+            "throughput" => throughput(url, n as usize, Until::Secs(secs), Stream::No).await,
+            "sse" => throughput(url, n as usize, Until::Secs(secs), Stream::Fast).await,
+            "ssecount" => throughput(url, n as usize, Until::Count(secs), Stream::Fast).await,
             "latency" => latency(url, n, secs).await,
             "streams" => streams(url, n as usize, secs).await,
             m => panic!("unknown mode {m}"),

@@ -4,7 +4,10 @@
 //! `BENCH_CHUNK_MS` apart (default 0); a model whose name contains `bench-slow` streams one chunk
 //! a second. A POST to a path ending in `/messages` speaks Anthropic's Messages API instead: the
 //! same `BENCH_CHUNKS` text deltas between `message_start` + `content_block_start` (one write) and
-//! `content_block_stop` + `message_delta` + `message_stop` (one write). GET /models lists one
+//! `content_block_stop` + `message_delta` + `message_stop` (one write). A POST to a path ending in
+//! `/responses` speaks OpenAI's Responses API: `BENCH_CHUNKS` `response.output_text.delta` events
+//! between `response.created` .. `response.content_part.added` (one write) and
+//! `response.output_text.done` .. `response.completed` (one write). GET /models lists one
 //! model. Usage: `bench_upstream [ADDR]` (default 127.0.0.1:0); prints the bound address.
 
 use bytes::Bytes;
@@ -22,6 +25,28 @@ const MESSAGES_HEAD: &str = "event: message_start\ndata: {\"type\":\"message_sta
 
 const MESSAGES_TAIL: &str = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
+const RESPONSES_REPLY: &str = r#"{"id":"resp_bench","object":"response","created_at":0,"status":"completed","model":"bench","output":[{"type":"message","id":"msg_bench","status":"completed","role":"assistant","content":[{"type":"output_text","text":"ok","annotations":[]}]}],"usage":{"input_tokens":1,"output_tokens":1,"total_tokens":2}}"#;
+
+const RESPONSES_HEAD: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_bench\",\"object\":\"response\",\"created_at\":0,\"status\":\"in_progress\",\"model\":\"bench\",\"output\":[]}}\n\n\
+event: response.in_progress\ndata: {\"type\":\"response.in_progress\",\"sequence_number\":1,\"response\":{\"id\":\"resp_bench\",\"object\":\"response\",\"created_at\":0,\"status\":\"in_progress\",\"model\":\"bench\",\"output\":[]}}\n\n\
+event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":2,\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_bench\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}\n\n\
+event: response.content_part.added\ndata: {\"type\":\"response.content_part.added\",\"sequence_number\":3,\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}\n\n";
+
+/// The end of a Responses stream whose deltas used sequence numbers up to `seq - 1`. The done
+/// events repeat no text (a real server repeats it; it is the same for every case here).
+fn responses_tail(seq: u64) -> String {
+    format!(
+        "event: response.output_text.done\ndata: {{\"type\":\"response.output_text.done\",\"sequence_number\":{},\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"text\":\"\"}}\n\n\
+event: response.content_part.done\ndata: {{\"type\":\"response.content_part.done\",\"sequence_number\":{},\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"part\":{{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}}}\n\n\
+event: response.output_item.done\ndata: {{\"type\":\"response.output_item.done\",\"sequence_number\":{},\"output_index\":0,\"item\":{{\"type\":\"message\",\"id\":\"msg_bench\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[]}}}}\n\n\
+event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":{},\"response\":{{\"id\":\"resp_bench\",\"object\":\"response\",\"created_at\":0,\"status\":\"completed\",\"model\":\"bench\",\"output\":[],\"usage\":{{\"input_tokens\":1,\"output_tokens\":1,\"total_tokens\":2}}}}}}\n\n",
+        seq,
+        seq + 1,
+        seq + 2,
+        seq + 3
+    )
+}
+
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -37,6 +62,7 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         return Ok(json(body));
     }
     let messages = req.uri().path().ends_with("/messages");
+    let responses = req.uri().path().ends_with("/responses");
     let body = req
         .into_body()
         .collect()
@@ -45,7 +71,13 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         .unwrap_or_default();
     let wants_stream = memchr_stream(&body);
     if !wants_stream {
-        return Ok(json(if messages { MESSAGES_REPLY } else { REPLY }));
+        return Ok(json(if messages {
+            MESSAGES_REPLY
+        } else if responses {
+            RESPONSES_REPLY
+        } else {
+            REPLY
+        }));
     }
     // Model "bench-slow" holds the stream open: one chunk a second for ~17 minutes.
     let slow = body.windows(10).any(|w| w == b"bench-slow");
@@ -57,8 +89,9 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
             Duration::from_millis(env_u64("BENCH_CHUNK_MS", 0)),
         )
     };
-    // Frame i of n+2 for Messages (head, n deltas, tail); of n+1 for Chat (n chunks, [DONE]).
-    let last = chunks + u64::from(messages);
+    // Frame i of n+2 for Messages and Responses (head, n deltas, tail); of n+1 for Chat (n
+    // chunks, [DONE]).
+    let last = chunks + u64::from(messages || responses);
     let stream = futures_util::stream::unfold(0u64, move |i| async move {
         if i > last {
             return None;
@@ -66,7 +99,17 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, I
         if i > 0 && !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
-        let data = if messages {
+        let data = if responses {
+            match i {
+                0 => RESPONSES_HEAD.to_string(),
+                i if i == last => responses_tail(i + 3),
+                i => format!(
+                    "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":{},\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"delta\":\"w{} \",\"logprobs\":[]}}\n\n",
+                    i + 3,
+                    i - 1
+                ),
+            }
+        } else if messages {
             match i {
                 0 => MESSAGES_HEAD.to_string(),
                 i if i == last => MESSAGES_TAIL.to_string(),

@@ -515,3 +515,40 @@ fn a_burst_of_concurrent_requests_is_written_whole() {
         "{m}"
     );
 }
+
+/// A translated stream (a Chat client, an Anthropic provider) is counted from its translator's
+/// usage: the row has the tokens of a finished stream, and those reported before a break.
+#[test]
+fn a_translated_stream_is_counted_finished_or_broken() {
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(1, &up));
+    let run = env.start(&[]);
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"usage\":{\"input_tokens\":21,\"cache_read_input_tokens\":2,\"output_tokens\":1}}}\n\n";
+    let rest = [
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+    let whole: Vec<&str> = std::iter::once(start).chain(rest).collect();
+    up.enqueue("/v1/messages", Script::sse(&whole));
+    up.enqueue("/v1/messages", Script::sse(&[start]).reset());
+    let body = serde_json::json!({"model": "claude-x", "stream": true,
+                                  "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..2 {
+        let mut s = Stream::post_json(run.listen, CHAT, &body).unwrap();
+        assert_eq!(s.status, 200);
+        let _ = s.read_to_end();
+    }
+    let rows = wait_rows(&ledger_path(&env), 2);
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.input, r.cache_read, r.output))
+        .collect();
+    assert_eq!(
+        got,
+        [("ok", 21, 2, 7), ("stream_error", 21, 2, 1)],
+        "{rows:#?}"
+    );
+}

@@ -65,6 +65,17 @@ impl Attempt {
         self.usage = Some(Box::new(o));
     }
 
+    /// A translated stream's usage so far, for its record (`Observer::give_usage`).
+    pub fn give_usage(
+        &mut self,
+        usage: Option<crate::translate::Usage>,
+        before_break: Option<crate::translate::Usage>,
+    ) {
+        if let Some(o) = &mut self.usage {
+            o.give_usage(usage, before_break);
+        }
+    }
+
     /// The client gets `status` instead of the provider's answer (it could not be passed on):
     /// the usage record says so.
     pub fn set_status(&mut self, status: u16) {

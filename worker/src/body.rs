@@ -87,6 +87,16 @@ pub struct AttemptHooks {
     idle: Duration,
     /// The request's span: the body is polled by hyper, outside the handler that entered it.
     span: tracing::Span,
+    /// A translated stream's translator (`crate::translate::body`): it runs here, on each frame
+    /// as the relay passes it, so the usage observer gets the translator's usage (instead of
+    /// decoding the provider's events a second time) before the relay ends the attempt.
+    translate: Option<Box<Translating>>,
+}
+
+/// A translator and the client frames it wrote that the body has not taken yet.
+pub struct Translating {
+    pub tr: crate::translate::StreamTranslator,
+    pub out: String,
 }
 
 /// The relay of a provider's body `inner`: at most `idle` between frames; `sse` is the client's
@@ -103,6 +113,7 @@ pub fn proxy_body(
         _request: request,
         idle,
         span: tracing::Span::current(),
+        translate: None,
     };
     Relay::new(inner, hooks, Some(Deadline::new(idle)), sse)
 }
@@ -113,13 +124,39 @@ impl AttemptHooks {
         &self.attempt.provider
     }
 
+    /// Makes this a translated stream: each frame goes through `tr`, and the relay passes on
+    /// empty frames; the client's frames are `translated().out`.
+    pub fn translate(&mut self, tr: crate::translate::StreamTranslator) {
+        self.translate = Some(Box::new(Translating {
+            tr,
+            out: String::new(),
+        }));
+    }
+
+    pub fn translated(&mut self) -> Option<&mut Translating> {
+        self.translate.as_deref_mut()
+    }
+
+    /// The translator's usage, for the observer, before the attempt ends.
+    fn give_usage(&mut self) {
+        if let Some(t) = &self.translate {
+            self.attempt
+                .give_usage(t.tr.usage(), t.tr.usage_before_break());
+        }
+    }
+
     fn fail(&mut self, err: StreamError, outcome: Outcome) -> Failure {
-        self.attempt.finish(outcome);
-        tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
         let kind = match err {
             StreamError::Idle(_) => ErrorKind::GatewayTimeout,
             StreamError::Upstream(_) => ErrorKind::BadGateway,
         };
+        // A translated stream's error event, in the client's dialect, is the translator's.
+        if let Some(t) = &mut self.translate {
+            t.tr.fail(kind, &err.to_string(), &mut t.out);
+            self.give_usage();
+        }
+        self.attempt.finish(outcome);
+        tracing::warn!(parent: &self.span, provider = %self.attempt.provider.name(), error = %err, "stream cut short");
         Failure {
             event: ApiError::new(kind, err.to_string()),
             error: err.into(),
@@ -129,10 +166,23 @@ impl AttemptHooks {
 
 impl Hooks for AttemptHooks {
     fn frame(&mut self, frame: Frame<Bytes>, last: bool) -> Frame<Bytes> {
-        self.attempt.pass(frame, last)
+        let Some(t) = &mut self.translate else {
+            return self.attempt.pass(frame, last);
+        };
+        // Trailers have no place in the client's stream.
+        if let Some(data) = frame.data_ref() {
+            t.tr.feed(data, &mut t.out);
+        }
+        // The last frame's end comes with the relay's `end`, which follows.
+        self.give_usage();
+        self.attempt.pass(Frame::data(Bytes::new()), last)
     }
 
     fn end(&mut self) {
+        if let Some(t) = &mut self.translate {
+            t.tr.end(&mut t.out);
+            self.give_usage();
+        }
         self.attempt.finish(Outcome::Success);
     }
 

@@ -1,5 +1,6 @@
 //! Usage accounting in the worker: reads the tokens of every answer as it passes through (the
-//! translation core's readers, in the provider's dialect), hides the usage-only Chat chunk from a
+//! translation core's readers, in the provider's dialect; a translated stream's translator gives
+//! its usage instead, so its events are decoded once), hides the usage-only Chat chunk from a
 //! client that did not ask for it, and sends one `gateway::usage::Record` per finished request to
 //! the supervisor as one message on a Unix `SOCK_SEQPACKET` connection, off the request path: a
 //! non-blocking `send` that, when the connection's buffer is full, drops the record and counts
@@ -195,6 +196,12 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// How the answer is read.
 enum Reader {
     Stream(Box<UsageReader>),
+    /// A translated stream: its translator decodes the provider's events already and gives
+    /// their usage (`Observer::give_usage`), so they are not decoded twice.
+    Given {
+        usage: Option<translate::Usage>,
+        before_break: Option<translate::Usage>,
+    },
     /// A non-streamed body, scanned for its usage member.
     Body {
         api: Api,
@@ -230,6 +237,10 @@ impl Observer {
     ) -> Self {
         let translated = translation.is_some();
         let reader = match api {
+            Some(_) if sse && translated => Reader::Given {
+                usage: None,
+                before_break: None,
+            },
             Some(api) if sse => Reader::Stream(Box::new(UsageReader::new(api, MAX_EVENT_BYTES))),
             Some(api) => Reader::Body {
                 api,
@@ -260,11 +271,27 @@ impl Observer {
         match &mut self.reader {
             Reader::Stream(r) => r.feed(&data),
             Reader::Body { tail, .. } => tail.feed(&data),
-            Reader::None => {}
+            Reader::Given { .. } | Reader::None => {}
         }
         match &mut self.hide {
             Some(h) => h.filter(data, last),
             None => data,
+        }
+    }
+
+    /// A translated stream's usage so far: `usage` once its finish came, else `before_break`,
+    /// what a stream that breaks still counts (see `UsageReader`). Ignored by other readers.
+    pub fn give_usage(
+        &mut self,
+        usage: Option<translate::Usage>,
+        before_break: Option<translate::Usage>,
+    ) {
+        if let Reader::Given {
+            usage: u,
+            before_break: b,
+        } = &mut self.reader
+        {
+            (*u, *b) = (usage, before_break);
         }
     }
 
@@ -293,6 +320,8 @@ impl Observer {
                 r.usage()
             }
             Reader::Stream(r) => r.usage_before_break(),
+            Reader::Given { usage, .. } if outcome == Outcome::Success => *usage,
+            Reader::Given { before_break, .. } => *before_break,
             Reader::Body { api, tail } => (outcome == Outcome::Success)
                 .then(|| tail.usage())
                 .flatten()

@@ -4,19 +4,18 @@
 use super::chat_response::{stop_from, stop_to, usage_from, usage_to};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, push_json_str, push_u64, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse::{self, frame};
 use gateway::{ApiError, Dialect, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// One upstream chunk, decoded borrowing from the event's text (a string with no escapes is not
 /// copied). `usage` and `error` come once per stream at most, so they stay general `Value`s.
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(default)]
     error: Option<Value>,
     #[serde(default)]
@@ -32,15 +31,15 @@ struct Choice<'a> {
     #[serde(borrow, default)]
     delta: Option<Delta<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<Str<'a>>,
     #[serde(borrow, default)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
 }
@@ -51,7 +50,7 @@ struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
     function: Option<FunctionDelta<'a>>,
 }
@@ -59,9 +58,9 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Str<'a>>,
 }
 
 /// An outgoing chunk with one choice; `delta` is typed for the common events.
@@ -80,27 +79,6 @@ struct ChoiceOut<'a, D> {
     delta: D,
     finish_reason: Option<&'a str>,
     logprobs: Option<()>,
-}
-
-#[derive(Serialize)]
-struct ContentOut<'a> {
-    content: &'a str,
-}
-
-#[derive(Serialize)]
-struct ToolArgsOut<'a> {
-    tool_calls: [ToolArgsCall<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct ToolArgsCall<'a> {
-    index: usize,
-    function: ArgumentsOut<'a>,
-}
-
-#[derive(Serialize)]
-struct ArgumentsOut<'a> {
-    arguments: &'a str,
 }
 
 /// More tool calls than this in one answer is treated as a broken stream (it bounds our state).
@@ -313,6 +291,30 @@ impl Encoder {
         push_frame(out, "", &v);
     }
 
+    /// A chunk whose delta is `{"content": s}`, or `{"tool_calls": [{"index": call,
+    /// "function": {"arguments": s}}]}` when `call` is given, written directly: the common
+    /// chunks, in the shape `chunk` writes.
+    fn delta(&self, call: Option<usize>, s: &str, out: &mut String) {
+        out.push_str("data: {\"id\":");
+        push_json_str(out, &self.id);
+        out.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
+        push_u64(out, self.created);
+        out.push_str(",\"model\":");
+        push_json_str(out, &self.model);
+        out.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+        match call {
+            None => out.push_str("{\"content\":"),
+            Some(c) => {
+                out.push_str("{\"tool_calls\":[{\"index\":");
+                push_u64(out, c as u64);
+                out.push_str(",\"function\":{\"arguments\":");
+            }
+        }
+        push_json_str(out, s);
+        out.push_str(if call.is_some() { "}}]}" } else { "}" });
+        out.push_str(",\"finish_reason\":null,\"logprobs\":null}]}\n\n");
+    }
+
     fn start(&mut self, id: &str, out: &mut String) {
         if !self.started {
             self.started = true;
@@ -334,20 +336,12 @@ impl Encode for Encoder {
         self.start(if let Event::Start { id } = ev { id } else { "" }, out);
         match ev {
             Event::Start { .. } | Event::Error(_) => {}
-            Event::Text(t) => self.chunk(ContentOut { content: t }, None, out),
+            Event::Text(t) => self.delta(None, t, out),
             Event::Refusal(t) => self.chunk(json!({"refusal": t}), None, out),
             Event::ToolStart { call, id, name } => self.chunk(json!({"tool_calls": [{
                 "index": call, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
             }]}), None, out),
-            Event::ToolArgs { call, delta } => {
-                let args = ToolArgsOut {
-                    tool_calls: [ToolArgsCall {
-                        index: *call,
-                        function: ArgumentsOut { arguments: delta },
-                    }],
-                };
-                self.chunk(args, None, out)
-            }
+            Event::ToolArgs { call, delta } => self.delta(Some(*call), delta, out),
             Event::Finish { stop, usage } => {
                 self.chunk(json!({}), Some(stop_to(stop)), out);
                 if self.include_usage {

@@ -5,19 +5,18 @@ use super::chat_stream::MAX_CALLS;
 use super::messages_response::{stop_from, stop_to, usage_from};
 use super::pivot::{Event, Stop, StreamError, Usage};
 use super::prefixed;
-use super::stream::{cut, push_frame, Decode, Encode, StreamOptions};
+use super::stream::{cut, push_frame, push_json_str, push_u64, Decode, Encode, Str, StreamOptions};
 use gateway::sse::parse;
 use gateway::{ApiError, Dialect, ErrorKind};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 /// The common event, `content_block_delta`, decoded borrowing from the event's text; every other
 /// event (a few per stream) takes the general `Value` path.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow, rename = "type", default)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Str<'a>>,
     #[serde(borrow, default)]
     delta: Option<BlockDelta<'a>>,
 }
@@ -25,27 +24,11 @@ struct Head<'a> {
 #[derive(Deserialize)]
 struct BlockDelta<'a> {
     #[serde(borrow, rename = "type", default)]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<Str<'a>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(borrow, default)]
-    partial_json: Option<Cow<'a, str>>,
-}
-
-/// An outgoing `content_block_delta`.
-#[derive(Serialize)]
-struct DeltaOut<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    index: usize,
-    delta: DeltaBody<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum DeltaBody<'a> {
-    TextDelta { text: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    partial_json: Option<Str<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,13 +217,20 @@ impl Encoder {
         push_frame(out, v["type"].as_str().unwrap_or_default(), &v);
     }
 
-    fn delta(out: &mut String, index: usize, delta: DeltaBody<'_>) {
-        let v = DeltaOut {
-            ty: "content_block_delta",
-            index,
-            delta,
-        };
-        push_frame(out, "content_block_delta", &v);
+    /// A `content_block_delta` (`text_delta`, or `input_json_delta` when `json`), written
+    /// directly: the common event.
+    fn delta(out: &mut String, index: usize, json: bool, s: &str) {
+        out.push_str(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+        );
+        push_u64(out, index as u64);
+        out.push_str(if json {
+            ",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":"
+        } else {
+            ",\"delta\":{\"type\":\"text_delta\",\"text\":"
+        });
+        push_json_str(out, s);
+        out.push_str("}}\n\n");
     }
 
     fn start(&mut self, id: &str, out: &mut String) {
@@ -282,7 +272,7 @@ impl Encoder {
             Some((i, None)) => i,
             _ => self.open(None, json!({"type": "text", "text": ""}), out),
         };
-        Self::delta(out, index, DeltaBody::TextDelta { text: t });
+        Self::delta(out, index, false, t);
     }
 }
 
@@ -321,13 +311,7 @@ impl Encode for Encoder {
                             "arguments for tool call {call}, which never started"
                         ))
                     })?;
-                Self::delta(
-                    out,
-                    index,
-                    DeltaBody::InputJsonDelta {
-                        partial_json: delta,
-                    },
-                );
+                Self::delta(out, index, true, delta);
             }
             Event::Finish { stop, usage } => {
                 self.close(out);

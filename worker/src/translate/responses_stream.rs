@@ -1,15 +1,47 @@
 //! OpenAI Responses streams: `response.*` events decoded into pivot events, and pivot events
 //! encoded as them, each with its `sequence_number`.
+//!
+//! The per-chunk events (`response.output_text.delta`, `response.refusal.delta`,
+//! `response.function_call_arguments.delta`) are decoded borrowing from the event's text and
+//! written directly into the output; the few events of each item and of the
+//! response (created, item added and done, completed) take the general `Value` path.
 
 use super::chat_stream::MAX_CALLS;
 use super::pivot::{Event, StreamError};
 use super::responses_response::{
     call_item, message_item, refusal_part, response_object, stop_from, text_part, usage_from,
 };
-use super::stream::{cut, Decode, Encode, StreamOptions};
-use gateway::sse::parse::{self, frame};
+use super::stream::{cut, push_frame, push_json_str, push_u64, Decode, Encode, Str, StreamOptions};
+use gateway::sse::parse;
 use gateway::ErrorKind;
+use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// The fields of an upstream event the decoder reads on its common path, borrowing from the
+/// event's text (a string with no escapes is not copied); `response` and `item` are skipped
+/// unread.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, rename = "type", default)]
+    ty: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<Str<'a>>,
+    #[serde(default)]
+    output_index: Option<u64>,
+    #[serde(borrow, default)]
+    item_id: Option<Str<'a>>,
+}
+
+/// The events the general path reads; every other event type is not content.
+const GENERAL: [&str; 7] = [
+    "response.created",
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "error",
+];
 
 /// One function call of the upstream's output.
 #[derive(Debug)]
@@ -27,12 +59,33 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    fn find(&mut self, v: &Value) -> Option<&mut Call> {
-        let oi = v["output_index"].as_u64();
-        let id = v["item_id"].as_str();
+    fn find(&mut self, oi: Option<u64>, id: Option<&str>) -> Option<&mut Call> {
         self.calls.iter_mut().find(|c| {
             Some(c.output_index) == oi || (id.is_some() && Some(c.item_id.as_str()) == id)
         })
+    }
+
+    /// The common events, typed. `None`: the event is one the general path reads.
+    fn head(&mut self, h: &Head<'_>, ty: &str, out: &mut Vec<Event>) -> Option<()> {
+        let delta = h.delta.as_deref().filter(|s| !s.is_empty());
+        match ty {
+            "response.output_text.delta" => out.extend(delta.map(|d| Event::Text(d.to_string()))),
+            "response.refusal.delta" => out.extend(delta.map(|d| Event::Refusal(d.to_string()))),
+            "response.function_call_arguments.delta" => {
+                if let (Some(d), Some(c)) = (delta, self.find(h.output_index, h.item_id.as_deref()))
+                {
+                    c.args_seen = true;
+                    out.push(Event::ToolArgs {
+                        call: c.call,
+                        delta: d.to_string(),
+                    });
+                }
+            }
+            t if GENERAL.contains(&t) => return None,
+            // in_progress, content_part.*, *.done, reasoning, built-in tools: not content.
+            _ => {}
+        }
+        Some(())
     }
 }
 
@@ -41,9 +94,18 @@ impl Decode for Decoder {
         if self.finished {
             return Ok(());
         }
+        // The common events first; an event whose `Head` does not parse (bad JSON, a `delta`
+        // that is not a string) takes the general path, which reports what is wrong with it.
+        if let Ok(h) = serde_json::from_str::<Head>(&ev.data) {
+            if self
+                .head(&h, h.ty.as_deref().unwrap_or(&ev.event), out)
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
         let v: Value = serde_json::from_str(&ev.data)
             .map_err(|e| cut(format!("unreadable upstream event: {e}")))?;
-        let text = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
         match v["type"].as_str().unwrap_or(ev.event.as_str()) {
             "response.created" => out.push(Event::Start {
                 id: v["response"]["id"].as_str().unwrap_or_default().to_string(),
@@ -75,28 +137,18 @@ impl Decode for Decoder {
                     });
                 }
             }
-            "response.output_text.delta" => out.extend(text("delta").map(Event::Text)),
-            "response.refusal.delta" => out.extend(text("delta").map(Event::Refusal)),
-            "response.function_call_arguments.delta" => {
-                if let (Some(d), Some(c)) = (text("delta"), self.find(&v)) {
-                    c.args_seen = true;
-                    out.push(Event::ToolArgs {
-                        call: c.call,
-                        delta: d,
-                    });
-                }
-            }
             "response.output_item.done" if v["item"]["type"] == "function_call" => {
                 // A server that sends the arguments only whole, at the end.
-                let args = v["item"]["arguments"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                if let Some(c) = self.find(&v).filter(|c| !c.args_seen && !args.is_empty()) {
+                let args = v["item"]["arguments"].as_str().unwrap_or_default();
+                let (oi, id) = (v["output_index"].as_u64(), v["item_id"].as_str());
+                if let Some(c) = self
+                    .find(oi, id)
+                    .filter(|c| !c.args_seen && !args.is_empty())
+                {
                     c.args_seen = true;
                     out.push(Event::ToolArgs {
                         call: c.call,
-                        delta: args,
+                        delta: args.to_string(),
                     });
                 }
             }
@@ -129,6 +181,7 @@ impl Decode for Decoder {
                     2000,
                 ),
             })),
+            // A delta event whose `delta` is not a string: nothing to translate.
             _ => {}
         }
         Ok(())
@@ -137,6 +190,67 @@ impl Decode for Decoder {
     fn end(&mut self, _out: &mut Vec<Event>) -> Result<(), StreamError> {
         Ok(())
     }
+}
+
+/// A delta event, written directly: `response.output_text.delta` (with `content_index` and
+/// `logprobs`), `response.refusal.delta` (with `content_index`),
+/// `response.function_call_arguments.delta` (neither).
+fn delta_frame(
+    out: &mut String,
+    ty: &str,
+    (item_id, output_index, content_index): (&str, usize, Option<usize>),
+    delta: &str,
+    logprobs: bool,
+    seq: u64,
+) {
+    out.push_str("event: ");
+    out.push_str(ty);
+    out.push_str("\ndata: {\"type\":\"");
+    out.push_str(ty);
+    out.push_str("\",\"item_id\":");
+    push_json_str(out, item_id);
+    out.push_str(",\"output_index\":");
+    push_u64(out, output_index as u64);
+    if let Some(ci) = content_index {
+        out.push_str(",\"content_index\":");
+        push_u64(out, ci as u64);
+    }
+    out.push_str(",\"delta\":");
+    push_json_str(out, delta);
+    if logprobs {
+        out.push_str(",\"logprobs\":[]");
+    }
+    out.push_str(",\"sequence_number\":");
+    push_u64(out, seq);
+    out.push_str("}\n\n");
+}
+
+/// A function call of the answer, from its start: its arguments grow in place, and its item is
+/// built when its `*.done` events and `response.completed` need it.
+struct CallItem {
+    id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+    done: bool,
+}
+
+impl CallItem {
+    fn item(&self) -> Value {
+        let status = if self.done {
+            "completed"
+        } else {
+            "in_progress"
+        };
+        call_item(&self.id, &self.call_id, &self.name, &self.arguments, status)
+    }
+}
+
+/// An item of the answer's output, repeated in `response.completed`.
+enum Item {
+    /// A finished message.
+    Message(Value),
+    Call(CallItem),
 }
 
 /// The output item being written.
@@ -159,10 +273,11 @@ pub(super) struct Encoder {
     created: u64,
     seq: u64,
     started: bool,
-    /// Finished items, repeated in `response.completed` (the SDK's final response reads it).
-    output: Vec<Value>,
+    /// The answer's items by output index (the SDK's final response reads them); a call's item
+    /// is here from its start, a message's once it is done.
+    output: Vec<Item>,
     open: Option<Open>,
-    /// Output index by pivot call number; a call's item lives in `output` from its start.
+    /// Output index by pivot call number.
     calls: Vec<usize>,
     held: usize,
     max_held: usize,
@@ -184,11 +299,16 @@ impl Encoder {
         }
     }
 
-    fn send(&mut self, ty: &str, mut v: Value, out: &mut String) {
-        v["type"] = json!(ty);
-        v["sequence_number"] = json!(self.seq);
+    fn next_seq(&mut self) -> u64 {
         self.seq += 1;
-        out.push_str(&frame(ty, &v.to_string()));
+        self.seq - 1
+    }
+
+    /// One of the few events of an item or of the response, built as a `Value`.
+    fn send(&mut self, ty: &'static str, mut v: Value, out: &mut String) {
+        v["type"] = json!(ty);
+        v["sequence_number"] = json!(self.next_seq());
+        push_frame(out, ty, &v);
     }
 
     fn hold(&mut self, n: usize) -> Result<(), StreamError> {
@@ -258,7 +378,7 @@ impl Encoder {
                 ..
             }) => {
                 let item = message_item(&id, "completed", parts);
-                self.output.push(item.clone());
+                self.output.push(Item::Message(item.clone()));
                 self.send(
                     "response.output_item.done",
                     json!({"output_index": output_index, "item": item}),
@@ -267,10 +387,16 @@ impl Encoder {
             }
             Some(Open::Call { call }) => {
                 let oi = self.calls[call];
-                self.output[oi]["status"] = json!("completed");
-                let item = self.output[oi].clone();
-                self.send("response.function_call_arguments.done",
-                    json!({"item_id": item["id"], "output_index": oi, "arguments": item["arguments"]}), out);
+                let Item::Call(c) = &mut self.output[oi] else {
+                    unreachable!("a call's output index holds its call")
+                };
+                c.done = true;
+                let item = c.item();
+                self.send(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item["id"], "output_index": oi, "arguments": item["arguments"]}),
+                    out,
+                );
                 self.send(
                     "response.output_item.done",
                     json!({"output_index": oi, "item": item}),
@@ -287,7 +413,11 @@ impl Encoder {
             self.close(out);
             let output_index = self.output.len();
             let id = format!("msg_{}_{output_index}", self.id.trim_start_matches("resp_"));
-            self.send("response.output_item.added", json!({"output_index": output_index, "item": message_item(&id, "in_progress", vec![])}), out);
+            self.send(
+                "response.output_item.added",
+                json!({"output_index": output_index, "item": message_item(&id, "in_progress", vec![])}),
+                out,
+            );
             self.open = Some(Open::Message {
                 output_index,
                 id,
@@ -303,32 +433,33 @@ impl Encoder {
             id,
             parts,
             part,
-        }) = &mut self.open
+        }) = &self.open
         else {
             unreachable!()
         };
-        let base = json!({"item_id": id.clone(), "output_index": *output_index, "content_index": parts.len()});
-        let added = part.is_none();
-        part.get_or_insert_with(|| (refusal, String::new()))
-            .1
-            .push_str(t);
-        if added {
-            let mut a = base.clone();
-            a["part"] = if refusal {
+        let (oi, ci) = (*output_index, parts.len());
+        if part.is_none() {
+            let p = if refusal {
                 refusal_part("")
             } else {
                 text_part("")
             };
+            let a = json!({"item_id": id, "output_index": oi, "content_index": ci, "part": p});
             self.send("response.content_part.added", a, out);
         }
-        let mut d = base;
-        d["delta"] = json!(t);
-        if refusal {
-            self.send("response.refusal.delta", d, out);
+        let seq = self.next_seq();
+        let Some(Open::Message { id, part, .. }) = &mut self.open else {
+            unreachable!()
+        };
+        part.get_or_insert_with(|| (refusal, String::new()))
+            .1
+            .push_str(t);
+        let ty = if refusal {
+            "response.refusal.delta"
         } else {
-            d["logprobs"] = json!([]);
-            self.send("response.output_text.delta", d, out);
-        }
+            "response.output_text.delta"
+        };
+        delta_frame(out, ty, (id, oi, Some(ci)), t, !refusal, seq);
         Ok(())
     }
 }
@@ -357,8 +488,15 @@ impl Encode for Encoder {
             Event::ToolStart { call, id, name } => {
                 self.close(out);
                 let oi = self.output.len();
-                let item = call_item(&format!("fc_{id}"), id, name, "", "in_progress");
-                self.output.push(item.clone());
+                let c = CallItem {
+                    id: format!("fc_{id}"),
+                    call_id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                    done: false,
+                };
+                let item = c.item();
+                self.output.push(Item::Call(c));
                 if self.calls.len() <= *call {
                     self.calls.resize(*call + 1, usize::MAX);
                 }
@@ -381,25 +519,29 @@ impl Encode for Encoder {
                             "arguments for tool call {call}, which never started"
                         ))
                     })?;
-                let item = &mut self.output[oi];
+                let seq = self.next_seq();
+                let Item::Call(c) = &mut self.output[oi] else {
+                    unreachable!("a call's output index holds its call")
+                };
                 // Appended in place: no copy of the arguments so far per delta.
-                if let Value::String(args) = &mut item["arguments"] {
-                    args.push_str(delta);
-                }
-                let item_id = item["id"].clone();
-                self.send(
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": item_id, "output_index": oi, "delta": delta}),
-                    out,
-                );
+                c.arguments.push_str(delta);
+                let ty = "response.function_call_arguments.delta";
+                delta_frame(out, ty, (&c.id, oi, None), delta, false, seq);
             }
             Event::Finish { stop, usage } => {
                 self.close(out);
+                let output = std::mem::take(&mut self.output)
+                    .into_iter()
+                    .map(|it| match it {
+                        Item::Message(v) => v,
+                        Item::Call(c) => c.item(),
+                    })
+                    .collect();
                 let r = response_object(
                     &self.id,
                     self.created,
                     &self.model,
-                    std::mem::take(&mut self.output),
+                    output,
                     Some(stop),
                     Some(usage),
                 );

@@ -6,6 +6,7 @@ use super::pivot::{Event, StreamError, Usage};
 use super::{chat_stream, messages_stream, responses_stream, Api};
 use gateway::sse::parse::{self, Parser};
 use gateway::ErrorKind;
+use std::borrow::Cow;
 
 /// Decodes one provider dialect's events into pivot events.
 pub(super) trait Decode: Send {
@@ -27,6 +28,20 @@ pub(super) trait Encode: Send {
     fn event(&mut self, ev: &Event, out: &mut String) -> Result<(), StreamError>;
 }
 
+/// A string field of an upstream event, borrowed from the event's text when it has no escapes.
+/// `#[serde(borrow)]` on an `Option<Cow<str>>` does not borrow (serde's `Cow` impl always copies;
+/// only a field that is itself a `Cow` takes the borrowing path), so the `Cow` is wrapped: use
+/// `Option<Str<'a>>` with `#[serde(borrow)]`.
+#[derive(serde::Deserialize, Debug)]
+pub(super) struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Appends one SSE frame (`event:` line when `event` is not empty) whose data is `v`, serialised
 /// straight into `out`: no intermediate `Value` or `String`, so an encoder's common events (text
 /// and argument deltas) cost one write each. Serialised JSON has no raw newline, so the data is
@@ -43,6 +58,56 @@ pub(super) fn push_frame(out: &mut String, event: &str, v: &impl serde::Serializ
     buf.extend_from_slice(b"\n\n");
     // `out` is one flush's frames (a few hundred bytes): checking it again is cheap, and safe.
     *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
+}
+
+/// Appends `s` as a JSON string, quoted and escaped as `serde_json` escapes it (`"`, `\\` and
+/// the control characters): the encoders write their per-chunk frames (text and argument deltas)
+/// directly, static parts as they are and only the text escaped.
+pub(super) fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte: a char boundary.
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends `n` in decimal.
+pub(super) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("digits"));
 }
 
 pub(super) fn cut(message: impl Into<String>) -> StreamError {
@@ -224,6 +289,15 @@ impl StreamTranslator {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// For a stream that broke: the finish's usage if it came, else the tokens reported before
+    /// the break (`UsageReader::usage_before_break`).
+    pub fn usage_before_break(&self) -> Option<Usage> {
+        self.usage.or_else(|| {
+            let u = self.decoder.usage_so_far();
+            (u != Usage::default()).then_some(u)
+        })
+    }
 }
 
 /// Reads the usage out of a native (untranslated) stream with the same decoders, for accounting.
@@ -287,5 +361,54 @@ impl UsageReader {
             let u = self.decoder.usage_so_far();
             (u != Usage::default()).then_some(u)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Str;
+    use std::borrow::Cow;
+
+    /// The direct writers give exactly what serde_json gives.
+    #[test]
+    fn direct_json_writers_match_serde_json() {
+        let mut rng = fastrand::Rng::with_seed(0x15);
+        let alphabet: Vec<char> = "ab \"\\/\n\r\t\u{8}\u{c}\u{0}\u{1}\u{1f}\u{7f}\u{e9}\u{1F600}"
+            .chars()
+            .collect();
+        for _ in 0..2000 {
+            let s: String = (0..rng.usize(0..12))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let mut out = String::from("x");
+            super::push_json_str(&mut out, &s);
+            assert_eq!(out[1..], serde_json::to_string(&s).unwrap(), "{s:?}");
+            let n = rng.u64(..) >> rng.u32(0..64);
+            let mut out = String::new();
+            super::push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
+
+    /// What the typed decoders rely on: a string with no escapes is not copied.
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        #[derive(serde::Deserialize)]
+        struct T<'a> {
+            #[serde(borrow, default)]
+            a: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            b: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            c: Option<Str<'a>>,
+            #[serde(borrow, default)]
+            plain: Option<Cow<'a, str>>,
+        }
+        let t: T = serde_json::from_str(r#"{"a":"plain","b":"esc\"aped","plain":"x"}"#).unwrap();
+        assert!(matches!(t.a.unwrap().0, Cow::Borrowed("plain")));
+        assert!(matches!(t.b.unwrap().0, Cow::Owned(s) if s == "esc\"aped"));
+        assert!(t.c.is_none());
+        // Why `Str` exists: the same attribute on a bare `Option<Cow>` copies.
+        assert!(matches!(t.plain.unwrap(), Cow::Owned(_)));
     }
 }

@@ -523,7 +523,7 @@ fn unusual_endings() {
 /// the typed encoders escape them again: the text survives both ways.
 #[test]
 fn escaped_text_survives_the_typed_paths() {
-    let text = "say \"hi\"\nthen \u{e9}\u{1F600} \\ done";
+    let text = "say \"hi\"\nthen \u{e9}\u{1F600} \\ done\t\u{1}\u{1f}";
     let esc = serde_json::to_string(text).unwrap();
     let chat_up = format!(
         "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{esc}}}}}]}}\n\n\
@@ -542,4 +542,34 @@ fn escaped_text_survives_the_typed_paths() {
     );
     let (out, _) = run(Api::Messages, Api::Chat, &[ant_up.as_bytes()], true);
     assert_eq!(accumulate_chat(&out).text, text, "{out}");
+    // Responses as the source (text and argument deltas) and as the target.
+    let args = serde_json::to_string(&json!({"q": text})).unwrap();
+    let args_esc = serde_json::to_string(&args).unwrap();
+    let rs_up = format!(
+        "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"id\":\"r1\"}}}}\n\n\
+         event: response.output_item.added\ndata: {{\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{{\"id\":\"m\",\"type\":\"message\"}}}}\n\n\
+         event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"item_id\":\"m\",\"output_index\":0,\"content_index\":0,\"delta\":{esc}}}\n\n\
+         event: response.output_item.added\ndata: {{\"type\":\"response.output_item.added\",\"output_index\":1,\"item\":{{\"id\":\"fc\",\"type\":\"function_call\",\"call_id\":\"call_q\",\"name\":\"f\",\"arguments\":\"\"}}}}\n\n\
+         event: response.function_call_arguments.delta\ndata: {{\"type\":\"response.function_call_arguments.delta\",\"item_id\":\"fc\",\"output_index\":1,\"delta\":{args_esc}}}\n\n\
+         event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"r1\",\"status\":\"completed\"}}}}\n\n"
+    );
+    let want_calls = vec![("call_q".to_string(), "f".to_string(), json!({"q": text}))];
+    for to in [Api::Chat, Api::Messages] {
+        let (out, _) = run(Api::Responses, to, &[rs_up.as_bytes()], true);
+        let f = accumulate(to, &out);
+        assert_eq!(
+            (f.text.as_str(), &f.calls),
+            (text, &want_calls),
+            "-> {to:?}: {out}"
+        );
+    }
+    let chat_tool_up = format!(
+        "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{esc}}}}}]}}\n\n\
+         data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"id\":\"call_q\",\"function\":{{\"name\":\"f\",\"arguments\":{args_esc}}}}}]}}}}]}}\n\n\
+         data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\n\
+         data: [DONE]\n\n"
+    );
+    let (out, _) = run(Api::Chat, Api::Responses, &[chat_tool_up.as_bytes()], true);
+    let f = accumulate_responses(&out);
+    assert_eq!((f.text.as_str(), &f.calls), (text, &want_calls), "{out}");
 }
