@@ -4,6 +4,7 @@
 mod support;
 
 use gateway::config::{OnUnavailable, SharedBackend, SharedConfig};
+use gateway::shared::window::{RateLimit, RateLimits, Settle};
 use gateway::shared::{Shared, SharedTask};
 use std::time::Duration;
 use support::redis::Redis;
@@ -93,37 +94,186 @@ async fn a_dead_hosts_leases_expire_and_a_live_hosts_are_renewed() {
     );
 }
 
-#[tokio::test]
-async fn windowed_counters_refuse_over_the_limit_and_settle() {
-    let redis = Redis::start();
-    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_C", Duration::from_secs(30));
-    let w = Duration::from_secs(60);
-    let mut passed = 0;
-    let mut first = None;
-    for i in 0..30 {
-        let h = if i % 2 == 0 { &a } else { &b };
-        let c = h.window_add("client:x", "rpm", w, 1, 20).await.unwrap();
-        first.get_or_insert(c.window_id);
-        if c.window_id != first.unwrap() {
-            return; // crossed a minute boundary mid-test; the count starts over (rare)
-        }
-        passed += c.added as u32;
-        assert!(c.left <= w);
-    }
-    assert_eq!(passed, 20, "exactly the limit passes in one window");
-    let c = a.window_add("client:x", "tpm", w, 500, 0).await.unwrap();
-    assert!(c.added);
-    let total = b
-        .window_adjust("client:x", "tpm", w, c.window_id, -200)
-        .await
-        .unwrap();
-    assert_eq!(total, 300);
-    // Every key has a TTL.
+/// Every key under `prefix` has a TTL.
+fn assert_every_key_expires(redis: &Redis) {
     let keys = redis.command("KEYS *").unwrap();
     for k in keys.lines().filter(|l| !l.starts_with(['*', '$', '+'])) {
         let ttl = redis.command(&format!("TTL {k}")).unwrap();
         assert!(!ttl.starts_with(":-1"), "key {k} has no TTL");
     }
+}
+
+#[tokio::test]
+async fn rpm_across_hosts_admits_exactly_the_limit() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_C", Duration::from_secs(30));
+    let l = RateLimits {
+        rpm: 20,
+        ..Default::default()
+    };
+    let tries = (0..50).map(|i| {
+        let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { h.admit("client:x", &l).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(tries).await;
+    let passed = answers.iter().filter(|r| r.is_none()).count();
+    assert_eq!(passed, 20, "exactly the limit passes, whichever host asks");
+    for r in answers.iter().flatten() {
+        assert_eq!(r.limit, RateLimit::Rpm);
+        assert!((1..=60).contains(&r.retry_after), "{r:?}");
+    }
+    // Another client has its own window.
+    assert!(b.admit("client:y", &l).await.unwrap().is_none());
+    assert_every_key_expires(&redis);
+}
+
+#[tokio::test]
+async fn tpm_and_budgets_sum_the_hosts_and_a_repeated_total_counts_once() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_E", Duration::from_secs(30));
+    a.set_host_id("host-a".into());
+    b.set_host_id("host-b".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = now / 86_400;
+    let tpm = RateLimits {
+        tpm: 100,
+        ..Default::default()
+    };
+    let settle = |tokens, day_total: Option<u64>, month: Option<(i64, f64)>| Settle {
+        subject: "client:x".into(),
+        tokens,
+        day: day_total.map(|t| (day, t)),
+        month,
+    };
+    a.settle(&settle(60, None, None)).await.unwrap();
+    assert!(
+        b.admit("client:x", &tpm).await.unwrap().is_none(),
+        "60 < 100"
+    );
+    b.settle(&settle(40, None, None)).await.unwrap();
+    let r = a.admit("client:x", &tpm).await.unwrap().expect("100 used");
+    assert_eq!(r.limit, RateLimit::Tpm);
+    assert!((1..=60).contains(&r.retry_after));
+
+    // daily_tokens 1000: host a's total 600 (say its ledger share at start), b's 300.
+    let daily = RateLimits {
+        daily_tokens: 1000,
+        ..Default::default()
+    };
+    a.settle(&settle(0, Some(600), None)).await.unwrap();
+    b.settle(&settle(0, Some(300), None)).await.unwrap();
+    // A restart of a seeds the same ledger again; an older total arriving late: no change.
+    a.settle(&settle(0, Some(600), None)).await.unwrap();
+    a.settle(&settle(0, Some(550), None)).await.unwrap();
+    assert!(a.admit("client:x", &daily).await.unwrap().is_none(), "900");
+    b.settle(&settle(0, Some(400), None)).await.unwrap();
+    let r = b.admit("client:x", &daily).await.unwrap().expect("1000");
+    assert_eq!(r.limit, RateLimit::DailyTokens);
+    let midnight = (day + 1) * 86_400;
+    assert!(
+        r.retry_after.abs_diff((midnight - now) as u64) <= 2,
+        "retry at UTC midnight: {r:?}"
+    );
+
+    // monthly_usd, in the month the hosts compute (the same calendar as the script's).
+    let month = {
+        let (y, m) = civil(day);
+        y * 12 + m - 1
+    };
+    let usd = RateLimits {
+        monthly_usd: 1.0,
+        ..Default::default()
+    };
+    a.settle(&settle(0, None, Some((month, 0.6))))
+        .await
+        .unwrap();
+    assert!(b.admit("client:x", &usd).await.unwrap().is_none());
+    b.settle(&settle(0, None, Some((month, 0.4))))
+        .await
+        .unwrap();
+    let r = a.admit("client:x", &usd).await.unwrap().expect("$1.0");
+    assert_eq!(r.limit, RateLimit::MonthlyUsd);
+    assert!(r.retry_after >= 1 && r.retry_after <= 31 * 86_400, "{r:?}");
+    assert_every_key_expires(&redis);
+}
+
+/// (year, month 1-12) of a day count since 1970-01-01.
+fn civil(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+#[tokio::test]
+async fn a_breaker_opening_reaches_the_other_host_once_and_is_not_sent_back() {
+    use gateway::provider_health::{MonoClock, CLOSED, OPEN};
+    use gateway::provider_permits::ProviderTable;
+    use gateway::shared::breakers::{BreakerView, Sync};
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_F", Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let table = |n: &str| std::sync::Arc::new(ProviderTable::create(&dir.path().join(n)).unwrap());
+    let (ta, tb) = (table("a.shm"), table("b.shm"));
+    let key = a.key("breaker:p");
+    let (mut sa, mut sb) = (Sync::new(a, ta.clone()), Sync::new(b, tb.clone()));
+    let view = BreakerView {
+        providers: vec!["p".into(), "q".into()],
+        open_timeout: Duration::from_secs(30),
+    };
+    assert_eq!(sa.tick(&view).await.unwrap(), 0);
+    assert_eq!(sb.tick(&view).await.unwrap(), 0);
+    // Host a's breaker for p opens (as a worker would: one transition on its cell).
+    let clock = MonoClock::new();
+    let cell_a = &ta.health().cols[ProviderTable::column("p")];
+    cell_a
+        .transition(cell_a.load(), OPEN, clock.now_ms())
+        .unwrap();
+    assert_eq!(
+        sa.tick(&view).await.unwrap(),
+        0,
+        "published, nothing applied"
+    );
+    assert_eq!(sb.tick(&view).await.unwrap(), 1, "b applies a's opening");
+    let cell_b = &tb.health().cols[ProviderTable::column("p")];
+    assert_eq!(cell_b.load().state, OPEN);
+    assert_eq!(
+        tb.health().cols[ProviderTable::column("q")].load().state,
+        CLOSED,
+        "only p"
+    );
+    // The applied opening ends when a's does (back-dated, not a fresh 30 s).
+    let opened = cell_b
+        .opened_at_ms
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= clock.now_ms() + 5);
+    // No loop: b does not publish what it applied, a applies nothing back, and later ticks
+    // change nothing.
+    let before = redis.command(&format!("GET {key}")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(sb.tick(&view).await.unwrap(), 0);
+        assert_eq!(sa.tick(&view).await.unwrap(), 0);
+    }
+    assert_eq!(redis.command(&format!("GET {key}")).unwrap(), before);
+    let gen_a = cell_a.load().generation;
+    assert_eq!(gen_a, 1, "a's breaker was not touched by its own opening");
+    let ttl = redis.command(&format!("PTTL {key}")).unwrap();
+    let ttl: i64 = ttl
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(ttl > 25_000 && ttl <= 30_000, "PX = the open period: {ttl}");
+    assert_every_key_expires(&redis);
 }
 
 #[tokio::test]
