@@ -345,23 +345,63 @@ fn burst(
     addrs: &[std::net::SocketAddr],
     n: usize,
 ) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
+    burst_as(addrs, n, &[])
+}
+
+/// The client `desk` of `with_client`.
+const DESK: &[(&str, &str)] = &[("authorization", "Bearer desk-tok")];
+
+/// `burst` with these request headers.
+fn burst_as(
+    addrs: &[std::net::SocketAddr],
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
     (0..n)
         .map(|i| {
             let addr = addrs[i % addrs.len()];
             std::thread::spawn(move || {
-                support::http::request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[],
-                    Some(&support::front::body("up", false)),
-                )
-                .map_or((0, None), |r| {
+                let r = chat_as(addr, headers);
+                r.map_or((0, None), |r| {
                     (r.status, r.header("retry-after").map(str::to_string))
                 })
             })
         })
         .collect()
+}
+
+/// One chat request for model `up`.
+fn chat_as(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> std::io::Result<support::http::Response> {
+    let body = support::front::body("up", false);
+    support::http::request(addr, "POST", "/v1/chat/completions", headers, Some(&body))
+}
+
+/// `cfg` with tokens on and a client `desk` (token `desk-tok`) with `limits` (TOML lines).
+fn with_client(cfg: &str, limits: &str) -> String {
+    cfg.replace(
+        "auth_token_env = \"\"\n",
+        "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n",
+    ) + &format!(
+        "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\n{limits}\n"
+    )
+}
+
+/// A host of a `with_client` config.
+fn client_host(redis: &Redis, cfg: &str) -> Host {
+    let env = TestEnv::new(cfg);
+    let run = client_start(redis, &env);
+    Host { env, run }
+}
+
+fn client_start(redis: &Redis, env: &TestEnv) -> Running {
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env("GATEWAY_REDIS_URL", redis.url())
+        .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
+        .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
+    Running::ready(cmd)
 }
 
 fn prefix() -> String {
@@ -454,12 +494,16 @@ fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
         "/v1/chat/completions",
         Script::json(200, completion()).delay_headers(Duration::from_millis(50)),
     );
-    let cfg = host_config(&up, 4, &prefix(), "3s", "local");
-    let a = host(&redis, &cfg);
+    // A provider limit, and a client with every windowed limit (high enough never to refuse).
+    let cfg = with_client(
+        &host_config(&up, 4, &prefix(), "3s", "local"),
+        "rpm = 100000\ntpm = 100000000\ndaily_tokens = 100000000\nmonthly_usd = 1000.0",
+    );
+    let a = client_host(&redis, &cfg);
     assert_eq!(backend_up(a.run.listen), Some(1.0));
-    let load = burst(&[a.run.listen], 30);
+    let load = burst_as(&[a.run.listen], 30, DESK);
     redis.kill();
-    let more = burst(&[a.run.listen], 30);
+    let more = burst_as(&[a.run.listen], 30, DESK);
     let statuses: Vec<u16> = load
         .into_iter()
         .chain(more)
@@ -478,6 +522,17 @@ fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
             == Some(1.0)),
         "gateway_shared_backend_up never came back to 1"
     );
+    // Shared limits apply again, and serve.
+    let after: Vec<u16> = burst_as(&[a.run.listen], 10, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    let keys = redis.command("KEYS *rate:client:desk:rpm").unwrap();
+    assert!(
+        keys.contains("rate:client:desk:rpm"),
+        "counted in Redis again: {keys}"
+    );
 }
 
 #[test]
@@ -485,16 +540,19 @@ fn redis_down_with_reject_answers_503_with_retry_after_at_once() {
     let mut redis = Redis::start();
     let up = Upstream::start();
     up.set("/v1/chat/completions", Script::json(200, completion()));
-    let cfg = host_config(&up, 4, &prefix(), "3s", "reject");
-    let a = host(&redis, &cfg);
-    let ok: Vec<_> = burst(&[a.run.listen], 4)
+    let cfg = with_client(
+        &host_config(&up, 4, &prefix(), "3s", "reject"),
+        "rpm = 100000\ntpm = 100000000",
+    );
+    let a = client_host(&redis, &cfg);
+    let ok: Vec<_> = burst_as(&[a.run.listen], 4, DESK)
         .into_iter()
         .map(|h| h.join().unwrap().0)
         .collect();
     assert!(ok.iter().all(|s| *s == 200), "{ok:?}");
     redis.kill();
     let start = std::time::Instant::now();
-    let answers: Vec<_> = burst(&[a.run.listen], 20)
+    let answers: Vec<_> = burst_as(&[a.run.listen], 20, DESK)
         .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
@@ -568,38 +626,15 @@ fn client_concurrency_holds_across_two_hosts() {
         Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
     );
     // No provider limit: only the client's max_concurrency = 2 bounds the upstream.
-    let cfg = host_config(&up, 0, &prefix(), "30s", "local")
-        .replace("auth_token_env = \"\"\n", "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n")
-        + "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\nmax_concurrency = 2\n";
-    let start = |redis: &Redis| {
-        let env = TestEnv::new(&cfg);
-        let mut cmd = env.supervisor(&["start"]);
-        cmd.env("GATEWAY_REDIS_URL", redis.url())
-            .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
-            .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
-        Host {
-            run: Running::ready(cmd),
-            env,
-        }
-    };
-    let (a, b) = (start(&redis), start(&redis));
-    let addrs = [a.run.listen, b.run.listen];
-    let handles: Vec<_> = (0..12)
-        .map(|i| {
-            let addr = addrs[i % 2];
-            std::thread::spawn(move || {
-                support::http::request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("authorization", "Bearer desk-tok")],
-                    Some(&support::front::body("up", false)),
-                )
-                .map_or(0, |r| r.status)
-            })
-        })
+    let cfg = with_client(
+        &host_config(&up, 0, &prefix(), "30s", "local"),
+        "max_concurrency = 2",
+    );
+    let (a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let statuses: Vec<u16> = burst_as(&[a.run.listen, b.run.listen], 12, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let max = up.max_inflight();
     assert!(max <= 2, "client desk had {max} in flight across two hosts");
@@ -608,4 +643,184 @@ fn client_concurrency_holds_across_two_hosts() {
         "the limit was never reached; the test proved nothing"
     );
     drop((a.env, b.env));
+}
+
+#[test]
+fn client_rpm_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let cfg = with_client(&host_config(&up, 0, &prefix(), "30s", "local"), "rpm = 20");
+    let (a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let answers: Vec<_> = burst_as(&[a.run.listen, b.run.listen], 50, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let passed = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 20, "exactly rpm pass over both hosts: {answers:?}");
+    for (status, retry) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 429, "{answers:?}");
+        let secs: u64 = retry.as_deref().expect("Retry-After").parse().unwrap();
+        assert!((1..=60).contains(&secs), "{answers:?}");
+    }
+    assert_eq!(
+        up.request_count(),
+        20,
+        "refused requests never reach the provider"
+    );
+    drop((a.env, b.env));
+}
+
+/// The sum of every host's contribution to client desk's budget of today, and the fields.
+fn day_budget(redis: &Redis, prefix: &str) -> (u64, Vec<String>) {
+    let keys = redis.command(&format!("KEYS {prefix}budget:client:desk:day:*"));
+    let key = keys
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string);
+    let Some(key) = key else {
+        return (0, Vec::new());
+    };
+    let vals = redis.command(&format!("HGETALL {key}")).unwrap_or_default();
+    // RESP: *N, then $len / value pairs; fields and values alternate.
+    let items: Vec<String> = vals
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$', '+']))
+        .map(str::to_string)
+        .collect();
+    let sum = items
+        .chunks(2)
+        .filter_map(|kv| kv.get(1)?.parse::<u64>().ok())
+        .sum();
+    (sum, items)
+}
+
+#[test]
+fn daily_tokens_sum_both_hosts_settle_and_a_restart_counts_nothing_twice() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    // 2 tokens a request (completion(): 1 prompt + 1 completion).
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let prefix = prefix();
+    let cfg = with_client(
+        &host_config(&up, 0, &prefix, "30s", "local"),
+        "daily_tokens = 14",
+    );
+    let (mut a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let send = |addr, want: u64| {
+        let r = chat_as(addr, DESK).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            wait_until(Duration::from_secs(5), || day_budget(&redis, &prefix).0
+                == want),
+            "settled {want} tokens? Redis has {:?}",
+            day_budget(&redis, &prefix)
+        );
+    };
+    // 3 requests on a, 2 on b: 10 tokens, as a = 6 and b = 4.
+    for i in 0..5u64 {
+        let addr = if i % 2 == 0 {
+            a.run.listen
+        } else {
+            b.run.listen
+        };
+        send(addr, 2 * (i + 1));
+    }
+    let (_, fields) = day_budget(&redis, &prefix);
+    assert_eq!(fields.len(), 4, "one contribution per host: {fields:?}");
+    // a restarts (SIGTERM: its ledger has its 3 records); it seeds its share (6) again.
+    a.run.guard.signal(nix::sys::signal::Signal::SIGTERM);
+    a.run.expect_stopped_exit_0();
+    a.run = client_start(&redis, &a.env);
+    // 10 < 14: passes on a; a's total is 6 from its ledger + 2 = 8, b's 4: 12, not 18.
+    send(a.run.listen, 12);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(day_budget(&redis, &prefix).0, 12, "counted once");
+    send(b.run.listen, 14);
+    for addr in [a.run.listen, b.run.listen] {
+        let r = chat_as(addr, DESK).unwrap();
+        assert_eq!(r.status, 429, "14 of 14 used over both hosts: {}", r.text());
+        assert!(r.text().contains("daily_tokens"), "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+    }
+    drop(b.env);
+}
+
+/// Provider `up`'s breaker state as host `addr`'s `/v1/health` reports it.
+fn circuit(addr: std::net::SocketAddr) -> String {
+    support::http::get(addr, "/v1/health")
+        .ok()
+        .and_then(|r| {
+            r.json()["providers"]["up"]["circuit"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_breaker_opening_on_one_host_stops_the_others_traffic_within_a_second() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::status(500));
+    let prefix = prefix();
+    let breaker = |n: u32, rate: &str| {
+        host_config(&up, 0, &prefix, "30s", "local")
+            + &format!(
+                "\n[circuit_breaker]\nconsecutive_failures = {n}\nfailure_rate_threshold = {rate}\n\
+                 open_timeout = \"30s\"\n"
+            )
+    };
+    // Host b would never open on its own failures: whatever stops it came from a.
+    let a = host(&redis, &breaker(2, "0.5"));
+    let b = host(&redis, &breaker(1000, "0.999"));
+    let chats = || {
+        up.requests()
+            .iter()
+            .filter(|r| r.path.contains("chat"))
+            .count()
+    };
+    // b uses the provider (and fails) before.
+    for _ in 0..3 {
+        let before = chats();
+        assert_eq!(chat_as(b.run.listen, &[]).unwrap().status / 100, 5);
+        assert!(chats() > before, "b reaches the provider");
+    }
+    assert_eq!(circuit(b.run.listen), "closed");
+    // Drive a until its breaker opens.
+    let mut tries = 0;
+    while circuit(a.run.listen) != "open" {
+        tries += 1;
+        assert!(tries < 20, "a's breaker never opened");
+        let _ = chat_as(a.run.listen, &[]);
+    }
+    let opened = std::time::Instant::now();
+    // b's requests stop reaching the provider within a second of that.
+    let stopped = loop {
+        let before = chats();
+        let r = chat_as(b.run.listen, &[]).unwrap();
+        if chats() == before {
+            assert_ne!(r.status, 200);
+            break opened.elapsed();
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(1),
+            "b still sends to the provider {:?} after a's breaker opened",
+            opened.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let before = chats();
+    for _ in 0..10 {
+        let r = chat_as(b.run.listen, &[]).unwrap();
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!(
+        chats(),
+        before,
+        "b stays off the provider (stopped after {stopped:?})"
+    );
+    assert_eq!(circuit(b.run.listen), "open");
 }
