@@ -124,6 +124,51 @@ async fn rpm_across_hosts_admits_exactly_the_limit() {
     }
     // Another client has its own window.
     assert!(b.admit("client:y", &l).await.unwrap().is_none());
+
+    // Buckets leave the window 60 s after their second: a window written 70 s and 30 s ago
+    // (as the scripts write it: per-second counts, total `t`, oldest second `o`), and one whose
+    // oldest second is so old that the script recounts every bucket.
+    let now: i64 = redis
+        .command("TIME")
+        .unwrap()
+        .lines()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fill = |client: &str, old: i64| {
+        let k = a.key(&format!("rate:client:{client}:rpm"));
+        redis.command(&format!(
+            "HSET {k} {} 3 {} 2 t 5 o {}",
+            now - old,
+            now - 30,
+            now - old
+        ));
+        redis.command(&format!("EXPIRE {k} 60"));
+    };
+    let five = RateLimits {
+        rpm: 5,
+        ..Default::default()
+    };
+    for (client, old) in [("old", 70), ("ancient", 500)] {
+        fill(client, old);
+        let c = format!("client:{client}");
+        for _ in 0..3 {
+            assert!(
+                a.admit(&c, &five).await.unwrap().is_none(),
+                "{client}: 3 + 2 left"
+            );
+        }
+        let r = b
+            .admit(&c, &five)
+            .await
+            .unwrap()
+            .expect("5 in the last minute");
+        assert!(
+            (29..=31).contains(&r.retry_after),
+            "{client}: the bucket of 30 s ago frees room in 30 s: {r:?}"
+        );
+    }
     assert_every_key_expires(&redis);
 }
 

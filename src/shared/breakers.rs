@@ -68,12 +68,17 @@ struct Known {
     token: String,
 }
 
+/// Called with (provider, state it left) for each opening applied from another host (the
+/// supervisor turns it into a `provider` event).
+pub type ApplyHook = Box<dyn Fn(&str, u8) + Send>;
+
 /// The task's state, separate from the timer so that a test can drive ticks.
 pub struct Sync {
     shared: Shared,
     table: Arc<ProviderTable>,
     clock: MonoClock,
     known: HashMap<String, Known>,
+    on_apply: ApplyHook,
 }
 
 impl Shared {
@@ -83,8 +88,10 @@ impl Shared {
         &self,
         table: Arc<ProviderTable>,
         view: impl Fn() -> BreakerView + Send + 'static,
+        on_apply: ApplyHook,
     ) -> BreakerTask {
         let mut sync = Sync::new(self.clone(), table);
+        sync.on_apply = on_apply;
         BreakerTask(tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,6 +110,7 @@ impl Sync {
             table,
             clock: MonoClock::new(),
             known: HashMap::new(),
+            on_apply: Box::new(|_, _| {}),
         }
     }
 
@@ -177,6 +185,7 @@ impl Sync {
         let now = self.clock.now_ms();
         let opened_at = now.saturating_sub(timeout_ms.saturating_sub(left_ms));
         let next = cell.transition(w, OPEN, opened_at)?;
+        (self.on_apply)(provider, w.state);
         tracing::warn!(
             provider = %provider,
             open_for_ms = left_ms,

@@ -5,9 +5,10 @@
 //!
 //! - `rpm`, `tpm`: a **sliding 60-second window of 1-second buckets**, the same as on one host
 //!   (`supervisor::front::limits`): a hash `{prefix}rate:{subject}:{rpm|tpm}` whose fields are
-//!   Redis seconds and values counts. A bucket counts for the 60 seconds from the start of its
-//!   second; older fields are deleted by the next admission. The hash expires 61 s after its
-//!   last write.
+//!   Redis seconds and values counts, plus the running total of the live ones (`t`) and the
+//!   oldest second not yet dropped (`o`), so a check is O(1). A bucket counts for the 60 seconds
+//!   from the start of its second; it is deleted (and taken off `t`) by the first script that
+//!   runs after that. The hash expires 61 s after its last write.
 //! - `daily_tokens` (UTC day) and `monthly_usd` (UTC calendar month): a hash per period,
 //!   `{prefix}budget:{subject}:day:{days since epoch}` and `...:month:{year * 12 + month0}`,
 //!   with one field per host: that host's total for the period, i.e. its own ledger's share
@@ -56,39 +57,69 @@ local function days_from_civil(y, m)
 end
 ";
 
-/// KEYS = rpm hash, tpm hash, day stem, month stem; ARGV = rpm, tpm, daily_tokens,
-/// monthly_usd (0 = none). -> {0} admitted, or {limit 1..4, retry-after secs}.
-static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{CLOCK}
-local rpm, tpm, daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local function sum(k)
-  local x = 0
-  for _, v in ipairs(redis.call('HVALS', k)) do x = x + tonumber(v) end
-  return x
-end
+/// A sliding window in a hash: field `{second}` = that second's count, `t` = the total of the
+/// live seconds, `o` = the oldest second that may still hold a count. `window` drops what left
+/// the window (usually nothing or one field, so an admission is O(1)); `retry` (on a refusal
+/// only) reads every bucket; `add` counts.
+const WINDOW: &str = r"
+local first = s - 59
 local function window(k)
-  local h = redis.call('HGETALL', k)
-  local live, stale, total = {{}}, {{}}, 0
-  for i = 1, #h, 2 do
-    local sec, n = tonumber(h[i]), tonumber(h[i + 1])
-    if sec > s - 60 then
-      live[#live + 1] = {{sec, n}}
-      total = total + n
-    else
-      stale[#stale + 1] = h[i]
+  local v = redis.call('HMGET', k, 't', 'o')
+  local total, oldest = tonumber(v[1] or '0'), tonumber(v[2] or s)
+  if oldest >= first then return total end
+  if first - oldest > 120 then
+    total = 0
+    local h = redis.call('HGETALL', k)
+    for i = 1, #h, 2 do
+      local sec = tonumber(h[i])
+      if sec then
+        if sec < first then redis.call('HDEL', k, h[i]) else total = total + tonumber(h[i + 1]) end
+      end
+    end
+  else
+    for sec = oldest, first - 1 do
+      local n = redis.call('HGET', k, sec)
+      if n then
+        total = total - tonumber(n)
+        redis.call('HDEL', k, sec)
+      end
     end
   end
-  if #stale > 0 then redis.call('HDEL', k, unpack(stale)) end
-  return total, live
+  redis.call('HSET', k, 't', total, 'o', first)
+  return total
 end
-local function retry(live, total, limit)
+local function retry(k, total, limit)
+  local h = redis.call('HGETALL', k)
+  local live = {}
+  for i = 1, #h, 2 do
+    local sec = tonumber(h[i])
+    if sec and sec >= first then live[#live + 1] = {sec, tonumber(h[i + 1])} end
+  end
   table.sort(live, function(a, b) return a[1] < b[1] end)
   for _, b in ipairs(live) do
     total = total - b[2]
     if total < limit then return math.max(1, math.ceil(((b[1] + 60) * 1000 - now_ms) / 1000)) end
   end
   return 1
+end
+local function add(k, n)
+  redis.call('HINCRBY', k, s, n)
+  redis.call('HINCRBY', k, 't', n)
+  redis.call('HSETNX', k, 'o', s)
+  redis.call('PEXPIRE', k, 61000)
+end
+";
+
+/// KEYS = rpm hash, tpm hash, day stem, month stem; ARGV = rpm, tpm, daily_tokens,
+/// monthly_usd (0 = none). -> {0} admitted, or {limit 1..4, retry-after secs}.
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{CLOCK}{WINDOW}
+local rpm, tpm, daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function sum(k)
+  local x = 0
+  for _, v in ipairs(redis.call('HVALS', k)) do x = x + tonumber(v) end
+  return x
 end
 local day = math.floor(s / 86400)
 if daily > 0 and sum(KEYS[3] .. ':' .. day) >= daily then
@@ -102,14 +133,13 @@ if monthly > 0 then
   end
 end
 if tpm > 0 then
-  local total, live = window(KEYS[2])
-  if total >= tpm then return {{2, retry(live, total, tpm)}} end
+  local total = window(KEYS[2])
+  if total >= tpm then return {{2, retry(KEYS[2], total, tpm)}} end
 end
 if rpm > 0 then
-  local total, live = window(KEYS[1])
-  if total >= rpm then return {{1, retry(live, total, rpm)}} end
-  redis.call('HINCRBY', KEYS[1], s, 1)
-  redis.call('PEXPIRE', KEYS[1], 61000)
+  local total = window(KEYS[1])
+  if total >= rpm then return {{1, retry(KEYS[1], total, rpm)}} end
+  add(KEYS[1], 1)
 end
 return {{0}}"
     ))
@@ -119,11 +149,11 @@ return {{0}}"
 /// none), month total ('' = none). -> 1.
 static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        "{CLOCK}
+        "{CLOCK}{WINDOW}
 local tokens = tonumber(ARGV[1])
 if tokens > 0 then
-  redis.call('HINCRBY', KEYS[1], s, tokens)
-  redis.call('PEXPIRE', KEYS[1], 61000)
+  window(KEYS[1])
+  add(KEYS[1], tokens)
 end
 local function raise(k, v, ttl)
   if v == '' then return end

@@ -605,13 +605,24 @@ fn launch(
         .zip(pool.provider_table())
         .map(|(b, table)| {
             let live = pool.live_config();
-            b.sync_breakers(table, move || {
+            let view = move || {
                 let cfg = live.load();
                 gateway::shared::breakers::BreakerView {
                     providers: cfg.providers.iter().map(|p| p.name.clone()).collect(),
                     open_timeout: cfg.circuit_breaker.open_timeout,
                 }
-            })
+            };
+            let event = |name: &str, from: u8| {
+                let from = match from {
+                    gateway::provider_health::HALF_OPEN => "half_open",
+                    _ => "closed",
+                };
+                crate::events::emit(serde_json::json!({
+                    "event": "provider", "name": name, "from": from, "to": "open",
+                    "reason": "opened on another host",
+                }));
+            };
+            b.sync_breakers(table, view, Box::new(event))
         });
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
     let access = usage.access();
