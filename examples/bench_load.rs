@@ -8,8 +8,9 @@
 //! bench_load ssecount   URL CONNS COUNT       exactly COUNT streamed requests on CONNS connections, no warm-up
 //! ```
 //! Every mode POSTs a small chat body to URL (a Messages body when URL ends in `/messages`, a
-//! Responses body when it ends in `/responses`) for
-//! model `$BENCH_MODEL` (default `bench`; held streams ask for `$BENCH_MODEL-slow`) and prints one
+//! Responses body when it ends in `/responses`) for model `$BENCH_MODEL` (default `bench`; held
+//! streams ask for `$BENCH_MODEL-slow`), with `$BENCH_TOKEN` as the bearer token when set, and
+//! prints one
 //! JSON line with its figures. Errors (non-200, cut bodies) are counted and printed, never hidden.
 
 use bytes::Bytes;
@@ -60,11 +61,19 @@ fn body(url: &str, stream: Stream) -> Full<Bytes> {
     )))
 }
 
+/// `$BENCH_TOKEN`: the bearer token of a client (e.g. one with limits); none by default.
+static TOKEN: std::sync::LazyLock<Option<String>> = std::sync::LazyLock::new(|| {
+    std::env::var("BENCH_TOKEN")
+        .ok()
+        .map(|t| format!("Bearer {t}"))
+});
+
 fn request(url: &str, stream: Stream) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .body(body(url, stream))
-        .unwrap()
+    let mut req = hyper::Request::post(url).header("content-type", "application/json");
+    if let Some(t) = TOKEN.as_deref() {
+        req = req.header("authorization", t);
+    }
+    req.body(body(url, stream)).unwrap()
 }
 
 /// One request to completion; Ok((latency, SSE events in the body)) only for a 200 with a

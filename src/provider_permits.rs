@@ -287,6 +287,11 @@ impl RowAllocator {
         }
     }
 
+    /// The table the rows belong to.
+    pub fn table(&self) -> &Arc<ProviderTable> {
+        &self.table
+    }
+
     /// A free, zeroed row.
     pub fn alloc(&self) -> Option<usize> {
         // Short critical section, never held across an await: a bitmap scan of 128 entries.

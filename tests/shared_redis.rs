@@ -4,6 +4,7 @@
 mod support;
 
 use gateway::config::{OnUnavailable, SharedBackend, SharedConfig};
+use gateway::shared::window::{RateLimit, RateLimits, Settle};
 use gateway::shared::{Shared, SharedTask};
 use std::time::Duration;
 use support::redis::Redis;
@@ -93,37 +94,231 @@ async fn a_dead_hosts_leases_expire_and_a_live_hosts_are_renewed() {
     );
 }
 
-#[tokio::test]
-async fn windowed_counters_refuse_over_the_limit_and_settle() {
-    let redis = Redis::start();
-    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_C", Duration::from_secs(30));
-    let w = Duration::from_secs(60);
-    let mut passed = 0;
-    let mut first = None;
-    for i in 0..30 {
-        let h = if i % 2 == 0 { &a } else { &b };
-        let c = h.window_add("client:x", "rpm", w, 1, 20).await.unwrap();
-        first.get_or_insert(c.window_id);
-        if c.window_id != first.unwrap() {
-            return; // crossed a minute boundary mid-test; the count starts over (rare)
-        }
-        passed += c.added as u32;
-        assert!(c.left <= w);
-    }
-    assert_eq!(passed, 20, "exactly the limit passes in one window");
-    let c = a.window_add("client:x", "tpm", w, 500, 0).await.unwrap();
-    assert!(c.added);
-    let total = b
-        .window_adjust("client:x", "tpm", w, c.window_id, -200)
-        .await
-        .unwrap();
-    assert_eq!(total, 300);
-    // Every key has a TTL.
+/// Every key under `prefix` has a TTL.
+fn assert_every_key_expires(redis: &Redis) {
     let keys = redis.command("KEYS *").unwrap();
     for k in keys.lines().filter(|l| !l.starts_with(['*', '$', '+'])) {
         let ttl = redis.command(&format!("TTL {k}")).unwrap();
         assert!(!ttl.starts_with(":-1"), "key {k} has no TTL");
     }
+}
+
+#[tokio::test]
+async fn rpm_across_hosts_admits_exactly_the_limit() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_C", Duration::from_secs(30));
+    let l = RateLimits {
+        rpm: 20,
+        ..Default::default()
+    };
+    let tries = (0..50).map(|i| {
+        let h = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { h.admit("client:x", &l).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(tries).await;
+    let passed = answers.iter().filter(|r| r.is_none()).count();
+    assert_eq!(passed, 20, "exactly the limit passes, whichever host asks");
+    for r in answers.iter().flatten() {
+        assert_eq!(r.limit, RateLimit::Rpm);
+        assert!((1..=60).contains(&r.retry_after), "{r:?}");
+    }
+    // Another client has its own window.
+    assert!(b.admit("client:y", &l).await.unwrap().is_none());
+
+    // Buckets leave the window 60 s after their second: a window written 70 s and 30 s ago
+    // (as the scripts write it: per-second counts, total `t`, oldest second `o`), and one whose
+    // oldest second is so old that the script recounts every bucket.
+    let now: i64 = redis
+        .command("TIME")
+        .unwrap()
+        .lines()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fill = |client: &str, old: i64| {
+        let k = a.key(&format!("rate:client:{client}:rpm"));
+        redis.command(&format!(
+            "HSET {k} {} 3 {} 2 t 5 o {}",
+            now - old,
+            now - 30,
+            now - old
+        ));
+        redis.command(&format!("EXPIRE {k} 60"));
+    };
+    let five = RateLimits {
+        rpm: 5,
+        ..Default::default()
+    };
+    for (client, old) in [("old", 70), ("ancient", 500)] {
+        fill(client, old);
+        let c = format!("client:{client}");
+        for _ in 0..3 {
+            assert!(
+                a.admit(&c, &five).await.unwrap().is_none(),
+                "{client}: 3 + 2 left"
+            );
+        }
+        let r = b
+            .admit(&c, &five)
+            .await
+            .unwrap()
+            .expect("5 in the last minute");
+        assert!(
+            (29..=31).contains(&r.retry_after),
+            "{client}: the bucket of 30 s ago frees room in 30 s: {r:?}"
+        );
+    }
+    assert_every_key_expires(&redis);
+}
+
+#[tokio::test]
+async fn tpm_and_budgets_sum_the_hosts_and_a_repeated_total_counts_once() {
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_E", Duration::from_secs(30));
+    a.set_host_id("host-a".into());
+    b.set_host_id("host-b".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = now / 86_400;
+    let tpm = RateLimits {
+        tpm: 100,
+        ..Default::default()
+    };
+    let settle = |tokens, day_total: Option<u64>, month: Option<(i64, f64)>| Settle {
+        subject: "client:x".into(),
+        tokens,
+        day: day_total.map(|t| (day, t)),
+        month,
+    };
+    a.settle(&settle(60, None, None)).await.unwrap();
+    assert!(
+        b.admit("client:x", &tpm).await.unwrap().is_none(),
+        "60 < 100"
+    );
+    b.settle(&settle(40, None, None)).await.unwrap();
+    let r = a.admit("client:x", &tpm).await.unwrap().expect("100 used");
+    assert_eq!(r.limit, RateLimit::Tpm);
+    assert!((1..=60).contains(&r.retry_after));
+
+    // daily_tokens 1000: host a's total 600 (say its ledger share at start), b's 300.
+    let daily = RateLimits {
+        daily_tokens: 1000,
+        ..Default::default()
+    };
+    a.settle(&settle(0, Some(600), None)).await.unwrap();
+    b.settle(&settle(0, Some(300), None)).await.unwrap();
+    // A restart of a seeds the same ledger again; an older total arriving late: no change.
+    a.settle(&settle(0, Some(600), None)).await.unwrap();
+    a.settle(&settle(0, Some(550), None)).await.unwrap();
+    assert!(a.admit("client:x", &daily).await.unwrap().is_none(), "900");
+    b.settle(&settle(0, Some(400), None)).await.unwrap();
+    let r = b.admit("client:x", &daily).await.unwrap().expect("1000");
+    assert_eq!(r.limit, RateLimit::DailyTokens);
+    let midnight = (day + 1) * 86_400;
+    assert!(
+        r.retry_after.abs_diff((midnight - now) as u64) <= 2,
+        "retry at UTC midnight: {r:?}"
+    );
+
+    // monthly_usd, in the month the hosts compute (the same calendar as the script's).
+    let month = {
+        let (y, m) = civil(day);
+        y * 12 + m - 1
+    };
+    let usd = RateLimits {
+        monthly_usd: 1.0,
+        ..Default::default()
+    };
+    a.settle(&settle(0, None, Some((month, 0.6))))
+        .await
+        .unwrap();
+    assert!(b.admit("client:x", &usd).await.unwrap().is_none());
+    b.settle(&settle(0, None, Some((month, 0.4))))
+        .await
+        .unwrap();
+    let r = a.admit("client:x", &usd).await.unwrap().expect("$1.0");
+    assert_eq!(r.limit, RateLimit::MonthlyUsd);
+    assert!(r.retry_after >= 1 && r.retry_after <= 31 * 86_400, "{r:?}");
+    assert_every_key_expires(&redis);
+}
+
+/// (year, month 1-12) of a day count since 1970-01-01.
+fn civil(z: i64) -> (i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+#[tokio::test]
+async fn a_breaker_opening_reaches_the_other_host_once_and_is_not_sent_back() {
+    use gateway::provider_health::{MonoClock, CLOSED, OPEN};
+    use gateway::provider_permits::ProviderTable;
+    use gateway::shared::breakers::{BreakerView, Sync};
+    let redis = Redis::start();
+    let [(a, _ta), (b, _tb)] = two_hosts(&redis, "GATEWAY_TEST_REDIS_F", Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let table = |n: &str| std::sync::Arc::new(ProviderTable::create(&dir.path().join(n)).unwrap());
+    let (ta, tb) = (table("a.shm"), table("b.shm"));
+    let key = a.key("breaker:p");
+    let (mut sa, mut sb) = (Sync::new(a, ta.clone()), Sync::new(b, tb.clone()));
+    let view = BreakerView {
+        providers: vec!["p".into(), "q".into()],
+        open_timeout: Duration::from_secs(30),
+    };
+    assert_eq!(sa.tick(&view).await.unwrap(), 0);
+    assert_eq!(sb.tick(&view).await.unwrap(), 0);
+    // Host a's breaker for p opens (as a worker would: one transition on its cell).
+    let clock = MonoClock::new();
+    let cell_a = &ta.health().cols[ProviderTable::column("p")];
+    cell_a
+        .transition(cell_a.load(), OPEN, clock.now_ms())
+        .unwrap();
+    assert_eq!(
+        sa.tick(&view).await.unwrap(),
+        0,
+        "published, nothing applied"
+    );
+    assert_eq!(sb.tick(&view).await.unwrap(), 1, "b applies a's opening");
+    let cell_b = &tb.health().cols[ProviderTable::column("p")];
+    assert_eq!(cell_b.load().state, OPEN);
+    assert_eq!(
+        tb.health().cols[ProviderTable::column("q")].load().state,
+        CLOSED,
+        "only p"
+    );
+    // The applied opening ends when a's does (back-dated, not a fresh 30 s).
+    let opened = cell_b
+        .opened_at_ms
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= clock.now_ms() + 5);
+    // No loop: b does not publish what it applied, a applies nothing back, and later ticks
+    // change nothing.
+    let before = redis.command(&format!("GET {key}")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(sb.tick(&view).await.unwrap(), 0);
+        assert_eq!(sa.tick(&view).await.unwrap(), 0);
+    }
+    assert_eq!(redis.command(&format!("GET {key}")).unwrap(), before);
+    let gen_a = cell_a.load().generation;
+    assert_eq!(gen_a, 1, "a's breaker was not touched by its own opening");
+    let ttl = redis.command(&format!("PTTL {key}")).unwrap();
+    let ttl: i64 = ttl
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(ttl > 25_000 && ttl <= 30_000, "PX = the open period: {ttl}");
+    assert_every_key_expires(&redis);
 }
 
 #[tokio::test]
@@ -195,23 +390,63 @@ fn burst(
     addrs: &[std::net::SocketAddr],
     n: usize,
 ) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
+    burst_as(addrs, n, &[])
+}
+
+/// The client `desk` of `with_client`.
+const DESK: &[(&str, &str)] = &[("authorization", "Bearer desk-tok")];
+
+/// `burst` with these request headers.
+fn burst_as(
+    addrs: &[std::net::SocketAddr],
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<std::thread::JoinHandle<(u16, Option<String>)>> {
     (0..n)
         .map(|i| {
             let addr = addrs[i % addrs.len()];
             std::thread::spawn(move || {
-                support::http::request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[],
-                    Some(&support::front::body("up", false)),
-                )
-                .map_or((0, None), |r| {
+                let r = chat_as(addr, headers);
+                r.map_or((0, None), |r| {
                     (r.status, r.header("retry-after").map(str::to_string))
                 })
             })
         })
         .collect()
+}
+
+/// One chat request for model `up`.
+fn chat_as(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> std::io::Result<support::http::Response> {
+    let body = support::front::body("up", false);
+    support::http::request(addr, "POST", "/v1/chat/completions", headers, Some(&body))
+}
+
+/// `cfg` with tokens on and a client `desk` (token `desk-tok`) with `limits` (TOML lines).
+fn with_client(cfg: &str, limits: &str) -> String {
+    cfg.replace(
+        "auth_token_env = \"\"\n",
+        "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n",
+    ) + &format!(
+        "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\n{limits}\n"
+    )
+}
+
+/// A host of a `with_client` config.
+fn client_host(redis: &Redis, cfg: &str) -> Host {
+    let env = TestEnv::new(cfg);
+    let run = client_start(redis, &env);
+    Host { env, run }
+}
+
+fn client_start(redis: &Redis, env: &TestEnv) -> Running {
+    let mut cmd = env.supervisor(&["start"]);
+    cmd.env("GATEWAY_REDIS_URL", redis.url())
+        .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
+        .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
+    Running::ready(cmd)
 }
 
 fn prefix() -> String {
@@ -304,12 +539,16 @@ fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
         "/v1/chat/completions",
         Script::json(200, completion()).delay_headers(Duration::from_millis(50)),
     );
-    let cfg = host_config(&up, 4, &prefix(), "3s", "local");
-    let a = host(&redis, &cfg);
+    // A provider limit, and a client with every windowed limit (high enough never to refuse).
+    let cfg = with_client(
+        &host_config(&up, 4, &prefix(), "3s", "local"),
+        "rpm = 100000\ntpm = 100000000\ndaily_tokens = 100000000\nmonthly_usd = 1000.0",
+    );
+    let a = client_host(&redis, &cfg);
     assert_eq!(backend_up(a.run.listen), Some(1.0));
-    let load = burst(&[a.run.listen], 30);
+    let load = burst_as(&[a.run.listen], 30, DESK);
     redis.kill();
-    let more = burst(&[a.run.listen], 30);
+    let more = burst_as(&[a.run.listen], 30, DESK);
     let statuses: Vec<u16> = load
         .into_iter()
         .chain(more)
@@ -328,6 +567,17 @@ fn redis_down_mid_load_falls_back_to_local_limits_and_recovers() {
             == Some(1.0)),
         "gateway_shared_backend_up never came back to 1"
     );
+    // Shared limits apply again, and serve.
+    let after: Vec<u16> = burst_as(&[a.run.listen], 10, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
+        .collect();
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    let keys = redis.command("KEYS *rate:client:desk:rpm").unwrap();
+    assert!(
+        keys.contains("rate:client:desk:rpm"),
+        "counted in Redis again: {keys}"
+    );
 }
 
 #[test]
@@ -335,16 +585,19 @@ fn redis_down_with_reject_answers_503_with_retry_after_at_once() {
     let mut redis = Redis::start();
     let up = Upstream::start();
     up.set("/v1/chat/completions", Script::json(200, completion()));
-    let cfg = host_config(&up, 4, &prefix(), "3s", "reject");
-    let a = host(&redis, &cfg);
-    let ok: Vec<_> = burst(&[a.run.listen], 4)
+    let cfg = with_client(
+        &host_config(&up, 4, &prefix(), "3s", "reject"),
+        "rpm = 100000\ntpm = 100000000",
+    );
+    let a = client_host(&redis, &cfg);
+    let ok: Vec<_> = burst_as(&[a.run.listen], 4, DESK)
         .into_iter()
         .map(|h| h.join().unwrap().0)
         .collect();
     assert!(ok.iter().all(|s| *s == 200), "{ok:?}");
     redis.kill();
     let start = std::time::Instant::now();
-    let answers: Vec<_> = burst(&[a.run.listen], 20)
+    let answers: Vec<_> = burst_as(&[a.run.listen], 20, DESK)
         .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
@@ -418,38 +671,15 @@ fn client_concurrency_holds_across_two_hosts() {
         Script::json(200, completion()).delay_headers(Duration::from_millis(100)),
     );
     // No provider limit: only the client's max_concurrency = 2 bounds the upstream.
-    let cfg = host_config(&up, 0, &prefix(), "30s", "local")
-        .replace("auth_token_env = \"\"\n", "auth_token_env = \"SHARED_E2E_SERVER_TOKEN\"\n")
-        + "\n[[clients]]\nname = \"desk\"\ntoken_env = \"SHARED_E2E_CLIENT_TOKEN\"\nmax_concurrency = 2\n";
-    let start = |redis: &Redis| {
-        let env = TestEnv::new(&cfg);
-        let mut cmd = env.supervisor(&["start"]);
-        cmd.env("GATEWAY_REDIS_URL", redis.url())
-            .env("SHARED_E2E_SERVER_TOKEN", "server-tok")
-            .env("SHARED_E2E_CLIENT_TOKEN", "desk-tok");
-        Host {
-            run: Running::ready(cmd),
-            env,
-        }
-    };
-    let (a, b) = (start(&redis), start(&redis));
-    let addrs = [a.run.listen, b.run.listen];
-    let handles: Vec<_> = (0..12)
-        .map(|i| {
-            let addr = addrs[i % 2];
-            std::thread::spawn(move || {
-                support::http::request(
-                    addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("authorization", "Bearer desk-tok")],
-                    Some(&support::front::body("up", false)),
-                )
-                .map_or(0, |r| r.status)
-            })
-        })
+    let cfg = with_client(
+        &host_config(&up, 0, &prefix(), "30s", "local"),
+        "max_concurrency = 2",
+    );
+    let (a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let statuses: Vec<u16> = burst_as(&[a.run.listen, b.run.listen], 12, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap().0)
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let max = up.max_inflight();
     assert!(max <= 2, "client desk had {max} in flight across two hosts");
@@ -458,4 +688,184 @@ fn client_concurrency_holds_across_two_hosts() {
         "the limit was never reached; the test proved nothing"
     );
     drop((a.env, b.env));
+}
+
+#[test]
+fn client_rpm_holds_across_two_hosts() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let cfg = with_client(&host_config(&up, 0, &prefix(), "30s", "local"), "rpm = 20");
+    let (a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let answers: Vec<_> = burst_as(&[a.run.listen, b.run.listen], 50, DESK)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let passed = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 20, "exactly rpm pass over both hosts: {answers:?}");
+    for (status, retry) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 429, "{answers:?}");
+        let secs: u64 = retry.as_deref().expect("Retry-After").parse().unwrap();
+        assert!((1..=60).contains(&secs), "{answers:?}");
+    }
+    assert_eq!(
+        up.request_count(),
+        20,
+        "refused requests never reach the provider"
+    );
+    drop((a.env, b.env));
+}
+
+/// The sum of every host's contribution to client desk's budget of today, and the fields.
+fn day_budget(redis: &Redis, prefix: &str) -> (u64, Vec<String>) {
+    let keys = redis.command(&format!("KEYS {prefix}budget:client:desk:day:*"));
+    let key = keys
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string);
+    let Some(key) = key else {
+        return (0, Vec::new());
+    };
+    let vals = redis.command(&format!("HGETALL {key}")).unwrap_or_default();
+    // RESP: *N, then $len / value pairs; fields and values alternate.
+    let items: Vec<String> = vals
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$', '+']))
+        .map(str::to_string)
+        .collect();
+    let sum = items
+        .chunks(2)
+        .filter_map(|kv| kv.get(1)?.parse::<u64>().ok())
+        .sum();
+    (sum, items)
+}
+
+#[test]
+fn daily_tokens_sum_both_hosts_settle_and_a_restart_counts_nothing_twice() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    // 2 tokens a request (completion(): 1 prompt + 1 completion).
+    up.set("/v1/chat/completions", Script::json(200, completion()));
+    let prefix = prefix();
+    let cfg = with_client(
+        &host_config(&up, 0, &prefix, "30s", "local"),
+        "daily_tokens = 14",
+    );
+    let (mut a, b) = (client_host(&redis, &cfg), client_host(&redis, &cfg));
+    let send = |addr, want: u64| {
+        let r = chat_as(addr, DESK).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            wait_until(Duration::from_secs(5), || day_budget(&redis, &prefix).0
+                == want),
+            "settled {want} tokens? Redis has {:?}",
+            day_budget(&redis, &prefix)
+        );
+    };
+    // 3 requests on a, 2 on b: 10 tokens, as a = 6 and b = 4.
+    for i in 0..5u64 {
+        let addr = if i % 2 == 0 {
+            a.run.listen
+        } else {
+            b.run.listen
+        };
+        send(addr, 2 * (i + 1));
+    }
+    let (_, fields) = day_budget(&redis, &prefix);
+    assert_eq!(fields.len(), 4, "one contribution per host: {fields:?}");
+    // a restarts (SIGTERM: its ledger has its 3 records); it seeds its share (6) again.
+    a.run.guard.signal(nix::sys::signal::Signal::SIGTERM);
+    a.run.expect_stopped_exit_0();
+    a.run = client_start(&redis, &a.env);
+    // 10 < 14: passes on a; a's total is 6 from its ledger + 2 = 8, b's 4: 12, not 18.
+    send(a.run.listen, 12);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(day_budget(&redis, &prefix).0, 12, "counted once");
+    send(b.run.listen, 14);
+    for addr in [a.run.listen, b.run.listen] {
+        let r = chat_as(addr, DESK).unwrap();
+        assert_eq!(r.status, 429, "14 of 14 used over both hosts: {}", r.text());
+        assert!(r.text().contains("daily_tokens"), "{}", r.text());
+        assert!(r.header("retry-after").is_some());
+    }
+    drop(b.env);
+}
+
+/// Provider `up`'s breaker state as host `addr`'s `/v1/health` reports it.
+fn circuit(addr: std::net::SocketAddr) -> String {
+    support::http::get(addr, "/v1/health")
+        .ok()
+        .and_then(|r| {
+            r.json()["providers"]["up"]["circuit"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_breaker_opening_on_one_host_stops_the_others_traffic_within_a_second() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    up.set("/v1/chat/completions", Script::status(500));
+    let prefix = prefix();
+    let breaker = |n: u32, rate: &str| {
+        host_config(&up, 0, &prefix, "30s", "local")
+            + &format!(
+                "\n[circuit_breaker]\nconsecutive_failures = {n}\nfailure_rate_threshold = {rate}\n\
+                 open_timeout = \"30s\"\n"
+            )
+    };
+    // Host b would never open on its own failures: whatever stops it came from a.
+    let a = host(&redis, &breaker(2, "0.5"));
+    let b = host(&redis, &breaker(1000, "0.999"));
+    let chats = || {
+        up.requests()
+            .iter()
+            .filter(|r| r.path.contains("chat"))
+            .count()
+    };
+    // b uses the provider (and fails) before.
+    for _ in 0..3 {
+        let before = chats();
+        assert_eq!(chat_as(b.run.listen, &[]).unwrap().status / 100, 5);
+        assert!(chats() > before, "b reaches the provider");
+    }
+    assert_eq!(circuit(b.run.listen), "closed");
+    // Drive a until its breaker opens.
+    let mut tries = 0;
+    while circuit(a.run.listen) != "open" {
+        tries += 1;
+        assert!(tries < 20, "a's breaker never opened");
+        let _ = chat_as(a.run.listen, &[]);
+    }
+    let opened = std::time::Instant::now();
+    // b's requests stop reaching the provider within a second of that.
+    let stopped = loop {
+        let before = chats();
+        let r = chat_as(b.run.listen, &[]).unwrap();
+        if chats() == before {
+            assert_ne!(r.status, 200);
+            break opened.elapsed();
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(1),
+            "b still sends to the provider {:?} after a's breaker opened",
+            opened.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let before = chats();
+    for _ in 0..10 {
+        let r = chat_as(b.run.listen, &[]).unwrap();
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!(
+        chats(),
+        before,
+        "b stays off the provider (stopped after {stopped:?})"
+    );
+    assert_eq!(circuit(b.run.listen), "open");
 }

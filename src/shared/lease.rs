@@ -70,6 +70,11 @@ return n",
 static HOST: LazyLock<String> =
     LazyLock::new(|| format!("{:016x}-{}", fastrand::u64(..), std::process::id()));
 
+/// This process's random name (lease members; budget contributions without a host id).
+pub(crate) fn process_name() -> &'static str {
+    &HOST
+}
+
 /// Released leases waiting for their ZREM beyond this are left to expire by TTL (bounded memory).
 const MAX_PENDING: usize = 4096;
 

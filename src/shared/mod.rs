@@ -21,19 +21,24 @@
 //! Every key starts with `key_prefix` and carries a TTL. The URL (which may hold the password) is
 //! read from the environment only and never logged: errors name the variable, not its value.
 
+pub mod breakers;
 pub mod lease;
 pub mod window;
 
 use crate::config::{OnUnavailable, SharedBackend, SharedConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The longest a request waits for one Redis command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
 /// While down, how often the background task tries a PING.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Settlements waiting for Redis; past this they are dropped (and counted): a host's day and
+/// month totals are absolute, so the next settlement of that client makes up for them.
+pub const SETTLE_QUEUE: usize = 8192;
 
 /// Why `[shared]` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,14 +85,23 @@ struct Inner {
     on_unavailable: OnUnavailable,
     /// Live leases of this process and released ones waiting for their ZREM.
     leases: lease::Registry,
+    /// This host's name in budget contributions (`set_host_id`); stable across restarts.
+    host: OnceLock<String>,
+    /// Settlements for the settle task (`settle_later`).
+    settle_tx: mpsc::Sender<window::Settle>,
+    /// Settlements dropped because the queue was full.
+    settle_dropped: AtomicU64,
 }
 
-/// Owns the background task (renewals, releases, the circuit's probe); aborts it on drop.
-pub struct SharedTask(tokio::task::JoinHandle<()>);
+/// Owns the background tasks (renewals, releases, the circuit's probe; settlements); aborts
+/// them on drop.
+pub struct SharedTask(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for SharedTask {
     fn drop(&mut self) {
-        self.0.abort();
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -133,6 +147,7 @@ impl Shared {
             .set_number_of_retries(1)
             .set_max_delay(PROBE_EVERY);
         let conn = client.get_connection_manager_lazy(mc).map_err(bad)?;
+        let (settle_tx, settle_rx) = mpsc::channel(SETTLE_QUEUE);
         let shared = Shared {
             inner: Arc::new(Inner {
                 conn,
@@ -142,11 +157,54 @@ impl Shared {
                 lease_ttl: cfg.lease_ttl,
                 on_unavailable: cfg.on_unavailable,
                 leases: lease::Registry::default(),
+                host: OnceLock::new(),
+                settle_tx,
+                settle_dropped: AtomicU64::new(0),
             }),
         };
         tracing::info!(redis = %redact(&url), prefix = %cfg.key_prefix, "shared backend: Redis");
-        let task = tokio::spawn(shared.clone().background());
-        Ok(Some((shared, SharedTask(task))))
+        let tasks = vec![
+            tokio::spawn(shared.clone().background()),
+            tokio::spawn(shared.clone().settler(settle_rx)),
+        ];
+        Ok(Some((shared, SharedTask(tasks))))
+    }
+
+    /// Names this host in budget contributions (`window`): must be the same after a restart
+    /// and different on every host (the supervisor uses its hostname and runtime directory).
+    /// The first call wins; without one, a per-process name is used.
+    pub fn set_host_id(&self, id: String) {
+        let _ = self.inner.host.set(id);
+    }
+
+    pub fn host_id(&self) -> &str {
+        self.inner.host.get().map_or(lease::process_name(), |s| s)
+    }
+
+    /// Queues `s` for the settle task; never waits. False (and counted) when the queue is full.
+    pub fn settle_later(&self, s: window::Settle) -> bool {
+        let ok = self.inner.settle_tx.try_send(s).is_ok();
+        if !ok {
+            self.inner.settle_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Settlements dropped because the queue was full, since start.
+    pub fn settle_dropped(&self) -> u64 {
+        self.inner.settle_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The settle task: what is queued, merged by client (one round trip per client and
+    /// batch), in arrival order. Ends with its owner (`SharedTask`).
+    async fn settler(self, mut rx: mpsc::Receiver<window::Settle>) {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for s in window::merge(std::mem::take(&mut batch)) {
+                // Unavailable: the circuit logged it; the next settlement carries the totals.
+                let _ = self.settle(&s).await;
+            }
+        }
     }
 
     /// 1 while Redis answers, 0 while the circuit is open (`gateway_shared_backend_up`).

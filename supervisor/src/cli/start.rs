@@ -556,8 +556,10 @@ struct Started {
     usage: crate::usage::Usage,
     /// Ends when dropped (with `Started`).
     _watch: Option<watch::ConfigWatch>,
-    /// `[shared]`'s renewals and circuit probe; end when dropped.
+    /// `[shared]`'s renewals, settlements and circuit probe; end when dropped.
     _backend: Option<gateway::shared::SharedTask>,
+    /// `[shared]`: breaker openings to and from the other hosts; ends when dropped.
+    _breakers: Option<gateway::shared::breakers::BreakerTask>,
     kept: Kept,
 }
 
@@ -580,6 +582,13 @@ fn launch(
         metrics.register_shared(&mut registry);
     }
     let (backend, backend_task) = backend.unzip();
+    if let Some(b) = &backend {
+        // Budget contributions are this host's: the same name after a restart, another on
+        // every host (or instance) with its own ledger.
+        b.set_host_id(host_id(prep.instance.dir()));
+        // Before the ledger thread seeds the book, so the seed reaches Redis too.
+        limits.share(b.clone());
+    }
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
     let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
         .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
@@ -591,6 +600,30 @@ fn launch(
         shutdown: shutdown.clone(),
     })
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
+    let breakers = backend
+        .as_ref()
+        .zip(pool.provider_table())
+        .map(|(b, table)| {
+            let live = pool.live_config();
+            let view = move || {
+                let cfg = live.load();
+                gateway::shared::breakers::BreakerView {
+                    providers: cfg.providers.iter().map(|p| p.name.clone()).collect(),
+                    open_timeout: cfg.circuit_breaker.open_timeout,
+                }
+            };
+            let event = |name: &str, from: u8| {
+                let from = match from {
+                    gateway::provider_health::HALF_OPEN => "half_open",
+                    _ => "closed",
+                };
+                crate::events::emit(serde_json::json!({
+                    "event": "provider", "name": name, "from": from, "to": "open",
+                    "reason": "opened on another host",
+                }));
+            };
+            b.sync_breakers(table, view, Box::new(event))
+        });
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
     let access = usage.access();
     let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone(), access);
@@ -626,6 +659,7 @@ fn launch(
         usage,
         _watch: watch,
         _backend: backend_task,
+        _breakers: breakers,
         kept,
     })
 }
@@ -653,6 +687,12 @@ impl Started {
         }
         kept
     }
+}
+
+/// This host's name in `[shared]` budget contributions: hostname and runtime directory.
+fn host_id(runtime_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), runtime_dir.display())
 }
 
 /// What the front listener gets from the pool: its dispatch view and its live configuration

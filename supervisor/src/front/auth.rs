@@ -74,11 +74,13 @@ impl AuthTable {
             .iter()
             .filter(|c| tokens.has_client(&c.name))
             .map(|c| {
+                let limits = Limits::of(c);
+                book.set_limits(&c.name, limits);
                 Arc::new(Client {
                     name: c.name.clone(),
                     max_concurrency: c.max_concurrency,
                     live: live(&c.name),
-                    limits: Limits::of(c),
+                    limits,
                     counters: book.counters(&c.name),
                 })
             })

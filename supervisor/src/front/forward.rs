@@ -101,7 +101,7 @@ async fn obtain(
     cfg: &Config,
     deadline: Instant,
 ) -> Result<Upstream, ApiError> {
-    client_limits(shared, p)?;
+    client_limits(shared, p).await?;
     let permit = client_permit(shared, &p.caller, cfg, deadline).await?;
     let mut tried = Tried::default();
     let mut last = String::new();
@@ -132,16 +132,43 @@ async fn obtain(
 
 /// The caller's rpm, tpm, daily_tokens and monthly_usd: a request over one gets 429 at once,
 /// before it waits for anything. Only API calls (`POST`) count; health reads do not.
-fn client_limits(shared: &Shared, p: &Prepared) -> Result<(), ApiError> {
+///
+/// With `[shared]`: this host's counters first (refusing what they already refuse, with no
+/// Redis call), then one script call that checks and counts for every host at once; a request
+/// Redis admitted is counted here too. Redis unavailable: this host's counters alone
+/// (`on_unavailable = "local"`) or 503 (`"reject"`).
+async fn client_limits(shared: &Shared, p: &Prepared) -> Result<(), ApiError> {
     let Caller::Client(c) = &p.caller else {
         return Ok(());
     };
     if c.limits.is_none() || p.method != Method::POST {
         return Ok(());
     }
-    let refused = match c.counters.admit(&c.limits, super::limits::now_ms()) {
-        Ok(()) => return Ok(()),
-        Err(r) => r,
+    let now = super::limits::now_ms();
+    let verdict = match &shared.backend {
+        None => c.counters.admit(&c.limits, now),
+        Some(backend) => match c.counters.check(&c.limits, now) {
+            Err(r) => Err(r),
+            Ok(()) => {
+                let subject = super::limits::subject(&c.name);
+                match backend.admit(&subject, &c.limits.shared()).await {
+                    Ok(None) => {
+                        c.counters.count(now);
+                        Ok(())
+                    }
+                    Ok(Some(r)) => Err(r.into()),
+                    Err(gateway::shared::Unavailable) => match backend.on_unavailable() {
+                        gateway::config::OnUnavailable::Local => c.counters.admit(&c.limits, now),
+                        gateway::config::OnUnavailable::Reject => {
+                            return Err(gateway::shared::unavailable_error())
+                        }
+                    },
+                }
+            }
+        },
+    };
+    let Err(refused) = verdict else {
+        return Ok(());
     };
     let labels = crate::metrics::LimitLabels {
         client: c.name.clone(),

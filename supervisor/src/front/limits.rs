@@ -17,12 +17,20 @@
 //! ([`Book::settle`], from `crate::usage`); nothing is reserved for them, so nothing is counted
 //! twice.
 //!
-//! The counters sit behind [`CounterStore`], so a store shared by several hosts (`[shared]`)
-//! can take the place of this process's memory ([`Local`]).
+//! With `[shared] backend = "redis"` the same limits hold for every host together
+//! (`gateway::shared::window`, one script call per admission): the front checks this host's
+//! counters first ([`CounterStore::check`]: a host never asks Redis for what it can refuse
+//! itself), then Redis, and counts the request here too when Redis admitted it, so this book
+//! stays the host's own share and the fallback while Redis is unavailable
+//! (`on_unavailable = "local"`). Each settlement updates this book, then goes (queued, never
+//! waited for) to Redis: the request's tokens for `tpm`, and this host's day and month totals,
+//! which include its ledger share ([`Book::seed`]), for the budgets.
 
 use gateway::config::ClientConfig;
+use gateway::shared::window::{RateLimit, RateLimits, Refused, Settle};
+use gateway::shared::Shared;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds in a rate window, and buckets in it (one per second).
@@ -52,6 +60,21 @@ impl Limits {
     pub fn is_none(&self) -> bool {
         self.rpm == 0 && self.tpm == 0 && self.daily_tokens == 0 && self.monthly_usd <= 0.0
     }
+
+    /// True when a finished request's usage matters (tpm or a budget).
+    fn counts_usage(&self) -> bool {
+        self.tpm > 0 || self.daily_tokens > 0 || self.monthly_usd > 0.0
+    }
+
+    /// The same limits for `Shared::admit`.
+    pub fn shared(&self) -> RateLimits {
+        RateLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            daily_tokens: self.daily_tokens,
+            monthly_usd: self.monthly_usd,
+        }
+    }
 }
 
 /// Which limit refused a request (the `limit` label of `gateway_client_limited_total`).
@@ -79,6 +102,21 @@ impl Limit {
 pub struct Refusal {
     pub limit: Limit,
     pub retry_after: u64,
+}
+
+impl From<Refused> for Refusal {
+    fn from(r: Refused) -> Self {
+        let limit = match r.limit {
+            RateLimit::Rpm => Limit::Rpm,
+            RateLimit::Tpm => Limit::Tpm,
+            RateLimit::DailyTokens => Limit::DailyTokens,
+            RateLimit::MonthlyUsd => Limit::MonthlyUsd,
+        };
+        Self {
+            limit,
+            retry_after: r.retry_after,
+        }
+    }
 }
 
 impl Refusal {
@@ -124,6 +162,10 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug {
     /// Checks every limit and, when all have room, counts the request in `rpm`: atomically,
     /// so concurrent callers never pass the same free place.
     fn admit(&self, limits: &Limits, now_ms: i64) -> Result<(), Refusal>;
+    /// Checks every limit, counting nothing (the fast path before a shared store decides).
+    fn check(&self, limits: &Limits, now_ms: i64) -> Result<(), Refusal>;
+    /// Counts one request in `rpm` with no check (a shared store admitted it).
+    fn count(&self, now_ms: i64);
     /// Adds what a finished request used to the token and cost counters.
     fn settle(&self, used: Used, now_ms: i64);
 }
@@ -265,6 +307,17 @@ impl CounterStore for Local {
         })
     }
 
+    fn check(&self, limits: &Limits, now_ms: i64) -> Result<(), Refusal> {
+        self.with(|s| {
+            s.roll(now_ms);
+            s.check(limits, now_ms)
+        })
+    }
+
+    fn count(&self, now_ms: i64) {
+        self.with(|s| s.requests.add(now_ms.div_euclid(1000), 1))
+    }
+
     fn settle(&self, used: Used, now_ms: i64) {
         self.with(|s| {
             s.roll(now_ms);
@@ -280,15 +333,40 @@ impl CounterStore for Local {
     }
 }
 
+impl Local {
+    /// This host's totals of the current day and month: (day, tokens, month, usd).
+    fn totals(&self) -> (i64, u64, i64, f64) {
+        self.with(|s| (s.day, s.day_tokens, s.month, s.month_usd))
+    }
+}
+
 /// Every client's counters by name, for the whole life of the supervisor: the front's clients
 /// take theirs from here at each reload (so a reload keeps them), and the usage receiver
 /// settles each record into the counters of the client it names.
 ///
 /// The map's lock is taken per usage record and per configuration rebuild, never by admission
 /// (a `Client` holds its own `Arc`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Book {
     clients: Mutex<HashMap<String, Arc<Local>>>,
+    /// Each client's limits as the current configuration sets them (for settlements to Redis).
+    limits: Mutex<HashMap<String, Limits>>,
+    /// `[shared]`: where settlements go too.
+    shared: OnceLock<Shared>,
+}
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Book")
+            .field("clients", &self.map().len())
+            .field("shared", &self.shared.get().is_some())
+            .finish()
+    }
+}
+
+/// The subject of a client's counters in Redis (the same as its concurrency lease's).
+pub fn subject(client: &str) -> String {
+    format!("client:{client}")
 }
 
 impl Book {
@@ -297,6 +375,7 @@ impl Book {
         let b = Self::default();
         for c in &cfg.clients {
             b.counters(&c.name);
+            b.set_limits(&c.name, Limits::of(c));
         }
         Arc::new(b)
     }
@@ -310,13 +389,47 @@ impl Book {
         self.map().entry(name.to_string()).or_default().clone()
     }
 
+    /// Settlements go to `shared` too from now on (set before the ledger seeds the book).
+    pub fn share(&self, shared: Shared) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The limits of client `name` from now on (each configuration sets them).
+    pub fn set_limits(&self, name: &str, l: Limits) {
+        let mut m = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(name.to_string(), l);
+    }
+
     /// Adds a finished request's usage to its client, if the book knows the client (records of
     /// the server token or an open gateway name none).
     pub fn settle(&self, client: &str, used: Used) {
         let c = self.map().get(client).cloned();
         if let Some(c) = c {
             c.settle(used, now_ms());
+            self.share_totals(client, &c, used.tokens);
         }
+    }
+
+    /// With `[shared]` and a client limited by tokens or cost: its `tpm` tokens and this
+    /// host's totals to Redis (queued; the queue never blocks).
+    fn share_totals(&self, client: &str, c: &Local, tokens: u64) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let l = {
+            let m = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            m.get(client).copied().unwrap_or_default()
+        };
+        if !l.counts_usage() {
+            return;
+        }
+        let (day, day_tokens, month, month_usd) = c.totals();
+        shared.settle_later(Settle {
+            subject: subject(client),
+            tokens: if l.tpm > 0 { tokens } else { 0 },
+            day: (l.daily_tokens > 0).then_some((day, day_tokens)),
+            month: (l.monthly_usd > 0.0).then_some((month, month_usd)),
+        });
     }
 
     /// Names of the clients, for seeding.
@@ -334,6 +447,7 @@ impl Book {
             s.day_tokens += day_tokens;
             s.month_usd += month_usd;
         });
+        self.share_totals(client, &c, 0);
     }
 
     /// The start of the current UTC day and of the current UTC month, in Unix milliseconds.

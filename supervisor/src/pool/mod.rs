@@ -435,6 +435,11 @@ impl Pool {
         self.ready.clone()
     }
 
+    /// The pool-wide provider table (`providers.shm`), if it could be created.
+    pub fn provider_table(&self) -> Option<Arc<gateway::provider_permits::ProviderTable>> {
+        self.shared.provider_rows.as_ref().map(|r| r.table())
+    }
+
     /// The configuration the pool currently runs with.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.load_full()

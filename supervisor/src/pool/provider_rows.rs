@@ -25,6 +25,12 @@ impl ProviderRows {
         })
     }
 
+    /// The table itself (the supervisor's breaker sync with other hosts reads and writes its
+    /// health region).
+    pub fn table(&self) -> Arc<ProviderTable> {
+        self.rows.table().clone()
+    }
+
     /// A row for a new process, or `None` when all rows are taken (then the worker limits
     /// per process, and says so in its log).
     pub fn lease(&self) -> Option<RowLease> {
