@@ -99,6 +99,138 @@ impl Handoff {
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// The state file's name in the runtime directory: 0600, written by the upgrading image right
+/// before the `execve`, read and removed by the new one.
+pub const STATE_FILE: &str = "upgrade-state.json";
+
+/// The pool as the upgrading image hands it over: every slot, its sockets and its worker.
+/// Descriptor numbers are valid in the new image (kept open across the `execve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedPool {
+    pub slots: Vec<HandedSlot>,
+    /// Whether `providers.shm` exists and the handed workers have it mapped.
+    pub provider_table: bool,
+}
+
+/// One slot: its listening sockets, its counters, and its serving worker, if it had one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedSlot {
+    pub id: usize,
+    /// The worker port's listener.
+    pub tcp: RawFd,
+    /// The front socket's listener and path.
+    pub front: Option<(RawFd, PathBuf)>,
+    /// Processes spawned for the slot so far (names the next heartbeat file).
+    pub generation: u64,
+    pub restarts: u32,
+    pub replaced: u32,
+    pub served: u64,
+    pub worker: Option<HandedWorker>,
+}
+
+/// A serving worker, still running, still this process's child.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedWorker {
+    pub pid: u32,
+    pub heartbeat_file: PathBuf,
+    /// Unix ms when it was spawned.
+    pub started_at_ms: u64,
+    /// Its row of `providers.shm`.
+    pub provider_row: Option<usize>,
+    /// The read ends of its stdout and stderr.
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
+    /// Whether it serves the slot's front socket.
+    pub front_served: bool,
+}
+
+impl HandedPool {
+    /// Every descriptor it names: these must stay open across the `execve`.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            out.push(s.tcp);
+            out.extend(s.front.as_ref().map(|f| f.0));
+            if let Some(w) = &s.worker {
+                out.extend(w.stdout);
+                out.extend(w.stderr);
+            }
+        }
+        out
+    }
+
+    /// Every worker pid it names.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref().map(|w| w.pid))
+            .collect()
+    }
+
+    /// Writes the state file into `dir` (fresh, 0600).
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        use std::io::Write;
+        let path = dir.join(STATE_FILE);
+        let text = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        gateway::runtime_file::create_fresh(&path)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Reads and removes the state file an upgrading image left in `dir`, and makes every
+    /// descriptor it names close-on-exec again (new workers must not inherit them). `Ok(None)`
+    /// when there is none (that image stopped its workers). A file that cannot be read or
+    /// parsed is an error naming it; its workers are then strays (`kill_strays`).
+    pub fn take(dir: &Path) -> Result<Option<Self>, String> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let _ = std::fs::remove_file(&path);
+        let state: Self =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for fd in state.fds() {
+            reclaim(fd)?;
+        }
+        Ok(Some(state))
+    }
+}
+
+/// Kills and reaps every child process of this one not in `keep`: workers the previous image
+/// left that this one will not adopt (a state file that could not be read). Runs before this
+/// image spawns anything, so every child found is the previous image's.
+pub fn kill_strays(keep: &[u32]) {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(me) || keep.contains(&pid) {
+            continue;
+        }
+        tracing::warn!(
+            pid,
+            "upgrade: killing a worker of the previous image that is not adopted"
+        );
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
 /// How many in-place upgrades this process has been through (0 for a fresh start).
 pub fn generation() -> u64 {
     GENERATION.load(Relaxed)
@@ -131,9 +263,13 @@ pub fn version() -> &'static str {
 
 /// Executes `exe` in this process with this process's arguments and environment plus the
 /// handoff, the handed descriptors made inheritable. Returns only on failure, with why.
-pub fn exec(exe: &Path, handoff: &Handoff) -> String {
+/// `extra`: further descriptors to keep (the pool's, `HandedPool::fds`).
+pub fn exec(exe: &Path, handoff: &Handoff, extra: &[RawFd]) -> String {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    for fd in [handoff.front, handoff.admin, handoff.lock] {
+    for &fd in [handoff.front, handoff.admin, handoff.lock]
+        .iter()
+        .chain(extra)
+    {
         if let Err(e) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
             return format!("cannot keep fd {fd} open across the exec: {e}");
         }

@@ -272,7 +272,10 @@ async fn serve(
         tracing::warn!("{e}; traces are off");
     }
     let (trigger, shutdown) = shutdown::channel();
-    let started = launch(&prep, listeners, shutdown)?;
+    let mut prep = prep;
+    let handed = prep.handed.take();
+    let adopting = handed.as_ref().is_some_and(|h| !h.pids().is_empty());
+    let started = launch(&prep, listeners, handed, shutdown)?;
     let Prepared {
         source,
         args,
@@ -318,23 +321,27 @@ async fn serve(
         }
         systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
         info!(%listen, upgraded, "ready");
+        if adopting {
+            // The adopted workers run the previous binary: rolled to this one as a reload
+            // rolls them (a failure leaves the rest serving on the previous binary).
+            if let Err(e) = run.pool.replace_adopted().await {
+                error!("upgrade: {e}");
+            }
+        }
         upgrade = run.main_loop(&mut signals, control_rx, parent).await;
     }
     if let Some(exe) = upgrade {
-        // RELOADING=1 now, READY=1 from the new image once its workers serve.
+        // RELOADING=1 now, READY=1 from the new image once it adopted the workers.
         systemd.reloading();
-        let kept = started.stop(trigger, true).await;
+        let (kept, handed) = started.hand_over(trigger).await;
         if let Some((writer, workers)) = events.take() {
             workers.stop().await;
             let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         }
-        return Err(match kept {
-            Some(kept) => reexec(&exe, &kept, &run.instance),
-            None => Fatal::new(exit::RUNTIME, "upgrade: the listeners were not kept"),
-        });
+        return Err(reexec(&exe, kept, handed, &run.pool, &run.instance).await);
     }
     systemd.stopping();
-    started.stop(trigger, false).await;
+    started.stop(trigger).await;
     drop(run.instance);
     if startup == Startup::AllDead {
         return Err(Fatal::new(
@@ -354,11 +361,36 @@ async fn serve(
     Ok(())
 }
 
-/// Executes `exe` with the kept listeners and lock (`upgrade::exec`); if that fails, this
-/// process's own pinned image, so the old version comes back rather than nothing. Returns only
-/// when both failed, with the failure `start` then ends with.
-fn reexec(exe: &Path, kept: &Kept, instance: &Instance) -> Fatal {
+/// Writes the pool's state file, then executes `exe` with the kept listeners, the lock and
+/// the pool's descriptors (`upgrade::exec`), on the thread the workers were forked from so they
+/// survive it; if that fails, this process's own pinned image, so the old version comes back
+/// rather than nothing. Returns only when both failed, with the failure `start` then ends with.
+/// A state file that cannot be written costs the workers (killed; the next image starts
+/// fresh ones), not the upgrade.
+async fn reexec(
+    exe: &Path,
+    kept: Kept,
+    handed: crate::pool::HandedOver,
+    pool: &Pool,
+    instance: &Instance,
+) -> Fatal {
     use std::os::fd::AsRawFd;
+    let dir = instance.dir().to_path_buf();
+    let state = handed.state.clone();
+    let written = tokio::task::spawn_blocking(move || state.write(&dir))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let (handed, extra) = match written {
+        Ok(()) => {
+            let fds = handed.state.fds();
+            (Some(handed), fds)
+        }
+        Err(e) => {
+            error!("upgrade: {e}; stopping the workers, the new image starts its own");
+            handed.abandon();
+            (None, Vec::new())
+        }
+    };
     let Some(lock) = instance.lock_fd() else {
         return Fatal::new(
             exit::RUNTIME,
@@ -373,13 +405,19 @@ fn reexec(exe: &Path, kept: &Kept, instance: &Instance) -> Fatal {
         created: instance.created(),
         generation: crate::upgrade::generation() + 1,
     };
-    info!(exe = %exe.display(), "re-executing in place");
-    let why = crate::upgrade::exec(exe, &handoff);
+    info!(exe = %exe.display(), workers = handed.as_ref().map_or(0, |h| h.state.pids().len()), "re-executing in place");
+    let run = |exe: PathBuf| {
+        let (handoff, extra) = (handoff.clone(), extra.clone());
+        Box::new(move || crate::upgrade::exec(&exe, &handoff, &extra)) as Box<_>
+    };
+    let why = pool.exec(run(exe.to_path_buf())).await;
     error!("upgrade: {why}; executing this binary's own image again");
     let again = match crate::pool::spawn::self_exe_image() {
-        Ok(image) => crate::upgrade::exec(&image, &handoff),
+        Ok(image) => pool.exec(run(image)).await,
         Err(e) => e.to_string(),
     };
+    // Kept open until here: the exec needed them.
+    drop((kept, handed));
     Fatal::new(
         exit::RUNTIME,
         format!("upgrade: {why}; and re-executing the old image failed too: {again}"),
@@ -451,6 +489,8 @@ struct Prepared {
     control_rx: mpsc::Receiver<ControlCommand>,
     /// `--exit-with-parent`: the parent's pid.
     parent: Option<u32>,
+    /// After an in-place upgrade: the slots and workers the previous image handed over.
+    handed: Option<crate::upgrade::HandedPool>,
 }
 
 /// The bound sockets, which move into the tasks serving them.
@@ -480,6 +520,16 @@ fn prepare(
         None => acquire_runtime_dir(&cfg, ephemeral)?,
     };
     let dir = instance.dir().to_path_buf();
+    // Before anything is spawned: every child of ours now is a worker of the previous image,
+    // and one that is not adopted must not be left running.
+    let handed = handoff.as_ref().and_then(|_| {
+        let handed = crate::upgrade::HandedPool::take(&dir)
+            .map_err(|e| error!("upgrade: {e}; starting every worker fresh"))
+            .ok()
+            .flatten();
+        crate::upgrade::kill_strays(&handed.as_ref().map(|h| h.pids()).unwrap_or_default());
+        handed
+    });
     let listener = match &handoff {
         Some(h) => bind_front(cfg.server.listen, Some(adopt_fd(h.front)))?,
         None => bind_front(cfg.server.listen, activated)?,
@@ -523,6 +573,7 @@ fn prepare(
         control_tx,
         control_rx,
         parent,
+        handed,
     };
     let listeners = Listeners {
         front: listener,
@@ -558,7 +609,8 @@ struct Started {
     _watch: Option<watch::ConfigWatch>,
     /// `[shared]`'s renewals and circuit probe; end when dropped.
     _backend: Option<gateway::shared::SharedTask>,
-    kept: Kept,
+    /// Taken by `hand_over`.
+    kept: Option<Kept>,
 }
 
 /// Starts the pool (once per process), then the front listener, the admin socket and the file
@@ -566,6 +618,7 @@ struct Started {
 fn launch(
     prep: &Prepared,
     listeners: Listeners,
+    handed: Option<crate::upgrade::HandedPool>,
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
     // Client limit counters: settled by the usage receiver, checked by the front, seeded from
@@ -583,13 +636,16 @@ fn launch(
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
     let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
         .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
-    let pool = Pool::start(PoolOptions {
-        config: prep.cfg.clone(),
-        config_path: prep.snapshot.clone(),
-        runtime_dir: prep.instance.dir().to_path_buf(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    })
+    let pool = Pool::start_adopting(
+        PoolOptions {
+            config: prep.cfg.clone(),
+            config_path: prep.snapshot.clone(),
+            runtime_dir: prep.instance.dir().to_path_buf(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+        handed,
+    )
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
     let access = usage.access();
@@ -626,7 +682,7 @@ fn launch(
         usage,
         _watch: watch,
         _backend: backend_task,
-        kept,
+        kept: Some(kept),
     })
 }
 
@@ -634,15 +690,38 @@ impl Started {
     /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
     /// workers, so an in-flight request is never cut by its worker going away.
     /// The admin socket last, after it finished its open answers (`admin::serve_on`).
-    /// `keep`: an upgrade; the listening sockets stay open (new connections wait in the
-    /// backlog) and are returned, for the next image. Otherwise they close with the tasks, so a
-    /// client is refused at once rather than left waiting for a process that is going away.
-    async fn stop(self, trigger: shutdown::ShutdownTrigger, keep: bool) -> Option<Kept> {
+    /// The listening sockets close with the tasks, so a client is refused at once rather than
+    /// left waiting for a process that is going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger) {
+        let pool = self.pool.clone();
+        self.wind_down(trigger, |g| async move { pool.stop(g).await })
+            .await;
+    }
+
+    /// An in-place upgrade: as `stop`, but the workers are handed over (they keep running) and
+    /// the listening sockets stay open (new connections wait in the backlog); both are
+    /// returned, for the next image.
+    async fn hand_over(
+        mut self,
+        trigger: shutdown::ShutdownTrigger,
+    ) -> (Kept, crate::pool::HandedOver) {
+        let kept = self.kept.take();
+        let pool = self.pool.clone();
+        let handed = self
+            .wind_down(trigger, |g| async move { pool.hand_over(g).await })
+            .await;
+        (kept.expect("taken once"), handed)
+    }
+
+    async fn wind_down<T, F: std::future::Future<Output = T>>(
+        self,
+        trigger: shutdown::ShutdownTrigger,
+        workers: impl FnOnce(Duration) -> F,
+    ) -> T {
         let grace = self.pool.config().pool.shutdown_timeout;
-        let kept = keep.then_some(self.kept);
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
-        self.pool.stop(Duration::from_secs(2)).await;
+        let out = workers(Duration::from_secs(2)).await;
         self.usage.stop().await;
         let mut admin = self.admin;
         if tokio::time::timeout(Duration::from_secs(3), &mut admin)
@@ -651,7 +730,7 @@ impl Started {
         {
             admin.abort();
         }
-        kept
+        out
     }
 }
 

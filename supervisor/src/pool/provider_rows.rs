@@ -25,6 +25,27 @@ impl ProviderRows {
         })
     }
 
+    /// Maps the table an upgrading image left in `runtime_dir` (its adopted workers have it
+    /// mapped and hold permits in it), rather than a new one beside it.
+    pub fn reopen(runtime_dir: &Path) -> std::io::Result<Self> {
+        let path = runtime_dir.join("providers.shm");
+        let table = Arc::new(ProviderTable::open(&path)?);
+        Ok(Self {
+            path,
+            rows: Arc::new(RowAllocator::new(table)),
+        })
+    }
+
+    /// The lease of an adopted process's `row`, which keeps what it holds; None when that row
+    /// is out of range or already leased.
+    pub fn claim(&self, row: usize) -> Option<RowLease> {
+        self.rows.claim(row).then(|| RowLease {
+            rows: self.rows.clone(),
+            row,
+            table: self.path.clone(),
+        })
+    }
+
     /// A row for a new process, or `None` when all rows are taken (then the worker limits
     /// per process, and says so in its log).
     pub fn lease(&self) -> Option<RowLease> {
@@ -52,6 +73,14 @@ impl RowLease {
             (ENV_TABLE, self.table.display().to_string()),
             (ENV_ROW, self.row.to_string()),
         ]
+    }
+
+    /// The row, for the next image after an in-place upgrade: not freed here, the process
+    /// goes on using it.
+    pub fn hand_over(self) -> usize {
+        let row = self.row;
+        std::mem::forget(self);
+        row
     }
 
     /// For a process that was SIGKILLed but not reaped: a SIGKILLed process may still run user
