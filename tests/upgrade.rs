@@ -422,6 +422,24 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     ));
     let r = post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    // Every request is in the ledger, those of the adopted worker included.
+    let requests = || {
+        let out = env
+            .supervisor(&["usage", "--by", "model", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
+            .and_then(|r| r["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || requests() == 5),
+        "{} usage records of 5 requests",
+        requests()
+    );
 
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();
@@ -452,6 +470,12 @@ fn an_adopted_worker_that_is_killed_is_restarted() {
     let mut seen = worker_events(&mut run, |seen| has(seen, 0, "IDLE", "DEGRADED", None));
     let status = env.status_json();
     assert_eq!(pids_by_slot(&status)[1], old[1], "{status}");
+    // Served by the adopted worker 1 (worker 0 is DEGRADED): their usage records reach the
+    // new image over the connection it took over.
+    for _ in 0..4 {
+        let r = post_chat(run.listen, "demo", false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     support::process::signal(old[1] as u32, Signal::SIGKILL);
     seen.extend(worker_events(&mut run, |seen| {
         has(seen, 1, "IDLE", "UNHEALTHY", Some(old[1]))
@@ -485,6 +509,24 @@ fn an_adopted_worker_that_is_killed_is_restarted() {
     assert!(!Path::new(&format!("/proc/{}", old[1])).exists(), "reaped");
     let r = post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    // Every request is in the ledger, those of the adopted worker included.
+    let requests = || {
+        let out = env
+            .supervisor(&["usage", "--by", "model", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
+            .and_then(|r| r["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || requests() == 5),
+        "{} usage records of 5 requests",
+        requests()
+    );
 
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();

@@ -110,6 +110,16 @@ pub struct HandedPool {
     pub slots: Vec<HandedSlot>,
     /// Whether `providers.shm` exists and the handed workers have it mapped.
     pub provider_table: bool,
+    /// The usage socket's listener and the handed workers' connections to it.
+    #[serde(default)]
+    pub usage: Option<HandedUsage>,
+}
+
+/// The usage receiver's sockets (`usage::UsageFds`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedUsage {
+    pub listener: RawFd,
+    pub conns: Vec<RawFd>,
 }
 
 /// One slot: its listening sockets, its counters, and its serving worker, if it had one.
@@ -155,6 +165,10 @@ impl HandedPool {
                 out.extend(w.stdout);
                 out.extend(w.stderr);
             }
+        }
+        if let Some(u) = &self.usage {
+            out.push(u.listener);
+            out.extend(&u.conns);
         }
         out
     }

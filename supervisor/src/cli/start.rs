@@ -333,7 +333,8 @@ async fn serve(
     if let Some(exe) = upgrade {
         // RELOADING=1 now, READY=1 from the new image once it adopted the workers.
         systemd.reloading();
-        let (kept, handed) = started.hand_over(trigger).await;
+        let (kept, mut handed, usage) = started.hand_over(trigger).await;
+        handed.keep_usage(usage);
         if let Some((writer, workers)) = events.take() {
             workers.stop().await;
             let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
@@ -634,8 +635,23 @@ fn launch(
     }
     let (backend, backend_task) = backend.unzip();
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
-    let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
-        .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
+    let mut handed = handed;
+    let handed_usage =
+        handed
+            .as_mut()
+            .and_then(|h| h.usage.take())
+            .map(|u| crate::usage::UsageFds {
+                listener: crate::pool::owned_fd(u.listener),
+                conns: u.conns.into_iter().map(crate::pool::owned_fd).collect(),
+            });
+    let usage = crate::usage::start_adopting(
+        &prep.cfg,
+        prep.instance.dir(),
+        &metrics,
+        &limits,
+        handed_usage,
+    )
+    .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
     let pool = Pool::start_adopting(
         PoolOptions {
             config: prep.cfg.clone(),
@@ -693,44 +709,50 @@ impl Started {
     /// The listening sockets close with the tasks, so a client is refused at once rather than
     /// left waiting for a process that is going away.
     async fn stop(self, trigger: shutdown::ShutdownTrigger) {
-        let pool = self.pool.clone();
-        self.wind_down(trigger, |g| async move { pool.stop(g).await })
-            .await;
+        let (pool, usage, admin) = self.drain_front(trigger).await;
+        pool.stop(Duration::from_secs(2)).await;
+        usage.stop().await;
+        end_admin(admin).await;
     }
 
-    /// An in-place upgrade: as `stop`, but the workers are handed over (they keep running) and
-    /// the listening sockets stay open (new connections wait in the backlog); both are
-    /// returned, for the next image.
+    /// An in-place upgrade: as `stop`, but the workers and the usage sockets are handed over
+    /// (the workers keep running and sending usage) and the listening sockets stay open (new
+    /// connections wait in the backlog); all of it is returned, for the next image.
     async fn hand_over(
         mut self,
         trigger: shutdown::ShutdownTrigger,
-    ) -> (Kept, crate::pool::HandedOver) {
-        let kept = self.kept.take();
-        let pool = self.pool.clone();
-        let handed = self
-            .wind_down(trigger, |g| async move { pool.hand_over(g).await })
-            .await;
-        (kept.expect("taken once"), handed)
+    ) -> (
+        Kept,
+        crate::pool::HandedOver,
+        Option<crate::usage::UsageFds>,
+    ) {
+        let kept = self.kept.take().expect("taken once");
+        let (pool, usage, admin) = self.drain_front(trigger).await;
+        let handed = pool.hand_over(Duration::from_secs(2)).await;
+        let usage = usage.hand_over().await;
+        end_admin(admin).await;
+        (kept, handed, usage)
     }
 
-    async fn wind_down<T, F: std::future::Future<Output = T>>(
+    /// Stops the front: it stops accepting and drains, up to `shutdown_timeout`.
+    async fn drain_front(
         self,
         trigger: shutdown::ShutdownTrigger,
-        workers: impl FnOnce(Duration) -> F,
-    ) -> T {
+    ) -> (Arc<Pool>, crate::usage::Usage, tokio::task::JoinHandle<()>) {
         let grace = self.pool.config().pool.shutdown_timeout;
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
-        let out = workers(Duration::from_secs(2)).await;
-        self.usage.stop().await;
-        let mut admin = self.admin;
-        if tokio::time::timeout(Duration::from_secs(3), &mut admin)
-            .await
-            .is_err()
-        {
-            admin.abort();
-        }
-        out
+        (self.pool, self.usage, self.admin)
+    }
+}
+
+/// The admin socket ends last, after it finished its open answers (`admin::serve_on`).
+async fn end_admin(mut admin: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(3), &mut admin)
+        .await
+        .is_err()
+    {
+        admin.abort();
     }
 }
 

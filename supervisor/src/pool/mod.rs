@@ -614,6 +614,7 @@ impl Pool {
             state: crate::upgrade::HandedPool {
                 slots: Vec::new(),
                 provider_table: self.shared.provider_rows.is_some(),
+                usage: None,
             },
             fds: Vec::new(),
             sockets: Vec::new(),
@@ -825,6 +826,19 @@ pub struct HandedOver {
 }
 
 impl HandedOver {
+    /// Adds the usage receiver's sockets to what is handed over.
+    pub fn keep_usage(&mut self, usage: Option<crate::usage::UsageFds>) {
+        use std::os::fd::AsRawFd;
+        if let Some(u) = usage {
+            self.state.usage = Some(crate::upgrade::HandedUsage {
+                listener: u.listener.as_raw_fd(),
+                conns: u.conns.iter().map(|c| c.as_raw_fd()).collect(),
+            });
+            self.fds.push(u.listener);
+            self.fds.extend(u.conns);
+        }
+    }
+
     /// Kills the released workers: the hand-over cannot go on (the state file could not be
     /// written), and the next image will start fresh ones.
     pub fn abandon(self) {
@@ -874,7 +888,7 @@ fn add_handed_slot(
 }
 
 /// Takes ownership of a descriptor named by an upgrade's state file.
-fn owned_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+pub fn owned_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
     // SAFETY: the state file names it as kept open for this image, and each is taken once.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
