@@ -455,4 +455,51 @@ mod tests {
         let p = script(dir.path(), "#!/bin/sh\necho 'supervisor 9'\n", 0o755);
         assert_eq!(check(&p, &cfg).await.unwrap(), "supervisor 9");
     }
+
+    #[test]
+    fn the_state_file_is_private_read_once_and_its_descriptors_close_on_exec_again() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        for fd in [&r, &w] {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        }
+        let state = HandedPool {
+            slots: vec![HandedSlot {
+                id: 0,
+                tcp: r.as_raw_fd(),
+                front: None,
+                generation: 3,
+                restarts: 1,
+                replaced: 2,
+                served: 40,
+                worker: Some(HandedWorker {
+                    pid: 1234,
+                    heartbeat_file: dir.path().join("worker-0-3.hb"),
+                    started_at_ms: 5,
+                    provider_row: Some(7),
+                    stdout: None,
+                    stderr: Some(w.as_raw_fd()),
+                    front_served: true,
+                }),
+            }],
+            provider_table: true,
+            usage: None,
+        };
+        state.write(dir.path()).unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(HandedPool::take(dir.path()).unwrap(), Some(state));
+        assert!(!path.exists(), "removed once read");
+        for fd in [&r, &w] {
+            let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+        }
+        assert_eq!(HandedPool::take(dir.path()).unwrap(), None);
+        std::fs::write(&path, "{not json").unwrap();
+        let e = HandedPool::take(dir.path()).unwrap_err();
+        assert!(e.contains(STATE_FILE), "{e}");
+    }
 }

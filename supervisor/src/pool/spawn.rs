@@ -751,4 +751,49 @@ mod tests {
         // A custom command is still spawned by its path.
         assert_eq!(worker_argv(&["/bin/w".into()]).unwrap(), ["/bin/w"]);
     }
+
+    #[tokio::test]
+    async fn an_adopted_child_is_waited_on_through_its_pidfd_and_others_are_refused() {
+        use std::os::unix::process::ExitStatusExt;
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // No `Child` waits on it from here on, as in the image that adopts it.
+        std::mem::forget(child);
+        let mut a = Adopted::open(pid).expect("our running child");
+        assert!(a.try_wait().unwrap().is_none());
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        let st = tokio::time::timeout(Duration::from_secs(10), a.wait())
+            .await
+            .expect("the pidfd turned readable")
+            .unwrap();
+        assert_eq!(st.signal(), Some(9));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "reaped"
+        );
+        // Not our child: refused, never signalled.
+        let e = Adopted::open(1).err().expect("pid 1 is not our child");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ECHILD), "{e}");
+        // One that already exited: reaped, and said so.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::mem::forget(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            match Adopted::open(pid) {
+                Err(e) => break e,
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Ok(_) => panic!("`true` did not exit"),
+            }
+        };
+        assert!(
+            e.to_string().contains("already exited (exit status 0)"),
+            "{e}"
+        );
+    }
 }
