@@ -6,15 +6,32 @@
 //!
 //! Then the re-exec (`start` drives it): the front stops accepting and drains (up to
 //! `pool.shutdown_timeout`) while its listening socket stays open, so new connections wait in
-//! the kernel's backlog; the workers are stopped gracefully; the front listener, the admin
-//! listener and the runtime-directory lock are handed to the new image ([`Handoff`], named by
-//! [`HANDOFF_ENV`]) and the process `execve`s the binary at its path, keeping its pid. The new
-//! image adopts those descriptors instead of binding and locking, and starts fresh workers of
-//! itself. If the `execve` itself fails, the process executes its own pinned image the same
-//! way, so the old version comes back instead of nothing.
+//! the kernel's backlog. The workers keep running: each slot task releases its serving process
+//! (`Pool::hand_over`; a replacement still starting is killed) and the usage receiver hands
+//! over its listener and the workers' connections (`Usage::hand_over`). Kept open across the
+//! exec (close-on-exec cleared): the front listener, the admin listener and the
+//! runtime-directory lock ([`Handoff`], named by [`HANDOFF_ENV`]); each slot's worker port and
+//! front socket; each handed worker's stdout and stderr pipes; the usage socket and its
+//! connections. What the new image needs besides ([`HandedPool`]: slots, pids, ports, heartbeat
+//! files, provider rows, counters, and the number of every descriptor above) goes into
+//! [`STATE_FILE`] in the runtime directory, 0600, written right before the exec and read and
+//! removed by the new image ([`HandedPool::take`], which makes the descriptors close-on-exec
+//! again). The `execve` runs on the pool's spawner thread (`Spawner::exec`): every worker was
+//! forked there and its `PR_SET_PDEATHSIG` fires when that *thread* ends, and an `execve` ends
+//! every thread but the caller. If the `execve` itself fails, the process executes its own
+//! pinned image the same way, so the old version comes back instead of nothing.
 //!
-//! Not done: adopting the running workers and replacing them one at a time; they are stopped
-//! and started anew, which requests do not notice (they wait in the backlog and the queue).
+//! The new image adopts the descriptors instead of binding and locking, and the workers
+//! instead of spawning (`Pool::start_adopting`): each is still its child, watched through a
+//! pidfd (`spawn::Adopted`), IDLE at once. A handed worker that cannot be adopted (already
+//! dead, its socket unusable, its slot gone from the configuration) is killed and its slot
+//! starts fresh; a state file that cannot be read makes every child a stray
+//! ([`kill_strays`], before anything is spawned), so no worker is left unsupervised. Once
+//! serving, `start` replaces the adopted workers one at a time with workers of the new binary
+//! (`Pool::replace_adopted`, the reload's roll, reason `upgrade`).
+//!
+//! Limit: an adopted worker not yet replaced when a second upgrade execs (its replacement
+//! failed) is a child of the thread that exec ends, so it dies with it; its slot starts fresh.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::RawFd;

@@ -22,6 +22,11 @@
 //! `task::checks` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
 //!
 //! Heartbeat files: `RUNTIME_DIR/worker-<id>-<generation>.hb`, one per process.
+//!
+//! In-place upgrade (`crate::upgrade`): `hand_over` ends every slot task with its serving
+//! worker released (still running) and returns the slots' state and descriptors;
+//! `start_adopting` in the new image takes them over (sockets, worker, counters, provider
+//! rows), and `replace_adopted` rolls the adopted workers as `reload` does.
 
 pub mod lifecycle;
 pub mod monitor;

@@ -6,6 +6,10 @@
 //! moment that idle pool thread is retired (10 s later by default). The spawner thread lives as
 //! long as anyone can send it a request, i.e. as long as the pool's tasks run.
 //!
+//! The same thread runs an in-place upgrade's `execve` (`Spawner::exec`): it becomes the new
+//! image's main thread, so the workers it forked keep their parent and live on, adopted by the
+//! new image (`Proc::adopt`, waited on through a pidfd: `Waiter::Adopted`).
+//!
 //! The child side (`pre_exec`, between fork and exec) only makes async-signal-safe system calls
 //! through nix: prctl, getppid, dup2, fcntl. It allocates nothing.
 //!

@@ -1,8 +1,8 @@
 //! The lifecycle task: one per slot, the only writer of that slot's lifecycle state, and the
 //! owner of its processes (the current one, a replacement while DEGRADED, and old ones draining).
 //!
-//! It waits on events, never polls for them: the child's exit (`Child::wait`, so a crash is known
-//! at once), the INIT deadline, the restart backoff, and commands on its bounded channel
+//! It waits on events, never polls for them: the child's exit (`Child::wait`, or for a worker
+//! adopted across an in-place upgrade its pidfd, `spawn::Waiter`; a crash is known at once), the INIT deadline, the restart backoff, and commands on its bounded channel
 //! (restart, replace, sweep tick, stop). The pool's sweep (`monitor`) sends a tick every half
 //! heartbeat interval, the safety net: `try_wait`, heartbeat age, RSS and request-count recycling.
 //!
