@@ -537,3 +537,55 @@ fn an_adopted_worker_that_is_killed_is_restarted() {
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();
 }
+
+/// A new binary that does not adopt workers (an older version: a rollback) gets what it
+/// understands: the workers are stopped before the exec and it starts its own; no request fails.
+/// Here that binary is a wrapper that hides the question from the real one.
+#[test]
+fn a_binary_that_does_not_adopt_gets_its_workers_stopped_and_starts_its_own() {
+    let env = TestEnv::new(&PoolConfig::new(2).build());
+    let bin = copy_supervisor(&env);
+    let real = env.dir.path().join("bin").join("supervisor-real");
+    std::fs::copy(&bin, &real).unwrap();
+    let mut run = env.start_from(&bin, &["--events"]);
+    let pid = run.guard.pid();
+    let old = pids_by_slot(&env.status_json());
+    replace(
+        &bin,
+        &format!(
+            "#!/bin/sh\nunset GATEWAY_UPGRADE_QUERY\nexec {} \"$@\"\n",
+            real.display()
+        ),
+        0o755,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let demo = load(run.listen, "demo", false, stop.clone());
+    let out = env.supervisor(&["upgrade"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{}", run.guard.stderr());
+    assert_eq!(next_upgrade_event(&mut run)["ok"], true);
+    let r = post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, _) = demo.join().unwrap();
+    assert!(ok > 0 && failed.is_empty(), "{failed:#?}");
+    assert_eq!(run.guard.pid(), pid);
+    let st = env.status_json();
+    assert_eq!(st["generation"], 1, "{st}");
+    let new = pids_by_slot(&st);
+    assert!(new.iter().all(|p| *p != 0 && !old.contains(p)), "{st}");
+    for p in &old {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "old worker {p} is gone"
+        );
+    }
+    assert!(
+        run.guard.stderr().contains("adopts_workers=false"),
+        "{}",
+        run.guard.stderr()
+    );
+
+    run.guard.signal(Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+}

@@ -342,14 +342,31 @@ pub fn reclaim(fd: RawFd) -> Result<(), String> {
         .map_err(|e| format!("handed fd {fd}: {e}"))
 }
 
+/// Set for the new binary's `check-config`: a binary that can adopt handed workers then prints
+/// [`ADOPTS_LINE`] as well. One that does not (an older version: a rollback) gets what it
+/// understands, stopped workers and no state file.
+pub const QUERY_ENV: &str = "GATEWAY_UPGRADE_QUERY";
+
+/// What `check-config` prints under [`QUERY_ENV`] when this binary adopts workers.
+pub const ADOPTS_LINE: &str = "upgrade: adopts running workers (upgrade-state.json v1)";
+
+/// What the checks found out about the new binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// `supervisor 0.1.0`.
+    pub version: String,
+    /// It takes over running workers (else they are stopped before the exec).
+    pub adopts: bool,
+}
+
 /// How long each check of the new binary may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `--version` prints first: clap's `NAME VERSION`.
 const VERSION_PREFIX: &str = "supervisor ";
 
-/// Runs the checks on `exe`; the new version string (`supervisor 0.1.0`) when both pass.
-pub async fn check(exe: &Path, config: &Path) -> Result<String, String> {
+/// Runs the checks on `exe`; what they found when both pass.
+pub async fn check(exe: &Path, config: &Path) -> Result<Checked, String> {
     let name = exe.display();
     let version = run(exe, &["--version".as_ref()]).await?;
     let version = version.lines().next().unwrap_or("").trim().to_string();
@@ -358,12 +375,15 @@ pub async fn check(exe: &Path, config: &Path) -> Result<String, String> {
             "new binary {name}: `--version` printed {version:?}, not a supervisor's version"
         ));
     }
-    run(
+    let out = run(
         exe,
         &["check-config".as_ref(), "-c".as_ref(), config.as_os_str()],
     )
     .await?;
-    Ok(version)
+    Ok(Checked {
+        version,
+        adopts: out.lines().any(|l| l == ADOPTS_LINE),
+    })
 }
 
 /// Runs `exe args` without a shell, with no stdin, and returns its stdout when it exits 0.
@@ -385,6 +405,7 @@ async fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<String, String> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env(QUERY_ENV, "1")
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{what}: cannot run: {e}"))?;
@@ -469,8 +490,16 @@ mod tests {
         );
         let e = check(&p, &cfg).await.unwrap_err();
         assert!(e.contains("check-config") && e.contains("bad key"), "{e}");
+        // An older binary: it checks, but does not adopt workers.
         let p = script(dir.path(), "#!/bin/sh\necho 'supervisor 9'\n", 0o755);
-        assert_eq!(check(&p, &cfg).await.unwrap(), "supervisor 9");
+        let c = check(&p, &cfg).await.unwrap();
+        assert_eq!((c.version.as_str(), c.adopts), ("supervisor 9", false));
+        let p = script(
+            dir.path(),
+            &format!("#!/bin/sh\necho 'supervisor 9'\n[ \"${QUERY_ENV}\" = 1 ] && echo '{ADOPTS_LINE}'\nexit 0\n"),
+            0o755,
+        );
+        assert!(check(&p, &cfg).await.unwrap().adopts);
     }
 
     #[test]

@@ -330,11 +330,10 @@ async fn serve(
         }
         upgrade = run.main_loop(&mut signals, control_rx, parent).await;
     }
-    if let Some(exe) = upgrade {
+    if let Some((exe, adopts)) = upgrade {
         // RELOADING=1 now, READY=1 from the new image once it adopted the workers.
         systemd.reloading();
-        let (kept, mut handed, usage) = started.hand_over(trigger).await;
-        handed.keep_usage(usage);
+        let (kept, handed) = started.hand_over(trigger, adopts).await;
         if let Some((writer, workers)) = events.take() {
             workers.stop().await;
             let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
@@ -371,26 +370,31 @@ async fn serve(
 async fn reexec(
     exe: &Path,
     kept: Kept,
-    handed: crate::pool::HandedOver,
+    handed: Option<crate::pool::HandedOver>,
     pool: &Pool,
     instance: &Instance,
 ) -> Fatal {
     use std::os::fd::AsRawFd;
-    let dir = instance.dir().to_path_buf();
-    let state = handed.state.clone();
-    let written = tokio::task::spawn_blocking(move || state.write(&dir))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    let (handed, extra) = match written {
-        Ok(()) => {
-            let fds = handed.state.fds();
-            (Some(handed), fds)
+    let (handed, extra) = match handed {
+        Some(handed) => {
+            let dir = instance.dir().to_path_buf();
+            let state = handed.state.clone();
+            let written = tokio::task::spawn_blocking(move || state.write(&dir))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match written {
+                Ok(()) => {
+                    let fds = handed.state.fds();
+                    (Some(handed), fds)
+                }
+                Err(e) => {
+                    error!("upgrade: {e}; stopping the workers, the new image starts its own");
+                    handed.abandon();
+                    (None, Vec::new())
+                }
+            }
         }
-        Err(e) => {
-            error!("upgrade: {e}; stopping the workers, the new image starts its own");
-            handed.abandon();
-            (None, Vec::new())
-        }
+        None => (None, Vec::new()),
     };
     let Some(lock) = instance.lock_fd() else {
         return Fatal::new(
@@ -718,20 +722,26 @@ impl Started {
     /// An in-place upgrade: as `stop`, but the workers and the usage sockets are handed over
     /// (the workers keep running and sending usage) and the listening sockets stay open (new
     /// connections wait in the backlog); all of it is returned, for the next image.
+    /// `adopts`: the new binary takes over running workers; one that does not (an older
+    /// version) gets them stopped, as `stop` does, and no state.
     async fn hand_over(
         mut self,
         trigger: shutdown::ShutdownTrigger,
-    ) -> (
-        Kept,
-        crate::pool::HandedOver,
-        Option<crate::usage::UsageFds>,
-    ) {
+        adopts: bool,
+    ) -> (Kept, Option<crate::pool::HandedOver>) {
         let kept = self.kept.take().expect("taken once");
         let (pool, usage, admin) = self.drain_front(trigger).await;
-        let handed = pool.hand_over(Duration::from_secs(2)).await;
-        let usage = usage.hand_over().await;
+        let handed = if adopts {
+            let mut handed = pool.hand_over(Duration::from_secs(2)).await;
+            handed.keep_usage(usage.hand_over().await);
+            Some(handed)
+        } else {
+            pool.stop(Duration::from_secs(2)).await;
+            usage.stop().await;
+            None
+        };
         end_admin(admin).await;
-        (kept, handed, usage)
+        (kept, handed)
     }
 
     /// Stops the front: it stops accepting and drains, up to `shutdown_timeout`.
@@ -861,7 +871,7 @@ impl Running {
         signals: &mut Signals,
         mut control: mpsc::Receiver<ControlCommand>,
         parent: Option<u32>,
-    ) -> Option<PathBuf> {
+    ) -> Option<(PathBuf, bool)> {
         let mut ready_rx = self.pool.ready_counts();
         let watchdog = self.systemd.watchdog_interval();
         // The tick drives the systemd watchdog and the parent check; with neither it is idle.
@@ -875,8 +885,8 @@ impl Running {
                 _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
                 _ = signals.usr2.recv() => {
                     info!("SIGUSR2: upgrading in place");
-                    if let Ok((exe, _)) = self.upgrade().await {
-                        return Some(exe);
+                    if let Ok((exe, checked)) = self.upgrade().await {
+                        return Some((exe, checked.adopts));
                     }
                 }
                 cmd = control.recv() => match cmd {
@@ -885,7 +895,7 @@ impl Running {
                     Some(ControlCommand::Upgrade(reply)) => {
                         // Answered before the re-exec; the caller then waits for the new image.
                         match self.upgrade().await {
-                            Ok((exe, version)) => { let _ = reply.send(Ok(version)); return Some(exe); }
+                            Ok((exe, checked)) => { let _ = reply.send(Ok(checked.version)); return Some((exe, checked.adopts)); }
                             Err(why) => { let _ = reply.send(Err(why)); }
                         }
                     }
@@ -941,7 +951,7 @@ impl Running {
     /// configuration: its path and version when it passes (the caller then re-executes it). A
     /// binary that fails keeps this image serving, and the answer says why (event `upgrade`,
     /// ok=false; the new image reports ok=true itself).
-    async fn upgrade(&mut self) -> Result<(PathBuf, String), String> {
+    async fn upgrade(&mut self) -> Result<(PathBuf, crate::upgrade::Checked), String> {
         let result = match crate::upgrade::exe_path() {
             Ok(exe) => {
                 let config = match self.source.path() {
@@ -954,8 +964,8 @@ impl Running {
             Err(e) => Err(e),
         };
         match &result {
-            Ok((exe, v)) => {
-                info!(version = %v, exe = %exe.display(), "new binary passed its checks; upgrading")
+            Ok((exe, c)) => {
+                info!(version = %c.version, exe = %exe.display(), adopts_workers = c.adopts, "new binary passed its checks; upgrading")
             }
             Err(why) => {
                 error!("upgrade not done, this binary keeps serving: {why}");
