@@ -310,6 +310,17 @@ impl RowAllocator {
         }
     }
 
+    /// Zeroes every row not taken: after an in-place upgrade, the rows of processes that
+    /// did not survive it (taken rows are those `claim`ed for adopted ones).
+    pub fn clear_unused(&self) {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for (row, u) in used.iter().enumerate() {
+            if !u {
+                self.table.clear_row(row);
+            }
+        }
+    }
+
     /// Returns `row` after its process exited: its held permits are given back.
     pub fn free(&self, row: usize) {
         self.table.clear_row(row);

@@ -402,6 +402,7 @@ impl Pool {
                     .ok()
             })
             .flatten();
+        let reopened_table = reopened.is_some();
         let provider_rows = Some(match reopened {
             Some(r) => r,
             None => provider_rows::ProviderRows::create(&opts.runtime_dir)
@@ -439,6 +440,9 @@ impl Pool {
                 };
                 handles.push(handle);
             }
+        }
+        if let Some(rows) = shared.provider_rows.as_ref().filter(|_| reopened_table) {
+            rows.clear_unclaimed();
         }
         let (ready_tx, ready) = watch::channel((0, n));
         let (epoch_tx, epoch) = watch::channel(0u64);
