@@ -359,6 +359,23 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
             run.guard.stderr()
         );
     }
+    // Their output pipes were handed over too: the new image relays what the adopted workers
+    // log as the roll drains them.
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || {
+            let log = run.guard.stderr();
+            let Some((_, after)) = log.split_once("upgraded=true") else {
+                return false;
+            };
+            (0..old_pids.len()).all(|id| {
+                after.lines().any(|l| {
+                    l.contains("SIGTERM: draining") && l.ends_with(&format!("worker={id}"))
+                })
+            })
+        }),
+        "{}",
+        run.guard.stderr()
+    );
 
     // Still serving after it, then the loops stop.
     let served_after = up.requests().len();
