@@ -360,10 +360,11 @@ impl Adopted {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad pid"))?;
+        let pid_t = Pid::from_raw(raw_pid);
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
         let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, raw_pid, 0) };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(kill_unwatchable(pid_t, io::Error::last_os_error()));
         }
         // SAFETY: a fresh fd just returned by the kernel, owned by nothing else. pidfds are
         // close-on-exec.
@@ -371,8 +372,9 @@ impl Adopted {
         // SAFETY: the OwnedFd is moved into the AsyncFd, which neither replaces nor closes it
         // while registered.
         let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)?
-        };
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| kill_unwatchable(pid_t, e.into()))?;
         let mut a = Self {
             pid: Pid::from_raw(raw_pid),
             fd,
@@ -409,6 +411,19 @@ impl Adopted {
             ready.clear_ready();
         }
     }
+}
+
+/// `pid` cannot be watched (no pidfd: out of descriptors, say): if it is a running child of
+/// ours it is killed and reaped rather than left unsupervised. Returns `e`.
+fn kill_unwatchable(pid: Pid, e: io::Error) -> io::Error {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    if let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        // SIGKILLed: the wait is short.
+        let _ = waitpid(pid, None);
+        return io::Error::new(e.kind(), format!("{e}; killed it"));
+    }
+    e
 }
 
 /// One running (or just exited) worker process and everything tied to it. Dropping it before the

@@ -614,6 +614,7 @@ async fn handed_workers_are_adopted_a_dead_one_starts_fresh_and_only_adopted_one
     let f = fixture(cfg.clone());
     assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 2);
     let before = f.pool.status();
+    let handing = Instant::now();
     // Worker 1 dies before the next image can adopt it.
     let (second, _trigger, pids, handed) = adopted_by_a_second_pool(&f, cfg, |pids| {
         kill(Pid::from_raw(pids[1] as i32), Signal::SIGKILL).unwrap();
@@ -625,7 +626,16 @@ async fn handed_workers_are_adopted_a_dead_one_starts_fresh_and_only_adopted_one
     let after = second.status();
     assert_eq!(after[0].pid, Some(pids[0]), "adopted: {after:?}");
     assert_eq!(after[0].port, before[0].port, "on its own socket");
-    assert_ne!(after[1].pid, Some(pids[1]), "started fresh: {after:?}");
+    // By start time rather than pid, which the kernel may already have given again.
+    let since = handing.elapsed().as_millis() as u64;
+    assert!(
+        after[0].uptime_ms.unwrap() >= since,
+        "adopted, with its start time: {after:?}"
+    );
+    assert!(
+        after[1].uptime_ms.unwrap() <= since,
+        "started fresh: {after:?}"
+    );
     assert_eq!(after[1].port, before[1].port);
     assert!(
         !std::path::Path::new(&format!("/proc/{}", pids[1])).exists(),
