@@ -302,6 +302,30 @@ impl RowAllocator {
         Some(row)
     }
 
+    /// Marks `row` as taken without clearing it: the row of a process adopted across an
+    /// in-place upgrade, whose held permits are still in it. False when out of range or taken.
+    pub fn claim(&self, row: usize) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        match used.get_mut(row) {
+            Some(u) if !*u => {
+                *u = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Zeroes every row not taken: after an in-place upgrade, the rows of processes that
+    /// did not survive it (taken rows are those `claim`ed for adopted ones).
+    pub fn clear_unused(&self) {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for (row, u) in used.iter().enumerate() {
+            if !u {
+                self.table.clear_row(row);
+            }
+        }
+    }
+
     /// Returns `row` after its process exited: its held permits are given back.
     pub fn free(&self, row: usize) {
         self.table.clear_row(row);

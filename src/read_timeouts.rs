@@ -16,13 +16,28 @@ use tokio::sync::Notify;
 
 /// Told by a connection's service when a request arrived (its head was read whole).
 #[derive(Clone, Default)]
-pub struct HeadSeen(Arc<Notify>);
+pub struct HeadSeen(Arc<Notify>, Arc<std::sync::atomic::AtomicBool>);
 
 impl HeadSeen {
     /// Marks that a request head arrived; cheap, called for every request.
     pub fn mark(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
         // notify_one keeps a permit when no one waits yet, so a mark is never lost.
         self.0.notify_one();
+    }
+
+    /// Whether any request head arrived on the connection so far.
+    pub fn any(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `conn` until its first request head arrived (true), it ended (false: do not poll
+    /// it again), or `limit` passed (true).
+    pub async fn first_or_end<F: Future>(&self, conn: Pin<&mut F>, limit: Duration) -> bool {
+        tokio::select! {
+            _ = conn => false,
+            _ = tokio::time::timeout(limit, self.0.notified()) => true,
+        }
     }
 }
 

@@ -3,8 +3,10 @@
 //! is refused before anything irreversible: the old image keeps serving with the same pid and
 //! workers, `upgrade` exits non-zero naming the binary and why, and `--events` reports
 //! `{"event":"upgrade","ok":false}`. A real new build (another version suffix) is executed in
-//! place under load: no request fails, streams included, the pid stays, the version changes,
-//! and the workers run the new binary.
+//! place under load: no request fails, streams included (one held across the upgrade), the pid
+//! stays, the version changes, the new image adopts the running workers (the same pids serve
+//! in it) and then replaces them one at a time with workers of the new binary. An adopted
+//! worker that is SIGKILLed is restarted: the new image supervises it through its pidfd.
 
 mod support;
 
@@ -183,6 +185,45 @@ fn expect_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
 /// What a load loop saw: successes, failures with why, and the slowest request.
 type LoadResult = (usize, Vec<String>, Duration);
 
+/// The `worker` events after the current line until `done` says enough (or panics after 30s).
+fn worker_events(run: &mut Running, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("worker events: not done within 30s: {seen:#?}"));
+        let line = run
+            .guard
+            .next_line(left)
+            .unwrap_or_else(|| panic!("worker events: none within 30s after {seen:#?}"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "worker" {
+            seen.push(v);
+        }
+    }
+    seen
+}
+
+/// Whether `events` hold worker `id` going `from` -> `to`, with `pid` when given.
+fn has(events: &[Value], id: u64, from: &str, to: &str, pid: Option<u64>) -> bool {
+    events.iter().any(|e| {
+        e["id"] == id && e["from"] == from && e["to"] == to && pid.is_none_or(|p| e["pid"] == p)
+    })
+}
+
+/// The worker pids by slot id.
+fn pids_by_slot(status: &Value) -> Vec<u64> {
+    let mut w: Vec<(u64, u64)> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["id"].as_u64().unwrap(), w["pid"].as_u64().unwrap_or(0)))
+        .collect();
+    w.sort();
+    w.into_iter().map(|(_, p)| p).collect()
+}
+
 /// Requests in a loop on its own thread until `stop`; every failure is kept with why.
 fn load(
     listen: std::net::SocketAddr,
@@ -225,11 +266,23 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
             .chunk(chunk("", "stop".into()))
             .chunk("data: [DONE]\n\n"),
     );
+    // The stream held across the upgrade: it starts before and lasts through the drain.
+    let slow = Upstream::start();
+    slow.set(
+        "/v1/chat/completions",
+        Script::sse_head()
+            .chunk(chunk("held", Value::Null))
+            .delay(Duration::from_millis(1500))
+            .chunk(chunk(" through", "stop".into()))
+            .chunk("data: [DONE]\n\n"),
+    );
     let base = up.url("");
+    let slow_base = slow.url("");
     let env = TestEnv::new(
         &PoolConfig::new(2)
             .extra(&format!(
-                "\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodels = [\"up-model\"]\n"
+                "\n[[providers]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodels = [\"up-model\"]\n\
+                 \n[[providers]]\nname = \"slow\"\nkind = \"openai\"\nbase_url = \"{slow_base}/v1\"\nmodels = [\"slow-model\"]\n"
             ))
             .build(),
     );
@@ -246,7 +299,7 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     assert_eq!(before["generation"], 0, "{before}");
     let old_version = before["version"].as_str().unwrap().to_string();
     assert!(!old_version.ends_with(SUFFIX), "{old_version}");
-    let old_pids = support::process::worker_pids(&before);
+    let old_pids = pids_by_slot(&before);
 
     let stop = Arc::new(AtomicBool::new(false));
     let loads = vec![
@@ -259,6 +312,14 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
         || { up.requests().len() >= 2 }
     ));
 
+    // A stream in flight when the upgrade starts.
+    let listen = run.listen;
+    let held = std::thread::spawn(move || post_chat(listen, "slow-model", true));
+    assert!(support::process::wait_until(
+        Duration::from_secs(10),
+        || { !slow.requests().is_empty() }
+    ));
+
     // The new build at the supervisor's path (the running image is unlinked, never written).
     std::fs::remove_file(&bin).unwrap();
     std::fs::copy(&new_build, &bin).unwrap();
@@ -266,6 +327,55 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}\n{}", run.guard.stderr());
     assert!(err.contains(SUFFIX), "{err}");
+    let held = held.join().unwrap().expect("the held stream");
+    assert_eq!(held.status, 200, "{}", held.text());
+    let text = held.text();
+    assert!(
+        text.contains("held") && text.contains(" through") && text.contains("[DONE]"),
+        "the held stream is whole: {text}"
+    );
+
+    // The new image adopted the running workers: each served in it under its old pid until the
+    // roll replaced it (IDLE -> DEGRADED is reported with the serving pid), then a new process
+    // took the slot; nothing failed on the way.
+    let ev = next_upgrade_event(&mut run);
+    assert_eq!(ev["ok"], true, "{ev}");
+    assert_eq!(ev["pid"], pid, "{ev}");
+    assert!(ev["version"].as_str().unwrap().ends_with(SUFFIX), "{ev}");
+    let rolled = worker_events(&mut run, |seen| {
+        (0..2u64).all(|id| has(seen, id, "READY", "IDLE", None))
+    });
+    for (id, old) in old_pids.iter().enumerate() {
+        assert!(
+            has(&rolled, id as u64, "IDLE", "DEGRADED", Some(*old)),
+            "worker {id} (pid {old}) was not adopted and then replaced: {rolled:#?}\n{}",
+            run.guard.stderr()
+        );
+    }
+    for e in &rolled {
+        assert!(
+            !["UNHEALTHY", "RESTARTING", "DEAD"].contains(&e["to"].as_str().unwrap()),
+            "{e}\n{}",
+            run.guard.stderr()
+        );
+    }
+    // Their output pipes were handed over too: the new image relays what the adopted workers
+    // log as the roll drains them.
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || {
+            let log = run.guard.stderr();
+            let Some((_, after)) = log.split_once("upgraded=true") else {
+                return false;
+            };
+            (0..old_pids.len()).all(|id| {
+                after.lines().any(|l| {
+                    l.contains("SIGTERM: draining") && l.ends_with(&format!("worker={id}"))
+                })
+            })
+        }),
+        "{}",
+        run.guard.stderr()
+    );
 
     // Still serving after it, then the loops stop.
     let served_after = up.requests().len();
@@ -275,8 +385,12 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     ));
     stop.store(true, Ordering::Relaxed);
     let mut failed = Vec::new();
-    for l in loads {
+    let mut demo_ok = 0;
+    for (i, l) in loads.into_iter().enumerate() {
         let (ok, f, slowest) = l.join().unwrap();
+        if i == 0 {
+            demo_ok = ok;
+        }
         assert!(ok > 0, "a load loop got nothing through");
         eprintln!(
             "{ok} requests served, {} failed, slowest {slowest:?}",
@@ -289,10 +403,6 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     // The same process, now the new image and version; its workers run the new binary.
     assert!(pid_alive(pid));
     assert_eq!(exe_of(pid.into()), bin.display().to_string());
-    let ev = next_upgrade_event(&mut run);
-    assert_eq!(ev["ok"], true, "{ev}");
-    assert_eq!(ev["pid"], pid, "{ev}");
-    assert!(ev["version"].as_str().unwrap().ends_with(SUFFIX), "{ev}");
     let after = env.status_json();
     assert_eq!(after["generation"], 1, "{after}");
     assert_eq!(
@@ -333,6 +443,165 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     ));
     let r = post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    // Every request is in the ledger, those of the adopted worker included.
+    let requests = || {
+        let out = env
+            .supervisor(&["usage", "--by", "model", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
+            .and_then(|r| r["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    // The load loop's and this last one: none lost across two upgrades.
+    let want = demo_ok as u64 + 1;
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || requests() == want),
+        "{} usage records of {want} requests",
+        requests()
+    );
+
+    run.guard.signal(Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+}
+
+/// An adopted worker that dies is noticed at once and restarted (the new image waits on it
+/// through a pidfd, having no `Child` for it). Workers that take 2 s to start keep the roll on
+/// worker 0 long enough for worker 1 to be still the adopted one when it is killed.
+#[test]
+fn an_adopted_worker_that_is_killed_is_restarted() {
+    let worker = bin_path("gateway-worker");
+    let cmd = format!(
+        "worker_command = [\"/bin/sh\", \"-c\", \"sleep 2; exec {} \\\"$@\\\"\", \"worker\"]",
+        worker.display()
+    );
+    let env = TestEnv::new(&PoolConfig::new(2).pool(&cmd).build());
+    let bin = copy_supervisor(&env);
+    let mut run = env.start_from(&bin, &["--events"]);
+    let old = pids_by_slot(&env.status_json());
+    assert_eq!(old.len(), 2);
+
+    // The same binary again: what matters here is the adoption, not the version.
+    let out = env.supervisor(&["upgrade"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{}", run.guard.stderr());
+    assert_eq!(next_upgrade_event(&mut run)["ok"], true);
+    // The roll started on worker 0; worker 1 is still the adopted process.
+    let mut seen = worker_events(&mut run, |seen| has(seen, 0, "IDLE", "DEGRADED", None));
+    let status = env.status_json();
+    assert_eq!(pids_by_slot(&status)[1], old[1], "{status}");
+    // Served by the adopted worker 1 (worker 0 is DEGRADED): their usage records reach the
+    // new image over the connection it took over.
+    for _ in 0..4 {
+        let r = post_chat(run.listen, "demo", false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    support::process::signal(old[1] as u32, Signal::SIGKILL);
+    seen.extend(worker_events(&mut run, |seen| {
+        has(seen, 1, "IDLE", "UNHEALTHY", Some(old[1]))
+    }));
+    let died = seen
+        .iter()
+        .find(|e| e["id"] == 1 && e["to"] == "UNHEALTHY")
+        .unwrap();
+    assert!(
+        died["reason"].as_str().unwrap().contains("signal 9"),
+        "{died}"
+    );
+    // Restarted, and the roll completes: every slot serves with a process of this image.
+    assert!(
+        support::process::wait_until(Duration::from_secs(30), || {
+            let st = env.status_json();
+            let pids = pids_by_slot(&st);
+            st["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["state"] == "IDLE")
+                && pids.iter().all(|p| *p != 0 && !old.contains(p))
+        }),
+        "{}\n{}",
+        env.status_json(),
+        run.guard.stderr()
+    );
+    let st = env.status_json();
+    assert_eq!(st["workers"][1]["restarts"], 1, "{st}");
+    assert!(!Path::new(&format!("/proc/{}", old[1])).exists(), "reaped");
+    let r = post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Every request is in the ledger, those of the adopted worker included.
+    let requests = || {
+        let out = env
+            .supervisor(&["usage", "--by", "model", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
+            .and_then(|r| r["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        support::process::wait_until(Duration::from_secs(10), || requests() == 5),
+        "{} usage records of 5 requests",
+        requests()
+    );
+
+    run.guard.signal(Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+}
+
+/// A new binary that does not adopt workers (an older version: a rollback) gets what it
+/// understands: the workers are stopped before the exec and it starts its own; no request fails.
+/// Here that binary is a wrapper that hides the question from the real one.
+#[test]
+fn a_binary_that_does_not_adopt_gets_its_workers_stopped_and_starts_its_own() {
+    let env = TestEnv::new(&PoolConfig::new(2).build());
+    let bin = copy_supervisor(&env);
+    let real = env.dir.path().join("bin").join("supervisor-real");
+    std::fs::copy(&bin, &real).unwrap();
+    let mut run = env.start_from(&bin, &["--events"]);
+    let pid = run.guard.pid();
+    let old = pids_by_slot(&env.status_json());
+    replace(
+        &bin,
+        &format!(
+            "#!/bin/sh\nunset GATEWAY_UPGRADE_QUERY\nexec {} \"$@\"\n",
+            real.display()
+        ),
+        0o755,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let demo = load(run.listen, "demo", false, stop.clone());
+    let out = env.supervisor(&["upgrade"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}\n{}", run.guard.stderr());
+    assert_eq!(next_upgrade_event(&mut run)["ok"], true);
+    let r = post_chat(run.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, _) = demo.join().unwrap();
+    assert!(ok > 0 && failed.is_empty(), "{failed:#?}");
+    assert_eq!(run.guard.pid(), pid);
+    let st = env.status_json();
+    assert_eq!(st["generation"], 1, "{st}");
+    let new = pids_by_slot(&st);
+    assert!(new.iter().all(|p| *p != 0 && !old.contains(p)), "{st}");
+    for p in &old {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "old worker {p} is gone"
+        );
+    }
+    assert!(
+        run.guard.stderr().contains("adopts_workers=false"),
+        "{}",
+        run.guard.stderr()
+    );
 
     run.guard.signal(Signal::SIGTERM);
     run.expect_stopped_exit_0();

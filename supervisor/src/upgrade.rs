@@ -6,15 +6,32 @@
 //!
 //! Then the re-exec (`start` drives it): the front stops accepting and drains (up to
 //! `pool.shutdown_timeout`) while its listening socket stays open, so new connections wait in
-//! the kernel's backlog; the workers are stopped gracefully; the front listener, the admin
-//! listener and the runtime-directory lock are handed to the new image ([`Handoff`], named by
-//! [`HANDOFF_ENV`]) and the process `execve`s the binary at its path, keeping its pid. The new
-//! image adopts those descriptors instead of binding and locking, and starts fresh workers of
-//! itself. If the `execve` itself fails, the process executes its own pinned image the same
-//! way, so the old version comes back instead of nothing.
+//! the kernel's backlog. The workers keep running: each slot task releases its serving process
+//! (`Pool::hand_over`; a replacement still starting is killed) and the usage receiver hands
+//! over its listener and the workers' connections (`Usage::hand_over`). Kept open across the
+//! exec (close-on-exec cleared): the front listener, the admin listener and the
+//! runtime-directory lock ([`Handoff`], named by [`HANDOFF_ENV`]); each slot's worker port and
+//! front socket; each handed worker's stdout and stderr pipes; the usage socket and its
+//! connections. What the new image needs besides ([`HandedPool`]: slots, pids, ports, heartbeat
+//! files, provider rows, counters, and the number of every descriptor above) goes into
+//! [`STATE_FILE`] in the runtime directory, 0600, written right before the exec and read and
+//! removed by the new image ([`HandedPool::take`], which makes the descriptors close-on-exec
+//! again). The `execve` runs on the pool's spawner thread (`Spawner::exec`): every worker was
+//! forked there and its `PR_SET_PDEATHSIG` fires when that *thread* ends, and an `execve` ends
+//! every thread but the caller. If the `execve` itself fails, the process executes its own
+//! pinned image the same way, so the old version comes back instead of nothing.
 //!
-//! Not done: adopting the running workers and replacing them one at a time; they are stopped
-//! and started anew, which requests do not notice (they wait in the backlog and the queue).
+//! The new image adopts the descriptors instead of binding and locking, and the workers
+//! instead of spawning (`Pool::start_adopting`): each is still its child, watched through a
+//! pidfd (`spawn::Adopted`), IDLE at once. A handed worker that cannot be adopted (already
+//! dead, its socket unusable, its slot gone from the configuration) is killed and its slot
+//! starts fresh; a state file that cannot be read makes every child a stray
+//! ([`kill_strays`], before anything is spawned), so no worker is left unsupervised. Once
+//! serving, `start` replaces the adopted workers one at a time with workers of the new binary
+//! (`Pool::replace_adopted`, the reload's roll, reason `upgrade`).
+//!
+//! Limit: an adopted worker not yet replaced when a second upgrade execs (its replacement
+//! failed) is a child of the thread that exec ends, so it dies with it; its slot starts fresh.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::RawFd;
@@ -99,6 +116,152 @@ impl Handoff {
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// The state file's name in the runtime directory: 0600, written by the upgrading image right
+/// before the `execve`, read and removed by the new one.
+pub const STATE_FILE: &str = "upgrade-state.json";
+
+/// The pool as the upgrading image hands it over: every slot, its sockets and its worker.
+/// Descriptor numbers are valid in the new image (kept open across the `execve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedPool {
+    pub slots: Vec<HandedSlot>,
+    /// Whether `providers.shm` exists and the handed workers have it mapped.
+    pub provider_table: bool,
+    /// The usage socket's listener and the handed workers' connections to it.
+    #[serde(default)]
+    pub usage: Option<HandedUsage>,
+}
+
+/// The usage receiver's sockets (`usage::UsageFds`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedUsage {
+    pub listener: RawFd,
+    pub conns: Vec<RawFd>,
+}
+
+/// One slot: its listening sockets, its counters, and its serving worker, if it had one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedSlot {
+    pub id: usize,
+    /// The worker port's listener.
+    pub tcp: RawFd,
+    /// The front socket's listener and path.
+    pub front: Option<(RawFd, PathBuf)>,
+    /// Processes spawned for the slot so far (names the next heartbeat file).
+    pub generation: u64,
+    pub restarts: u32,
+    pub replaced: u32,
+    pub served: u64,
+    pub worker: Option<HandedWorker>,
+}
+
+/// A serving worker, still running, still this process's child.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedWorker {
+    pub pid: u32,
+    pub heartbeat_file: PathBuf,
+    /// Unix ms when it was spawned.
+    pub started_at_ms: u64,
+    /// Its row of `providers.shm`.
+    pub provider_row: Option<usize>,
+    /// The read ends of its stdout and stderr.
+    pub stdout: Option<RawFd>,
+    pub stderr: Option<RawFd>,
+    /// Whether it serves the slot's front socket.
+    pub front_served: bool,
+}
+
+impl HandedPool {
+    /// Every descriptor it names: these must stay open across the `execve`.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            out.push(s.tcp);
+            out.extend(s.front.as_ref().map(|f| f.0));
+            if let Some(w) = &s.worker {
+                out.extend(w.stdout);
+                out.extend(w.stderr);
+            }
+        }
+        if let Some(u) = &self.usage {
+            out.push(u.listener);
+            out.extend(&u.conns);
+        }
+        out
+    }
+
+    /// Every worker pid it names.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref().map(|w| w.pid))
+            .collect()
+    }
+
+    /// Writes the state file into `dir` (fresh, 0600).
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        use std::io::Write;
+        let path = dir.join(STATE_FILE);
+        let text = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        gateway::runtime_file::create_fresh(&path)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Reads and removes the state file an upgrading image left in `dir`, and makes every
+    /// descriptor it names close-on-exec again (new workers must not inherit them). `Ok(None)`
+    /// when there is none (that image stopped its workers). A file that cannot be read or
+    /// parsed is an error naming it; its workers are then strays (`kill_strays`).
+    pub fn take(dir: &Path) -> Result<Option<Self>, String> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let _ = std::fs::remove_file(&path);
+        let state: Self =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for fd in state.fds() {
+            reclaim(fd)?;
+        }
+        Ok(Some(state))
+    }
+}
+
+/// Kills and reaps every child process of this one not in `keep`: workers the previous image
+/// left that this one will not adopt (a state file that could not be read). Runs before this
+/// image spawns anything, so every child found is the previous image's.
+pub fn kill_strays(keep: &[u32]) {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(me) || keep.contains(&pid) {
+            continue;
+        }
+        tracing::warn!(
+            pid,
+            "upgrade: killing a worker of the previous image that is not adopted"
+        );
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+}
+
 /// How many in-place upgrades this process has been through (0 for a fresh start).
 pub fn generation() -> u64 {
     GENERATION.load(Relaxed)
@@ -131,9 +294,13 @@ pub fn version() -> &'static str {
 
 /// Executes `exe` in this process with this process's arguments and environment plus the
 /// handoff, the handed descriptors made inheritable. Returns only on failure, with why.
-pub fn exec(exe: &Path, handoff: &Handoff) -> String {
+/// `extra`: further descriptors to keep (the pool's, `HandedPool::fds`).
+pub fn exec(exe: &Path, handoff: &Handoff, extra: &[RawFd]) -> String {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    for fd in [handoff.front, handoff.admin, handoff.lock] {
+    for &fd in [handoff.front, handoff.admin, handoff.lock]
+        .iter()
+        .chain(extra)
+    {
         if let Err(e) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
             return format!("cannot keep fd {fd} open across the exec: {e}");
         }
@@ -175,14 +342,31 @@ pub fn reclaim(fd: RawFd) -> Result<(), String> {
         .map_err(|e| format!("handed fd {fd}: {e}"))
 }
 
+/// Set for the new binary's `check-config`: a binary that can adopt handed workers then prints
+/// [`ADOPTS_LINE`] as well. One that does not (an older version: a rollback) gets what it
+/// understands, stopped workers and no state file.
+pub const QUERY_ENV: &str = "GATEWAY_UPGRADE_QUERY";
+
+/// What `check-config` prints under [`QUERY_ENV`] when this binary adopts workers.
+pub const ADOPTS_LINE: &str = "upgrade: adopts running workers (upgrade-state.json v1)";
+
+/// What the checks found out about the new binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// `supervisor 0.1.0`.
+    pub version: String,
+    /// It takes over running workers (else they are stopped before the exec).
+    pub adopts: bool,
+}
+
 /// How long each check of the new binary may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `--version` prints first: clap's `NAME VERSION`.
 const VERSION_PREFIX: &str = "supervisor ";
 
-/// Runs the checks on `exe`; the new version string (`supervisor 0.1.0`) when both pass.
-pub async fn check(exe: &Path, config: &Path) -> Result<String, String> {
+/// Runs the checks on `exe`; what they found when both pass.
+pub async fn check(exe: &Path, config: &Path) -> Result<Checked, String> {
     let name = exe.display();
     let version = run(exe, &["--version".as_ref()]).await?;
     let version = version.lines().next().unwrap_or("").trim().to_string();
@@ -191,12 +375,15 @@ pub async fn check(exe: &Path, config: &Path) -> Result<String, String> {
             "new binary {name}: `--version` printed {version:?}, not a supervisor's version"
         ));
     }
-    run(
+    let out = run(
         exe,
         &["check-config".as_ref(), "-c".as_ref(), config.as_os_str()],
     )
     .await?;
-    Ok(version)
+    Ok(Checked {
+        version,
+        adopts: out.lines().any(|l| l == ADOPTS_LINE),
+    })
 }
 
 /// Runs `exe args` without a shell, with no stdin, and returns its stdout when it exits 0.
@@ -218,6 +405,7 @@ async fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> Result<String, String> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env(QUERY_ENV, "1")
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{what}: cannot run: {e}"))?;
@@ -302,7 +490,62 @@ mod tests {
         );
         let e = check(&p, &cfg).await.unwrap_err();
         assert!(e.contains("check-config") && e.contains("bad key"), "{e}");
+        // An older binary: it checks, but does not adopt workers.
         let p = script(dir.path(), "#!/bin/sh\necho 'supervisor 9'\n", 0o755);
-        assert_eq!(check(&p, &cfg).await.unwrap(), "supervisor 9");
+        let c = check(&p, &cfg).await.unwrap();
+        assert_eq!((c.version.as_str(), c.adopts), ("supervisor 9", false));
+        let p = script(
+            dir.path(),
+            &format!("#!/bin/sh\necho 'supervisor 9'\n[ \"${QUERY_ENV}\" = 1 ] && echo '{ADOPTS_LINE}'\nexit 0\n"),
+            0o755,
+        );
+        assert!(check(&p, &cfg).await.unwrap().adopts);
+    }
+
+    #[test]
+    fn the_state_file_is_private_read_once_and_its_descriptors_close_on_exec_again() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        for fd in [&r, &w] {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        }
+        let state = HandedPool {
+            slots: vec![HandedSlot {
+                id: 0,
+                tcp: r.as_raw_fd(),
+                front: None,
+                generation: 3,
+                restarts: 1,
+                replaced: 2,
+                served: 40,
+                worker: Some(HandedWorker {
+                    pid: 1234,
+                    heartbeat_file: dir.path().join("worker-0-3.hb"),
+                    started_at_ms: 5,
+                    provider_row: Some(7),
+                    stdout: None,
+                    stderr: Some(w.as_raw_fd()),
+                    front_served: true,
+                }),
+            }],
+            provider_table: true,
+            usage: None,
+        };
+        state.write(dir.path()).unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(HandedPool::take(dir.path()).unwrap(), Some(state));
+        assert!(!path.exists(), "removed once read");
+        for fd in [&r, &w] {
+            let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+        }
+        assert_eq!(HandedPool::take(dir.path()).unwrap(), None);
+        std::fs::write(&path, "{not json").unwrap();
+        let e = HandedPool::take(dir.path()).unwrap_err();
+        assert!(e.contains(STATE_FILE), "{e}");
     }
 }

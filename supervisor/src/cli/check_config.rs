@@ -11,6 +11,10 @@ pub fn run(arg: &ConfigArg) -> u8 {
     match config::load(&source) {
         Ok(loaded) => {
             print!("{}", summary(&source.display_name(), &loaded.config));
+            // An upgrading supervisor asks whether this binary adopts its workers.
+            if std::env::var_os(crate::upgrade::QUERY_ENV).is_some() {
+                println!("{}", crate::upgrade::ADOPTS_LINE);
+            }
             exit::OK
         }
         Err(errors) => {

@@ -272,7 +272,10 @@ async fn serve(
         tracing::warn!("{e}; traces are off");
     }
     let (trigger, shutdown) = shutdown::channel();
-    let started = launch(&prep, listeners, shutdown)?;
+    let mut prep = prep;
+    let handed = prep.handed.take();
+    let adopting = handed.as_ref().is_some_and(|h| !h.pids().is_empty());
+    let started = launch(&prep, listeners, handed, shutdown)?;
     let Prepared {
         source,
         args,
@@ -318,23 +321,27 @@ async fn serve(
         }
         systemd.ready(&format!("{n}/{} workers ready", run.pool.status().len()));
         info!(%listen, upgraded, "ready");
+        if adopting {
+            // The adopted workers run the previous binary: rolled to this one as a reload
+            // rolls them (a failure leaves the rest serving on the previous binary).
+            if let Err(e) = run.pool.replace_adopted().await {
+                error!("upgrade: {e}");
+            }
+        }
         upgrade = run.main_loop(&mut signals, control_rx, parent).await;
     }
-    if let Some(exe) = upgrade {
-        // RELOADING=1 now, READY=1 from the new image once its workers serve.
+    if let Some((exe, adopts)) = upgrade {
+        // RELOADING=1 now, READY=1 from the new image once it adopted the workers.
         systemd.reloading();
-        let kept = started.stop(trigger, true).await;
+        let (kept, handed) = started.hand_over(trigger, adopts).await;
         if let Some((writer, workers)) = events.take() {
             workers.stop().await;
             let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         }
-        return Err(match kept {
-            Some(kept) => reexec(&exe, &kept, &run.instance),
-            None => Fatal::new(exit::RUNTIME, "upgrade: the listeners were not kept"),
-        });
+        return Err(reexec(&exe, kept, handed, &run.pool, &run.instance).await);
     }
     systemd.stopping();
-    started.stop(trigger, false).await;
+    started.stop(trigger).await;
     drop(run.instance);
     if startup == Startup::AllDead {
         return Err(Fatal::new(
@@ -354,11 +361,41 @@ async fn serve(
     Ok(())
 }
 
-/// Executes `exe` with the kept listeners and lock (`upgrade::exec`); if that fails, this
-/// process's own pinned image, so the old version comes back rather than nothing. Returns only
-/// when both failed, with the failure `start` then ends with.
-fn reexec(exe: &Path, kept: &Kept, instance: &Instance) -> Fatal {
+/// Writes the pool's state file, then executes `exe` with the kept listeners, the lock and
+/// the pool's descriptors (`upgrade::exec`), on the thread the workers were forked from so they
+/// survive it; if that fails, this process's own pinned image, so the old version comes back
+/// rather than nothing. Returns only when both failed, with the failure `start` then ends with.
+/// A state file that cannot be written costs the workers (killed; the next image starts
+/// fresh ones), not the upgrade.
+async fn reexec(
+    exe: &Path,
+    kept: Kept,
+    handed: Option<crate::pool::HandedOver>,
+    pool: &Pool,
+    instance: &Instance,
+) -> Fatal {
     use std::os::fd::AsRawFd;
+    let (handed, extra) = match handed {
+        Some(handed) => {
+            let dir = instance.dir().to_path_buf();
+            let state = handed.state.clone();
+            let written = tokio::task::spawn_blocking(move || state.write(&dir))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match written {
+                Ok(()) => {
+                    let fds = handed.state.fds();
+                    (Some(handed), fds)
+                }
+                Err(e) => {
+                    error!("upgrade: {e}; stopping the workers, the new image starts its own");
+                    handed.abandon();
+                    (None, Vec::new())
+                }
+            }
+        }
+        None => (None, Vec::new()),
+    };
     let Some(lock) = instance.lock_fd() else {
         return Fatal::new(
             exit::RUNTIME,
@@ -373,13 +410,19 @@ fn reexec(exe: &Path, kept: &Kept, instance: &Instance) -> Fatal {
         created: instance.created(),
         generation: crate::upgrade::generation() + 1,
     };
-    info!(exe = %exe.display(), "re-executing in place");
-    let why = crate::upgrade::exec(exe, &handoff);
+    info!(exe = %exe.display(), workers = handed.as_ref().map_or(0, |h| h.state.pids().len()), "re-executing in place");
+    let run = |exe: PathBuf| {
+        let (handoff, extra) = (handoff.clone(), extra.clone());
+        Box::new(move || crate::upgrade::exec(&exe, &handoff, &extra)) as Box<_>
+    };
+    let why = pool.exec(run(exe.to_path_buf())).await;
     error!("upgrade: {why}; executing this binary's own image again");
     let again = match crate::pool::spawn::self_exe_image() {
-        Ok(image) => crate::upgrade::exec(&image, &handoff),
+        Ok(image) => pool.exec(run(image)).await,
         Err(e) => e.to_string(),
     };
+    // Kept open until here: the exec needed them.
+    drop((kept, handed));
     Fatal::new(
         exit::RUNTIME,
         format!("upgrade: {why}; and re-executing the old image failed too: {again}"),
@@ -451,6 +494,8 @@ struct Prepared {
     control_rx: mpsc::Receiver<ControlCommand>,
     /// `--exit-with-parent`: the parent's pid.
     parent: Option<u32>,
+    /// After an in-place upgrade: the slots and workers the previous image handed over.
+    handed: Option<crate::upgrade::HandedPool>,
 }
 
 /// The bound sockets, which move into the tasks serving them.
@@ -480,6 +525,16 @@ fn prepare(
         None => acquire_runtime_dir(&cfg, ephemeral)?,
     };
     let dir = instance.dir().to_path_buf();
+    // Before anything is spawned: every child of ours now is a worker of the previous image,
+    // and one that is not adopted must not be left running.
+    let handed = handoff.as_ref().and_then(|_| {
+        let handed = crate::upgrade::HandedPool::take(&dir)
+            .map_err(|e| error!("upgrade: {e}; starting every worker fresh"))
+            .ok()
+            .flatten();
+        crate::upgrade::kill_strays(&handed.as_ref().map(|h| h.pids()).unwrap_or_default());
+        handed
+    });
     let listener = match &handoff {
         Some(h) => bind_front(cfg.server.listen, Some(adopt_fd(h.front)))?,
         None => bind_front(cfg.server.listen, activated)?,
@@ -523,6 +578,7 @@ fn prepare(
         control_tx,
         control_rx,
         parent,
+        handed,
     };
     let listeners = Listeners {
         front: listener,
@@ -560,7 +616,8 @@ struct Started {
     _backend: Option<gateway::shared::SharedTask>,
     /// `[shared]`: breaker openings to and from the other hosts; ends when dropped.
     _breakers: Option<gateway::shared::breakers::BreakerTask>,
-    kept: Kept,
+    /// Taken by `hand_over`.
+    kept: Option<Kept>,
 }
 
 /// Starts the pool (once per process), then the front listener, the admin socket and the file
@@ -568,6 +625,7 @@ struct Started {
 fn launch(
     prep: &Prepared,
     listeners: Listeners,
+    handed: Option<crate::upgrade::HandedPool>,
     shutdown: shutdown::Shutdown,
 ) -> Result<Started, Fatal> {
     // Client limit counters: settled by the usage receiver, checked by the front, seeded from
@@ -590,15 +648,33 @@ fn launch(
         limits.share(b.clone());
     }
     // The ledger opens (or fails `start`, naming its path) before any worker can send to it.
-    let usage = crate::usage::start(&prep.cfg, prep.instance.dir(), &metrics, &limits)
-        .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
-    let pool = Pool::start(PoolOptions {
-        config: prep.cfg.clone(),
-        config_path: prep.snapshot.clone(),
-        runtime_dir: prep.instance.dir().to_path_buf(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    })
+    let mut handed = handed;
+    let handed_usage =
+        handed
+            .as_mut()
+            .and_then(|h| h.usage.take())
+            .map(|u| crate::usage::UsageFds {
+                listener: crate::pool::owned_fd(u.listener),
+                conns: u.conns.into_iter().map(crate::pool::owned_fd).collect(),
+            });
+    let usage = crate::usage::start_adopting(
+        &prep.cfg,
+        prep.instance.dir(),
+        &metrics,
+        &limits,
+        handed_usage,
+    )
+    .map_err(|e| Fatal::new(exit::RUNTIME, e))?;
+    let pool = Pool::start_adopting(
+        PoolOptions {
+            config: prep.cfg.clone(),
+            config_path: prep.snapshot.clone(),
+            runtime_dir: prep.instance.dir().to_path_buf(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+        handed,
+    )
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let breakers = backend
         .as_ref()
@@ -660,7 +736,7 @@ fn launch(
         _watch: watch,
         _backend: backend_task,
         _breakers: breakers,
-        kept,
+        kept: Some(kept),
     })
 }
 
@@ -668,24 +744,59 @@ impl Started {
     /// The front first (it stops accepting and drains up to `shutdown_timeout`), then the
     /// workers, so an in-flight request is never cut by its worker going away.
     /// The admin socket last, after it finished its open answers (`admin::serve_on`).
-    /// `keep`: an upgrade; the listening sockets stay open (new connections wait in the
-    /// backlog) and are returned, for the next image. Otherwise they close with the tasks, so a
-    /// client is refused at once rather than left waiting for a process that is going away.
-    async fn stop(self, trigger: shutdown::ShutdownTrigger, keep: bool) -> Option<Kept> {
+    /// The listening sockets close with the tasks, so a client is refused at once rather than
+    /// left waiting for a process that is going away.
+    async fn stop(self, trigger: shutdown::ShutdownTrigger) {
+        let (pool, usage, admin) = self.drain_front(trigger).await;
+        pool.stop(Duration::from_secs(2)).await;
+        usage.stop().await;
+        end_admin(admin).await;
+    }
+
+    /// An in-place upgrade: as `stop`, but the workers and the usage sockets are handed over
+    /// (the workers keep running and sending usage) and the listening sockets stay open (new
+    /// connections wait in the backlog); all of it is returned, for the next image.
+    /// `adopts`: the new binary takes over running workers; one that does not (an older
+    /// version) gets them stopped, as `stop` does, and no state.
+    async fn hand_over(
+        mut self,
+        trigger: shutdown::ShutdownTrigger,
+        adopts: bool,
+    ) -> (Kept, Option<crate::pool::HandedOver>) {
+        let kept = self.kept.take().expect("taken once");
+        let (pool, usage, admin) = self.drain_front(trigger).await;
+        let handed = if adopts {
+            let mut handed = pool.hand_over(Duration::from_secs(2)).await;
+            handed.keep_usage(usage.hand_over().await);
+            Some(handed)
+        } else {
+            pool.stop(Duration::from_secs(2)).await;
+            usage.stop().await;
+            None
+        };
+        end_admin(admin).await;
+        (kept, handed)
+    }
+
+    /// Stops the front: it stops accepting and drains, up to `shutdown_timeout`.
+    async fn drain_front(
+        self,
+        trigger: shutdown::ShutdownTrigger,
+    ) -> (Arc<Pool>, crate::usage::Usage, tokio::task::JoinHandle<()>) {
         let grace = self.pool.config().pool.shutdown_timeout;
-        let kept = keep.then_some(self.kept);
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
-        self.pool.stop(Duration::from_secs(2)).await;
-        self.usage.stop().await;
-        let mut admin = self.admin;
-        if tokio::time::timeout(Duration::from_secs(3), &mut admin)
-            .await
-            .is_err()
-        {
-            admin.abort();
-        }
-        kept
+        (self.pool, self.usage, self.admin)
+    }
+}
+
+/// The admin socket ends last, after it finished its open answers (`admin::serve_on`).
+async fn end_admin(mut admin: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(3), &mut admin)
+        .await
+        .is_err()
+    {
+        admin.abort();
     }
 }
 
@@ -800,7 +911,7 @@ impl Running {
         signals: &mut Signals,
         mut control: mpsc::Receiver<ControlCommand>,
         parent: Option<u32>,
-    ) -> Option<PathBuf> {
+    ) -> Option<(PathBuf, bool)> {
         let mut ready_rx = self.pool.ready_counts();
         let watchdog = self.systemd.watchdog_interval();
         // The tick drives the systemd watchdog and the parent check; with neither it is idle.
@@ -814,8 +925,8 @@ impl Running {
                 _ = signals.ttou.recv() => { info!("SIGTTOU: one worker fewer"); self.pool.scale_by(-1); }
                 _ = signals.usr2.recv() => {
                     info!("SIGUSR2: upgrading in place");
-                    if let Ok((exe, _)) = self.upgrade().await {
-                        return Some(exe);
+                    if let Ok((exe, checked)) = self.upgrade().await {
+                        return Some((exe, checked.adopts));
                     }
                 }
                 cmd = control.recv() => match cmd {
@@ -824,7 +935,7 @@ impl Running {
                     Some(ControlCommand::Upgrade(reply)) => {
                         // Answered before the re-exec; the caller then waits for the new image.
                         match self.upgrade().await {
-                            Ok((exe, version)) => { let _ = reply.send(Ok(version)); return Some(exe); }
+                            Ok((exe, checked)) => { let _ = reply.send(Ok(checked.version)); return Some((exe, checked.adopts)); }
                             Err(why) => { let _ = reply.send(Err(why)); }
                         }
                     }
@@ -880,7 +991,7 @@ impl Running {
     /// configuration: its path and version when it passes (the caller then re-executes it). A
     /// binary that fails keeps this image serving, and the answer says why (event `upgrade`,
     /// ok=false; the new image reports ok=true itself).
-    async fn upgrade(&mut self) -> Result<(PathBuf, String), String> {
+    async fn upgrade(&mut self) -> Result<(PathBuf, crate::upgrade::Checked), String> {
         let result = match crate::upgrade::exe_path() {
             Ok(exe) => {
                 let config = match self.source.path() {
@@ -893,8 +1004,8 @@ impl Running {
             Err(e) => Err(e),
         };
         match &result {
-            Ok((exe, v)) => {
-                info!(version = %v, exe = %exe.display(), "new binary passed its checks; upgrading")
+            Ok((exe, c)) => {
+                info!(version = %c.version, exe = %exe.display(), adopts_workers = c.adopts, "new binary passed its checks; upgrading")
             }
             Err(why) => {
                 error!("upgrade not done, this binary keeps serving: {why}");

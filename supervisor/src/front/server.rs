@@ -202,10 +202,22 @@ async fn connection(
             }
             return;
         }
-        _ = shutdown.wait() => conn.as_mut().graceful_shutdown(),
+        _ = shutdown.wait() => {
+            // Accepted just before the stop: its first request may already sit unread in the
+            // socket, and closing it now would reset the client (an upgrade promises no failed
+            // request). hyper reads it at the first poll; that request is then finished.
+            if !seen.any() && !seen.first_or_end(conn.as_mut(), FIRST_HEAD_AT_STOP).await {
+                return;
+            }
+            conn.as_mut().graceful_shutdown()
+        }
     }
     let _ = conn.await;
 }
+
+/// How long a connection that has sent nothing yet gets, once the front stops, to show its
+/// first request head: its bytes are normally in the socket already.
+const FIRST_HEAD_AT_STOP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One request, start to response headers.
 async fn handle(

@@ -40,6 +40,9 @@ pub enum Event {
     FirstHeartbeat,
     /// READY has been announced; the worker enters the dispatch table.
     Serving,
+    /// A serving worker handed over by the image before an in-place upgrade was taken over
+    /// (INIT to READY, as a first heartbeat; `Serving` follows at once).
+    Adopted,
     /// The starting process did not write a heartbeat within `startup_timeout`.
     StartupTimeout,
     /// The current process's heartbeat was stale on consecutive sweeps.
@@ -67,6 +70,7 @@ impl Event {
         match self {
             Event::FirstHeartbeat => "first heartbeat",
             Event::Serving => "serving",
+            Event::Adopted => "adopted",
             Event::StartupTimeout => "startup timeout",
             Event::HeartbeatStale => "heartbeat stale",
             Event::Exited => "exited",
@@ -127,7 +131,7 @@ pub fn next(
         (S::Dead, E::Stop) => ok(S::Dead, &[]),
         (_, E::Stop) => ok(S::Dead, &[A::StopAll]),
 
-        (S::Init, E::FirstHeartbeat) => ok(S::Ready, &[]),
+        (S::Init, E::FirstHeartbeat | E::Adopted) => ok(S::Ready, &[]),
         (S::Degraded, E::FirstHeartbeat) => ok(S::Ready, &[A::Promote]),
         (S::Ready, E::Serving) => ok(S::Idle, &[]),
 
@@ -165,9 +169,10 @@ mod tests {
     use WorkerState as S;
 
     /// Every event, for exhaustive sweeps over the table.
-    const EVENTS: [Event; 12] = [
+    const EVENTS: [Event; 13] = [
         E::FirstHeartbeat,
         E::Serving,
+        E::Adopted,
         E::StartupTimeout,
         E::HeartbeatStale,
         E::Exited,
@@ -194,6 +199,7 @@ mod tests {
     fn legal_transitions() {
         let cases: &[(WorkerState, Event, WorkerState, &[Action])] = &[
             (S::Init, E::FirstHeartbeat, S::Ready, &[]),
+            (S::Init, E::Adopted, S::Ready, &[]),
             (S::Ready, E::Serving, S::Idle, &[]),
             (S::Idle, E::Exited, S::Unhealthy, &[A::Kill]),
             (S::Idle, E::HeartbeatStale, S::Unhealthy, &[A::Kill]),

@@ -22,6 +22,11 @@
 //! `task::checks` the heartbeat, startup and recycling checks), `monitor` (sweep, gauges).
 //!
 //! Heartbeat files: `RUNTIME_DIR/worker-<id>-<generation>.hb`, one per process.
+//!
+//! In-place upgrade (`crate::upgrade`): `hand_over` ends every slot task with its serving
+//! worker released (still running) and returns the slots' state and descriptors;
+//! `start_adopting` in the new image takes them over (sockets, worker, counters, provider
+//! rows), and `replace_adopted` rolls the adopted workers as `reload` does.
 
 pub mod lifecycle;
 pub mod monitor;
@@ -292,6 +297,16 @@ impl Pool {
     /// a later call with other options gets `AlreadyStarted`, naming them, since they would not
     /// apply. Must run inside a tokio runtime (the slot tasks live there).
     pub fn start(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        Self::start_adopting(opts, None)
+    }
+
+    /// `start`, taking over the slots and workers an upgrading image handed over
+    /// (`upgrade::HandedPool`): each handed slot keeps its sockets, and its worker is adopted
+    /// instead of spawned (one that cannot be is killed and the slot starts fresh).
+    pub fn start_adopting(
+        opts: PoolOptions,
+        handed: Option<crate::upgrade::HandedPool>,
+    ) -> Result<Arc<Pool>, PoolError> {
         let existing = |p: &Arc<Pool>| match p.started_with.ignored(&opts) {
             ignored if ignored.is_empty() => Ok(p.clone()),
             ignored => Err(PoolError::AlreadyStarted { ignored }),
@@ -304,7 +319,7 @@ impl Pool {
         if let Some(p) = POOL.get() {
             return existing(p);
         }
-        let pool = Self::spawn_new(opts)?;
+        let pool = Self::spawn_with(opts, handed)?;
         let _ = POOL.set(pool.clone());
         Ok(pool)
     }
@@ -312,20 +327,87 @@ impl Pool {
     /// A new, independent pool (what `start` creates once). For in-process tests: each call binds
     /// its own ports and spawns its own workers; dropping the pool ends them.
     pub fn spawn_new(opts: PoolOptions) -> Result<Arc<Pool>, PoolError> {
+        Self::spawn_with(opts, None)
+    }
+
+    fn spawn_with(
+        opts: PoolOptions,
+        handed: Option<crate::upgrade::HandedPool>,
+    ) -> Result<Arc<Pool>, PoolError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| PoolError::NoRuntime)?;
         let n = opts.config.pool.workers as usize;
-        // Every port first: a port in use must stop us before any process exists.
-        let listeners = sockets::bind_all(opts.config.pool.base_port, 0..n)?;
+        let handed = handed.unwrap_or_default();
+        let reopen = handed.provider_table;
+        let mut handed: std::collections::HashMap<usize, crate::upgrade::HandedSlot> =
+            handed.slots.into_iter().map(|s| (s.id, s)).collect();
+        // Every port first: a port in use must stop us before any process exists. A handed
+        // slot keeps its sockets (its worker listens on them).
+        // Ok: the handed sockets; Err: a fresh listener.
+        let mut listeners = Vec::with_capacity(n);
+        // Handed workers this image will not adopt (killed once a runtime can reap them).
+        let mut discard = Vec::new();
+        for id in 0..n {
+            let adopted = handed.remove(&id).and_then(|h| {
+                match SlotSockets::adopted(h.tcp, h.front.clone()) {
+                    Ok(s) => Some((s, h)),
+                    Err(e) => {
+                        // Its worker listens on a socket this image does not have.
+                        tracing::warn!(worker = id, "handed socket: {e}; binding anew");
+                        discard.extend(h.worker.map(|w| (id, w)));
+                        None
+                    }
+                }
+            });
+            listeners.push(match adopted {
+                Some(s) => Ok(s),
+                None => Err(sockets::bind_one(sockets::port_for(
+                    opts.config.pool.base_port,
+                    id,
+                )?)?),
+            });
+        }
+        // Handed slots beyond `pool.workers` (the file changed in between): their sockets are
+        // closed, their workers killed.
+        for (id, h) in handed.drain() {
+            drop(SlotSockets::adopted(h.tcp, h.front));
+            discard.extend(h.worker.map(|w| (id, w)));
+        }
+        for (id, w) in discard {
+            tracing::info!(
+                worker = id,
+                pid = w.pid,
+                "upgrade: not adopting this worker; stopping it"
+            );
+            let pipes = [w.stdout, w.stderr].map(|fd| fd.map(owned_fd));
+            // Its guard SIGKILLs and reaps it.
+            drop(spawn::Proc::adopt(
+                w.pid,
+                id,
+                w.heartbeat_file,
+                pipes,
+                Default::default(),
+            ));
+        }
         std::fs::create_dir_all(&opts.runtime_dir).map_err(|source| PoolError::RuntimeDir {
             path: opts.runtime_dir.clone(),
             source,
         })?;
         // Fatal, not a fallback to per-worker limits: a runtime directory that cannot hold this
         // small file will not hold heartbeats either, and a silently looser limit is worse.
-        let provider_rows = Some(
-            provider_rows::ProviderRows::create(&opts.runtime_dir)
+        // After an upgrade, the table the adopted workers have mapped, so limits stay pool-wide.
+        let reopened = reopen
+            .then(|| {
+                provider_rows::ProviderRows::reopen(&opts.runtime_dir)
+                    .map_err(|e| tracing::warn!("upgrade: providers.shm: {e}; creating it anew"))
+                    .ok()
+            })
+            .flatten();
+        let reopened_table = reopened.is_some();
+        let provider_rows = Some(match reopened {
+            Some(r) => r,
+            None => provider_rows::ProviderRows::create(&opts.runtime_dir)
                 .map_err(PoolError::ProviderTable)?,
-        );
+        });
         let spawner = spawn::Spawner::start(rt).map_err(PoolError::Spawn)?;
         let slots = Arc::new(WorkerSlots::new(Vec::new()));
         let started_with = StartedWith {
@@ -349,9 +431,18 @@ impl Pool {
         {
             let mut handles = registry.lock();
             for (id, l) in listeners.into_iter().enumerate() {
-                let sockets = Arc::new(SlotSockets::new(l, &front_path(&shared, id)));
-                handles.push(add_slot(&shared, id, sockets));
+                let handle = match l {
+                    Ok((sockets, h)) => add_handed_slot(&shared, Arc::new(sockets), h),
+                    Err(l) => {
+                        let sockets = Arc::new(SlotSockets::new(l, &front_path(&shared, id)));
+                        add_slot(&shared, id, sockets)
+                    }
+                };
+                handles.push(handle);
             }
+        }
+        if let Some(rows) = shared.provider_rows.as_ref().filter(|_| reopened_table) {
+            rows.clear_unclaimed();
         }
         let (ready_tx, ready) = watch::channel((0, n));
         let (epoch_tx, epoch) = watch::channel(0u64);
@@ -460,11 +551,36 @@ impl Pool {
         self.resize(config.pool.workers as usize);
         let keep = config.pool.workers as usize;
         tracing::info!(workers = keep, "reload: rolling workers one at a time");
-        for (slot, tx) in before.into_iter().filter(|(s, _)| s.id < keep) {
+        let before = before.into_iter().filter(|(s, _)| s.id < keep).collect();
+        Self::roll(before, Reason::Reload).await?;
+        tracing::info!("reload: done");
+        Ok(())
+    }
+
+    /// After an in-place upgrade: replaces the adopted workers (the previous binary's) one at
+    /// a time with workers of this binary, exactly as a reload rolls them.
+    pub async fn replace_adopted(&self) -> Result<(), String> {
+        if self.stopped.load(Relaxed) {
+            return Err("the pool is stopping".into());
+        }
+        let _roll = self.rolling.lock().await;
+        tracing::info!("upgrade: replacing the adopted workers one at a time");
+        Self::roll(self.registry.senders(), Reason::Upgrade).await?;
+        tracing::info!("upgrade: every worker runs this binary");
+        Ok(())
+    }
+
+    /// Replaces the serving process of each slot in turn (replacement READY on the same socket,
+    /// then the old one drains); stops at the first that fails, saying which and why.
+    async fn roll(
+        slots: Vec<(Arc<WorkerSlot>, mpsc::Sender<SlotCmd>)>,
+        reason: Reason,
+    ) -> Result<(), String> {
+        for (slot, tx) in slots {
             let (done, rx) = oneshot::channel();
             if tx
                 .send(SlotCmd::Replace {
-                    reason: Reason::Reload,
+                    reason,
                     done: Some(done),
                 })
                 .await
@@ -473,7 +589,11 @@ impl Pool {
                 continue;
             }
             match rx.await {
-                Ok(Ok(())) => tracing::info!(worker = slot.id, "reload: worker replaced"),
+                Ok(Ok(())) => tracing::info!(
+                    worker = slot.id,
+                    reason = reason.as_str(),
+                    "worker replaced"
+                ),
                 Ok(Err(e)) => {
                     return Err(format!(
                         "{e}; the roll stopped, the remaining workers keep their current processes"
@@ -482,8 +602,96 @@ impl Pool {
                 Err(_) => {}
             }
         }
-        tracing::info!("reload: done");
         Ok(())
+    }
+
+    /// An in-place upgrade's half of the pool: every slot task ends, releasing its serving
+    /// worker (which keeps running and serving on its sockets) and terminating the rest within
+    /// `grace`. Returns what the next image needs; the descriptors it names stay open as long
+    /// as the returned value lives (until the `execve`). The pool serves nothing afterwards.
+    pub async fn hand_over(&self, grace: Duration) -> HandedOver {
+        self.stopped.store(true, Relaxed);
+        let handles: Vec<_> = self
+            .registry
+            .lock()
+            .iter()
+            .map(|h| (h.slot.clone(), h.tx.clone(), h.sockets.clone()))
+            .collect();
+        let mut waits = Vec::new();
+        for (slot, tx, sockets) in handles {
+            let (done, rx) = oneshot::channel();
+            if tx.send(SlotCmd::HandOver { grace, done }).await.is_ok() {
+                waits.push((slot, sockets, rx));
+            }
+        }
+        let mut out = HandedOver {
+            state: crate::upgrade::HandedPool {
+                slots: Vec::new(),
+                provider_table: self.shared.provider_rows.is_some(),
+                usage: None,
+            },
+            fds: Vec::new(),
+            sockets: Vec::new(),
+        };
+        for (slot, sockets, rx) in waits {
+            let Ok(h) = rx.await else { continue };
+            use std::os::fd::AsRawFd;
+            let worker = h.worker.map(|w| {
+                let [stdout, stderr] = w.pipes;
+                let raw = |fd: &Option<std::os::fd::OwnedFd>| fd.as_ref().map(|f| f.as_raw_fd());
+                let handed = crate::upgrade::HandedWorker {
+                    pid: w.pid,
+                    heartbeat_file: w.heartbeat_file,
+                    started_at_ms: w.spawned_wall_ms,
+                    provider_row: w.provider_row,
+                    stdout: raw(&stdout),
+                    stderr: raw(&stderr),
+                    front_served: slot.front_served.load(Relaxed),
+                };
+                out.fds.extend(stdout.into_iter().chain(stderr));
+                handed
+            });
+            out.state.slots.push(crate::upgrade::HandedSlot {
+                id: slot.id,
+                tcp: sockets.tcp.as_raw_fd(),
+                front: sockets
+                    .front
+                    .as_ref()
+                    .map(|f| (f.listener.as_raw_fd(), f.path.clone())),
+                generation: h.generation,
+                restarts: slot.restarts.load(Relaxed),
+                replaced: slot.replaced.load(Relaxed),
+                served: slot.served.load(Relaxed),
+                worker,
+            });
+            out.sockets.push(sockets);
+        }
+        let tasks: Vec<_> = self
+            .registry
+            .lock()
+            .iter_mut()
+            .filter_map(|h| h.task.take())
+            .collect();
+        let retired: Vec<_> = std::mem::take(
+            &mut *self
+                .registry
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in tasks.into_iter().chain(retired) {
+            let _ = t.await;
+        }
+        self.halt.trigger();
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(m) = monitor {
+            let _ = m.await;
+        }
+        out
     }
 
     /// Manual restart of worker `id` (a rolling replacement when it serves); revives a DEAD
@@ -606,6 +814,12 @@ impl Pool {
         }
     }
 
+    /// Runs `exec` (an upgrade's `execve`) on the thread every worker was forked from, so that
+    /// they survive it (`spawn::Spawner::exec`). Returns only when it failed, with why.
+    pub async fn exec(&self, exec: Box<dyn FnOnce() -> String + Send>) -> String {
+        self.shared.spawner.exec(exec).await
+    }
+
     /// Subscribes to every lifecycle change from now on.
     pub fn transitions(&self) -> broadcast::Receiver<Transition> {
         self.shared.transitions.subscribe()
@@ -617,6 +831,41 @@ impl Pool {
     }
 }
 
+/// The pool as `Pool::hand_over` left it: the state for the next image, and what keeps the
+/// descriptors it names open.
+pub struct HandedOver {
+    pub state: crate::upgrade::HandedPool,
+    fds: Vec<std::os::fd::OwnedFd>,
+    sockets: Vec<Arc<SlotSockets>>,
+}
+
+impl HandedOver {
+    /// Adds the usage receiver's sockets to what is handed over.
+    pub fn keep_usage(&mut self, usage: Option<crate::usage::UsageFds>) {
+        use std::os::fd::AsRawFd;
+        if let Some(u) = usage {
+            self.state.usage = Some(crate::upgrade::HandedUsage {
+                listener: u.listener.as_raw_fd(),
+                conns: u.conns.iter().map(|c| c.as_raw_fd()).collect(),
+            });
+            self.fds.push(u.listener);
+            self.fds.extend(u.conns);
+        }
+    }
+
+    /// Kills the released workers: the hand-over cannot go on (the state file could not be
+    /// written), and the next image will start fresh ones.
+    pub fn abandon(self) {
+        for pid in self.state.pids() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop((self.fds, self.sockets));
+    }
+}
+
 /// Where slot `id`'s front socket goes.
 fn front_path(shared: &PoolShared, id: usize) -> PathBuf {
     shared.runtime_dir.join(format!("worker-{id}.sock"))
@@ -624,11 +873,55 @@ fn front_path(shared: &PoolShared, id: usize) -> PathBuf {
 
 /// Creates slot `id` on `sockets` and starts its task.
 fn add_slot(shared: &Arc<PoolShared>, id: usize, sockets: Arc<SlotSockets>) -> SlotHandle {
-    let mut slot = WorkerSlot::new(id, sockets.port());
+    add_slot_with(shared, WorkerSlot::new(id, sockets.port()), sockets, None)
+}
+
+/// Creates a slot an upgrading image handed over, on its sockets, with its counters; its
+/// worker is adopted by the task.
+fn add_handed_slot(
+    shared: &Arc<PoolShared>,
+    sockets: Arc<SlotSockets>,
+    h: crate::upgrade::HandedSlot,
+) -> SlotHandle {
+    let slot = WorkerSlot::new(h.id, sockets.port());
+    slot.restarts.store(h.restarts, Relaxed);
+    slot.replaced.store(h.replaced, Relaxed);
+    slot.served.store(h.served, Relaxed);
+    let adopt = h.worker.map(|w| task::Adopt {
+        pid: w.pid,
+        heartbeat_file: w.heartbeat_file,
+        started_at_ms: w.started_at_ms,
+        pipes: [w.stdout, w.stderr].map(|fd| fd.map(owned_fd)),
+        provider_row: w
+            .provider_row
+            .and_then(|r| shared.provider_rows.as_ref().and_then(|t| t.claim(r))),
+        front_served: w.front_served,
+        generation: h.generation,
+    });
+    add_slot_with(shared, slot, sockets, adopt)
+}
+
+/// Takes ownership of a descriptor named by an upgrade's state file.
+pub fn owned_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the state file names it as kept open for this image, and each is taken once.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+fn add_slot_with(
+    shared: &Arc<PoolShared>,
+    mut slot: WorkerSlot,
+    sockets: Arc<SlotSockets>,
+    adopt: Option<task::Adopt>,
+) -> SlotHandle {
     slot.front_socket = sockets.front.as_ref().map(|f| f.path.clone());
     let slot = Arc::new(slot);
     let (tx, rx) = mpsc::channel(SLOT_QUEUE);
-    let task = tokio::spawn(SlotTask::new(slot.clone(), shared.clone(), sockets.clone(), rx).run());
+    let task = tokio::spawn(
+        SlotTask::new(slot.clone(), shared.clone(), sockets.clone(), rx)
+            .adopting(adopt)
+            .run(),
+    );
     SlotHandle {
         slot,
         tx,

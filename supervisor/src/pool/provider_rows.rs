@@ -31,6 +31,33 @@ impl ProviderRows {
         self.rows.table().clone()
     }
 
+    /// Maps the table an upgrading image left in `runtime_dir` (its adopted workers have it
+    /// mapped and hold permits in it), rather than a new one beside it.
+    pub fn reopen(runtime_dir: &Path) -> std::io::Result<Self> {
+        let path = runtime_dir.join("providers.shm");
+        let table = Arc::new(ProviderTable::open(&path)?);
+        Ok(Self {
+            path,
+            rows: Arc::new(RowAllocator::new(table)),
+        })
+    }
+
+    /// The lease of an adopted process's `row`, which keeps what it holds; None when that row
+    /// is out of range or already leased.
+    pub fn claim(&self, row: usize) -> Option<RowLease> {
+        self.rows.claim(row).then(|| RowLease {
+            rows: self.rows.clone(),
+            row,
+            table: self.path.clone(),
+        })
+    }
+
+    /// Once every adopted row was claimed: zeroes the others (processes that did not survive
+    /// the upgrade may have left permits in them).
+    pub fn clear_unclaimed(&self) {
+        self.rows.clear_unused();
+    }
+
     /// A row for a new process, or `None` when all rows are taken (then the worker limits
     /// per process, and says so in its log).
     pub fn lease(&self) -> Option<RowLease> {
@@ -58,6 +85,14 @@ impl RowLease {
             (ENV_TABLE, self.table.display().to_string()),
             (ENV_ROW, self.row.to_string()),
         ]
+    }
+
+    /// The row, for the next image after an in-place upgrade: not freed here, the process
+    /// goes on using it.
+    pub fn hand_over(self) -> usize {
+        let row = self.row;
+        std::mem::forget(self);
+        row
     }
 
     /// For a process that was SIGKILLed but not reaped: a SIGKILLed process may still run user
@@ -123,5 +158,27 @@ mod tests {
         );
         assert_eq!(rows.lease().unwrap().row, freed, "the row is reused");
         assert_eq!(b.env()[1].1, b.row.to_string());
+    }
+
+    #[test]
+    fn a_reopened_table_keeps_the_claimed_rows_permits_and_zeroes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = ProviderRows::create(dir.path()).unwrap();
+        let (a, b) = (rows.lease().unwrap(), rows.lease().unwrap());
+        let table = ProviderTable::open(&dir.path().join("providers.shm")).unwrap();
+        let col = ProviderTable::column("p");
+        assert!(table.try_acquire(col, a.row, 5));
+        assert!(table.try_acquire(col, b.row, 5));
+        // The next image: a's process was adopted, b's did not survive.
+        let (a_row, b_row) = (a.hand_over(), b.hand_over());
+        let next = ProviderRows::reopen(dir.path()).unwrap();
+        let kept = next.claim(a_row).expect("a free row");
+        assert!(next.claim(a_row).is_none(), "claimed once");
+        next.clear_unclaimed();
+        assert_eq!(table.total(col), 1, "a's permit is kept, b's is gone");
+        assert_ne!(next.lease().unwrap().row, a_row);
+        let _ = b_row;
+        drop(kept);
+        assert_eq!(table.total(col), 0);
     }
 }

@@ -24,6 +24,8 @@ pub enum Reason {
     Reload,
     /// Restarted by an operator (admin socket / CLI).
     Manual,
+    /// Replaced by a worker of the new binary after an in-place upgrade adopted it.
+    Upgrade,
 }
 
 impl Reason {
@@ -36,6 +38,7 @@ impl Reason {
             Self::Requests => "requests",
             Self::Reload => "reload",
             Self::Manual => "manual",
+            Self::Upgrade => "upgrade",
         }
     }
 

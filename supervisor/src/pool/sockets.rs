@@ -56,6 +56,32 @@ impl SlotSockets {
         Self { tcp, front }
     }
 
+    /// The sockets an upgrading image handed over (descriptor numbers valid here, each owned by
+    /// nothing else): its workers still listen on them. Fails when `tcp` is not a listening
+    /// TCP socket; a bad front socket only means the slot has none.
+    pub fn adopted(
+        tcp: std::os::fd::RawFd,
+        front: Option<(std::os::fd::RawFd, PathBuf)>,
+    ) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the handoff names these descriptors as the slot's, kept open for this image
+        // and owned by nothing else in it; each is taken once.
+        let tcp = unsafe { TcpListener::from_raw_fd(tcp) };
+        tcp.local_addr()?;
+        let front = front.and_then(|(fd, path)| {
+            // SAFETY: as above.
+            let listener = unsafe { UnixListener::from_raw_fd(fd) };
+            match listener.local_addr() {
+                Ok(_) => Some(FrontSocket { listener, path }),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "handed front socket: {e}; the front will use the port");
+                    None
+                }
+            }
+        });
+        Ok(Self { tcp, front })
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.tcp.local_addr().map(|a| a.port()).unwrap_or(0)

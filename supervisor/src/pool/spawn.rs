@@ -6,6 +6,10 @@
 //! moment that idle pool thread is retired (10 s later by default). The spawner thread lives as
 //! long as anyone can send it a request, i.e. as long as the pool's tasks run.
 //!
+//! The same thread runs an in-place upgrade's `execve` (`Spawner::exec`): it becomes the new
+//! image's main thread, so the workers it forked keep their parent and live on, adopted by the
+//! new image (`Proc::adopt`, waited on through a pidfd: `Waiter::Adopted`).
+//!
 //! The child side (`pre_exec`, between fork and exec) only makes async-signal-safe system calls
 //! through nix: prctl, getppid, dup2, fcntl. It allocates nothing.
 //!
@@ -52,9 +56,16 @@ pub const STRIPPED_ENV: &[&str] = &[
 /// How many stderr lines a slot keeps for its DEAD report.
 pub const STDERR_TAIL: usize = 20;
 
-struct SpawnRequest {
-    cmd: Command,
-    reply: oneshot::Sender<io::Result<Child>>,
+enum SpawnRequest {
+    Spawn {
+        cmd: Command,
+        reply: oneshot::Sender<io::Result<Child>>,
+    },
+    /// Runs the closure (an `execve`) on the spawner thread; it returns only on failure.
+    Exec {
+        exec: Box<dyn FnOnce() -> String + Send>,
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// Handle to the spawner thread. Cloning shares the one thread.
@@ -74,8 +85,14 @@ impl Spawner {
             .spawn(move || {
                 let _rt = runtime.enter();
                 while let Some(req) = rx.blocking_recv() {
-                    let mut cmd = req.cmd;
-                    let _ = req.reply.send(cmd.spawn());
+                    match req {
+                        SpawnRequest::Spawn { mut cmd, reply } => {
+                            let _ = reply.send(cmd.spawn());
+                        }
+                        SpawnRequest::Exec { exec, reply } => {
+                            let _ = reply.send(exec());
+                        }
+                    }
                 }
             })?;
         Ok(Self { tx })
@@ -86,10 +103,28 @@ impl Spawner {
         let (reply, rx) = oneshot::channel();
         let gone = || io::Error::other("spawner thread is gone");
         self.tx
-            .send(SpawnRequest { cmd, reply })
+            .send(SpawnRequest::Spawn { cmd, reply })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Runs `exec` (an in-place upgrade's `execve`) on the spawner thread, the thread every
+    /// worker was forked from: their `PR_SET_PDEATHSIG` fires when *that thread* ends, and an
+    /// `execve` ends every thread but the calling one, which becomes the new image's main
+    /// thread. So the workers live on, children of the new image. Returns only when the exec
+    /// failed, with why.
+    pub async fn exec(&self, exec: Box<dyn FnOnce() -> String + Send>) -> String {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(SpawnRequest::Exec { exec, reply })
+            .await
+            .is_err()
+        {
+            return "spawner thread is gone".into();
+        }
+        rx.await.unwrap_or_else(|_| "spawner thread is gone".into())
     }
 }
 
@@ -281,10 +316,120 @@ fn child_setup(
     Ok(())
 }
 
+/// How the slot task waits for a process: the tokio `Child` of a process this image spawned, or
+/// a pidfd for one it adopted from the image before an in-place upgrade (`Proc::adopt`): still
+/// our child (same pid), but with no `Child` in this image. A pidfd turns readable when the
+/// process exits; `waitpid(pid, WNOHANG)` then reaps it and gives its status.
+pub enum Waiter {
+    Spawned(Child),
+    Adopted(Adopted),
+    /// Handed to the next image (`Proc::release`): never waited on or signalled here again.
+    Released,
+}
+
+impl Waiter {
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Self::Spawned(c) => c.wait().await,
+            Self::Adopted(a) => a.wait().await,
+            Self::Released => std::future::pending().await,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Self::Spawned(c) => c.try_wait(),
+            Self::Adopted(a) => a.try_wait(),
+            Self::Released => Ok(None),
+        }
+    }
+}
+
+/// An adopted child process, watched through its pidfd.
+pub struct Adopted {
+    pid: Pid,
+    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+impl Adopted {
+    /// Opens a pidfd on `pid` and makes sure it is an unreaped child of this process: the error
+    /// says when it already exited (it is then reaped) or is not our child.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let raw_pid = i32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad pid"))?;
+        let pid_t = Pid::from_raw(raw_pid);
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory passed.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, raw_pid, 0) };
+        if fd < 0 {
+            return Err(kill_unwatchable(pid_t, io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh fd just returned by the kernel, owned by nothing else. pidfds are
+        // close-on-exec.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which neither replaces nor closes it
+        // while registered.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| kill_unwatchable(pid_t, e.into()))?;
+        let mut a = Self {
+            pid: Pid::from_raw(raw_pid),
+            fd,
+        };
+        // The pidfd was opened first: an unreaped child's pid cannot be reused, so from here on
+        // the pidfd and the waitpid below name the same process.
+        match a.try_wait()? {
+            None => Ok(a),
+            Some(st) => Err(io::Error::other(format!(
+                "already exited ({})",
+                super::task::describe(st)
+            ))),
+        }
+    }
+
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        // SAFETY: waitpid with a valid pointer to a local int.
+        let r = unsafe { nix::libc::waitpid(self.pid.as_raw(), &mut status, nix::libc::WNOHANG) };
+        match r {
+            0 => Ok(None),
+            r if r == self.pid.as_raw() => Ok(Some(ExitStatus::from_raw(status))),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(st) = self.try_wait()? {
+                return Ok(st);
+            }
+            let mut ready = self.fd.readable().await?;
+            ready.clear_ready();
+        }
+    }
+}
+
+/// `pid` cannot be watched (no pidfd: out of descriptors, say): if it is a running child of
+/// ours it is killed and reaped rather than left unsupervised. Returns `e`.
+fn kill_unwatchable(pid: Pid, e: io::Error) -> io::Error {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    if let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        // SIGKILLed: the wait is short.
+        let _ = waitpid(pid, None);
+        return io::Error::new(e.kind(), format!("{e}; killed it"));
+    }
+    e
+}
+
 /// One running (or just exited) worker process and everything tied to it. Dropping it before the
 /// exit was observed SIGKILLs its whole process group: cleanup is a drop guard.
 pub struct Proc {
-    pub child: Child,
+    pub child: Waiter,
     pub pid: u32,
     pub heartbeat_file: PathBuf,
     pub spawned: Instant,
@@ -304,7 +449,21 @@ pub struct Proc {
     pub exit: Option<ExitStatus>,
     /// This process's row of the provider table; given back only once the process is dead.
     pub provider_row: Option<super::provider_rows::RowLease>,
+    /// Copies of the read ends of its stdout and stderr (close-on-exec), so that an upgrade can
+    /// hand them to the next image, which relays them on.
+    pipes: [Option<OwnedFd>; 2],
     relays: Vec<JoinHandle<()>>,
+}
+
+/// What the next image needs of a process handed over by `Proc::release`: its descriptors stay
+/// open in this image until the `execve`.
+pub struct Released {
+    pub pid: u32,
+    pub heartbeat_file: PathBuf,
+    pub spawned_wall_ms: u64,
+    pub provider_row: Option<usize>,
+    /// stdout, stderr.
+    pub pipes: [Option<OwnedFd>; 2],
 }
 
 impl Proc {
@@ -316,14 +475,18 @@ impl Proc {
         ready_by: Instant,
         tail: StderrTail,
     ) -> Self {
+        use std::os::fd::AsFd;
         let pid = child.id().unwrap_or(0);
         let mut relays = Vec::with_capacity(2);
+        let mut pipes = [None, None];
         if let Some(out) = child.stdout.take() {
+            pipes[0] = out.as_fd().try_clone_to_owned().ok();
             relays.push(tokio::spawn(crate::log_relay::relay(
                 out, worker, pid, "stdout", None,
             )));
         }
         if let Some(err) = child.stderr.take() {
+            pipes[1] = err.as_fd().try_clone_to_owned().ok();
             relays.push(tokio::spawn(crate::log_relay::relay(
                 err,
                 worker,
@@ -332,6 +495,24 @@ impl Proc {
                 Some(tail),
             )));
         }
+        Self::with(
+            Waiter::Spawned(child),
+            pid,
+            heartbeat_file,
+            ready_by,
+            pipes,
+            relays,
+        )
+    }
+
+    fn with(
+        child: Waiter,
+        pid: u32,
+        heartbeat_file: PathBuf,
+        ready_by: Instant,
+        pipes: [Option<OwnedFd>; 2],
+        relays: Vec<JoinHandle<()>>,
+    ) -> Self {
         Self {
             child,
             pid,
@@ -345,8 +526,78 @@ impl Proc {
             request_limit: None,
             exit: None,
             provider_row: None,
+            pipes,
             relays,
         }
+    }
+
+    /// Takes over `pid`, a worker the previous image handed over (still our child), with its
+    /// output pipes (relayed from here on). Fails when it is not an unreaped child of ours.
+    pub fn adopt(
+        pid: u32,
+        worker: usize,
+        heartbeat_file: PathBuf,
+        pipes: [Option<OwnedFd>; 2],
+        tail: StderrTail,
+    ) -> io::Result<Self> {
+        let waiter = Adopted::open(pid)?;
+        let mut relays = Vec::with_capacity(2);
+        let mut kept = [None, None];
+        for (i, fd) in pipes.into_iter().enumerate() {
+            let Some(fd) = fd else { continue };
+            kept[i] = fd.try_clone().ok();
+            let (name, tail) = if i == 0 {
+                ("stdout", None)
+            } else {
+                ("stderr", Some(tail.clone()))
+            };
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => relays.push(tokio::spawn(crate::log_relay::relay(
+                    rx, worker, pid, name, tail,
+                ))),
+                Err(e) => {
+                    tracing::warn!(worker, pid, "cannot relay the adopted worker's {name}: {e}")
+                }
+            }
+        }
+        let mut p = Self::with(
+            Waiter::Adopted(waiter),
+            pid,
+            heartbeat_file,
+            std::time::Instant::now(),
+            kept,
+            relays,
+        );
+        p.ready = true;
+        Ok(p)
+    }
+
+    /// Hands the process over to the next image: from now on this image neither waits on it
+    /// nor signals it, and its heartbeat file and provider row stay as they are. Its relays stop
+    /// (what they read and had not logged yet is lost; the pipes keep the rest for the next
+    /// image).
+    pub fn release(mut self) -> Released {
+        for h in &self.relays {
+            h.abort();
+        }
+        self.relays.clear();
+        if let Waiter::Spawned(c) = std::mem::replace(&mut self.child, Waiter::Released) {
+            // Its drop would SIGKILL it (kill_on_drop); the exec that follows frees the rest.
+            std::mem::forget(c);
+        }
+        let row = self.provider_row.take().map(|l| l.hand_over());
+        Released {
+            pid: self.pid,
+            heartbeat_file: std::mem::take(&mut self.heartbeat_file),
+            spawned_wall_ms: self.spawned_wall_ms,
+            provider_row: row,
+            pipes: std::mem::take(&mut self.pipes),
+        }
+    }
+
+    /// Whether this process was adopted from the previous image (not spawned by this one).
+    pub fn is_adopted(&self) -> bool {
+        matches!(self.child, Waiter::Adopted(_))
     }
 
     /// Completes when the process exits; never again after that (pending forever).
@@ -360,7 +611,7 @@ impl Proc {
     /// Sends `sig` to the process group, unless the leader was already reaped (then its pgid may
     /// be recycled by an unrelated process; a worker's group holds only the worker itself).
     pub fn signal(&self, sig: Signal) {
-        if self.exit.is_none() && self.pid != 0 {
+        if self.exit.is_none() && self.pid != 0 && !matches!(self.child, Waiter::Released) {
             let _ = killpg(Pid::from_raw(self.pid as i32), sig);
         }
     }
@@ -398,6 +649,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if matches!(self.child, Waiter::Released) {
+            return;
+        }
         // Unreaped means the pid (and so the pgid) is still ours: safe to signal.
         self.signal(Signal::SIGKILL);
         if let Some(lease) = self.provider_row.take() {
@@ -411,6 +665,16 @@ impl Drop for Proc {
             h.abort();
         }
         gateway::heartbeat::remove(&self.heartbeat_file);
+        // A tokio `Child` is reaped by tokio once dropped; an adopted one by us.
+        if self.exit.is_none() {
+            if let Waiter::Adopted(mut a) = std::mem::replace(&mut self.child, Waiter::Released) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = a.wait().await;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -505,5 +769,50 @@ mod tests {
         assert_eq!(worker_argv(&[]).unwrap()[0], argv[0]);
         // A custom command is still spawned by its path.
         assert_eq!(worker_argv(&["/bin/w".into()]).unwrap(), ["/bin/w"]);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_child_is_waited_on_through_its_pidfd_and_others_are_refused() {
+        use std::os::unix::process::ExitStatusExt;
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // No `Child` waits on it from here on, as in the image that adopts it.
+        std::mem::forget(child);
+        let mut a = Adopted::open(pid).expect("our running child");
+        assert!(a.try_wait().unwrap().is_none());
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        let st = tokio::time::timeout(Duration::from_secs(10), a.wait())
+            .await
+            .expect("the pidfd turned readable")
+            .unwrap();
+        assert_eq!(st.signal(), Some(9));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "reaped"
+        );
+        // Not our child: refused, never signalled.
+        let e = Adopted::open(1).err().expect("pid 1 is not our child");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ECHILD), "{e}");
+        // One that already exited: reaped, and said so.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::mem::forget(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            match Adopted::open(pid) {
+                Err(e) => break e,
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Ok(_) => panic!("`true` did not exit"),
+            }
+        };
+        assert!(
+            e.to_string().contains("already exited (exit status 0)"),
+            "{e}"
+        );
     }
 }

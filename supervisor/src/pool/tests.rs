@@ -602,3 +602,173 @@ fn a_later_start_names_each_option_it_would_ignore() {
     let msg = PoolError::AlreadyStarted { ignored }.to_string();
     assert!(msg.contains("not applied: config, config_path"), "{msg}");
 }
+
+/// The hand-over of an in-place upgrade, in one process: the first pool releases its serving
+/// workers (they keep running), a second pool takes the handed state and adopts them (the same
+/// pids, IDLE at once, still serving on their sockets), supervises them through pidfds, starts
+/// fresh a slot whose handed worker is already dead, and `replace_adopted` replaces only the
+/// adopted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_workers_are_adopted_a_dead_one_starts_fresh_and_only_adopted_ones_are_replaced() {
+    let cfg = config(2, "env");
+    let f = fixture(cfg.clone());
+    assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 2);
+    let before = f.pool.status();
+    let handing = Instant::now();
+    // Worker 1 dies before the next image can adopt it.
+    let (second, _trigger, pids, handed) = adopted_by_a_second_pool(&f, cfg, |pids| {
+        kill(Pid::from_raw(pids[1] as i32), Signal::SIGKILL).unwrap();
+        assert!(kit::wait_until(Duration::from_secs(5), || !alive(pids[1])));
+    })
+    .await;
+    let mut rx = second.transitions();
+    assert_eq!(second.wait_ready(Duration::from_secs(15)).await, 2);
+    let after = second.status();
+    assert_eq!(after[0].pid, Some(pids[0]), "adopted: {after:?}");
+    assert_eq!(after[0].port, before[0].port, "on its own socket");
+    // By start time rather than pid, which the kernel may already have given again.
+    let since = handing.elapsed().as_millis() as u64;
+    assert!(
+        after[0].uptime_ms.unwrap() >= since,
+        "adopted, with its start time: {after:?}"
+    );
+    assert!(
+        after[1].uptime_ms.unwrap() <= since,
+        "started fresh: {after:?}"
+    );
+    assert_eq!(after[1].port, before[1].port);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pids[1])).exists(),
+        "the dead handed worker was reaped"
+    );
+    let port = after[0].port;
+    let served = tokio::task::spawn_blocking(move || get(port, "/"))
+        .await
+        .unwrap();
+    assert!(served.is_ok(), "the adopted worker serves: {served:?}");
+
+    // The roll: worker 0 (adopted) gets a new process; worker 1 (this pool's) is left alone.
+    second.replace_adopted().await.expect("roll");
+    let rolled = second.status();
+    assert!(
+        rolled[0].pid.is_some() && rolled[0].pid != Some(pids[0]),
+        "{rolled:?}"
+    );
+    assert_eq!(rolled[1].pid, after[1].pid, "{rolled:?}");
+    let seen = expect_states(
+        &mut rx,
+        0,
+        &[WorkerState::Degraded, WorkerState::Idle],
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(seen[0].pid, pids[0], "{seen:?}");
+    // The replaced adopted process drains and is reaped through its pidfd.
+    assert!(
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/{}",
+            pids[0]
+        ))
+        .exists())
+        .await,
+        "the replaced adopted worker was reaped"
+    );
+    second.stop(Duration::from_secs(2)).await;
+    drop(handed);
+}
+
+/// `f`'s pool handed over and its state taken by a second pool in the same runtime directory
+/// (the descriptors duplicated, as the next image gets them across the exec). Returns the
+/// second pool with its shutdown trigger (dropping it stops the pool), the handed pids, and the
+/// hand-over (which keeps the first pool's copies open).
+async fn adopted_by_a_second_pool(
+    f: &Fixture,
+    cfg: Config,
+    between: impl FnOnce(&[u32]),
+) -> (
+    Arc<Pool>,
+    crate::shutdown::ShutdownTrigger,
+    Vec<u32>,
+    HandedOver,
+) {
+    let pids: Vec<u32> = f.pool.status().iter().map(|w| w.pid.unwrap()).collect();
+    let handed = f.pool.hand_over(Duration::from_secs(2)).await;
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "handed workers keep running"
+    );
+    let dup = |fd: std::os::fd::RawFd| {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0)).unwrap()
+    };
+    let mut state = handed.state.clone();
+    for s in &mut state.slots {
+        s.tcp = dup(s.tcp);
+        s.front = s.front.take().map(|(fd, p)| (dup(fd), p));
+        if let Some(w) = &mut s.worker {
+            w.stdout = w.stdout.map(dup);
+            w.stderr = w.stderr.map(dup);
+        }
+    }
+    assert_eq!(state.pids(), pids);
+    between(&pids);
+    let (metrics, _registry) = SupervisorMetrics::new();
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let second = Pool::spawn_with(
+        PoolOptions {
+            config: Arc::new(cfg),
+            config_path: f.dir.path().join("gateway.toml"),
+            runtime_dir: f.dir.path().join("run"),
+            metrics,
+            shutdown,
+        },
+        Some(state),
+    )
+    .expect("the second pool starts");
+    (second, trigger, pids, handed)
+}
+
+/// The health checks cover an adopted worker too: one whose heartbeat stops (SIGSTOP) is
+/// UNHEALTHY within the timeout, killed, reaped and replaced by a fresh process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_worker_whose_heartbeat_stops_is_replaced() {
+    let cfg = config(1, "env");
+    let f = fixture(cfg.clone());
+    assert_eq!(f.pool.wait_ready(Duration::from_secs(15)).await, 1);
+    let (second, _trigger, pids, _handed) = adopted_by_a_second_pool(&f, cfg, |_| {}).await;
+    let mut rx = second.transitions();
+    assert_eq!(second.wait_ready(Duration::from_secs(15)).await, 1);
+    assert_eq!(second.status()[0].pid, Some(pids[0]), "adopted");
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).unwrap();
+    let seen = expect_states(
+        &mut rx,
+        0,
+        &[
+            WorkerState::Unhealthy,
+            WorkerState::Restarting,
+            WorkerState::Idle,
+        ],
+        Duration::from_secs(15),
+    )
+    .await;
+    let stale = seen
+        .iter()
+        .find(|t| t.to == WorkerState::Unhealthy)
+        .unwrap();
+    assert!(stale.reason.starts_with("heartbeat stale"), "{seen:?}");
+    assert_eq!(stale.pid, pids[0]);
+    let now = second.status();
+    assert!(
+        now[0].pid.is_some() && now[0].pid != Some(pids[0]),
+        "{now:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/{}",
+            pids[0]
+        ))
+        .exists())
+        .await,
+        "the stalled adopted worker was killed and reaped"
+    );
+    second.stop(Duration::from_secs(2)).await;
+}

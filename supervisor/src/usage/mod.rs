@@ -80,14 +80,22 @@ impl Counters {
 
 /// The running receiver and ledger thread; `stop` drains and joins them.
 pub struct Usage {
-    stop: oneshot::Sender<()>,
-    receiver: tokio::task::JoinHandle<()>,
+    /// true: hand the sockets over (`hand_over`) instead of draining them.
+    stop: oneshot::Sender<bool>,
+    receiver: tokio::task::JoinHandle<Option<UsageFds>>,
     /// `None` with `usage.ledger = "off"`.
     writer: Option<std::thread::JoinHandle<()>>,
     /// Joins each record's tokens with the front's half of its access line.
     joiner: access::Joiner,
     access: access::AccessLog,
     _socket: SocketFile,
+}
+
+/// The usage sockets an in-place upgrade hands to the next image: the listener, and the
+/// connection of every worker that keeps running (adopted workers go on sending on it).
+pub struct UsageFds {
+    pub listener: OwnedFd,
+    pub conns: Vec<OwnedFd>,
 }
 
 /// The socket's file, removed when it drops: at `stop`, and on a failed start whose later step
@@ -108,13 +116,35 @@ pub fn start(
     metrics: &SupervisorMetrics,
     book: &Arc<Book>,
 ) -> Result<Usage, String> {
+    start_adopting(cfg, runtime_dir, metrics, book, None)
+}
+
+/// `start`, on the sockets an upgrading image handed over (`Usage::hand_over`) when given:
+/// the listener stays bound at its path, and the adopted workers' connections are read on.
+pub fn start_adopting(
+    cfg: &Config,
+    runtime_dir: &Path,
+    metrics: &SupervisorMetrics,
+    book: &Arc<Book>,
+    handed: Option<UsageFds>,
+) -> Result<Usage, String> {
     let ledger = match ledger::path(&cfg.usage)? {
         Some(path) => Some((ledger::open_rw(&path)?, path)),
         None => None,
     };
     let socket = runtime_dir.join(SOCKET_NAME);
-    let _ = std::fs::remove_file(&socket);
-    let sock = listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+    let (sock, conns) = match handed {
+        Some(h) => (
+            watch(h.listener).map_err(|e| format!("usage socket {}: {e}", socket.display()))?,
+            h.conns,
+        ),
+        None => {
+            let _ = std::fs::remove_file(&socket);
+            let sock =
+                listen(&socket).map_err(|e| format!("usage socket {}: {e}", socket.display()))?;
+            (sock, Vec::new())
+        }
+    };
     let socket = SocketFile(socket);
     let socket_path = &socket.0;
     {
@@ -141,7 +171,7 @@ pub fn start(
     };
     let (stop, stopped) = oneshot::channel();
     let (access, joiner) = access::start();
-    let receiver = tokio::spawn(receive(sock, tx, counters, access.clone(), stopped));
+    let receiver = tokio::spawn(receive(sock, conns, tx, counters, access.clone(), stopped));
     Ok(Usage {
         stop,
         receiver,
@@ -176,14 +206,32 @@ impl Usage {
     }
 
     /// After the workers stopped: takes what is still in the socket, writes the last batch.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.receiver.await;
+    pub async fn stop(mut self) {
+        let _ = std::mem::replace(&mut self.stop, oneshot::channel().0).send(false);
+        let _ = (&mut self.receiver).await;
+        self.finish().await;
+        // `_socket` drops here, removing the file.
+    }
+
+    /// An in-place upgrade, after the workers were handed over: reads what they sent so far,
+    /// writes the last batch, and returns the listener and their connections, for the next
+    /// image (the socket file stays).
+    pub async fn hand_over(mut self) -> Option<UsageFds> {
+        let _ = std::mem::replace(&mut self.stop, oneshot::channel().0).send(true);
+        let fds = (&mut self.receiver).await.ok().flatten();
+        std::mem::forget(std::mem::replace(
+            &mut self._socket,
+            SocketFile(PathBuf::new()),
+        ));
+        self.finish().await;
+        fds
+    }
+
+    async fn finish(self) {
         self.joiner.stop().await;
         if let Some(writer) = self.writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
-        // `_socket` drops here, removing the file.
     }
 }
 
@@ -211,14 +259,33 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 /// The accepting task: one reader per worker connection, all owned here; on stop, the readers
 /// (whose workers have exited) read what is left up to the end, for at most `DRAIN`.
+/// `conns`: connections handed over by the previous image. On a hand-over the readers stop
+/// once they read what is there, and the listener and the connections are returned.
 async fn receive(
     sock: AsyncFd<OwnedFd>,
+    conns: Vec<OwnedFd>,
     tx: Option<SyncSender<Record>>,
     c: Counters,
     access: access::AccessLog,
-    mut stopped: oneshot::Receiver<()>,
-) {
+    mut stopped: oneshot::Receiver<bool>,
+) -> Option<UsageFds> {
+    let (halt_tx, halt) = tokio::sync::watch::channel(false);
     let mut readers = tokio::task::JoinSet::new();
+    for fd in conns {
+        match watch(fd) {
+            Ok(conn) => {
+                readers.spawn(read_conn(
+                    conn,
+                    tx.clone(),
+                    c.clone(),
+                    access.clone(),
+                    halt.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "handed usage connection not watched"),
+        }
+    }
+    let mut hand_over = false;
     loop {
         tokio::select! {
             r = sock.readable() => {
@@ -226,7 +293,7 @@ async fn receive(
                 match accept(&sock) {
                     Ok(fd) => match watch(fd) {
                         Ok(conn) => {
-                            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone()));
+                            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone(), halt.clone()));
                         }
                         Err(e) => tracing::error!(error = %e, "usage connection not watched"),
                     },
@@ -238,20 +305,41 @@ async fn receive(
                 }
             }
             Some(_) = readers.join_next(), if !readers.is_empty() => {}
-            _ = &mut stopped => break,
+            r = &mut stopped => {
+                hand_over = r.unwrap_or(false);
+                break;
+            }
         }
     }
     // Connections still in the backlog (a worker that connected just now) are read too.
     while let Ok(fd) = accept(&sock) {
         if let Ok(conn) = watch(fd) {
-            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone()));
+            readers.spawn(read_conn(
+                conn,
+                tx.clone(),
+                c.clone(),
+                access.clone(),
+                halt.clone(),
+            ));
         }
+    }
+    if hand_over {
+        let _ = halt_tx.send(true);
+        let mut conns = Vec::new();
+        while let Some(r) = readers.join_next().await {
+            conns.extend(r.ok().flatten());
+        }
+        return Some(UsageFds {
+            listener: sock.into_inner(),
+            conns,
+        });
     }
     let _ = tokio::time::timeout(DRAIN, async {
         while readers.join_next().await.is_some() {}
     })
     .await;
     readers.abort_all();
+    None
 }
 
 /// The next connection waiting on `listener` (non-blocking).
@@ -265,32 +353,41 @@ fn accept(listener: &AsyncFd<OwnedFd>) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// One worker's connection: a record per message, until the worker closes it (or dies).
+/// One worker's connection: a record per message, until the worker closes it (or dies), or
+/// until `halt` (a hand-over): then what is readable now is read, and the connection returned.
 async fn read_conn(
     conn: AsyncFd<OwnedFd>,
     tx: Option<SyncSender<Record>>,
     c: Counters,
     access: access::AccessLog,
-) {
+    mut halt: tokio::sync::watch::Receiver<bool>,
+) -> Option<OwnedFd> {
     use nix::sys::socket::{recv, MsgFlags};
     let mut buf = vec![0u8; MAX_MESSAGE];
+    // false: the connection ended.
+    let drain = |buf: &mut [u8]| loop {
+        match recv(conn.get_ref().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return false,
+            Ok(n) => take(&buf[..n], &tx, &c, &access),
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "usage connection failed");
+                return false;
+            }
+        }
+    };
     loop {
-        let Ok(mut guard) = conn.readable().await else {
-            return;
-        };
-        loop {
-            match recv(conn.get_ref().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return,
-                Ok(n) => take(&buf[..n], &tx, &c, &access),
-                Err(nix::errno::Errno::EAGAIN) => {
-                    guard.clear_ready();
-                    break;
+        tokio::select! {
+            r = conn.readable() => {
+                let Ok(mut guard) = r else { return None };
+                if !drain(&mut buf) {
+                    return None;
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "usage connection failed");
-                    return;
-                }
+                guard.clear_ready();
+            }
+            _ = halt.wait_for(|h| *h) => {
+                return drain(&mut buf).then(|| conn.into_inner());
             }
         }
     }

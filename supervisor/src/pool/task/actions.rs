@@ -286,6 +286,69 @@ impl SlotTask {
         self.shared.changed.notify_one();
     }
 
+    /// Takes over a worker the previous image handed over: true when it is now the slot's
+    /// serving process; otherwise it says why in the log and the caller spawns a fresh one (a
+    /// handed worker that is not adopted is killed: its `Proc` guard, or `kill_strays`).
+    pub(super) fn adopt_worker(&mut self, a: super::Adopt) -> bool {
+        self.generation = a.generation;
+        let pid = a.pid;
+        match Proc::adopt(
+            pid,
+            self.slot.id,
+            a.heartbeat_file,
+            a.pipes,
+            self.tail.clone(),
+        ) {
+            Ok(mut proc) => {
+                let cfg = self.shared.config.load_full();
+                proc.provider_row = a.provider_row;
+                proc.spawned_wall_ms = a.started_at_ms;
+                proc.served_base = self.slot.served.load(Relaxed);
+                proc.request_limit = super::checks::request_limit(&cfg);
+                self.slot.front_served.store(a.front_served, Relaxed);
+                self.publish(&proc);
+                self.cur = Some(proc);
+                tracing::info!(worker = self.slot.id, pid, "worker adopted");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    worker = self.slot.id,
+                    pid,
+                    "cannot adopt the handed worker: {e}; starting this slot fresh"
+                );
+                false
+            }
+        }
+    }
+
+    /// An in-place upgrade: the serving process is released to the next image (it keeps
+    /// serving through the `execve`); a replacement still starting is killed, and processes
+    /// draining are given `grace`. A slot with no serving process hands none.
+    pub(super) async fn hand_over(&mut self, grace: Duration) -> super::HandedOver {
+        use crate::pool::WorkerState as S;
+        self.slot.draining.store(true, Relaxed);
+        let serving = matches!(self.slot.lifecycle(), S::Idle | S::Degraded)
+            && self
+                .cur
+                .as_ref()
+                .is_some_and(|c| c.ready && c.exit.is_none());
+        if let Some(mut n) = self.next.take() {
+            n.terminate(KILL_GRACE).await;
+        }
+        let worker = if serving {
+            self.cur.take().map(Proc::release)
+        } else {
+            None
+        };
+        self.stop_grace = grace;
+        self.stop_all().await;
+        super::HandedOver {
+            worker,
+            generation: self.generation,
+        }
+    }
+
     /// Stop: DEAD, everything terminated within `grace`.
     pub(super) async fn stop(&mut self, grace: Duration) {
         self.slot.draining.store(true, Relaxed);

@@ -1,8 +1,8 @@
 //! The lifecycle task: one per slot, the only writer of that slot's lifecycle state, and the
 //! owner of its processes (the current one, a replacement while DEGRADED, and old ones draining).
 //!
-//! It waits on events, never polls for them: the child's exit (`Child::wait`, so a crash is known
-//! at once), the INIT deadline, the restart backoff, and commands on its bounded channel
+//! It waits on events, never polls for them: the child's exit (`Child::wait`, or for a worker
+//! adopted across an in-place upgrade its pidfd, `spawn::Waiter`; a crash is known at once), the INIT deadline, the restart backoff, and commands on its bounded channel
 //! (restart, replace, sweep tick, stop). The pool's sweep (`monitor`) sends a tick every half
 //! heartbeat interval, the safety net: `try_wait`, heartbeat age, RSS and request-count recycling.
 //!
@@ -64,6 +64,33 @@ pub enum SlotCmd {
         grace: Duration,
         done: oneshot::Sender<()>,
     },
+    /// An in-place upgrade: release the serving process to the next image (it keeps running),
+    /// terminate the others within `grace`, then end the task.
+    HandOver {
+        grace: Duration,
+        done: oneshot::Sender<HandedOver>,
+    },
+}
+
+/// What a slot task hands to the next image.
+pub struct HandedOver {
+    /// The serving process, released (still running); None when the slot had none serving.
+    pub worker: Option<super::spawn::Released>,
+    /// Processes spawned so far.
+    pub generation: u64,
+}
+
+/// A worker the previous image handed over, taken over instead of spawning a first process.
+pub struct Adopt {
+    pub pid: u32,
+    pub heartbeat_file: std::path::PathBuf,
+    pub started_at_ms: u64,
+    /// stdout, stderr.
+    pub pipes: [Option<std::os::fd::OwnedFd>; 2],
+    pub provider_row: Option<super::provider_rows::RowLease>,
+    pub front_served: bool,
+    /// The slot's process count in the previous image.
+    pub generation: u64,
 }
 
 /// What the sweep measured for every slot at once.
@@ -110,6 +137,8 @@ pub struct SlotTask {
     /// Ticks while a process is starting (see module docs). A persistent interval rather than
     /// a fresh sleep per loop turn, so that other events cannot keep postponing the check.
     first_heartbeat_poll: tokio::time::Interval,
+    /// The worker to take over at the start instead of spawning one (in-place upgrade).
+    adopt: Option<Adopt>,
 }
 
 impl SlotTask {
@@ -148,12 +177,26 @@ impl SlotTask {
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 i
             },
+            adopt: None,
         }
+    }
+
+    /// Takes over `adopt` at the start instead of spawning a first process.
+    pub fn adopting(mut self, adopt: Option<Adopt>) -> Self {
+        self.adopt = adopt;
+        self
     }
 
     /// Runs the slot until it is stopped or the pool is dropped.
     pub async fn run(mut self) {
-        if let Some(ev) = self.act(Action::Spawn).await {
+        let adopted = match self.adopt.take() {
+            Some(a) => self.adopt_worker(a),
+            None => false,
+        };
+        if adopted {
+            self.fire(Event::Adopted).await;
+            self.fire(Event::Serving).await;
+        } else if let Some(ev) = self.act(Action::Spawn).await {
             self.fire(ev).await;
         }
         loop {
@@ -172,6 +215,11 @@ impl SlotTask {
                     Some(SlotCmd::Stop { grace, done }) => {
                         self.stop(grace).await;
                         let _ = done.send(());
+                        return;
+                    }
+                    Some(SlotCmd::HandOver { grace, done }) => {
+                        let handed = self.hand_over(grace).await;
+                        let _ = done.send(handed);
                         return;
                     }
                     // The slot was removed (scale down) or the pool dropped: drain and end.
@@ -341,6 +389,16 @@ impl SlotTask {
                 self.reason = Reason::Manual;
                 self.fire(Event::Restart).await;
             }
+            // After an upgrade only adopted processes are replaced: the others already run the
+            // new binary (spawned by this image).
+            SlotCmd::Replace {
+                reason: Reason::Upgrade,
+                done,
+            } if !self.cur.as_ref().is_some_and(Proc::is_adopted) => {
+                if let Some(d) = done {
+                    let _ = d.send(Ok(()));
+                }
+            }
             SlotCmd::Replace { reason, done } => match self.slot.lifecycle() {
                 WorkerState::Idle => {
                     self.reason = reason;
@@ -371,7 +429,7 @@ impl SlotTask {
                 }
             },
             SlotCmd::Tick(sweep) => self.sweep(&sweep).await,
-            SlotCmd::Stop { .. } => unreachable!("handled by run"),
+            SlotCmd::Stop { .. } | SlotCmd::HandOver { .. } => unreachable!("handled by run"),
         }
     }
 }
