@@ -381,3 +381,27 @@ fn a_standalone_worker_logs_text_with_the_request_id_on_body_warnings() {
     assert!(!line.starts_with('{'), "text, not JSON: {line}");
     assert!(line.contains(" WARN request{request_id=rid-7}: "), "{line}");
 }
+
+/// A host app that never reads the supervisor's stderr: once the pipe is full, every write to it
+/// would block. Lines go through a writer thread with a bounded queue, so requests keep flowing
+/// (the lines that do not fit are dropped) and the supervisor still stops cleanly.
+#[test]
+fn a_stderr_nobody_reads_does_not_stall_requests() {
+    let env = TestEnv::new(&config("", ""));
+    let mut cmd = env.supervisor(&["start"]);
+    // Debug lines too, so the 64 KiB pipe fills after a few requests.
+    cmd.env("RUST_LOG", "debug");
+    let mut run = Running::ready_from(ChildGuard::spawn_unread_stderr(cmd));
+    let started = std::time::Instant::now();
+    for i in 0..1500 {
+        let r = http::post_chat(run.listen, "demo", false)
+            .unwrap_or_else(|e| panic!("request {i} failed after {:?}: {e}", started.elapsed()));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    run.guard.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = run
+        .guard
+        .wait_exit(Duration::from_secs(10))
+        .expect("the supervisor stops with its stderr unread");
+    assert!(status.success(), "{status:?}");
+}

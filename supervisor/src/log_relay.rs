@@ -9,7 +9,7 @@
 //! (`timestamp`, `level`, `target`, `message`, fields flattened) or the same text layout
 //! (`TIME LEVEL target: message key=value`), with the worker's own timestamp, level, target,
 //! event fields and span fields (the `request` span's `request_id`), plus `worker=ID`. Each
-//! line goes out in one `write_all` on locked stderr, as the subscriber's own lines do, so
+//! line goes out in one write through `logging::write`, as the subscriber's own lines do, so
 //! lines never interleave. Filtering is the worker's: it inherits `RUST_LOG` and applies the
 //! same default (`info`), so a DEBUG record is there exactly when the supervisor would log
 //! DEBUG, and keeps its level.
@@ -25,7 +25,6 @@ use crate::logging::{self, LogFormat};
 use crate::pool::spawn::{StderrTail, STDERR_TAIL};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tracing::Level;
 
@@ -66,7 +65,7 @@ pub async fn relay(
                     LogFormat::Json => rec.json(worker),
                     LogFormat::Text => rec.text(worker, ansi),
                 };
-                let _ = std::io::stderr().lock().write_all(out.as_bytes());
+                logging::write(out.as_bytes());
                 tail.is_some()
                     .then(|| rec.text(worker, false).trim_end().to_string())
             }

@@ -326,7 +326,11 @@ pub fn exec(exe: &Path, handoff: &Handoff, extra: &[RawFd]) -> String {
         Ok((path, argv, envp))
     };
     match build() {
-        Ok((path, argv, envp)) => match nix::unistd::execve(&path, &argv, &envp) {
+        Ok((path, argv, envp)) => match {
+            // The lines still queued for stderr would die with this image.
+            crate::logging::flush();
+            nix::unistd::execve(&path, &argv, &envp)
+        } {
             Ok(never) => match never {},
             Err(e) => format!("execve {}: {e}", exe.display()),
         },

@@ -119,11 +119,23 @@ pub struct ChildGuard {
     /// Every stdout line seen so far, in order.
     pub stdout_lines: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// `spawn_unread_stderr`: the pipe's read end, held open and never read.
+    _unread: Option<std::process::ChildStderr>,
 }
 
 impl ChildGuard {
     /// Spawns `cmd` with piped stdout/stderr (stdin is piped too, and kept open).
-    pub fn spawn(mut cmd: Command) -> Self {
+    pub fn spawn(cmd: Command) -> Self {
+        Self::spawn_with(cmd, true)
+    }
+
+    /// Like `spawn`, but nothing reads stderr (its pipe is kept open and fills up), as with a
+    /// host app that never reads it; `stderr()` stays empty.
+    pub fn spawn_unread_stderr(cmd: Command) -> Self {
+        Self::spawn_with(cmd, false)
+    }
+
+    fn spawn_with(mut cmd: Command, read_stderr: bool) -> Self {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         if cmd.get_program().is_empty() {
             panic!("empty command");
@@ -141,6 +153,16 @@ impl ChildGuard {
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let mut err = child.stderr.take().unwrap();
+        if !read_stderr {
+            // The read end lives as long as the guard, unread.
+            return Self {
+                child,
+                stdout_rx,
+                stdout_lines: Vec::new(),
+                stderr,
+                _unread: Some(err),
+            };
+        }
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = err.read(&mut buf) {
@@ -157,6 +179,7 @@ impl ChildGuard {
             stdout_rx,
             stdout_lines: Vec::new(),
             stderr,
+            _unread: None,
         }
     }
 
@@ -323,7 +346,11 @@ impl Running {
     /// Spawns `cmd` (a `supervisor start …`, set up as the caller needs) and waits, with a
     /// deadline, for its ready line.
     pub fn ready(cmd: Command) -> Running {
-        let mut guard = ChildGuard::spawn(cmd);
+        Self::ready_from(ChildGuard::spawn(cmd))
+    }
+
+    /// `ready` for a child spawned by the caller.
+    pub fn ready_from(mut guard: ChildGuard) -> Running {
         let ready = guard
             .wait_event("ready", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("no ready line within 20s; stderr:\n{}", guard.stderr()));
