@@ -326,14 +326,14 @@ pub fn exec(exe: &Path, handoff: &Handoff, extra: &[RawFd]) -> String {
         Ok((path, argv, envp))
     };
     match build() {
-        Ok((path, argv, envp)) => match {
+        Ok((path, argv, envp)) => {
             // The lines still queued for stderr would die with this image.
             crate::logging::flush();
-            nix::unistd::execve(&path, &argv, &envp)
-        } {
-            Ok(never) => match never {},
-            Err(e) => format!("execve {}: {e}", exe.display()),
-        },
+            match nix::unistd::execve(&path, &argv, &envp) {
+                Ok(never) => match never {},
+                Err(e) => format!("execve {}: {e}", exe.display()),
+            }
+        }
         Err(e) => e,
     }
 }
