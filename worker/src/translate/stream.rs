@@ -47,67 +47,38 @@ impl std::ops::Deref for Str<'_> {
 /// and argument deltas) cost one write each. Serialised JSON has no raw newline, so the data is
 /// one `data:` line, as `gateway::sse::parse::frame` would write it.
 pub(super) fn push_frame(out: &mut String, event: &str, v: &impl serde::Serialize) {
-    let mut buf = std::mem::take(out).into_bytes();
     if !event.is_empty() {
-        buf.extend_from_slice(b"event: ");
-        buf.extend_from_slice(event.as_bytes());
-        buf.push(b'\n');
+        out.push_str("event: ");
+        out.push_str(event);
+        out.push('\n');
     }
-    buf.extend_from_slice(b"data: ");
-    serde_json::to_writer(&mut buf, v).expect("an event serializes");
-    buf.extend_from_slice(b"\n\n");
-    // `out` is one flush's frames (a few hundred bytes): checking it again is cheap, and safe.
-    *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
+    out.push_str("data: ");
+    append_json(out, v);
+    out.push_str("\n\n");
 }
 
-/// Appends `s` as a JSON string, quoted and escaped as `serde_json` escapes it (`"`, `\\` and
-/// the control characters): the encoders write their per-chunk frames (text and argument deltas)
-/// directly, static parts as they are and only the text escaped.
+/// Appends `s` as a JSON string, quoted and escaped by `serde_json`: the encoders write their
+/// per-chunk frames (text and argument deltas) directly, static parts as they are and only the
+/// text through the serialiser.
 pub(super) fn push_json_str(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(s.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // `i` is at an ASCII byte: a char boundary.
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            out.push_str("\\u00");
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
+    append_json(out, s);
 }
 
-/// Appends `n` in decimal.
-pub(super) fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&buf[i..]).expect("digits"));
+/// Appends `n` in decimal (`serde_json`'s integer writer).
+pub(super) fn push_u64(out: &mut String, n: u64) {
+    append_json(out, &n);
+}
+
+/// Appends `v` as `serde_json` writes it, straight into `out`'s buffer: no intermediate
+/// `String`, and only the appended bytes are checked as UTF-8 (not the frames already in `out`).
+fn append_json<T: serde::Serialize + ?Sized>(out: &mut String, v: &T) {
+    let mut buf = std::mem::take(out).into_bytes();
+    let start = buf.len();
+    serde_json::to_writer(&mut buf, v).expect("an event serializes");
+    std::str::from_utf8(&buf[start..]).expect("serde_json writes UTF-8");
+    // SAFETY: `buf[..start]` was a `String` and `buf[start..]` was just checked: two valid
+    // UTF-8 sequences one after the other are valid UTF-8.
+    *out = unsafe { String::from_utf8_unchecked(buf) };
 }
 
 pub(super) fn cut(message: impl Into<String>) -> StreamError {
@@ -371,7 +342,7 @@ mod tests {
 
     /// The direct writers give exactly what serde_json gives.
     #[test]
-    fn direct_json_writers_match_serde_json() {
+    fn json_appended_after_other_frames_matches_serde_json() {
         let mut rng = fastrand::Rng::with_seed(0x15);
         let alphabet: Vec<char> = "ab \"\\/\n\r\t\u{8}\u{c}\u{0}\u{1}\u{1f}\u{7f}\u{e9}\u{1F600}"
             .chars()
