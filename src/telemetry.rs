@@ -98,6 +98,40 @@ pub fn install(cfg: &TelemetryConfig, role: &'static str) -> Result<bool, Instal
     Ok(true)
 }
 
+/// How long a graceful stop waits for the spans still queued to go out.
+pub const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
+
+/// Exports the spans still queued, waiting at most `bound`; the graceful stop of the front and
+/// of each worker calls it after its last request ended, so a request answered just before a
+/// SIGTERM is not lost with the batch (which would otherwise wait up to its 5 s delay). Does
+/// nothing when telemetry is off. The SDK's flush blocks its caller, so it runs on a thread of
+/// its own, which ends when the batch task answered (or was dropped with the runtime); a
+/// collector slower than `bound` only costs that export.
+pub async fn flush(bound: Duration) {
+    let Some(provider) = PROVIDER.get() else {
+        return;
+    };
+    let provider = provider.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("otlp-flush".into())
+        .spawn(move || {
+            let _ = tx.send(provider.force_flush());
+        });
+    if spawned.is_err() {
+        return;
+    }
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("telemetry: flushing spans at stop: {e}"),
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            "telemetry: spans not flushed within {} ms at stop",
+            bound.as_millis()
+        ),
+    }
+}
+
 /// Exports that failed since the process started.
 pub fn export_failures() -> u64 {
     EXPORT_FAILURES.load(Ordering::Relaxed)

@@ -642,7 +642,12 @@ impl Started {
         let kept = keep.then_some(self.kept);
         trigger.trigger();
         let _ = tokio::time::timeout(grace + Duration::from_secs(1), self.front).await;
-        self.pool.stop(Duration::from_secs(2)).await;
+        // The front's requests (and spans) have ended: their spans go out while the workers
+        // stop (each flushes its own).
+        let ((), ()) = tokio::join!(
+            gateway::telemetry::flush(gateway::telemetry::FLUSH_AT_STOP),
+            self.pool.stop(Duration::from_secs(2))
+        );
         self.usage.stop().await;
         let mut admin = self.admin;
         if tokio::time::timeout(Duration::from_secs(3), &mut admin)
