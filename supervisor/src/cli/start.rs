@@ -593,6 +593,7 @@ fn launch(
     .map_err(|e| Fatal::new(e.exit_code(), e.to_string()))?;
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
     let access = usage.access();
+    dashboard.bind_sources(pool.provider_table(), access.recent());
     let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone(), access);
     ctx.backend = backend;
     let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {

@@ -387,6 +387,11 @@ impl Pool {
         self.slots.clone()
     }
 
+    /// The pool-wide provider table (breakers, cool-downs, permits in flight), if it exists.
+    pub fn provider_table(&self) -> Option<Arc<gateway::provider_permits::ProviderTable>> {
+        self.shared.provider_rows.as_ref().map(|r| r.table())
+    }
+
     /// The live configuration, for readers that must follow every reload and scale (the front
     /// listener). Only the pool stores into it.
     pub fn live_config(&self) -> Arc<ArcSwap<Config>> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub struct ProviderRows {
     path: PathBuf,
     rows: Arc<RowAllocator>,
+    table: Arc<ProviderTable>,
 }
 
 impl ProviderRows {
@@ -21,8 +22,14 @@ impl ProviderRows {
         let table = Arc::new(ProviderTable::create(&path)?);
         Ok(Self {
             path,
-            rows: Arc::new(RowAllocator::new(table)),
+            rows: Arc::new(RowAllocator::new(table.clone())),
+            table,
         })
+    }
+
+    /// The mapped table, for readers of the pool-wide state (the dashboard's provider rows).
+    pub fn table(&self) -> Arc<ProviderTable> {
+        self.table.clone()
     }
 
     /// A row for a new process, or `None` when all rows are taken (then the worker limits
