@@ -185,7 +185,11 @@ struct Counting {
 impl SpanExporter for Counting {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let inner = self.inner.clone();
-        let r = match self.rt.spawn(async move { inner.export(batch).await }).await {
+        let r = match self
+            .rt
+            .spawn(async move { inner.export(batch).await })
+            .await
+        {
             Ok(r) => r,
             Err(e) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
                 format!("export task: {e}"),
