@@ -2,8 +2,10 @@
 # The dashboard's cost: front-listener throughput (3 workers, the fast upstream) with 0 and with
 # 20 open dashboards (20 SSE clients on /dashboard/events, one snapshot a second each), in
 # interleaved rounds (A B, then B A, ...) so drift on a shared machine cancels; medians by
-# bench/ab.py. Then the idle cost: CPU of the supervisor and its workers over IDLE_SECS with no
-# traffic, with 0 and with 20 dashboards open. Release build; writes bench/out/.
+# bench/ab.py. Then CPU per request at a fixed RATE below saturation, 0 vs 20 dashboards, also
+# interleaved (less moved by the machine's noise than a closed loop); then the idle cost: CPU of
+# the supervisor and its workers over IDLE_SECS with no traffic, with 0 and with 20 dashboards
+# open. Release build; writes bench/out/.
 # Usage: ROUNDS=5 bench/dashboard.sh [SECS] (default 10 s per round).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +56,18 @@ ticks() {
   done
   echo $total
 }
+RATE=${RATE:-2000}
+cpu_round() { # label
+  local a b t n hz; hz=$(getconf CLK_TCK); a=$(ticks)
+  t=$($EX/bench_load latency "$URL" "$RATE" "$SECS")
+  b=$(ticks); n=$(field "$t" requests)
+  echo "$1 cpu_us_per_request $(( (b - a) * 1000000 / hz / n )) requests $n errors $(field "$t" errors)"
+}
+cpu_twenty() { open_viewers; cpu_round "20-dashboards"; close_viewers; }
+: >"$OUT/dash.cpu"
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then cpu_round "0-dashboards"; cpu_twenty; else cpu_twenty; cpu_round "0-dashboards"; fi | tee -a "$OUT/dash.cpu"
+done
 idle() { # label
   local a b hz; hz=$(getconf CLK_TCK); a=$(ticks); sleep "$IDLE_SECS"; b=$(ticks)
   echo "$1: $(( (b - a) * 1000 / hz )) ms CPU in ${IDLE_SECS}s (supervisor + workers, no traffic)"
