@@ -172,6 +172,21 @@ impl HealthCell {
     pub fn probe(&self) -> &ProbeRecord {
         &self.probe
     }
+
+    /// What is left of the open period (`open_timeout_ms` from when it opened) of word `w`;
+    /// zero when `w` is not open or the period is over (the next request makes it half-open).
+    pub fn open_left_ms(&self, w: StateWord, open_timeout_ms: u64, now_ms: u64) -> u64 {
+        if w.state != OPEN {
+            return 0;
+        }
+        let opened = self.opened_at_ms.load(SeqCst);
+        (opened + open_timeout_ms).saturating_sub(now_ms)
+    }
+
+    /// What is left of a 429/Retry-After cool-down; zero when none runs.
+    pub fn cooldown_left_ms(&self, now_ms: u64) -> u64 {
+        self.cooldown_until_ms.load(SeqCst).saturating_sub(now_ms)
+    }
 }
 
 impl HealthRegion {

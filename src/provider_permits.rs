@@ -233,6 +233,19 @@ impl ProviderLimiter {
             })
     }
 
+    /// Counts one request of a provider without a limit: it never waits, and only shows in the
+    /// pool-wide in-flight total (the dashboard's) until dropped.
+    pub fn count(&self, provider: &str) -> ProviderPermit {
+        let col = ProviderTable::column(provider);
+        self.table.cell(col, self.row).fetch_add(1, SeqCst);
+        ProviderPermit {
+            table: self.table.clone(),
+            col,
+            row: self.row,
+            lease: None,
+        }
+    }
+
     /// Waits for a permit until `deadline`; `None` when it passed.
     pub async fn acquire(
         &self,

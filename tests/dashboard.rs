@@ -285,3 +285,107 @@ fn the_data_needs_the_token_and_the_page_does_not() {
         "a new snapshot each second"
     );
 }
+
+/// The `data-*` attribute `key` of the row of `tbody` whose attributes start with `row`.
+fn row_attr(dom: &str, tbody: &str, row: &str, key: &str) -> Option<String> {
+    let table = dom
+        .split(&format!("<tbody id=\"{tbody}\">"))
+        .nth(1)?
+        .split("</tbody>")
+        .next()?;
+    let tr = table.split("<tr ").find(|tr| tr.starts_with(row))?;
+    let head = tr.split('>').next()?;
+    head.split(&format!("{key}=\""))
+        .nth(1)?
+        .split('"')
+        .next()
+        .map(str::to_string)
+}
+
+#[test]
+fn the_page_lists_the_providers_pool_wide_state_and_the_last_requests() {
+    let Some(bin) = chromium_or_fail() else {
+        return;
+    };
+    // `slow` holds a stream open (in flight); `down` refuses connections, and one failure
+    // opens its breaker for a minute (a cool-down the page shows).
+    let extra = r#"
+[[providers]]
+name = "slow"
+kind = "mock"
+models = ["slow"]
+tokens_per_second = 0.2
+
+[[providers]]
+name = "down"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+models = ["down"]
+
+[circuit_breaker]
+consecutive_failures = 1
+open_timeout = "60s"
+"#;
+    let env = TestEnv::new(&PoolConfig::new(2).extra(extra).build());
+    let sup: Running = env.start(&[]);
+    let addr = sup.listen;
+    let r = http::post_chat(addr, "demo", false).unwrap();
+    assert_eq!(r.status, 200);
+    let r = http::post_chat(addr, "down", false).unwrap();
+    assert!(r.status >= 500, "down answers an error: {}", r.status);
+    let body = http::chat_body("slow", true).to_string();
+    let mut held = Stream::open(addr, "POST", http::CHAT, &[], Some(body.as_bytes())).unwrap();
+    assert_eq!(held.status, 200);
+
+    let mut events = Stream::open(addr, "GET", "/dashboard/events", &[], None).unwrap();
+    let snap = until_snapshot(&mut events, |s| {
+        let p = |name: &str| {
+            s["providers"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let listed = s["requests"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["model"] == "demo"));
+        p("down")["breaker"] == "open" && p("slow")["inflight"] == 1 && listed
+    });
+    let names: Vec<&str> = snap["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo", "slow", "down"], "the configured order");
+    let down = &snap["providers"][2];
+    let cooldown = down["cooldown_s"].as_f64().unwrap();
+    assert!(cooldown > 30.0 && cooldown <= 60.0, "{down}");
+    let demo = snap["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "demo")
+        .unwrap()
+        .clone();
+    assert_eq!(demo["status"], 200);
+    assert_eq!(demo["provider"], "demo");
+    assert!(demo["output_tokens"].as_u64().unwrap() > 0, "{demo}");
+    assert_eq!(demo["path"], "/v1/chat/completions");
+
+    let url = format!("http://{addr}/dashboard");
+    let profile = env.dir.path().join("chromium");
+    let shown = |d: &str| {
+        row_attr(d, "providers", "data-provider=\"down\"", "data-breaker").as_deref()
+            == Some("open")
+            && row_attr(d, "providers", "data-provider=\"slow\"", "data-inflight").as_deref()
+                == Some("1")
+            && row_attr(d, "requests", "data-model=\"demo\"", "data-status").as_deref()
+                == Some("200")
+    };
+    let dom = dom_until(&bin, &url, &profile, shown);
+    assert!(
+        shown(&dom),
+        "the page shows down's open breaker, slow's stream in flight and the demo request: {dom}"
+    );
+    let _ = held.next_chunk();
+}

@@ -157,6 +157,12 @@ fn now_nanos() -> u64 {
 
 /// A supervisor with 2 workers exporting to `endpoint`, a paced mock `slow` and the upstream.
 fn start(endpoint: &str, up: &Upstream) -> (TestEnv, Running) {
+    // Export every 100 ms instead of the SDK's 5 s, so the test waits less.
+    start_with_delay(endpoint, up, "100")
+}
+
+/// `start` with the batch's schedule delay `delay_ms`.
+fn start_with_delay(endpoint: &str, up: &Upstream, delay_ms: &str) -> (TestEnv, Running) {
     let base = up.url("");
     let extra = format!(
         r#"
@@ -180,8 +186,7 @@ service_name = "otel-test"
     );
     let env = TestEnv::new(&PoolConfig::new(2).extra(&extra).build());
     let mut cmd: Command = env.supervisor(&["start"]);
-    // Export every 100 ms instead of the SDK's 5 s, so the test waits less.
-    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    cmd.env("OTEL_BSP_SCHEDULE_DELAY", delay_ms);
     let run = Running::ready(cmd);
     (env, run)
 }
@@ -315,4 +320,29 @@ fn a_dead_collector_costs_requests_nothing_but_a_counter() {
     );
     let r = http::post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// A request answered just before a SIGTERM is exported: with a batch delay far longer than
+/// the test, only the flush at stop (front and worker) can send its spans.
+#[test]
+fn spans_of_a_request_just_before_sigterm_are_flushed_at_stop() {
+    let rx = Receiver::start();
+    let up = Upstream::start();
+    let (_env, mut run) = start_with_delay(&rx.endpoint(), &up, "600000");
+    let trace = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let traceparent = format!("00-{trace}-051581bf3cb55c13-01");
+    let body = chat_body("slow", true).to_string();
+    let headers = [("traceparent", traceparent.as_str())];
+    let mut s = Stream::open(run.listen, "POST", CHAT, &headers, Some(body.as_bytes())).unwrap();
+    assert_eq!(s.status, 200);
+    let rest = s.read_to_end().unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+    run.guard.signal(nix::sys::signal::Signal::SIGTERM);
+    run.expect_stopped_exit_0();
+    let spans = rx.wait_spans(&hex(trace), 2);
+    let kinds: Vec<i32> = spans.iter().map(|(_, s)| s.kind).collect();
+    assert!(
+        kinds.contains(&2) && kinds.contains(&3),
+        "the front's and the worker's span: {kinds:?}"
+    );
 }

@@ -45,6 +45,32 @@ fn non_tty_prints_one_snapshot() {
     );
     assert_eq!(text.matches("IDLE").count(), 2, "{text}");
     assert!(!text.contains('\x1b'), "plain text, no escapes: {text:?}");
+    assert!(
+        text.contains("COOLDOWN") && text.contains("INFLIGHT"),
+        "{text}"
+    );
+
+    // A request made is listed (the access joiner publishes its ring within 250 ms).
+    let r = support::http::post_chat(_sup.listen, "demo", false).unwrap();
+    assert_eq!(r.status, 200);
+    let listed = |t: &str| {
+        t.lines().any(|l| {
+            l.contains(" demo ") && l.contains(" 200 ") && l.ends_with("/v1/chat/completions")
+        })
+    };
+    let mut text = String::new();
+    let ok = support::process::wait_until(Duration::from_secs(10), || {
+        let out = env
+            .supervisor(&["top"])
+            .arg("--runtime-dir")
+            .arg(env.runtime_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        listed(&text)
+    });
+    assert!(ok, "the request in the last requests: {text}");
 }
 
 #[test]

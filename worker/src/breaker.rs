@@ -176,11 +176,11 @@ impl Breaker {
     }
 
     fn open_left(&self, w: StateWord) -> u64 {
-        if w.state != OPEN {
-            return 0;
-        }
-        let opened = self.cell().opened_at_ms.load(Acquire);
-        (opened + self.cfg.open_timeout.as_millis() as u64).saturating_sub(self.clock.now_ms())
+        self.cell().open_left_ms(
+            w,
+            self.cfg.open_timeout.as_millis() as u64,
+            self.clock.now_ms(),
+        )
     }
 
     pub fn state(self: &Arc<Self>) -> CircuitState {
@@ -198,12 +198,7 @@ impl Breaker {
 
     /// What is left of a 429/Retry-After cool-down; zero when none runs.
     pub fn cooldown_remaining(&self) -> Duration {
-        let left = self
-            .cell()
-            .cooldown_until_ms
-            .load(Relaxed)
-            .saturating_sub(self.clock.now_ms());
-        Duration::from_millis(left)
+        Duration::from_millis(self.cell().cooldown_left_ms(self.clock.now_ms()))
     }
 
     /// How long until this provider may be selected again: the rest of the open period or of

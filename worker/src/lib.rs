@@ -127,6 +127,8 @@ pub async fn run_with_front(
         shutdown,
     )
     .await;
+    // Every request has ended, so has its span: send what the batch still holds.
+    gateway::telemetry::flush(gateway::telemetry::FLUSH_AT_STOP).await;
     Ok(())
 }
 

@@ -494,7 +494,7 @@ fn judge(
 
 /// The outcome of waiting for a pool-wide provider permit.
 enum PermitWait {
-    /// A permit (or `None`: the provider has no limit).
+    /// A permit (a count only when the provider has no limit; `None` without a table).
     Got(Option<ProviderPermit>),
     /// `queue_timeout` passed: the 503 to send.
     TimedOut(ApiError),
@@ -504,9 +504,13 @@ enum PermitWait {
 
 async fn take_permit(r: &mut Run, p: &Provider) -> PermitWait {
     let limit = p.config.max_concurrency;
-    let Some(limiter) = r.table.limits.limiter.as_ref().filter(|_| limit > 0) else {
+    let Some(limiter) = r.table.limits.limiter.as_ref() else {
         return PermitWait::Got(None);
     };
+    if limit == 0 {
+        // No limit: counted only, for the pool-wide in flight the dashboard shows.
+        return PermitWait::Got(Some(limiter.count(p.name())));
+    }
     let pings = r.req.stream && !r.in_body;
     let until = if pings {
         r.permit_deadline.min(r.ping_at)

@@ -702,6 +702,7 @@ fn launch(
         });
     let dashboard = crate::dashboard::Dashboard::new(pool.worker_slots());
     let access = usage.access();
+    dashboard.bind_sources(pool.provider_table(), access.recent());
     let mut ctx = front_context(&pool, metrics, registry, limits, dashboard.clone(), access);
     ctx.backend = backend;
     let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
@@ -748,7 +749,12 @@ impl Started {
     /// left waiting for a process that is going away.
     async fn stop(self, trigger: shutdown::ShutdownTrigger) {
         let (pool, usage, admin) = self.drain_front(trigger).await;
-        pool.stop(Duration::from_secs(2)).await;
+        // The front's requests (and spans) have ended: their spans go out while the workers
+        // stop (each flushes its own).
+        let ((), ()) = tokio::join!(
+            gateway::telemetry::flush(gateway::telemetry::FLUSH_AT_STOP),
+            pool.stop(Duration::from_secs(2))
+        );
         usage.stop().await;
         end_admin(admin).await;
     }
@@ -765,6 +771,8 @@ impl Started {
     ) -> (Kept, Option<crate::pool::HandedOver>) {
         let kept = self.kept.take().expect("taken once");
         let (pool, usage, admin) = self.drain_front(trigger).await;
+        // The front's spans still queued would die with this image.
+        gateway::telemetry::flush(gateway::telemetry::FLUSH_AT_STOP).await;
         let handed = if adopts {
             let mut handed = pool.hand_over(Duration::from_secs(2)).await;
             handed.keep_usage(usage.hand_over().await);

@@ -7,12 +7,13 @@
 
 use super::control::{admin_socket, request};
 use super::TargetArgs;
-use crate::dashboard::snapshot::plain_text;
+use crate::dashboard::snapshot::{cooldown, plain_text, request_header, request_line};
 use crate::dashboard::Snapshot;
 use crate::exit;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 use std::io::IsTerminal;
@@ -98,10 +99,11 @@ fn draw(f: &mut Frame, snap: &Result<Snapshot, String>) {
             return;
         }
     };
-    let [head, chart, workers, providers] = Layout::vertical([
+    let [head, chart, workers, providers, requests] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(5),
         Constraint::Length(s.workers.len() as u16 + 3),
+        Constraint::Length(s.providers.len() as u16 + 3),
         Constraint::Min(3),
     ])
     .areas(f.area());
@@ -130,6 +132,7 @@ fn draw(f: &mut Frame, snap: &Result<Snapshot, String>) {
     f.render_widget(spark, chart);
     f.render_widget(worker_table(s), workers);
     f.render_widget(provider_table(s), providers);
+    f.render_widget(request_list(s), requests);
 }
 
 fn header(cells: &'static [&'static str]) -> Row<'static> {
@@ -172,20 +175,44 @@ fn worker_table(s: &Snapshot) -> Table<'static> {
 
 fn provider_table(s: &Snapshot) -> Table<'static> {
     let rows = s.providers.iter().map(|p| {
+        let color = match p.breaker.as_str() {
+            "closed" if p.cooldown_s <= 0.0 => Color::Reset,
+            "open" => Color::Red,
+            _ => Color::Yellow,
+        };
         Row::new(vec![
             p.name.clone(),
             p.breaker.clone(),
+            cooldown(p.cooldown_s),
+            p.inflight.to_string(),
             p.requests.to_string(),
             p.errors.to_string(),
             p.latency_ms.map_or("-".into(), |v| format!("{v:.1}ms")),
             p.tokens.to_string(),
             format!("${:.4}", p.cost_usd),
         ])
+        .style(Style::default().fg(color))
     });
-    let widths = [20, 10, 9, 8, 10, 9, 10].map(Constraint::Length);
+    let widths = [20, 10, 9, 9, 9, 8, 10, 9, 10].map(Constraint::Length);
     Table::new(rows, widths)
         .header(header(&[
-            "PROVIDER", "BREAKER", "REQUESTS", "ERRORS", "LATENCY", "TOKENS", "COST",
+            "PROVIDER", "BREAKER", "COOLDOWN", "INFLIGHT", "REQUESTS", "ERRORS", "LATENCY",
+            "TOKENS", "COST",
         ]))
         .block(Block::bordered().title(" providers "))
+}
+
+/// The last requests, newest first, as many as fit (the same lines as the plain text).
+fn request_list(s: &Snapshot) -> Paragraph<'static> {
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let mut lines = vec![Line::styled(request_header(), bold)];
+    for r in &s.requests {
+        let color = match r.status {
+            500.. => Color::Red,
+            400..=499 => Color::Yellow,
+            _ => Color::Reset,
+        };
+        lines.push(Line::styled(request_line(r), Style::default().fg(color)));
+    }
+    Paragraph::new(lines).block(Block::bordered().title(" last requests "))
 }

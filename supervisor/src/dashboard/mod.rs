@@ -4,9 +4,16 @@
 //! ```text
 //!  /dashboard/events (SSE) ─┐ subscribe           ┌─ Tally (atomics, RequestRecord::drop)
 //!  /dashboard/snapshot ─────┼─ touch ─► sampler ──┼─ WorkerSlots (atomics)
-//!  admin GET /snapshot ─────┘    (1/s)  │         └─ workers' /metrics (≤500 ms, skipped if slow)
+//!  admin GET /snapshot ─────┘    (1/s)  │         ├─ providers.shm (breakers, cool-downs, permits)
+//!                                       │         ├─ workers' /metrics (≤500 ms, skipped if slow)
+//!                                       │         └─ Recent (the access joiner's last requests)
 //!                                       └─► watch channel: the latest JSON, one value (bounded)
 //! ```
+//!
+//! Provider rows: one per configured provider (and any other a worker still reports, during
+//! a reload). Breaker state, cool-down and in flight are the pool-wide state every worker
+//! shares in `providers.shm`, read here from the pool's own mapping (`Pool::provider_table`);
+//! requests, errors, latency, tokens and cost are summed from the workers' metrics.
 //!
 //! Cost: with nobody watching there is no task at all; each request pays four relaxed atomic
 //! adds in `Tally`. The sampler starts on the first subscriber or one-shot request and ends
@@ -23,6 +30,8 @@ use crate::front::Shared;
 use crate::pool::WorkerSlots;
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
+use gateway::provider_health::{MonoClock, HALF_OPEN, OPEN};
+use gateway::provider_permits::ProviderTable;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
@@ -38,6 +47,10 @@ const QUANTILE_WINDOW: usize = 60;
 /// How long the sampler outlives its last viewer (a `top` polling once a second keeps it on).
 pub const LINGER: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_secs(1);
+
+/// The last finished requests, newest first, as the access log's joining task publishes them
+/// (`usage::access`); the sampler reads it once a second.
+pub type Recent = arc_swap::ArcSwap<Vec<snapshot::RequestRow>>;
 
 /// The hub: counters written on the request path, and the sampler's latest snapshot.
 pub struct Dashboard {
@@ -55,6 +68,12 @@ pub struct Dashboard {
     touched_ms: AtomicU64,
     /// The moment `touched_ms` counts from.
     epoch: Instant,
+    /// The pool-wide provider table (`Pool::provider_table`); set once at start.
+    table: OnceLock<Arc<ProviderTable>>,
+    /// The last requests (`AccessLog::recent`); set once at start.
+    recent: OnceLock<Arc<Recent>>,
+    /// The clock of `providers.shm`'s deadlines.
+    clock: MonoClock,
 }
 
 impl Dashboard {
@@ -67,7 +86,20 @@ impl Dashboard {
             running: AtomicBool::new(false),
             touched_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            table: OnceLock::new(),
+            recent: OnceLock::new(),
+            clock: MonoClock::new(),
         })
+    }
+
+    /// Called once at start: the pool's provider table and the access log's recent requests.
+    pub fn bind_sources(&self, table: Option<Arc<ProviderTable>>, recent: Option<Arc<Recent>>) {
+        if let Some(t) = table {
+            let _ = self.table.set(t);
+        }
+        if let Some(r) = recent {
+            let _ = self.recent.set(r);
+        }
     }
 
     /// Called once by the front listener: where to scrape workers, and when to stop.
@@ -142,7 +174,17 @@ impl Dashboard {
         let slots = self.slots.load();
         let workers = slots.iter().map(|s| worker_row(s)).collect();
         let mut acc = BTreeMap::new();
+        let mut open_timeout_ms = 0;
+        let mut order = Vec::new();
         if let Some(shared) = self.front.get().and_then(|(w, _)| w.upgrade()) {
+            let cfg = shared.config.load();
+            open_timeout_ms = cfg.circuit_breaker.open_timeout.as_millis() as u64;
+            for p in &cfg.providers {
+                acc.entry(p.name.clone())
+                    .or_insert_with(snapshot::ProviderAcc::default);
+                order.push(p.name.clone());
+            }
+            drop(cfg);
             let scrapes = slots
                 .iter()
                 .map(|s| crate::front::metrics_page::scrape(&shared, s));
@@ -154,7 +196,25 @@ impl Dashboard {
                 snapshot::add_worker_metrics(&mut acc, &text);
             }
         }
-        let providers: Vec<_> = acc.into_iter().map(|(n, a)| a.into_row(n)).collect();
+        let mut providers: Vec<_> = acc.into_iter().map(|(n, a)| a.into_row(n)).collect();
+        // Configured ones in the configuration's order, then any other a worker reported.
+        providers.sort_by_key(|p| {
+            order
+                .iter()
+                .position(|n| *n == p.name)
+                .unwrap_or(usize::MAX)
+        });
+        if let Some(table) = self.table.get() {
+            let now = self.clock.now_ms();
+            for p in &mut providers {
+                pool_wide(p, table, open_timeout_ms, now);
+            }
+        }
+        let requests = self
+            .recent
+            .get()
+            .map(|r| r.load_full().to_vec())
+            .unwrap_or_default();
         let now = Sample {
             at: Instant::now(),
             requests: self.tally.requests.load(Relaxed),
@@ -173,8 +233,27 @@ impl Dashboard {
             providers,
             totals,
             history: hist,
+            requests,
         }
     }
+}
+
+/// Fills a provider row's pool-wide state from `providers.shm`: the breaker (an open period
+/// that is over reads as half-open, which the next request makes it), what is left of the open
+/// period or the cool-down, and the permits held across the pool.
+fn pool_wide(p: &mut snapshot::ProviderRow, table: &ProviderTable, open_timeout_ms: u64, now: u64) {
+    let col = ProviderTable::column(&p.name);
+    let cell = &table.health().cols[col];
+    let w = cell.load();
+    let open_left = cell.open_left_ms(w, open_timeout_ms, now);
+    p.breaker = match w.state {
+        OPEN if open_left > 0 => "open",
+        OPEN | HALF_OPEN => "half-open",
+        _ => "closed",
+    }
+    .into();
+    p.cooldown_s = open_left.max(cell.cooldown_left_ms(now)) as f64 / 1000.0;
+    p.inflight = table.total(col);
 }
 
 fn worker_row(s: &crate::pool::WorkerSlot) -> snapshot::WorkerRow {
@@ -303,6 +382,54 @@ impl hyper::body::Body for EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Breaker, cool-down and in flight come from the pool-wide table every worker writes.
+    #[test]
+    fn provider_rows_read_the_pool_wide_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("providers.shm");
+        let table = ProviderTable::create(&path).unwrap();
+        let worker = gateway::provider_permits::ProviderLimiter::new(
+            Arc::new(ProviderTable::open(&path).unwrap()),
+            3,
+        );
+        let row = |name: &str| snapshot::ProviderRow {
+            name: name.into(),
+            breaker: "closed".into(),
+            ..Default::default()
+        };
+        let now = 1_000_000;
+        let (mut a, mut b) = (row("a"), row("b"));
+        pool_wide(&mut a, &table, 30_000, now);
+        assert_eq!(
+            (a.breaker.as_str(), a.cooldown_s, a.inflight),
+            ("closed", 0.0, 0)
+        );
+
+        let held = [worker.count("a"), worker.count("a")];
+        let cell = worker.health_cell("a");
+        cell.transition(cell.load(), OPEN, now - 10_000).unwrap();
+        worker
+            .health_cell("b")
+            .cooldown_until_ms
+            .store(now + 1_500, Relaxed);
+        pool_wide(&mut a, &table, 30_000, now);
+        pool_wide(&mut b, &table, 30_000, now);
+        assert_eq!(a.breaker, "open");
+        assert!((a.cooldown_s - 20.0).abs() < 1e-9, "{}", a.cooldown_s);
+        assert_eq!(a.inflight, 2);
+        assert_eq!(
+            (b.breaker.as_str(), b.cooldown_s, b.inflight),
+            ("closed", 1.5, 0)
+        );
+
+        pool_wide(&mut a, &table, 30_000, now + 30_000);
+        assert_eq!(a.breaker, "half-open", "an open period that is over");
+        assert_eq!(a.cooldown_s, 0.0);
+        drop(held);
+        pool_wide(&mut a, &table, 30_000, now);
+        assert_eq!(a.inflight, 0, "released with the requests");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn one_sampler_while_watched_none_when_idle() {

@@ -14,6 +14,30 @@ pub struct Snapshot {
     pub providers: Vec<ProviderRow>,
     pub totals: Totals,
     pub history: History,
+    /// The last finished `/v1/*` requests, newest first (at most `usage::access::RECENT`).
+    #[serde(default)]
+    pub requests: Vec<RequestRow>,
+}
+
+/// One finished request: the front's half of its access line joined with its usage record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RequestRow {
+    /// Unix ms when it finished.
+    pub at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub client: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub worker: Option<usize>,
+    /// Until the response body ended.
+    pub latency_ms: f64,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
+    /// `FROM->TO` when a worker translated it.
+    pub translated: Option<String>,
 }
 
 /// One worker slot, from the pool's atomics.
@@ -34,8 +58,16 @@ pub struct WorkerRow {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProviderRow {
     pub name: String,
-    /// `closed`, `open` or `half-open`: the worst state any worker reports.
+    /// `closed`, `open` or `half-open`: the pool-wide breaker (`providers.shm`), else the
+    /// worst state any worker reports.
     pub breaker: String,
+    /// Seconds until the provider may be chosen again: the rest of the open period or of a
+    /// 429/Retry-After cool-down, whichever is longer; 0 when usable.
+    #[serde(default)]
+    pub cooldown_s: f64,
+    /// Requests holding one of its permits across the pool now.
+    #[serde(default)]
+    pub inflight: u32,
     pub requests: u64,
     /// Attempts whose outcome was not `success`.
     pub errors: u64,
@@ -128,6 +160,8 @@ impl ProviderAcc {
         ProviderRow {
             name,
             breaker: breaker.into(),
+            cooldown_s: 0.0,
+            inflight: 0,
             requests: self.requests,
             errors: self.errors,
             latency_ms: (self.latency_count > 0)
@@ -186,22 +220,82 @@ pub fn plain_text(s: &Snapshot) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<20} {:<10} {:>8} {:>8} {:>10} {:>10}",
-        "PROVIDER", "BREAKER", "REQUESTS", "ERRORS", "LATENCY", "TOKENS"
+        "\n{:<20} {:<10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "PROVIDER", "BREAKER", "COOLDOWN", "INFLIGHT", "REQUESTS", "ERRORS", "LATENCY", "TOKENS"
     );
     for p in &s.providers {
         let _ = writeln!(
             out,
-            "{:<20} {:<10} {:>8} {:>8} {:>10} {:>10}",
+            "{:<20} {:<10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
             p.name,
             p.breaker,
+            cooldown(p.cooldown_s),
+            p.inflight,
             p.requests,
             p.errors,
             ms(p.latency_ms),
             p.tokens
         );
     }
+    let _ = writeln!(out, "\n{}", request_header());
+    for r in &s.requests {
+        let _ = writeln!(out, "{}", request_line(r));
+    }
     out
+}
+
+/// A cool-down for a table cell: `-` when none.
+pub fn cooldown(s: f64) -> String {
+    if s > 0.0 {
+        format!("{s:.1}s")
+    } else {
+        "-".into()
+    }
+}
+
+/// `HH:MM:SS` (UTC) of Unix ms.
+pub fn clock(at_ms: u64) -> String {
+    let s = at_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The head of the request list's columns.
+pub fn request_header() -> String {
+    format!(
+        "{:<8} {:<10} {:<16} {:<14} {:<12} {:>6} {:>10} {:>11} {:>9} {:<10}",
+        "TIME",
+        "CLIENT",
+        "MODEL",
+        "PROVIDER",
+        "TRANSLATED",
+        "STATUS",
+        "LATENCY",
+        "TOKENS",
+        "COST",
+        "PATH"
+    )
+}
+
+/// One request as a line of the plain table (and of `top`'s list).
+pub fn request_line(r: &RequestRow) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let tokens = match (r.input_tokens, r.output_tokens) {
+        (Some(i), Some(o)) => format!("{i}/{o}"),
+        _ => "-".into(),
+    };
+    format!(
+        "{:<8} {:<10} {:<16} {:<14} {:<12} {:>6} {:>10} {:>11} {:>9} {:<10}",
+        clock(r.at_ms),
+        opt(&r.client),
+        opt(&r.model),
+        opt(&r.provider),
+        opt(&r.translated),
+        r.status,
+        format!("{:.1}ms", r.latency_ms),
+        tokens,
+        r.cost_usd.map_or("-".into(), |c| format!("${c:.4}")),
+        r.path,
+    )
 }
 
 #[cfg(test)]

@@ -478,6 +478,11 @@ impl Pool {
         self.slots.clone()
     }
 
+    /// The pool-wide provider table (breakers, cool-downs, permits in flight), if it exists.
+    pub fn provider_table(&self) -> Option<Arc<gateway::provider_permits::ProviderTable>> {
+        self.shared.provider_rows.as_ref().map(|r| r.table())
+    }
+
     /// The live configuration, for readers that must follow every reload and scale (the front
     /// listener). Only the pool stores into it.
     pub fn live_config(&self) -> Arc<ArcSwap<Config>> {
@@ -524,11 +529,6 @@ impl Pool {
     /// (serving, total slots), updated whenever it changes; for systemd `STATUS=`.
     pub fn ready_counts(&self) -> watch::Receiver<(usize, usize)> {
         self.ready.clone()
-    }
-
-    /// The pool-wide provider table (`providers.shm`), if it could be created.
-    pub fn provider_table(&self) -> Option<Arc<gateway::provider_permits::ProviderTable>> {
-        self.shared.provider_rows.as_ref().map(|r| r.table())
     }
 
     /// The configuration the pool currently runs with.
