@@ -79,3 +79,47 @@ rss_kb() { # total RSS of the given pids and their descendants
 }
 
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+# translate_providers: the [[providers]] that bench/translate.sh and bench/translate_instr.sh add
+# to write_config's `up` (openai, every OpenAI API natively, bench*), on the same upstream $UP:
+# `ant` (anthropic: Messages) mbench*, `chatonly` (Chat only) cbench*, `resp` (Responses only)
+# rbench*; the client's path and model pick the translation.
+translate_providers() {
+  cat <<TOML
+[[providers]]
+name = "ant"
+kind = "anthropic"
+base_url = "http://$UP"
+models = ["mbench", "mbench-slow"]
+[[providers]]
+name = "chatonly"
+kind = "openai"
+base_url = "http://$UP/v1"
+apis = ["chat"]
+models = ["cbench", "cbench-slow"]
+[[providers]]
+name = "resp"
+kind = "openai"
+base_url = "http://$UP/v1"
+apis = ["responses"]
+models = ["rbench", "rbench-slow"]
+TOML
+}
+
+# pick_cases [NAME...]: sets CASES to the translation cases ("name client-path model") named,
+# or all nine when none is.
+pick_cases() {
+  local all=("chat>chat /v1/chat/completions bench"
+    "messages>messages /v1/messages mbench"
+    "responses>responses /v1/responses bench"
+    "chat>messages /v1/chat/completions mbench"
+    "chat>responses /v1/chat/completions rbench"
+    "messages>chat /v1/messages bench"
+    "messages>responses /v1/messages rbench"
+    "responses>chat /v1/responses cbench"
+    "responses>messages /v1/responses mbench") c
+  CASES=()
+  for c in "${all[@]}"; do
+    if [ $# -eq 0 ] || [[ " $* " == *" ${c%% *} "* ]]; then CASES+=("$c"); fi
+  done
+}

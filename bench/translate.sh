@@ -31,43 +31,9 @@ BENCH_CHUNKS=$CHUNKS BENCH_THREADS=2 start_upstream "$OUT/translate-upstream.add
 # `ant` (anthropic: Messages) mbench*, `chatonly` (Chat only) cbench*, `resp` (Responses only)
 # rbench*; the client's path and model pick the case.
 write_config "$OUT/translate.toml" "$PWD/$OUT/translate-run" $'worker_max_inflight = 20000\nmax_queue = 20000'
-cat >>"$OUT/translate.toml" <<TOML
-[[providers]]
-name = "ant"
-kind = "anthropic"
-base_url = "http://$UP"
-models = ["mbench", "mbench-slow"]
-[[providers]]
-name = "chatonly"
-kind = "openai"
-base_url = "http://$UP/v1"
-apis = ["chat"]
-models = ["cbench", "cbench-slow"]
-[[providers]]
-name = "resp"
-kind = "openai"
-base_url = "http://$UP/v1"
-apis = ["responses"]
-models = ["rbench", "rbench-slow"]
-TOML
-
-# case name, client path, model. CASES (space-separated names) picks some, e.g.
-# CASES="chat>chat chat>responses".
-ALL=("chat>chat /v1/chat/completions bench"
-     "messages>messages /v1/messages mbench"
-     "responses>responses /v1/responses bench"
-     "chat>messages /v1/chat/completions mbench"
-     "chat>responses /v1/chat/completions rbench"
-     "messages>chat /v1/messages bench"
-     "messages>responses /v1/messages rbench"
-     "responses>chat /v1/responses cbench"
-     "responses>messages /v1/responses mbench")
-CASES_WANTED=${CASES:-}
-CASES=()
-for c in "${ALL[@]}"; do
-  n=${c%% *}
-  if [ -z "$CASES_WANTED" ] || [[ " $CASES_WANTED " == *" $n "* ]]; then CASES+=("$c"); fi
-done
+translate_providers >>"$OUT/translate.toml"
+# CASES (space-separated names) picks some, e.g. CASES="chat>chat chat>responses".
+pick_cases ${CASES:-}
 # SIGKILL, then reap it, so the shell reports no "Killed" line.
 stop_worker() { kill -9 "$WPID" 2>/dev/null || true; wait "$WPID" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks

@@ -33,45 +33,15 @@ cargo build --release -q -p gateway --examples
 . bench/lib.sh
 trap kill_pids EXIT
 
-# One upstream per size, and a config per size naming the same four providers as translate.sh.
+# One upstream per size, and a config per size naming the same four providers as translate.sh
+# (lib.sh's translate_providers).
 for m in "$M1" "$M2"; do
   BENCH_CHUNKS=$m BENCH_CHUNK_MS=$GAP_MS start_upstream "$OUT/instr/upstream-$m.addr" 127.0.0.1:0
   write_config "$OUT/instr/$m.toml" "$PWD/$OUT/instr/run-$m" ""
-  cat >>"$OUT/instr/$m.toml" <<TOML
-[[providers]]
-name = "ant"
-kind = "anthropic"
-base_url = "http://$UP"
-models = ["mbench"]
-[[providers]]
-name = "chatonly"
-kind = "openai"
-base_url = "http://$UP/v1"
-apis = ["chat"]
-models = ["cbench"]
-[[providers]]
-name = "resp"
-kind = "openai"
-base_url = "http://$UP/v1"
-apis = ["responses"]
-models = ["rbench"]
-TOML
+  translate_providers >>"$OUT/instr/$m.toml"
 done
 
-ALL=("chat>chat /v1/chat/completions bench"
-     "messages>messages /v1/messages mbench"
-     "responses>responses /v1/responses bench"
-     "chat>messages /v1/chat/completions mbench"
-     "chat>responses /v1/chat/completions rbench"
-     "messages>chat /v1/messages bench"
-     "messages>responses /v1/messages rbench"
-     "responses>chat /v1/responses cbench"
-     "responses>messages /v1/responses mbench")
-CASES=()
-for c in "${ALL[@]}"; do
-  n=${c%% *}
-  if [ $# -eq 0 ] || [[ " $* " == *" $n "* ]]; then CASES+=("$c"); fi
-done
+pick_cases "$@"
 
 # ir CASE SIZE PATH MODEL: one worker under callgrind serving N streams; prints "Ir events errors".
 ir() {

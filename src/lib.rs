@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod api_error;
+pub mod calendar;
 pub mod config;
 pub mod headers;
 pub mod heartbeat;

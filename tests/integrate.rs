@@ -9,30 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::http;
 use support::process::{
-    bin_path, descendants, mock_config, pid_alive, start_env, wait_until, ChildGuard, TestEnv,
+    bin_path, descendants, expect_notify, mock_config, pid_alive, start_env, wait_until,
+    ChildGuard, TestEnv,
 };
-
-/// Receives notify datagrams until one contains `want`, or panics after `timeout`.
-fn expect_notify(sock: &UnixDatagram, want: &str, timeout: Duration, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        sock.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        ))
-        .unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push(msg.clone());
-            if msg.lines().any(|l| l == want) {
-                return;
-            }
-        }
-    }
-    panic!("no {want:?} within {timeout:?}; got {seen:?}");
-}
 
 #[test]
 fn systemd_notify_ready_status_reload_watchdog_stopping() {

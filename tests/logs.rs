@@ -239,9 +239,7 @@ token_env = "LOGS_CLIENT_TOKEN"
     );
     let id = r.header("x-request-id").expect("x-request-id").to_string();
 
-    let access = wait_record(&run, "access", |r| {
-        r["target"] == "access" && r["request_id"] == id.as_str()
-    });
+    let access = run.access_line(&id);
     assert_eq!(access["method"], "POST", "{access}");
     assert_eq!(access["path"], "/v1/chat/completions", "{access}");
     assert_eq!(access["status"], 200, "{access}");

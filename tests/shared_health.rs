@@ -60,14 +60,7 @@ fn workers(env: &TestEnv) -> Vec<(u32, SocketAddr)> {
 }
 
 fn chat(addr: SocketAddr) -> u16 {
-    support::http::request(
-        addr,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        Some(&support::front::body("up", false)),
-    )
-    .map_or(0, |r| r.status)
+    support::http::post_chat(addr, "up", false).map_or(0, |r| r.status)
 }
 
 fn chats_at_upstream(up: &Upstream) -> usize {

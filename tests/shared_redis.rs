@@ -225,7 +225,7 @@ async fn tpm_and_budgets_sum_the_hosts_and_a_repeated_total_counts_once() {
 
     // monthly_usd, in the month the hosts compute (the same calendar as the script's).
     let month = {
-        let (y, m) = civil(day);
+        let (y, m, _) = gateway::calendar::civil_from_days(day);
         y * 12 + m - 1
     };
     let usd = RateLimits {
@@ -243,18 +243,6 @@ async fn tpm_and_budgets_sum_the_hosts_and_a_repeated_total_counts_once() {
     assert_eq!(r.limit, RateLimit::MonthlyUsd);
     assert!(r.retry_after >= 1 && r.retry_after <= 31 * 86_400, "{r:?}");
     assert_every_key_expires(&redis);
-}
-
-/// (year, month 1-12) of a day count since 1970-01-01.
-fn civil(z: i64) -> (i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m)
 }
 
 #[tokio::test]
@@ -781,7 +769,10 @@ fn daily_tokens_sum_both_hosts_settle_and_a_restart_counts_nothing_twice() {
     a.run = client_start(&redis, &a.env);
     // 10 < 14: passes on a; a's total is 6 from its ledger + 2 = 8, b's 4: 12, not 18.
     send(a.run.listen, 12);
-    std::thread::sleep(Duration::from_millis(300));
+    // a's settlement reaches Redis on its own task: wait for it, then check it counted once.
+    wait_until(Duration::from_secs(5), || {
+        day_budget(&redis, &prefix).0 >= 12
+    });
     assert_eq!(day_budget(&redis, &prefix).0, 12, "counted once");
     send(b.run.listen, 14);
     for addr in [a.run.listen, b.run.listen] {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use support::dialects::{self, Answer, Api};
 use support::http::{self, Stream};
-use support::process::{wait_until, Running, TestEnv};
+use support::process::{Running, TestEnv};
 use support::upstream::{Script, Upstream};
 use support::worker::{self, Worker};
 
@@ -589,15 +589,7 @@ fn through_the_supervisor_with_the_access_log() {
         };
         assert_eq!(got.text, "over the front");
         let id = r.header("x-request-id").unwrap().to_string();
-        let mut access = None;
-        wait_until(Duration::from_secs(10), || {
-            access = run.guard.stderr().lines().find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                (v["target"] == "access" && v["request_id"] == id.as_str()).then_some(v)
-            });
-            access.is_some()
-        });
-        let access = access.unwrap_or_else(|| panic!("no access line:\n{}", run.guard.stderr()));
+        let access = run.access_line(&id);
         assert_eq!(access["translated"], "messages->chat", "{access}");
     }
 }
@@ -800,15 +792,7 @@ probe_interval = "0s"
     let got = read_sse(Api::Messages, &String::from_utf8_lossy(&body));
     assert_eq!(got.text, "after the wait");
     assert_eq!(first.join().unwrap().status, 200);
-    let mut access = None;
-    wait_until(Duration::from_secs(10), || {
-        access = run.guard.stderr().lines().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["target"] == "access" && v["request_id"] == id.as_str()).then_some(v)
-        });
-        access.is_some()
-    });
-    let access = access.unwrap_or_else(|| panic!("no access line:\n{}", run.guard.stderr()));
+    let access = run.access_line(&id);
     assert_eq!(access["translated"], "messages->chat", "{access}");
     // Its head went out before the provider was chosen; the line names it from the usage record.
     assert_eq!(access["provider"], "p-chat", "{access}");

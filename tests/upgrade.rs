@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::http::post_chat;
-use support::process::{bin_path, pid_alive, PoolConfig, Running, TestEnv};
+use support::process::{bin_path, expect_notify, pid_alive, PoolConfig, Running, TestEnv};
 use support::upstream::{Script, Upstream};
 
 /// A copy of the supervisor binary in the test's directory.
@@ -39,17 +39,9 @@ fn replace(bin: &Path, text: &str, mode: u32) {
 }
 
 fn next_upgrade_event(run: &mut Running) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .expect("an upgrade event within 30s");
-        let line = run.guard.next_line(left).expect("an upgrade event");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "upgrade" {
-            return v;
-        }
-    }
+    run.guard
+        .wait_event("upgrade", Duration::from_secs(30))
+        .expect("an upgrade event within 30s")
 }
 
 fn assert_serving(run: &Running, env: &TestEnv, pids: &[u64]) {
@@ -164,22 +156,18 @@ fn exe_of(pid: u64) -> String {
         .unwrap_or_else(|e| format!("<{e}>"))
 }
 
-/// Notify datagrams until one has the line `want` (each one seen is kept), or panics.
-fn expect_notify(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push(msg.clone());
-            if msg.lines().any(|l| l == want) {
-                return;
-            }
-        }
-    }
-    panic!("no {want:?} within 20s; got {seen:?}");
+/// How many requests for model `demo` the ledger holds (`supervisor usage --by model`).
+fn demo_requests(env: &TestEnv) -> u64 {
+    let out = env
+        .supervisor(&["usage", "--by", "model", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
+        .and_then(|r| r["requests"].as_u64())
+        .unwrap_or(0)
 }
 
 /// What a load loop saw: successes, failures with why, and the slowest request.
@@ -293,7 +281,7 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     cmd.env("NOTIFY_SOCKET", &notify_path);
     let mut run = Running::ready(cmd);
     let mut seen = Vec::new();
-    expect_notify(&notify, "READY=1", &mut seen);
+    expect_notify(&notify, "READY=1", Duration::from_secs(20), &mut seen);
     let pid = run.guard.pid();
     let before = env.status_json();
     assert_eq!(before["generation"], 0, "{before}");
@@ -418,8 +406,8 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     }
     // systemd saw it as a reload: RELOADING=1 from the old image, READY=1 from the new one.
     seen.clear();
-    expect_notify(&notify, "RELOADING=1", &mut seen);
-    expect_notify(&notify, "READY=1", &mut seen);
+    expect_notify(&notify, "RELOADING=1", Duration::from_secs(20), &mut seen);
+    expect_notify(&notify, "READY=1", Duration::from_secs(20), &mut seen);
 
     // SIGUSR2 takes the same path, and an upgraded image upgrades again.
     run.guard.signal(Signal::SIGUSR2);
@@ -444,18 +432,7 @@ fn a_new_build_is_executed_in_place_under_load_and_no_request_fails() {
     let r = post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     // Every request is in the ledger, those of the adopted worker included.
-    let requests = || {
-        let out = env
-            .supervisor(&["usage", "--by", "model", "--json"])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["rows"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
-            .and_then(|r| r["requests"].as_u64())
-            .unwrap_or(0)
-    };
+    let requests = || demo_requests(&env);
     // The load loop's and this last one: none lost across two upgrades.
     let want = demo_ok as u64 + 1;
     assert!(
@@ -533,18 +510,7 @@ fn an_adopted_worker_that_is_killed_is_restarted() {
     let r = post_chat(run.listen, "demo", false).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     // Every request is in the ledger, those of the adopted worker included.
-    let requests = || {
-        let out = env
-            .supervisor(&["usage", "--by", "model", "--json"])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["rows"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["model"] == "demo"))
-            .and_then(|r| r["requests"].as_u64())
-            .unwrap_or(0)
-    };
+    let requests = || demo_requests(&env);
     assert!(
         support::process::wait_until(Duration::from_secs(10), || requests() == 5),
         "{} usage records of 5 requests",

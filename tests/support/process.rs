@@ -98,6 +98,34 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+/// Receives sd_notify datagrams on `sock` until one has the line `want` (each one seen is kept
+/// in `seen`), or panics after `timeout`.
+pub fn expect_notify(
+    sock: &std::os::unix::net::UnixDatagram,
+    want: &str,
+    timeout: Duration,
+    seen: &mut Vec<String>,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(msg.clone());
+            if msg.lines().any(|l| l == want) {
+                return;
+            }
+        }
+    }
+    panic!("no {want:?} within {timeout:?}; got {seen:?}");
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -347,6 +375,20 @@ impl Running {
     /// deadline, for its ready line.
     pub fn ready(cmd: Command) -> Running {
         Self::ready_from(ChildGuard::spawn(cmd))
+    }
+
+    /// The access line (target `access`, `--log-format json`) of request `request_id`, waited
+    /// for up to 10 s; panics with the stderr when none comes.
+    pub fn access_line(&self, request_id: &str) -> serde_json::Value {
+        let mut found = None;
+        wait_until(Duration::from_secs(10), || {
+            found = self.guard.stderr().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["target"] == "access" && v["request_id"] == request_id).then_some(v)
+            });
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no access line for {request_id}:\n{}", self.guard.stderr()))
     }
 
     /// `ready` for a child spawned by the caller.

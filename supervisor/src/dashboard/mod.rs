@@ -447,7 +447,12 @@ mod tests {
         assert_eq!(s.history.requests_per_s.len(), 1);
         drop(a);
         drop(_b);
-        tokio::time::sleep(LINGER + TICK * 3).await;
+        // The sampler lingers for LINGER after the last watcher, then ends: wait for that,
+        // with a deadline well past it.
+        let deadline = tokio::time::Instant::now() + LINGER + TICK * 20;
+        while d.running.load(Relaxed) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(TICK).await;
+        }
         assert!(
             !d.running.load(Relaxed),
             "the sampler ends once nobody watches"

@@ -666,31 +666,7 @@ impl Pool {
             });
             out.sockets.push(sockets);
         }
-        let tasks: Vec<_> = self
-            .registry
-            .lock()
-            .iter_mut()
-            .filter_map(|h| h.task.take())
-            .collect();
-        let retired: Vec<_> = std::mem::take(
-            &mut *self
-                .registry
-                .retired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for t in tasks.into_iter().chain(retired) {
-            let _ = t.await;
-        }
-        self.halt.trigger();
-        let monitor = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(m) = monitor {
-            let _ = m.await;
-        }
+        self.end_tasks().await;
         out
     }
 
@@ -769,24 +745,9 @@ impl Pool {
         self.shared.changed.notify_one();
     }
 
-    /// Stops every worker: no new work, SIGTERM (they finish in-flight requests), SIGKILL what
-    /// remains after `grace`, everything reaped, every slot DEAD, heartbeat files removed.
-    pub async fn stop(&self, grace: Duration) {
-        self.stopped.store(true, Relaxed);
-        let senders = self.registry.senders();
-        for (s, _) in &senders {
-            s.draining.store(true, Relaxed);
-        }
-        let mut waits = Vec::new();
-        for (_, tx) in &senders {
-            let (done, rx) = oneshot::channel();
-            if tx.send(SlotCmd::Stop { grace, done }).await.is_ok() {
-                waits.push(rx);
-            }
-        }
-        for rx in waits {
-            let _ = rx.await;
-        }
+    /// After `stop` or `hand_over` told every slot: waits for the slot tasks (and the retired
+    /// ones) to end, then halts and joins the monitor.
+    async fn end_tasks(&self) {
         let tasks: Vec<_> = self
             .registry
             .lock()
@@ -812,6 +773,27 @@ impl Pool {
         if let Some(m) = monitor {
             let _ = m.await;
         }
+    }
+
+    /// Stops every worker: no new work, SIGTERM (they finish in-flight requests), SIGKILL what
+    /// remains after `grace`, everything reaped, every slot DEAD, heartbeat files removed.
+    pub async fn stop(&self, grace: Duration) {
+        self.stopped.store(true, Relaxed);
+        let senders = self.registry.senders();
+        for (s, _) in &senders {
+            s.draining.store(true, Relaxed);
+        }
+        let mut waits = Vec::new();
+        for (_, tx) in &senders {
+            let (done, rx) = oneshot::channel();
+            if tx.send(SlotCmd::Stop { grace, done }).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+        self.end_tasks().await;
     }
 
     /// Runs `exec` (an upgrade's `execve`) on the thread every worker was forked from, so that

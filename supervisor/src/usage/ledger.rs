@@ -257,7 +257,7 @@ pub fn summary(
             let part: &[u8] = match r.get_ref(i)? {
                 ValueRef::Text(t) => t,
                 ValueRef::Integer(d) => {
-                    let (y, m, dd) = crate::front::limits::civil_from_days(d);
+                    let (y, m, dd) = gateway::calendar::civil_from_days(d);
                     day.clear();
                     let _ = write!(day, "{y:04}-{m:02}-{dd:02}");
                     day.as_bytes()

@@ -271,18 +271,21 @@ async fn receive(
 ) -> Option<UsageFds> {
     let (halt_tx, halt) = tokio::sync::watch::channel(false);
     let mut readers = tokio::task::JoinSet::new();
+    // One reader per connection, owned by `readers`.
+    let read = |readers: &mut tokio::task::JoinSet<_>, fd: OwnedFd| -> std::io::Result<()> {
+        let conn = watch(fd)?;
+        readers.spawn(read_conn(
+            conn,
+            tx.clone(),
+            c.clone(),
+            access.clone(),
+            halt.clone(),
+        ));
+        Ok(())
+    };
     for fd in conns {
-        match watch(fd) {
-            Ok(conn) => {
-                readers.spawn(read_conn(
-                    conn,
-                    tx.clone(),
-                    c.clone(),
-                    access.clone(),
-                    halt.clone(),
-                ));
-            }
-            Err(e) => tracing::error!(error = %e, "handed usage connection not watched"),
+        if let Err(e) = read(&mut readers, fd) {
+            tracing::error!(error = %e, "handed usage connection not watched");
         }
     }
     let mut hand_over = false;
@@ -291,12 +294,11 @@ async fn receive(
             r = sock.readable() => {
                 let Ok(mut guard) = r else { break };
                 match accept(&sock) {
-                    Ok(fd) => match watch(fd) {
-                        Ok(conn) => {
-                            readers.spawn(read_conn(conn, tx.clone(), c.clone(), access.clone(), halt.clone()));
+                    Ok(fd) => {
+                        if let Err(e) = read(&mut readers, fd) {
+                            tracing::error!(error = %e, "usage connection not watched");
                         }
-                        Err(e) => tracing::error!(error = %e, "usage connection not watched"),
-                    },
+                    }
                     Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
                     Err(e) => {
                         tracing::error!(error = %e, "usage socket accept failed");
@@ -313,14 +315,8 @@ async fn receive(
     }
     // Connections still in the backlog (a worker that connected just now) are read too.
     while let Ok(fd) = accept(&sock) {
-        if let Ok(conn) = watch(fd) {
-            readers.spawn(read_conn(
-                conn,
-                tx.clone(),
-                c.clone(),
-                access.clone(),
-                halt.clone(),
-            ));
+        if let Err(e) = read(&mut readers, fd) {
+            tracing::error!(error = %e, "usage connection not watched");
         }
     }
     if hand_over {
