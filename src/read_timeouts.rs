@@ -16,19 +16,26 @@ use tokio::sync::Notify;
 
 /// Told by a connection's service when a request arrived (its head was read whole).
 #[derive(Clone, Default)]
-pub struct HeadSeen(Arc<Notify>, Arc<std::sync::atomic::AtomicBool>);
+pub struct HeadSeen(Arc<Seen>);
+
+/// One allocation per connection: the wake-up and whether any head came.
+#[derive(Default)]
+struct Seen {
+    arrived: Notify,
+    any: std::sync::atomic::AtomicBool,
+}
 
 impl HeadSeen {
     /// Marks that a request head arrived; cheap, called for every request.
     pub fn mark(&self) {
-        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0.any.store(true, std::sync::atomic::Ordering::Relaxed);
         // notify_one keeps a permit when no one waits yet, so a mark is never lost.
-        self.0.notify_one();
+        self.0.arrived.notify_one();
     }
 
     /// Whether any request head arrived on the connection so far.
     pub fn any(&self) -> bool {
-        self.1.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.any.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `conn` until its first request head arrived (true), it ended (false: do not poll
@@ -36,7 +43,7 @@ impl HeadSeen {
     pub async fn first_or_end<F: Future>(&self, conn: Pin<&mut F>, limit: Duration) -> bool {
         tokio::select! {
             _ = conn => false,
-            _ = tokio::time::timeout(limit, self.0.notified()) => true,
+            _ = tokio::time::timeout(limit, self.0.arrived.notified()) => true,
         }
     }
 }
@@ -50,7 +57,7 @@ pub async fn first_head_within<F: Future>(
 ) -> Option<F::Output> {
     tokio::select! {
         r = conn.as_mut() => return Some(r),
-        t = tokio::time::timeout(limit, seen.0.notified()) => {
+        t = tokio::time::timeout(limit, seen.0.arrived.notified()) => {
             if t.is_err() {
                 return None;
             }
