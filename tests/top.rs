@@ -22,17 +22,21 @@ impl Drop for Kill {
     }
 }
 
-#[test]
-fn non_tty_prints_one_snapshot() {
-    let env = TestEnv::new(&mock_config(2, ""));
-    let _sup: Running = env.start(&[]);
-    let out = env
-        .supervisor(&["top"])
+/// `supervisor top` with a non-TTY stdout: one snapshot, then it exits.
+fn top_once(env: &TestEnv) -> std::process::Output {
+    env.supervisor(&["top"])
         .arg("--runtime-dir")
         .arg(env.runtime_dir())
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn non_tty_prints_one_snapshot() {
+    let env = TestEnv::new(&mock_config(2, ""));
+    let _sup: Running = env.start(&[]);
+    let out = top_once(&env);
     assert!(
         out.status.success(),
         "{}",
@@ -60,14 +64,7 @@ fn non_tty_prints_one_snapshot() {
     };
     let mut text = String::new();
     let ok = support::process::wait_until(Duration::from_secs(10), || {
-        let out = env
-            .supervisor(&["top"])
-            .arg("--runtime-dir")
-            .arg(env.runtime_dir())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text = String::from_utf8_lossy(&top_once(&env).stdout).into_owned();
         listed(&text)
     });
     assert!(ok, "the request in the last requests: {text}");

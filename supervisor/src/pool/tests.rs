@@ -15,6 +15,14 @@ use std::time::Instant;
 mod kit;
 
 use kit::wait_until_async as wait_until;
+
+/// Whether process `pid` is gone from /proc (exited and reaped) within 10 s.
+async fn reaped(pid: u32) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await
+}
 pub(crate) use kit::WORKER_PY;
 
 pub(crate) struct Fixture {
@@ -665,12 +673,7 @@ async fn handed_workers_are_adopted_a_dead_one_starts_fresh_and_only_adopted_one
     assert_eq!(seen[0].pid, pids[0], "{seen:?}");
     // The replaced adopted process drains and is reaped through its pidfd.
     assert!(
-        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
-            "/proc/{}",
-            pids[0]
-        ))
-        .exists())
-        .await,
+        reaped(pids[0]).await,
         "the replaced adopted worker was reaped"
     );
     second.stop(Duration::from_secs(2)).await;
@@ -762,12 +765,7 @@ async fn an_adopted_worker_whose_heartbeat_stops_is_replaced() {
         "{now:?}"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
-            "/proc/{}",
-            pids[0]
-        ))
-        .exists())
-        .await,
+        reaped(pids[0]).await,
         "the stalled adopted worker was killed and reaped"
     );
     second.stop(Duration::from_secs(2)).await;
