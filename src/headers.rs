@@ -65,8 +65,9 @@ pub fn upstream_request(src: &HeaderMap) -> HeaderMap {
     ] {
         out.remove(name);
     }
-    // The front's internal client name is for the worker, never for a provider.
+    // The front's internal client name and body facts are for the worker, never for a provider.
     out.remove(CLIENT_HEADER);
+    out.remove(PEEKED_HEADER);
     // The trace is ours (`telemetry`): its ids and vendor state are not a provider's business.
     out.remove(crate::telemetry::TRACEPARENT);
     out.remove(crate::telemetry::TRACESTATE);
@@ -111,6 +112,11 @@ pub const TRANSLATED_HEADER: HeaderName = HeaderName::from_static("x-gateway-tra
 /// Request header by which the front names the `[[clients]]` client to the worker; the worker
 /// reads it only on the front's private socket, and it never goes upstream.
 pub const CLIENT_HEADER: HeaderName = HeaderName::from_static("x-gateway-client");
+
+/// Request header by which the front hands the worker what it read from the body
+/// (`gateway::request::RequestHead::to_header`), so the worker does not parse the body again;
+/// read only on the front's private socket, never sent upstream.
+pub const PEEKED_HEADER: HeaderName = HeaderName::from_static("x-gateway-peeked");
 
 /// Where a provider's own `x-request-id` goes: `x-request-id` is the gateway's id for the
 /// request (the one in its access log), so the provider's, which its support asks for, is kept

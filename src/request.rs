@@ -12,6 +12,33 @@ pub struct RequestHead<'a> {
     pub stream: bool,
 }
 
+impl<'a> RequestHead<'a> {
+    /// As the front's `x-gateway-peeked` header: `1` or `0` for `stream`, then the model. `None`
+    /// when the model cannot be a header value (a control character); the worker then parses
+    /// the body itself.
+    pub fn to_header(&self) -> Option<http::HeaderValue> {
+        let mut v = Vec::with_capacity(1 + self.model.len());
+        v.push(if self.stream { b'1' } else { b'0' });
+        v.extend_from_slice(self.model.as_bytes());
+        http::HeaderValue::from_bytes(&v).ok()
+    }
+
+    /// The head a `to_header` value carries; `None` for anything else.
+    pub fn from_header(v: &'a http::HeaderValue) -> Option<Self> {
+        let (stream, model) = v.as_bytes().split_first()?;
+        let stream = match stream {
+            b'1' => true,
+            b'0' => false,
+            _ => return None,
+        };
+        let model = std::str::from_utf8(model).ok().filter(|m| !m.is_empty())?;
+        Some(Self {
+            model: Cow::Borrowed(model),
+            stream,
+        })
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Peek<'a> {
     #[serde(borrow, default)]
@@ -55,6 +82,31 @@ mod tests {
     //! longer local run.
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn the_peeked_header_round_trips() {
+        for (model, stream) in [("demo", true), ("org/m:1 é", false)] {
+            let h = RequestHead {
+                model: Cow::Borrowed(model),
+                stream,
+            };
+            let v = h.to_header().unwrap();
+            assert_eq!(RequestHead::from_header(&v), Some(h));
+        }
+        let newline = RequestHead {
+            model: Cow::Borrowed("a\nb"),
+            stream: false,
+        };
+        assert_eq!(
+            newline.to_header(),
+            None,
+            "the worker parses such a body itself"
+        );
+        for bad in ["", "1", "2demo", "true"] {
+            let v = http::HeaderValue::from_static(bad);
+            assert_eq!(RequestHead::from_header(&v), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn ordinary_bodies() {

@@ -388,6 +388,8 @@ fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> ChildGuard {
     g
 }
 
+/// The front's private headers (the client's name, what it read from the body) are the front's
+/// own: a caller's claims of them change nothing, and none reaches the provider.
 #[test]
 fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
     let up = Upstream::start();
@@ -403,7 +405,8 @@ fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
         let st = env.status_json();
         st["listen"].as_str().unwrap().parse().unwrap()
     };
-    let body = chat_body("demo", false).to_string();
+    up.set(CHAT, Script::chat_with_usage("up-model", 3, 0, 4));
+    let body = chat_body("up-model", false).to_string();
     let r = http::request(
         addr,
         "POST",
@@ -411,13 +414,29 @@ fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
         &[
             ("authorization", "Bearer desk-token-0123456789"),
             ("x-gateway-client", "someone-else"),
+            ("x-gateway-peeked", "1unknown-model"),
         ],
         Some(body.as_bytes()),
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("content-type").unwrap_or("").contains("json"),
+        "the body's `stream: false` holds, not the claimed one"
+    );
     let rows = wait_rows(&ledger_path(&env), 1);
     assert_eq!(rows[0].client, "desk", "{:?}", rows[0]);
+    assert!(!rows[0].streamed, "{:?}", rows[0]);
+    let sent = up.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].json()["model"], "up-model");
+    for private in ["x-gateway-client", "x-gateway-peeked"] {
+        assert_eq!(
+            sent[0].header(private),
+            None,
+            "{private} reached the provider"
+        );
+    }
     g.signal(Signal::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(20)).is_some());
 }

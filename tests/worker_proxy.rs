@@ -61,6 +61,9 @@ fn openai_round_trip_replaces_client_credentials() {
             ("authorization", "Bearer client-secret"),
             ("x-api-key", "client-secret"),
             ("x-request-id", "req-42"),
+            // The front's word on the body counts only on its private socket: on the port
+            // the body is parsed (model m1, not this claim), and the header goes no further.
+            ("x-gateway-peeked", "1not-a-model"),
         ],
         Some(http::chat_body("m1", false).to_string().as_bytes()),
     )
@@ -80,6 +83,7 @@ fn openai_round_trip_replaces_client_credentials() {
     );
     assert_eq!(got.header("x-request-id"), Some("req-42"));
     assert_eq!(got.header("connection"), None);
+    assert_eq!(got.header("x-gateway-peeked"), None);
     assert_eq!(
         got.json(),
         http::chat_body("m1", false),

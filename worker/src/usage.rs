@@ -168,20 +168,13 @@ impl UsageTail {
         }
     }
 
-    /// The answer as `{"usage": …}`, when its last `"usage"` key is followed by a whole value.
-    fn usage(&self) -> Option<serde_json::Value> {
+    /// The usage of the answer's last `"usage"` member, when a whole value follows its key.
+    fn usage(&self, api: Api) -> Option<translate::Usage> {
         if !self.found {
             return None;
         }
         let rest = self.tail.strip_prefix(KEY)?.trim_ascii_start();
-        let rest = rest.strip_prefix(b":")?;
-        let u = serde_json::Deserializer::from_slice(rest)
-            .into_iter::<serde_json::Value>()
-            .next()?
-            .ok()?;
-        let mut v = serde_json::Map::with_capacity(1);
-        v.insert("usage".into(), u);
-        Some(serde_json::Value::Object(v))
+        translate::usage_member(api, rest.strip_prefix(b":")?)
     }
 }
 
@@ -323,9 +316,8 @@ impl Observer {
             Reader::Given { usage, .. } if outcome == Outcome::Success => *usage,
             Reader::Given { before_break, .. } => *before_break,
             Reader::Body { api, tail } => (outcome == Outcome::Success)
-                .then(|| tail.usage())
-                .flatten()
-                .and_then(|v| translate::body_usage(*api, &v)),
+                .then(|| tail.usage(*api))
+                .flatten(),
             Reader::None => None,
         };
         let tokens = usage.map_or_else(Tokens::default, |u| Tokens {
@@ -622,16 +614,13 @@ mod tests {
                 t.feed(f);
                 assert!(t.tail.len() <= MAX_USAGE_TAIL);
             }
-            t.usage()
+            t.usage(Api::Chat)
         };
         for cut in 0..=body.len() {
             for cut2 in [cut, (cut + 3).min(body.len())] {
-                let v = scan(&[&body[..cut], &body[cut..cut2], &body[cut2..]])
+                let u = scan(&[&body[..cut], &body[cut..cut2], &body[cut2..]])
                     .unwrap_or_else(|| panic!("cut at {cut}/{cut2}"));
-                assert_eq!(v["usage"]["prompt_tokens"], 3, "cut at {cut}");
-                assert_eq!(v.as_object().unwrap().len(), 1);
-                let u = translate::body_usage(Api::Chat, &v).unwrap();
-                assert_eq!((u.input, u.output), (3, 4));
+                assert_eq!((u.input, u.output), (3, 4), "cut at {cut}/{cut2}");
             }
         }
         assert!(scan(&[br#"{"choices":[]}"#]).is_none());

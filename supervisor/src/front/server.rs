@@ -484,17 +484,18 @@ impl ForwardCtx<'_> {
         has_body: bool,
     ) -> Result<Prepared, Refused<Incoming>> {
         let (parts, body) = req.into_parts();
-        let (body, stream) = if has_body {
+        let (body, stream, peeked) = if has_body {
             let max = self.cfg.server.max_body_bytes;
             let idle = self.cfg.server.body_read_timeout;
             let bytes = upload::read_limited(body, &parts.headers, max, idle).await?;
             // 400 here, so a malformed request never occupies a worker.
             let head = gateway::request::peek(&bytes).map_err(Refused::from)?;
             let stream = head.stream;
+            let peeked = head.to_header();
             self.record.model = Some(head.model.into_owned());
-            (bytes, stream)
+            (bytes, stream, peeked)
         } else {
-            (Bytes::new(), false)
+            (Bytes::new(), false, None)
         };
         let sticky_name = &self.cfg.routing.sticky_header;
         let sticky = (!sticky_name.is_empty())
@@ -513,8 +514,13 @@ impl ForwardCtx<'_> {
             t.inject(&mut headers);
         }
         headers.insert(REQUEST_ID, self.request_id.clone());
-        // The worker's usage record names the client; a caller's own such header never passes.
+        // The worker's usage record names the client, and the worker need not parse the body
+        // again; a caller's own such headers never pass.
         headers.remove(gateway::headers::CLIENT_HEADER);
+        headers.remove(gateway::headers::PEEKED_HEADER);
+        if let Some(v) = peeked {
+            headers.insert(gateway::headers::PEEKED_HEADER, v);
+        }
         if let Caller::Client(c) = &self.caller {
             if let Ok(v) = http::HeaderValue::from_str(&c.name) {
                 headers.insert(gateway::headers::CLIENT_HEADER, v);

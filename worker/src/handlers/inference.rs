@@ -8,7 +8,8 @@ use super::{App, Hop};
 use crate::body::{RequestGuard, ResBody};
 use crate::endpoint::Endpoint;
 use crate::proxy::{self, Forward};
-use gateway::headers::{ATTEMPTS_HEADER, CLIENT_HEADER, PROVIDER_HEADER};
+use gateway::headers::{ATTEMPTS_HEADER, CLIENT_HEADER, PEEKED_HEADER, PROVIDER_HEADER};
+use gateway::request::RequestHead;
 use gateway::upload;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -82,10 +83,19 @@ async fn serve(
         Ok(b) => b,
         Err(refused) => return refused.into_response(dialect, |d| ResBody::Drain(Box::new(d))),
     };
-    // The same parser as the front's (`gateway::request`), so both agree on what is a 400.
-    let head = match gateway::request::peek(&bytes) {
-        Ok(h) => h,
-        Err(e) => return e.to_response(dialect),
+    // On the private socket the front has parsed the body already and says what it found;
+    // anywhere else the same parser as the front's (`gateway::request`), so both agree on what
+    // is a 400.
+    let peeked = (hop == Hop::Front)
+        .then(|| parts.headers.get(PEEKED_HEADER))
+        .flatten()
+        .and_then(RequestHead::from_header);
+    let head = match peeked {
+        Some(h) => h,
+        None => match gateway::request::peek(&bytes) {
+            Ok(h) => h,
+            Err(e) => return e.to_response(dialect),
+        },
     };
     let model = head.model;
     // The child of the front's span (the hop's `traceparent`); none when telemetry is off.

@@ -326,6 +326,82 @@ pub fn label(from: Api, to: Api) -> String {
 
 /// The usage a provider's non-streamed answer in `api` reports, read as `translate_response`
 /// reads it; `None` when the body has no `usage` object.
+/// The usage member of an answer as any of the three APIs writes it, decoded without building a
+/// JSON tree: the accounting of every non-streamed answer reads it (`usage::UsageTail`), and a
+/// `Value` costs a map and a `String` per key (about 6,000 instructions of the worker's 75,000
+/// per request, `bench/path_instr.sh`). Unknown members are skipped; the counts are `Option` so
+/// a member that is not a whole number fails the decode, and [`usage_member`] then reads it
+/// through `Value` exactly as before (where a non-number counts as 0).
+#[derive(serde::Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<WireDetails>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    input_tokens_details: Option<WireDetails>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireDetails {
+    cached_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn usage(&self, api: Api) -> Usage {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        let details = |d: &Option<WireDetails>| {
+            d.as_ref()
+                .map_or((0, 0), |d| (n(d.cached_tokens), n(d.cache_write_tokens)))
+        };
+        match api {
+            Api::Chat => {
+                let (cached, written) = details(&self.prompt_tokens_details);
+                Usage::from_openai(
+                    n(self.prompt_tokens),
+                    cached,
+                    written,
+                    n(self.completion_tokens),
+                )
+            }
+            Api::Responses => {
+                let (cached, written) = details(&self.input_tokens_details);
+                Usage::from_openai(n(self.input_tokens), cached, written, n(self.output_tokens))
+            }
+            Api::Messages => Usage {
+                input: n(self.input_tokens),
+                output: n(self.output_tokens),
+                cache_read: n(self.cache_read_input_tokens),
+                cache_write: n(self.cache_creation_input_tokens),
+            },
+        }
+    }
+}
+
+/// The usage in `json`, which starts with the value of an answer's `usage` member (anything
+/// may follow it); `None` when that value is not an object.
+pub fn usage_member(api: Api, json: &[u8]) -> Option<Usage> {
+    let json = json.trim_ascii_start();
+    // A struct also decodes from an array; the `Value` path would not count one.
+    if !json.starts_with(b"{") {
+        return None;
+    }
+    let mut typed = serde_json::Deserializer::from_slice(json).into_iter::<WireUsage>();
+    if let Some(Ok(w)) = typed.next() {
+        return Some(w.usage(api));
+    }
+    let v = serde_json::Deserializer::from_slice(json)
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
+    let mut body = Map::with_capacity(1);
+    body.insert("usage".into(), v);
+    body_usage(api, &Value::Object(body))
+}
+
 pub fn body_usage(api: Api, body: &Value) -> Option<Usage> {
     let u = body.get("usage").filter(|u| u.is_object())?;
     Some(match api {

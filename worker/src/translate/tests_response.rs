@@ -3,8 +3,8 @@
 
 use super::pivot::{Stop, Usage};
 use super::{
-    chat_response, messages_response, responses_response, translate_error, translate_response, Api,
-    TranslateError,
+    body_usage, chat_response, messages_response, responses_response, translate_error,
+    translate_response, usage_member, Api, TranslateError,
 };
 use serde_json::{json, Value};
 
@@ -315,4 +315,35 @@ fn corrupted_answers_never_panic() {
             }
         }
     }
+}
+
+/// The typed read of a usage member gives what the `Value` read gives, for each API, for odd
+/// members too (a float or a string count, null details, an array, trailing bytes).
+#[test]
+fn usage_member_agrees_with_the_value_read() {
+    let members = [
+        r#"{"prompt_tokens":10,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":3,"cache_write_tokens":2}}"#,
+        r#"{"input_tokens":7,"output_tokens":5,"input_tokens_details":{"cached_tokens":1},"x":[{"y":"z"}]}"#,
+        r#"{"input_tokens":7,"output_tokens":5,"cache_read_input_tokens":2,"cache_creation_input_tokens":9}"#,
+        r#"{"prompt_tokens":1.5,"completion_tokens":"4"}"#,
+        r#"{"prompt_tokens":-3,"completion_tokens":2,"prompt_tokens_details":null}"#,
+        r#"{"input_tokens":2,"input_tokens_details":7}"#,
+        r#"{}"#,
+        r#"[1,2]"#,
+        r#"null"#,
+        r#"7"#,
+    ];
+    for api in [Api::Chat, Api::Messages, Api::Responses] {
+        for m in members {
+            let body: Value = serde_json::from_str(&format!(r#"{{"usage":{m}}}"#)).unwrap();
+            let want = body_usage(api, &body);
+            let got = usage_member(api, format!(" {m} , \"more\": 1}}").as_bytes());
+            assert_eq!(got, want, "{api:?} {m}");
+        }
+    }
+    assert_eq!(
+        usage_member(Api::Chat, br#"{"prompt_tokens":"#),
+        None,
+        "cut"
+    );
 }
