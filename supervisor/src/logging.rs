@@ -10,10 +10,15 @@
 //! line. `flush` (at exit) writes what is still queued.
 
 use clap::ValueEnum;
+use std::fmt;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::EnvFilter;
 
 /// Lines waiting for the writer thread, at most.
@@ -115,7 +120,7 @@ pub fn init(format: LogFormat) {
         .with_writer(Lines)
         .with_ansi(ansi);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -140,4 +145,190 @@ pub fn dropped_lines() -> usize {
 pub fn flush() {
     DIRECT.store(true, Relaxed);
     drop(GUARD.lock().unwrap_or_else(|e| e.into_inner()).take());
+}
+
+/// The text format's fields, written byte for byte as `tracing_subscriber`'s `DefaultFields`
+/// writes them (`name=value`, strings quoted as `Debug` quotes them), but the common cases
+/// (numbers, booleans, plain strings) without its per-field `fmt` machinery and its empty
+/// colour styles: those were about 20,000 instructions per access line, a sixth of all the
+/// front spends on a request at the default `RUST_LOG=info` (`bench/path_instr.sh`).
+/// Everything else, and every field when colours are on, goes to `DefaultVisitor` itself.
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        if writer.has_ansi_escapes() {
+            return DefaultFields::new().format_fields(writer, fields);
+        }
+        let mut v = TextVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct TextVisitor<'w> {
+    writer: Writer<'w>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl TextVisitor<'_> {
+    /// Writes `name=value` (after a space unless first), when `field` is one this visitor
+    /// writes itself: not the message, a raw identifier or log metadata, which have rules of
+    /// their own in `DefaultVisitor`. False when it is not.
+    fn plain(&mut self, field: &Field, quoted: bool, value: &str) -> bool {
+        let name = field.name();
+        if name == "message" || name.starts_with("r#") || name.starts_with("log.") {
+            return false;
+        }
+        if self.result.is_ok() {
+            let pad = if std::mem::take(&mut self.is_empty) {
+                ""
+            } else {
+                " "
+            };
+            let q = if quoted { "\"" } else { "" };
+            let w = &mut self.writer;
+            self.result = (|| {
+                w.write_str(pad)?;
+                w.write_str(name)?;
+                w.write_char('=')?;
+                w.write_str(q)?;
+                w.write_str(value)?;
+                w.write_str(q)
+            })();
+        }
+        true
+    }
+
+    /// The field as `DefaultVisitor` writes it.
+    fn default(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut d = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut d);
+        self.result = d.finish();
+        // It writes (and pads before) every field but log metadata.
+        self.is_empty &= field.name().starts_with("log.");
+    }
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if !self.plain(field, false, itoa::Buffer::new().format(value)) {
+            self.default(field, |d| d.record_u64(field, value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if !self.plain(field, false, itoa::Buffer::new().format(value)) {
+            self.default(field, |d| d.record_i64(field, value));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        let text = if value { "true" } else { "false" };
+        if !self.plain(field, false, text) {
+            self.default(field, |d| d.record_bool(field, value));
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // `Debug` of a string that holds only printable ASCII but `"` and `\\` is the string
+        // in quotes; any other string is escaped by `Debug` itself.
+        let plain = value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+        if !(plain && self.plain(field, true, value)) {
+            self.default(field, |d| d.record_str(field, value));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.default(field, |d| d.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.default(field, |d| d.record_debug(field, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the events of `emit` look like in the text format, with `fields` (and a span, so
+    /// span fields are formatted too).
+    fn text<F>(fields: F, emit: &dyn Fn()) -> String
+    where
+        F: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(fields)
+            .finish();
+        tracing::subscriber::with_default(sub, emit);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    /// Byte for byte what `DefaultFields` writes, for every kind of value and the odd names
+    /// and strings that take `DefaultVisitor`'s own path.
+    #[test]
+    fn text_fields_write_what_default_fields_writes() {
+        let emit = || {
+            let span = tracing::info_span!("request", request_id = "r-1", n = 3u64);
+            let _in = span.enter();
+            tracing::info!(
+                target: "access",
+                method = %http::Method::POST,
+                path = "/v1/chat/completions",
+                status = 200u16,
+                worker = -1i64,
+                client = Some("desk"),
+                provider = None::<&str>,
+                quoted = "say \"hi\"",
+                tab = "a\tb",
+                unicode = "caf\u{e9} \u{1b}[31m",
+                empty = "",
+                ok = true,
+                cost_usd = 0.25f64,
+                r#type = "raw",
+                err = &std::io::Error::other("boom") as &(dyn std::error::Error + 'static),
+                "request {}", 7
+            );
+            tracing::warn!(n = 5u64, "first field after the message");
+            tracing::warn!(only = "field");
+        };
+        let ours = text(TextFields, &emit);
+        let theirs = text(DefaultFields::new(), &emit);
+        assert!(
+            ours.contains("path=\"/v1/chat/completions\" status=200"),
+            "{ours}"
+        );
+        assert_eq!(ours, theirs);
+    }
 }
