@@ -43,20 +43,19 @@ pub async fn handle(
 /// Sets who answered and after how many attempts; a provider's own headers of these names never
 /// pass (it could claim anything).
 fn label(resp: &mut Response<ResBody>, attempts: u32) {
-    let provider = resp
-        .body()
-        .provider()
-        .and_then(|p| HeaderValue::from_str(p.name()).ok());
+    let provider = resp.body().provider().and_then(|p| p.name_header.clone());
     let waiting = matches!(resp.body(), ResBody::Waiting(_));
     let h = resp.headers_mut();
-    h.remove(&PROVIDER_HEADER);
-    h.remove(&ATTEMPTS_HEADER);
-    if let Some(name) = provider {
-        h.insert(PROVIDER_HEADER, name);
+    // `insert` replaces whatever values the name had.
+    match provider {
+        Some(name) => drop(h.insert(PROVIDER_HEADER, name)),
+        None => drop(h.remove(&PROVIDER_HEADER)),
     }
     // A stream that went on waiting in its body makes its other attempts after this head.
     if attempts > 0 && !waiting {
         h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    } else {
+        h.remove(&ATTEMPTS_HEADER);
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Provider {
     pub metrics: ProviderMetrics,
     /// This provider's circuit breaker (lock-free; its hook writes `metrics`).
     pub breaker: Arc<Breaker>,
+    /// The name as the `x-gateway-provider` value of every answer it gives, built once.
+    pub name_header: Option<HeaderValue>,
 }
 
 /// The endpoint's path below a `kind` provider's `base_url`: an OpenAI base ends in `/v1`, an
@@ -154,6 +156,7 @@ impl Provider {
             state: ProviderState::default(),
             metrics: pm,
             breaker: Breaker::new(breaker, hook, table, &config.name),
+            name_header: HeaderValue::from_str(&config.name).ok(),
             config,
         }
     }
