@@ -10,10 +10,12 @@
 # keep-alive connections, bench/keepalive_post.py), each stopped with SIGTERM so callgrind writes
 # its totals; per request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and shutdown cancel out.
 #
-# `pool` counts the whole front path instead: the supervisor and its 3 workers (valgrind's
-# --trace-children), summed, so what the front hands to its workers shows too.
+# The workers behind the front are not counted: the supervisor starts them from its own image
+# through a file descriptor, which valgrind cannot follow; what the front's hand-off saves a
+# pooled worker (`x-gateway-peeked`) shows as `gateway::request::peek`'s inclusive count in a
+# standalone worker's profile (PROFILE=1).
 #
-# Usage: bench/path_instr.sh [worker|front|pool ...]   (default: worker front). Release build.
+# Usage: bench/path_instr.sh [worker|front ...]   (default: both). Release build.
 # Settings from the environment: N1 (100), N2 (600), CONNS (4), LEVELS ("warn info").
 # PROFILE=1 keeps the callgrind files (bench/out/path_instr/*.out) for `callgrind_annotate`.
 # Writes bench/out/path_instr/ and prints one table.
@@ -69,14 +71,6 @@ ir() {
     RUST_LOG=$level "${vg[@]}" $BIN/gateway-worker --config "$D/cfg.toml" --listen "$addr" 2>"$log" &
     pid=$!; pids+=($pid)
     wait_port "$addr" $pid
-  elif [ "$what" = pool ]; then
-    # The whole front path: the supervisor and its 3 workers, each with its own file.
-    rm -f "$D/$what.$level.$n".*.out
-    vg=(valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$D/$what.$level.$n.%p.out" --log-file="$log.vg")
-    RUST_LOG=$level "${vg[@]}" $BIN/supervisor start -c "$D/cfg.toml" >"$log.out" 2>"$log" &
-    pid=$!; pids+=($pid)
-    wait_for "$log.out" '"ready"' $pid >/dev/null
-    addr=$(python3 -c "import json;print(json.loads(open('$log.out').readline())['listen'])")
   else
     RUST_LOG=$level "${vg[@]}" $BIN/supervisor start -c "$D/cfg.toml" >"$log.out" 2>"$log" &
     pid=$!; pids+=($pid)
@@ -86,11 +80,10 @@ ir() {
   local errors
   errors=$(python3 bench/keepalive_post.py "http://$addr/v1/chat/completions" bench/chat_body.json "$CONNS" "$n")
   kill -TERM $pid; wait $pid || true
-  local total files=("$f")
-  [ "$what" = pool ] && files=("$D/$what.$level.$n".*.out)
-  total=$(for g in "${files[@]}"; do awk '/^(summary|totals):/ {print $2; exit}' "$g"; done | awk '{s += $1} END {print s}')
-  [ -n "$total" ] && [ "$total" != 0 ] || { echo "no callgrind totals in ${files[*]}" >&2; exit 1; }
-  [ -n "${PROFILE:-}" ] || rm -f "${files[@]}"
+  local total
+  total=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  [ -n "$total" ] || { echo "no callgrind totals in $f" >&2; exit 1; }
+  [ -n "${PROFILE:-}" ] || rm -f "$f"
   echo "$total $errors"
 }
 
