@@ -5,7 +5,10 @@
 # workers. The load generator is `oha` (installed with cargo when missing, never in CI); the
 # project's own `bench_load` runs once per path in round 1 for comparison. The machine is shared
 # and noisy, so the paths run in ROUNDS interleaved rounds (the order rotates) and the tables show
-# medians. Every request is the same realistic 866-byte chat body (bench/chat_body.json).
+# medians. Every request is the same realistic 866-byte chat body (bench/chat_body.json). Two
+# more front rows: the usage ledger off (front3-no-ledger; front3 has it on, as users run it),
+# and the conversation as an Anthropic Messages request translated to the upstream's Chat
+# (front3-translated, bench/messages_body.json).
 # Usage: bench/run.sh [SECS]   (default 10 s per measurement). ROUNDS (default 5). Release build.
 # Writes bench/out/.
 set -euo pipefail
@@ -87,6 +90,12 @@ READY_MS=$(( (READY_NS - t0) / 1000000 ))
 sleep 1
 IDLE_RSS=$(rss_kb $SPID)
 
+# --- the same front with the usage ledger off: what usage accounting's ledger costs ---
+LEDGER=off write_config "$OUT/gateway-noledger.toml" "$PWD/$OUT/run-noledger" $'worker_max_inflight = 20000\nmax_queue = 20000'
+MAIN_SPID=$SPID; MAIN_FRONT=$FRONT
+start_supervisor "$OUT/gateway-noledger.toml" "$OUT/sup-noledger.out" "$OUT/sup-noledger.log" 0.002
+FRONT_NOLEDGER=$FRONT; SPID=$MAIN_SPID; FRONT=$MAIN_FRONT
+
 # --- nginx as the one-hop reference (1 worker, like one gateway worker), one port per upstream ---
 if [ -n "$NGINX" ]; then
   HOP=127.0.0.1:$(free_port); HOPN=127.0.0.1:$(free_port)
@@ -104,18 +113,19 @@ if [ ! -x "$OHA" ] && [ -z "${CI:-}" ]; then cargo install -q --locked oha; fi
 [ -x "$OHA" ] || { echo "oha is missing: cargo install --locked oha" >&2; exit 1; }
 sed 's/"model":"bench"/"model":"bench-ngx"/' bench/chat_body.json >"$OUT/chat_body_ngx.json"
 
-# oha_row ROUND UPSTREAM PATH ADDR BODY: throughput with -c 64, then latency at RATE req/s on 8
-# connections with coordinated-omission correction; appends one line to $OUT/rows with the
-# generator's own CPU (user+sys seconds per second of load) so a generator-bound row shows.
+# oha_row ROUND UPSTREAM PATH ADDR BODY [URL_PATH]: throughput with -c 64, then latency at RATE
+# req/s on 8 connections with coordinated-omission correction; appends one line to $OUT/rows with
+# the generator's own CPU (user+sys seconds per second of load) so a generator-bound row shows.
 oha_row() {
-  local url="http://$4/v1/chat/completions" t l
+  local url="http://$4${6:-/v1/chat/completions}" t l
   /usr/bin/time -f '%U %S' -o "$OUT/oha.time" "$OHA" --no-tui --output-format json -z "${SECS}s" -c 64 \
     -m POST -H 'content-type: application/json' -D "$5" "$url" >"$OUT/oha-t.json"
   "$OHA" --no-tui --output-format json -z "${SECS}s" -c 8 -q "$RATE" --latency-correction \
     -m POST -H 'content-type: application/json' -D "$5" "$url" >"$OUT/oha-l.json"
   python3 - "$@" "$OUT" "$SECS" >>"$OUT/rows" <<'PY'
 import json, sys
-rnd, up, path, _addr, _body, out, secs = sys.argv[1:]
+rnd, up, path, _addr, _body = sys.argv[1:6]
+out, secs = sys.argv[-2:]
 def load(f):
     d = json.load(open(f"{out}/{f}"))
     ok = d["statusCodeDistribution"].get("200", 0)
@@ -139,15 +149,23 @@ ours_row() {
 }
 
 : >"$OUT/rows"
-PATHS=("direct $UP $UPN" "nginx $HOP $HOPN" "hyper-floor $FLOOR ${FLOORN:-}" "worker $WADDR $WADDR" "front3 $FRONT $FRONT")
+# front3 runs with the usage ledger on (as users run it); front3-no-ledger is the same with
+# `ledger = "off"`; front3-translated sends the same conversation as an Anthropic Messages
+# request (bench/messages_body.json), which the worker translates to the openai upstream's Chat.
+PATHS=("direct $UP $UPN" "nginx $HOP $HOPN" "hyper-floor $FLOOR ${FLOORN:-}" "worker $WADDR $WADDR" "front3 $FRONT $FRONT"
+  "front3-no-ledger $FRONT_NOLEDGER" "front3-translated $FRONT")
 for r in $(seq "$ROUNDS"); do
   # Interleaved: each round rotates the order of the paths so no path always runs first or last.
   n=${#PATHS[@]}
   for i in $(seq 0 $((n - 1))); do
     set -- ${PATHS[$(( (i + r) % n ))]}
+    if [ "$1" = front3-translated ]; then
+      oha_row "$r" ours "$1" "$2" bench/messages_body.json /v1/messages
+      continue
+    fi
     [ -n "${2:-}" ] && oha_row "$r" ours "$1" "$2" bench/chat_body.json
     [ -n "${3:-}" ] && [ -n "$UPN" ] && oha_row "$r" nginx-up "$1" "$3" "$OUT/chat_body_ngx.json"
-    if [ "$r" = 1 ] && [ "$1" != nginx ]; then ours_row "$r" "$1" "$2"; fi
+    case "$r $1" in 1\ nginx | 1\ front3-*) ;; 1\ *) ours_row "$r" "$1" "$2" ;; esac
   done
   echo "round $r of $ROUNDS done" >&2
 done
@@ -189,7 +207,7 @@ for gen in ["ours", "nginx-up", "bench_load"]:
     print(f"| path | req/s @64 | ratio | errors | p50 µs @{rate}/s | +p50 µs | p99 µs | errors | generator CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
     direct = {r[0]: r for r in rs if r[2] == "direct"}
-    order = ["direct", "nginx", "hyper-floor", "worker", "front3"]
+    order = ["direct", "nginx", "hyper-floor", "worker", "front3", "front3-no-ledger", "front3-translated"]
     for path in sorted(dict.fromkeys(r[2] for r in rs), key=order.index):
         pr = [r for r in rs if r[2] == path]
         ratio = [float(r[3]) / float(direct[r[0]][3]) for r in pr if r[0] in direct]
