@@ -192,15 +192,21 @@ impl TextVisitor<'_> {
                 " "
             };
             let q = if quoted { "\"" } else { "" };
+            // One call into the writer (a `dyn fmt::Write`) per field rather than six.
+            let parts = [pad, name, "=", q, value, q];
+            let mut buf = [0u8; 192];
+            let mut n = 0;
+            for p in parts {
+                if let Some(dst) = buf.get_mut(n..n + p.len()) {
+                    dst.copy_from_slice(p.as_bytes());
+                }
+                n += p.len();
+            }
             let w = &mut self.writer;
-            self.result = (|| {
-                w.write_str(pad)?;
-                w.write_str(name)?;
-                w.write_char('=')?;
-                w.write_str(q)?;
-                w.write_str(value)?;
-                w.write_str(q)
-            })();
+            self.result = match buf.get(..n).map(std::str::from_utf8) {
+                Some(Ok(joined)) => w.write_str(joined),
+                _ => parts.iter().try_for_each(|p| w.write_str(p)),
+            };
         }
         true
     }
@@ -314,6 +320,7 @@ mod tests {
                 tab = "a\tb",
                 unicode = "caf\u{e9} \u{1b}[31m",
                 empty = "",
+                long = "x".repeat(300).as_str(),
                 ok = true,
                 cost_usd = 0.25f64,
                 r#type = "raw",
