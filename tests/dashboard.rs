@@ -173,10 +173,12 @@ fn the_page_in_a_real_browser_shows_workers_a_kill_and_the_requests_chart() {
     let Some(bin) = chromium_or_fail() else {
         return;
     };
-    // A long restart back-off keeps the killed slot out of IDLE long enough to be seen.
+    // A long restart back-off keeps the killed slot out of IDLE long enough to be seen: longer
+    // than a headless Chromium's start and render, which took more than 4 s on a loaded 2-core
+    // machine (the replacement was already serving, BUSY, when the page was read).
     let cfg = PoolConfig::new(3)
         .default_restart_backoff()
-        .pool("restart_backoff_initial = \"4s\"\nrestart_backoff_max = \"4s\"\n")
+        .pool("restart_backoff_initial = \"12s\"\nrestart_backoff_max = \"12s\"\n")
         .build();
     let env = TestEnv::new(&cfg);
     let sup: Running = env.start(&[]);
