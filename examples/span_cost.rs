@@ -117,13 +117,15 @@ fn main() {
             });
         }
         while set.join_next().await.is_some() {}
+        let f0 = Instant::now();
         telemetry::flush(Duration::from_secs(30)).await;
         let (c1, w1) = (cpu_ns(), Instant::now());
         let done = per * tasks;
         println!(
-            "requests {done} cpu_ns_per_request {} wall_ms {} export_failures {}",
+            "requests {done} cpu_ns_per_request {} wall_ms {} flush_ms {} export_failures {}",
             (c1 - c0) / done,
             (w1 - w0).as_millis(),
+            (w1 - f0).as_millis(),
             telemetry::export_failures()
         );
     });
