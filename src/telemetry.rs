@@ -214,6 +214,8 @@ struct Pipeline {
     /// Flush requests (each answered once its spans went out); a handful at most at a stop.
     flushes: SyncSender<Flushed>,
     thread: OnceLock<std::thread::Thread>,
+    /// Set by [`Pipeline::wake`], taken by the exporter before it sleeps.
+    woken: AtomicBool,
     batching: Batching,
     /// The `ResourceSpans.resource` and `ScopeSpans.scope` fields, encoded once.
     resource_field: Vec<u8>,
@@ -263,6 +265,7 @@ impl Pipeline {
             queued: AtomicUsize::new(0),
             flushes,
             thread: OnceLock::new(),
+            woken: AtomicBool::new(false),
             batching,
             resource_field,
             scope_field,
@@ -335,6 +338,10 @@ impl Pipeline {
     }
 
     fn wake(&self) {
+        // The flag first: the thread's park token alone can be eaten by another park on that
+        // thread (the wait for an export's answer parks too), and the wake-up lost until the
+        // delay.
+        self.woken.store(true, Ordering::Release);
         if let Some(t) = self.thread.get() {
             t.unpark();
         }
@@ -563,8 +570,9 @@ impl Exporter {
         loop {
             // Woken by the span that fills a batch, by a flush, or by the delay.
             let now = Instant::now();
-            if now < deadline {
+            if now < deadline && !self.pipeline.woken.swap(false, Ordering::Acquire) {
                 std::thread::park_timeout(deadline - now);
+                self.pipeline.woken.store(false, Ordering::Relaxed);
             }
             let flushes: Vec<Flushed> = self.queue.flushes.try_iter().collect();
             if !flushes.is_empty() || Instant::now() >= deadline {
@@ -1106,6 +1114,11 @@ mod tests {
 
     /// A real OTLP/HTTP receiver on 127.0.0.1:0 counting the spans it decodes.
     async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        slow_receiver(Duration::ZERO).await
+    }
+
+    /// `receiver`, answering each export `delay` after it arrived.
+    async fn slow_receiver(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(AtomicUsize::new(0));
@@ -1119,6 +1132,7 @@ mod tests {
                             let seen = seen.clone();
                             async move {
                                 let body = req.into_body().collect().await?.to_bytes();
+                                tokio::time::sleep(delay).await;
                                 seen.fetch_add(decode(&body).1.len(), Ordering::SeqCst);
                                 Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
                             }
@@ -1166,6 +1180,32 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(received.load(Ordering::SeqCst), 4);
+    }
+
+    /// A flush asked for while the exporter waits for an export's answer is not lost until the
+    /// delay (that wait parks the thread too, and ate the flush's wake-up once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_during_an_export_is_not_lost() {
+        let (addr, received) = slow_receiver(Duration::from_millis(300)).await;
+        let (p, q) = pipeline(Batching {
+            max_batch: 4,
+            ..batching(64, Duration::from_secs(600))
+        });
+        let url = format!("http://{addr}/v1/traces").parse().unwrap();
+        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
+        for _ in 0..5 {
+            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
+        }
+        // The first four are on their way (300 ms); the flush comes meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = Instant::now();
+        p.flush(Duration::from_secs(10)).await;
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(received.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
