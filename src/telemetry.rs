@@ -1148,16 +1148,31 @@ mod tests {
         (addr, spans)
     }
 
+    /// A pipeline of its own batching `max_batch` spans (600 s delay: only a full batch or a
+    /// flush sends), its exporter thread posting to `addr`.
+    fn exporting(addr: std::net::SocketAddr, max_batch: usize) -> &'static Pipeline {
+        let (p, q) = pipeline(Batching {
+            max_batch,
+            ..batching(64, Duration::from_secs(600))
+        });
+        let url = format!("http://{addr}/v1/traces").parse().unwrap();
+        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
+        p
+    }
+
+    /// `n` worker spans started and ended.
+    fn end_spans(p: &'static Pipeline, n: usize) {
+        for _ in 0..n {
+            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flush_sends_what_is_queued() {
         let (addr, received) = receiver().await;
         // A delay far longer than the test: only the flush can send these spans.
-        let (p, q) = pipeline(batching(64, Duration::from_secs(600)));
-        let url = format!("http://{addr}/v1/traces").parse().unwrap();
-        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
-        for _ in 0..3 {
-            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
-        }
+        let p = exporting(addr, 64);
+        end_spans(p, 3);
         p.flush(Duration::from_secs(10)).await;
         assert_eq!(received.load(Ordering::SeqCst), 3);
         assert_eq!(p.failures.load(Ordering::Relaxed), 0);
@@ -1166,15 +1181,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_batch_goes_out_without_waiting_for_the_delay() {
         let (addr, received) = receiver().await;
-        let (p, q) = pipeline(Batching {
-            max_batch: 4,
-            ..batching(64, Duration::from_secs(600))
-        });
-        let url = format!("http://{addr}/v1/traces").parse().unwrap();
-        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
-        for _ in 0..4 {
-            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
-        }
+        let p = exporting(addr, 4);
+        end_spans(p, 4);
         let deadline = Instant::now() + Duration::from_secs(10);
         while received.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1187,15 +1195,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_during_an_export_is_not_lost() {
         let (addr, received) = slow_receiver(Duration::from_millis(300)).await;
-        let (p, q) = pipeline(Batching {
-            max_batch: 4,
-            ..batching(64, Duration::from_secs(600))
-        });
-        let url = format!("http://{addr}/v1/traces").parse().unwrap();
-        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
-        for _ in 0..5 {
-            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
-        }
+        let p = exporting(addr, 4);
+        end_spans(p, 5);
         // The first four are on their way (300 ms); the flush comes meanwhile.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let asked = Instant::now();
@@ -1211,13 +1212,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_collector_counts_a_failure() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1/traces", closed.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let addr = closed.local_addr().unwrap();
         drop(closed);
-        let (p, q) = pipeline(batching(64, Duration::from_secs(600)));
-        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
-        drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
+        let p = exporting(addr, 64);
+        end_spans(p, 1);
         p.flush(Duration::from_secs(10)).await;
         assert_eq!(p.failures.load(Ordering::Relaxed), 1);
     }
