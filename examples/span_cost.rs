@@ -122,11 +122,12 @@ fn main() {
         let (c1, w1) = (cpu_ns(), Instant::now());
         let done = per * tasks;
         println!(
-            "requests {done} cpu_ns_per_request {} wall_ms {} flush_ms {} export_failures {}",
+            "requests {done} cpu_ns_per_request {} wall_ms {} flush_ms {} export_failures {} spans_dropped {}",
             (c1 - c0) / done,
             (w1 - w0).as_millis(),
             (w1 - f0).as_millis(),
-            telemetry::export_failures()
+            telemetry::export_failures(),
+            telemetry::spans_dropped()
         );
     });
 }
