@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The OTLP export's cost: front-listener throughput (3 workers, the fast upstream) of two
 # supervisors started side by side, one with `[telemetry]` off and one exporting every request's
-# two spans (front + worker) to a live OTLP/HTTP sink on 127.0.0.1 (bench/otlp_sink.py: answers
-# 200 to POST /v1/traces, counts requests and bytes). Interleaved rounds (off on, then on off, ...)
-# so drift on a shared machine cancels; medians by bench/ab.py. The sink runs on the same 2 cores,
-# so its CPU counts against "on". Release build; writes bench/out/.
+# two spans (front + worker) to a live OTLP/HTTP sink on 127.0.0.1 (examples/otlp_sink.rs: one
+# thread, answers 200 to POST /v1/traces, discards the body, counts requests and bytes; it
+# replaced a Python sink whose own CPU per span was a visible part of "on"). Interleaved rounds
+# (off on, then on off, ...) so drift on a shared machine cancels; medians by bench/ab.py. The
+# sink runs on the same 2 cores, so its CPU counts against "on" (and is reported apart in the
+# fixed-rate phase). Release build; writes bench/out/. The per-span cost as an instruction count,
+# which the machine's noise does not move: bench/span_cost.sh.
 # Usage: ROUNDS=5 bench/otel.sh [SECS] (default 10 s per round).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +21,7 @@ cargo build --release -q -p gateway --examples
 trap 'kill_pids' EXIT
 
 rm -f "$OUT/sink.addr"
-python3 bench/otlp_sink.py "$OUT/sink.addr" "$OUT/sink.count" & pids+=($!); SINK_PID=$!
+$EX/otlp_sink "$OUT/sink.count" >"$OUT/sink.addr" & pids+=($!); SINK_PID=$!
 until [ -s "$OUT/sink.addr" ]; do kill -0 $SINK_PID 2>/dev/null || { echo "sink failed" >&2; exit 1; }; sleep 0.05; done
 SINK=$(cat "$OUT/sink.addr")
 
@@ -68,5 +71,7 @@ sleep 6   # the last batch goes out on the 5 s schedule
 echo "sink: $(cat "$OUT/sink.count")"
 for f in "$OFF" "$ON"; do
   m=${f%/v1/chat/completions}/metrics
-  echo "$m: $(curl -s "$m" | grep -E '^gateway_otlp_export_failures_total' | awk '{s+=$2} END {print s+0}') export failures"
+  page=$(curl -s "$m")
+  sum() { grep -E "^$1" <<<"$page" | awk '{s+=$2} END {print s+0}'; }
+  echo "$m: $(sum gateway_otlp_export_failures_total) export failures, $(sum gateway_otlp_spans_dropped_total) spans dropped"
 done
