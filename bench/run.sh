@@ -157,19 +157,10 @@ LOAD_RSS_BEFORE=$(rss_kb $SPID)
 sleep $((SECS / 2)); LOAD_RSS=$(rss_kb $SPID); wait $LP
 
 # --- held SSE streams through the front: memory per stream and time to first byte ---
+# (bench/lib.sh's held_row; bench/streams.sh runs this phase alone, a fresh supervisor per count)
 kill -9 $WPID 2>/dev/null || true
-STREAM_ROWS=""
-for n in $STREAMS; do
-  # Baseline: the same streams direct to the upstream, for the added time to first byte.
-  $EX/bench_load streams "http://$UP/v1/chat/completions" "$n" 1 >"$OUT/streams-direct.$n" || true
-  dres=$(tail -1 "$OUT/streams-direct.$n")
-  base=$(rss_kb $SPID)
-  $EX/bench_load streams "http://$FRONT/v1/chat/completions" "$n" 5 >"$OUT/streams.$n" & BP=$!
-  until grep -q streams_open "$OUT/streams.$n" 2>/dev/null || ! kill -0 $BP 2>/dev/null; do sleep 0.1; done
-  held=$(rss_kb $SPID); wait $BP || true
-  res=$(tail -1 "$OUT/streams.$n")
-  STREAM_ROWS+="| $n streams held | $(( (held - base) * 1024 / n )) B/stream (supervisor + workers) | TTFB p50 $(field "$res" ttfb_p50_us) µs (direct $(field "$dres" ttfb_p50_us) µs), p99 $(field "$res" ttfb_p99_us) µs (direct $(field "$dres" ttfb_p99_us) µs) | errors $(field "$res" errors) |"$'\n'
-done
+STREAM_ROWS="$(held_header)"$'\n'
+for n in $STREAMS; do STREAM_ROWS+="$(held_row "$n" 5)"$'\n'; done
 
 # --- worker kill recovery: detection and replacement, from the admin status ---
 RECOVERY=$(python3 bench/kill_recovery.py "$BIN/supervisor" "$OUT/gateway.toml")
