@@ -124,6 +124,20 @@ pick_cases() {
   done
 }
 
+# many_streams_setup: what a run holding 10,000 streams needs (file descriptors, ephemeral ports),
+# then the release binaries and examples built.
+many_streams_setup() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  # 10,000 streams through the front take ~20,000 ephemeral ports (client->front,
+  # worker->upstream) besides the direct run's; the default range (32768-60999) is too small
+  # once TIME_WAITs pile up. Widen it when we may (root, writable /proc).
+  if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
+    echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  fi
+  cargo build --release -q -p supervisor -p gateway-worker
+  cargo build --release -q -p gateway --examples
+}
+
 # kernel_kb: kernel memory that grows with open sockets (slab + TCP buffer pages), machine-wide,
 # so other work on the host moves it too: a rough baseline, not a figure of ours.
 kernel_kb() {

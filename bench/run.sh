@@ -15,20 +15,12 @@ ROUNDS=${ROUNDS:-5}
 RATE=${RATE:-500}            # fixed request rate for the latency figures
 STREAMS=${STREAMS:-"2000 10000"}
 OUT=bench/out; mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-# 10,000 streams through three loopback hops need ~30,000 ephemeral ports; the default range
-# (32768-60999) is smaller, and connects then fail. Widen it when we may (root, writable /proc).
-if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
-  echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
-fi
+. bench/lib.sh
 # No per-request access log, like the nginx reference (access_log off). With the default
 # RUST_LOG=info the front writes one access line per request; measured cost about 15 % of
 # throughput on this machine (run with RUST_LOG=info to see it).
 export RUST_LOG=${RUST_LOG:-warn}
-
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
-. bench/lib.sh
+many_streams_setup
 # nginx's master stops its workers on SIGTERM; a SIGKILL (kill_pids) would orphan them.
 cleanup() {
   for f in "$OUT"/nginx-*.pid; do [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true; done

@@ -13,15 +13,9 @@ HELD=${HELD:-"2000 10000"}
 HOLD=${HOLD:-5}
 ROUNDS=${ROUNDS:-1}
 OUT=bench/out; mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-# 10,000 streams through the front take ~20,000 ephemeral ports (client->front, worker->upstream).
-if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
-  echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
-fi
-export RUST_LOG=${RUST_LOG:-warn}
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+export RUST_LOG=${RUST_LOG:-warn}
+many_streams_setup
 trap kill_pids EXIT
 BENCH_THREADS=2 start_upstream "$OUT/upstream.addr" 127.0.0.1:0
 write_config "$OUT/gateway.toml" "$PWD/$OUT/run" $'worker_max_inflight = 20000\nmax_queue = 20000'
