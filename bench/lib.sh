@@ -123,3 +123,52 @@ pick_cases() {
     if [ $# -eq 0 ] || [[ " $* " == *" ${c%% *} "* ]]; then CASES+=("$c"); fi
   done
 }
+
+# many_streams_setup: what a run holding 10,000 streams needs (file descriptors, ephemeral ports),
+# then the release binaries and examples built.
+many_streams_setup() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  # 10,000 streams through the front take ~20,000 ephemeral ports (client->front,
+  # worker->upstream) besides the direct run's; the default range (32768-60999) is too small
+  # once TIME_WAITs pile up. Widen it when we may (root, writable /proc).
+  if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
+    echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  fi
+  cargo build --release -q -p supervisor -p gateway-worker
+  cargo build --release -q -p gateway --examples
+}
+
+# kernel_kb: kernel memory that grows with open sockets (slab + TCP buffer pages), machine-wide,
+# so other work on the host moves it too: a rough baseline, not a figure of ours.
+kernel_kb() {
+  local slab tcp
+  slab=$(awk '/^Slab:/{print $2}' /proc/meminfo)
+  tcp=$(awk '/^TCP:/{for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)
+  echo $((slab + tcp * 4))
+}
+
+# held_row N HOLD: N SSE streams held for HOLD s through the front ($FRONT, supervisor $SPID and
+# its workers) to the upstream's slow model, after the same N direct to $UP (the client's and the
+# kernel's own cost, and the reference time to first byte). bench_load opens at most
+# $BENCH_OPENING (default 100) at once in both runs. Prints one markdown row: bytes per stream of
+# the supervisor alone, of its workers together, of both; of the client and the kernel (direct
+# run, both ends); TTFB p50/p99 through the front and direct; how long the opening took; errors.
+held_row() {
+  local n=$1 hold=$2 f=$OUT/streams-direct.$n k0 kd cl sup0 all0 sup all res dres
+  k0=$(kernel_kb)
+  $EX/bench_load streams "http://$UP/v1/chat/completions" "$n" 1 >"$f" & local bp=$!
+  until grep -q streams_open "$f" 2>/dev/null || ! kill -0 $bp 2>/dev/null; do sleep 0.1; done
+  cl=$(rss_kb $bp); kd=$(( $(kernel_kb) - k0 )); wait $bp || true
+  dres=$(tail -1 "$f")
+  sup0=$(awk '/VmRSS/{print $2}' /proc/$SPID/status); all0=$(rss_kb $SPID)
+  f=$OUT/streams.$n
+  $EX/bench_load streams "http://$FRONT/v1/chat/completions" "$n" "$hold" >"$f" & bp=$!
+  until grep -q streams_open "$f" 2>/dev/null || ! kill -0 $bp 2>/dev/null; do sleep 0.1; done
+  sup=$(awk '/VmRSS/{print $2}' /proc/$SPID/status); all=$(rss_kb $SPID); wait $bp || true
+  res=$(tail -1 "$f")
+  echo "| $n | $(( (sup - sup0) * 1024 / n )) | $(( (all - all0 - sup + sup0) * 1024 / n )) | $(( (all - all0) * 1024 / n )) | $(( cl * 1024 / n )) | $(( kd * 1024 / n )) | $(field "$res" ttfb_p50_us) / $(field "$res" ttfb_p99_us) | $(field "$dres" ttfb_p50_us) / $(field "$dres" ttfb_p99_us) | $(field "$res" open_ms) ms ($(field "$dres" open_ms)) | $(field "$res" errors) ($(field "$dres" errors)) |"
+}
+held_header() {
+  echo "| streams | supervisor B/stream | 3 workers B/stream | ours B/stream | client B/stream (direct) | kernel B/stream (direct, approx.) | TTFB p50 / p99 µs, front | direct | opening took, front (direct) | errors (direct) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+}

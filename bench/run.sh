@@ -18,20 +18,12 @@ ROUNDS=${ROUNDS:-5}
 RATE=${RATE:-500}            # fixed request rate for the latency figures
 STREAMS=${STREAMS:-"2000 10000"}
 OUT=bench/out; mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-# 10,000 streams through three loopback hops need ~30,000 ephemeral ports; the default range
-# (32768-60999) is smaller, and connects then fail. Widen it when we may (root, writable /proc).
-if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
-  echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
-fi
+. bench/lib.sh
 # No per-request access log, like the nginx reference (access_log off). With the default
 # RUST_LOG=info the front writes one access line per request; measured cost about 15 % of
 # throughput on this machine (run with RUST_LOG=info to see it).
 export RUST_LOG=${RUST_LOG:-warn}
-
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
-. bench/lib.sh
+many_streams_setup
 # nginx's master stops its workers on SIGTERM; a SIGKILL (kill_pids) would orphan them.
 cleanup() {
   for f in "$OUT"/nginx-*.pid; do [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true; done
@@ -175,19 +167,10 @@ LOAD_RSS_BEFORE=$(rss_kb $SPID)
 sleep $((SECS / 2)); LOAD_RSS=$(rss_kb $SPID); wait $LP
 
 # --- held SSE streams through the front: memory per stream and time to first byte ---
+# (bench/lib.sh's held_row; bench/streams.sh runs this phase alone, a fresh supervisor per count)
 kill -9 $WPID 2>/dev/null || true
-STREAM_ROWS=""
-for n in $STREAMS; do
-  # Baseline: the same streams direct to the upstream, for the added time to first byte.
-  $EX/bench_load streams "http://$UP/v1/chat/completions" "$n" 1 >"$OUT/streams-direct.$n" || true
-  dres=$(tail -1 "$OUT/streams-direct.$n")
-  base=$(rss_kb $SPID)
-  $EX/bench_load streams "http://$FRONT/v1/chat/completions" "$n" 5 >"$OUT/streams.$n" & BP=$!
-  until grep -q streams_open "$OUT/streams.$n" 2>/dev/null || ! kill -0 $BP 2>/dev/null; do sleep 0.1; done
-  held=$(rss_kb $SPID); wait $BP || true
-  res=$(tail -1 "$OUT/streams.$n")
-  STREAM_ROWS+="| $n streams held | $(( (held - base) * 1024 / n )) B/stream (supervisor + workers) | TTFB p50 $(field "$res" ttfb_p50_us) µs (direct $(field "$dres" ttfb_p50_us) µs), p99 $(field "$res" ttfb_p99_us) µs (direct $(field "$dres" ttfb_p99_us) µs) | errors $(field "$res" errors) |"$'\n'
-done
+STREAM_ROWS="$(held_header)"$'\n'
+for n in $STREAMS; do STREAM_ROWS+="$(held_row "$n" 5)"$'\n'; done
 
 # --- worker kill recovery: detection and replacement, from the admin status ---
 RECOVERY=$(python3 bench/kill_recovery.py "$BIN/supervisor" "$OUT/gateway.toml")

@@ -107,7 +107,11 @@ fn serve_conn<S>(
         let (app, seen) = (app.clone(), seen.clone());
         service_fn(move |req| {
             seen.mark();
-            handlers::handle(app.clone(), hop, req)
+            // Boxed: hyper keeps the service future for as long as the response head is not
+            // out (HTTP/2: in the stream's own task, sized for the largest state, about 6 KB,
+            // for the stream's whole life; HTTP/1: in the connection's). Boxed, those bytes are
+            // held only while the request is routed, not while its stream is held open.
+            Box::pin(handlers::handle(app.clone(), hop, req))
         })
     };
     let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
