@@ -70,10 +70,11 @@ fi
 start_worker "$OUT/gateway.toml" "$OUT/worker.log"
 
 # --- the hyper floor: a bare hyper proxy on one thread, no gateway logic, one per upstream ---
+# Not in a command substitution: the pid must reach this shell's `pids`, or kill_pids misses it.
 floor() { rm -f "$OUT/proxy-$1.addr"; $EX/bench_proxy "$2" >"$OUT/proxy-$1.addr" & pids+=($!)
-  until [ -s "$OUT/proxy-$1.addr" ]; do sleep 0.05; done; head -1 "$OUT/proxy-$1.addr"; }
-FLOOR=$(floor ours "$UP")
-[ -n "$UPN" ] && FLOORN=$(floor nginx "$UPN")
+  until [ -s "$OUT/proxy-$1.addr" ]; do sleep 0.05; done; }
+floor ours "$UP"; FLOOR=$(head -1 "$OUT/proxy-ours.addr")
+if [ -n "$UPN" ]; then floor nginx "$UPN"; FLOORN=$(head -1 "$OUT/proxy-nginx.addr"); fi
 
 # --- front listener with 3 workers, timing start -> ready line ---
 t0=$(date +%s%N)
