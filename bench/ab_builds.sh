@@ -9,17 +9,15 @@
 # Writes bench/out/ab_builds.rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD=$1
-SECS=${2:-5}
-ROUNDS=${ROUNDS:-6}
 OUT=bench/out; mkdir -p "$OUT"
-export RUST_LOG=${RUST_LOG:-warn}
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
-trap kill_pids EXIT
 OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
 [ -x "$OHA" ] || { echo "oha is missing: cargo install --locked oha" >&2; exit 1; }
+[ -d "${1:-}" ] || { echo "usage: bench/ab_builds.sh OLD_RELEASE_DIR [SECS]" >&2; exit 2; }
+OLD=$1 SECS=${2:-5} ROUNDS=${ROUNDS:-6}
+export RUST_LOG=${RUST_LOG:-warn}
+release_build
+trap kill_pids EXIT
 
 BENCH_THREADS=2 start_upstream "$OUT/ab-upstream.addr" 127.0.0.1:0
 for v in old new; do

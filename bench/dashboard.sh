@@ -14,9 +14,8 @@ ROUNDS=${ROUNDS:-5}
 IDLE_SECS=${IDLE_SECS:-10}
 OUT=bench/out; mkdir -p "$OUT"
 export RUST_LOG=${RUST_LOG:-warn}
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+release_build
 viewers=()
 stop_viewers() { for p in "${viewers[@]}"; do kill "$p" 2>/dev/null || true; done; viewers=(); }
 trap 'stop_viewers; kill_pids' EXIT

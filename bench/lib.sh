@@ -3,6 +3,12 @@
 # config pointing at it, the supervisor in front).
 
 BIN=target/release; EX=$BIN/examples
+
+# release_build: the release binaries and examples every bench runs.
+release_build() {
+  cargo build --release -q -p supervisor -p gateway-worker
+  cargo build --release -q -p gateway --examples
+}
 pids=()   # every background process started; kill_pids ends them
 
 kill_pids() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }

@@ -15,9 +15,8 @@ SECS=${1:-10}
 ROUNDS=${ROUNDS:-5}
 OUT=bench/out; mkdir -p "$OUT"
 export RUST_LOG=${RUST_LOG:-warn}
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+release_build
 trap 'kill_pids' EXIT
 
 rm -f "$OUT/sink.addr"

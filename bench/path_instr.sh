@@ -29,9 +29,8 @@ OUT=bench/out; D=$OUT/path_instr; mkdir -p "$D"
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install -y valgrind)" >&2; exit 1; }
 WHAT=("$@"); [ ${#WHAT[@]} -gt 0 ] || WHAT=(worker front)
 
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+release_build
 trap kill_pids EXIT
 
 BENCH_THREADS=2 start_upstream "$D/upstream.addr" 127.0.0.1:0

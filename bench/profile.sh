@@ -23,9 +23,8 @@ for crate in oha inferno; do
 done
 export PATH=$HOME/.cargo/bin:$PATH
 
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+release_build
 cleanup() {
   [ -s "$OUT/nginx-prof.pid" ] && kill -TERM "$(cat "$OUT/nginx-prof.pid")" 2>/dev/null || true
   kill_pids

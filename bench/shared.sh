@@ -20,9 +20,8 @@ cd "$(dirname "$0")/.."
 SECS=${1:-8}
 OUT=bench/out; mkdir -p "$OUT"
 export RUST_LOG=${RUST_LOG:-warn}
-cargo build --release -q -p supervisor -p gateway-worker
-cargo build --release -q -p gateway --examples
 . bench/lib.sh
+release_build
 trap kill_pids EXIT
 
 RPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
