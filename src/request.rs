@@ -20,7 +20,8 @@ impl<'a> RequestHead<'a> {
         let mut v = Vec::with_capacity(1 + self.model.len());
         v.push(if self.stream { b'1' } else { b'0' });
         v.extend_from_slice(self.model.as_bytes());
-        http::HeaderValue::from_bytes(&v).ok()
+        // Takes the buffer as it is (validated, not copied).
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
     }
 
     /// The head a `to_header` value carries; `None` for anything else.

@@ -1121,24 +1121,30 @@ mod tests {
 
     /// A real OTLP/HTTP receiver on 127.0.0.1:0 counting the spans it decodes.
     async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        slow_receiver(Duration::ZERO).await
+        let (addr, spans, _) = slow_receiver(Duration::ZERO).await;
+        (addr, spans)
     }
 
-    /// `receiver`, answering each export `delay` after it arrived.
-    async fn slow_receiver(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    /// `receiver`, answering each export `delay` after it arrived; also counts the exports
+    /// that arrived (before their answer).
+    async fn slow_receiver(
+        delay: Duration,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(AtomicUsize::new(0));
-        let seen = spans.clone();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (seen, came) = (spans.clone(), arrived.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let seen = seen.clone();
+                let (seen, came) = (seen.clone(), came.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
-                            let seen = seen.clone();
+                            let (seen, came) = (seen.clone(), came.clone());
                             async move {
                                 let body = req.into_body().collect().await?.to_bytes();
+                                came.fetch_add(1, Ordering::SeqCst);
                                 tokio::time::sleep(delay).await;
                                 seen.fetch_add(decode(&body).1.len(), Ordering::SeqCst);
                                 Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
@@ -1152,7 +1158,7 @@ mod tests {
                 });
             }
         });
-        (addr, spans)
+        (addr, spans, arrived)
     }
 
     /// A pipeline of its own batching `max_batch` spans (600 s delay: only a full batch or a
@@ -1201,11 +1207,16 @@ mod tests {
     /// delay (that wait parks the thread too, and ate the flush's wake-up once).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_during_an_export_is_not_lost() {
-        let (addr, received) = slow_receiver(Duration::from_millis(300)).await;
+        let (addr, received, arrived) = slow_receiver(Duration::from_millis(300)).await;
         let p = exporting(addr, 4);
         end_spans(p, 5);
-        // The first four are on their way (300 ms); the flush comes meanwhile.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The first four are at the receiver, waiting 300 ms for its answer; the flush comes
+        // meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while arrived.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(arrived.load(Ordering::SeqCst), 1, "the full batch went out");
         let asked = Instant::now();
         p.flush(Duration::from_secs(10)).await;
         assert!(

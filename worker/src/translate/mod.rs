@@ -397,13 +397,16 @@ pub fn usage_member(api: Api, json: &[u8]) -> Option<Usage> {
         .into_iter::<Value>()
         .next()?
         .ok()?;
-    let mut body = Map::with_capacity(1);
-    body.insert("usage".into(), v);
-    body_usage(api, &Value::Object(body))
+    usage_value(api, &v)
 }
 
 pub fn body_usage(api: Api, body: &Value) -> Option<Usage> {
-    let u = body.get("usage").filter(|u| u.is_object())?;
+    usage_value(api, body.get("usage")?)
+}
+
+/// The usage in an answer's `usage` member `u`; `None` when it is not an object.
+fn usage_value(api: Api, u: &Value) -> Option<Usage> {
+    let u = Some(u).filter(|u| u.is_object())?;
     Some(match api {
         Api::Chat => chat_response::usage_from(u),
         Api::Messages => messages_response::usage_from(u),
