@@ -47,9 +47,10 @@ fn label(resp: &mut Response<ResBody>, attempts: u32) {
     let waiting = matches!(resp.body(), ResBody::Waiting(_));
     let h = resp.headers_mut();
     // `insert` replaces whatever values the name had.
-    match provider {
-        Some(name) => drop(h.insert(PROVIDER_HEADER, name)),
-        None => drop(h.remove(&PROVIDER_HEADER)),
+    if let Some(name) = provider {
+        h.insert(PROVIDER_HEADER, name);
+    } else {
+        h.remove(&PROVIDER_HEADER);
     }
     // A stream that went on waiting in its body makes its other attempts after this head.
     if attempts > 0 && !waiting {
