@@ -3,9 +3,11 @@ each) and prints the number of failed requests (non-200 or a broken body). Used 
 request count must be exact (bench/path_instr.sh), not for load: its speed does not matter.
 
 Usage: python3 keepalive_post.py URL BODY_FILE CONNS COUNT
+With TRACEPARENT set in the environment, every request carries it as its `traceparent`.
 """
 
 import http.client
+import os
 import sys
 import threading
 import urllib.parse
@@ -16,6 +18,8 @@ def main():
     u = urllib.parse.urlsplit(url)
     body = open(body_file, "rb").read()
     headers = {"content-type": "application/json"}
+    if os.environ.get("TRACEPARENT"):
+        headers["traceparent"] = os.environ["TRACEPARENT"]
     errors = [0] * conns
 
     def run(i, n):

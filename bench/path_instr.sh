@@ -18,6 +18,12 @@
 # Usage: bench/path_instr.sh [worker|front ...]   (default: both). Release build.
 # Settings from the environment: N1 (100), N2 (600), CONNS (4), LEVELS ("warn info").
 # PROFILE=1 keeps the callgrind files (bench/out/path_instr/*.out) for `callgrind_annotate`.
+# TELEMETRY=1 turns `[telemetry]` on, exporting to examples/otlp_sink (a live OTLP/HTTP sink);
+# requests to the worker then carry a `traceparent` (as the front's do to a pooled worker when
+# telemetry is on), those to the front none (as most SDKs send). The count holds the spans' whole
+# cost in the process, their export included (the stop flushes what is still queued, so every
+# span is encoded and POSTed inside the run that made it). TELEMETRY=ab measures each process
+# off, then on, and adds the difference.
 # Writes bench/out/path_instr/ and prints one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +41,15 @@ trap kill_pids EXIT
 
 BENCH_THREADS=2 start_upstream "$D/upstream.addr" 127.0.0.1:0
 write_config "$D/cfg.toml" "$PWD/$D/run" ""
+ARMS=(off); [ -z "${TELEMETRY:-}" ] || ARMS=(on); [ "${TELEMETRY:-}" != ab ] || ARMS=(off on)
+cp "$D/cfg.toml" "$D/cfg.off.toml"
+if [ -n "${TELEMETRY:-}" ]; then
+  rm -f "$D/sink.addr"
+  $EX/otlp_sink "$D/sink.count" >"$D/sink.addr" & pids+=($!)
+  until [ -s "$D/sink.addr" ]; do kill -0 "${pids[-1]}" 2>/dev/null || { echo "otlp_sink failed" >&2; exit 1; }; sleep 0.05; done
+  cp "$D/cfg.toml" "$D/cfg.on.toml"
+  printf '[telemetry]\notlp_endpoint = "http://%s"\nservice_name = "bench"\n' "$(cat "$D/sink.addr")" >>"$D/cfg.on.toml"
+fi
 
 # wait_for FILE REGEX PID: the first match of REGEX in FILE (a log), within 60 s.
 wait_for() {
@@ -59,25 +74,28 @@ wait_port() {
   echo "nothing accepts on $1" >&2; exit 1
 }
 
-# ir WHAT LEVEL N: prints "Ir errors" of one instrumented process serving N requests.
+# ir WHAT LEVEL N ARM: prints "Ir errors" of one instrumented process serving N requests, with
+# telemetry off or on (ARM).
 ir() {
-  local what=$1 level=$2 n=$3 f=$D/$1.$2.$3.out log=$D/$1.$2.$3.log pid addr
+  local what=$1 level=$2 n=$3 arm=$4 f=$D/$1.$2.$3.$4.out log=$D/$1.$2.$3.$4.log pid addr tp=""
+  local cfg=$D/cfg.$arm.toml
   rm -f "$f" "$log" "$log.out"
+  [ "$arm.$what" != on.worker ] || tp=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
   local vg=(valgrind --tool=callgrind --callgrind-out-file="$f" --log-file="$log.vg")
   if [ "$what" = worker ]; then
     # A free port chosen here: at RUST_LOG=warn the worker does not log the one it bound.
     addr=127.0.0.1:$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-    RUST_LOG=$level "${vg[@]}" $BIN/gateway-worker --config "$D/cfg.toml" --listen "$addr" 2>"$log" &
+    RUST_LOG=$level "${vg[@]}" $BIN/gateway-worker --config "$cfg" --listen "$addr" 2>"$log" &
     pid=$!; pids+=($pid)
     wait_port "$addr" $pid
   else
-    RUST_LOG=$level "${vg[@]}" $BIN/supervisor start -c "$D/cfg.toml" >"$log.out" 2>"$log" &
+    RUST_LOG=$level "${vg[@]}" $BIN/supervisor start -c "$cfg" >"$log.out" 2>"$log" &
     pid=$!; pids+=($pid)
     wait_for "$log.out" '"ready"' $pid >/dev/null
     addr=$(python3 -c "import json;print(json.loads(open('$log.out').readline())['listen'])")
   fi
   local errors
-  errors=$(python3 bench/keepalive_post.py "http://$addr/v1/chat/completions" bench/chat_body.json "$CONNS" "$n")
+  errors=$(TRACEPARENT=$tp python3 bench/keepalive_post.py "http://$addr/v1/chat/completions" bench/chat_body.json "$CONNS" "$n")
   kill -TERM $pid; wait $pid || true
   local total
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
@@ -86,12 +104,17 @@ ir() {
   echo "$total $errors"
 }
 
-echo "| process | RUST_LOG | Ir per request | errors |"
-echo "|---|---|---|---|"
+echo "| process | RUST_LOG | telemetry | Ir per request | errors |"
+echo "|---|---|---|---|---|"
 for w in "${WHAT[@]}"; do
   for level in $LEVELS; do
-    read -r a ea <<<"$(ir "$w" "$level" "$N1")"
-    read -r b eb <<<"$(ir "$w" "$level" "$N2")"
-    echo "| $w | $level | $(( (b - a) / (N2 - N1) )) | $((ea + eb)) |"
+    per=()
+    for arm in "${ARMS[@]}"; do
+      read -r a ea <<<"$(ir "$w" "$level" "$N1" "$arm")"
+      read -r b eb <<<"$(ir "$w" "$level" "$N2" "$arm")"
+      per+=($(( (b - a) / (N2 - N1) )))
+      echo "| $w | $level | $arm | ${per[-1]} | $((ea + eb)) |"
+    done
+    [ ${#per[@]} -lt 2 ] || echo "| $w | $level | on − off | $(( per[1] - per[0] )) | |"
   done
 done

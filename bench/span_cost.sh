@@ -3,7 +3,7 @@
 # the request paths make them, exported to examples/otlp_sink), without the rest of the request
 # path: examples/span_cost at a fixed RATE, telemetry off against on.
 #  1. Instructions (callgrind's Ir, which the neighbours on a shared machine do not move):
-#     (Ir(on) - Ir(off)) / N over the whole process (request threads and exporter thread).
+#     (Ir(on) - Ir(off)) / N over the whole process (request threads and the exporter).
 #  2. CPU ns per request from getrusage, ROUNDS interleaved rounds, median of the paired
 #     differences (moved by the machine's load, so only a cross-check).
 # Usage: bench/span_cost.sh   Settings: N (100000; callgrind runs N/5), RATE (20000), ROUNDS (5),

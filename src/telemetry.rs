@@ -7,12 +7,17 @@
 //! On, a span is a fixed record ([`RequestSpan`]: ids, kind, two timestamps, the static
 //! operation and path, the request's model and its [`Facts`]); ending it moves the record into
 //! a bounded queue (`std::sync::mpsc::sync_channel`, [`MAX_QUEUE`]): a full queue drops the span
-//! and counts it (`gateway_otlp_spans_dropped_total`), it never waits. One exporter thread per
-//! process sleeps until a batch is full (the span that fills it unparks the thread: one wake per
-//! batch, not per span) or its delay passed, encodes the batch straight into one OTLP
-//! `ExportTraceServiceRequest` protobuf (prost's wire primitives; the resource and scope are
-//! encoded once at install with `opentelemetry-proto`'s types) and POSTs it with hyper on the
-//! process's tokio runtime (`Handle::block_on` from the exporter thread: no task per batch). An
+//! and counts it (`gateway_otlp_spans_dropped_total`), it never waits. One exporter task per
+//! process, on its tokio runtime, sleeps until a batch is full (the span that fills it wakes the
+//! task: one wake per batch, not per span) or its delay passed, encodes the batch straight into
+//! one OTLP `ExportTraceServiceRequest` protobuf (written field by field into a buffer sized
+//! beforehand; the resource and scope are encoded once at install with `opentelemetry-proto`'s
+//! types; encoded records go back for new spans to reuse), 64 spans between yields so a
+//! batch never holds the runtime more than some tens of microseconds, and POSTs it with hyper.
+//! A task, not a thread: a worker runs a single-threaded runtime, and glibc gives a process with
+//! one thread lock-free `malloc`/`free` and syscalls without cancellation points; the exporter
+//! thread this was until 2026-12 made every allocation and syscall of the worker dearer, which
+//! cost more than the encoding (`bench/RESULTS.md`, 2026-12-04). An
 //! export that fails (a dead collector) only counts in [`export_failures`]
 //! (`gateway_otlp_export_failures_total`). The `opentelemetry` crates give the ids' and the
 //! trace context's types, the SDK's random id generator and the `tracestate` parser; the
@@ -52,10 +57,11 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::TelemetryConfig;
 
@@ -64,8 +70,9 @@ static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
 
 /// Spans waiting for export at most; past that new spans are dropped, never waited for. Four
 /// times the SDK's 2048: at 8,000 spans a second (a saturated front on 2 cores) 2048 is a
-/// quarter-second, and an exporter thread kept off a busy CPU that long dropped 0.4-3.8 % of
-/// the spans in `bench/otel.sh`. A slot is about 150 bytes, so the queue is at most ~1.2 MB.
+/// quarter-second, and an exporter kept off a busy CPU that long dropped 0.4-3.8 % of
+/// the spans in `bench/otel.sh`. A slot is one pointer; a queued span's record is about 450
+/// bytes, so a full queue holds about 3.7 MB.
 pub const MAX_QUEUE: usize = 8192;
 /// Spans in one export request at most; the span that fills a batch wakes the exporter.
 const MAX_BATCH: usize = 512;
@@ -138,7 +145,7 @@ pub fn install(cfg: &TelemetryConfig, role: &'static str) -> Result<bool, Instal
         return Ok(true);
     }
     let pipeline = PIPELINE.get().expect("just set");
-    Exporter::spawn(pipeline, queue, url, rt).map_err(|e| err(format!("exporter thread: {e}")))?;
+    Exporter::spawn(pipeline, queue, url, &rt);
     Ok(true)
 }
 
@@ -149,7 +156,7 @@ pub const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
 /// of each worker calls it after its last request ended (and the upgrade before its execve),
 /// so a request answered just before a SIGTERM is not lost with the batch (which would
 /// otherwise wait up to its 5 s delay). Does nothing when telemetry is off. The exporter
-/// thread does the work and answers; a collector slower than `bound` only costs that export.
+/// task does the work and answers; a collector slower than `bound` only costs that export.
 pub async fn flush(bound: Duration) {
     if let Some(p) = PIPELINE.get() {
         p.flush(bound).await;
@@ -195,41 +202,52 @@ pub fn enabled() -> bool {
 
 /// `gen_ai.operation.name` of an inference path; `None` for paths that get no span.
 pub fn operation(path: &str) -> Option<&'static str> {
-    inference_path(path).map(|(op, _)| op)
+    inference_path(path).map(|i| INFERENCE[usize::from(i)].1)
 }
 
-/// The operation of an inference path and the path as a static string (for `url.path`,
-/// without copying the request's).
-fn inference_path(path: &str) -> Option<(&'static str, &'static str)> {
-    Some(match path {
-        "/v1/chat/completions" => ("chat", "/v1/chat/completions"),
-        "/v1/responses" => ("chat", "/v1/responses"),
-        "/v1/messages" => ("chat", "/v1/messages"),
-        "/v1/completions" => ("text_completion", "/v1/completions"),
-        "/v1/embeddings" => ("embeddings", "/v1/embeddings"),
-        "/v1/messages/count_tokens" => ("count_tokens", "/v1/messages/count_tokens"),
-        _ => return None,
-    })
+/// The paths that get a span (`url.path`) and their `gen_ai.operation.name`. A span keeps the
+/// index, and the two attributes of each entry are encoded once at install.
+const INFERENCE: [(&str, &str); 6] = [
+    ("/v1/chat/completions", "chat"),
+    ("/v1/responses", "chat"),
+    ("/v1/messages", "chat"),
+    ("/v1/completions", "text_completion"),
+    ("/v1/embeddings", "embeddings"),
+    ("/v1/messages/count_tokens", "count_tokens"),
+];
+
+/// The index of `path` in [`INFERENCE`].
+fn inference_path(path: &str) -> Option<u8> {
+    INFERENCE
+        .iter()
+        .position(|(p, _)| *p == path)
+        .map(|i| i as u8)
 }
 
-/// The producers' side of the pipeline: the bounded queue, the exporter thread to wake, the
+/// The producers' side of the pipeline: the bounded queue, the exporter task to wake, the
 /// counters.
 struct Pipeline {
-    queue: SyncSender<Record>,
+    queue: SyncSender<Arc<Record>>,
     /// Spans in the queue; the one that makes it `batching.max_batch` wakes the exporter.
     queued: AtomicUsize,
     /// Flush requests (each answered once its spans went out); a handful at most at a stop.
     flushes: SyncSender<Flushed>,
-    thread: OnceLock<std::thread::Thread>,
-    /// Set by [`Pipeline::wake`], taken by the exporter before it sleeps.
-    woken: AtomicBool,
+    /// Wakes the exporter task; a wake while it is busy is kept for its next wait.
+    wake: tokio::sync::Notify,
     batching: Batching,
     /// The `ResourceSpans.resource` and `ScopeSpans.scope` fields, encoded once.
     resource_field: Vec<u8>,
     scope_field: Vec<u8>,
+    /// Per [`INFERENCE`] entry, its `gen_ai.operation.name` and `url.path` attributes, encoded
+    /// once: they are the same for every span of that path.
+    route_attributes: [Vec<u8>; INFERENCE.len()],
     failures: AtomicU64,
     dropped: AtomicU64,
     ids: RandomIdGenerator,
+    /// Records the exporter has encoded, for new spans to reuse (at most `max_batch`, about
+    /// 230 KB): freed a batch at a time, records overflow malloc's per-thread cache (7 blocks a
+    /// size) into its bins; reusing them saved 500 instructions a span in a worker.
+    spare: crossbeam_channel::Receiver<Arc<Record>>,
 }
 
 /// A flush waiting for its spans to go out.
@@ -237,8 +255,10 @@ type Flushed = tokio::sync::oneshot::Sender<()>;
 
 /// The exporter's side of the queue.
 struct Queue {
-    spans: Receiver<Record>,
+    spans: Receiver<Arc<Record>>,
     flushes: Receiver<Flushed>,
+    /// Where encoded records go back to [`Pipeline::start`]; a full list frees them instead.
+    spare: crossbeam_channel::Sender<Arc<Record>>,
 }
 
 impl Pipeline {
@@ -246,6 +266,7 @@ impl Pipeline {
         let (queue, spans) = std::sync::mpsc::sync_channel(batching.max_queue);
         // A stop flushes once per process; a few places are plenty, and a full one is skipped.
         let (flushes, flush_rx) = std::sync::mpsc::sync_channel(4);
+        let (spare_tx, spare) = crossbeam_channel::bounded(batching.max_batch);
         let string = |key: &str, value: &str| KeyValue {
             key: key.into(),
             value: Some(AnyValue {
@@ -267,22 +288,34 @@ impl Pipeline {
         let (mut resource_field, mut scope_field) = (Vec::new(), Vec::new());
         prost::encoding::message::encode(1, &resource, &mut resource_field);
         prost::encoding::message::encode(1, &scope, &mut scope_field);
+        let route_attributes = INFERENCE.map(|(path, op)| {
+            let mut buf = [0u8; 256];
+            let mut out = Out {
+                buf: &mut buf,
+                at: 0,
+            };
+            attribute(&mut out, "gen_ai.operation.name", Value::Str(op.as_bytes()));
+            attribute(&mut out, "url.path", Value::Str(path.as_bytes()));
+            out.written().to_vec()
+        });
         let pipeline = Self {
             queue,
             queued: AtomicUsize::new(0),
             flushes,
-            thread: OnceLock::new(),
-            woken: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
             batching,
             resource_field,
             scope_field,
+            route_attributes,
             failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             ids: RandomIdGenerator::default(),
+            spare,
         };
         let queue = Queue {
             spans,
             flushes: flush_rx,
+            spare: spare_tx,
         };
         (pipeline, queue)
     }
@@ -295,7 +328,7 @@ impl Pipeline {
         model: &str,
         kind: Kind,
     ) -> Option<RequestSpan> {
-        let (op, path) = inference_path(path)?;
+        let route = inference_path(path)?;
         let parent = parse_traceparent(headers).unwrap_or(SpanContext::NONE);
         let (trace_id, flags, state, parent_id) = if parent.is_valid() {
             let state = parent.trace_state().clone();
@@ -310,24 +343,36 @@ impl Pipeline {
             (id, TraceFlags::SAMPLED, TraceState::NONE, SpanId::INVALID)
         };
         let cx = SpanContext::new(trace_id, self.ids.new_span_id(), flags, false, state);
+        let fresh = Record {
+            cx,
+            parent: parent_id,
+            kind,
+            start: now_nanos(),
+            end: AtomicU64::new(0),
+            route,
+            model: Text::new(model),
+            facts: Facts::default(),
+        };
+        // A spare is unique (the exporter only gives back records nobody else holds); the old
+        // contents drop here, which frees nothing unless a name was longer than [`Text`] holds.
+        let record = match self.spare.try_recv() {
+            Ok(mut r) => match Arc::get_mut(&mut r) {
+                Some(slot) => {
+                    *slot = fresh;
+                    r
+                }
+                None => Arc::new(fresh),
+            },
+            Err(_) => Arc::new(fresh),
+        };
         Some(RequestSpan {
             pipeline: self,
-            record: Some(Record {
-                cx,
-                parent: parent_id,
-                kind,
-                start: now_nanos(),
-                end: 0,
-                op,
-                path,
-                model: model.into(),
-                facts: Arc::default(),
-            }),
+            record: Some(record),
         })
     }
 
     /// Queues an ended span; a full queue drops it and counts it, never waits.
-    fn push(&self, record: Record) {
+    fn push(&self, record: Arc<Record>) {
         // Counted before it is sent, so the exporter (which subtracts what it took) never sees
         // fewer than it took.
         let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
@@ -345,13 +390,9 @@ impl Pipeline {
     }
 
     fn wake(&self) {
-        // The flag first: the thread's park token alone can be eaten by another park on that
-        // thread (the wait for an export's answer parks too), and the wake-up lost until the
-        // delay.
-        self.woken.store(true, Ordering::Release);
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
+        // `notify_one` keeps a permit when the task is not waiting (it is exporting): the
+        // wake is never lost until the delay.
+        self.wake.notify_one();
     }
 
     async fn flush(&self, bound: Duration) {
@@ -369,24 +410,49 @@ impl Pipeline {
         }
     }
 
-    /// `batch` as one OTLP `ExportTraceServiceRequest`: its resource, its scope, its spans.
-    /// `spans` and `scratch` are the caller's buffers, kept from batch to batch.
-    fn encode(&self, batch: &[Record], spans: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Vec<u8> {
-        spans.clear();
-        for r in batch {
-            scratch.clear();
-            r.encode(scratch);
-            length_delimited(spans, 2, scratch.len());
-            spans.extend_from_slice(scratch);
+    /// Appends `records` to `spans` as `ScopeSpans.spans` fields, each written in place: the
+    /// buffer grows by the span's bound, the span is written after a two-byte length that is
+    /// filled in once it is known, and the rest is cut.
+    fn encode_spans(&self, records: &[Arc<Record>], spans: &mut Vec<u8>) {
+        for r in records {
+            let route = &self.route_attributes[usize::from(r.route)];
+            let at = spans.len();
+            let state = state_header(&r.cx);
+            spans.resize(at + 3 + r.bound(route.len(), &state), 0);
+            let mut out = Out {
+                buf: &mut spans[at + 3..],
+                at: 0,
+            };
+            r.encode(&mut out, route, &state);
+            let n = out.at;
+            spans.truncate(at + 3 + n);
+            spans[at] = 2 << 3 | WireType::LengthDelimited as u8;
+            if (0x80..0x4000).contains(&n) {
+                // Every span but a freak: at least ~150 bytes, below 16 KiB.
+                spans[at + 1] = n as u8 | 0x80;
+                spans[at + 2] = (n >> 7) as u8;
+            } else {
+                let mut len = Vec::new();
+                encode_varint(n as u64, &mut len);
+                spans.splice(at + 1..at + 3, len);
+            }
         }
+    }
+
+    /// The encoded `spans` as one OTLP `ExportTraceServiceRequest`: its resource, its scope,
+    /// its spans. (Copied once: writing the head into room left before the spans saved the copy
+    /// but cost as much in a new buffer per batch, which hyper keeps until the POST ends.)
+    fn frame(&self, spans: &[u8]) -> Vec<u8> {
         let scope_spans = self.scope_field.len() + spans.len();
         let resource_spans =
             self.resource_field.len() + 1 + encoded_len_varint(scope_spans as u64) + scope_spans;
         let mut out =
             Vec::with_capacity(1 + encoded_len_varint(resource_spans as u64) + resource_spans);
-        length_delimited(&mut out, 1, resource_spans);
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(resource_spans as u64, &mut out);
         out.extend_from_slice(&self.resource_field);
-        length_delimited(&mut out, 2, scope_spans);
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(scope_spans as u64, &mut out);
         out.extend_from_slice(&self.scope_field);
         out.extend_from_slice(spans);
         out
@@ -400,8 +466,10 @@ enum Kind {
     Client = 3,
 }
 
-/// An ended (or live) span: everything its OTLP form needs, moved as is through the queue; its
-/// strings are encoded on the exporter's thread, never copied on the request's.
+/// A span, live or ended: everything its OTLP form needs, in one allocation shared by the
+/// span's owner, any [`SharedFacts`] handle and, once ended, the queue (which so moves a
+/// pointer); it is encoded by the exporter, never on the request's path. Its strings are
+/// held inline ([`Text`]), so a span allocates nothing else.
 #[derive(Debug)]
 struct Record {
     cx: SpanContext,
@@ -410,11 +478,26 @@ struct Record {
     kind: Kind,
     /// Unix nanoseconds.
     start: u64,
-    end: u64,
-    op: &'static str,
-    path: &'static str,
-    model: Box<str>,
-    facts: Arc<Facts>,
+    /// Set by the end (the owner's drop), before the record is queued.
+    end: AtomicU64,
+    /// Index in [`INFERENCE`].
+    route: u8,
+    model: Text,
+    facts: Facts,
+}
+
+/// A short string held inline up to 48 bytes (model and provider names), on the heap past that.
+#[derive(Debug, Default)]
+struct Text(SmallVec<[u8; 48]>);
+
+impl Text {
+    fn new(s: &str) -> Self {
+        Self(SmallVec::from_slice(s.as_bytes()))
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// `Span.flags`: the trace flags, and that the parent's remoteness is known (bit 8) and, when
@@ -425,11 +508,26 @@ const FLAGS_IS_REMOTE: u32 = 0x200;
 const STATUS_ERROR: u64 = 2;
 
 impl Record {
-    /// The OTLP `Span` message's fields (field numbers of `trace/v1/trace.proto`).
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// At least the size of [`Record::encode`]'s output: fields and attribute keys take well
+    /// under 1 KiB (about 600 bytes at most), plus the variable strings.
+    fn bound(&self, route_attributes: usize, state: &str) -> usize {
+        let f = &self.facts;
+        let text = |t: &OnceLock<Text>| t.get().map_or(0, |t| t.as_bytes().len());
+        1024 + route_attributes
+            + state.len()
+            + 2 * self.model.as_bytes().len()
+            + text(&f.provider)
+            + text(&f.response_model)
+            + text(&f.translated)
+            + f.error.get().map_or(0, String::len)
+    }
+
+    /// The OTLP `Span` message's fields (field numbers of `trace/v1/trace.proto`);
+    /// `route_attributes` are this span's path's, encoded at install. `out` holds at least
+    /// [`Record::bound`] bytes.
+    fn encode(&self, out: &mut Out<'_>, route_attributes: &[u8], state: &str) {
         bytes_field(out, 1, &self.cx.trace_id().to_bytes());
         bytes_field(out, 2, &self.cx.span_id().to_bytes());
-        let state = self.cx.trace_state().header();
         if !state.is_empty() {
             bytes_field(out, 3, state.as_bytes());
         }
@@ -437,19 +535,19 @@ impl Record {
             bytes_field(out, 4, &self.parent.to_bytes());
         }
         // The name, `{operation} {model}`, written in place.
-        length_delimited(out, 5, self.op.len() + 1 + self.model.len());
-        out.extend_from_slice(self.op.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.model.as_bytes());
-        encode_key(6, WireType::Varint, out);
-        encode_varint(self.kind as u64, out);
-        encode_key(7, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&self.start.to_le_bytes());
-        encode_key(8, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&self.end.to_le_bytes());
-        attribute(out, "gen_ai.operation.name", Value::Str(self.op));
-        attribute(out, "gen_ai.request.model", Value::Str(&self.model));
-        attribute(out, "url.path", Value::Str(self.path));
+        let (op, model) = (INFERENCE[usize::from(self.route)].1, self.model.as_bytes());
+        length_delimited(out, 5, op.len() + 1 + model.len());
+        out.bytes(op.as_bytes());
+        out.byte(b' ');
+        out.bytes(model);
+        key(out, 6, WireType::Varint);
+        varint(out, self.kind as u64);
+        key(out, 7, WireType::SixtyFourBit);
+        out.bytes(&self.start.to_le_bytes());
+        key(out, 8, WireType::SixtyFourBit);
+        out.bytes(&self.end.load(Ordering::Relaxed).to_le_bytes());
+        out.bytes(route_attributes);
+        attribute(out, "gen_ai.request.model", Value::Str(model));
         self.facts.encode_attributes(out);
         if let Some(e) = self.facts.error.get() {
             // Status { message = 2, code = 3 }.
@@ -459,64 +557,114 @@ impl Record {
                 1 + encoded_len_varint(e.len() as u64) + e.len() + 2,
             );
             bytes_field(out, 2, e.as_bytes());
-            encode_key(3, WireType::Varint, out);
-            encode_varint(STATUS_ERROR, out);
+            key(out, 3, WireType::Varint);
+            varint(out, STATUS_ERROR);
         }
         let mut flags = u32::from(self.cx.trace_flags().to_u8()) | FLAGS_HAS_IS_REMOTE;
         if self.parent != SpanId::INVALID {
             flags |= FLAGS_IS_REMOTE;
         }
-        encode_key(16, WireType::ThirtyTwoBit, out);
-        out.extend_from_slice(&flags.to_le_bytes());
+        key(out, 16, WireType::ThirtyTwoBit);
+        out.bytes(&flags.to_le_bytes());
     }
 }
 
-/// An attribute's value (`AnyValue`: string = 1, bool = 2, int = 3).
+/// A cursor writing into a slice sized beforehand ([`Record::bound`]): a byte costs a store and
+/// a bounds check against a length in a register, where a `Vec` push reloads and checks its
+/// capacity (a third of a span's encoding, measured).
+struct Out<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Out<'_> {
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.at] = b;
+        self.at += 1;
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.buf[..self.at]
+    }
+}
+
+/// An attribute's value (`AnyValue`: string = 1, bool = 2, int = 3); a string as its UTF-8
+/// bytes.
 enum Value<'a> {
-    Str(&'a str),
+    Str(&'a [u8]),
     Int(i64),
     Bool(bool),
 }
 
 /// One `Span.attributes` (field 9) entry, `KeyValue { key = 1, value = 2 }`.
-fn attribute(out: &mut Vec<u8>, key: &str, value: Value<'_>) {
+///
+/// Inlined: the key is a literal at every call, so its length folds into constants and its copy
+/// into a few moves.
+#[inline(always)]
+fn attribute(out: &mut Out<'_>, key_name: &str, value: Value<'_>) {
     let any = match value {
         Value::Str(s) => 1 + encoded_len_varint(s.len() as u64) + s.len(),
         Value::Int(i) => 1 + encoded_len_varint(i as u64),
         Value::Bool(_) => 2,
     };
     let kv = 1
-        + encoded_len_varint(key.len() as u64)
-        + key.len()
+        + encoded_len_varint(key_name.len() as u64)
+        + key_name.len()
         + 1
         + encoded_len_varint(any as u64)
         + any;
     length_delimited(out, 9, kv);
-    bytes_field(out, 1, key.as_bytes());
+    bytes_field(out, 1, key_name.as_bytes());
     length_delimited(out, 2, any);
     match value {
-        Value::Str(s) => bytes_field(out, 1, s.as_bytes()),
+        Value::Str(s) => bytes_field(out, 1, s),
         Value::Int(i) => {
-            encode_key(3, WireType::Varint, out);
+            key(out, 3, WireType::Varint);
             // int64 is encoded as its two's complement, as prost does.
-            encode_varint(i as u64, out);
+            varint(out, i as u64);
         }
         Value::Bool(b) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(u64::from(b), out);
+            key(out, 2, WireType::Varint);
+            out.byte(u8::from(b));
         }
     }
 }
 
-/// A length-delimited field's key and length; its `len` bytes follow.
-fn length_delimited(out: &mut Vec<u8>, tag: u32, len: usize) {
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
+/// A varint (LEB128): one byte for the values below 128, every key and almost every length
+/// here.
+#[inline(always)]
+fn varint(out: &mut Out<'_>, mut n: u64) {
+    while n >= 0x80 {
+        out.byte(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.byte(n as u8);
 }
 
-fn bytes_field(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+/// A field's key (`tag << 3 | wire type`).
+#[inline(always)]
+fn key(out: &mut Out<'_>, tag: u32, wire: WireType) {
+    varint(out, u64::from(tag << 3 | wire as u32));
+}
+
+/// A length-delimited field's key and length; its `len` bytes follow.
+#[inline(always)]
+fn length_delimited(out: &mut Out<'_>, tag: u32, len: usize) {
+    key(out, tag, WireType::LengthDelimited);
+    varint(out, len as u64);
+}
+
+#[inline(always)]
+fn bytes_field(out: &mut Out<'_>, tag: u32, bytes: &[u8]) {
     length_delimited(out, tag, bytes.len());
-    out.extend_from_slice(bytes);
+    out.bytes(bytes);
 }
 
 fn now_nanos() -> u64 {
@@ -530,27 +678,30 @@ type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
-/// The exporter thread: takes batches off the queue, encodes and POSTs them.
+/// Spans encoded between two yields of the exporter task: about 100,000 instructions, some tens
+/// of microseconds of the runtime.
+const ENCODE_CHUNK: usize = 64;
+
+/// The exporter task: takes batches off the queue, encodes and POSTs them.
 struct Exporter {
     pipeline: &'static Pipeline,
     queue: Queue,
     url: http::Uri,
-    rt: tokio::runtime::Handle,
     client: HttpClient,
-    batch: Vec<Record>,
+    batch: Vec<Arc<Record>>,
+    /// The batch's encoded spans, kept from batch to batch.
     spans: Vec<u8>,
-    scratch: Vec<u8>,
 }
 
 impl Exporter {
-    /// Starts the exporter thread of `pipeline`, exporting to `url` on `rt`. The thread lives
-    /// as long as the process (the pipeline is a static, its queue never disconnects).
+    /// Starts the exporter task of `pipeline`, exporting to `url`, on `rt`. The task lives as
+    /// long as the runtime (the pipeline is a static, its queue never disconnects).
     fn spawn(
         pipeline: &'static Pipeline,
         queue: Queue,
         url: http::Uri,
-        rt: tokio::runtime::Handle,
-    ) -> std::io::Result<()> {
+        rt: &tokio::runtime::Handle,
+    ) {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
@@ -558,46 +709,39 @@ impl Exporter {
             pipeline,
             queue,
             url,
-            rt,
             client,
             batch: Vec::with_capacity(pipeline.batching.max_batch),
             spans: Vec::new(),
-            scratch: Vec::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("otlp-export".into())
-            .spawn(move || exporter.run())?;
-        let _ = pipeline.thread.set(thread.thread().clone());
-        Ok(())
+        rt.spawn(exporter.run());
     }
 
-    fn run(mut self) {
+    async fn run(mut self) {
         let b = self.pipeline.batching;
-        let mut deadline = Instant::now() + b.delay;
+        let mut deadline = tokio::time::Instant::now() + b.delay;
         loop {
             // Woken by the span that fills a batch, by a flush, or by the delay.
-            let now = Instant::now();
-            if now < deadline && !self.pipeline.woken.swap(false, Ordering::Acquire) {
-                std::thread::park_timeout(deadline - now);
-                self.pipeline.woken.store(false, Ordering::Relaxed);
+            tokio::select! {
+                _ = self.pipeline.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
             let flushes: Vec<Flushed> = self.queue.flushes.try_iter().collect();
-            if !flushes.is_empty() || Instant::now() >= deadline {
-                while self.export_batch() == b.max_batch {}
-                deadline = Instant::now() + b.delay;
+            if !flushes.is_empty() || tokio::time::Instant::now() >= deadline {
+                while self.export_batch().await == b.max_batch {}
+                deadline = tokio::time::Instant::now() + b.delay;
                 for f in flushes {
                     let _ = f.send(());
                 }
             } else {
                 while self.pipeline.queued.load(Ordering::Relaxed) >= b.max_batch
-                    && self.export_batch() > 0
+                    && self.export_batch().await > 0
                 {}
             }
         }
     }
 
     /// Exports up to one batch of what is queued; returns how many spans it took.
-    fn export_batch(&mut self) -> usize {
+    async fn export_batch(&mut self) -> usize {
         let max = self.pipeline.batching.max_batch;
         self.batch.extend(self.queue.spans.try_iter().take(max));
         let n = self.batch.len();
@@ -605,52 +749,49 @@ impl Exporter {
             return 0;
         }
         self.pipeline.queued.fetch_sub(n, Ordering::Relaxed);
-        let body = self
-            .pipeline
-            .encode(&self.batch, &mut self.spans, &mut self.scratch);
-        // The records (their model strings, their facts) are freed here, off the request path.
-        self.batch.clear();
-        if !self.post(body) {
+        self.spans.clear();
+        for chunk in self.batch.chunks(ENCODE_CHUNK) {
+            self.pipeline.encode_spans(chunk, &mut self.spans);
+            tokio::task::yield_now().await;
+        }
+        let body = self.pipeline.frame(&self.spans);
+        // Back to the spares the records nobody else holds (a usage observer's facts can outlive
+        // the export); the rest are freed here.
+        for mut r in self.batch.drain(..) {
+            if Arc::get_mut(&mut r).is_some() {
+                let _ = self.queue.spare.try_send(r);
+            }
+        }
+        let timeout = self.pipeline.batching.timeout;
+        if !post(&self.client, &self.url, timeout, body).await {
             self.pipeline.failures.fetch_add(1, Ordering::Relaxed);
         }
         n
     }
+}
 
-    /// POSTs one request body; whether the collector took it (a 2xx within the timeout). The
-    /// request runs as a task on the runtime (where the client's connections live); this thread
-    /// waits for its answer. A runtime that is shutting down drops the task, which answers
-    /// "failed" here instead of panicking in a timer.
-    fn post(&self, body: Vec<u8>) -> bool {
-        let req = http::Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(req) = req else {
-            return false;
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let client = self.client.clone();
-        let timeout = self.pipeline.batching.timeout;
-        let _task = self.rt.spawn(async move {
-            let sent = async {
-                let res = client.request(req).await.ok()?;
-                let ok = res.status().is_success();
-                res.into_body().collect().await.ok()?;
-                Some(ok)
-            };
-            let ok = matches!(tokio::time::timeout(timeout, sent).await, Ok(Some(true)));
-            let _ = tx.send(ok);
-        });
-        // The task's own timeout answers first; the margin only covers a stalled runtime.
-        rx.recv_timeout(timeout + Duration::from_secs(1))
-            .unwrap_or(false)
-    }
+/// POSTs one request body to `url`; whether the collector took it (a 2xx within `timeout`).
+async fn post(client: &HttpClient, url: &http::Uri, timeout: Duration, body: Vec<u8>) -> bool {
+    let req = http::Request::post(url.clone())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)));
+    let Ok(req) = req else {
+        return false;
+    };
+    let sent = async {
+        let res = client.request(req).await.ok()?;
+        let ok = res.status().is_success();
+        res.into_body().collect().await.ok()?;
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(timeout, sent).await, Ok(Some(true)))
 }
 
 /// One request's span in this process; ends (and goes to the exporter's queue) when dropped.
 pub struct RequestSpan {
     pipeline: &'static Pipeline,
     /// `Some` until the drop moves it into the queue.
-    record: Option<Record>,
+    record: Option<Arc<Record>>,
 }
 
 impl std::fmt::Debug for RequestSpan {
@@ -684,8 +825,7 @@ impl RequestSpan {
         headers.remove(TRACESTATE);
         let cx = &self.record().cx;
         headers.insert(TRACEPARENT, format_traceparent(cx));
-        let state = cx.trace_state().header();
-        if let Ok(v) = HeaderValue::try_from(state) {
+        if let Ok(v) = HeaderValue::try_from(state_header(cx)) {
             if !v.is_empty() {
                 headers.insert(TRACESTATE, v);
             }
@@ -693,30 +833,59 @@ impl RequestSpan {
     }
 
     /// What the request learns on its way, for the span's attributes at its end.
-    pub fn facts(&self) -> &Arc<Facts> {
+    pub fn facts(&self) -> &Facts {
         &self.record().facts
+    }
+
+    /// The facts, for another owner that learns some of them (the worker's usage observer).
+    pub fn share_facts(&self) -> SharedFacts {
+        SharedFacts(Arc::clone(
+            self.record
+                .as_ref()
+                .expect("a span's record lives until its drop"),
+        ))
     }
 }
 
 impl Drop for RequestSpan {
     fn drop(&mut self) {
-        if let Some(mut r) = self.record.take() {
+        if let Some(r) = self.record.take() {
             // A span whose parent is not sampled is propagated, never exported.
             if r.cx.is_sampled() {
-                r.end = now_nanos();
+                r.end.store(now_nanos(), Ordering::Relaxed);
                 self.pipeline.push(r);
             }
         }
     }
 }
 
+/// A span's [`Facts`] held by an owner other than the span's. What it sets before the span is
+/// exported goes on the span, even after the span ended (the worker's usage observer may finish
+/// just after the response body that ends the span).
+#[derive(Clone)]
+pub struct SharedFacts(Arc<Record>);
+
+impl std::ops::Deref for SharedFacts {
+    type Target = Facts;
+    fn deref(&self) -> &Facts {
+        &self.0.facts
+    }
+}
+
+impl std::fmt::Debug for SharedFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFacts").finish_non_exhaustive()
+    }
+}
+
 /// What a request learnt on its way, set by whoever learnt it and put on the span at its end.
 /// Atomics and write-once cells: the worker's usage observer and its response body are
-/// different owners, and the request path takes no lock.
+/// different owners, and the request path takes no lock. Names are held inline ([`Text`]);
+/// only an error message (rare) allocates.
 #[derive(Debug, Default)]
 pub struct Facts {
-    provider: OnceLock<String>,
-    response_model: OnceLock<String>,
+    provider: OnceLock<Text>,
+    response_model: OnceLock<Text>,
     /// `u64::MAX` = unknown.
     input_tokens: AtomicU64,
     output_tokens: AtomicU64,
@@ -724,17 +893,17 @@ pub struct Facts {
     attempts: AtomicU32,
     /// `gateway.worker.id` + 1; 0 = none.
     worker: AtomicU64,
-    translated: OnceLock<String>,
+    translated: OnceLock<Text>,
     error: OnceLock<String>,
     has_tokens: AtomicBool,
 }
 
 impl Facts {
     pub fn provider(&self, name: &str) {
-        let _ = self.provider.set(name.to_string());
+        let _ = self.provider.set(Text::new(name));
     }
     pub fn response_model(&self, model: &str) {
-        let _ = self.response_model.set(model.to_string());
+        let _ = self.response_model.set(Text::new(model));
     }
     pub fn tokens(&self, input: u64, output: u64) {
         self.input_tokens.store(input, Ordering::Relaxed);
@@ -752,7 +921,7 @@ impl Facts {
     }
     /// `FROM->TO`, when the request was translated.
     pub fn translated(&self, how: &str) {
-        let _ = self.translated.set(how.to_string());
+        let _ = self.translated.set(Text::new(how));
     }
     /// The request failed after its head (a broken stream): the span's status is Error.
     pub fn error(&self, msg: &str) {
@@ -760,12 +929,12 @@ impl Facts {
     }
 
     /// This request's attributes as OTLP `Span.attributes` fields.
-    fn encode_attributes(&self, out: &mut Vec<u8>) {
+    fn encode_attributes(&self, out: &mut Out<'_>) {
         if let Some(p) = self.provider.get() {
-            attribute(out, "gen_ai.provider.name", Value::Str(p));
+            attribute(out, "gen_ai.provider.name", Value::Str(p.as_bytes()));
         }
         if let Some(m) = self.response_model.get() {
-            attribute(out, "gen_ai.response.model", Value::Str(m));
+            attribute(out, "gen_ai.response.model", Value::Str(m.as_bytes()));
         }
         if self.has_tokens.load(Ordering::Relaxed) {
             let n = |v: &AtomicU64| Value::Int(v.load(Ordering::Relaxed) as i64);
@@ -782,12 +951,12 @@ impl Facts {
         }
         match self.worker.load(Ordering::Relaxed) {
             0 => {}
-            w => attribute(out, "gateway.worker.id", Value::Int(w as i64 - 1)),
+            w => attribute(out, "gateway.worker.id", Value::Int((w - 1) as i64)),
         }
         let translated = self.translated.get();
         attribute(out, "gateway.translated", Value::Bool(translated.is_some()));
         if let Some(t) = translated {
-            attribute(out, "gateway.translation", Value::Str(t));
+            attribute(out, "gateway.translation", Value::Str(t.as_bytes()));
         }
     }
 }
@@ -805,21 +974,24 @@ fn parse_traceparent(headers: &HeaderMap) -> Option<SpanContext> {
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let version = hex_byte(v[0], v[1])?;
+    let mut version = [0u8; 1];
+    if !unhex(&v[..2], &mut version) {
+        return None;
+    }
+    let version = version[0];
     // Version ff is invalid; 00 has exactly four fields; a later version may append fields.
     if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
-    let mut trace = [0u8; 16];
-    for (i, b) in trace.iter_mut().enumerate() {
-        *b = hex_byte(v[3 + 2 * i], v[4 + 2 * i])?;
-    }
-    let mut span = [0u8; 8];
-    for (i, b) in span.iter_mut().enumerate() {
-        *b = hex_byte(v[36 + 2 * i], v[37 + 2 * i])?;
+    let (mut trace, mut span, mut flags) = ([0u8; 16], [0u8; 8], [0u8; 1]);
+    if !(unhex(&v[3..35], &mut trace)
+        && unhex(&v[36..52], &mut span)
+        && unhex(&v[53..55], &mut flags))
+    {
+        return None;
     }
     // Flags other than sampled are accepted and cleared, as the W3C recommendation says.
-    let flags = TraceFlags::new(hex_byte(v[53], v[54])?) & TraceFlags::SAMPLED;
+    let flags = TraceFlags::new(flags[0]) & TraceFlags::SAMPLED;
     let state = headers
         .get(TRACESTATE)
         .and_then(|v| v.to_str().ok())
@@ -834,13 +1006,46 @@ fn parse_traceparent(headers: &HeaderMap) -> Option<SpanContext> {
     cx.is_valid().then_some(cx)
 }
 
-fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    Some(nibble(hi)? << 4 | nibble(lo)?)
+/// Decodes `hex` (two digits per byte of `out`); whether every digit was lowercase hex. One
+/// check at the end, not one per byte: the loop is branch-free.
+fn unhex(hex: &[u8], out: &mut [u8]) -> bool {
+    let mut bad = 0;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *o = hi << 4 | lo;
+    }
+    bad < 16
+}
+
+/// Each byte's value as a lowercase hex digit, 0xff for the rest (uppercase is not valid in a
+/// `traceparent`): a table, because a match per character was most of the header's parse.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `cx`'s `tracestate`, "" for none (most requests), then built without the SDK's `String`s.
+fn state_header(cx: &SpanContext) -> String {
+    let state = cx.trace_state();
+    if *state == TraceState::NONE {
+        String::new()
+    } else {
+        state.header()
+    }
 }
 
 /// `cx` as a version-00 `traceparent`.
@@ -869,6 +1074,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
+    use std::time::Instant;
 
     #[test]
     fn off_builds_nothing() {
@@ -888,7 +1094,7 @@ mod tests {
         }
     }
 
-    /// A pipeline of its own (no exporter thread yet), for the life of the test process.
+    /// A pipeline of its own (no exporter task yet), for the life of the test process.
     fn pipeline(b: Batching) -> (&'static Pipeline, Queue) {
         let (p, q) = Pipeline::new(b, "svc", "front");
         (Box::leak(Box::new(p)), q)
@@ -959,8 +1165,8 @@ mod tests {
         w.error("the provider's stream broke");
         drop(worker);
         drop(front);
-        let batch: Vec<Record> = q.spans.try_iter().collect();
-        let body = p.encode(&batch, &mut Vec::new(), &mut Vec::new());
+        let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let body = encode(p, &batch);
         let (msg, spans) = decode(&body);
         let rs = &msg.resource_spans[0];
         let resource: Vec<_> = rs
@@ -1017,6 +1223,71 @@ mod tests {
     }
 
     #[test]
+    fn facts_shared_past_the_end_and_long_names_reach_the_span() {
+        let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
+        // Longer than `Text`'s inline 48 bytes: held on the heap, encoded the same.
+        let model = "accounts/fireworks/models/llama-v3p1-405b-instruct-long-context";
+        let span = p
+            .start(&HeaderMap::new(), "/v1/messages", model, Kind::Client)
+            .unwrap();
+        let observer = span.share_facts();
+        drop(span);
+        // The usage observer finishing after the body that ended the span.
+        observer.provider("anthropic");
+        observer.tokens(7, 9);
+        drop(observer);
+        let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let (_, spans) = decode(&encode(p, &batch));
+        let s = &spans[0];
+        let str_value = |v: &str| Some(any_value::Value::StringValue(v.into()));
+        assert_eq!(s.name, format!("chat {model}"));
+        assert_eq!(attr(s, "gen_ai.request.model"), str_value(model));
+        assert_eq!(attr(s, "url.path"), str_value("/v1/messages"));
+        assert_eq!(attr(s, "gen_ai.provider.name"), str_value("anthropic"));
+        assert_eq!(
+            attr(s, "gen_ai.usage.output_tokens"),
+            Some(any_value::Value::IntValue(9))
+        );
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano && s.start_time_unix_nano > 0);
+    }
+
+    /// Every string at its longest: a span past 16 KiB (its length no longer fits the two bytes
+    /// reserved for it) and a tracestate, all within the bound, beside an ordinary span.
+    #[test]
+    fn a_span_of_any_size_is_written_within_its_bound() {
+        let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
+        let model = "m".repeat(20_000);
+        let mut h = client_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        let state = (0..32).map(|i| format!("v{i}=x{i}")).collect::<Vec<_>>();
+        h.insert(TRACESTATE, HeaderValue::from_str(&state.join(",")).unwrap());
+        let big = p
+            .start(&h, "/v1/chat/completions", &model, Kind::Server)
+            .unwrap();
+        let f = big.facts();
+        f.provider(&"p".repeat(300));
+        f.response_model(&"r".repeat(300));
+        f.translated(&"t".repeat(300));
+        f.tokens(u64::MAX >> 1, 1);
+        f.status(599);
+        f.attempts(u32::MAX);
+        f.worker(usize::MAX >> 1);
+        f.error(&"e".repeat(5_000));
+        drop(big);
+        drop(p.start(&HeaderMap::new(), "/v1/embeddings", "e", Kind::Server));
+        let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let (_, spans) = decode(&encode(p, &batch));
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, format!("chat {model}"));
+        assert_eq!(spans[0].trace_state, state.join(","));
+        assert_eq!(spans[0].status.as_ref().unwrap().message, "e".repeat(5_000));
+        assert_eq!(
+            attr(&spans[0], "gateway.attempts"),
+            Some(any_value::Value::IntValue(u32::MAX.into()))
+        );
+        assert_eq!(spans[1].name, "embeddings e");
+    }
+
+    #[test]
     fn a_new_trace_is_a_root_and_an_unsampled_parent_is_propagated_not_exported() {
         let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
         let root = p
@@ -1038,8 +1309,8 @@ mod tests {
             .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
         assert!(hop[TRACEPARENT].to_str().unwrap().ends_with("-00"));
         drop(s);
-        let batch: Vec<Record> = q.spans.try_iter().collect();
-        let (_, spans) = decode(&p.encode(&batch, &mut Vec::new(), &mut Vec::new()));
+        let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let (_, spans) = decode(&encode(p, &batch));
         assert_eq!(spans.len(), 1, "only the sampled root");
         assert!(spans[0].parent_span_id.is_empty());
         assert_eq!(spans[0].flags, 0x101);
@@ -1112,6 +1383,13 @@ mod tests {
         }
     }
 
+    /// `batch` as the exporter would POST it.
+    fn encode(p: &Pipeline, batch: &[Arc<Record>]) -> Vec<u8> {
+        let mut spans = Vec::new();
+        p.encode_spans(batch, &mut spans);
+        p.frame(&spans)
+    }
+
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
@@ -1162,14 +1440,14 @@ mod tests {
     }
 
     /// A pipeline of its own batching `max_batch` spans (600 s delay: only a full batch or a
-    /// flush sends), its exporter thread posting to `addr`.
+    /// flush sends), its exporter task posting to `addr`.
     fn exporting(addr: std::net::SocketAddr, max_batch: usize) -> &'static Pipeline {
         let (p, q) = pipeline(Batching {
             max_batch,
             ..batching(64, Duration::from_secs(600))
         });
         let url = format!("http://{addr}/v1/traces").parse().unwrap();
-        Exporter::spawn(p, q, url, tokio::runtime::Handle::current()).unwrap();
+        Exporter::spawn(p, q, url, &tokio::runtime::Handle::current());
         p
     }
 
@@ -1204,7 +1482,7 @@ mod tests {
     }
 
     /// A flush asked for while the exporter waits for an export's answer is not lost until the
-    /// delay (that wait parks the thread too, and ate the flush's wake-up once).
+    /// delay (when the exporter was a thread, that wait parked it too and ate the wake-up once).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_during_an_export_is_not_lost() {
         let (addr, received, arrived) = slow_receiver(Duration::from_millis(300)).await;

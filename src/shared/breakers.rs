@@ -132,8 +132,11 @@ impl Sync {
             let cell = self.cell(p);
             let w = cell.load();
             let known = self.known.get(p).and_then(|k| k.generation);
-            let left =
-                (cell.opened_at_ms.load(SeqCst) + timeout_ms).saturating_sub(self.clock.now_ms());
+            // At most the open period: the opening may be stamped a millisecond past this
+            // clock's reading (another thread's), and PX never outlasts the period.
+            let left = (cell.opened_at_ms.load(SeqCst) + timeout_ms)
+                .saturating_sub(self.clock.now_ms())
+                .min(timeout_ms);
             if w.state == OPEN && known != Some(w.generation) && left > 0 {
                 let token = format!(
                     "{}:{}:{:08x}",

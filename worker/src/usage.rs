@@ -44,7 +44,7 @@ pub struct Meta {
     pub started: Instant,
     pub ts_ms: i64,
     /// The request's trace facts (`[telemetry]` on): the answer's provider, model and tokens.
-    pub trace: Option<Arc<gateway::telemetry::Facts>>,
+    pub trace: Option<gateway::telemetry::SharedFacts>,
 }
 
 impl Meta {

@@ -101,13 +101,14 @@ impl RequestRecord {
     fn trace_end(&self, t: gateway::telemetry::RequestSpan) {
         let f = t.facts();
         f.status(self.status);
-        let text =
-            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string));
+        fn text(v: &Option<HeaderValue>) -> Option<&str> {
+            v.as_ref()?.to_str().ok()
+        }
         if let Some(p) = text(&self.provider) {
-            f.provider(&p);
+            f.provider(p);
         }
         if let Some(t) = text(&self.translated) {
-            f.translated(&t);
+            f.translated(t);
         }
         if let Some(w) = self.worker {
             f.worker(w);

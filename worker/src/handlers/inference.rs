@@ -65,7 +65,7 @@ async fn serve(
     hop: Hop,
     endpoint: Endpoint,
     req: Request<Incoming>,
-    trace: &mut Option<std::sync::Arc<gateway::telemetry::Facts>>,
+    trace: &mut Option<gateway::telemetry::SharedFacts>,
 ) -> Response<ResBody> {
     let dialect = endpoint.dialect();
     let mut guard = RequestGuard::new(&app.counters);
@@ -100,7 +100,7 @@ async fn serve(
     let model = head.model;
     // The child of the front's span (the hop's `traceparent`); none when telemetry is off.
     let span = gateway::telemetry::RequestSpan::worker(&parts.headers, parts.uri.path(), &model);
-    *trace = span.as_ref().map(|s| s.facts().clone());
+    *trace = span.as_ref().map(|s| s.share_facts());
     guard.trace(span);
     let table = app.routes.clone();
     let candidates = match table.candidates(&model, endpoint) {
