@@ -18,7 +18,7 @@ use crate::translate::{self, Api, UsageReader};
 use bytes::Bytes;
 use gateway::config::Config;
 use gateway::usage::{self as record, Record, Tokens};
-use std::collections::HashMap;
+use gateway::ConfigMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -513,7 +513,7 @@ struct Global {
     dropped: AtomicU64,
     /// provider -> client -> model -> series, created at start so the request path takes no
     /// lock of the metrics family.
-    series: HashMap<String, HashMap<String, HashMap<String, UsageSeries>>>,
+    series: ConfigMap<String, ConfigMap<String, ConfigMap<String, UsageSeries>>>,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -539,7 +539,7 @@ pub fn init(config: &Config, metrics: &Metrics) {
             .and_then(|v| v.parse().ok());
         let mut clients: Vec<&str> = config.clients.iter().map(|c| c.name.as_str()).collect();
         clients.push("");
-        let mut series = HashMap::new();
+        let mut series = ConfigMap::default();
         for p in &config.providers {
             let mut models: Vec<&str> = p
                 .models
@@ -549,7 +549,7 @@ pub fn init(config: &Config, metrics: &Metrics) {
                 .chain(p.prices.keys().map(String::as_str))
                 .collect();
             models.push(OTHER);
-            let per_client: HashMap<String, HashMap<String, UsageSeries>> = clients
+            let per_client: ConfigMap<String, ConfigMap<String, UsageSeries>> = clients
                 .iter()
                 .map(|c| {
                     let m = models
@@ -723,7 +723,7 @@ mod send_tests {
             socket: Some(tx),
             worker: None,
             dropped: AtomicU64::new(0),
-            series: HashMap::new(),
+            series: ConfigMap::default(),
         };
         // Fill the buffer: sends go on until one is dropped, and none of them waits.
         let mut sent = 0;

@@ -15,8 +15,8 @@ use crate::endpoint::Endpoint;
 use crate::providers::Provider;
 use gateway::config::{resolve_provider_model, Config, Strategy};
 use gateway::provider_permits::ProviderLimiter;
+use gateway::ConfigMap;
 use gateway::{ApiError, ErrorKind};
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +36,9 @@ pub struct RouteTable {
     /// Alias names in configuration order, for `/v1/models`.
     pub alias_names: Vec<String>,
     /// Alias name -> its targets, in configuration order.
-    aliases: HashMap<String, Vec<Target>>,
+    aliases: ConfigMap<String, Vec<Target>>,
     /// Model name -> providers listing it explicitly.
-    exact: HashMap<String, Vec<Target>>,
+    exact: ConfigMap<String, Vec<Target>>,
     /// Providers whose `models` contains `"*"`.
     wildcard: Vec<Target>,
     pub strategy: Strategy,
@@ -65,7 +65,7 @@ pub struct Limits {
 
 impl RouteTable {
     pub fn new(config: &Config, providers: Vec<Arc<Provider>>) -> Self {
-        let mut exact: HashMap<String, Vec<Target>> = HashMap::new();
+        let mut exact: ConfigMap<String, Vec<Target>> = ConfigMap::default();
         let mut wildcard = Vec::new();
         for (i, p) in providers.iter().enumerate() {
             for m in &p.config.models {
