@@ -2,7 +2,9 @@
 //! and a real HTTP upstream on 127.0.0.1: every finished request lands in the SQLite ledger with
 //! the tokens the upstream reported and its cost, a Chat stream's client sees exactly what it
 //! asked for, a broken stream still leaves its row, a SIGKILLed worker loses no record of a
-//! finished request, and `supervisor usage` sums the rows.
+//! finished request, and `supervisor usage` sums the rows. Also the front's private usage
+//! headers: a caller's claims count for nothing, and a worker's private socket takes the front's
+//! peek of the body where its port does not.
 
 mod support;
 
@@ -437,6 +439,54 @@ fn the_row_names_the_client_the_front_admitted_never_a_claimed_one() {
             "{private} reached the provider"
         );
     }
+    g.signal(Signal::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(20)).is_some());
+}
+
+/// On its private socket a worker takes the front's word on the body (`x-gateway-peeked`) and
+/// does not parse it again; on its port the same claim counts for nothing and the body is
+/// parsed. The body here is not JSON, so a worker that parsed it would answer 400.
+#[test]
+fn a_pooled_worker_takes_the_fronts_peek_and_its_port_does_not() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let env = TestEnv::new(&config(1, &up));
+    let mut g = start_with(&env, &[]);
+    up.set(CHAT, Script::chat_with_usage("up-model", 3, 0, 4));
+    let body = b"not json: only the front's peek names the model";
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nx-gateway-peeked: 0up-model\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    // As the front does: the worker's private socket in the runtime dir.
+    let sock = env.runtime_dir().join("worker-0.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let sent = up.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&sent[0].body[..], body, "the body went on as it came");
+    assert_eq!(sent[0].header("x-gateway-peeked"), None);
+
+    let port = env.status_json()["workers"][0]["port"].as_u64().unwrap() as u16;
+    let r = http::request(
+        ([127, 0, 0, 1], port).into(),
+        "POST",
+        CHAT,
+        &[
+            ("content-type", "application/json"),
+            ("x-gateway-peeked", "0up-model"),
+        ],
+        Some(body),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(up.request_count(), 1, "nothing more reached the provider");
     g.signal(Signal::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(20)).is_some());
 }
