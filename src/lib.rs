@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api_error;
 pub mod calendar;
 pub mod config;
+pub mod endpoint;
 pub mod headers;
 pub mod heartbeat;
 pub mod model_list;

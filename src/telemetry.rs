@@ -64,6 +64,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::TelemetryConfig;
+use crate::endpoint::Endpoint;
 
 /// The process's span pipeline, once [`install`] has run with an endpoint.
 static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
@@ -200,30 +201,6 @@ pub fn enabled() -> bool {
     PIPELINE.get().is_some()
 }
 
-/// `gen_ai.operation.name` of an inference path; `None` for paths that get no span.
-pub fn operation(path: &str) -> Option<&'static str> {
-    inference_path(path).map(|i| INFERENCE[usize::from(i)].1)
-}
-
-/// The paths that get a span (`url.path`) and their `gen_ai.operation.name`. A span keeps the
-/// index, and the two attributes of each entry are encoded once at install.
-const INFERENCE: [(&str, &str); 6] = [
-    ("/v1/chat/completions", "chat"),
-    ("/v1/responses", "chat"),
-    ("/v1/messages", "chat"),
-    ("/v1/completions", "text_completion"),
-    ("/v1/embeddings", "embeddings"),
-    ("/v1/messages/count_tokens", "count_tokens"),
-];
-
-/// The index of `path` in [`INFERENCE`].
-fn inference_path(path: &str) -> Option<u8> {
-    INFERENCE
-        .iter()
-        .position(|(p, _)| *p == path)
-        .map(|i| i as u8)
-}
-
 /// The producers' side of the pipeline: the bounded queue, the exporter task to wake, the
 /// counters.
 struct Pipeline {
@@ -238,9 +215,9 @@ struct Pipeline {
     /// The `ResourceSpans.resource` and `ScopeSpans.scope` fields, encoded once.
     resource_field: Vec<u8>,
     scope_field: Vec<u8>,
-    /// Per [`INFERENCE`] entry, its `gen_ai.operation.name` and `url.path` attributes, encoded
-    /// once: they are the same for every span of that path.
-    route_attributes: [Vec<u8>; INFERENCE.len()],
+    /// Per endpoint (`Endpoint::ALL` order), its `gen_ai.operation.name` and `url.path`
+    /// attributes, encoded once: they are the same for every span of that path.
+    route_attributes: [Vec<u8>; Endpoint::ALL.len()],
     failures: AtomicU64,
     dropped: AtomicU64,
     ids: RandomIdGenerator,
@@ -288,7 +265,8 @@ impl Pipeline {
         let (mut resource_field, mut scope_field) = (Vec::new(), Vec::new());
         prost::encoding::message::encode(1, &resource, &mut resource_field);
         prost::encoding::message::encode(1, &scope, &mut scope_field);
-        let route_attributes = INFERENCE.map(|(path, op)| {
+        let route_attributes = Endpoint::ALL.map(|e| {
+            let (path, op) = (e.path(), e.operation());
             let mut buf = [0u8; 256];
             let mut out = Out {
                 buf: &mut buf,
@@ -328,7 +306,7 @@ impl Pipeline {
         model: &str,
         kind: Kind,
     ) -> Option<RequestSpan> {
-        let route = inference_path(path)?;
+        let endpoint = Endpoint::from_path(path)?;
         let parent = parse_traceparent(headers).unwrap_or(SpanContext::NONE);
         let (trace_id, flags, state, parent_id) = if parent.is_valid() {
             let state = parent.trace_state().clone();
@@ -349,7 +327,7 @@ impl Pipeline {
             kind,
             start: now_nanos(),
             end: AtomicU64::new(0),
-            route,
+            endpoint,
             model: Text::new(model),
             facts: Facts::default(),
         };
@@ -415,7 +393,7 @@ impl Pipeline {
     /// filled in once it is known, and the rest is cut.
     fn encode_spans(&self, records: &[Arc<Record>], spans: &mut Vec<u8>) {
         for r in records {
-            let route = &self.route_attributes[usize::from(r.route)];
+            let route = &self.route_attributes[r.endpoint as usize];
             let at = spans.len();
             let state = state_header(&r.cx);
             spans.resize(at + 3 + r.bound(route.len(), &state), 0);
@@ -480,8 +458,8 @@ struct Record {
     start: u64,
     /// Set by the end (the owner's drop), before the record is queued.
     end: AtomicU64,
-    /// Index in [`INFERENCE`].
-    route: u8,
+    /// The path's endpoint (its operation, `url.path`).
+    endpoint: Endpoint,
     model: Text,
     facts: Facts,
 }
@@ -535,7 +513,7 @@ impl Record {
             bytes_field(out, 4, &self.parent.to_bytes());
         }
         // The name, `{operation} {model}`, written in place.
-        let (op, model) = (INFERENCE[usize::from(self.route)].1, self.model.as_bytes());
+        let (op, model) = (self.endpoint.operation(), self.model.as_bytes());
         length_delimited(out, 5, op.len() + 1 + model.len());
         out.bytes(op.as_bytes());
         out.byte(b' ');
@@ -1081,8 +1059,7 @@ mod tests {
         let h = HeaderMap::new();
         assert!(!enabled());
         assert!(RequestSpan::front(&h, "/v1/chat/completions", "m").is_none());
-        assert_eq!(operation("/v1/embeddings"), Some("embeddings"));
-        assert_eq!(operation("/v1/health"), None);
+        assert!(RequestSpan::front(&h, "/v1/health", "m").is_none());
     }
 
     fn batching(max_queue: usize, delay: Duration) -> Batching {

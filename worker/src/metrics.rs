@@ -4,7 +4,7 @@
 //! request path only touches atomics and never the `Family` map's lock.
 
 use crate::breaker::CircuitState;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointApi};
 use crate::translate::Api;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -153,6 +153,14 @@ impl RequestIds {
 mod tests {
     use super::*;
 
+    /// Every forwarded inference path has its row (the others are counted slower, per call).
+    #[test]
+    fn every_endpoint_is_a_route_label() {
+        for e in gateway::endpoint::Endpoint::ALL {
+            assert!(ROUTE_LABELS.contains(&e.path()), "{}", e.path());
+        }
+    }
+
     #[test]
     fn request_ids_are_the_prefix_and_the_count_in_hex() {
         let ids = RequestIds {

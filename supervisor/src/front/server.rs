@@ -69,13 +69,10 @@ fn route(method: &Method, path: &str) -> Route {
         }
     };
     let fwd_get = |label| get(Route::Forward { label, body: false });
+    if let Some(e) = gateway::endpoint::Endpoint::from_path(path) {
+        return post(e.path());
+    }
     match path {
-        "/v1/chat/completions" => post("/v1/chat/completions"),
-        "/v1/completions" => post("/v1/completions"),
-        "/v1/embeddings" => post("/v1/embeddings"),
-        "/v1/responses" => post("/v1/responses"),
-        "/v1/messages" => post("/v1/messages"),
-        "/v1/messages/count_tokens" => post("/v1/messages/count_tokens"),
         "/v1/health" => fwd_get("/v1/health"),
         "/v1/health/models" => fwd_get("/v1/health/models"),
         "/v1/health/performance" => fwd_get("/v1/health/performance"),

@@ -13,7 +13,7 @@ pub mod state;
 
 use crate::breaker::{Breaker, BreakerConfig, CircuitState};
 use crate::connect::{ClientFactory, UpstreamClient};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointApi};
 use crate::metrics::{Metrics, ProviderMetrics};
 use crate::translate::Api;
 use gateway::config::{ProviderConfig, ProviderKind};

@@ -5,7 +5,7 @@
 use super::translated::{translated_headers, Translation};
 use super::Forward;
 use crate::body::ResBody;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointApi};
 use crate::error::{error_chain, is_timeout};
 use crate::metrics::Outcome;
 use crate::providers::Provider;

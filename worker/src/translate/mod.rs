@@ -316,7 +316,7 @@ pub fn translate_response(
 /// The label of a translation, `FROM->TO` in the APIs' path names (`messages->chat`): the
 /// access log's `translated` field, from the response head or from the usage record.
 pub fn label(from: Api, to: Api) -> String {
-    use crate::endpoint::Endpoint;
+    use crate::endpoint::{Endpoint, EndpointApi};
     format!(
         "{}->{}",
         Endpoint::of_api(from).api_name(),
