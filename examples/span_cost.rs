@@ -12,6 +12,7 @@
 //! Usage: `span_cost ENDPOINT|off [N] [RATE]` (N = 100000 pairs, RATE = 20000 a second).
 
 use gateway::config::TelemetryConfig;
+use gateway::endpoint::Endpoint;
 use gateway::telemetry::{self, RequestSpan};
 use http::HeaderMap;
 use std::time::{Duration, Instant};
@@ -47,7 +48,7 @@ mod libc_rusage {
 
 fn one_request() {
     let client = HeaderMap::new();
-    let front = RequestSpan::front(&client, "/v1/chat/completions", "bench-model");
+    let front = RequestSpan::front(&client, Endpoint::ChatCompletions, "bench-model");
     let mut hop = HeaderMap::new();
     if let Some(f) = &front {
         f.inject(&mut hop);
@@ -57,7 +58,7 @@ fn one_request() {
         facts.status(200);
         facts.provider("bench-provider");
     }
-    let worker = RequestSpan::worker(&hop, "/v1/chat/completions", "bench-model");
+    let worker = RequestSpan::worker(&hop, Endpoint::ChatCompletions, "bench-model");
     if let Some(w) = &worker {
         let facts = w.facts();
         facts.status(200);

@@ -325,6 +325,30 @@ mod tests {
         );
     }
 
+    /// The worker's labels fit in the map `client_response` built: adding them never grows it.
+    #[test]
+    fn the_workers_labels_fit_without_growing_the_map() {
+        for src in [
+            map(&[
+                ("content-type", "application/json"),
+                ("content-length", "9"),
+            ]),
+            map(&[("content-type", "text/event-stream")]),
+            map(&[]),
+        ] {
+            let mut out = client_response(&src, &Secret::new(None), true);
+            let cap = out.capacity();
+            for name in [
+                "x-gateway-provider",
+                "x-gateway-attempts",
+                "x-gateway-translated",
+            ] {
+                out.insert(HeaderName::from_static(name), "1".parse().unwrap());
+            }
+            assert_eq!(out.capacity(), cap, "{:?}", names(&out));
+        }
+    }
+
     #[test]
     fn only_safe_response_headers_come_back_with_the_key_redacted() {
         let key = Secret::new(Some("sk-live-123"));

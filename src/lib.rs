@@ -30,7 +30,7 @@ pub use api_error::{ApiError, Dialect, ErrorKind};
 
 /// A hash map for a table built once from the configuration and then only read on the request
 /// path (the worker's routes by model, its usage series by provider, client and model). Hashed
-/// with foldhash rather than std's SipHash, which cost the worker about 600 instructions a
+/// with foldhash rather than std's SipHash, which cost the worker about 1,100 instructions a
 /// request in these lookups (`bench/path_instr.sh`). This is safe for these tables: flooding a
 /// map takes inserts, and a request's keys (a model name, a client) are only looked up.
 pub type ConfigMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

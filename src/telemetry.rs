@@ -238,6 +238,19 @@ struct Queue {
     spare: crossbeam_channel::Sender<Arc<Record>>,
 }
 
+impl Queue {
+    /// Empties `batch` (encoded): back to the spares go the records nobody else holds (a usage
+    /// observer's facts can outlive the export); the rest, and those past a full list, are
+    /// freed here.
+    fn recycle(&self, batch: &mut Vec<Arc<Record>>) {
+        for mut r in batch.drain(..) {
+            if Arc::get_mut(&mut r).is_some() {
+                let _ = self.spare.try_send(r);
+            }
+        }
+    }
+}
+
 impl Pipeline {
     fn new(batching: Batching, service: &str, role: &'static str) -> (Self, Queue) {
         let (queue, spans) = std::sync::mpsc::sync_channel(batching.max_queue);
@@ -298,15 +311,14 @@ impl Pipeline {
         (pipeline, queue)
     }
 
-    /// A new span for a request to `path`, the child of `headers`' `traceparent` if any.
+    /// A new span for a request to `endpoint`, the child of `headers`' `traceparent` if any.
     fn start(
         &'static self,
         headers: &HeaderMap,
-        path: &str,
+        endpoint: Endpoint,
         model: &str,
         kind: Kind,
-    ) -> Option<RequestSpan> {
-        let endpoint = Endpoint::from_path(path)?;
+    ) -> RequestSpan {
         let parent = parse_traceparent(headers).unwrap_or(SpanContext::NONE);
         let (trace_id, flags, state, parent_id) = if parent.is_valid() {
             let state = parent.trace_state().clone();
@@ -343,10 +355,10 @@ impl Pipeline {
             },
             Err(_) => Arc::new(fresh),
         };
-        Some(RequestSpan {
+        RequestSpan {
             pipeline: self,
             record: Some(record),
-        })
+        }
     }
 
     /// Queues an ended span; a full queue drops it and counts it, never waits.
@@ -733,13 +745,7 @@ impl Exporter {
             tokio::task::yield_now().await;
         }
         let body = self.pipeline.frame(&self.spans);
-        // Back to the spares the records nobody else holds (a usage observer's facts can outlive
-        // the export); the rest are freed here.
-        for mut r in self.batch.drain(..) {
-            if Arc::get_mut(&mut r).is_some() {
-                let _ = self.queue.spare.try_send(r);
-            }
-        }
+        self.queue.recycle(&mut self.batch);
         let timeout = self.pipeline.batching.timeout;
         if !post(&self.client, &self.url, timeout, body).await {
             self.pipeline.failures.fetch_add(1, Ordering::Relaxed);
@@ -779,16 +785,23 @@ impl std::fmt::Debug for RequestSpan {
 }
 
 impl RequestSpan {
-    /// The front's span for a request to `path` (a SERVER span), continuing the client's
-    /// `traceparent` in `headers` if any; `None` when telemetry is off or the path is not an
-    /// inference endpoint.
-    pub fn front(headers: &HeaderMap, path: &str, model: &str) -> Option<Self> {
-        PIPELINE.get()?.start(headers, path, model, Kind::Server)
+    /// The front's span for a request to `endpoint` (a SERVER span), continuing the client's
+    /// `traceparent` in `headers` if any; `None` when telemetry is off.
+    pub fn front(headers: &HeaderMap, endpoint: Endpoint, model: &str) -> Option<Self> {
+        Some(
+            PIPELINE
+                .get()?
+                .start(headers, endpoint, model, Kind::Server),
+        )
     }
 
     /// The worker's span, the child of the front's (from the hop's `traceparent`).
-    pub fn worker(headers: &HeaderMap, path: &str, model: &str) -> Option<Self> {
-        PIPELINE.get()?.start(headers, path, model, Kind::Client)
+    pub fn worker(headers: &HeaderMap, endpoint: Endpoint, model: &str) -> Option<Self> {
+        Some(
+            PIPELINE
+                .get()?
+                .start(headers, endpoint, model, Kind::Client),
+        )
     }
 
     fn record(&self) -> &Record {
@@ -1058,8 +1071,7 @@ mod tests {
     fn off_builds_nothing() {
         let h = HeaderMap::new();
         assert!(!enabled());
-        assert!(RequestSpan::front(&h, "/v1/chat/completions", "m").is_none());
-        assert!(RequestSpan::front(&h, "/v1/health", "m").is_none());
+        assert!(RequestSpan::front(&h, Endpoint::ChatCompletions, "m").is_none());
     }
 
     fn batching(max_queue: usize, delay: Duration) -> Batching {
@@ -1107,10 +1119,7 @@ mod tests {
         let (p, q) = pipeline(batching(2, Duration::from_secs(600)));
         let h = HeaderMap::new();
         let spans: Vec<_> = (0..3)
-            .map(|_| {
-                p.start(&h, "/v1/chat/completions", "m", Kind::Server)
-                    .unwrap()
-            })
+            .map(|_| p.start(&h, Endpoint::ChatCompletions, "m", Kind::Server))
             .collect();
         drop(spans);
         assert_eq!(p.dropped.load(Ordering::Relaxed), 1);
@@ -1122,14 +1131,10 @@ mod tests {
         let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         let client = client_headers(&format!("00-{trace}-00f067aa0ba902b7-01"));
-        let front = p
-            .start(&client, "/v1/chat/completions", "gpt-x", Kind::Server)
-            .unwrap();
+        let front = p.start(&client, Endpoint::ChatCompletions, "gpt-x", Kind::Server);
         let mut hop = HeaderMap::new();
         front.inject(&mut hop);
-        let worker = p
-            .start(&hop, "/v1/chat/completions", "gpt-x", Kind::Client)
-            .unwrap();
+        let worker = p.start(&hop, Endpoint::ChatCompletions, "gpt-x", Kind::Client);
         let f = front.facts();
         f.provider("openai");
         f.status(200);
@@ -1204,9 +1209,7 @@ mod tests {
         let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
         // Longer than `Text`'s inline 48 bytes: held on the heap, encoded the same.
         let model = "accounts/fireworks/models/llama-v3p1-405b-instruct-long-context";
-        let span = p
-            .start(&HeaderMap::new(), "/v1/messages", model, Kind::Client)
-            .unwrap();
+        let span = p.start(&HeaderMap::new(), Endpoint::Messages, model, Kind::Client);
         let observer = span.share_facts();
         drop(span);
         // The usage observer finishing after the body that ended the span.
@@ -1237,9 +1240,7 @@ mod tests {
         let mut h = client_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let state = (0..32).map(|i| format!("v{i}=x{i}")).collect::<Vec<_>>();
         h.insert(TRACESTATE, HeaderValue::from_str(&state.join(",")).unwrap());
-        let big = p
-            .start(&h, "/v1/chat/completions", &model, Kind::Server)
-            .unwrap();
+        let big = p.start(&h, Endpoint::ChatCompletions, &model, Kind::Server);
         let f = big.facts();
         f.provider(&"p".repeat(300));
         f.response_model(&"r".repeat(300));
@@ -1250,7 +1251,7 @@ mod tests {
         f.worker(usize::MAX >> 1);
         f.error(&"e".repeat(5_000));
         drop(big);
-        drop(p.start(&HeaderMap::new(), "/v1/embeddings", "e", Kind::Server));
+        drop(p.start(&HeaderMap::new(), Endpoint::Embeddings, "e", Kind::Server));
         let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
         let (_, spans) = decode(&encode(p, &batch));
         assert_eq!(spans.len(), 2);
@@ -1264,20 +1265,60 @@ mod tests {
         assert_eq!(spans[1].name, "embeddings e");
     }
 
+    /// An exported record comes back for the next span, which starts clean: nothing of the last
+    /// span's name or facts reaches it. A record whose facts another owner still holds is not
+    /// given back.
+    #[test]
+    fn a_recycled_record_carries_nothing_of_its_last_span() {
+        let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
+        let first = p.start(&HeaderMap::new(), Endpoint::Messages, "first", Kind::Client);
+        first.facts().provider("anthropic");
+        first.facts().tokens(1, 2);
+        first.facts().error("the provider's stream broke");
+        drop(first);
+        let mut batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let used = Arc::as_ptr(&batch[0]);
+        q.recycle(&mut batch);
+        let second = p.start(
+            &HeaderMap::new(),
+            Endpoint::Embeddings,
+            "second",
+            Kind::Server,
+        );
+        let ptr = |s: &RequestSpan| Arc::as_ptr(s.record.as_ref().unwrap());
+        assert_eq!(ptr(&second), used, "the spare was reused");
+        drop(second);
+        let batch: Vec<Arc<Record>> = q.spans.try_iter().collect();
+        let (_, spans) = decode(&encode(p, &batch));
+        assert_eq!(spans[0].name, "embeddings second");
+        assert_eq!(attr(&spans[0], "gen_ai.provider.name"), None);
+        assert_eq!(attr(&spans[0], "gen_ai.usage.input_tokens"), None);
+        assert!(spans[0].status.is_none(), "{:?}", spans[0].status);
+
+        let mut batch = batch;
+        let held = p.start(&HeaderMap::new(), Endpoint::Messages, "held", Kind::Client);
+        let observer = held.share_facts();
+        drop(held);
+        batch.extend(q.spans.try_iter());
+        let (a, b) = (Arc::as_ptr(&batch[0]), Arc::as_ptr(&batch[1]));
+        q.recycle(&mut batch);
+        let next = p.start(&HeaderMap::new(), Endpoint::Messages, "next", Kind::Client);
+        assert_eq!(ptr(&next), a, "the free record came back");
+        let after = p.start(&HeaderMap::new(), Endpoint::Messages, "after", Kind::Client);
+        assert_ne!(ptr(&after), b, "the held one did not");
+        drop(observer);
+    }
+
     #[test]
     fn a_new_trace_is_a_root_and_an_unsampled_parent_is_propagated_not_exported() {
         let (p, q) = pipeline(batching(16, Duration::from_secs(600)));
-        let root = p
-            .start(&HeaderMap::new(), "/v1/embeddings", "e", Kind::Server)
-            .unwrap();
+        let root = p.start(&HeaderMap::new(), Endpoint::Embeddings, "e", Kind::Server);
         let mut hop = HeaderMap::new();
         root.inject(&mut hop);
         assert!(hop[TRACEPARENT].to_str().unwrap().ends_with("-01"));
         drop(root);
         let unsampled = client_headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
-        let s = p
-            .start(&unsampled, "/v1/embeddings", "e", Kind::Server)
-            .unwrap();
+        let s = p.start(&unsampled, Endpoint::Embeddings, "e", Kind::Server);
         let mut hop = HeaderMap::new();
         s.inject(&mut hop);
         assert!(hop[TRACEPARENT]
@@ -1431,7 +1472,7 @@ mod tests {
     /// `n` worker spans started and ended.
     fn end_spans(p: &'static Pipeline, n: usize) {
         for _ in 0..n {
-            drop(p.start(&HeaderMap::new(), "/v1/messages", "c", Kind::Client));
+            drop(p.start(&HeaderMap::new(), Endpoint::Messages, "c", Kind::Client));
         }
     }
 

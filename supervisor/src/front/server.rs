@@ -17,6 +17,7 @@ use super::forward::{forward_request, Prepared, REQUEST_ID};
 use super::{waiting, FrontContext, Settings, Shared};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
+use gateway::endpoint::Endpoint;
 use gateway::model_list;
 use gateway::read_timeouts::{first_head_within, HeadSeen};
 use gateway::upload::{self, Refused};
@@ -34,11 +35,10 @@ use tokio::time::Instant;
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
-    /// To a worker; the label is also the metrics `path`. `body` for POST routes.
-    Forward {
-        label: &'static str,
-        body: bool,
-    },
+    /// An inference endpoint (POST, JSON body) to a worker; its path is the metrics `path`.
+    Inference(Endpoint),
+    /// A GET to a worker; the label is also the metrics `path`.
+    Forward(&'static str),
     Models,
     /// `GET /v1/models/{id}`; the id is read from the path when answering.
     Model,
@@ -54,13 +54,6 @@ enum Route {
 }
 
 fn route(method: &Method, path: &str) -> Route {
-    let post = |label| {
-        if method == Method::POST {
-            Route::Forward { label, body: true }
-        } else {
-            Route::Unknown
-        }
-    };
     let get = |r| {
         if method == Method::GET || method == Method::HEAD {
             r
@@ -68,9 +61,13 @@ fn route(method: &Method, path: &str) -> Route {
             Route::Unknown
         }
     };
-    let fwd_get = |label| get(Route::Forward { label, body: false });
-    if let Some(e) = gateway::endpoint::Endpoint::from_path(path) {
-        return post(e.path());
+    let fwd_get = |label| get(Route::Forward(label));
+    if let Some(e) = Endpoint::from_path(path) {
+        return if method == Method::POST {
+            Route::Inference(e)
+        } else {
+            Route::Unknown
+        };
     }
     match path {
         "/v1/health" => fwd_get("/v1/health"),
@@ -94,7 +91,8 @@ fn route(method: &Method, path: &str) -> Route {
 impl Route {
     fn label(self) -> &'static str {
         match self {
-            Route::Forward { label, .. } => label,
+            Route::Inference(e) => e.path(),
+            Route::Forward(label) => label,
             Route::Models => "/v1/models",
             Route::Model => "/v1/models/{id}",
             Route::Healthz => "/healthz",
@@ -294,9 +292,13 @@ async fn respond(
         Err(resp) => return local(record, *resp),
     };
     record.caller = Some(caller.clone());
-    let Route::Forward { body, .. } = route else {
-        let resp = answer_locally(shared, &cfg, settings, &req, route, dialect).await;
-        return local(record, resp);
+    let endpoint = match route {
+        Route::Inference(e) => Some(e),
+        Route::Forward(_) => None,
+        _ => {
+            let resp = answer_locally(shared, &cfg, settings, &req, route, dialect).await;
+            return local(record, resp);
+        }
     };
     let mut ctx = ForwardCtx {
         shared,
@@ -306,7 +308,7 @@ async fn respond(
         request_id,
         record,
     };
-    match ctx.prepare(req, body).await {
+    match ctx.prepare(req, endpoint).await {
         Ok(p) => ctx.run(p).await,
         // A refused upload is drained so the client reads its answer (see `gateway::upload`).
         Err(refused) => {
@@ -372,7 +374,7 @@ async fn answer_locally(
                 Err(e) => e.to_response(Dialect::OpenAi),
             }
         }
-        Route::Unknown | Route::Forward { .. } => {
+        Route::Unknown | Route::Inference(_) | Route::Forward(_) => {
             let msg = format!("no route for {} {}", req.method(), req.uri().path());
             ApiError::new(ErrorKind::NotFound, msg).to_response(dialect)
         }
@@ -474,14 +476,14 @@ struct ForwardCtx<'a> {
 }
 
 impl ForwardCtx<'_> {
-    /// Buffers and checks the body; returns the prepared request.
+    /// Buffers and checks an inference endpoint's body; returns the prepared request.
     async fn prepare(
         &mut self,
         req: Request<Incoming>,
-        has_body: bool,
+        endpoint: Option<Endpoint>,
     ) -> Result<Prepared, Refused<Incoming>> {
         let (parts, body) = req.into_parts();
-        let (body, stream, peeked) = if has_body {
+        let (body, stream, peeked) = if endpoint.is_some() {
             let max = self.cfg.server.max_body_bytes;
             let idle = self.cfg.server.body_read_timeout;
             let bytes = upload::read_limited(body, &parts.headers, max, idle).await?;
@@ -503,9 +505,8 @@ impl ForwardCtx<'_> {
         Prepared::clean_headers(&mut headers);
         // One trace per request: the client's `traceparent` is continued, and the worker's span
         // becomes this one's child (no-op when `[telemetry]` is off).
-        if let Some(model) = &self.record.model {
-            self.record.trace =
-                gateway::telemetry::RequestSpan::front(&headers, parts.uri.path(), model);
+        if let (Some(e), Some(model)) = (endpoint, &self.record.model) {
+            self.record.trace = gateway::telemetry::RequestSpan::front(&headers, e, model);
         }
         if let Some(t) = &self.record.trace {
             t.inject(&mut headers);
@@ -562,18 +563,12 @@ mod tests {
         let r = |m: Method, p| route(&m, p);
         assert_eq!(
             r(Method::POST, "/v1/chat/completions"),
-            Route::Forward {
-                label: "/v1/chat/completions",
-                body: true
-            }
+            Route::Inference(Endpoint::ChatCompletions)
         );
         assert_eq!(r(Method::GET, "/v1/chat/completions"), Route::Unknown);
         assert_eq!(
             r(Method::GET, "/v1/health/models/gpt-4o"),
-            Route::Forward {
-                label: "/v1/health/models/{model}",
-                body: false
-            }
+            Route::Forward("/v1/health/models/{model}")
         );
         assert_eq!(r(Method::GET, "/v1/health/models/"), Route::Unknown);
         assert_eq!(r(Method::GET, "/v1/models"), Route::Models);

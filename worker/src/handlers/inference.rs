@@ -99,7 +99,7 @@ async fn serve(
     };
     let model = head.model;
     // The child of the front's span (the hop's `traceparent`); none when telemetry is off.
-    let span = gateway::telemetry::RequestSpan::worker(&parts.headers, parts.uri.path(), &model);
+    let span = gateway::telemetry::RequestSpan::worker(&parts.headers, endpoint, &model);
     *trace = span.as_ref().map(|s| s.share_facts());
     guard.trace(span);
     let table = app.routes.clone();
