@@ -2,13 +2,15 @@
 //! loading, the heartbeat file protocol, API error bodies in both client dialects, the model list,
 //! SSE parsing and frames (`sse`), the relay layer both compose to pass a response body on
 //! (`relay`), admission (Host, Origin, CORS, tokens: `admission`), header hygiene towards
-//! providers (`headers`), how long a client may take to send a request (`read_timeouts`), and how
-//! a request body is read with a bound (`upload`). Nothing here starts tasks or touches sockets.
+//! providers (`headers`), how long a client may take to send a request (`read_timeouts`), how a
+//! request body is read with a bound (`upload`), and the pool of keep-alive connections both send
+//! through (`conn_pool`; the caller makes the connections).
 
 pub mod admission;
 pub mod api_error;
 pub mod calendar;
 pub mod config;
+pub mod conn_pool;
 pub mod endpoint;
 pub mod headers;
 pub mod heartbeat;

@@ -663,10 +663,27 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
+/// The collector's connections: kept alive, a few at most (one export is in flight at a time).
+const COLLECTOR_LIMITS: crate::conn_pool::Limits = crate::conn_pool::Limits {
+    max_idle: 2,
+    idle_timeout: Duration::from_secs(30),
+};
+
+/// Connects to the collector over plain TCP (`otlp_endpoint` is an `http://` URL).
+struct Collector {
+    /// `host:port`, the port defaulted to 80.
+    addr: String,
+}
+
+impl crate::conn_pool::Connect for Collector {
+    async fn connect(&self) -> Result<crate::conn_pool::Fresh, crate::relay::BoxError> {
+        let s = tokio::net::TcpStream::connect(self.addr.as_str()).await?;
+        let _ = s.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(s);
+        let sender = crate::conn_pool::start_http1(io, "collector").await?;
+        Ok(crate::conn_pool::Fresh::Http1(sender))
+    }
+}
 
 /// Spans encoded between two yields of the exporter task: about 100,000 instructions, some tens
 /// of microseconds of the runtime.
@@ -677,7 +694,8 @@ struct Exporter {
     pipeline: &'static Pipeline,
     queue: Queue,
     url: http::Uri,
-    client: HttpClient,
+    pool: Arc<crate::conn_pool::Pool>,
+    collector: Collector,
     batch: Vec<Arc<Record>>,
     /// The batch's encoded spans, kept from batch to batch.
     spans: Vec<u8>,
@@ -692,14 +710,22 @@ impl Exporter {
         url: http::Uri,
         rt: &tokio::runtime::Handle,
     ) {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+        let Some(dest) = crate::conn_pool::Dest::of(&url, false) else {
+            // `install` checked the URL; without a host there is nothing to export to.
+            return;
+        };
+        let authority = url.authority().expect("a destination has an authority");
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
         let exporter = Self {
             pipeline,
             queue,
             url,
-            client,
+            pool: crate::conn_pool::Pool::new(dest, COLLECTOR_LIMITS),
+            collector: Collector { addr },
             batch: Vec::with_capacity(pipeline.batching.max_batch),
             spans: Vec::new(),
         };
@@ -747,7 +773,7 @@ impl Exporter {
         let body = self.pipeline.frame(&self.spans);
         self.queue.recycle(&mut self.batch);
         let timeout = self.pipeline.batching.timeout;
-        if !post(&self.client, &self.url, timeout, body).await {
+        if !post(&self.pool, &self.collector, &self.url, timeout, body).await {
             self.pipeline.failures.fetch_add(1, Ordering::Relaxed);
         }
         n
@@ -755,7 +781,13 @@ impl Exporter {
 }
 
 /// POSTs one request body to `url`; whether the collector took it (a 2xx within `timeout`).
-async fn post(client: &HttpClient, url: &http::Uri, timeout: Duration, body: Vec<u8>) -> bool {
+async fn post(
+    pool: &Arc<crate::conn_pool::Pool>,
+    collector: &Collector,
+    url: &http::Uri,
+    timeout: Duration,
+    body: Vec<u8>,
+) -> bool {
     let req = http::Request::post(url.clone())
         .header(http::header::CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(Bytes::from(body)));
@@ -763,7 +795,7 @@ async fn post(client: &HttpClient, url: &http::Uri, timeout: Duration, body: Vec
         return false;
     };
     let sent = async {
-        let res = client.request(req).await.ok()?;
+        let res = pool.send(req, collector).await.ok()?;
         let ok = res.status().is_success();
         res.into_body().collect().await.ok()?;
         Some(ok)

@@ -336,6 +336,41 @@ fn connect_timeout_gives_504() {
     );
 }
 
+/// `connect_timeout` bounds the TLS handshake too: a server that accepts the TCP connection and
+/// then says nothing gets the connect error, not the first-byte timeout.
+#[test]
+fn a_silent_tls_handshake_is_a_connect_timeout() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    // Accepts and holds every connection open without a byte (ends with the test process).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let cfg = config(&openai_provider(
+        "mute",
+        &format!("https://{addr}/v1"),
+        r#"["m1"]"#,
+        "UP_KEY",
+        "connect_timeout = \"300ms\"\nfirst_byte_timeout = \"30s\"",
+    ));
+    let w = Worker::start(&cfg, &[("UP_KEY", KEY)]);
+    let t = Instant::now();
+    let r = chat(&w);
+    assert_eq!(r.status, 504, "{}", r.text());
+    let msg = r.error_message();
+    assert!(
+        msg.contains("connecting to provider `mute` timed out"),
+        "{msg}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the connect timeout, not the first-byte one"
+    );
+}
+
 #[test]
 fn client_disconnect_cancels_the_upstream_request() {
     let up = Upstream::serving(

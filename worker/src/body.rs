@@ -17,6 +17,7 @@ use crate::metrics::Outcome;
 use crate::providers::mock::MockReply;
 use crate::providers::Provider;
 use bytes::Bytes;
+use gateway::conn_pool::Pooled;
 use gateway::relay::{self, BoxError, Deadline, Failed, Failure, Hooks, Pinging, Relay};
 use gateway::{ApiError, Dialect, ErrorKind};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -76,7 +77,7 @@ impl Drop for RequestGuard {
 ///
 /// The idle deadline is lazy (`Deadline`): a body that is there with its headers (most
 /// non-streamed answers) never creates a timer, and a stream only records when each frame came.
-pub type ProxyBody = Relay<Incoming, AttemptHooks>;
+pub type ProxyBody = Relay<Pooled, AttemptHooks>;
 
 /// What a provider's body holds until it ends: the attempt (its outcome is recorded when the
 /// body ends or breaks) and the request's in-flight count.
@@ -102,7 +103,7 @@ pub struct Translating {
 /// The relay of a provider's body `inner`: at most `idle` between frames; `sse` is the client's
 /// dialect for a stream, whose breaking then ends with an error event.
 pub fn proxy_body(
-    inner: Incoming,
+    inner: Pooled,
     idle: Duration,
     sse: Option<Dialect>,
     attempt: Attempt,

@@ -4,18 +4,24 @@
 //!
 //! Routes: no proxy -> direct TCP; an `https://` destination through a proxy -> a CONNECT tunnel
 //! (hyper-util's `Tunnel`) with TLS on top; an `http://` destination through a proxy -> a plain
-//! connection to the proxy, marked "proxied" so hyper sends absolute-form request targets.
+//! connection to the proxy, to which requests carry absolute-form targets.
+//!
+//! Each provider's connections are one [`gateway::conn_pool::Pool`] (the front's workers use the
+//! same): HTTP/1.1 connections kept alive on a stack, or one shared HTTP/2 connection when TLS
+//! negotiates `h2` (ALPN offers both).
 
 use bytes::Bytes;
+use gateway::conn_pool::{
+    start_http1, start_http2, Connect, Dest, Fresh, Limits, Pool, Pooled, SendError,
+};
 use gateway::relay::BoxError;
-use http::Uri;
+use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,8 +29,53 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// The pooled client of one provider.
-pub type UpstreamClient = Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;
+/// Idle connections kept per provider, and for how long (hyper-util's default idle timeout).
+const LIMITS: Limits = Limits {
+    max_idle: 256,
+    idle_timeout: Duration::from_secs(90),
+};
+
+/// One provider's pooled connections to its `base_url`'s host.
+pub struct UpstreamClient {
+    pool: Arc<Pool>,
+    dial: Dial,
+}
+
+/// Makes a provider's connections: TCP or a proxy, TLS for `https://`, then HTTP/1.1 or HTTP/2
+/// as ALPN says.
+struct Dial {
+    connector: HttpsConnector<ProxyConnector>,
+    /// The scheme and authority connected to.
+    base: Uri,
+    /// `connect_timeout`, for TCP (or the proxy) and TLS together.
+    timeout: Duration,
+}
+
+impl Connect for Dial {
+    async fn connect(&self) -> Result<Fresh, BoxError> {
+        use tower_service::Service;
+        let connecting = self.connector.clone().call(self.base.clone());
+        let io = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(io) => io?,
+            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        };
+        Ok(if io.connected().is_negotiated_h2() {
+            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new());
+            Fresh::Http2(start_http2(io, &b, "provider").await?)
+        } else {
+            Fresh::Http1(start_http1(io, "provider").await?)
+        })
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req`, whose URI must be on the provider's host (its target is written in the
+    /// form the connection needs), and waits for the response head.
+    pub async fn request(&self, req: Request<Full<Bytes>>) -> Result<Response<Pooled>, SendError> {
+        self.pool.send(req, &self.dial).await
+    }
+}
 
 /// How a connection to a destination is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +96,8 @@ pub fn route(matcher: &Matcher, dst: &Uri) -> Route {
     }
 }
 
-/// TCP (or proxy) connector under the TLS layer.
+/// TCP (or proxy) connector under the TLS layer: a connection to the proxy itself for a forward
+/// proxy, else to the destination (tunnelled through a proxy when one applies).
 #[derive(Clone)]
 pub struct ProxyConnector {
     http: HttpConnector,
@@ -53,9 +105,9 @@ pub struct ProxyConnector {
 }
 
 impl tower_service::Service<Uri> for ProxyConnector {
-    type Response = UpstreamIo;
+    type Response = TokioIo<TcpStream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // HttpConnector is always ready.
@@ -66,12 +118,7 @@ impl tower_service::Service<Uri> for ProxyConnector {
         let mut http = self.http.clone();
         // Only new connections come here (the pool reuses the rest), so a boxed future is fine.
         match route(&self.matcher, &dst) {
-            Route::Direct => Box::pin(async move {
-                Ok(UpstreamIo {
-                    io: http.call(dst).await?,
-                    proxied: false,
-                })
-            }),
+            Route::Direct => Box::pin(async move { Ok(http.call(dst).await?) }),
             Route::Tunnel(proxy) => {
                 let mut tunnel = Tunnel::new(proxy, http);
                 if let Some(auth) = self
@@ -86,64 +133,12 @@ impl tower_service::Service<Uri> for ProxyConnector {
                         .call(dst)
                         .await
                         .map_err(|e| format!("proxy tunnel: {e:?}"))?;
-                    Ok(UpstreamIo { io, proxied: false })
+                    Ok(io)
                 })
             }
-            Route::Forward(proxy) => Box::pin(async move {
-                Ok(UpstreamIo {
-                    io: http.call(proxy).await?,
-                    proxied: true,
-                })
-            }),
+            // Requests to it carry absolute-form targets (`Dest`'s `absolute_form`).
+            Route::Forward(proxy) => Box::pin(async move { Ok(http.call(proxy).await?) }),
         }
-    }
-}
-
-/// A TCP stream that remembers whether it leads to a forward proxy.
-pub struct UpstreamIo {
-    io: TokioIo<TcpStream>,
-    proxied: bool,
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        self.io.connected().proxy(self.proxied)
-    }
-}
-
-impl hyper::rt::Read for UpstreamIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -168,6 +163,11 @@ impl ClientFactory {
         .expect("ring supports the default protocol versions")
         .with_webpki_roots()
         .with_no_client_auth();
+        Self::with_tls(matcher, tls)
+    }
+
+    /// With this TLS configuration instead of the web's roots (tests trust their own).
+    pub fn with_tls(matcher: Matcher, tls: rustls::ClientConfig) -> Self {
         Self {
             tls,
             matcher: Arc::new(matcher),
@@ -189,8 +189,12 @@ impl ClientFactory {
         }
     }
 
-    /// A pooled client whose connections time out after `connect_timeout`.
-    pub fn client(&self, connect_timeout: Duration) -> UpstreamClient {
+    /// The pooled client of `base_url` (`None` when it is not an absolute URI: config
+    /// validation refuses those), whose connects time out after `connect_timeout`.
+    pub fn client(&self, base_url: &str, connect_timeout: Duration) -> Option<UpstreamClient> {
+        let base: Uri = base_url.parse().ok()?;
+        let proxied = matches!(route(&self.matcher, &base), Route::Forward(_));
+        let dest = Dest::of(&base, proxied)?;
         let mut http = HttpConnector::new();
         // The TLS layer above handles https; it needs the TCP layer to accept https URIs.
         http.enforce_http(false);
@@ -206,16 +210,21 @@ impl ClientFactory {
                 http,
                 matcher: self.matcher.clone(),
             });
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector)
+        Some(UpstreamClient {
+            pool: Pool::new(dest, LIMITS),
+            dial: Dial {
+                connector,
+                base,
+                timeout: connect_timeout,
+            },
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
     #[test]
     fn proxy_routes_follow_the_matcher() {
@@ -249,6 +258,128 @@ mod tests {
             route(&Matcher::builder().build(), &u("https://api.openai.com/")),
             Route::Direct
         );
+    }
+
+    /// A TLS server on a free port with a certificate for 127.0.0.1 made by `openssl`,
+    /// offering `alpn`; every answer is the request's HTTP version. Returns the port, the
+    /// connections it accepted, and a client configuration that trusts the certificate.
+    async fn tls_server(alpn: &[&[u8]]) -> (u16, Arc<AtomicUsize>, rustls::ClientConfig) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            // A server certificate, not a CA (webpki refuses a CA as the end entity).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let cert = CertificateDer::from_pem_file(&cert).unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let ring = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(ring.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(ring)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                count.fetch_add(1, SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        |r: http::Request<hyper::body::Incoming>| async move {
+                            let v = format!("{:?}", r.version());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(v),
+                            )))
+                        },
+                    );
+                    let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = b.serve_connection(TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+        (port, accepted, client)
+    }
+
+    /// Two requests, the second sent while the first's body is still unread; both bodies.
+    async fn two_requests(c: &UpstreamClient, port: u16) -> (String, String) {
+        use http_body_util::BodyExt;
+        let get = || {
+            http::Request::get(format!("https://127.0.0.1:{port}/v1/models"))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let first = c.request(get()).await.expect("first");
+        let text = |r: http::Response<Pooled>| async move {
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        let a = text(first).await;
+        let b = text(c.request(get()).await.expect("second")).await;
+        (a, b)
+    }
+
+    /// Over TLS, ALPN picks the protocol: a server offering `h2` gets HTTP/2, one offering
+    /// only `http/1.1` gets HTTP/1.1; either way the second request reuses the connection.
+    #[tokio::test]
+    async fn tls_providers_get_the_protocol_alpn_chose_on_a_reused_connection() {
+        for (alpn, version) in [
+            (&[b"h2".as_slice(), b"http/1.1"][..], "HTTP/2.0"),
+            (&[b"http/1.1".as_slice()][..], "HTTP/1.1"),
+        ] {
+            let (port, accepted, tls) = tls_server(alpn).await;
+            let f = ClientFactory::with_tls(Matcher::builder().build(), tls);
+            let c = f
+                .client(
+                    &format!("https://127.0.0.1:{port}/v1"),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+            let (a, b) = two_requests(&c, port).await;
+            assert_eq!((a.as_str(), b.as_str()), (version, version));
+            assert_eq!(
+                accepted.load(SeqCst),
+                1,
+                "{version}: one connection for both"
+            );
+        }
     }
 
     #[test]

@@ -53,13 +53,13 @@ use crate::routing::{RouteTable, Target};
 use bytes::Bytes;
 use gateway::config::OnUnavailable;
 use gateway::config::ProviderKind;
+use gateway::conn_pool::Pooled;
 use gateway::headers;
 use gateway::provider_permits::ProviderPermit;
 use gateway::shared::Unavailable;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::header::{self, HeaderMap};
 use http::Response;
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -430,7 +430,7 @@ fn upstream_body(
 /// The answer that is kept, as the client gets it: a success streamed (or translated) back, an
 /// error read and redacted; a translated one labelled for the access log.
 async fn kept(
-    resp: Response<Incoming>,
+    resp: Response<Pooled>,
     provider: &Arc<Provider>,
     dialect: Dialect,
     tr: Option<Translation>,
@@ -466,7 +466,7 @@ enum Verdict {
 /// `max_cooldown`), logs a rejected key, and decides whether the response is the answer.
 /// Successes are recorded when their body ends.
 fn judge(
-    resp: &Response<Incoming>,
+    resp: &Response<Pooled>,
     provider: &Provider,
     attempt: &mut Attempt,
     max_cooldown: Duration,
@@ -587,7 +587,7 @@ fn log_bad_key(p: &Provider, status: u16) {
 /// Wraps a provider's successful response for the client: its body streams through unchanged,
 /// with the allow-listed headers.
 fn stream_back(
-    resp: Response<Incoming>,
+    resp: Response<Pooled>,
     provider: &Arc<Provider>,
     dialect: Dialect,
     mut attempt: Attempt,

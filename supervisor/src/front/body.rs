@@ -13,11 +13,11 @@
 //! the last response byte (re-armed lazily, so a fast stream costs one clock read per frame).
 
 use super::auth::{Caller, ClientPermit};
-use super::conns::Conn;
 use super::counters::RequestMeters;
 use super::dispatch::SlotLease;
 use super::waiting::Waiting;
 use bytes::Bytes;
+use gateway::conn_pool::Pooled;
 use gateway::relay::{BoxError, Deadline, Failure, Hooks, Relay};
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::{HeaderValue, Method, Uri};
@@ -161,17 +161,15 @@ impl Drop for RequestRecord {
 
 /// A worker's response body with the request's accounting attached: the relay layer's `Relay`
 /// with the front's hooks.
-pub type Forwarded = Relay<Incoming, Accounting>;
+pub type Forwarded = Relay<Pooled, Accounting>;
 
 /// What a forwarded body holds until it ends or hyper drops it.
 ///
-/// Fields drop in declaration order, after the worker's body (the relay drops that first, so
-/// its connection goes back to the pool or closes): the lease (the worker's place, and the
+/// Fields drop in declaration order, after the worker's body (the relay drops that first; its
+/// connection went back to the pool when it ended, or closes with it): the lease (the worker's place, and the
 /// wake-up of waiters), the client permit, then the record, so the access line is written once
 /// the counters are back.
 pub struct Accounting {
-    /// The worker connection the body arrives on; back to the pool once the body has ended.
-    conn: Option<Conn>,
     lease: SlotLease,
     _permit: Option<ClientPermit>,
     record: RequestRecord,
@@ -180,8 +178,7 @@ pub struct Accounting {
 /// The relay of a worker's response `inner` to the client. `sse` is the client's dialect for a
 /// stream: a broken one then ends with an error event, unless the worker's own already did.
 pub fn forwarded(
-    inner: Incoming,
-    conn: Conn,
+    inner: Pooled,
     mut lease: SlotLease,
     permit: Option<ClientPermit>,
     record: RequestRecord,
@@ -195,7 +192,6 @@ pub fn forwarded(
     lease.set_blocked(false);
     let blocked = (!blocked_after.is_zero()).then(|| Deadline::new(blocked_after));
     let hooks = Accounting {
-        conn: Some(conn),
         lease,
         _permit: permit,
         record,
@@ -219,13 +215,10 @@ impl Hooks for Accounting {
         f
     }
 
-    /// The worker's body ended cleanly: its connection may carry the next request.
+    /// The worker's body ended cleanly (its connection is back in the pool already).
     fn end(&mut self) {
         self.first_byte();
         self.lease.set_blocked(false);
-        if let Some(c) = self.conn.take() {
-            c.give_back();
-        }
     }
 
     fn failed(&mut self, err: BoxError) -> Failure {

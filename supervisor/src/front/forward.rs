@@ -8,17 +8,17 @@
 
 use super::auth::{Caller, ClientPermit};
 use super::body::{forwarded, FrontBody, RequestRecord};
-use super::conns::{Conn, SendError};
+use super::conns::SendError;
 use super::dispatch::{SlotLease, StickyKey, Tried};
 use super::queue::WaitError;
 use super::Shared;
 use bytes::Bytes;
+use gateway::conn_pool::Pooled;
 use gateway::headers::{ATTEMPTS_HEADER, PROVIDER_HEADER, TRANSLATED_HEADER};
 use gateway::{headers, ApiError, Config, Dialect, ErrorKind};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,9 +68,8 @@ impl Prepared {
 
 /// A worker's response with what must live as long as its body.
 struct Upstream {
-    resp: Response<Incoming>,
-    /// The connection it came on, given back to the pool when the body ends.
-    conn: Conn,
+    /// Its body gives its connection back to the pool when it ends.
+    resp: Response<Pooled>,
     lease: SlotLease,
     permit: Option<ClientPermit>,
 }
@@ -110,11 +109,10 @@ async fn obtain(
         tried.add(lease.slot.id);
         let req = p.to_request();
         match send(shared, &mut lease, req, p.stream, cfg.pool.blocked_after).await {
-            Ok((resp, conn)) => {
+            Ok(resp) => {
                 lease.mark_served();
                 return Ok(Upstream {
                     resp,
-                    conn,
                     lease,
                     permit,
                 });
@@ -278,7 +276,7 @@ async fn send(
     req: Request<Full<Bytes>>,
     stream: bool,
     blocked_after: Duration,
-) -> Result<(Response<Incoming>, Conn), SendError> {
+) -> Result<Response<Pooled>, SendError> {
     let conns = shared.conns.for_slot(&lease.slot);
     let fut = async {
         if stream {
@@ -322,7 +320,6 @@ fn wrap(
     record.worker = Some(up.lease.slot.id);
     let guarded = forwarded(
         body,
-        up.conn,
         up.lease,
         up.permit,
         record,

@@ -118,7 +118,7 @@ impl Provider {
         };
         let client = match config.kind {
             ProviderKind::Mock => None,
-            _ => Some(factory.client(config.connect_timeout)),
+            _ => factory.client(&config.base_url, config.connect_timeout),
         };
         let proxy_auth = match config.kind {
             ProviderKind::Mock => None,
@@ -221,7 +221,7 @@ impl Provider {
     /// failure or a non-2xx answer.
     pub async fn get_models(
         &self,
-    ) -> Option<Result<http::Response<hyper::body::Incoming>, String>> {
+    ) -> Option<Result<http::Response<gateway::conn_pool::Pooled>, String>> {
         let (client, uri) = (self.client.as_ref()?, self.models_uri()?);
         let mut req = http::Request::get(uri).body(Default::default()).ok()?;
         self.apply_headers(req.headers_mut());

@@ -9,11 +9,11 @@ use crate::metrics::Outcome;
 use crate::providers::Provider;
 use crate::translate::{self, Api};
 use bytes::Bytes;
+use gateway::conn_pool::Pooled;
 use gateway::headers;
 use gateway::{ApiError, ErrorKind};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Response;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -99,7 +99,7 @@ pub(super) fn translated_label(from: Api, to: Api) -> Option<HeaderValue> {
 /// A provider's successful answer in its API, for a client of another: an event stream goes
 /// through `TranslateBody` chunk by chunk; a JSON answer is read whole (bounded) and translated.
 pub(super) async fn translated_back(
-    resp: Response<Incoming>,
+    resp: Response<Pooled>,
     provider: &Arc<Provider>,
     t: Translation,
     mut attempt: Attempt,

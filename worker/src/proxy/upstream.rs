@@ -11,12 +11,12 @@ use crate::metrics::Outcome;
 use crate::providers::Provider;
 use crate::translate;
 use bytes::Bytes;
+use gateway::conn_pool::Pooled;
 use gateway::headers;
 use gateway::{ApiError, Dialect, ErrorKind};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use std::time::Duration;
 
 /// Why one attempt failed before any byte reached the client.
@@ -33,7 +33,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Reads at most `cap` bytes of `body` within `wait`. The flag says the bytes may be only the
 /// head of the body: there was more, the body failed, or the wait ran out.
-pub(super) async fn read_capped(mut body: Incoming, cap: usize, wait: Duration) -> (Bytes, bool) {
+pub(super) async fn read_capped(mut body: Pooled, cap: usize, wait: Duration) -> (Bytes, bool) {
     let mut buf = Vec::new();
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -60,7 +60,7 @@ pub(super) async fn read_capped(mut body: Incoming, cap: usize, wait: Duration) 
 /// dialect quoting the start of the provider's text. A compressed body cannot be searched for
 /// the key, so it is withheld.
 pub(super) async fn error_response(
-    resp: Response<Incoming>,
+    resp: Response<Pooled>,
     p: &Provider,
     dialect: Dialect,
     tr: Option<&Translation>,
@@ -124,7 +124,7 @@ pub(super) async fn send(
     req: &Forward,
     tr: Option<&Translation>,
     body: Bytes,
-) -> Result<Response<Incoming>, AttemptError> {
+) -> Result<Response<Pooled>, AttemptError> {
     let endpoint = tr.map_or(req.endpoint, |t| Endpoint::of_api(t.to));
     let internal = |m: String| AttemptError {
         outcome: Outcome::ConnectError,
@@ -170,7 +170,7 @@ pub(super) async fn send(
 
 /// A send that failed before response headers: a connect error (nothing was sent; timed out or
 /// refused) or a failure after the request went out.
-fn send_failed(p: &Provider, e: &hyper_util::client::legacy::Error) -> AttemptError {
+fn send_failed(p: &Provider, e: &gateway::conn_pool::SendError) -> AttemptError {
     if e.is_connect() && is_timeout(e) {
         AttemptError {
             outcome: Outcome::Timeout,
