@@ -126,8 +126,9 @@ impl From<hyper::Error> for SendError {
     }
 }
 
-/// Makes one connection to the pool's destination. Called only when no idle connection is
-/// free, so a boxed future costs nothing on the hot path.
+/// Makes one connection to the pool's destination: TCP, a Unix socket, TLS, a proxy tunnel,
+/// whatever the caller's destination needs. Called only when no connection is free, at most
+/// once per request.
 pub trait Connect {
     fn connect(&self) -> impl Future<Output = Result<Fresh, BoxError>> + Send;
 }
